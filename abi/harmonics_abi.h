@@ -1,0 +1,435 @@
+/*
+ * harmonics_abi.h — the Harmonics backend plugin ABI, version 1.
+ *
+ * This is a standalone header. It includes nothing but <stdint.h> and
+ * <stddef.h>, compiles as C99/C11 and C++, and is the only thing a backend
+ * plugin sees of Harmonics. The rules it follows are numbered in abi/SPEC.md;
+ * the layout is pinned by static_asserts at the bottom of this file.
+ *
+ * Every change to a layout or meaning here bumps the version:
+ *   - HM_ABI_VERSION_MAJOR on any incompatible change,
+ *   - HM_ABI_VERSION_MINOR when something is appended (a field at the end of a
+ *     struct, a new enum value, a new op code).
+ * Enum values are fixed forever: never reused, never reordered.
+ *
+ * Threading contract (SPEC.md §5):
+ *   - hm_plugin_query, init and shutdown are called by one thread at a time.
+ *   - device_count and device_describe are thread-safe.
+ *   - Calls on different hm_abi_device objects are independent.
+ *   - On one device, buffer_* and program_* calls may come from any thread but
+ *     are externally synchronized by the host (never two at once on the same
+ *     device), and no buffer is freed or written while a program using it runs.
+ *   - A plugin reports errors through the host's report callback from the
+ *     thread of the failing call, before that call returns.
+ */
+#ifndef HARMONICS_ABI_H_
+#define HARMONICS_ABI_H_
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ===== Versions ===== */
+
+#define HM_ABI_VERSION_MAJOR 1
+#define HM_ABI_VERSION_MINOR 0
+#define HM_ABI_MAKE_VERSION(major, minor) ((((uint32_t)(major)) << 16) | ((uint32_t)(minor) & 0xffffu))
+#define HM_ABI_VERSION HM_ABI_MAKE_VERSION(HM_ABI_VERSION_MAJOR, HM_ABI_VERSION_MINOR)
+#define HM_ABI_VERSION_GET_MAJOR(v) ((uint32_t)(v) >> 16)
+#define HM_ABI_VERSION_GET_MINOR(v) ((uint32_t)(v) & 0xffffu)
+
+/* The one symbol a plugin exports. */
+#define HM_PLUGIN_QUERY_SYMBOL "hm_plugin_query"
+
+#if defined(_WIN32)
+#define HM_ABI_EXPORT __declspec(dllexport)
+#else
+#define HM_ABI_EXPORT __attribute__((visibility("default")))
+#endif
+
+/* ===== Status codes ===== */
+
+/* Every fallible entry returns one of these. Unknown values are treated by the
+ * host as HM_ABI_STATUS_INTERNAL. The detail goes to hm_abi_host.report. */
+typedef enum hm_abi_status {
+  HM_ABI_OK = 0,
+  /* The arguments are wrong; the same call will fail again. */
+  HM_ABI_STATUS_INVALID_ARGUMENT = 1,
+  /* An offset, size or index is outside its valid range. */
+  HM_ABI_STATUS_OUT_OF_RANGE = 2,
+  /* The object is not in a state that allows the call. */
+  HM_ABI_STATUS_FAILED_PRECONDITION = 3,
+  /* A device, driver or runtime is absent or went away; retrying may help. */
+  HM_ABI_STATUS_UNAVAILABLE = 4,
+  /* The op, precision or entry is not implemented by this plugin. */
+  HM_ABI_STATUS_UNIMPLEMENTED = 5,
+  /* Memory (host or device) is exhausted. */
+  HM_ABI_STATUS_RESOURCE_EXHAUSTED = 6,
+  /* Data is corrupt. */
+  HM_ABI_STATUS_DATA_LOSS = 7,
+  /* ABI or format versions do not agree. */
+  HM_ABI_STATUS_INCOMPATIBLE = 8,
+  /* A bug or an unexpected failure inside the plugin or its driver. */
+  HM_ABI_STATUS_INTERNAL = 9,
+  /* A named thing (device index, option) does not exist. */
+  HM_ABI_STATUS_NOT_FOUND = 10,
+  HM_ABI_STATUS_MAX_ENUM = 0x7fffffff
+} hm_abi_status;
+
+typedef enum hm_abi_log_level {
+  HM_ABI_LOG_ERROR = 0,
+  HM_ABI_LOG_WARNING = 1,
+  HM_ABI_LOG_INFO = 2,
+  HM_ABI_LOG_DEBUG = 3,
+  HM_ABI_LOG_MAX_ENUM = 0x7fffffff
+} hm_abi_log_level;
+
+/* ===== Data types ===== */
+
+typedef enum hm_abi_dtype {
+  HM_ABI_DTYPE_NONE = 0,
+  HM_ABI_DTYPE_F32 = 1,
+  HM_ABI_DTYPE_F16 = 2,
+  HM_ABI_DTYPE_BF16 = 3,
+  HM_ABI_DTYPE_F64 = 4,
+  HM_ABI_DTYPE_I32 = 5,
+  HM_ABI_DTYPE_I8 = 6,
+  HM_ABI_DTYPE_U8 = 7,
+  /* Block-quantized signed integers with per-block scales; layouts in
+   * abi/QUANT.md. Used as storage dtypes and as GEMM input precisions. */
+  HM_ABI_DTYPE_Q8 = 8,
+  HM_ABI_DTYPE_Q4 = 9,
+  HM_ABI_DTYPE_Q3 = 10,
+  /* A compute precision only: f32 storage, inputs rounded to a 10-bit mantissa. */
+  HM_ABI_DTYPE_TF32 = 11,
+  HM_ABI_DTYPE_I64 = 12,
+  HM_ABI_DTYPE_MAX_ENUM = 0x7fffffff
+} hm_abi_dtype;
+
+/* ===== Ops =====
+ * Operand roles, dims and params of each op are specified in SPEC.md §7.
+ * All tensors are dense and row-major; a 2-D operand with dims (rows, cols)
+ * occupies rows*cols elements starting at its byte offset. */
+typedef enum hm_abi_op_code {
+  HM_ABI_OP_NONE = 0,
+  HM_ABI_OP_GEMM = 1,          /* C = alpha*op(A)*op(B) + beta*C */
+  HM_ABI_OP_BIAS_ADD = 2,      /* Y[r][c] += b[c] */
+  HM_ABI_OP_ACT_FORWARD = 3,   /* Y = f(X) (variant = hm_abi_activation) */
+  HM_ABI_OP_ACT_BACKWARD = 4,  /* dX = dY * f'(X) (+beta*dX) */
+  HM_ABI_OP_LOSS = 5,          /* mean loss over rows, and its gradient */
+  HM_ABI_OP_REDUCE_ROWS = 6,   /* y[c] = beta*y[c] + alpha*sum_r X[r][c] */
+  HM_ABI_OP_REDUCE_COLS = 7,   /* y[r] = beta*y[r] + alpha*sum_c X[r][c] */
+  HM_ABI_OP_SUM_SQUARES = 8,   /* y[0] = beta*y[0] + sum x^2 (for L2 norms) */
+  HM_ABI_OP_CLIP = 9,          /* x = clamp(x, -c, c) */
+  HM_ABI_OP_SCALE = 10,        /* x = a*x */
+  HM_ABI_OP_AXPY = 11,         /* y = a*x + y */
+  HM_ABI_OP_GATHER_ROWS = 12,  /* Y[i] = scale*X[idx[i]] (dtype conversion) */
+  HM_ABI_OP_FILL = 13,         /* x = v */
+  HM_ABI_OP_COPY = 14,         /* y = x */
+  HM_ABI_OP_SQRT_SCALAR = 15,  /* y[0] = sqrt(x[0]) */
+  HM_ABI_OP_SGD = 20,
+  HM_ABI_OP_ADAM = 21,
+  HM_ABI_OP_RMSPROP = 22,
+  HM_ABI_OP_ADAMW = 23,
+  HM_ABI_OP_LAMB = 24,
+  HM_ABI_OP_QUANTIZE = 30,     /* f32 -> Q8/Q4/Q3 blocks */
+  HM_ABI_OP_DEQUANTIZE = 31,   /* Q8/Q4/Q3 blocks -> f32 */
+  HM_ABI_OP_GEMM_Q8 = 32,      /* int8_matmul */
+  HM_ABI_OP_GEMM_Q4 = 33,      /* int4_matmul */
+  HM_ABI_OP_GEMM_Q3 = 34,      /* int3_matmul */
+  HM_ABI_OP_MAX_ENUM = 0x7fffffff
+} hm_abi_op_code;
+
+/* Op flags. */
+#define HM_ABI_OP_FLAG_TRANS_A 0x1u /* GEMM: use A^T */
+#define HM_ABI_OP_FLAG_TRANS_B 0x2u /* GEMM: use B^T */
+/* LOSS: the target operand holds class indices (I32), else dense targets. */
+#define HM_ABI_OP_FLAG_CLASS_INDEX 0x4u
+
+typedef enum hm_abi_activation {
+  HM_ABI_ACT_IDENTITY = 0,
+  HM_ABI_ACT_RELU = 1,
+  HM_ABI_ACT_LEAKY_RELU = 2, /* params[0] = negative slope (default 0.01) */
+  HM_ABI_ACT_SIGMOID = 3,
+  HM_ABI_ACT_TANH = 4,
+  HM_ABI_ACT_GELU = 5,       /* exact: 0.5 x (1 + erf(x / sqrt 2)) */
+  HM_ABI_ACT_SILU = 6,
+  HM_ABI_ACT_SOFTMAX = 7,    /* along each row */
+  HM_ABI_ACT_ELU = 8,        /* params[0] = alpha (default 1) */
+  HM_ABI_ACT_SELU = 9,
+  HM_ABI_ACT_COUNT = 10,
+  HM_ABI_ACT_MAX_ENUM = 0x7fffffff
+} hm_abi_activation;
+
+typedef enum hm_abi_loss {
+  HM_ABI_LOSS_CROSS_ENTROPY = 0, /* softmax + NLL over each row */
+  HM_ABI_LOSS_MSE = 1,
+  HM_ABI_LOSS_MAE = 2,
+  HM_ABI_LOSS_BCE = 3,           /* on logits */
+  HM_ABI_LOSS_HUBER = 4,         /* params[0] = delta (default 1) */
+  HM_ABI_LOSS_COUNT = 5,
+  HM_ABI_LOSS_MAX_ENUM = 0x7fffffff
+} hm_abi_loss;
+
+/* ===== Capabilities (data, SPEC.md §6) ===== */
+
+typedef enum hm_abi_numerics {
+  /* Bit-identical to the scalar reference in abi/. Integer and packed paths. */
+  HM_ABI_NUMERICS_EXACT = 0,
+  /* f32 arithmetic in any order, correctly rounded library functions within a
+   * few ulp: NMSE <= 1e-9 against a double reference. */
+  HM_ABI_NUMERICS_F32 = 1,
+  /* f32 storage, TF32 products, f32 accumulation: NMSE <= 1e-5. */
+  HM_ABI_NUMERICS_TF32 = 2,
+  /* f16 inputs or products, f32 accumulation: NMSE <= 1e-5. */
+  HM_ABI_NUMERICS_F16 = 3,
+  /* bf16 inputs or products, f32 accumulation: NMSE <= 1e-4. */
+  HM_ABI_NUMERICS_BF16 = 4,
+  HM_ABI_NUMERICS_MAX_ENUM = 0x7fffffff
+} hm_abi_numerics;
+
+/* One row of a device's capability table: the device runs |op| with inputs
+ * stored as |dtype_in|, accumulating in |dtype_acc| and writing |dtype_out|,
+ * with the stated numerics. For ACT_* ops |variants| has bit (1 << activation)
+ * set for each activation supported; for LOSS bit (1 << loss). */
+typedef struct hm_abi_capability {
+  uint32_t op;        /* hm_abi_op_code */
+  uint32_t dtype_in;  /* hm_abi_dtype */
+  uint32_t dtype_acc; /* hm_abi_dtype */
+  uint32_t dtype_out; /* hm_abi_dtype */
+  uint32_t numerics;  /* hm_abi_numerics */
+  uint32_t flags;     /* reserved, zero */
+  uint64_t variants;  /* bit set of variants, see above; 0 for ops without */
+  float speed_hint;   /* relative throughput, e.g. GFLOP/s; 0 = unknown */
+  uint32_t reserved[3];
+} hm_abi_capability;
+
+typedef enum hm_abi_device_kind {
+  HM_ABI_DEVICE_CPU = 0,
+  HM_ABI_DEVICE_GPU = 1,
+  HM_ABI_DEVICE_ACCELERATOR = 2,
+  HM_ABI_DEVICE_MAX_ENUM = 0x7fffffff
+} hm_abi_device_kind;
+
+/* Filled by device_describe. The host sets struct_size; the plugin writes only
+ * fields that fit in it. Strings are NUL-terminated within their arrays. */
+typedef struct hm_abi_device_desc {
+  uint32_t struct_size;
+  uint32_t abi_version;
+  char name[64];
+  char vendor[64];
+  uint32_t kind; /* hm_abi_device_kind */
+  uint32_t compute_units;
+  uint64_t memory_bytes;
+  uint64_t max_buffer_bytes;
+  /* Space-separated facts, "key=value" or flags, for people and policies
+   * (e.g. "gemm=openblas-0.3.21/SkylakeX threads=2 avx512f"). */
+  char features[512];
+  /* The capability table; valid until the plugin context is shut down. */
+  const hm_abi_capability *caps;
+  uint32_t n_caps;
+  uint32_t reserved0;
+  uint64_t reserved[8];
+} hm_abi_device_desc;
+
+/* ===== Objects (opaque, owned by the plugin) ===== */
+
+typedef struct hm_abi_context hm_abi_context; /* one per loaded plugin */
+typedef struct hm_abi_device hm_abi_device;   /* an opened device */
+typedef struct hm_abi_buffer hm_abi_buffer;   /* device memory */
+typedef struct hm_abi_program hm_abi_program; /* a recorded list of ops */
+
+/* ===== Host services ===== */
+
+typedef struct hm_abi_host {
+  uint32_t struct_size;
+  uint32_t abi_version;
+  void *host_ctx;
+  /* Reports a failure or a note. The host copies |message| before returning.
+   * |status| is HM_ABI_OK for plain log lines. Never NULL. */
+  void (*report)(void *host_ctx, int32_t level, int32_t status, const char *message);
+  uint64_t reserved[8];
+} hm_abi_host;
+
+/* A key/value configuration item (e.g. "threads" = "2"). Valid during the call. */
+typedef struct hm_abi_option {
+  const char *key;
+  const char *value;
+} hm_abi_option;
+
+typedef struct hm_abi_init_args {
+  uint32_t struct_size;
+  uint32_t abi_version; /* the negotiated version */
+  const hm_abi_host *host;
+  const hm_abi_option *options;
+  uint32_t n_options;
+  uint32_t reserved0;
+  uint64_t reserved[8];
+} hm_abi_init_args;
+
+/* ===== Programs ===== */
+
+/* A tensor operand: a byte offset into a buffer. NULL buffer = unused. */
+typedef struct hm_abi_operand {
+  hm_abi_buffer *buffer;
+  uint64_t offset;
+} hm_abi_operand;
+
+#define HM_ABI_MAX_OPERANDS 4
+#define HM_ABI_MAX_PARAMS 8
+#define HM_ABI_MAX_DYN 4
+/* A dynamic-scalar slot that is not used. */
+#define HM_ABI_DYN_NONE (-1)
+
+typedef struct hm_abi_op {
+  uint32_t struct_size;
+  uint32_t abi_version;
+  uint32_t code;      /* hm_abi_op_code */
+  uint32_t variant;   /* activation, loss, ... per op */
+  uint32_t dtype_in;  /* hm_abi_dtype; NONE means F32 */
+  uint32_t dtype_acc; /* hm_abi_dtype; NONE means F32 */
+  uint32_t dtype_out; /* hm_abi_dtype; NONE means F32 */
+  uint32_t flags;     /* HM_ABI_OP_FLAG_* */
+  uint64_t dims[4];   /* sizes, meaning per op */
+  hm_abi_operand in[HM_ABI_MAX_OPERANDS];
+  hm_abi_operand out[HM_ABI_MAX_OPERANDS];
+  float params[HM_ABI_MAX_PARAMS]; /* static scalars, meaning per op */
+  /* Indices into the scalars array given to program_run, or HM_ABI_DYN_NONE.
+   * A used slot overrides the static parameter it stands for (SPEC.md §7). */
+  int32_t dyn[HM_ABI_MAX_DYN];
+  uint64_t reserved[4];
+} hm_abi_op;
+
+typedef struct hm_abi_program_desc {
+  uint32_t struct_size;
+  uint32_t abi_version;
+  const hm_abi_op *ops; /* valid during program_create only: copy it */
+  uint32_t n_ops;
+  uint32_t n_scalars;   /* length of the scalars array program_run receives */
+  uint64_t reserved[4];
+} hm_abi_program_desc;
+
+/* ===== The plugin descriptor ===== */
+
+/* Filled by hm_plugin_query into memory the host owns. The host sets
+ * struct_size (its own sizeof) and zeroes the rest; the plugin writes only the
+ * fields that fit in struct_size and leaves reserved fields zero.
+ * Entries marked (required) must be non-NULL; the loader checks them. */
+typedef struct hm_abi_plugin {
+  uint32_t struct_size;
+  uint32_t abi_version;     /* the negotiated version, written by the plugin */
+  uint32_t plugin_min_abi;  /* oldest ABI the plugin can serve */
+  uint32_t plugin_max_abi;  /* newest ABI the plugin can serve */
+  /* Static strings, valid while the library stays loaded. Required. */
+  const char *name;         /* backend name, [a-z0-9_]+, e.g. "cpu" */
+  const char *vendor;
+  const char *version;      /* the plugin's own version, e.g. "1.0.0" */
+  const char *build_id;     /* toolchain and source revision */
+
+  /* (required) Creates the plugin context. Called once after negotiation. */
+  int32_t (*init)(const hm_abi_init_args *args, hm_abi_context **out_ctx);
+  /* (required) Releases the context and everything created from it. */
+  void (*shutdown)(hm_abi_context *ctx);
+
+  /* (required) Number of devices. Thread-safe. */
+  uint32_t (*device_count)(hm_abi_context *ctx);
+  /* (required) Describes device |index|. Thread-safe. */
+  int32_t (*device_describe)(hm_abi_context *ctx, uint32_t index, hm_abi_device_desc *out);
+  /* (required) Opens device |index| with options (e.g. threads). */
+  int32_t (*device_open)(hm_abi_context *ctx, uint32_t index, const hm_abi_option *options,
+                         uint32_t n_options, hm_abi_device **out_device);
+  /* (required) Closes a device; its buffers and programs must be freed first. */
+  void (*device_close)(hm_abi_device *device);
+
+  /* (required) Allocates |size| bytes (> 0) of device memory. */
+  int32_t (*buffer_alloc)(hm_abi_device *device, uint64_t size, hm_abi_buffer **out_buffer);
+  /* (required) Frees a buffer; NULL is a no-op. */
+  void (*buffer_free)(hm_abi_buffer *buffer);
+  /* (required) Copies host memory into the buffer. Ordered after every
+   * earlier program_run on the device; complete when it returns. */
+  int32_t (*buffer_write)(hm_abi_buffer *buffer, uint64_t offset, const void *src, uint64_t size);
+  /* (required) Copies buffer contents to host memory; waits for earlier work. */
+  int32_t (*buffer_read)(hm_abi_buffer *buffer, uint64_t offset, void *dst, uint64_t size);
+  /* (required) Copies between two buffers of the same device. */
+  int32_t (*buffer_copy)(hm_abi_buffer *dst, uint64_t dst_offset, hm_abi_buffer *src,
+                         uint64_t src_offset, uint64_t size);
+
+  /* (required) Validates and records a program. Every operand must lie inside
+   * its buffer and belong to |device|. An op or precision the device does not
+   * declare yields HM_ABI_STATUS_UNIMPLEMENTED. */
+  int32_t (*program_create)(hm_abi_device *device, const hm_abi_program_desc *desc,
+                            hm_abi_program **out_program);
+  /* (required) Frees a program; NULL is a no-op. */
+  void (*program_free)(hm_abi_program *program);
+  /* (required) Runs every op in order with the given dynamic scalars
+   * (n_scalars must equal the program's). May return before the device
+   * finishes; buffer_read and device_synchronize wait. */
+  int32_t (*program_run)(hm_abi_program *program, const double *scalars, uint32_t n_scalars);
+  /* (optional) Waits until all submitted work on the device has finished. */
+  int32_t (*device_synchronize)(hm_abi_device *device);
+
+  uint64_t reserved[16];
+} hm_abi_plugin;
+
+/* Input of hm_plugin_query: the host's ABI range. */
+typedef struct hm_abi_query {
+  uint32_t struct_size;
+  uint32_t abi_version;      /* the host's own (newest) version */
+  uint32_t host_min_abi;     /* oldest version the host accepts */
+  uint32_t host_max_abi;     /* newest version the host understands */
+  uint64_t reserved[4];
+} hm_abi_query;
+
+/* The only symbol a plugin exports. Pure: no side effects, callable many
+ * times. Returns HM_ABI_OK after filling |out| with
+ * abi_version = min(host_max, plugin_max) when that is at least
+ * max(host_min, plugin_min) and the majors agree; otherwise
+ * HM_ABI_STATUS_INCOMPATIBLE and |out| untouched. */
+typedef int32_t (*hm_plugin_query_fn)(const hm_abi_query *query, hm_abi_plugin *out);
+
+#ifdef HM_ABI_BUILDING_PLUGIN
+HM_ABI_EXPORT int32_t hm_plugin_query(const hm_abi_query *query, hm_abi_plugin *out);
+#endif
+
+/* ===== Layout pins (SPEC.md HM-ABI-3) ===== */
+
+#if defined(__cplusplus)
+#define HM_ABI_STATIC_ASSERT(c, m) static_assert(c, m)
+#else
+#define HM_ABI_STATIC_ASSERT(c, m) _Static_assert(c, m)
+#endif
+
+#if UINTPTR_MAX == 0xffffffffffffffffu
+HM_ABI_STATIC_ASSERT(sizeof(hm_abi_capability) == 48, "hm_abi_capability layout");
+HM_ABI_STATIC_ASSERT(offsetof(hm_abi_capability, variants) == 24, "hm_abi_capability.variants");
+HM_ABI_STATIC_ASSERT(offsetof(hm_abi_capability, speed_hint) == 32, "hm_abi_capability.speed_hint");
+HM_ABI_STATIC_ASSERT(sizeof(hm_abi_device_desc) == 752, "hm_abi_device_desc layout");
+HM_ABI_STATIC_ASSERT(offsetof(hm_abi_device_desc, features) == 160, "hm_abi_device_desc.features");
+HM_ABI_STATIC_ASSERT(offsetof(hm_abi_device_desc, caps) == 672, "hm_abi_device_desc.caps");
+HM_ABI_STATIC_ASSERT(sizeof(hm_abi_host) == 88, "hm_abi_host layout");
+HM_ABI_STATIC_ASSERT(sizeof(hm_abi_init_args) == 96, "hm_abi_init_args layout");
+HM_ABI_STATIC_ASSERT(sizeof(hm_abi_operand) == 16, "hm_abi_operand layout");
+HM_ABI_STATIC_ASSERT(sizeof(hm_abi_op) == 272, "hm_abi_op layout");
+HM_ABI_STATIC_ASSERT(offsetof(hm_abi_op, dims) == 32, "hm_abi_op.dims");
+HM_ABI_STATIC_ASSERT(offsetof(hm_abi_op, in) == 64, "hm_abi_op.in");
+HM_ABI_STATIC_ASSERT(offsetof(hm_abi_op, out) == 128, "hm_abi_op.out");
+HM_ABI_STATIC_ASSERT(offsetof(hm_abi_op, params) == 192, "hm_abi_op.params");
+HM_ABI_STATIC_ASSERT(offsetof(hm_abi_op, dyn) == 224, "hm_abi_op.dyn");
+HM_ABI_STATIC_ASSERT(sizeof(hm_abi_program_desc) == 56, "hm_abi_program_desc layout");
+HM_ABI_STATIC_ASSERT(sizeof(hm_abi_query) == 48, "hm_abi_query layout");
+HM_ABI_STATIC_ASSERT(offsetof(hm_abi_plugin, name) == 16, "hm_abi_plugin.name");
+HM_ABI_STATIC_ASSERT(offsetof(hm_abi_plugin, init) == 48, "hm_abi_plugin.init");
+HM_ABI_STATIC_ASSERT(offsetof(hm_abi_plugin, device_synchronize) == 160, "hm_abi_plugin.device_synchronize");
+HM_ABI_STATIC_ASSERT(sizeof(hm_abi_plugin) == 296, "hm_abi_plugin layout");
+#endif
+HM_ABI_STATIC_ASSERT(sizeof(hm_abi_status) == 4, "enums are 32-bit");
+HM_ABI_STATIC_ASSERT(sizeof(hm_abi_op_code) == 4, "enums are 32-bit");
+
+#ifdef __cplusplus
+} /* extern "C" */
+#endif
+
+#endif /* HARMONICS_ABI_H_ */

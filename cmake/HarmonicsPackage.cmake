@@ -1,0 +1,13 @@
+# Installs the CMake package (find_package(Harmonics) -> Harmonics::harmonics)
+# and harmonics.pc.
+include(CMakePackageConfigHelpers)
+set(HM_CMAKE_DIR ${CMAKE_INSTALL_LIBDIR}/cmake/Harmonics)
+install(EXPORT HarmonicsTargets NAMESPACE Harmonics:: DESTINATION ${HM_CMAKE_DIR})
+configure_package_config_file(${PROJECT_SOURCE_DIR}/cmake/HarmonicsConfig.cmake.in
+  ${CMAKE_BINARY_DIR}/HarmonicsConfig.cmake INSTALL_DESTINATION ${HM_CMAKE_DIR})
+write_basic_package_version_file(${CMAKE_BINARY_DIR}/HarmonicsConfigVersion.cmake
+  VERSION ${PROJECT_VERSION} COMPATIBILITY SameMajorVersion)
+install(FILES ${CMAKE_BINARY_DIR}/HarmonicsConfig.cmake ${CMAKE_BINARY_DIR}/HarmonicsConfigVersion.cmake
+  ${PROJECT_SOURCE_DIR}/cmake/HarmonicsPlugin.cmake DESTINATION ${HM_CMAKE_DIR})
+configure_file(${PROJECT_SOURCE_DIR}/cmake/harmonics.pc.in ${CMAKE_BINARY_DIR}/harmonics.pc @ONLY)
+install(FILES ${CMAKE_BINARY_DIR}/harmonics.pc DESTINATION ${CMAKE_INSTALL_LIBDIR}/pkgconfig)

@@ -1,0 +1,170 @@
+/*
+ * Internal interfaces of the CPU plugin. Nothing here crosses the ABI.
+ */
+#ifndef HM_CPU_INTERNAL_H_
+#define HM_CPU_INTERNAL_H_
+
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "cpu_vec.h"
+#include "harmonics_abi.h"
+
+/* ===== CPU features (cpu_features.c) ===== */
+
+typedef struct cpu_features {
+  int avx, avx2, fma, f16c;
+  int avx512f, avx512bw, avx512vl, avx512dq;
+  int avx512_vnni, avx512_bf16, avx_vnni;
+  int amx_int8, amx_bf16;
+} cpu_features;
+
+void cpu_features_detect(cpu_features *out);
+/* Appends the ISA flags to |buf| as space-separated words. */
+void cpu_features_describe(const cpu_features *f, char *buf, size_t cap);
+
+/* The inner-loop table for the CPU's ISA. */
+const cpu_vec_ops *cpu_vec_select(const cpu_features *f);
+
+/* ===== BLAS (cpu_blas.c) ===== */
+
+typedef void (*cpu_sgemm_fn)(int order, int trans_a, int trans_b, int m, int n, int k, float alpha,
+                             const float *a, int lda, const float *b, int ldb, float beta, float *c,
+                             int ldc);
+
+typedef struct cpu_blas {
+  void *handle;           /* dlopen handle, NULL for the built-in reference GEMM */
+  cpu_sgemm_fn sgemm;     /* cblas_sgemm */
+  char description[160];  /* e.g. "openblas 0.3.21 core=SkylakeX (chosen: avx512)" */
+} cpu_blas;
+
+/* Loads OpenBLAS from |library| (NULL = the default soname) with the core
+ * type |forced_core|, or when NULL one chosen from |features|. On failure
+ * writes a reason into |err| and returns nonzero. */
+int cpu_blas_load(cpu_blas *blas, const char *library, const char *forced_core,
+                  const cpu_features *features, char *err, size_t err_cap);
+void cpu_blas_unload(cpu_blas *blas);
+
+/* ===== Thread pool (cpu_pool.c) ===== */
+
+typedef void (*cpu_task_fn)(void *ctx, size_t task);
+
+typedef struct cpu_pool cpu_pool;
+
+/* Starts |threads|-1 workers; the calling thread is the last worker. Workers
+ * run with subnormals flushed (FTZ+DAZ). Returns NULL on failure. */
+cpu_pool *cpu_pool_create(unsigned threads);
+void cpu_pool_free(cpu_pool *pool);
+unsigned cpu_pool_threads(const cpu_pool *pool);
+/* Runs fn(ctx, t) for t in [0, n_tasks) across the pool and waits. Tasks must
+ * write disjoint memory; which thread runs a task does not matter. */
+void cpu_pool_run(cpu_pool *pool, size_t n_tasks, cpu_task_fn fn, void *ctx);
+
+/* Sets FTZ+DAZ on the calling thread and returns the previous MXCSR. */
+unsigned cpu_fp_enter(void);
+void cpu_fp_leave(unsigned saved);
+
+/* ===== Objects ===== */
+
+typedef struct hm_abi_context {
+  hm_abi_host host;
+  cpu_features features;
+  int use_reference_gemm; /* option gemm=reference */
+  cpu_blas blas;
+  unsigned default_threads;
+  uint64_t memory_bytes;
+  char features_text[512];
+} cpu_context;
+
+typedef struct hm_abi_device {
+  cpu_context *ctx;
+  cpu_pool *pool;
+  unsigned threads;
+  const cpu_vec_ops *vec; /* inner loops for this CPU's ISA */
+  atomic_long live_buffers;
+  atomic_long live_programs;
+} cpu_device;
+
+#define CPU_BUFFER_MAGIC 0x48424646u /* "HBFF" */
+
+typedef struct hm_abi_buffer {
+  uint32_t magic;
+  cpu_device *device;
+  uint64_t size;
+  unsigned char *data;
+} cpu_buffer;
+
+typedef struct cpu_op cpu_op;
+
+typedef struct hm_abi_program {
+  cpu_device *device;
+  uint32_t n_ops;
+  uint32_t n_scalars;
+  cpu_op *ops;
+} cpu_program;
+
+/* ===== Errors ===== */
+
+/* Reports |status| with a formatted message through the host and returns it. */
+int32_t cpu_fail(const cpu_context *ctx, int32_t status, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* ===== Capabilities (cpu_caps.c) ===== */
+
+const hm_abi_capability *cpu_caps_table(uint32_t *count);
+/* Nonzero when (op, dtype_in, dtype_out, variant) is declared. */
+int cpu_caps_supports(uint32_t op, uint32_t dtype_in, uint32_t dtype_out, uint32_t variant);
+
+/* ===== Programs (cpu_program.c) and kernels (cpu_kernels_*.c) ===== */
+
+int32_t cpu_program_create(hm_abi_device *device, const hm_abi_program_desc *desc,
+                           hm_abi_program **out);
+void cpu_program_free(hm_abi_program *program);
+int32_t cpu_program_run(hm_abi_program *program, const double *scalars, uint32_t n_scalars);
+
+/* A validated op with operands resolved to host pointers. */
+struct cpu_op {
+  hm_abi_op op;           /* the op as given (copied) */
+  void *in[HM_ABI_MAX_OPERANDS];
+  void *out[HM_ABI_MAX_OPERANDS];
+  int fused_next;         /* kernels may consume the following op(s): count */
+};
+
+typedef struct cpu_exec {
+  cpu_device *device;
+  const double *scalars;
+  uint32_t n_scalars;
+} cpu_exec;
+
+/* Parameter |i| of |op| after applying dyn[i] when it is used. */
+float cpu_param(const cpu_exec *ex, const cpu_op *op, int i);
+
+/* Splits [0, n) into contiguous chunks across the device's threads (when n is
+ * at least |min_parallel|) and runs fn(ctx, begin, end, chunk_index). The
+ * split depends only on n and the thread count, so results are deterministic
+ * for a fixed thread count. Returns the number of chunks used. */
+typedef void (*cpu_range_fn)(void *ctx, size_t begin, size_t end, size_t chunk);
+size_t cpu_parallel_range(cpu_device *dev, size_t n, size_t min_parallel, cpu_range_fn fn, void *ctx);
+/* The number of chunks cpu_parallel_range will use for n. */
+size_t cpu_parallel_chunks(const cpu_device *dev, size_t n, size_t min_parallel);
+
+void cpu_kernel_gemm(const cpu_exec *ex, const cpu_op *op);
+void cpu_kernel_bias_add(const cpu_exec *ex, const cpu_op *op);
+void cpu_kernel_act_forward(const cpu_exec *ex, const cpu_op *op);
+void cpu_kernel_act_backward(const cpu_exec *ex, const cpu_op *op);
+void cpu_kernel_loss(const cpu_exec *ex, const cpu_op *op);
+void cpu_kernel_reduce_rows(const cpu_exec *ex, const cpu_op *op);
+void cpu_kernel_reduce_cols(const cpu_exec *ex, const cpu_op *op);
+void cpu_kernel_sum_squares(const cpu_exec *ex, const cpu_op *op);
+void cpu_kernel_clip(const cpu_exec *ex, const cpu_op *op);
+void cpu_kernel_scale(const cpu_exec *ex, const cpu_op *op);
+void cpu_kernel_axpy(const cpu_exec *ex, const cpu_op *op);
+void cpu_kernel_gather_rows(const cpu_exec *ex, const cpu_op *op);
+void cpu_kernel_fill(const cpu_exec *ex, const cpu_op *op);
+void cpu_kernel_copy(const cpu_exec *ex, const cpu_op *op);
+void cpu_kernel_optimizer(const cpu_exec *ex, const cpu_op *op);
+
+#endif /* HM_CPU_INTERNAL_H_ */

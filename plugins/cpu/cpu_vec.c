@@ -1,0 +1,241 @@
+/*
+ * Inner loops, compiled once per ISA level (see cpu_vec.h). CPU_VEC_SUFFIX and
+ * CPU_VEC_NAME are set by the build for each compilation.
+ */
+#include "cpu_vec.h"
+
+#include <math.h>
+
+#include "harmonics_abi.h"
+
+#ifndef CPU_VEC_SUFFIX
+#error "compile cpu_vec.c with -DCPU_VEC_SUFFIX=<isa>"
+#endif
+#define CAT2(a, b) a##b
+#define CAT(a, b) CAT2(a, b)
+#define FN(name) CAT(name##_, CPU_VEC_SUFFIX)
+
+#define SELU_LAMBDA 1.0507009873554805f
+#define SELU_ALPHA 1.6732632423543772f
+
+static inline float sigmoidf(float x) { return 1.0f / (1.0f + expf(-x)); }
+
+static void FN(act_forward)(int act, float param, size_t rows, size_t cols, const float *bias,
+                            const float *x, float *y) {
+  for (size_t r = 0; r < rows; r++) {
+    const float *xr = x + r * cols;
+    float *yr = y + r * cols;
+    switch (act) {
+      case HM_ABI_ACT_IDENTITY:
+        if (bias)
+          for (size_t c = 0; c < cols; c++) yr[c] = xr[c] + bias[c];
+        else
+          for (size_t c = 0; c < cols; c++) yr[c] = xr[c];
+        break;
+      case HM_ABI_ACT_RELU:
+        if (bias)
+          for (size_t c = 0; c < cols; c++) {
+            float v = xr[c] + bias[c];
+            yr[c] = v > 0.0f ? v : 0.0f;
+          }
+        else
+          for (size_t c = 0; c < cols; c++) yr[c] = xr[c] > 0.0f ? xr[c] : 0.0f;
+        break;
+      case HM_ABI_ACT_LEAKY_RELU:
+        for (size_t c = 0; c < cols; c++) {
+          float v = xr[c] + (bias ? bias[c] : 0.0f);
+          yr[c] = v > 0.0f ? v : param * v;
+        }
+        break;
+      default:
+        for (size_t c = 0; c < cols; c++) {
+          float v = xr[c] + (bias ? bias[c] : 0.0f);
+          float o;
+          switch (act) {
+            case HM_ABI_ACT_SIGMOID: o = sigmoidf(v); break;
+            case HM_ABI_ACT_TANH: o = tanhf(v); break;
+            case HM_ABI_ACT_GELU: o = 0.5f * v * (1.0f + erff(v * 0.70710678118654752f)); break;
+            case HM_ABI_ACT_SILU: o = v * sigmoidf(v); break;
+            case HM_ABI_ACT_ELU: o = v > 0.0f ? v : param * expm1f(v); break;
+            case HM_ABI_ACT_SELU: o = v > 0.0f ? SELU_LAMBDA * v : SELU_LAMBDA * SELU_ALPHA * expm1f(v); break;
+            default: o = NAN; break;
+          }
+          yr[c] = o;
+        }
+        break;
+    }
+  }
+}
+
+static void FN(act_backward)(int act, float param, float beta, size_t n, const float *x,
+                             const float *y, const float *dy, float *dx) {
+  /* beta == 0 must not read dx (it may hold garbage or alias dy). */
+  switch (act) {
+    case HM_ABI_ACT_IDENTITY:
+      if (beta == 0.0f)
+        for (size_t i = 0; i < n; i++) dx[i] = dy[i];
+      else
+        for (size_t i = 0; i < n; i++) dx[i] = dy[i] + beta * dx[i];
+      return;
+    case HM_ABI_ACT_RELU:
+      if (beta == 0.0f)
+        for (size_t i = 0; i < n; i++) dx[i] = x[i] > 0.0f ? dy[i] : 0.0f;
+      else
+        for (size_t i = 0; i < n; i++) dx[i] = (x[i] > 0.0f ? dy[i] : 0.0f) + beta * dx[i];
+      return;
+    default: break;
+  }
+  for (size_t i = 0; i < n; i++) {
+    float g;
+    switch (act) {
+      case HM_ABI_ACT_LEAKY_RELU: g = x[i] > 0.0f ? 1.0f : param; break;
+      case HM_ABI_ACT_SIGMOID: g = y[i] * (1.0f - y[i]); break;
+      case HM_ABI_ACT_TANH: g = 1.0f - y[i] * y[i]; break;
+      case HM_ABI_ACT_GELU: {
+        float v = x[i];
+        g = 0.5f * (1.0f + erff(v * 0.70710678118654752f)) + v * expf(-0.5f * v * v) * 0.39894228040143268f;
+        break;
+      }
+      case HM_ABI_ACT_SILU: {
+        float s = sigmoidf(x[i]);
+        g = s * (1.0f + x[i] * (1.0f - s));
+        break;
+      }
+      case HM_ABI_ACT_ELU: g = x[i] > 0.0f ? 1.0f : param * expf(x[i]); break;
+      case HM_ABI_ACT_SELU: g = x[i] > 0.0f ? SELU_LAMBDA : SELU_LAMBDA * SELU_ALPHA * expf(x[i]); break;
+      default: g = NAN; break;
+    }
+    float v = dy[i] * g;
+    dx[i] = beta == 0.0f ? v : v + beta * dx[i];
+  }
+}
+
+static void FN(accumulate_rows)(size_t rows, size_t cols, size_t stride, const float *x, float *acc) {
+  for (size_t r = 0; r < rows; r++) {
+    const float *xr = x + r * stride;
+    for (size_t c = 0; c < cols; c++) acc[c] += xr[c];
+  }
+}
+
+static double FN(sum_squares)(size_t n, const float *x) {
+  /* 16 independent float lanes per block of 256, summed into double: fast and
+   * accurate enough for norms; the order depends only on n. */
+  double total = 0.0;
+  size_t i = 0;
+  while (i < n) {
+    size_t end = n - i > 256 ? i + 256 : n;
+    float lanes[16] = {0};
+    size_t j = i;
+    for (; j + 16 <= end; j += 16)
+      for (int l = 0; l < 16; l++) lanes[l] += x[j + l] * x[j + l];
+    float tail = 0.0f;
+    for (; j < end; j++) tail += x[j] * x[j];
+    double block = tail;
+    for (int l = 0; l < 16; l++) block += lanes[l];
+    total += block;
+    i = end;
+  }
+  return total;
+}
+
+static void FN(clip)(size_t n, float c, float *x) {
+  for (size_t i = 0; i < n; i++) {
+    float v = x[i];
+    v = v > c ? c : v;
+    v = v < -c ? -c : v;
+    x[i] = v;
+  }
+}
+
+static void FN(scale)(size_t n, float a, const float *x, float *y) {
+  for (size_t i = 0; i < n; i++) y[i] = a * x[i];
+}
+
+static void FN(axpy)(size_t n, float a, const float *x, float *y) {
+  for (size_t i = 0; i < n; i++) y[i] = a * x[i] + y[i];
+}
+
+static void FN(u8_to_f32)(size_t n, float scale, const uint8_t *src, float *dst) {
+  for (size_t i = 0; i < n; i++) dst[i] = scale * (float)src[i];
+}
+
+static void FN(sgd)(size_t n, float lr, float momentum, const float *g, float *p, float *vel) {
+  if (momentum == 0.0f || !vel) {
+    for (size_t i = 0; i < n; i++) p[i] -= lr * g[i];
+    return;
+  }
+  for (size_t i = 0; i < n; i++) {
+    float v = momentum * vel[i] + g[i];
+    vel[i] = v;
+    p[i] -= lr * v;
+  }
+}
+
+static void FN(adam)(size_t n, float lr, float b1, float b2, float eps, float inv_bc1, float inv_bc2,
+                     float wd, const float *g, float *p, float *m, float *v) {
+  float c1 = 1.0f - b1, c2 = 1.0f - b2;
+  for (size_t i = 0; i < n; i++) {
+    float gi = g[i];
+    float mi = b1 * m[i] + c1 * gi;
+    float vi = b2 * v[i] + c2 * gi * gi;
+    m[i] = mi;
+    v[i] = vi;
+    float d = (mi * inv_bc1) / (__builtin_sqrtf(vi * inv_bc2) + eps);
+    p[i] -= lr * (d + wd * p[i]);
+  }
+}
+
+static void FN(rmsprop)(size_t n, float lr, float rho, float eps, const float *g, float *p, float *s) {
+  float c = 1.0f - rho;
+  for (size_t i = 0; i < n; i++) {
+    float si = rho * s[i] + c * g[i] * g[i];
+    s[i] = si;
+    p[i] -= lr * g[i] / (__builtin_sqrtf(si) + eps);
+  }
+}
+
+static void FN(lamb_moments)(size_t n, float b1, float b2, float eps, float inv_bc1, float inv_bc2,
+                             float wd, const float *g, const float *p, float *m, float *v, double *p2,
+                             double *u2) {
+  float c1 = 1.0f - b1, c2 = 1.0f - b2;
+  double sp = 0.0, su = 0.0;
+  for (size_t i = 0; i < n; i++) {
+    float gi = g[i];
+    float mi = b1 * m[i] + c1 * gi;
+    float vi = b2 * v[i] + c2 * gi * gi;
+    m[i] = mi;
+    v[i] = vi;
+    float u = (mi * inv_bc1) / (__builtin_sqrtf(vi * inv_bc2) + eps) + wd * p[i];
+    sp += (double)p[i] * p[i];
+    su += (double)u * u;
+  }
+  *p2 = sp;
+  *u2 = su;
+}
+
+static void FN(lamb_apply)(size_t n, float step, float eps, float inv_bc1, float inv_bc2, float wd,
+                           const float *m, const float *v, float *p) {
+  for (size_t i = 0; i < n; i++) {
+    float u = (m[i] * inv_bc1) / (__builtin_sqrtf(v[i] * inv_bc2) + eps) + wd * p[i];
+    p[i] -= step * u;
+  }
+}
+
+static const cpu_vec_ops ops = {
+    .name = CPU_VEC_NAME,
+    .act_forward = FN(act_forward),
+    .act_backward = FN(act_backward),
+    .accumulate_rows = FN(accumulate_rows),
+    .sum_squares = FN(sum_squares),
+    .clip = FN(clip),
+    .scale = FN(scale),
+    .axpy = FN(axpy),
+    .u8_to_f32 = FN(u8_to_f32),
+    .sgd = FN(sgd),
+    .adam = FN(adam),
+    .rmsprop = FN(rmsprop),
+    .lamb_moments = FN(lamb_moments),
+    .lamb_apply = FN(lamb_apply),
+};
+
+const cpu_vec_ops *FN(cpu_vec)(void) { return &ops; }

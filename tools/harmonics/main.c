@@ -1,0 +1,66 @@
+/*
+ * harmonics — entry point and subcommand dispatch.
+ */
+#include <stdio.h>
+#include <string.h>
+
+#include "cli.h"
+
+static void usage(FILE *f) {
+  fprintf(f,
+          "usage: harmonics <command> [options]\n"
+          "\n"
+          "commands:\n"
+          "  plugins [--json]     list every plugin considered: path, ABI, devices,\n"
+          "                       capabilities and GEMM path, or why it was skipped\n"
+          "  help                 this text\n"
+          "  --version            version and build\n"
+          "\n"
+          "environment: HARMONICS_PLUGIN_PATH, HARMONICS_BACKEND, HARMONICS_CONFIG,\n"
+          "HARMONICS_DEBUG=1 (see docs/plugins.md)\n");
+}
+
+int cli_fail(const char *what) {
+  fprintf(stderr, "harmonics: %s%s%s\n", what ? what : "", what ? ": " : "", hm_last_error());
+  return CLI_FAILED;
+}
+
+int cli_registry_init(const char *config, const char *backend) {
+  hm_registry_options o = hm_registry_options_default();
+  o.config_file = config;
+  o.backend = backend;
+  if (hm_registry_init(&o) != HM_OK) return cli_fail("cannot initialise the plugin registry");
+  return CLI_OK;
+}
+
+void json_string(FILE *f, const char *s) {
+  fputc('"', f);
+  for (const unsigned char *p = (const unsigned char *)(s ? s : ""); *p; p++) {
+    if (*p == '"' || *p == '\\') fprintf(f, "\\%c", *p);
+    else if (*p == '\n') fputs("\\n", f);
+    else if (*p < 0x20) fprintf(f, "\\u%04x", *p);
+    else fputc(*p, f);
+  }
+  fputc('"', f);
+}
+
+int main(int argc, char **argv) {
+  if (argc < 2) {
+    usage(stderr);
+    return CLI_USAGE;
+  }
+  const char *cmd = argv[1];
+  if (strcmp(cmd, "--version") == 0 || strcmp(cmd, "version") == 0) {
+    printf("harmonics %s (plugin ABI %d.%d, build %s)\n", hm_version(), HM_ABI_VERSION_MAJOR,
+           HM_ABI_VERSION_MINOR, hm_build_id());
+    return CLI_OK;
+  }
+  if (strcmp(cmd, "help") == 0 || strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0) {
+    usage(stdout);
+    return CLI_OK;
+  }
+  if (strcmp(cmd, "plugins") == 0) return cmd_plugins(argc - 2, argv + 2);
+  fprintf(stderr, "harmonics: unknown command '%s'\n\n", cmd);
+  usage(stderr);
+  return CLI_USAGE;
+}
