@@ -1,7 +1,10 @@
 /*
  * harmonics — entry point and subcommand dispatch.
  */
+#include <errno.h>
+#include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "cli.h"
@@ -11,6 +14,8 @@ static void usage(FILE *f) {
           "usage: harmonics <command> [options]\n"
           "\n"
           "commands:\n"
+          "  train MODEL.hmx ...  train a model (harmonics train --help)\n"
+          "  infer MODEL.hmx ...  evaluate a trained model (harmonics infer --help)\n"
           "  plugins [--json]     list every plugin considered: path, ABI, devices,\n"
           "                       capabilities and GEMM path, or why it was skipped\n"
           "  help                 this text\n"
@@ -31,6 +36,35 @@ int cli_registry_init(const char *config, const char *backend) {
   o.backend = backend;
   if (hm_registry_init(&o) != HM_OK) return cli_fail("cannot initialise the plugin registry");
   return CLI_OK;
+}
+
+void json_number(FILE *f, double v) {
+  if (isfinite(v)) fprintf(f, "%.9g", v);
+  else fputs("null", f);
+}
+
+int cli_parse_size(const char *opt, const char *text, size_t *out) {
+  char *end = NULL;
+  errno = 0;
+  unsigned long long v = strtoull(text, &end, 10);
+  if (errno || end == text || *end || text[0] == '-') {
+    fprintf(stderr, "harmonics: %s expects a non-negative integer, got '%s'\n", opt, text);
+    return 1;
+  }
+  *out = (size_t)v;
+  return 0;
+}
+
+int cli_parse_float(const char *opt, const char *text, float *out) {
+  char *end = NULL;
+  errno = 0;
+  double v = strtod(text, &end);
+  if (errno || end == text || *end || !isfinite(v)) {
+    fprintf(stderr, "harmonics: %s expects a number, got '%s'\n", opt, text);
+    return 1;
+  }
+  *out = (float)v;
+  return 0;
 }
 
 void json_string(FILE *f, const char *s) {
@@ -60,6 +94,8 @@ int main(int argc, char **argv) {
     return CLI_OK;
   }
   if (strcmp(cmd, "plugins") == 0) return cmd_plugins(argc - 2, argv + 2);
+  if (strcmp(cmd, "train") == 0) return cmd_train(argc - 2, argv + 2);
+  if (strcmp(cmd, "infer") == 0) return cmd_infer(argc - 2, argv + 2);
   fprintf(stderr, "harmonics: unknown command '%s'\n\n", cmd);
   usage(stderr);
   return CLI_USAGE;

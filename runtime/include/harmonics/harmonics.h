@@ -16,9 +16,14 @@
 #ifndef HARMONICS_H_
 #define HARMONICS_H_
 
+#include "harmonics/data.h"
+#include "harmonics/graph.h"
 #include "harmonics/names.h"
 #include "harmonics/plugins.h"
+#include "harmonics/policy.h"
 #include "harmonics/status.h"
+#include "harmonics/training.h"
 #include "harmonics/version.h"
+#include "harmonics/weights.h"
 
 #endif /* HARMONICS_H_ */

@@ -1,0 +1,152 @@
+/*
+ * Training: fit, fit_for, fit_until and inference (DESIGN.md §4;
+ * seed/Training.md). An epoch is one pass over the bound training data in
+ * shuffled mini-batches; a step is one optimizer update.
+ */
+#ifndef HARMONICS_TRAINING_H_
+#define HARMONICS_TRAINING_H_
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "harmonics/graph.h"
+#include "harmonics/plugins.h"
+#include "harmonics/policy.h"
+#include "harmonics/status.h"
+#include "harmonics/weights.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef enum hm_optimizer {
+  HM_OPTIMIZER_SGD = 0,
+  HM_OPTIMIZER_ADAM = 1,
+  HM_OPTIMIZER_RMSPROP = 2,
+  HM_OPTIMIZER_ADAMW = 3,
+  HM_OPTIMIZER_LAMB = 4
+} hm_optimizer;
+
+/* A learning-rate schedule: fn(update_index, self) is called with update
+ * index 0, 1, 2, ... and returns the learning rate of that update. |params|
+ * holds a built-in schedule's numbers so schedules are plain values. */
+typedef struct hm_lr_schedule {
+  float (*fn)(size_t step_index, const struct hm_lr_schedule *self);
+  void *user;
+  float params[4];
+} hm_lr_schedule;
+
+/* lr = max(min_lr, initial * rate^floor(step / decay_steps));
+ * decay_steps == 0 gives a constant |initial| (no clamp). */
+HM_API hm_lr_schedule hm_exponential_decay_schedule(float initial, float rate, size_t decay_steps, float min_lr);
+
+/* A progress sink, called after every update with the update's step number
+ * (1, 2, ...), the gradient's L2 norm before clipping, the loss and the
+ * learning rate. */
+typedef struct hm_progress_sink {
+  void (*fn)(void *user, size_t step, float grad_norm, float loss, float lr);
+  void *user;
+} hm_progress_sink;
+
+typedef struct hm_cycle_state hm_cycle_state;
+
+/* Called after every epoch (after evaluation); return nonzero to stop. */
+typedef int (*hm_epoch_fn)(void *user, const hm_cycle_state *state);
+
+typedef struct hm_fit_options {
+  size_t struct_size;
+  /* ===== the seed's FitOptions ===== */
+  float learning_rate;        /* 0.01 */
+  hm_optimizer optimizer;     /* SGD */
+  float grad_clip;            /* 0: off; else clamp every gradient element to ±clip after averaging */
+  size_t early_stop_patience; /* 0: off; else stop after this many updates without improvement */
+  float early_stop_delta;     /* an update improves iff norm + delta < best norm */
+  float weight_decay;         /* AdamW and LAMB only */
+  size_t accumulate_steps;    /* 1: gradients of k micro-batches are averaged into one update */
+  hm_lr_schedule lr_schedule_fp; /* .fn NULL: constant learning_rate */
+  hm_progress_sink progress;  /* .fn NULL: none */
+  /* ===== the loop ===== */
+  size_t batch_size;          /* 32 */
+  uint64_t seed;              /* 0: weight initialisation and shuffling */
+  int shuffle;                /* 1: a new order every epoch */
+  /* ===== optimizer hyper-parameters ===== */
+  float momentum;             /* SGD: 0 (off) */
+  float beta1, beta2;         /* Adam, AdamW, LAMB: 0.9, 0.999 */
+  float epsilon;              /* 1e-8 */
+  float rho;                  /* RMSProp decay: 0.9 */
+  /* ===== where it runs ===== */
+  hm_device *device;          /* an open device (borrowed), or NULL to select: */
+  const char *backend;        /* "cpu", "cuda:1", ...; NULL = the registry's selection */
+  unsigned threads;           /* CPU threads when this call opens the device; 0 = default */
+  size_t eval_batch_size;     /* 1000 */
+  hm_epoch_fn on_epoch;
+  void *on_epoch_user;
+  void *reserved[8];
+} hm_fit_options;
+
+HM_API hm_fit_options hm_fit_options_default(void);
+
+/* Trains for |epochs| passes. NULL policy = hm_make_hardware_policy().
+ * On success *out_state holds the final state (caller frees with
+ * hm_cycle_state_free) and the graph's weights are the trained ones. */
+HM_API HM_MUST_USE hm_status hm_graph_fit(hm_graph *g, size_t epochs, const hm_policy *policy,
+                                          const hm_fit_options *opts, hm_cycle_state **out_state);
+/* Trains until |seconds| of wall time have passed (checked after each
+ * update; at least one update). */
+HM_API HM_MUST_USE hm_status hm_graph_fit_for(hm_graph *g, double seconds, const hm_policy *policy,
+                                              const hm_fit_options *opts, hm_cycle_state **out_state);
+/* Trains until pred(state, user) returns nonzero; the predicate runs after
+ * every update. */
+typedef int (*hm_stop_predicate)(const hm_cycle_state *state, void *user);
+HM_API HM_MUST_USE hm_status hm_graph_fit_until(hm_graph *g, hm_stop_predicate pred, void *user,
+                                                const hm_policy *policy, const hm_fit_options *opts,
+                                                hm_cycle_state **out_state);
+
+/* ===== Cycle state ===== */
+
+HM_API void hm_cycle_state_free(hm_cycle_state *s);
+HM_API size_t hm_cycle_state_step(const hm_cycle_state *s);   /* updates done */
+HM_API size_t hm_cycle_state_epoch(const hm_cycle_state *s);  /* epochs completed */
+HM_API float hm_cycle_state_loss(const hm_cycle_state *s);    /* last update's loss */
+HM_API float hm_cycle_state_grad_norm(const hm_cycle_state *s);
+HM_API float hm_cycle_state_learning_rate(const hm_cycle_state *s);
+HM_API double hm_cycle_state_elapsed(const hm_cycle_state *s);       /* seconds since fit started */
+HM_API double hm_cycle_state_train_seconds(const hm_cycle_state *s); /* in update steps only */
+HM_API size_t hm_cycle_state_samples(const hm_cycle_state *s);       /* training samples processed */
+/* Held-out metrics of the last evaluation (NAN when none; accuracy only for
+ * classification). */
+HM_API float hm_cycle_state_eval_loss(const hm_cycle_state *s);
+HM_API float hm_cycle_state_eval_accuracy(const hm_cycle_state *s);
+/* Why the loop stopped: "epochs", "time", "predicate", "early_stop", "epoch_callback". */
+HM_API const char *hm_cycle_state_stop_reason(const hm_cycle_state *s);
+/* The learned weights (during fit_until's predicate: fetched from the device
+ * on first access). Borrowed from the state. */
+HM_API const hm_weights *hm_cycle_state_weights(const hm_cycle_state *s);
+/* Optimizer state tensors ("<param>.m", "<param>.v", ...). Borrowed. */
+HM_API const hm_weights *hm_cycle_state_optimizer_state(const hm_cycle_state *s);
+/* Precision chosen per connection: "a->b" with "f32/gemm", "int3/int3_matmul", ... */
+HM_API size_t hm_cycle_state_layer_count(const hm_cycle_state *s);
+HM_API HM_MUST_USE hm_status hm_cycle_state_layer_precision(const hm_cycle_state *s, size_t i, const char **layer,
+                                                            const char **precision, const char **kernel);
+/* The backend that ran the fit ("cpu:0"). */
+HM_API const char *hm_cycle_state_backend(const hm_cycle_state *s);
+
+/* ===== Inference and evaluation ===== */
+
+typedef struct hm_eval_result {
+  size_t samples;
+  float loss;     /* mean loss over the samples (NAN without taps/targets) */
+  float accuracy; /* classification accuracy (NAN when not a classification tap) */
+} hm_eval_result;
+
+/* Runs the graph forward over its bound producers (the eval bindings when
+ * |use_eval_data|, else the training bindings) with its current weights,
+ * pushes consumer outputs to bound consumers, and computes loss/accuracy
+ * when targets are bound. */
+HM_API HM_MUST_USE hm_status hm_graph_inference(hm_graph *g, const hm_policy *policy, const hm_fit_options *opts,
+                                                int use_eval_data, hm_eval_result *out);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* HARMONICS_TRAINING_H_ */

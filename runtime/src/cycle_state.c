@@ -1,0 +1,104 @@
+/* The cycle state returned by fit and seen by fit_until's predicate. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cycle_state_impl.h"
+#include "session_impl.h"
+
+hm_status hm__cycle_state_create(hm_cycle_state **out) {
+  hm_cycle_state *st = calloc(1, sizeof *st);
+  if (!st) return hm__fail(HM_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+  st->eval_loss = NAN;
+  st->eval_accuracy = NAN;
+  st->loss = NAN;
+  st->grad_norm = NAN;
+  st->stop_reason = "epochs";
+  *out = st;
+  return HM_OK;
+}
+
+void hm_cycle_state_free(hm_cycle_state *st) {
+  if (!st) return;
+  hm_weights_free(st->weights);
+  hm_weights_free(st->opt_state);
+  for (size_t i = 0; i < st->n_layers; i++) {
+    free(st->layer_names[i]);
+    free(st->precisions[i]);
+    free(st->kernels[i]);
+  }
+  free(st->layer_names);
+  free(st->precisions);
+  free(st->kernels);
+  free(st);
+}
+
+hm_status hm__cycle_state_describe(hm_cycle_state *st, hm_session *s, const hm_policy *policy) {
+  (void)policy;
+  const hm_graph *g = s->g;
+  snprintf(st->backend, sizeof st->backend, "%s:%u", hm_device_backend(s->dev), hm_device_index(s->dev));
+  size_t n = 0;
+  for (size_t e = 0; e < g->n_edges; e++) n += hm__edge_has_weights(g, &g->edges[e]);
+  st->layer_names = calloc(n ? n : 1, sizeof(char *));
+  st->precisions = calloc(n ? n : 1, sizeof(char *));
+  st->kernels = calloc(n ? n : 1, sizeof(char *));
+  if (!st->layer_names || !st->precisions || !st->kernels) return hm__fail(HM_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+  for (size_t e = 0; e < g->n_edges; e++) {
+    if (!hm__edge_has_weights(g, &g->edges[e])) continue;
+    st->layer_names[st->n_layers] = hm__asprintf("%s->%s", g->nodes[g->edges[e].src].name, g->nodes[g->edges[e].dst].name);
+    st->precisions[st->n_layers] = hm__strdup("f32");
+    st->kernels[st->n_layers] = hm__strdup("gemm");
+    st->n_layers++;
+  }
+  return HM_OK;
+}
+
+hm_status hm__cycle_state_sync(hm_cycle_state *st) {
+  if (!st->live || (!st->weights_stale && st->weights)) return HM_OK;
+  hm_weights *p = NULL, *o = NULL;
+  HM_RETURN_IF_ERROR(hm__session_download(st->live, &p, &o));
+  hm_weights_free(st->weights);
+  hm_weights_free(st->opt_state);
+  st->weights = p;
+  st->opt_state = o;
+  st->weights_stale = 0;
+  return HM_OK;
+}
+
+size_t hm_cycle_state_step(const hm_cycle_state *s) { return s ? s->step : 0; }
+size_t hm_cycle_state_epoch(const hm_cycle_state *s) { return s ? s->epoch : 0; }
+float hm_cycle_state_loss(const hm_cycle_state *s) { return s ? s->loss : NAN; }
+float hm_cycle_state_grad_norm(const hm_cycle_state *s) { return s ? s->grad_norm : NAN; }
+float hm_cycle_state_learning_rate(const hm_cycle_state *s) { return s ? s->lr : NAN; }
+double hm_cycle_state_elapsed(const hm_cycle_state *s) { return s ? s->elapsed : 0; }
+double hm_cycle_state_train_seconds(const hm_cycle_state *s) { return s ? s->train_seconds : 0; }
+size_t hm_cycle_state_samples(const hm_cycle_state *s) { return s ? s->samples : 0; }
+float hm_cycle_state_eval_loss(const hm_cycle_state *s) { return s ? s->eval_loss : NAN; }
+float hm_cycle_state_eval_accuracy(const hm_cycle_state *s) { return s ? s->eval_accuracy : NAN; }
+const char *hm_cycle_state_stop_reason(const hm_cycle_state *s) { return s ? s->stop_reason : NULL; }
+const char *hm_cycle_state_backend(const hm_cycle_state *s) { return s ? s->backend : NULL; }
+size_t hm_cycle_state_layer_count(const hm_cycle_state *s) { return s ? s->n_layers : 0; }
+
+const hm_weights *hm_cycle_state_weights(const hm_cycle_state *s) {
+  if (!s) return NULL;
+  /* During fit_until's predicate the device may hold newer weights: fetch
+   * them once per update on demand. The state is logically const. */
+  if (s->live && hm__cycle_state_sync((hm_cycle_state *)s) != HM_OK) return NULL;
+  return s->weights;
+}
+
+const hm_weights *hm_cycle_state_optimizer_state(const hm_cycle_state *s) {
+  if (!s) return NULL;
+  if (s->live && hm__cycle_state_sync((hm_cycle_state *)s) != HM_OK) return NULL;
+  return s->opt_state;
+}
+
+hm_status hm_cycle_state_layer_precision(const hm_cycle_state *s, size_t i, const char **layer, const char **precision,
+                                         const char **kernel) {
+  if (!s || i >= s->n_layers) return hm__fail(HM_STATUS_OUT_OF_RANGE, "layer index %zu out of range", i);
+  if (layer) *layer = s->layer_names[i];
+  if (precision) *precision = s->precisions[i];
+  if (kernel) *kernel = s->kernels[i];
+  return HM_OK;
+}

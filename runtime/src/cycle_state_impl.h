@@ -1,0 +1,29 @@
+/* The cycle state's fields, shared by the training loop. */
+#ifndef HM_CYCLE_STATE_IMPL_H_
+#define HM_CYCLE_STATE_IMPL_H_
+
+#include "harmonics/training.h"
+
+struct hm_session;
+
+struct hm_cycle_state {
+  size_t step, epoch, samples;
+  float loss, grad_norm, lr;
+  double start_time, elapsed, train_seconds;
+  float eval_loss, eval_accuracy;
+  const char *stop_reason;
+  hm_weights *weights, *opt_state;
+  int weights_stale;        /* the device holds newer weights than |weights| */
+  struct hm_session *live;  /* set while fit runs */
+  char backend[48];
+  size_t n_layers;
+  char **layer_names, **precisions, **kernels;
+};
+
+hm_status hm__cycle_state_create(hm_cycle_state **out);
+/* Records the backend and the precision chosen per connection. */
+hm_status hm__cycle_state_describe(hm_cycle_state *st, struct hm_session *s, const hm_policy *policy);
+/* Fetches weights and optimizer state from the live session if stale. */
+hm_status hm__cycle_state_sync(hm_cycle_state *st);
+
+#endif /* HM_CYCLE_STATE_IMPL_H_ */

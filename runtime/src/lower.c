@@ -1,0 +1,356 @@
+/*
+ * Lowering: a graph becomes ABI programs (SPEC.md §7 ops). One training step
+ * — gather the batch, forward, losses, backward, gradient norm, clip,
+ * optimizer — is one program, so a plugin may fuse it or capture it whole.
+ *
+ * Forward, for each layer L in topological order and each edge e = S -> L:
+ *   z_e = value(S) · W_eᵀ + b_e;  a_e = f_e(z_e);  value(L) = Σ_e a_e.
+ * Backward, for each layer in reverse order, with g_L = dLoss/dvalue(L):
+ *   dz_e = g_L ⊙ f_e'(z_e);  dW_e (+)= dz_eᵀ · value(S);  db_e (+)= Σ_rows dz_e;
+ *   g_S (+)= dz_e · W_e  when S is a layer that influences a loss.
+ * The first contribution to a gradient overwrites it (beta = 0), later ones
+ * add (beta = 1), so no buffer needs clearing.
+ */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "harmonics/names.h"
+#include "session_impl.h"
+
+typedef struct op_list {
+  hm_abi_op *ops;
+  size_t n, cap;
+  int failed;
+} op_list;
+
+static hm_abi_op *push(op_list *l, uint32_t code) {
+  if (l->n == l->cap) {
+    size_t cap = l->cap ? l->cap * 2 : 64;
+    hm_abi_op *ops = realloc(l->ops, cap * sizeof *ops);
+    if (!ops) {
+      l->failed = 1;
+      return NULL;
+    }
+    l->ops = ops;
+    l->cap = cap;
+  }
+  hm_abi_op *op = &l->ops[l->n++];
+  *op = hm_op_init(code);
+  return op;
+}
+
+#define PUSH(var, list, code)              \
+  hm_abi_op *var = push((list), (code));   \
+  if (!var) return
+#define OPD(buf) ((hm_abi_operand){(buf), 0})
+
+hm_abi_buffer *hm__session_value(hm_session *s, size_t node) {
+  const hm_graph *g = s->g;
+  if (g->nodes[node].kind == HM_NODE_PRODUCER) return s->nodes[node].batch;
+  if (g->nodes[node].kind == HM_NODE_CONSUMER) return s->nodes[node].batch;
+  long e = s->nodes[node].single_input;
+  return e >= 0 ? s->edges[e].a : s->nodes[node].sum;
+}
+
+static int is_training(program_kind k) { return k == PROG_TRAIN || k == PROG_MICRO_FIRST || k == PROG_MICRO_ACC; }
+
+static void emit_gathers(hm_session *s, op_list *l, program_kind kind, size_t b, hm_status *st) {
+  const hm_graph *g = s->g;
+  int eval = kind == PROG_EVAL;
+  for (size_t i = 0; i < g->n_nodes && *st == HM_OK; i++) {
+    if (g->nodes[i].kind != HM_NODE_PRODUCER) continue;
+    const node_state *ns = &s->nodes[i];
+    hm_abi_buffer *src = eval ? ns->eval_data : ns->train_data;
+    const hm_bound_data *d = eval ? &ns->eval : &ns->train;
+    int feeds = 0, target = 0;
+    for (size_t e = 0; e < g->n_edges; e++) feeds |= g->edges[e].src == i;
+    for (size_t t = 0; t < g->n_taps; t++) target |= g->taps[t].target == i;
+    if (!src) {
+      if (feeds)
+        *st = hm__fail(HM_STATUS_FAILED_PRECONDITION, "producer '%s' has no %s data bound", g->nodes[i].name,
+                       eval ? "evaluation" : "input");
+      continue;
+    }
+    if (!feeds && !target) continue;
+    hm_abi_op *op = push(l, HM_ABI_OP_GATHER_ROWS);
+    if (!op) return;
+    op->dtype_in = d->info.dtype;
+    op->dtype_out = d->info.dtype == HM_ABI_DTYPE_I32 ? HM_ABI_DTYPE_I32 : HM_ABI_DTYPE_F32;
+    op->dtype_acc = op->dtype_out;
+    op->dims[0] = b;
+    op->dims[1] = d->info.width;
+    op->dims[2] = d->info.count;
+    op->params[0] = d->info.dtype == HM_ABI_DTYPE_U8 ? d->info.scale : 1.0f;
+    op->in[0] = OPD(src);
+    op->in[1] = OPD(s->idx);
+    op->out[0] = OPD(ns->batch);
+  }
+}
+
+static void emit_forward(hm_session *s, op_list *l, size_t b) {
+  const hm_graph *g = s->g;
+  for (size_t k = 0; k < s->n_order; k++) {
+    size_t L = s->order[k];
+    size_t wl = s->nodes[L].width;
+    int first = 1;
+    for (size_t e = 0; e < g->n_edges; e++) {
+      const hm_edge *ed = &g->edges[e];
+      if (ed->dst != L) continue;
+      edge_state *es = &s->edges[e];
+      PUSH(mm, l, HM_ABI_OP_GEMM);
+      mm->flags = HM_ABI_OP_FLAG_TRANS_B;
+      mm->dims[0] = b;
+      mm->dims[1] = wl;
+      mm->dims[2] = s->nodes[ed->src].width;
+      mm->params[0] = 1.0f;
+      mm->params[1] = 0.0f;
+      mm->in[0] = OPD(hm__session_value(s, ed->src));
+      mm->in[1] = OPD(es->w);
+      mm->out[0] = OPD(es->z);
+      PUSH(bias, l, HM_ABI_OP_BIAS_ADD);
+      bias->dims[0] = b;
+      bias->dims[1] = wl;
+      bias->in[0] = OPD(es->b);
+      bias->out[0] = OPD(es->z);
+      if (ed->activation != HM_ABI_ACT_IDENTITY) {
+        PUSH(act, l, HM_ABI_OP_ACT_FORWARD);
+        act->variant = ed->activation;
+        act->dims[0] = b;
+        act->dims[1] = wl;
+        act->params[0] = ed->activation == HM_ABI_ACT_LEAKY_RELU ? 0.01f : ed->activation == HM_ABI_ACT_ELU ? 1.0f : 0.0f;
+        act->in[0] = OPD(es->z);
+        act->out[0] = OPD(es->a);
+      }
+      if (s->nodes[L].single_input < 0) {
+        PUSH(sum, l, first ? HM_ABI_OP_COPY : HM_ABI_OP_AXPY);
+        sum->dims[0] = b * wl;
+        sum->params[0] = 1.0f;
+        sum->in[0] = OPD(es->a);
+        sum->out[0] = OPD(s->nodes[L].sum);
+      }
+      first = 0;
+    }
+  }
+}
+
+static void emit_consumers(hm_session *s, op_list *l, size_t b) {
+  const hm_graph *g = s->g;
+  for (size_t e = 0; e < g->n_edges; e++) {
+    const hm_edge *ed = &g->edges[e];
+    if (g->nodes[ed->dst].kind != HM_NODE_CONSUMER) continue;
+    PUSH(act, l, HM_ABI_OP_ACT_FORWARD);
+    act->variant = ed->activation;
+    act->dims[0] = b;
+    act->dims[1] = s->nodes[ed->dst].width;
+    act->params[0] = ed->activation == HM_ABI_ACT_LEAKY_RELU ? 0.01f : ed->activation == HM_ABI_ACT_ELU ? 1.0f : 0.0f;
+    act->in[0] = OPD(hm__session_value(s, ed->src));
+    act->out[0] = OPD(s->nodes[ed->dst].batch);
+  }
+}
+
+/* Losses; |grads| sets each tapped layer's gradient. Marks initialised grads. */
+static void emit_losses(hm_session *s, op_list *l, size_t b, int grads, char *grad_init) {
+  const hm_graph *g = s->g;
+  for (size_t t = 0; t < g->n_taps; t++) {
+    const hm_tap *tap = &g->taps[t];
+    const node_state *target = &s->nodes[tap->target];
+    int ci = (target->train_data ? target->train.info.dtype : target->eval.info.dtype) == HM_ABI_DTYPE_I32;
+    PUSH(op, l, HM_ABI_OP_LOSS);
+    op->variant = tap->loss;
+    op->flags = ci ? HM_ABI_OP_FLAG_CLASS_INDEX : 0;
+    op->dims[0] = b;
+    op->dims[1] = s->nodes[tap->layer].width;
+    op->params[0] = 1.0f;                 /* gradient scale */
+    op->params[1] = 1.0f;                 /* huber delta */
+    op->params[2] = t == 0 ? 0.0f : 1.0f; /* taps sum their losses */
+    op->params[3] = grad_init[tap->layer] ? 1.0f : 0.0f;
+    op->in[0] = OPD(hm__session_value(s, tap->layer));
+    op->in[1] = OPD(target->batch);
+    op->out[0] = OPD(s->stats);
+    if (grads) {
+      op->out[1] = OPD(s->nodes[tap->layer].grad);
+      grad_init[tap->layer] = 1;
+    }
+  }
+}
+
+static void emit_backward(hm_session *s, op_list *l, size_t b, int accumulate, char *grad_init) {
+  const hm_graph *g = s->g;
+  for (size_t k = s->n_order; k-- > 0;) {
+    size_t L = s->order[k];
+    if (!s->nodes[L].needs_grad || !grad_init[L]) continue;
+    size_t wl = s->nodes[L].width;
+    for (size_t e = 0; e < g->n_edges; e++) {
+      const hm_edge *ed = &g->edges[e];
+      if (ed->dst != L || !s->edges[e].trainable) continue;
+      edge_state *es = &s->edges[e];
+      size_t ws = s->nodes[ed->src].width;
+      if (ed->activation != HM_ABI_ACT_IDENTITY) {
+        PUSH(act, l, HM_ABI_OP_ACT_BACKWARD);
+        act->variant = ed->activation;
+        act->dims[0] = b;
+        act->dims[1] = wl;
+        act->params[0] = ed->activation == HM_ABI_ACT_LEAKY_RELU ? 0.01f : ed->activation == HM_ABI_ACT_ELU ? 1.0f : 0.0f;
+        act->params[1] = 0.0f;
+        act->in[0] = OPD(es->z);
+        act->in[1] = OPD(es->a);
+        act->in[2] = OPD(s->nodes[L].grad);
+        act->out[0] = OPD(es->dz);
+      }
+      PUSH(dw, l, HM_ABI_OP_GEMM);
+      dw->flags = HM_ABI_OP_FLAG_TRANS_A;
+      dw->dims[0] = wl;
+      dw->dims[1] = ws;
+      dw->dims[2] = b;
+      dw->params[0] = 1.0f;
+      dw->params[1] = accumulate ? 1.0f : 0.0f;
+      dw->in[0] = OPD(es->dz);
+      dw->in[1] = OPD(hm__session_value(s, ed->src));
+      dw->out[0] = OPD(es->dw);
+      PUSH(db, l, HM_ABI_OP_REDUCE_ROWS);
+      db->dims[0] = b;
+      db->dims[1] = wl;
+      db->params[0] = 1.0f;
+      db->params[1] = accumulate ? 1.0f : 0.0f;
+      db->in[0] = OPD(es->dz);
+      db->out[0] = OPD(es->db);
+      size_t S = ed->src;
+      if (g->nodes[S].kind == HM_NODE_LAYER && s->nodes[S].needs_grad) {
+        PUSH(dx, l, HM_ABI_OP_GEMM);
+        dx->dims[0] = b;
+        dx->dims[1] = ws;
+        dx->dims[2] = wl;
+        dx->params[0] = 1.0f;
+        dx->params[1] = grad_init[S] ? 1.0f : 0.0f;
+        dx->in[0] = OPD(es->dz);
+        dx->in[1] = OPD(es->w);
+        dx->out[0] = OPD(s->nodes[S].grad);
+        grad_init[S] = 1;
+      }
+    }
+  }
+}
+
+static uint32_t optimizer_op(hm_optimizer o) {
+  switch (o) {
+    case HM_OPTIMIZER_ADAM: return HM_ABI_OP_ADAM;
+    case HM_OPTIMIZER_RMSPROP: return HM_ABI_OP_RMSPROP;
+    case HM_OPTIMIZER_ADAMW: return HM_ABI_OP_ADAMW;
+    case HM_OPTIMIZER_LAMB: return HM_ABI_OP_LAMB;
+    default: return HM_ABI_OP_SGD;
+  }
+}
+
+/* Average (accumulation), norm before clipping, clip, optimizer step. */
+static void emit_apply(hm_session *s, op_list *l, int average) {
+  const hm_graph *g = s->g;
+  const hm_fit_options *o = &s->opts;
+  int first = 1;
+  for (int pass = 0; pass < 4; pass++) {
+    for (size_t e = 0; e < g->n_edges; e++) {
+      edge_state *es = &s->edges[e];
+      if (!es->trainable) continue;
+      size_t n_w = s->nodes[g->edges[e].src].width * s->nodes[g->edges[e].dst].width;
+      size_t n_b = s->nodes[g->edges[e].dst].width;
+      hm_abi_buffer *grads[2] = {es->dw, es->db}, *params[2] = {es->w, es->b};
+      hm_abi_buffer *s1[2] = {es->s1w, es->s1b}, *s2[2] = {es->s2w, es->s2b};
+      size_t n[2] = {n_w, n_b};
+      for (int k = 0; k < 2; k++) {
+        if (pass == 0 && average) {
+          PUSH(sc, l, HM_ABI_OP_SCALE);
+          sc->dims[0] = n[k];
+          sc->params[0] = 1.0f;
+          sc->dyn[0] = SLOT_GRAD_SCALE;
+          sc->out[0] = OPD(grads[k]);
+        } else if (pass == 1) {
+          PUSH(sq, l, HM_ABI_OP_SUM_SQUARES);
+          sq->dims[0] = n[k];
+          sq->params[0] = 1.0f;
+          sq->params[1] = first ? 0.0f : 1.0f;
+          sq->in[0] = OPD(grads[k]);
+          sq->out[0] = (hm_abi_operand){s->stats, 4};
+          first = 0;
+        } else if (pass == 2 && o->grad_clip > 0.0f) {
+          PUSH(cl, l, HM_ABI_OP_CLIP);
+          cl->dims[0] = n[k];
+          cl->params[0] = o->grad_clip;
+          cl->out[0] = OPD(grads[k]);
+        } else if (pass == 3) {
+          PUSH(op, l, optimizer_op(o->optimizer));
+          op->dims[0] = n[k];
+          op->dyn[0] = SLOT_LR;
+          op->in[0] = OPD(grads[k]);
+          op->out[0] = OPD(params[k]);
+          switch (o->optimizer) {
+            case HM_OPTIMIZER_SGD:
+              op->params[1] = o->momentum;
+              if (o->momentum != 0.0f) op->out[1] = OPD(s1[k]);
+              break;
+            case HM_OPTIMIZER_RMSPROP:
+              op->params[1] = o->rho;
+              op->params[2] = o->epsilon;
+              op->out[1] = OPD(s1[k]);
+              break;
+            default:
+              op->dyn[1] = SLOT_BC1;
+              op->dyn[2] = SLOT_BC2;
+              op->params[3] = o->beta1;
+              op->params[4] = o->beta2;
+              op->params[5] = o->epsilon;
+              op->params[6] = o->optimizer == HM_OPTIMIZER_ADAM ? 0.0f : o->weight_decay;
+              op->out[1] = OPD(s1[k]);
+              op->out[2] = OPD(s2[k]);
+              break;
+          }
+        }
+      }
+    }
+  }
+}
+
+static hm_status build(hm_session *s, program_kind kind, size_t b, hm_abi_program **out) {
+  op_list l = {0};
+  hm_status st = HM_OK;
+  char *grad_init = calloc(s->g->n_nodes ? s->g->n_nodes : 1, 1);
+  if (!grad_init) return hm__fail(HM_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+  if (kind != PROG_APPLY) {
+    emit_gathers(s, &l, kind, b, &st);
+    emit_forward(s, &l, b);
+    if (kind == PROG_EVAL || kind == PROG_INFER) emit_consumers(s, &l, b);
+    int targets = s->g->n_taps > 0;
+    for (size_t t = 0; t < s->g->n_taps; t++) {
+      const node_state *tn = &s->nodes[s->g->taps[t].target];
+      if (!(kind == PROG_EVAL ? tn->eval_data : tn->train_data)) targets = 0;
+    }
+    if (targets) emit_losses(s, &l, b, is_training(kind), grad_init);
+    if (is_training(kind)) emit_backward(s, &l, b, kind == PROG_MICRO_ACC, grad_init);
+  }
+  if (kind == PROG_TRAIN || kind == PROG_APPLY) emit_apply(s, &l, kind == PROG_APPLY);
+  free(grad_init);
+  if (l.failed && st == HM_OK) st = hm__fail(HM_STATUS_RESOURCE_EXHAUSTED, "out of memory building a program");
+  if (st == HM_OK && l.n > UINT32_MAX) st = hm__fail(HM_STATUS_OUT_OF_RANGE, "program too large");
+  if (st == HM_OK) st = hm_device_program_create(s->dev, l.ops, (uint32_t)l.n, N_SLOTS, out);
+  hm__log(HM_LOG_TRAIN, "program kind %d batch %zu: %zu ops", (int)kind, b, l.n);
+  free(l.ops);
+  return st;
+}
+
+hm_status hm__session_program(hm_session *s, program_kind kind, size_t batch, hm_abi_program **out) {
+  for (int j = 0; j < 2; j++)
+    if (s->programs[kind][j].prog && s->programs[kind][j].batch == batch) {
+      *out = s->programs[kind][j].prog;
+      return HM_OK;
+    }
+  if (batch > s->max_batch)
+    return hm__fail(HM_STATUS_INTERNAL, "batch %zu exceeds the session's %zu rows", batch, s->max_batch);
+  hm_abi_program *p = NULL;
+  HM_RETURN_IF_ERROR(build(s, kind, batch, &p));
+  /* Two sizes per kind cover a full batch and the last partial one. */
+  int slot = s->programs[kind][0].prog ? 1 : 0;
+  hm_device_program_free(s->dev, s->programs[kind][slot].prog);
+  s->programs[kind][slot].prog = p;
+  s->programs[kind][slot].batch = batch;
+  *out = p;
+  return HM_OK;
+}

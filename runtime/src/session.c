@@ -1,0 +1,407 @@
+/*
+ * Sessions: device buffers for a graph, data upload, weights in and out,
+ * one step, evaluation. Program construction lives in lower.c.
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "session_impl.h"
+#include "weights_impl.h"
+
+static hm_status alloc_buffer(hm_session *s, size_t bytes, hm_abi_buffer **out) {
+  return hm_device_buffer_alloc(s->dev, bytes ? bytes : 4, out);
+}
+
+static hm_status alloc_zeroed(hm_session *s, size_t bytes, hm_abi_buffer **out) {
+  HM_RETURN_IF_ERROR(alloc_buffer(s, bytes, out));
+  void *zeros = calloc(1, bytes ? bytes : 4);
+  if (!zeros) return hm__fail(HM_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+  hm_status st = hm_device_buffer_write(s->dev, *out, 0, zeros, bytes ? bytes : 4);
+  free(zeros);
+  return st;
+}
+
+static int producer_used(const hm_graph *g, size_t i) {
+  for (size_t e = 0; e < g->n_edges; e++)
+    if (g->edges[e].src == i) return 1;
+  for (size_t t = 0; t < g->n_taps; t++)
+    if (g->taps[t].target == i) return 1;
+  return 0;
+}
+
+static hm_status upload_data(hm_session *s, size_t node, int eval) {
+  node_state *ns = &s->nodes[node];
+  hm_bound_data *d = eval ? &ns->eval : &ns->train;
+  hm_producer *p = eval ? s->g->nodes[node].eval : s->g->nodes[node].train;
+  HM_RETURN_IF_ERROR(hm__producer_read_all(p, s->g->nodes[node].name, d));
+  size_t bytes = d->info.count * d->info.width * hm__dtype_size(d->info.dtype);
+  hm_abi_buffer **buf = eval ? &ns->eval_data : &ns->train_data;
+  HM_RETURN_IF_ERROR(alloc_buffer(s, bytes, buf));
+  return hm_device_buffer_write(s->dev, *buf, 0, d->values, bytes);
+}
+
+/* All producers of one data set must hold the same number of samples. */
+static hm_status check_counts(hm_session *s, int eval, size_t *out) {
+  size_t count = 0;
+  const char *first = NULL;
+  for (size_t i = 0; i < s->g->n_nodes; i++) {
+    const hm_bound_data *d = eval ? &s->nodes[i].eval : &s->nodes[i].train;
+    if (!d->info.count) continue;
+    if (first && d->info.count != count)
+      return hm__fail(HM_STATUS_INVALID_ARGUMENT,
+                      "%s data: producers '%s' (%zu samples) and '%s' (%zu samples) must have the same number of samples",
+                      eval ? "evaluation" : "training", first, count, s->g->nodes[i].name, d->info.count);
+    first = s->g->nodes[i].name;
+    count = d->info.count;
+  }
+  *out = count;
+  return HM_OK;
+}
+
+static hm_status open_device(hm_session *s, const hm_fit_options *o) {
+  if (o->device) {
+    s->dev = o->device;
+    return HM_OK;
+  }
+  hm_device_options d = hm_device_options_default();
+  d.threads = o->threads;
+  HM_RETURN_IF_ERROR(hm_device_open(o->backend, &d, &s->dev));
+  s->owns_device = 1;
+  return HM_OK;
+}
+
+hm_status hm__session_create(hm_graph *g, const hm_fit_options *opts, int train, int eval, hm_session **out) {
+  hm_session *s = calloc(1, sizeof *s);
+  if (!s) return hm__fail(HM_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+  s->g = g;
+  s->opts = *opts;
+  s->accuracy_tap = -1;
+  s->with_optimizer = train;
+  hm_status st = hm__graph_topo_layers(g, &s->order, &s->n_order);
+  if (st == HM_OK) {
+    s->nodes = calloc(g->n_nodes ? g->n_nodes : 1, sizeof *s->nodes);
+    s->edges = calloc(g->n_edges ? g->n_edges : 1, sizeof *s->edges);
+    if (!s->nodes || !s->edges) st = hm__fail(HM_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+  }
+  if (st == HM_OK) st = open_device(s, opts);
+  for (size_t i = 0; i < g->n_nodes && st == HM_OK; i++) {
+    node_state *ns = &s->nodes[i];
+    ns->width = g->nodes[i].width;
+    ns->single_input = -1;
+    if (g->nodes[i].kind != HM_NODE_PRODUCER || !producer_used(g, i)) continue;
+    if (train || (!eval && g->nodes[i].train)) {
+      if (!g->nodes[i].train) {
+        char where[300];
+        hm__graph_where(g, g->nodes[i].line, g->nodes[i].col, where, sizeof where);
+        st = hm__fail(HM_STATUS_FAILED_PRECONDITION, "%sproducer '%s' is not bound to training data", where,
+                      g->nodes[i].name);
+      } else {
+        st = upload_data(s, i, 0);
+      }
+    }
+    if (st == HM_OK && eval && g->nodes[i].eval) st = upload_data(s, i, 1);
+  }
+  if (st == HM_OK) st = check_counts(s, 0, &s->train_count);
+  if (st == HM_OK) st = check_counts(s, 1, &s->eval_count);
+  if (st == HM_OK && eval) {
+    /* Evaluation needs every input producer; targets are optional (no loss then). */
+    for (size_t e = 0; e < g->n_edges && st == HM_OK; e++) {
+      size_t src = g->edges[e].src;
+      if (g->nodes[src].kind == HM_NODE_PRODUCER && !s->nodes[src].eval_data && s->eval_count)
+        st = hm__fail(HM_STATUS_FAILED_PRECONDITION, "producer '%s' has no evaluation data while others do",
+                      g->nodes[src].name);
+    }
+  }
+  /* Which layers influence a loss (reverse topological order). */
+  if (st == HM_OK) {
+    for (size_t t = 0; t < g->n_taps; t++) s->nodes[g->taps[t].layer].needs_grad = 1;
+    for (size_t k = s->n_order; k-- > 0;) {
+      size_t l = s->order[k];
+      for (size_t e = 0; e < g->n_edges; e++)
+        if (g->edges[e].src == l && g->nodes[g->edges[e].dst].kind == HM_NODE_LAYER && s->nodes[g->edges[e].dst].needs_grad)
+          s->nodes[l].needs_grad = 1;
+    }
+    for (size_t t = 0; t < g->n_taps && s->accuracy_tap < 0; t++)
+      if (g->taps[t].loss == HM_ABI_LOSS_CROSS_ENTROPY) s->accuracy_tap = (long)t;
+  }
+  /* Buffers. */
+  size_t batch = opts->batch_size > opts->eval_batch_size ? opts->batch_size : opts->eval_batch_size;
+  s->max_batch = batch;
+  if (st == HM_OK) st = alloc_buffer(s, batch * 4, &s->idx);
+  if (st == HM_OK) st = alloc_zeroed(s, 16, &s->stats);
+  if (st == HM_OK && !(s->idx_host = malloc(batch * sizeof *s->idx_host)))
+    st = hm__fail(HM_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+  for (size_t i = 0; i < g->n_nodes && st == HM_OK; i++) {
+    node_state *ns = &s->nodes[i];
+    size_t rowbytes = ns->width * 4;
+    if (g->nodes[i].kind == HM_NODE_PRODUCER) {
+      if (ns->train_data || ns->eval_data) {
+        const hm_bound_data *d = ns->train_data ? &ns->train : &ns->eval;
+        st = alloc_buffer(s, batch * (d->info.dtype == HM_ABI_DTYPE_I32 ? 4 : d->info.width * 4), &ns->batch);
+      }
+      continue;
+    }
+    if (g->nodes[i].kind == HM_NODE_CONSUMER) {
+      st = alloc_buffer(s, batch * rowbytes, &ns->batch);
+      continue;
+    }
+    size_t inputs = 0;
+    for (size_t e = 0; e < g->n_edges; e++)
+      if (g->edges[e].dst == i) {
+        inputs++;
+        ns->single_input = (long)e;
+      }
+    if (inputs == 0) {
+      char where[300];
+      hm__graph_where(g, g->nodes[i].line, g->nodes[i].col, where, sizeof where);
+      st = hm__fail(HM_STATUS_INVALID_ARGUMENT, "%slayer '%s' has no input: connect something to it", where,
+                    g->nodes[i].name);
+      break;
+    }
+    if (inputs > 1) {
+      ns->single_input = -1;
+      st = alloc_buffer(s, batch * rowbytes, &ns->sum);
+    }
+    if (st == HM_OK && train && ns->needs_grad) st = alloc_buffer(s, batch * rowbytes, &ns->grad);
+  }
+  for (size_t e = 0; e < g->n_edges && st == HM_OK; e++) {
+    const hm_edge *ed = &g->edges[e];
+    edge_state *es = &s->edges[e];
+    if (!hm__edge_has_weights(g, ed)) continue;
+    size_t in = s->nodes[ed->src].width, outw = s->nodes[ed->dst].width;
+    st = alloc_buffer(s, in * outw * 4, &es->w);
+    if (st == HM_OK) st = alloc_buffer(s, outw * 4, &es->b);
+    if (st == HM_OK) st = alloc_buffer(s, batch * outw * 4, &es->z);
+    if (st == HM_OK) {
+      if (ed->activation == HM_ABI_ACT_IDENTITY) es->a = es->z;
+      else st = alloc_buffer(s, batch * outw * 4, &es->a);
+    }
+    es->trainable = train && s->nodes[ed->dst].needs_grad;
+    if (st != HM_OK || !es->trainable) continue;
+    st = alloc_buffer(s, in * outw * 4, &es->dw);
+    if (st == HM_OK) st = alloc_buffer(s, outw * 4, &es->db);
+    if (st == HM_OK) {
+      if (ed->activation == HM_ABI_ACT_IDENTITY) es->dz = s->nodes[ed->dst].grad;
+      else st = alloc_buffer(s, batch * outw * 4, &es->dz);
+    }
+    hm_optimizer o = opts->optimizer;
+    int two = o == HM_OPTIMIZER_ADAM || o == HM_OPTIMIZER_ADAMW || o == HM_OPTIMIZER_LAMB;
+    int one = two || o == HM_OPTIMIZER_RMSPROP || (o == HM_OPTIMIZER_SGD && opts->momentum != 0.0f);
+    if (st == HM_OK && one) st = alloc_zeroed(s, in * outw * 4, &es->s1w);
+    if (st == HM_OK && one) st = alloc_zeroed(s, outw * 4, &es->s1b);
+    if (st == HM_OK && two) st = alloc_zeroed(s, in * outw * 4, &es->s2w);
+    if (st == HM_OK && two) st = alloc_zeroed(s, outw * 4, &es->s2b);
+  }
+  /* Host copies are only kept for the accuracy tap's targets. */
+  for (size_t i = 0; i < g->n_nodes; i++) {
+    int keep = s->accuracy_tap >= 0 && g->taps[s->accuracy_tap].target == i;
+    if (!keep) {
+      free(s->nodes[i].train.values);
+      s->nodes[i].train.values = NULL;
+      free(s->nodes[i].eval.values);
+      s->nodes[i].eval.values = NULL;
+    }
+  }
+  if (st != HM_OK) {
+    hm__session_free(s);
+    return st;
+  }
+  *out = s;
+  return HM_OK;
+}
+
+void hm__session_free(hm_session *s) {
+  if (!s) return;
+  for (int k = 0; k < PROG_KINDS; k++)
+    for (int j = 0; j < 2; j++) hm_device_program_free(s->dev, s->programs[k][j].prog);
+  if (s->nodes) {
+    for (size_t i = 0; i < s->g->n_nodes; i++) {
+      node_state *ns = &s->nodes[i];
+      hm_device_buffer_free(s->dev, ns->train_data);
+      hm_device_buffer_free(s->dev, ns->eval_data);
+      hm_device_buffer_free(s->dev, ns->batch);
+      hm_device_buffer_free(s->dev, ns->sum);
+      hm_device_buffer_free(s->dev, ns->grad);
+      free(ns->train.values);
+      free(ns->eval.values);
+    }
+  }
+  if (s->edges) {
+    for (size_t e = 0; e < s->g->n_edges; e++) {
+      edge_state *es = &s->edges[e];
+      hm_abi_buffer *bufs[] = {es->w, es->b, es->dw, es->db, es->s1w, es->s2w, es->s1b, es->s2b, es->z};
+      for (size_t k = 0; k < sizeof bufs / sizeof bufs[0]; k++) hm_device_buffer_free(s->dev, bufs[k]);
+      if (es->a != es->z) hm_device_buffer_free(s->dev, es->a);
+      if (es->dz && es->dz != s->nodes[s->g->edges[e].dst].grad) hm_device_buffer_free(s->dev, es->dz);
+    }
+  }
+  hm_device_buffer_free(s->dev, s->idx);
+  hm_device_buffer_free(s->dev, s->stats);
+  if (s->owns_device) hm_device_close(s->dev);
+  free(s->idx_host);
+  free(s->nodes);
+  free(s->edges);
+  free(s->order);
+  free(s);
+}
+
+hm_status hm__session_upload_weights(hm_session *s) {
+  hm_graph *g = s->g;
+  if (!g->weights) HM_RETURN_IF_ERROR(hm_graph_init_weights(g, s->opts.seed));
+  HM_RETURN_IF_ERROR(hm__graph_check_weights(g, g->weights, "the graph's weights"));
+  for (size_t e = 0; e < g->n_edges; e++) {
+    const hm_edge *ed = &g->edges[e];
+    if (!hm__edge_has_weights(g, ed)) continue;
+    char wn[600], bn[600];
+    hm__edge_weight_name(g, ed, wn, sizeof wn);
+    hm__edge_bias_name(g, ed, bn, sizeof bn);
+    hm_tensor tw, tb;
+    HM_RETURN_IF_ERROR(hm_weights_find(g->weights, wn, &tw));
+    HM_RETURN_IF_ERROR(hm_weights_find(g->weights, bn, &tb));
+    HM_RETURN_IF_ERROR(hm_device_buffer_write(s->dev, s->edges[e].w, 0, tw.data, tw.bytes));
+    HM_RETURN_IF_ERROR(hm_device_buffer_write(s->dev, s->edges[e].b, 0, tb.data, tb.bytes));
+  }
+  return HM_OK;
+}
+
+static hm_status download_tensor(hm_session *s, hm_weights *w, const char *name, hm_abi_buffer *buf, uint32_t rank,
+                                 const uint64_t *shape) {
+  HM_RETURN_IF_ERROR(hm_weights_set(w, name, HM_ABI_DTYPE_F32, rank, shape, NULL));
+  hm_tensor t;
+  HM_RETURN_IF_ERROR(hm_weights_find(w, name, &t));
+  return hm_device_buffer_read(s->dev, buf, 0, t.data, t.bytes);
+}
+
+static const char *state_suffix(hm_optimizer o, int second) {
+  if (o == HM_OPTIMIZER_SGD) return "velocity";
+  if (o == HM_OPTIMIZER_RMSPROP) return "s";
+  return second ? "v" : "m";
+}
+
+hm_status hm__session_download(hm_session *s, hm_weights **params, hm_weights **opt_state) {
+  hm_graph *g = s->g;
+  hm_weights *p = NULL, *o = NULL;
+  hm_status st = hm_weights_create(&p);
+  if (st == HM_OK && opt_state) st = hm_weights_create(&o);
+  for (size_t e = 0; e < g->n_edges && st == HM_OK; e++) {
+    const hm_edge *ed = &g->edges[e];
+    const edge_state *es = &s->edges[e];
+    if (!hm__edge_has_weights(g, ed)) continue;
+    char wn[600], bn[600], name[700];
+    hm__edge_weight_name(g, ed, wn, sizeof wn);
+    hm__edge_bias_name(g, ed, bn, sizeof bn);
+    uint64_t shape[2] = {s->nodes[ed->dst].width, s->nodes[ed->src].width};
+    st = download_tensor(s, p, wn, es->w, 2, shape);
+    if (st == HM_OK) st = download_tensor(s, p, bn, es->b, 1, shape);
+    if (!o || st != HM_OK) continue;
+    hm_abi_buffer *bufs[4] = {es->s1w, es->s2w, es->s1b, es->s2b};
+    for (int k = 0; k < 4 && st == HM_OK; k++) {
+      if (!bufs[k]) continue;
+      snprintf(name, sizeof name, "%s.%s", k < 2 ? wn : bn, state_suffix(s->opts.optimizer, k % 2));
+      st = download_tensor(s, o, name, bufs[k], k < 2 ? 2 : 1, shape);
+    }
+  }
+  if (st != HM_OK) {
+    hm_weights_free(p);
+    hm_weights_free(o);
+    return st;
+  }
+  *params = p;
+  if (opt_state) *opt_state = o;
+  return HM_OK;
+}
+
+hm_status hm__session_step(hm_session *s, program_kind kind, const int32_t *indices, size_t n,
+                           const double scalars[N_SLOTS], float *loss, float *sumsq) {
+  hm_abi_program *prog = NULL;
+  HM_RETURN_IF_ERROR(hm__session_program(s, kind, n, &prog));
+  if (indices) HM_RETURN_IF_ERROR(hm_device_buffer_write(s->dev, s->idx, 0, indices, n * sizeof *indices));
+  HM_RETURN_IF_ERROR(hm_device_program_run(s->dev, prog, scalars, N_SLOTS));
+  if (!loss && !sumsq) return HM_OK;
+  float stats[2];
+  HM_RETURN_IF_ERROR(hm_device_buffer_read(s->dev, s->stats, 0, stats, sizeof stats));
+  if (loss) *loss = stats[0];
+  if (sumsq) *sumsq = stats[1];
+  return HM_OK;
+}
+
+/* The label of sample |i| of the accuracy tap's target. */
+static long target_class(const hm_bound_data *d, size_t i) {
+  if (d->info.dtype == HM_ABI_DTYPE_I32) return ((const int32_t *)d->values)[i];
+  const float *row = (const float *)d->values + i * d->info.width;
+  size_t best = 0;
+  for (size_t c = 1; c < d->info.width; c++)
+    if (row[c] > row[best]) best = c;
+  return (long)best;
+}
+
+hm_status hm__session_evaluate(hm_session *s, int use_eval, int push, hm_eval_result *out) {
+  hm_graph *g = s->g;
+  size_t count = use_eval ? s->eval_count : s->train_count;
+  program_kind kind = use_eval ? PROG_EVAL : PROG_INFER;
+  out->samples = count;
+  out->loss = NAN;
+  out->accuracy = NAN;
+  if (count == 0) return hm__fail(HM_STATUS_FAILED_PRECONDITION, "no %s data is bound", use_eval ? "evaluation" : "input");
+  int has_targets = g->n_taps > 0;
+  for (size_t t = 0; t < g->n_taps; t++) {
+    size_t target = g->taps[t].target;
+    if (!(use_eval ? s->nodes[target].eval_data : s->nodes[target].train_data)) has_targets = 0;
+  }
+  const hm_bound_data *acc_data = NULL;
+  size_t acc_width = 0;
+  float *logits = NULL;
+  if (has_targets && s->accuracy_tap >= 0) {
+    size_t target = g->taps[s->accuracy_tap].target;
+    acc_data = use_eval ? &s->nodes[target].eval : &s->nodes[target].train;
+    acc_width = s->nodes[g->taps[s->accuracy_tap].layer].width;
+    if (!acc_data->values) acc_data = NULL;
+    else if (!(logits = malloc(s->opts.eval_batch_size * acc_width * sizeof *logits)))
+      return hm__fail(HM_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+  }
+  float *outbuf = NULL;
+  double loss_sum = 0.0;
+  size_t correct = 0;
+  hm_status st = HM_OK;
+  double scalars[N_SLOTS] = {0, 1, 1, 1};
+  for (size_t pos = 0; pos < count && st == HM_OK; pos += s->opts.eval_batch_size) {
+    size_t b = count - pos < s->opts.eval_batch_size ? count - pos : s->opts.eval_batch_size;
+    for (size_t i = 0; i < b; i++) s->idx_host[i] = (int32_t)(pos + i);
+    float loss = 0;
+    st = hm__session_step(s, kind, s->idx_host, b, scalars, has_targets ? &loss : NULL, NULL);
+    if (st != HM_OK) break;
+    loss_sum += (double)loss * (double)b;
+    if (acc_data) {
+      hm_abi_buffer *v = hm__session_value(s, g->taps[s->accuracy_tap].layer);
+      st = hm_device_buffer_read(s->dev, v, 0, logits, b * acc_width * sizeof *logits);
+      for (size_t i = 0; i < b && st == HM_OK; i++) {
+        const float *row = logits + i * acc_width;
+        size_t best = 0;
+        for (size_t c = 1; c < acc_width; c++)
+          if (row[c] > row[best]) best = c;
+        correct += (long)best == target_class(acc_data, pos + i);
+      }
+    }
+    for (size_t i = 0; push && i < g->n_nodes && st == HM_OK; i++) {
+      if (g->nodes[i].kind != HM_NODE_CONSUMER || !g->nodes[i].consumer) continue;
+      size_t w = s->nodes[i].width;
+      float *nb = realloc(outbuf, b * w * sizeof *outbuf);
+      if (!nb) {
+        st = hm__fail(HM_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+        break;
+      }
+      outbuf = nb;
+      st = hm_device_buffer_read(s->dev, s->nodes[i].batch, 0, outbuf, b * w * sizeof *outbuf);
+      if (st == HM_OK) st = hm_consumer_push(g->nodes[i].consumer, outbuf, b, w);
+      if (st != HM_OK) hm__error_prefix("consumer '%s': ", g->nodes[i].name);
+    }
+  }
+  free(logits);
+  free(outbuf);
+  if (st != HM_OK) return st;
+  if (has_targets) out->loss = (float)(loss_sum / (double)count);
+  if (acc_data) out->accuracy = (float)((double)correct / (double)count);
+  return HM_OK;
+}

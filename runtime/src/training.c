@@ -1,0 +1,329 @@
+/*
+ * fit, fit_for, fit_until and inference (DESIGN.md §4).
+ *
+ * An epoch is one pass over the training data in mini-batches of
+ * batch_size, in a fresh order per epoch drawn from (seed, epoch). A step is
+ * one optimizer update: with accumulate_steps k, the gradients of k
+ * micro-batches are averaged first (a partial group at the end of training
+ * is flushed). Per update u (0-based) the learning rate is
+ * lr_schedule_fp(u) or learning_rate, and Adam's bias corrections use t = u+1.
+ * The progress sink, early stopping (norm + delta < best improves; stop after
+ * `patience` updates without improvement) and fit_until's predicate run
+ * after each update, in that order.
+ */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cycle_state_impl.h"
+#include "harmonics/training.h"
+#include "rng.h"
+#include "session_impl.h"
+
+static float exp_decay(size_t step, const hm_lr_schedule *self) {
+  float initial = self->params[0], rate = self->params[1], min_lr = self->params[3];
+  size_t decay_steps = (size_t)self->params[2];
+  if (decay_steps == 0) return initial;
+  float lr = initial * powf(rate, (float)(step / decay_steps));
+  return lr > min_lr ? lr : min_lr;
+}
+
+hm_lr_schedule hm_exponential_decay_schedule(float initial, float rate, size_t decay_steps, float min_lr) {
+  hm_lr_schedule s;
+  memset(&s, 0, sizeof s);
+  s.fn = exp_decay;
+  s.params[0] = initial;
+  s.params[1] = rate;
+  s.params[2] = (float)decay_steps;
+  s.params[3] = min_lr;
+  return s;
+}
+
+hm_fit_options hm_fit_options_default(void) {
+  hm_fit_options o;
+  memset(&o, 0, sizeof o);
+  o.struct_size = sizeof o;
+  o.learning_rate = 0.01f;
+  o.optimizer = HM_OPTIMIZER_SGD;
+  o.accumulate_steps = 1;
+  o.batch_size = 32;
+  o.shuffle = 1;
+  o.beta1 = 0.9f;
+  o.beta2 = 0.999f;
+  o.epsilon = 1e-8f;
+  o.rho = 0.9f;
+  o.eval_batch_size = 1000;
+  return o;
+}
+
+/* Names the field that is out of range. */
+static hm_status check_options(const hm_fit_options *o) {
+  if (o->struct_size != sizeof *o)
+    return hm__fail(HM_STATUS_INVALID_ARGUMENT, "hm_fit_options.struct_size is %zu, expected %zu (use hm_fit_options_default)",
+                    o->struct_size, sizeof *o);
+  if (!(o->learning_rate > 0.0f) || !isfinite(o->learning_rate))
+    return hm__fail(HM_STATUS_INVALID_ARGUMENT, "learning_rate must be positive and finite (got %g)", (double)o->learning_rate);
+  if ((unsigned)o->optimizer > HM_OPTIMIZER_LAMB)
+    return hm__fail(HM_STATUS_INVALID_ARGUMENT, "optimizer %d is not one of SGD, Adam, RMSProp, AdamW, LAMB", (int)o->optimizer);
+  if (!isfinite(o->grad_clip)) return hm__fail(HM_STATUS_INVALID_ARGUMENT, "grad_clip must be finite");
+  if (!(o->early_stop_delta >= 0.0f) || !isfinite(o->early_stop_delta))
+    return hm__fail(HM_STATUS_INVALID_ARGUMENT, "early_stop_delta must be >= 0");
+  if (!(o->weight_decay >= 0.0f) || !isfinite(o->weight_decay))
+    return hm__fail(HM_STATUS_INVALID_ARGUMENT, "weight_decay must be >= 0");
+  if (o->accumulate_steps == 0) return hm__fail(HM_STATUS_INVALID_ARGUMENT, "accumulate_steps must be at least 1");
+  if (o->batch_size == 0 || o->batch_size > (1u << 20))
+    return hm__fail(HM_STATUS_INVALID_ARGUMENT, "batch_size must be in [1, 1048576] (got %zu)", o->batch_size);
+  if (o->eval_batch_size == 0 || o->eval_batch_size > (1u << 20))
+    return hm__fail(HM_STATUS_INVALID_ARGUMENT, "eval_batch_size must be in [1, 1048576]");
+  if (!(o->momentum >= 0.0f && o->momentum < 1.0f)) return hm__fail(HM_STATUS_INVALID_ARGUMENT, "momentum must be in [0, 1)");
+  if (!(o->beta1 >= 0.0f && o->beta1 < 1.0f) || !(o->beta2 >= 0.0f && o->beta2 < 1.0f))
+    return hm__fail(HM_STATUS_INVALID_ARGUMENT, "beta1 and beta2 must be in [0, 1)");
+  if (!(o->epsilon > 0.0f)) return hm__fail(HM_STATUS_INVALID_ARGUMENT, "epsilon must be positive");
+  if (!(o->rho >= 0.0f && o->rho < 1.0f)) return hm__fail(HM_STATUS_INVALID_ARGUMENT, "rho must be in [0, 1)");
+  return HM_OK;
+}
+
+static hm_status check_policy(const hm_policy *p) {
+  if (!p || p->kind == HM_POLICY_HARDWARE) return HM_OK;
+  char text[256];
+  hm_policy_format(p, text, sizeof text);
+  return hm__fail(HM_STATUS_UNIMPLEMENTED,
+                  "precision policy '%s' is not implemented in this build; only 'hardware' (f32) runs", text);
+}
+
+typedef enum fit_mode { MODE_EPOCHS, MODE_SECONDS, MODE_UNTIL } fit_mode;
+
+typedef struct fit_limits {
+  fit_mode mode;
+  size_t epochs;
+  double seconds;
+  hm_stop_predicate pred;
+  void *user;
+} fit_limits;
+
+typedef struct loop {
+  hm_session *s;
+  hm_cycle_state *st;
+  const hm_fit_options *o;
+  const fit_limits *lim;
+  size_t micro;      /* micro-batches in the current accumulation group */
+  double loss_sum;   /* their losses */
+  float best_norm;
+  size_t stall;
+  int stop;
+} loop;
+
+static float lr_for(const hm_fit_options *o, size_t update) {
+  return o->lr_schedule_fp.fn ? o->lr_schedule_fp.fn(update, &o->lr_schedule_fp) : o->learning_rate;
+}
+
+static void fill_scalars(const hm_fit_options *o, size_t update, double count, double scalars[N_SLOTS]) {
+  double t = (double)update + 1.0;
+  scalars[SLOT_LR] = lr_for(o, update);
+  scalars[SLOT_BC1] = 1.0 - pow((double)o->beta1, t);
+  scalars[SLOT_BC2] = 1.0 - pow((double)o->beta2, t);
+  scalars[SLOT_GRAD_SCALE] = 1.0 / count;
+}
+
+/* After an update: bookkeeping, progress, early stop, predicate. */
+static void after_update(loop *L, float loss, float sumsq, double lr) {
+  hm_cycle_state *st = L->st;
+  const hm_fit_options *o = L->o;
+  float norm = sqrtf(sumsq);
+  st->step++;
+  st->loss = loss;
+  st->grad_norm = norm;
+  st->lr = (float)lr;
+  st->weights_stale = 1;
+  st->elapsed = hm__now() - st->start_time;
+  if (o->progress.fn) o->progress.fn(o->progress.user, st->step, norm, loss, (float)lr);
+  if (o->early_stop_patience > 0) {
+    if (norm + o->early_stop_delta < L->best_norm) {
+      L->best_norm = norm;
+      L->stall = 0;
+    } else if (++L->stall >= o->early_stop_patience) {
+      st->stop_reason = "early_stop";
+      L->stop = 1;
+      return;
+    }
+  }
+  if (L->lim->mode == MODE_UNTIL && L->lim->pred(st, L->lim->user)) {
+    st->stop_reason = "predicate";
+    L->stop = 1;
+  }
+  if (L->lim->mode == MODE_SECONDS && st->elapsed >= L->lim->seconds) {
+    st->stop_reason = "time";
+    L->stop = 1;
+  }
+}
+
+/* One mini-batch: a whole step, or one micro-batch of a group. */
+static hm_status run_batch(loop *L, const int32_t *idx, size_t b) {
+  hm_session *s = L->s;
+  const hm_fit_options *o = L->o;
+  double scalars[N_SLOTS];
+  float loss = 0, sumsq = 0;
+  double t0 = hm__now();
+  if (o->accumulate_steps == 1) {
+    fill_scalars(o, L->st->step, 1.0, scalars);
+    HM_RETURN_IF_ERROR(hm__session_step(s, PROG_TRAIN, idx, b, scalars, &loss, &sumsq));
+    L->st->train_seconds += hm__now() - t0;
+    L->st->samples += b;
+    after_update(L, loss, sumsq, scalars[SLOT_LR]);
+    return HM_OK;
+  }
+  fill_scalars(o, L->st->step, 1.0, scalars);
+  HM_RETURN_IF_ERROR(
+      hm__session_step(s, L->micro == 0 ? PROG_MICRO_FIRST : PROG_MICRO_ACC, idx, b, scalars, &loss, NULL));
+  L->micro++;
+  L->loss_sum += loss;
+  L->st->samples += b;
+  if (L->micro < o->accumulate_steps) {
+    L->st->train_seconds += hm__now() - t0;
+    return HM_OK;
+  }
+  fill_scalars(o, L->st->step, (double)L->micro, scalars);
+  HM_RETURN_IF_ERROR(hm__session_step(s, PROG_APPLY, NULL, 0, scalars, NULL, &sumsq));
+  L->st->train_seconds += hm__now() - t0;
+  float mean_loss = (float)(L->loss_sum / (double)L->micro);
+  L->micro = 0;
+  L->loss_sum = 0;
+  after_update(L, mean_loss, sumsq, scalars[SLOT_LR]);
+  return HM_OK;
+}
+
+/* The partial accumulation group at the end of training. */
+static hm_status flush(loop *L) {
+  if (L->micro == 0) return HM_OK;
+  double scalars[N_SLOTS];
+  float sumsq = 0;
+  fill_scalars(L->o, L->st->step, (double)L->micro, scalars);
+  HM_RETURN_IF_ERROR(hm__session_step(L->s, PROG_APPLY, NULL, 0, scalars, NULL, &sumsq));
+  float mean_loss = (float)(L->loss_sum / (double)L->micro);
+  L->micro = 0;
+  int stopped = L->stop;
+  after_update(L, mean_loss, sumsq, scalars[SLOT_LR]);
+  L->stop = stopped || L->stop;
+  return HM_OK;
+}
+
+static hm_status run_epoch(loop *L, int32_t *order) {
+  hm_session *s = L->s;
+  const hm_fit_options *o = L->o;
+  size_t n = s->train_count;
+  if (o->shuffle) {
+    hm_rng rng;
+    /* The order of epoch e depends only on (seed, e): resumable. */
+    hm__rng_seed(&rng, o->seed ^ (0x5bd1e9955bd1e995ull * (L->st->epoch + 1)));
+    hm__rng_permutation(&rng, order, n);
+  } else {
+    for (size_t i = 0; i < n; i++) order[i] = (int32_t)i;
+  }
+  for (size_t pos = 0; pos < n && !L->stop; pos += o->batch_size) {
+    size_t b = n - pos < o->batch_size ? n - pos : o->batch_size;
+    HM_RETURN_IF_ERROR(run_batch(L, order + pos, b));
+  }
+  return HM_OK;
+}
+
+static hm_status fit_impl(hm_graph *g, const fit_limits *lim, const hm_policy *policy, const hm_fit_options *opts,
+                          hm_cycle_state **out) {
+  if (!g || !out) return hm__fail(HM_STATUS_INVALID_ARGUMENT, "fit: NULL graph or output");
+  hm_fit_options o = opts ? *opts : hm_fit_options_default();
+  HM_RETURN_IF_ERROR(check_options(&o));
+  HM_RETURN_IF_ERROR(check_policy(policy));
+  if (!hm_graph_has_training_taps(g))
+    return hm__fail(HM_STATUS_FAILED_PRECONDITION,
+                    "graph '%s' has no loss tap ('layer <-(loss)- target'): it can only run inference", g->name);
+  HM_RETURN_IF_ERROR(hm_graph_resolve(g));
+  hm_cycle_state *st = NULL;
+  HM_RETURN_IF_ERROR(hm__cycle_state_create(&st));
+  int eval = 0;
+  for (size_t i = 0; i < g->n_nodes; i++) eval |= g->nodes[i].eval != NULL;
+  hm_session *s = NULL;
+  hm_status rc = hm__session_create(g, &o, 1, eval, &s);
+  if (rc == HM_OK) rc = hm__session_upload_weights(s);
+  int32_t *order = NULL;
+  if (rc == HM_OK && !(order = malloc(s->train_count * sizeof *order)))
+    rc = hm__fail(HM_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+  if (rc == HM_OK) rc = hm__cycle_state_describe(st, s, policy);
+  loop L = {s, st, &o, lim, 0, 0.0, INFINITY, 0, 0};
+  st->live = s;
+  st->start_time = hm__now();
+  while (rc == HM_OK && !L.stop) {
+    if (lim->mode == MODE_EPOCHS && st->epoch >= lim->epochs) {
+      st->stop_reason = "epochs";
+      break;
+    }
+    rc = run_epoch(&L, order);
+    if (rc != HM_OK || L.stop) break;
+    st->epoch++;
+    if (s->eval_count) {
+      hm_eval_result r;
+      rc = hm__session_evaluate(s, 1, 0, &r);
+      st->eval_loss = r.loss;
+      st->eval_accuracy = r.accuracy;
+    }
+    if (rc == HM_OK && o.on_epoch && o.on_epoch(o.on_epoch_user, st)) {
+      st->stop_reason = "epoch_callback";
+      break;
+    }
+  }
+  if (rc == HM_OK) rc = flush(&L);
+  st->elapsed = hm__now() - st->start_time;
+  if (rc == HM_OK) rc = hm__cycle_state_sync(st);
+  st->live = NULL;
+  if (rc == HM_OK) {
+    hm_weights *copy = NULL;
+    rc = hm_weights_clone(st->weights, &copy);
+    if (rc == HM_OK) {
+      hm_weights_free(g->weights);
+      g->weights = copy;
+    }
+  }
+  free(order);
+  hm__session_free(s);
+  if (rc != HM_OK) {
+    hm_cycle_state_free(st);
+    return rc;
+  }
+  *out = st;
+  return HM_OK;
+}
+
+hm_status hm_graph_fit(hm_graph *g, size_t epochs, const hm_policy *policy, const hm_fit_options *opts,
+                       hm_cycle_state **out) {
+  fit_limits lim = {MODE_EPOCHS, epochs, 0, NULL, NULL};
+  return fit_impl(g, &lim, policy, opts, out);
+}
+
+hm_status hm_graph_fit_for(hm_graph *g, double seconds, const hm_policy *policy, const hm_fit_options *opts,
+                           hm_cycle_state **out) {
+  if (!(seconds >= 0.0) || !isfinite(seconds))
+    return hm__fail(HM_STATUS_INVALID_ARGUMENT, "fit_for: seconds must be finite and >= 0");
+  fit_limits lim = {MODE_SECONDS, 0, seconds, NULL, NULL};
+  return fit_impl(g, &lim, policy, opts, out);
+}
+
+hm_status hm_graph_fit_until(hm_graph *g, hm_stop_predicate pred, void *user, const hm_policy *policy,
+                             const hm_fit_options *opts, hm_cycle_state **out) {
+  if (!pred) return hm__fail(HM_STATUS_INVALID_ARGUMENT, "fit_until: NULL predicate");
+  fit_limits lim = {MODE_UNTIL, 0, 0, pred, user};
+  return fit_impl(g, &lim, policy, opts, out);
+}
+
+hm_status hm_graph_inference(hm_graph *g, const hm_policy *policy, const hm_fit_options *opts, int use_eval_data,
+                             hm_eval_result *out) {
+  if (!g || !out) return hm__fail(HM_STATUS_INVALID_ARGUMENT, "inference: NULL graph or output");
+  hm_fit_options o = opts ? *opts : hm_fit_options_default();
+  HM_RETURN_IF_ERROR(check_options(&o));
+  HM_RETURN_IF_ERROR(check_policy(policy));
+  HM_RETURN_IF_ERROR(hm_graph_resolve(g));
+  o.batch_size = o.eval_batch_size;
+  hm_session *s = NULL;
+  HM_RETURN_IF_ERROR(hm__session_create(g, &o, 0, use_eval_data, &s));
+  hm_status rc = hm__session_upload_weights(s);
+  if (rc == HM_OK) rc = hm__session_evaluate(s, use_eval_data, 1, out);
+  hm__session_free(s);
+  return rc;
+}
