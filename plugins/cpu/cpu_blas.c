@@ -49,6 +49,11 @@ int cpu_blas_load(cpu_blas *blas, const char *library, const char *forced_core,
   const char *core = forced_core && *forced_core ? forced_core : choose_core(features);
   if (core) setenv("OPENBLAS_CORETYPE", core, 1);
   else unsetenv("OPENBLAS_CORETYPE");
+  /* We never let OpenBLAS thread (see below); without this its pool of idle
+   * workers would start anyway and spin against ours for a while. */
+  const char *nt_env = getenv("OPENBLAS_NUM_THREADS");
+  char *nt_saved = nt_env ? strdup(nt_env) : NULL;
+  setenv("OPENBLAS_NUM_THREADS", "1", 1);
   void *h = NULL;
   const char *tried = NULL;
   char last_error[256] = "";
@@ -64,6 +69,9 @@ int cpu_blas_load(cpu_blas *blas, const char *library, const char *forced_core,
   }
   if (saved) setenv("OPENBLAS_CORETYPE", saved, 1);
   else unsetenv("OPENBLAS_CORETYPE");
+  if (nt_saved) setenv("OPENBLAS_NUM_THREADS", nt_saved, 1);
+  else unsetenv("OPENBLAS_NUM_THREADS");
+  free(nt_saved);
   if (!h) {
     free(saved);
     snprintf(err, err_cap, "cannot load OpenBLAS (%s): %s", tried ? tried : "?", last_error);

@@ -195,7 +195,7 @@ hm_status hm__session_create(hm_graph *g, const hm_fit_options *opts, int train,
     if (st == HM_OK && two) st = alloc_zeroed(s, outw * 4, &es->s2b);
   }
   /* Host copies are only kept for the accuracy tap's targets. */
-  for (size_t i = 0; i < g->n_nodes; i++) {
+  for (size_t i = 0; s->nodes && i < g->n_nodes; i++) {
     int keep = s->accuracy_tap >= 0 && g->taps[s->accuracy_tap].target == i;
     if (!keep) {
       free(s->nodes[i].train.values);

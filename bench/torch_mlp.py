@@ -1,0 +1,65 @@
+#!/usr/bin/python3
+"""The PyTorch peer of bench/train_mlp: the same model and loop as
+`harmonics train examples/fashion_mnist.hmx` (784-128 relu-10, cross-entropy,
+Adam lr 0.001, shuffled mini-batches from data already in memory), timing
+only the training steps. Prints one JSON line.
+
+    torch_mlp.py --threads N --batch B --epochs E [--flush-denormal 0|1]
+
+Run with /usr/bin/python3 (Debian's python3-torch). The caller sets
+OPENBLAS_CORETYPE for this process only.
+"""
+import argparse, gzip, json, os, struct, sys, time
+
+import numpy as np
+import torch
+
+def idx(path):
+    with gzip.open(path, "rb") as f:
+        data = f.read()
+    ndim = data[3]
+    dims = struct.unpack(">" + "I" * ndim, data[4:4 + 4 * ndim])
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--epochs", type=int, default=1)
+    ap.add_argument("--flush-denormal", type=int, default=1)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--data", default="/usr/share/datasets/fashion-mnist")
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    flushed = torch.set_flush_denormal(bool(a.flush_denormal))
+    torch.manual_seed(a.seed)
+    x = torch.from_numpy(idx(os.path.join(a.data, "train-images-idx3-ubyte.gz")).reshape(-1, 784).astype(np.float32) / 255.0)
+    y = torch.from_numpy(idx(os.path.join(a.data, "train-labels-idx1-ubyte.gz")).astype(np.int64))
+    tx = torch.from_numpy(idx(os.path.join(a.data, "t10k-images-idx3-ubyte.gz")).reshape(-1, 784).astype(np.float32) / 255.0)
+    ty = torch.from_numpy(idx(os.path.join(a.data, "t10k-labels-idx1-ubyte.gz")).astype(np.int64))
+    model = torch.nn.Sequential(torch.nn.Linear(784, 128), torch.nn.ReLU(), torch.nn.Linear(128, 10))
+    opt = torch.optim.Adam(model.parameters(), lr=0.001)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    n = x.shape[0]
+    train_s = 0.0
+    samples = 0
+    for epoch in range(a.epochs):
+        perm = torch.randperm(n)
+        for i in range(0, n, a.batch):
+            idx_b = perm[i:i + a.batch]
+            xb, yb = x[idx_b], y[idx_b]
+            t0 = time.perf_counter()
+            opt.zero_grad(set_to_none=True)
+            loss = loss_fn(model(xb), yb)
+            loss.backward()
+            opt.step()
+            train_s += time.perf_counter() - t0
+            samples += xb.shape[0]
+    with torch.no_grad():
+        acc = (model(tx).argmax(1) == ty).float().mean().item()
+    print(json.dumps({"samples_per_s": samples / train_s, "test_accuracy": acc, "threads": a.threads,
+                      "batch": a.batch, "epochs": a.epochs, "flush_denormal": bool(flushed and a.flush_denormal),
+                      "torch": torch.__version__, "openblas_coretype": os.environ.get("OPENBLAS_CORETYPE")}))
+
+if __name__ == "__main__":
+    sys.exit(main())

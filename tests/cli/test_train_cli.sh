@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# End-to-end checks of `harmonics train` and `harmonics infer` on a small
+# Fashion-MNIST subset: JSON fields, per-epoch lines without a terminal,
+# save/load of weights, and the errors a user meets first.
+#   test_train_cli.sh HARMONICS_BINARY SOURCE_DIR
+set -u
+bin=$1
+src=$2
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+fail=0
+check() { # check "description" command...
+  local what=$1; shift
+  if ! "$@"; then echo "FAIL: $what"; fail=1; fi
+}
+if [[ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz && -z "${HARMONICS_FASHION_MNIST_DIR:-}" ]]; then
+  echo "Fashion-MNIST is not installed (scripts/install-deps installs dataset-fashion-mnist)"
+  exit 77
+fi
+model=$src/examples/fashion_mnist.hmx
+
+out=$("$bin" train "$model" --dataset fashion-mnist --limit-train 3000 --limit-eval 1000 --epochs 2 \
+      --optimizer adam --lr 0.002 --batch 32 --seed 1 --threads 1 --save-weights "$work/w.safetensors" --json 2>"$work/err")
+rc=$?
+check "train exits 0 (rc=$rc): $(cat "$work/err")" test $rc -eq 0
+check "one line per epoch without a terminal" grep -q "^epoch 2/2: loss [0-9.]*, test loss [0-9.]*, test accuracy [0-9.]*%" <<<"$out"
+json=$(tail -n 1 <<<"$out")
+check "JSON fields" python3 - "$json" <<'PY'
+import json, sys
+j = json.loads(sys.argv[1])
+for k in ["test_accuracy", "final_loss", "epochs", "steps", "train_samples_per_s", "backend", "policy"]:
+    assert k in j, k
+assert j["epochs"] == 2 and j["steps"] == 2 * 94, j
+assert 0.6 < j["test_accuracy"] <= 1.0, j
+assert j["train_samples_per_s"] > 0 and j["backend"] == "cpu:0" and j["policy"] == "hardware", j
+assert j["layers"][0] == {"layer": "pixels->hidden", "precision": "f32", "kernel": "gemm"}, j
+PY
+acc=$(python3 -c 'import json,sys; print("%.2f" % (100*json.loads(sys.argv[1])["test_accuracy"]))' "$json")
+
+inf=$("$bin" infer "$model" --weights "$work/w.safetensors" --dataset fashion-mnist --limit 1000 2>&1)
+check "infer reproduces the training run's accuracy ($acc%): $inf" grep -q "accuracy: $acc% (1000 samples)" <<<"$inf"
+
+"$bin" train "$model" --dataset fashion-mnist --limit-train 500 --limit-eval 200 --init-weights "$work/w.safetensors" \
+  --epochs 1 --optimizer sgd --lr 0.01 >/dev/null 2>&1
+check "--init-weights continues from saved weights" test $? -eq 0
+
+msg=$(HARMONICS_FASHION_MNIST_DIR=/nonexistent "$bin" train "$model" --dataset fashion-mnist 2>&1)
+check "missing dataset files exit 1" test $? -eq 1
+check "missing dataset names the file: $msg" grep -q "/nonexistent/train-images-idx3-ubyte.gz" <<<"$msg"
+
+printf 'producer x {4};\nlayer y\n' >"$work/bad.hmx"
+msg=$("$bin" train "$work/bad.hmx" 2>&1)
+check "bad model exits 1" test $? -eq 1
+check "bad model names file:line:column: $msg" grep -q "bad.hmx:3:1: expected ';', got end of input" <<<"$msg"
+
+msg=$("$bin" train "$model" --dataset fashion-mnist --limit-train 100 --backend nosuch 2>&1)
+check "unknown backend exits 1" test $? -eq 1
+check "unknown backend says why: $msg" grep -q "backend 'nosuch' is not available" <<<"$msg"
+
+msg=$("$bin" train "$model" --dataset fashion-mnist --limit-train 100 --policy bits:3 2>&1)
+check "an unimplemented policy is refused: $msg" grep -q "precision policy 'bits:3' is not implemented" <<<"$msg"
+
+"$bin" train "$model" --epochz 3 >/dev/null 2>&1
+check "unknown option exits 2" test $? -eq 2
+"$bin" nosuchcommand >/dev/null 2>&1
+check "unknown command exits 2" test $? -eq 2
+"$bin" --version | grep -q "harmonics .* (plugin ABI 1.0"
+check "--version" test $? -eq 0
+exit $fail

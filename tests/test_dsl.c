@@ -1,0 +1,265 @@
+/*
+ * The .hmx parser: declarations, flow lines (chains, fan-out, continuation,
+ * taps), the C builder producing the same graph, width resolution, and every
+ * error path with its file:line:column message.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "harmonics/harmonics.h"
+#include "hm_test.h"
+
+static hm_graph *parse(const char *text) {
+  hm_graph *g = NULL;
+  hm_status st = hm_graph_parse(text, strlen(text), "t.hmx", &g);
+  if (st != HM_OK) fprintf(stderr, "  parse failed: %s\n", hm_last_error());
+  return g;
+}
+
+static void expect_error(const char *text, hm_status status, const char *needle) {
+  hm_graph *g = NULL;
+  hm_status st = hm_graph_parse(text, strlen(text), "t.hmx", &g);
+  HM_CHECK_MSG(st == status, "'%s': status %s, expected %s (%s)", text, hm_status_name(st), hm_status_name(status),
+               hm_last_error());
+  HM_CHECK(g == NULL);
+  HM_CHECK_STR_CONTAINS(hm_last_error(), needle);
+  hm_graph_free(g);
+}
+
+static int has_edge(const hm_graph *g, const char *from, const char *to, const char *act) {
+  for (size_t i = 0; i < hm_graph_connection_count(g); i++) {
+    const char *f, *t, *a;
+    if (hm_graph_connection(g, i, &f, &t, &a) == HM_OK && !strcmp(f, from) && !strcmp(t, to) && !strcmp(a, act))
+      return 1;
+  }
+  return 0;
+}
+
+static void parses_declarations_and_flows(void) {
+  hm_graph *g = parse(
+      "// leading comment\n"
+      "harmonic net {\n"
+      "  producer x {4};   # pixels\n"
+      "  producer y;\n"
+      "  consumer out;\n"
+      "  layer a {8};\n"
+      "  layer b 1/2 a;\n"
+      "  layer c;\n"
+      "  layer d;\n"
+      "  cycle {\n"
+      "    x -(relu)-> a -(tanh)-> b -> c;\n"
+      "    x -> b | -(sigmoid)-> c;\n"
+      "      -(gelu)-> d;\n"
+      "    c <-(mse)-> y;\n"
+      "    c -(softmax)-> out;\n"
+      "  }\n"
+      "}\n");
+  HM_CHECK(g != NULL);
+  if (!g) return;
+  HM_CHECK(strcmp(hm_graph_name(g), "net") == 0);
+  HM_CHECK_EQ(hm_graph_node_count(g), 7);
+  HM_CHECK_EQ(hm_graph_connection_count(g), 7);
+  HM_CHECK(has_edge(g, "x", "a", "relu"));
+  HM_CHECK(has_edge(g, "a", "b", "tanh"));  /* a chain continues from the last target */
+  HM_CHECK(has_edge(g, "b", "c", "identity"));
+  HM_CHECK(has_edge(g, "x", "b", "identity"));
+  HM_CHECK(has_edge(g, "x", "c", "sigmoid")); /* '|' fans out from the line's source */
+  HM_CHECK(has_edge(g, "x", "d", "gelu")); /* a line starting with an arrow reuses the last source */
+  HM_CHECK(has_edge(g, "c", "out", "softmax"));
+  HM_CHECK_EQ(hm_graph_loss_count(g), 1);
+  const char *l, *loss, *t;
+  HM_CHECK_OK(hm_graph_loss(g, 0, &l, &loss, &t));
+  HM_CHECK(!strcmp(l, "c") && !strcmp(loss, "mse") && !strcmp(t, "y"));
+  HM_CHECK(hm_graph_has_training_taps(g));
+  hm_graph_free(g);
+}
+
+static void continuation_line_uses_previous_source(void) {
+  hm_graph *g = parse("producer a {2}; layer b; layer c; cycle { a -> b;\n -(id)-> c; }");
+  HM_CHECK(g != NULL);
+  if (!g) return;
+  HM_CHECK(has_edge(g, "a", "b", "identity"));
+  HM_CHECK(has_edge(g, "a", "c", "identity"));
+  HM_CHECK(!hm_graph_has_training_taps(g));
+  hm_graph_free(g);
+}
+
+static void builder_makes_the_same_graph(void) {
+  hm_graph *p = parse("producer x {3}; producer t {2}; layer h {5}; layer o; "
+                      "cycle { x -(relu)-> h -> o; o <-(cross_entropy)- t; }");
+  hm_graph *b = NULL;
+  HM_CHECK_OK(hm_graph_create("built", &b));
+  HM_CHECK_OK(hm_graph_add_producer(b, "x", 3));
+  HM_CHECK_OK(hm_graph_add_producer(b, "t", 2));
+  HM_CHECK_OK(hm_graph_add_layer(b, "h", 5));
+  HM_CHECK_OK(hm_graph_add_layer(b, "o", 0));
+  HM_CHECK_OK(hm_graph_connect(b, "x", "h", "relu"));
+  HM_CHECK_OK(hm_graph_connect(b, "h", "o", NULL));
+  HM_CHECK_OK(hm_graph_add_loss(b, "o", "cross_entropy", "t"));
+  HM_CHECK_OK(hm_graph_resolve(p));
+  HM_CHECK_OK(hm_graph_resolve(b));
+  HM_CHECK_EQ(hm_graph_node_count(p), hm_graph_node_count(b));
+  for (size_t i = 0; i < hm_graph_node_count(p); i++) {
+    const char *n1, *n2;
+    size_t w1, w2;
+    HM_CHECK_OK(hm_graph_node(p, i, &n1, NULL, &w1));
+    HM_CHECK_OK(hm_graph_node(b, i, &n2, NULL, &w2));
+    HM_CHECK(strcmp(n1, n2) == 0);
+    HM_CHECK_EQ(w1, w2);
+  }
+  HM_CHECK(has_edge(b, "x", "h", "relu") && has_edge(b, "h", "o", "identity"));
+  /* Same seed, same parameters. */
+  HM_CHECK_OK(hm_graph_init_weights(p, 7));
+  HM_CHECK_OK(hm_graph_init_weights(b, 7));
+  hm_tensor t1, t2;
+  HM_CHECK_OK(hm_weights_find(hm_graph_weights(p), "x->h.weight", &t1));
+  HM_CHECK_OK(hm_weights_find(hm_graph_weights(b), "x->h.weight", &t2));
+  HM_CHECK(t1.bytes == t2.bytes && memcmp(t1.data, t2.data, t1.bytes) == 0);
+  HM_CHECK_EQ(t1.shape[0], 5);
+  HM_CHECK_EQ(t1.shape[1], 3);
+  /* Builder errors. */
+  HM_CHECK_EQ(hm_graph_connect(b, "x", "nosuch", NULL), HM_STATUS_NOT_FOUND);
+  HM_CHECK_EQ(hm_graph_connect(b, "x", "h", "swish"), HM_STATUS_NOT_FOUND);
+  HM_CHECK_EQ(hm_graph_add_layer(b, "h", 1), HM_STATUS_INVALID_ARGUMENT);
+  HM_CHECK_EQ(hm_graph_add_layer(b, "9bad", 1), HM_STATUS_INVALID_ARGUMENT);
+  HM_CHECK_EQ(hm_graph_add_layer_ratio(b, "r", 1, 0, "h"), HM_STATUS_INVALID_ARGUMENT);
+  hm_graph_free(p);
+  hm_graph_free(b);
+}
+
+static size_t width_of(hm_graph *g, const char *name) {
+  for (size_t i = 0; i < hm_graph_node_count(g); i++) {
+    const char *n;
+    size_t w;
+    if (hm_graph_node(g, i, &n, NULL, &w) == HM_OK && strcmp(n, name) == 0) return w;
+  }
+  return (size_t)-1;
+}
+
+static void widths_resolve(void) {
+  hm_graph *g = parse("producer input {4}; layer hidden 1/2 input; cycle { input -> hidden; }");
+  HM_CHECK_OK(hm_graph_resolve(g));
+  HM_CHECK_EQ(width_of(g, "hidden"), 2);
+  hm_graph_free(g);
+  g = parse("producer a {8}; layer b 1/2 a; layer c 1/2 b; cycle { a -> b -> c; }");
+  HM_CHECK_OK(hm_graph_resolve(g));
+  HM_CHECK_EQ(width_of(g, "b"), 4);
+  HM_CHECK_EQ(width_of(g, "c"), 2);
+  hm_graph_free(g);
+  /* A layer fed directly by a producer takes its width; a consumer its source's. */
+  g = parse("producer a {6}; layer b; consumer c; cycle { a -> b -> c; }");
+  HM_CHECK_OK(hm_graph_resolve(g));
+  HM_CHECK_EQ(width_of(g, "b"), 6);
+  HM_CHECK_EQ(width_of(g, "c"), 6);
+  hm_graph_free(g);
+  /* A loss target overrides a ratio, with a warning. */
+  g = parse("producer img {784}; producer lbl {10}; layer h 1/4 img; layer out 1/2 h;"
+            " cycle { img -> h -> out; out <-(cross_entropy)- lbl; }");
+  HM_CHECK_OK(hm_graph_resolve(g));
+  HM_CHECK_EQ(width_of(g, "h"), 196);
+  HM_CHECK_EQ(width_of(g, "out"), 10);
+  HM_CHECK_STR_CONTAINS(hm_graph_warnings(g), "layer 'out': ratio 1/2 h gives 98");
+  hm_graph_free(g);
+  /* Unresolvable and contradictory widths are errors naming the node. */
+  g = parse("producer a; layer b 1/2 a; cycle { a -> b; }");
+  HM_CHECK_EQ(hm_graph_resolve(g), HM_STATUS_INVALID_ARGUMENT);
+  HM_CHECK_STR_CONTAINS(hm_last_error(), "t.hmx:1:10: the width of producer 'a' is unknown");
+  hm_graph_free(g);
+  g = parse("producer a {3}; producer t {5}; layer b {4}; cycle { a -> b; b <-(mse)- t; }");
+  HM_CHECK_EQ(hm_graph_resolve(g), HM_STATUS_INVALID_ARGUMENT);
+  HM_CHECK_STR_CONTAINS(hm_last_error(), "layer 'b' is declared {4} but its loss target 't' needs width 5");
+  hm_graph_free(g);
+  g = parse("producer a {3}; layer b; layer c; cycle { a -> c; b -> c; }");
+  HM_CHECK_EQ(hm_graph_resolve(g), HM_STATUS_INVALID_ARGUMENT);
+  HM_CHECK_STR_CONTAINS(hm_last_error(), "the width of layer 'b' is unknown");
+  hm_graph_free(g);
+  g = parse("producer a {3}; consumer c {2}; cycle { a -> c; }");
+  HM_CHECK_EQ(hm_graph_resolve(g), HM_STATUS_INVALID_ARGUMENT);
+  HM_CHECK_STR_CONTAINS(hm_last_error(), "consumer 'c' is declared {2} but 'a' sends it 3 values");
+  hm_graph_free(g);
+  /* Data binding gives widths and checks declared ones. */
+  g = parse("producer a; producer t {3}; layer b; cycle { a -> b; b <-(cross_entropy)- t; }");
+  float x[8] = {0};
+  int32_t labels[2] = {0, 2};
+  hm_producer *px = NULL, *pt = NULL, *bad = NULL;
+  HM_CHECK_OK(hm_producer_from_floats(x, 2, 4, &px));
+  HM_CHECK_OK(hm_producer_from_labels(labels, 2, 3, &pt));
+  HM_CHECK_OK(hm_producer_from_labels(labels, 2, 7, &bad));
+  HM_CHECK_OK(hm_graph_bind_producer(g, "a", px));
+  HM_CHECK_OK(hm_graph_bind_producer(g, "t", pt));
+  HM_CHECK_OK(hm_graph_resolve(g));
+  HM_CHECK_EQ(width_of(g, "a"), 4);
+  HM_CHECK_EQ(width_of(g, "b"), 3);
+  HM_CHECK_OK(hm_graph_bind_producer(g, "t", bad));
+  HM_CHECK_EQ(hm_graph_resolve(g), HM_STATUS_INVALID_ARGUMENT);
+  HM_CHECK_STR_CONTAINS(hm_last_error(), "producer 't' is declared {3} but its training data are class indices of 7 classes");
+  HM_CHECK_EQ(hm_graph_bind_producer(g, "b", px), HM_STATUS_INVALID_ARGUMENT);
+  HM_CHECK_EQ(hm_graph_bind_producer(g, "zz", px), HM_STATUS_NOT_FOUND);
+  hm_graph_free(g);
+  hm_producer_free(px);
+  hm_producer_free(pt);
+  hm_producer_free(bad);
+}
+
+static void every_error_path_names_the_place(void) {
+  expect_error("producer x {4}\nlayer y;", HM_STATUS_PARSE_ERROR, "t.hmx:2:1: expected ';', got 'layer'");
+  expect_error("producer x {0};", HM_STATUS_PARSE_ERROR, "t.hmx:1:12: a width must be at least 1");
+  expect_error("producer x {99999999999};", HM_STATUS_PARSE_ERROR, "number larger than");
+  expect_error("layer x 1/0 y;", HM_STATUS_PARSE_ERROR, "non-zero numerator and denominator");
+  expect_error("layer x {3} 1/2 y;", HM_STATUS_PARSE_ERROR, "either a width {n} or a ratio");
+  expect_error("consumer c 1/2 x;", HM_STATUS_PARSE_ERROR, "a consumer cannot have a ratio");
+  expect_error("producer a; producer a;", HM_STATUS_INVALID_ARGUMENT, "t.hmx:1:22: duplicate name 'a'");
+  expect_error("producer a @;", HM_STATUS_PARSE_ERROR, "t.hmx:1:12: unexpected character '@'");
+  expect_error("producer a \xc3\xa9;", HM_STATUS_PARSE_ERROR, "unexpected byte 0xc3");
+  expect_error("a -> b;", HM_STATUS_PARSE_ERROR, "t.hmx:1:1: flow lines belong inside 'cycle { ... }'");
+  expect_error("producer a; cycle { if c { a -> a; } }", HM_STATUS_PARSE_ERROR, "conditionals ('if'/'else') are not supported");
+  expect_error("producer a; layer b; cycle { a -(swish)-> b; }", HM_STATUS_PARSE_ERROR,
+               "t.hmx:1:32: unknown activation 'swish'");
+  expect_error("producer a; layer b; cycle { b <-(l1)- a; }", HM_STATUS_PARSE_ERROR, "unknown loss 'l1'");
+  expect_error("producer a; layer b; cycle { a -> c; }", HM_STATUS_PARSE_ERROR, "t.hmx:1:32: unknown node 'c'");
+  expect_error("producer a; layer b; cycle { b <- a; }", HM_STATUS_PARSE_ERROR, "a training tap needs a loss function");
+  expect_error("producer a; layer b; cycle { a -(relu) b; }", HM_STATUS_PARSE_ERROR, "expected '->' to close");
+  expect_error("producer a; layer b; cycle { -> b; }", HM_STATUS_PARSE_ERROR, "this flow line has no source node");
+  expect_error("producer a; layer b; cycle { a -> b", HM_STATUS_PARSE_ERROR, "expected ';', '|' or another arrow");
+  expect_error("producer a; layer b; cycle { a; }", HM_STATUS_PARSE_ERROR, "expected an arrow after the source");
+  expect_error("producer a; layer b; cycle { a -> b | ; }", HM_STATUS_PARSE_ERROR, "expected an arrow after '|'");
+  expect_error("producer a; layer b; cycle { b -> a; }", HM_STATUS_INVALID_ARGUMENT, "'a' is a producer");
+  expect_error("producer a; consumer c; layer b; cycle { c -> b; }", HM_STATUS_INVALID_ARGUMENT, "'c' is a consumer");
+  expect_error("producer a; layer b; cycle { a -> b; a -> b; }", HM_STATUS_INVALID_ARGUMENT, "appears twice");
+  expect_error("producer a; layer b; cycle { a <-(mse)- b; }", HM_STATUS_INVALID_ARGUMENT, "a loss is attached to a layer");
+  expect_error("producer a; layer b; layer c; cycle { a -> b; b <-(mse)- c; }", HM_STATUS_INVALID_ARGUMENT,
+               "the target of a loss must be a producer");
+  expect_error("harmonic n { producer a; } extra", HM_STATUS_PARSE_ERROR, "expected end of input after the closing '}'");
+  expect_error("harmonic n { producer a;", HM_STATUS_PARSE_ERROR, "expected a declaration");
+  expect_error("layer b 1/2 nothere;", HM_STATUS_PARSE_ERROR, "the ratio of 'b' refers to unknown node 'nothere'");
+  expect_error("producer a; layer b; cycle { a -> b; ", HM_STATUS_PARSE_ERROR, "expected '}' to close the cycle");
+  /* A cycle of connections is found when the graph is lowered. */
+  hm_graph *g = parse("producer a {2}; layer b {2}; layer c {2}; cycle { a -> b -> c -> b; }");
+  HM_CHECK(g != NULL);
+  hm_graph_free(g);
+}
+
+static void load_dsl_file_errors(void) {
+  hm_graph *g = NULL;
+  HM_CHECK_EQ(hm_graph_load_dsl("/nonexistent/model.hmx", &g), HM_STATUS_NOT_FOUND);
+  HM_CHECK_STR_CONTAINS(hm_last_error(), "/nonexistent/model.hmx");
+  HM_CHECK_OK(hm_graph_load_dsl(HM_SOURCE_DIR "/examples/fashion_mnist.hmx", &g));
+  if (g) {
+    HM_CHECK(strcmp(hm_graph_name(g), "fashion_mnist") == 0);
+    HM_CHECK(has_edge(g, "pixels", "hidden", "relu"));
+    HM_CHECK(has_edge(g, "hidden", "logits", "identity"));
+    HM_CHECK_OK(hm_graph_resolve(g));
+    HM_CHECK_EQ(width_of(g, "logits"), 10);
+  }
+  hm_graph_free(g);
+}
+
+static const hm_test_case cases[] = {
+    {"parses_declarations_and_flows", parses_declarations_and_flows},
+    {"continuation_line_uses_previous_source", continuation_line_uses_previous_source},
+    {"builder_makes_the_same_graph", builder_makes_the_same_graph},
+    {"widths_resolve", widths_resolve},
+    {"every_error_path_names_the_place", every_error_path_names_the_place},
+    {"load_dsl_file_errors", load_dsl_file_errors},
+};
+HM_TEST_MAIN(cases)

@@ -1,0 +1,644 @@
+/*
+ * Training semantics (DESIGN.md §4): the worked examples of
+ * reference/original-behaviour.md §3.3-§3.7 adapted to real gradients, every
+ * FitOptions field's effect, whole-graph gradients against finite
+ * differences, determinism, and bad inputs.
+ *
+ * The "bias graph" makes the gradient constant: producer x = [0] feeds layer
+ * l {1}; an MAE loss against t = [100] gives dLoss/dl = -1 while l < 100, so
+ * the bias sees g = -1 every step and the weight sees 0.
+ */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "harmonics/harmonics.h"
+#include "hm_test.h"
+
+static hm_device *dev;
+
+static hm_graph *parse(const char *text) {
+  hm_graph *g = NULL;
+  if (hm_graph_parse(text, strlen(text), "t.hmx", &g) != HM_OK) fprintf(stderr, "  parse: %s\n", hm_last_error());
+  return g;
+}
+
+typedef struct bias_fixture {
+  hm_graph *g;
+  hm_producer *x, *t;
+} bias_fixture;
+
+static bias_fixture bias_graph(void) {
+  bias_fixture f = {parse("producer x {1}; producer t {1}; layer l {1}; cycle { x -> l; l <-(mae)- t; }"), NULL, NULL};
+  float zero = 0.0f, target = 100.0f;
+  if (hm_producer_from_floats(&zero, 1, 1, &f.x) || hm_producer_from_floats(&target, 1, 1, &f.t) ||
+      hm_graph_bind_producer(f.g, "x", f.x) || hm_graph_bind_producer(f.g, "t", f.t))
+    fprintf(stderr, "  fixture: %s\n", hm_last_error());
+  hm_weights *w = NULL;
+  uint64_t s2[2] = {1, 1}, s1[1] = {1};
+  float half = 0.5f, zero_b = 0.0f;
+  if (hm_weights_create(&w) || hm_weights_set(w, "x->l.weight", HM_ABI_DTYPE_F32, 2, s2, &half) ||
+      hm_weights_set(w, "x->l.bias", HM_ABI_DTYPE_F32, 1, s1, &zero_b) || hm_graph_set_weights(f.g, w))
+    fprintf(stderr, "  fixture weights: %s\n", hm_last_error());
+  hm_weights_free(w);
+  return f;
+}
+
+static void bias_free(bias_fixture *f) {
+  hm_graph_free(f->g);
+  hm_producer_free(f->x);
+  hm_producer_free(f->t);
+}
+
+static float bias_of(const hm_graph *g) {
+  hm_tensor t;
+  if (hm_weights_find(hm_graph_weights(g), "x->l.bias", &t) != HM_OK) return NAN;
+  return ((float *)t.data)[0];
+}
+
+static hm_fit_options base_opts(hm_optimizer o, float lr) {
+  hm_fit_options opts = hm_fit_options_default();
+  opts.optimizer = o;
+  opts.learning_rate = lr;
+  opts.batch_size = 1;
+  opts.device = dev;
+  return opts;
+}
+
+typedef struct progress_log {
+  size_t n;
+  size_t steps[64];
+  float norms[64], losses[64], lrs[64];
+} progress_log;
+
+static void record(void *user, size_t step, float norm, float loss, float lr) {
+  progress_log *p = user;
+  if (p->n < 64) {
+    p->steps[p->n] = step;
+    p->norms[p->n] = norm;
+    p->losses[p->n] = loss;
+    p->lrs[p->n] = lr;
+  }
+  p->n++;
+}
+
+static float run_bias(hm_optimizer o, float lr, size_t epochs, hm_fit_options *override, size_t *steps) {
+  bias_fixture f = bias_graph();
+  hm_fit_options opts = override ? *override : base_opts(o, lr);
+  hm_cycle_state *st = NULL;
+  float b = NAN;
+  hm_status s = hm_graph_fit(f.g, epochs, NULL, &opts, &st);
+  HM_CHECK_OK(s);
+  if (s == HM_OK) {
+    b = bias_of(f.g);
+    if (steps) *steps = hm_cycle_state_step(st);
+  }
+  hm_cycle_state_free(st);
+  bias_free(&f);
+  return b;
+}
+
+static void optimizers_follow_the_worked_examples(void) {
+  HM_CHECK_NEAR(run_bias(HM_OPTIMIZER_SGD, 0.1f, 3, NULL, NULL), 0.3, 1e-6);
+  HM_CHECK_NEAR(run_bias(HM_OPTIMIZER_ADAM, 0.001f, 5, NULL, NULL), 0.005, 1e-7);
+  HM_CHECK_NEAR(run_bias(HM_OPTIMIZER_RMSPROP, 0.01f, 3, NULL, NULL), 0.0316228 + 0.0229416 + 0.0192095, 1e-6);
+  hm_fit_options o = base_opts(HM_OPTIMIZER_ADAMW, 0.1f);
+  o.weight_decay = 0.5f;
+  HM_CHECK_NEAR(run_bias(HM_OPTIMIZER_ADAMW, 0.1f, 2, &o, NULL), 0.195, 1e-6);
+  HM_CHECK_NEAR(run_bias(HM_OPTIMIZER_LAMB, 0.1f, 1, NULL, NULL), 0.1, 1e-6);
+  o = base_opts(HM_OPTIMIZER_SGD, 0.1f);
+  o.momentum = 0.9f; /* v: 1, 1.9, 2.71 -> b = 0.1 * 5.61 */
+  HM_CHECK_NEAR(run_bias(HM_OPTIMIZER_SGD, 0.1f, 3, &o, NULL), 0.561, 1e-6);
+}
+
+static void grad_clip_clamps_elements(void) {
+  hm_fit_options o = base_opts(HM_OPTIMIZER_SGD, 0.1f);
+  o.grad_clip = 0.5f;
+  HM_CHECK_NEAR(run_bias(HM_OPTIMIZER_SGD, 0.1f, 1, &o, NULL), 0.05, 1e-7);
+  o.grad_clip = 0.0f; /* off */
+  HM_CHECK_NEAR(run_bias(HM_OPTIMIZER_SGD, 0.1f, 1, &o, NULL), 0.1, 1e-7);
+}
+
+static void schedule_and_progress(void) {
+  progress_log log = {0};
+  hm_fit_options o = base_opts(HM_OPTIMIZER_SGD, 0.1f);
+  o.lr_schedule_fp = hm_exponential_decay_schedule(0.1f, 0.5f, 1, 0.0f);
+  o.progress.fn = record;
+  o.progress.user = &log;
+  HM_CHECK_NEAR(run_bias(HM_OPTIMIZER_SGD, 0.1f, 3, &o, NULL), 0.175, 1e-6);
+  HM_CHECK_EQ(log.n, 3);
+  for (size_t i = 0; i < 3; i++) {
+    HM_CHECK_EQ(log.steps[i], i + 1);
+    HM_CHECK_NEAR(log.norms[i], 1.0, 1e-6);  /* |dL/db| = 1, dL/dW = 0 */
+    HM_CHECK_NEAR(log.losses[i], 100.0 - 0.1 * (i ? (i == 1 ? 1 : 1.5) : 0), 1e-4);
+  }
+  HM_CHECK_NEAR(log.lrs[0], 0.1, 1e-7);
+  HM_CHECK_NEAR(log.lrs[1], 0.05, 1e-7);
+  HM_CHECK_NEAR(log.lrs[2], 0.025, 1e-7);
+  /* The schedule itself: {0.1, 0.5, 2, 0.01}. */
+  hm_lr_schedule s = hm_exponential_decay_schedule(0.1f, 0.5f, 2, 0.01f);
+  HM_CHECK_NEAR(s.fn(0, &s), 0.1, 1e-8);
+  HM_CHECK_NEAR(s.fn(1, &s), 0.1, 1e-8);
+  HM_CHECK_NEAR(s.fn(2, &s), 0.05, 1e-8);
+  HM_CHECK_NEAR(s.fn(4, &s), 0.025, 1e-8);
+  HM_CHECK_NEAR(s.fn(6, &s), 0.0125, 1e-8);
+  HM_CHECK_NEAR(s.fn(8, &s), 0.01, 1e-8); /* 0.00625 clamped */
+  hm_lr_schedule c = hm_exponential_decay_schedule(0.3f, 0.5f, 0, 0.5f);
+  HM_CHECK_NEAR(c.fn(100, &c), 0.3, 1e-7); /* decay_steps 0: constant, no clamp */
+  hm_lr_schedule seed_example = hm_exponential_decay_schedule(0.001f, 0.9f, 10, 0.0f);
+  HM_CHECK_NEAR(seed_example.fn(9, &seed_example), 0.001, 1e-9);
+  HM_CHECK_NEAR(seed_example.fn(10, &seed_example), 0.0009, 1e-9);
+}
+
+static void accumulation_averages_and_flushes(void) {
+  progress_log log = {0};
+  hm_fit_options o = base_opts(HM_OPTIMIZER_SGD, 0.01f);
+  o.accumulate_steps = 2;
+  o.progress.fn = record;
+  o.progress.user = &log;
+  size_t steps = 0;
+  HM_CHECK_NEAR(run_bias(HM_OPTIMIZER_SGD, 0.01f, 4, &o, &steps), 0.02, 1e-7);
+  HM_CHECK_EQ(steps, 2);
+  HM_CHECK_EQ(log.n, 2);
+  HM_CHECK_EQ(log.steps[0], 1);
+  HM_CHECK_EQ(log.steps[1], 2);
+  HM_CHECK_NEAR(log.norms[0], 1.0, 1e-6); /* the averaged gradient's norm */
+  /* k = 3 over 4 micro-batches: one update, then a flushed partial group. */
+  memset(&log, 0, sizeof log);
+  o.accumulate_steps = 3;
+  HM_CHECK_NEAR(run_bias(HM_OPTIMIZER_SGD, 0.01f, 4, &o, &steps), 0.02, 1e-7);
+  HM_CHECK_EQ(steps, 2);
+}
+
+/* Accumulating 2 micro-batches of 4 equals one batch of 8. */
+static void accumulation_equals_one_big_batch(void) {
+  const char *text = "producer x {3}; producer t {2}; layer h {4}; layer o;"
+                     " cycle { x -(tanh)-> h -> o; o <-(mse)- t; }";
+  float x[8 * 3], t[8 * 2];
+  unsigned long long seed = 5;
+  for (int i = 0; i < 24; i++) x[i] = hm_test_uniform(&seed, -1, 1);
+  for (int i = 0; i < 16; i++) t[i] = hm_test_uniform(&seed, -1, 1);
+  hm_weights *results[2] = {NULL, NULL};
+  for (int run = 0; run < 2; run++) {
+    hm_graph *g = parse(text);
+    hm_producer *px = NULL, *pt = NULL;
+    HM_CHECK_OK(hm_producer_from_floats(x, 8, 3, &px));
+    HM_CHECK_OK(hm_producer_from_floats(t, 8, 2, &pt));
+    HM_CHECK_OK(hm_graph_bind_producer(g, "x", px));
+    HM_CHECK_OK(hm_graph_bind_producer(g, "t", pt));
+    hm_fit_options o = base_opts(HM_OPTIMIZER_ADAM, 0.01f);
+    o.shuffle = 0;
+    o.seed = 3;
+    o.batch_size = run ? 4 : 8;
+    o.accumulate_steps = run ? 2 : 1;
+    hm_cycle_state *st = NULL;
+    HM_CHECK_OK(hm_graph_fit(g, 5, NULL, &o, &st));
+    HM_CHECK_EQ(hm_cycle_state_step(st), 5);
+    HM_CHECK_OK(hm_weights_clone(hm_graph_weights(g), &results[run]));
+    hm_cycle_state_free(st);
+    hm_graph_free(g);
+    hm_producer_free(px);
+    hm_producer_free(pt);
+  }
+  for (size_t i = 0; results[0] && results[1] && i < hm_weights_count(results[0]); i++) {
+    hm_tensor a, b;
+    HM_CHECK_OK(hm_weights_at(results[0], i, &a));
+    HM_CHECK_OK(hm_weights_find(results[1], a.name, &b));
+    for (size_t k = 0; k < a.bytes / 4; k++)
+      HM_CHECK_MSG(fabsf(((float *)a.data)[k] - ((float *)b.data)[k]) <= 1e-5f, "%s[%zu]: %.8g vs %.8g", a.name, k,
+                   ((float *)a.data)[k], ((float *)b.data)[k]);
+  }
+  hm_weights_free(results[0]);
+  hm_weights_free(results[1]);
+}
+
+static void early_stop_counts_non_improving_updates(void) {
+  hm_fit_options o = base_opts(HM_OPTIMIZER_SGD, 0.01f);
+  o.early_stop_patience = 2;
+  size_t steps = 0;
+  bias_fixture f = bias_graph();
+  hm_cycle_state *st = NULL;
+  HM_CHECK_OK(hm_graph_fit(f.g, 10, NULL, &o, &st));
+  steps = hm_cycle_state_step(st);
+  HM_CHECK_EQ(steps, 3); /* constant norm: 1 improvement, then 2 stalls */
+  HM_CHECK(strcmp(hm_cycle_state_stop_reason(st), "early_stop") == 0);
+  hm_cycle_state_free(st);
+  bias_free(&f);
+  /* A delta larger than any change also stops; patience 0 never does. */
+  o.early_stop_patience = 1;
+  o.early_stop_delta = 0.1f;
+  run_bias(HM_OPTIMIZER_SGD, 0.01f, 10, &o, &steps);
+  HM_CHECK_EQ(steps, 2);
+  o.early_stop_patience = 0;
+  run_bias(HM_OPTIMIZER_SGD, 0.01f, 10, &o, &steps);
+  HM_CHECK_EQ(steps, 10);
+}
+
+typedef struct until_ctx {
+  size_t calls;
+  float last_bias;
+} until_ctx;
+
+static int stop_at_five(const hm_cycle_state *st, void *user) {
+  until_ctx *c = user;
+  c->calls++;
+  hm_tensor t;
+  const hm_weights *w = hm_cycle_state_weights(st);
+  if (w && hm_weights_find(w, "x->l.bias", &t) == HM_OK) c->last_bias = ((float *)t.data)[0];
+  return hm_cycle_state_step(st) >= 5;
+}
+
+static void fit_until_and_fit_for(void) {
+  bias_fixture f = bias_graph();
+  hm_fit_options o = base_opts(HM_OPTIMIZER_SGD, 0.1f);
+  until_ctx c = {0, 0};
+  hm_cycle_state *st = NULL;
+  HM_CHECK_OK(hm_graph_fit_until(f.g, stop_at_five, &c, NULL, &o, &st));
+  HM_CHECK_EQ(hm_cycle_state_step(st), 5);
+  HM_CHECK_EQ(c.calls, 5);                 /* after every update */
+  HM_CHECK_NEAR(c.last_bias, 0.5, 1e-6);   /* the predicate sees current weights */
+  HM_CHECK(strcmp(hm_cycle_state_stop_reason(st), "predicate") == 0);
+  hm_cycle_state_free(st);
+  st = NULL;
+  HM_CHECK_OK(hm_graph_fit_for(f.g, 0.0, NULL, &o, &st));
+  HM_CHECK_EQ(hm_cycle_state_step(st), 1); /* at least one update */
+  HM_CHECK(strcmp(hm_cycle_state_stop_reason(st), "time") == 0);
+  HM_CHECK_NEAR(bias_of(f.g), 0.6, 1e-6);  /* fit continues from the graph's weights */
+  hm_cycle_state_free(st);
+  HM_CHECK_EQ(hm_graph_fit_for(f.g, -1.0, NULL, &o, &st), HM_STATUS_INVALID_ARGUMENT);
+  HM_CHECK_EQ(hm_graph_fit_until(f.g, NULL, NULL, NULL, &o, &st), HM_STATUS_INVALID_ARGUMENT);
+  bias_free(&f);
+}
+
+/* ===== Gradients of whole graphs against finite differences ===== */
+
+typedef struct grad_case {
+  const char *text;
+  size_t n, xw, tw;
+  int labels; /* targets are class indices in [0, tw) */
+  float tlo, thi;
+} grad_case;
+
+static double mean_loss(hm_graph *g) {
+  hm_fit_options o = hm_fit_options_default();
+  o.device = dev;
+  hm_eval_result r;
+  if (hm_graph_inference(g, NULL, &o, 0, &r) != HM_OK) {
+    fprintf(stderr, "  inference: %s\n", hm_last_error());
+    return NAN;
+  }
+  return r.loss;
+}
+
+static void check_gradients(const grad_case *gc) {
+  hm_graph *g = parse(gc->text);
+  HM_CHECK(g != NULL);
+  if (!g) return;
+  unsigned long long seed = 11;
+  float x[64], t[64];
+  int32_t lab[16];
+  for (size_t i = 0; i < gc->n * gc->xw; i++) x[i] = hm_test_uniform(&seed, -1.5f, 1.5f);
+  for (size_t i = 0; i < gc->n * gc->tw; i++) t[i] = hm_test_uniform(&seed, gc->tlo, gc->thi);
+  for (size_t i = 0; i < gc->n; i++) lab[i] = (int32_t)(hm_test_rand_u64(&seed) % gc->tw);
+  hm_producer *px = NULL, *pt = NULL, *pt2 = NULL;
+  HM_CHECK_OK(hm_producer_from_floats(x, gc->n, gc->xw, &px));
+  if (gc->labels) HM_CHECK_OK(hm_producer_from_labels(lab, gc->n, gc->tw, &pt));
+  else HM_CHECK_OK(hm_producer_from_floats(t, gc->n, gc->tw, &pt));
+  HM_CHECK_OK(hm_graph_bind_producer(g, "x", px));
+  HM_CHECK_OK(hm_graph_bind_producer(g, "t", pt));
+  if (strstr(gc->text, "t2")) {
+    HM_CHECK_OK(hm_producer_from_floats(t, gc->n, 2, &pt2));
+    HM_CHECK_OK(hm_graph_bind_producer(g, "t2", pt2));
+  }
+  HM_CHECK_OK(hm_graph_init_weights(g, 21));
+  /* Perturb biases away from zero so every path carries a gradient. */
+  hm_weights *w0 = NULL;
+  HM_CHECK_OK(hm_weights_clone(hm_graph_weights(g), &w0));
+  for (size_t i = 0; i < hm_weights_count(w0); i++) {
+    hm_tensor tt;
+    if (hm_weights_at(w0, i, &tt) != HM_OK) continue;
+    for (size_t k = 0; k < tt.bytes / 4; k++) ((float *)tt.data)[k] += hm_test_uniform(&seed, -0.2f, 0.2f);
+  }
+  HM_CHECK_OK(hm_graph_set_weights(g, w0));
+  /* One SGD step with lr 1 over the whole set: g = p_before - p_after. */
+  hm_fit_options o = base_opts(HM_OPTIMIZER_SGD, 1.0f);
+  o.batch_size = gc->n;
+  o.shuffle = 0;
+  hm_cycle_state *st = NULL;
+  HM_CHECK_OK(hm_graph_fit(g, 1, NULL, &o, &st));
+  hm_weights *w1 = NULL;
+  HM_CHECK_OK(hm_weights_clone(hm_graph_weights(g), &w1));
+  hm_cycle_state_free(st);
+  size_t checked = 0, bad = 0;
+  for (size_t i = 0; w1 && i < hm_weights_count(w0); i++) {
+    hm_tensor before, after;
+    HM_CHECK_OK(hm_weights_at(w0, i, &before));
+    HM_CHECK_OK(hm_weights_find(w1, before.name, &after));
+    for (size_t k = 0; k < before.bytes / 4; k++) {
+      double an = (double)((float *)before.data)[k] - ((float *)after.data)[k];
+      const double h = 1e-2;
+      float keep = ((float *)before.data)[k];
+      ((float *)before.data)[k] = keep + (float)h;
+      hm_status s1 = hm_graph_set_weights(g, w0);
+      double lp = mean_loss(g);
+      ((float *)before.data)[k] = keep - (float)h;
+      hm_status s2 = hm_graph_set_weights(g, w0);
+      double lm = mean_loss(g);
+      ((float *)before.data)[k] = keep;
+      if (s1 || s2) continue;
+      double fd = (lp - lm) / (2 * h);
+      checked++;
+      if (!(fabs(fd - an) <= 2e-3 + 2e-2 * fabs(fd))) {
+        bad++;
+        fprintf(stderr, "  %s: %s[%zu]: backprop %.6g, finite difference %.6g\n", gc->text, before.name, k, an, fd);
+      }
+    }
+  }
+  HM_CHECK_MSG(bad == 0, "%zu of %zu gradient elements disagree", bad, checked);
+  HM_CHECK(checked > 10);
+  hm_weights_free(w0);
+  hm_weights_free(w1);
+  hm_graph_free(g);
+  hm_producer_free(px);
+  hm_producer_free(pt);
+  hm_producer_free(pt2);
+}
+
+static void gradients_of_every_activation(void) {
+  static const char *acts[] = {"id", "relu", "leaky_relu", "sigmoid", "tanh", "gelu", "silu", "softmax", "elu", "selu"};
+  char text[256];
+  for (size_t i = 0; i < sizeof acts / sizeof acts[0]; i++) {
+    snprintf(text, sizeof text,
+             "producer x {3}; producer t {2}; layer h {4}; layer o; cycle { x -(%s)-> h -> o; o <-(mse)- t; }", acts[i]);
+    grad_case gc = {text, 5, 3, 2, 0, -1, 1};
+    check_gradients(&gc);
+  }
+}
+
+static void gradients_of_every_loss(void) {
+  static const struct {
+    const char *loss;
+    int labels;
+    float lo, hi;
+  } losses[] = {{"cross_entropy", 1, 0, 0}, {"cross_entropy", 0, 0, 1}, {"mse", 0, -1, 1},
+                {"mae", 0, -3, 3},          {"bce", 0, 0, 1},            {"huber", 0, -3, 3}};
+  char text[256];
+  for (size_t i = 0; i < sizeof losses / sizeof losses[0]; i++) {
+    snprintf(text, sizeof text,
+             "producer x {3}; producer t {3}; layer h {4}; layer o; cycle { x -(tanh)-> h -> o; o <-(%s)- t; }",
+             losses[i].loss);
+    grad_case gc = {text, 6, 3, 3, losses[i].labels, losses[i].lo, losses[i].hi};
+    check_gradients(&gc);
+  }
+}
+
+/* Sums into a layer, fan-out, a layer feeding two losses through two paths. */
+static void gradients_of_a_branching_graph(void) {
+  grad_case gc = {"producer x {3}; producer t {3}; producer t2 {2}; layer a {4}; layer b {4}; layer c; layer d;"
+                  " cycle { x -(relu)-> a -> c; x -(sigmoid)-> b -(tanh)-> c; a -(tanh)-> d;"
+                  " c <-(mse)- t; d <-(huber)- t2; }",
+                  5, 3, 3, 0, -1, 1};
+  check_gradients(&gc);
+}
+
+/* ===== Determinism, a real run, bad input ===== */
+
+static void same_seed_gives_identical_weights(void) {
+  const char *text = "producer x {20}; producer t {4}; layer h {16}; layer o;"
+                     " cycle { x -(relu)-> h -> o; o <-(cross_entropy)- t; }";
+  float x[200 * 20];
+  int32_t lab[200];
+  unsigned long long seed = 9;
+  for (int i = 0; i < 200 * 20; i++) x[i] = hm_test_uniform(&seed, 0, 1);
+  for (int i = 0; i < 200; i++) lab[i] = (int32_t)(hm_test_rand_u64(&seed) % 4);
+  hm_weights *w[3] = {NULL, NULL, NULL};
+  for (int run = 0; run < 3; run++) {
+    hm_graph *g = parse(text);
+    hm_producer *px = NULL, *pt = NULL;
+    HM_CHECK_OK(hm_producer_from_floats(x, 200, 20, &px));
+    HM_CHECK_OK(hm_producer_from_labels(lab, 200, 4, &pt));
+    HM_CHECK_OK(hm_graph_bind_producer(g, "x", px));
+    HM_CHECK_OK(hm_graph_bind_producer(g, "t", pt));
+    hm_fit_options o = base_opts(HM_OPTIMIZER_ADAM, 0.01f);
+    o.batch_size = 16;
+    o.seed = run == 2 ? 43 : 42;
+    hm_cycle_state *st = NULL;
+    HM_CHECK_OK(hm_graph_fit(g, 3, NULL, &o, &st));
+    HM_CHECK_OK(hm_weights_clone(hm_graph_weights(g), &w[run]));
+    hm_cycle_state_free(st);
+    hm_graph_free(g);
+    hm_producer_free(px);
+    hm_producer_free(pt);
+  }
+  int same01 = 1, same02 = 1;
+  for (size_t i = 0; w[0] && w[1] && w[2] && i < hm_weights_count(w[0]); i++) {
+    hm_tensor a, b, c;
+    HM_CHECK_OK(hm_weights_at(w[0], i, &a));
+    HM_CHECK_OK(hm_weights_find(w[1], a.name, &b));
+    HM_CHECK_OK(hm_weights_find(w[2], a.name, &c));
+    same01 &= memcmp(a.data, b.data, a.bytes) == 0;
+    same02 &= memcmp(a.data, c.data, a.bytes) == 0;
+  }
+  HM_CHECK_MSG(same01, "same seed gave different weights");
+  HM_CHECK_MSG(!same02, "different seeds gave the same weights");
+  for (int i = 0; i < 3; i++) hm_weights_free(w[i]);
+}
+
+/* A separable problem is learned, evaluated on held-out data, and the state
+ * reports it. */
+static void learns_a_separable_problem_and_evaluates(void) {
+  hm_graph *g = parse("producer x {2}; producer t {2}; consumer y; layer h {8}; layer o;"
+                      " cycle { x -(tanh)-> h -> o; o <-(cross_entropy)- t; o -(softmax)-> y; }");
+  float x[400 * 2];
+  int32_t lab[400];
+  unsigned long long seed = 1;
+  for (int i = 0; i < 400; i++) {
+    x[2 * i] = hm_test_uniform(&seed, -1, 1);
+    x[2 * i + 1] = hm_test_uniform(&seed, -1, 1);
+    lab[i] = x[2 * i] + x[2 * i + 1] > 0;
+  }
+  hm_producer *px = NULL, *pt = NULL, *ex = NULL, *et = NULL;
+  HM_CHECK_OK(hm_producer_from_floats(x, 300, 2, &px));
+  HM_CHECK_OK(hm_producer_from_labels(lab, 300, 2, &pt));
+  HM_CHECK_OK(hm_producer_from_floats(x + 600, 100, 2, &ex));
+  HM_CHECK_OK(hm_producer_from_labels(lab + 300, 100, 2, &et));
+  HM_CHECK_OK(hm_graph_bind_producer(g, "x", px));
+  HM_CHECK_OK(hm_graph_bind_producer(g, "t", pt));
+  HM_CHECK_OK(hm_graph_bind_eval(g, "x", ex));
+  HM_CHECK_OK(hm_graph_bind_eval(g, "t", et));
+  hm_fit_options o = base_opts(HM_OPTIMIZER_ADAM, 0.05f);
+  o.batch_size = 32;
+  hm_cycle_state *st = NULL;
+  HM_CHECK_OK(hm_graph_fit(g, 20, NULL, &o, &st));
+  HM_CHECK_EQ(hm_cycle_state_epoch(st), 20);
+  HM_CHECK_EQ(hm_cycle_state_step(st), 20 * 10);
+  HM_CHECK_EQ(hm_cycle_state_samples(st), 20 * 300);
+  HM_CHECK_MSG(hm_cycle_state_eval_accuracy(st) >= 0.95f, "accuracy %.3f", hm_cycle_state_eval_accuracy(st));
+  HM_CHECK(hm_cycle_state_eval_loss(st) < 0.3f);
+  HM_CHECK(strcmp(hm_cycle_state_backend(st), "cpu:0") == 0);
+  HM_CHECK_EQ(hm_cycle_state_layer_count(st), 2);
+  const char *layer, *prec, *kernel;
+  HM_CHECK_OK(hm_cycle_state_layer_precision(st, 0, &layer, &prec, &kernel));
+  HM_CHECK(strcmp(layer, "x->h") == 0 && strcmp(prec, "f32") == 0);
+  const hm_weights *opt = hm_cycle_state_optimizer_state(st);
+  hm_tensor m;
+  HM_CHECK(opt && hm_weights_find(opt, "x->h.weight.m", &m) == HM_OK && hm_weights_find(opt, "h->o.bias.v", &m) == HM_OK);
+  hm_cycle_state_free(st);
+  /* Inference pushes the consumer's softmax and scores the held-out set. */
+  hm_consumer *c = NULL;
+  HM_CHECK_OK(hm_consumer_create_array(&c));
+  HM_CHECK_OK(hm_graph_bind_consumer(g, "y", c));
+  hm_eval_result r;
+  o.eval_batch_size = 32;
+  HM_CHECK_OK(hm_graph_inference(g, NULL, &o, 1, &r));
+  HM_CHECK_EQ(r.samples, 100);
+  HM_CHECK(r.accuracy >= 0.95f);
+  const float *vals;
+  size_t rows, width;
+  HM_CHECK_OK(hm_consumer_array_values(c, &vals, &rows, &width));
+  HM_CHECK_EQ(rows, 100);
+  HM_CHECK_EQ(width, 2);
+  if (rows == 100) HM_CHECK_NEAR(vals[10] + vals[11], 1.0, 1e-5);
+  hm_graph_free(g);
+  hm_consumer_free(c);
+  hm_producer_free(px);
+  hm_producer_free(pt);
+  hm_producer_free(ex);
+  hm_producer_free(et);
+}
+
+static void bad_inputs_give_clear_errors(void) {
+  hm_cycle_state *st = NULL;
+  hm_fit_options o = base_opts(HM_OPTIMIZER_SGD, 0.1f);
+  /* Unbound producer. */
+  hm_graph *g = parse("producer x {1}; producer t {1}; layer l {1}; cycle { x -> l; l <-(mse)- t; }");
+  HM_CHECK_EQ(hm_graph_fit(g, 1, NULL, &o, &st), HM_STATUS_FAILED_PRECONDITION);
+  HM_CHECK_STR_CONTAINS(hm_last_error(), "t.hmx:1:10: producer 'x' is not bound to training data");
+  HM_CHECK(st == NULL);
+  /* Width mismatch between declaration and data. */
+  float five[5] = {0};
+  hm_producer *p5 = NULL, *p1 = NULL, *p2 = NULL;
+  HM_CHECK_OK(hm_producer_from_floats(five, 1, 5, &p5));
+  HM_CHECK_OK(hm_graph_bind_producer(g, "x", p5));
+  HM_CHECK_OK(hm_graph_bind_producer(g, "t", p5));
+  HM_CHECK_EQ(hm_graph_fit(g, 1, NULL, &o, &st), HM_STATUS_INVALID_ARGUMENT);
+  HM_CHECK_STR_CONTAINS(hm_last_error(), "producer 'x' is declared {1} but its training data has 5 values per sample");
+  /* Producers with different sample counts. */
+  HM_CHECK_OK(hm_producer_from_floats(five, 5, 1, &p1));
+  HM_CHECK_OK(hm_producer_from_floats(five, 4, 1, &p2));
+  HM_CHECK_OK(hm_graph_bind_producer(g, "x", p1));
+  HM_CHECK_OK(hm_graph_bind_producer(g, "t", p2));
+  HM_CHECK_EQ(hm_graph_fit(g, 1, NULL, &o, &st), HM_STATUS_INVALID_ARGUMENT);
+  HM_CHECK_STR_CONTAINS(hm_last_error(), "must have the same number of samples");
+  /* Options are checked field by field. */
+  HM_CHECK_OK(hm_graph_bind_producer(g, "t", p1));
+  o.batch_size = 0;
+  HM_CHECK_EQ(hm_graph_fit(g, 1, NULL, &o, &st), HM_STATUS_INVALID_ARGUMENT);
+  HM_CHECK_STR_CONTAINS(hm_last_error(), "batch_size");
+  o = base_opts(HM_OPTIMIZER_SGD, -1.0f);
+  HM_CHECK_EQ(hm_graph_fit(g, 1, NULL, &o, &st), HM_STATUS_INVALID_ARGUMENT);
+  HM_CHECK_STR_CONTAINS(hm_last_error(), "learning_rate");
+  o = base_opts(HM_OPTIMIZER_SGD, 0.1f);
+  o.struct_size = 8;
+  HM_CHECK_EQ(hm_graph_fit(g, 1, NULL, &o, &st), HM_STATUS_INVALID_ARGUMENT);
+  /* Policies without kernels are refused, not faked. */
+  o = base_opts(HM_OPTIMIZER_SGD, 0.1f);
+  hm_policy p3 = hm_make_max_bits_policy(3);
+  HM_CHECK_EQ(hm_graph_fit(g, 1, &p3, &o, &st), HM_STATUS_UNIMPLEMENTED);
+  HM_CHECK_STR_CONTAINS(hm_last_error(), "bits:3");
+  /* An unknown backend. */
+  o.device = NULL;
+  o.backend = "nosuchbackend";
+  HM_CHECK_EQ(hm_graph_fit(g, 1, NULL, &o, &st), HM_STATUS_NOT_FOUND);
+  HM_CHECK_STR_CONTAINS(hm_last_error(), "backend 'nosuchbackend' is not available");
+  hm_graph_free(g);
+  /* No loss tap: inference only. A cycle of connections. */
+  g = parse("producer x {1}; layer l {1}; cycle { x -> l; }");
+  o = base_opts(HM_OPTIMIZER_SGD, 0.1f);
+  HM_CHECK_OK(hm_graph_bind_producer(g, "x", p1));
+  HM_CHECK_EQ(hm_graph_fit(g, 1, NULL, &o, &st), HM_STATUS_FAILED_PRECONDITION);
+  HM_CHECK_STR_CONTAINS(hm_last_error(), "it can only run inference");
+  hm_graph_free(g);
+  g = parse("producer x {1}; producer t {1}; layer a {1}; layer b {1}; cycle { x -> a -> b -> a; b <-(mse)- t; }");
+  HM_CHECK_OK(hm_graph_bind_producer(g, "x", p1));
+  HM_CHECK_OK(hm_graph_bind_producer(g, "t", p1));
+  HM_CHECK_EQ(hm_graph_fit(g, 1, NULL, &o, &st), HM_STATUS_INVALID_ARGUMENT);
+  HM_CHECK_STR_CONTAINS(hm_last_error(), "is on a cycle of connections");
+  hm_graph_free(g);
+  /* Weights that do not fit the graph. */
+  g = parse("producer x {2}; producer t {1}; layer l {1}; cycle { x -> l; l <-(mse)- t; }");
+  hm_weights *w = NULL;
+  HM_CHECK_OK(hm_weights_create(&w));
+  uint64_t wrong[2] = {1, 3}, one[1] = {1};
+  HM_CHECK_OK(hm_weights_set(w, "x->l.weight", HM_ABI_DTYPE_F32, 2, wrong, NULL));
+  HM_CHECK_OK(hm_weights_set(w, "x->l.bias", HM_ABI_DTYPE_F32, 1, one, NULL));
+  HM_CHECK_EQ(hm_graph_set_weights(g, w), HM_STATUS_INVALID_ARGUMENT);
+  HM_CHECK_STR_CONTAINS(hm_last_error(), "tensor 'x->l.weight' has shape [1, 3], expected [1, 2]");
+  hm_weights_free(w);
+  HM_CHECK_OK(hm_weights_create(&w));
+  HM_CHECK_OK(hm_weights_set(w, "x->l.bias", HM_ABI_DTYPE_F32, 1, one, NULL));
+  HM_CHECK_EQ(hm_graph_set_weights(g, w), HM_STATUS_NOT_FOUND);
+  HM_CHECK_STR_CONTAINS(hm_last_error(), "tensor 'x->l.weight' is missing");
+  uint64_t right[2] = {1, 2};
+  HM_CHECK_OK(hm_weights_set(w, "x->l.weight", HM_ABI_DTYPE_I32, 2, right, NULL));
+  HM_CHECK_EQ(hm_graph_set_weights(g, w), HM_STATUS_INVALID_ARGUMENT);
+  HM_CHECK_STR_CONTAINS(hm_last_error(), "expected f32");
+  HM_CHECK_OK(hm_weights_set(w, "x->l.weight", HM_ABI_DTYPE_F32, 2, right, NULL));
+  HM_CHECK_OK(hm_weights_set(w, "extra", HM_ABI_DTYPE_F32, 1, one, NULL));
+  HM_CHECK_EQ(hm_graph_set_weights(g, w), HM_STATUS_INVALID_ARGUMENT);
+  HM_CHECK_STR_CONTAINS(hm_last_error(), "tensor 'extra' does not belong");
+  hm_weights_free(w);
+  hm_graph_free(g);
+  hm_producer_free(p5);
+  hm_producer_free(p1);
+  hm_producer_free(p2);
+}
+
+static void setup(void) {
+  hm_device_options o = hm_device_options_default();
+  o.threads = 2;
+  if (hm_device_open("cpu", &o, &dev) != HM_OK) fprintf(stderr, "cannot open cpu: %s\n", hm_last_error());
+}
+
+static void with_device(void (*fn)(void)) {
+  if (!dev) setup();
+  fn();
+}
+
+#define CASE(name) \
+  static void run_##name(void) { with_device(name); }
+CASE(optimizers_follow_the_worked_examples)
+CASE(grad_clip_clamps_elements)
+CASE(schedule_and_progress)
+CASE(accumulation_averages_and_flushes)
+CASE(accumulation_equals_one_big_batch)
+CASE(early_stop_counts_non_improving_updates)
+CASE(fit_until_and_fit_for)
+CASE(gradients_of_every_activation)
+CASE(gradients_of_every_loss)
+CASE(gradients_of_a_branching_graph)
+CASE(same_seed_gives_identical_weights)
+CASE(learns_a_separable_problem_and_evaluates)
+CASE(bad_inputs_give_clear_errors)
+
+static const hm_test_case cases[] = {
+    {"optimizers_follow_the_worked_examples", run_optimizers_follow_the_worked_examples},
+    {"grad_clip_clamps_elements", run_grad_clip_clamps_elements},
+    {"schedule_and_progress", run_schedule_and_progress},
+    {"accumulation_averages_and_flushes", run_accumulation_averages_and_flushes},
+    {"accumulation_equals_one_big_batch", run_accumulation_equals_one_big_batch},
+    {"early_stop_counts_non_improving_updates", run_early_stop_counts_non_improving_updates},
+    {"fit_until_and_fit_for", run_fit_until_and_fit_for},
+    {"gradients_of_every_activation", run_gradients_of_every_activation},
+    {"gradients_of_every_loss", run_gradients_of_every_loss},
+    {"gradients_of_a_branching_graph", run_gradients_of_a_branching_graph},
+    {"same_seed_gives_identical_weights", run_same_seed_gives_identical_weights},
+    {"learns_a_separable_problem_and_evaluates", run_learns_a_separable_problem_and_evaluates},
+    {"bad_inputs_give_clear_errors", run_bad_inputs_give_clear_errors},
+};
+
+int main(int argc, char **argv) {
+  int rc = hm_test_main(argc, argv, cases, sizeof cases / sizeof cases[0]);
+  hm_device_close(dev);
+  return rc;
+}
