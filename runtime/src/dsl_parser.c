@@ -66,7 +66,12 @@ static hm_status take_ident(parser *p, char **out, int *line, int *col) {
   if (!*out) return hm__fail(HM_STATUS_RESOURCE_EXHAUSTED, "out of memory");
   if (line) *line = p->tok.line;
   if (col) *col = p->tok.col;
-  return next(p);
+  hm_status st = next(p);
+  if (st != HM_OK) {
+    free(*out);
+    *out = NULL;
+  }
+  return st;
 }
 
 static hm_status take_number(parser *p, size_t max, size_t *out) {
