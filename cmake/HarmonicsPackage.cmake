@@ -4,7 +4,8 @@ include(CMakePackageConfigHelpers)
 set(HM_CMAKE_DIR ${CMAKE_INSTALL_LIBDIR}/cmake/Harmonics)
 install(EXPORT HarmonicsTargets NAMESPACE Harmonics:: DESTINATION ${HM_CMAKE_DIR})
 configure_package_config_file(${PROJECT_SOURCE_DIR}/cmake/HarmonicsConfig.cmake.in
-  ${CMAKE_BINARY_DIR}/HarmonicsConfig.cmake INSTALL_DESTINATION ${HM_CMAKE_DIR})
+  ${CMAKE_BINARY_DIR}/HarmonicsConfig.cmake INSTALL_DESTINATION ${HM_CMAKE_DIR}
+  PATH_VARS CMAKE_INSTALL_INCLUDEDIR CMAKE_INSTALL_LIBDIR CMAKE_INSTALL_DATADIR)
 write_basic_package_version_file(${CMAKE_BINARY_DIR}/HarmonicsConfigVersion.cmake
   VERSION ${PROJECT_VERSION} COMPATIBILITY SameMajorVersion)
 install(FILES ${CMAKE_BINARY_DIR}/HarmonicsConfig.cmake ${CMAKE_BINARY_DIR}/HarmonicsConfigVersion.cmake

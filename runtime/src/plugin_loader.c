@@ -17,6 +17,7 @@
 static _Thread_local char plugin_message[1024];
 
 const char *hm_plugin_last_message(void) { return plugin_message; }
+void hm_plugin_clear_last_message(void) { plugin_message[0] = '\0'; }
 
 static void host_report(void *host_ctx, int32_t level, int32_t status, const char *message) {
   const hm_loaded_plugin *p = host_ctx;

@@ -50,6 +50,8 @@ HM_API void *hm_loaded_plugin_handle(const hm_loaded_plugin *plugin);
 /* The last message the calling thread received from any plugin's report
  * callback ("" if none). */
 HM_API const char *hm_plugin_last_message(void);
+/* Clears the calling thread's last plugin message. */
+HM_API void hm_plugin_clear_last_message(void);
 /* Turns a plugin status into an hm_status with hm_last_error() set to
  * "<what>: <plugin message>". Returns HM_OK for HM_ABI_OK. */
 HM_API hm_status hm_plugin_status(const hm_loaded_plugin *plugin, int32_t abi_status, const char *what);

@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# harmonics conform: the CPU plugin is conformant; each plugin broken on
+# purpose is caught with the right status at the right tests, and nothing
+# else is reported against it.
+#   test_conform.sh HARMONICS_BINARY CPU_PLUGIN BROKEN_PLUGIN_DIR
+set -u
+bin=$1
+cpu=$2
+dir=$3
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+fail=0
+
+"$bin" conform "$cpu" --json >"$work/cpu.json" 2>"$work/cpu.txt"
+rc=$?
+if [[ $rc -ne 0 ]]; then echo "FAIL: the CPU plugin is not conformant (rc=$rc)"; cat "$work/cpu.txt"; fail=1; fi
+python3 - "$work/cpu.json" <<'PY' || fail=1
+import json, sys
+j = json.load(open(sys.argv[1]))
+assert j["conformant"] is True, j["totals"]
+assert j["plugin"]["name"] == "cpu" and j["host_abi"] == "1.0" and j["seed"] > 0, j["plugin"]
+t = j["totals"]
+assert t["FAIL"] == 0 and t["CRASH"] == 0 and t["TIMEOUT"] == 0 and t["PASS"] > 250, t
+names = {r["name"]: r["status"] for r in j["results"]}
+for must in ["abi.exports", "abi.negotiate.older_host_major", "abi.load_unload_cycles", "kernel.gemm.f32.256x256x256.ab0",
+             "kernel.adam.n40000.12_steps", "program.mlp_training_step", "robustness.concurrent_devices"]:
+    assert names.get(must) == "PASS", (must, names.get(must))
+assert names["kernel.gemm.bf16.1x1x1.ab0"] == "NOT_SUPPORTED"
+PY
+
+# check PLUGIN EXPECTED_STATUS PREFIX [EXTRA conform options]
+check() {
+  local plugin=$1 status=$2 prefix=$3; shift 3
+  "$bin" conform "$dir/hm_bp_$plugin.so" --json "$@" >"$work/$plugin.json" 2>"$work/$plugin.txt"
+  local rc=$?
+  if [[ $rc -ne 1 ]]; then echo "FAIL: bp_$plugin: exit status $rc, expected 1 (not conformant)"; fail=1; fi
+  python3 - "$work/$plugin.json" "$status" "$prefix" <<'PY' || { echo "FAIL: bp_$plugin"; head -40 "$work/$plugin.txt"; fail=1; }
+import json, sys
+j = json.load(open(sys.argv[1]))
+status, prefix = sys.argv[2], sys.argv[3]
+assert j["conformant"] is False
+bad = [r for r in j["results"] if r["status"] in ("FAIL", "CRASH", "TIMEOUT")]
+hit = [r for r in bad if r["name"].startswith(prefix)]
+assert hit, "nothing reported at %s: %s" % (prefix, bad[:3])
+assert all(r["status"] == status for r in hit), hit[:3]
+others = [r for r in bad if not r["name"].startswith(prefix)]
+extra = sys.argv[4:] if len(sys.argv) > 4 else []
+print("%s: %d x %s at %s; first: %s" % (j["plugin"]["name"], len(hit), status, prefix, hit[0]["detail"][:150]))
+assert all(r["detail"] for r in hit), "failures must say what went wrong"
+for r in others:
+    print("  also: %s %s" % (r["name"], r["status"]))
+PY
+}
+
+check gemm_odd FAIL kernel.gemm.f32.7x13x5
+grep -q "NMSE" "$work/gemm_odd.json" || { echo "FAIL: gemm_odd detail lacks the error figure"; fail=1; }
+grep -q "seed 20261128" "$work/gemm_odd.json" || { echo "FAIL: gemm_odd detail lacks the seed"; fail=1; }
+check adam_nan FAIL kernel.adam.n
+grep -q "step 7 of 12" "$work/adam_nan.json" || { echo "FAIL: adam_nan should fail at step 7"; fail=1; }
+check oob_write FAIL kernel.fill.
+grep -q "written past its extent" "$work/oob_write.json" || { echo "FAIL: oob_write detail"; fail=1; }
+# Under AddressSanitizer the crash must stay a plain SIGSEGV for this check.
+ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}handle_segv=0" check crash_run CRASH kernel.reduce_cols
+grep -q "signal 11" "$work/crash_run.json" || { echo "FAIL: crash_run should report signal 11"; fail=1; }
+check hang TIMEOUT kernel.clip --timeout 2 --test 'kernel.clip*' --test 'kernel.scale*'
+check bad_version FAIL abi.negotiate.newer_host_minor --test 'abi.*'
+
+# --list and --test select one case; an unknown test is a usage error.
+"$bin" conform --list | grep -qx "kernel.gemm.f32.7x13x5.ab0" || { echo "FAIL: --list"; fail=1; }
+"$bin" conform "$cpu" --test kernel.gemm.f32.7x13x5.ab0 >"$work/one.txt" 2>&1 || { echo "FAIL: --test one case"; fail=1; }
+grep -q "^total  *1  *0" "$work/one.txt" || { echo "FAIL: --test ran more than one case"; cat "$work/one.txt"; fail=1; }
+"$bin" conform "$cpu" --test no.such.test >/dev/null 2>&1; [[ $? -eq 2 ]] || { echo "FAIL: unknown --test"; fail=1; }
+exit $fail
