@@ -15,6 +15,7 @@ hm_status hm__cycle_state_create(hm_cycle_state **out) {
   st->loss = NAN;
   st->grad_norm = NAN;
   st->stop_reason = "epochs";
+  st->best_norm = INFINITY;
   *out = st;
   return HM_OK;
 }
@@ -52,6 +53,23 @@ hm_status hm__cycle_state_describe(hm_cycle_state *st, hm_session *s, const hm_p
     st->n_layers++;
   }
   return HM_OK;
+}
+
+void hm__cycle_state_set_options(hm_cycle_state *st, const hm_fit_options *o, const hm_policy *p, int schedule_kind) {
+  st->has_options = 1;
+  st->opts = *o;
+  st->opts.device = NULL;
+  st->opts.backend = NULL;
+  st->opts.progress.fn = NULL;
+  st->opts.progress.user = NULL;
+  st->opts.on_epoch = NULL;
+  st->opts.on_epoch_user = NULL;
+  st->opts.resume = NULL;
+  st->opts.checkpoint_path = NULL;
+  st->opts.lr_schedule_fp.user = NULL;
+  if (schedule_kind != 1) st->opts.lr_schedule_fp.fn = NULL;
+  st->schedule_kind = schedule_kind;
+  st->policy = p ? *p : hm_make_hardware_policy();
 }
 
 hm_status hm__cycle_state_sync(hm_cycle_state *st) {

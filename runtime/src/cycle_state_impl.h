@@ -18,11 +18,24 @@ struct hm_cycle_state {
   char backend[48];
   size_t n_layers;
   char **layer_names, **precisions, **kernels;
+  /* What a checkpoint needs to resume bit-identically. */
+  int has_options;
+  hm_fit_options opts;      /* pointers (device, backend, callbacks, resume) cleared */
+  int schedule_kind;        /* 0 none, 1 exponential decay, 2 a user callback */
+  hm_policy policy;
+  size_t position;          /* samples consumed in the current epoch */
+  float best_norm;          /* early stopping */
+  size_t stall;
+  uint32_t graph_fingerprint;
 };
 
 hm_status hm__cycle_state_create(hm_cycle_state **out);
 /* Records the backend and the precision chosen per connection. */
 hm_status hm__cycle_state_describe(hm_cycle_state *st, struct hm_session *s, const hm_policy *policy);
+/* Records the options and policy of a fit (for checkpoints). */
+void hm__cycle_state_set_options(hm_cycle_state *st, const hm_fit_options *o, const hm_policy *p, int schedule_kind);
+/* Decodes a whole .hck file image (checkpoint.c). */
+hm_status hm__cycle_state_decode(const unsigned char *data, size_t len, const char *what, hm_cycle_state **out);
 /* Fetches weights and optimizer state from the live session if stale. */
 hm_status hm__cycle_state_sync(hm_cycle_state *st);
 

@@ -16,7 +16,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 
 #include "fileio.h"
 #include "harmonics/weights.h"
@@ -132,28 +131,20 @@ static hm_status corrupt(const char *path, const char *fmt, const char *detail) 
   return hm__fail(HM_STATUS_DATA_LOSS, "%s: %s", path, msg);
 }
 
-hm_status hm_weights_load_safetensors(const char *path, hm_weights **out) {
-  if (!path || !out) return hm__fail(HM_STATUS_INVALID_ARGUMENT, "hm_weights_load_safetensors: NULL argument");
-  FILE *f = fopen(path, "rb");
-  if (!f)
-    return hm__fail(errno == ENOENT ? HM_STATUS_NOT_FOUND : HM_STATUS_IO_ERROR, "cannot open %s: %s", path,
-                    strerror(errno));
-  struct stat sb;
-  if (fstat(fileno(f), &sb) != 0) {
-    fclose(f);
-    return hm__fail(HM_STATUS_IO_ERROR, "%s: stat failed", path);
-  }
-  uint64_t file_size = (uint64_t)sb.st_size;
+/* Reads from a seekable stream; |path| names it in messages. */
+static hm_status load_stream(FILE *f, const char *path, hm_weights **out) {
+  if (fseek(f, 0, SEEK_END) != 0) return hm__fail(HM_STATUS_IO_ERROR, "%s: the stream is not seekable", path);
+  long end = ftell(f);
+  if (end < 0 || fseek(f, 0, SEEK_SET) != 0) return hm__fail(HM_STATUS_IO_ERROR, "%s: the stream is not seekable", path);
+  uint64_t file_size = (uint64_t)end;
   unsigned char len8[8];
   if (file_size < 8 || fread(len8, 1, 8, f) != 8) {
-    fclose(f);
     return hm__fail(HM_STATUS_DATA_LOSS, "%s: truncated: %llu bytes, a safetensors file starts with an 8-byte header length",
                     path, (unsigned long long)file_size);
   }
   uint64_t hl = 0;
   for (int i = 7; i >= 0; i--) hl = (hl << 8) | len8[i];
   if (hl > file_size - 8 || hl > MAX_HEADER || hl < 2) {
-    fclose(f);
     return hm__fail(HM_STATUS_DATA_LOSS,
                     "%s: header length %llu at offset 0 is impossible for a file of %llu bytes (limit %u)", path,
                     (unsigned long long)hl, (unsigned long long)file_size, MAX_HEADER);
@@ -161,7 +152,6 @@ hm_status hm_weights_load_safetensors(const char *path, hm_weights **out) {
   char *header = malloc((size_t)hl);
   if (!header || fread(header, 1, (size_t)hl, f) != hl) {
     free(header);
-    fclose(f);
     return hm__fail(HM_STATUS_DATA_LOSS, "%s: cannot read the %llu-byte header", path, (unsigned long long)hl);
   }
   uint64_t data_size = file_size - 8 - hl;
@@ -170,7 +160,6 @@ hm_status hm_weights_load_safetensors(const char *path, hm_weights **out) {
   hm_status st = hm__json_parse(header, (size_t)hl, &root, err, sizeof err);
   free(header);
   if (st != HM_OK) {
-    fclose(f);
     return hm__fail(HM_STATUS_DATA_LOSS, "%s: header is not valid JSON (%s, counted from byte 8)", path, err);
   }
   span *spans = NULL;
@@ -266,17 +255,32 @@ hm_status hm_weights_load_safetensors(const char *path, hm_weights **out) {
     hm_tensor t;
     const char *name = root->keys[spans[k].index];
     if (hm_weights_find(w, name, &t) != HM_OK) continue;
-    if (fseek(f, (long)(8 + hl + spans[k].begin), SEEK_SET) != 0 || fread(t.data, 1, t.bytes, f) != t.bytes)
+    if (fseek(f, (long)(8 + hl + spans[k].begin), SEEK_SET) != 0 || (t.bytes && fread(t.data, 1, t.bytes, f) != t.bytes))
       st = corrupt(path, "cannot read the data of tensor '%s'", name);
   }
 done:
   free(spans);
   hm__json_free(root);
-  fclose(f);
   if (st != HM_OK) {
     hm_weights_free(w);
     return st;
   }
   *out = w;
   return HM_OK;
+}
+
+hm_status hm_weights_load_safetensors(const char *path, hm_weights **out) {
+  if (!path || !out) return hm__fail(HM_STATUS_INVALID_ARGUMENT, "hm_weights_load_safetensors: NULL argument");
+  FILE *f = fopen(path, "rb");
+  if (!f)
+    return hm__fail(errno == ENOENT ? HM_STATUS_NOT_FOUND : HM_STATUS_IO_ERROR, "cannot open %s: %s", path,
+                    strerror(errno));
+  hm_status st = load_stream(f, path, out);
+  fclose(f);
+  return st;
+}
+
+hm_status hm_weights_read_safetensors(FILE *f, hm_weights **out) {
+  if (!f || !out) return hm__fail(HM_STATUS_INVALID_ARGUMENT, "hm_weights_read_safetensors: NULL argument");
+  return load_stream(f, "safetensors stream", out);
 }

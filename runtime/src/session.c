@@ -274,10 +274,38 @@ static hm_status download_tensor(hm_session *s, hm_weights *w, const char *name,
   return hm_device_buffer_read(s->dev, buf, 0, t.data, t.bytes);
 }
 
+
 static const char *state_suffix(hm_optimizer o, int second) {
   if (o == HM_OPTIMIZER_SGD) return "velocity";
   if (o == HM_OPTIMIZER_RMSPROP) return "s";
   return second ? "v" : "m";
+}
+
+hm_status hm__session_upload_opt_state(hm_session *s, const hm_weights *state) {
+  hm_graph *g = s->g;
+  for (size_t e = 0; e < g->n_edges; e++) {
+    const hm_edge *ed = &g->edges[e];
+    const edge_state *es = &s->edges[e];
+    if (!es->trainable) continue;
+    char wn[600], bn[600], name[700];
+    hm__edge_weight_name(g, ed, wn, sizeof wn);
+    hm__edge_bias_name(g, ed, bn, sizeof bn);
+    hm_abi_buffer *bufs[4] = {es->s1w, es->s2w, es->s1b, es->s2b};
+    size_t count[4] = {s->nodes[ed->dst].width * s->nodes[ed->src].width, 0, s->nodes[ed->dst].width, 0};
+    count[1] = count[0];
+    count[3] = count[2];
+    for (int k = 0; k < 4; k++) {
+      if (!bufs[k]) continue;
+      snprintf(name, sizeof name, "%s.%s", k < 2 ? wn : bn, state_suffix(s->opts.optimizer, k % 2));
+      hm_tensor t;
+      if (hm_weights_find(state, name, &t) != HM_OK)
+        return hm__fail(HM_STATUS_INVALID_ARGUMENT, "resume: the optimizer state has no tensor '%s'", name);
+      if (t.dtype != HM_ABI_DTYPE_F32 || t.bytes != count[k] * 4)
+        return hm__fail(HM_STATUS_INVALID_ARGUMENT, "resume: optimizer state '%s' has the wrong shape or dtype", name);
+      HM_RETURN_IF_ERROR(hm_device_buffer_write(s->dev, bufs[k], 0, t.data, t.bytes));
+    }
+  }
+  return HM_OK;
 }
 
 hm_status hm__session_download(hm_session *s, hm_weights **params, hm_weights **opt_state) {

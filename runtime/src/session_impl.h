@@ -78,6 +78,8 @@ void hm__session_free(hm_session *s);
 /* Uploads the graph's weights (initialising them from opts.seed first when
  * the graph has none) and zeroes optimizer state. */
 hm_status hm__session_upload_weights(hm_session *s);
+/* Writes optimizer state tensors ("<param>.m", ...) into the session. */
+hm_status hm__session_upload_opt_state(hm_session *s, const hm_weights *state);
 /* Reads parameters (and optimizer state when |opt_state| is non-NULL) back. */
 hm_status hm__session_download(hm_session *s, hm_weights **params, hm_weights **opt_state);
 /* The program of |kind| at batch size |batch| (built on first use). */

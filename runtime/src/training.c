@@ -12,17 +12,20 @@
  * after each update, in that order.
  */
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "container.h"
 #include "cycle_state_impl.h"
+#include "harmonics/serialization.h"
 #include "harmonics/training.h"
 #include "rng.h"
 #include "session_impl.h"
 
 static float exp_decay(size_t step, const hm_lr_schedule *self) {
   float initial = self->params[0], rate = self->params[1], min_lr = self->params[3];
-  size_t decay_steps = (size_t)self->params[2];
+  uint64_t decay_steps = self->iparams[0];
   if (decay_steps == 0) return initial;
   float lr = initial * powf(rate, (float)(step / decay_steps));
   return lr > min_lr ? lr : min_lr;
@@ -34,7 +37,7 @@ hm_lr_schedule hm_exponential_decay_schedule(float initial, float rate, size_t d
   s.fn = exp_decay;
   s.params[0] = initial;
   s.params[1] = rate;
-  s.params[2] = (float)decay_steps;
+  s.iparams[0] = decay_steps;
   s.params[3] = min_lr;
   return s;
 }
@@ -91,6 +94,43 @@ static hm_status check_policy(const hm_policy *p) {
                   "precision policy '%s' is not implemented in this build; only 'hardware' (f32) runs", text);
 }
 
+static int schedule_kind(const hm_lr_schedule *s) { return !s->fn ? 0 : s->fn == exp_decay ? 1 : 2; }
+
+/* The options that shape a training trajectory must match when resuming. */
+static hm_status check_resume(const hm_fit_options *o, const hm_cycle_state *r) {
+  if (!r->has_options)
+    return hm__fail(HM_STATUS_INVALID_ARGUMENT, "resume: the state holds no fit options (it did not come from fit or a checkpoint)");
+  const hm_fit_options *c = &r->opts;
+#define SAME(field, fmt)                                                                                          \
+  if (o->field != c->field)                                                                                       \
+    return hm__fail(HM_STATUS_INVALID_ARGUMENT, "resume: " #field " is " fmt " but the checkpoint was trained with " fmt \
+                    " (use hm_cycle_state_fit_options)", o->field, c->field)
+  SAME(learning_rate, "%g");
+  SAME(optimizer, "%d");
+  SAME(grad_clip, "%g");
+  SAME(early_stop_patience, "%zu");
+  SAME(early_stop_delta, "%g");
+  SAME(weight_decay, "%g");
+  SAME(accumulate_steps, "%zu");
+  SAME(batch_size, "%zu");
+  if (o->seed != c->seed)
+    return hm__fail(HM_STATUS_INVALID_ARGUMENT, "resume: seed is %llu but the checkpoint was trained with %llu",
+                    (unsigned long long)o->seed, (unsigned long long)c->seed);
+  SAME(shuffle, "%d");
+  SAME(momentum, "%g");
+  SAME(beta1, "%g");
+  SAME(beta2, "%g");
+  SAME(epsilon, "%g");
+  SAME(rho, "%g");
+#undef SAME
+  int kind = schedule_kind(&o->lr_schedule_fp);
+  if (kind != r->schedule_kind ||
+      (kind == 1 && (memcmp(o->lr_schedule_fp.params, c->lr_schedule_fp.params, sizeof c->lr_schedule_fp.params) != 0 ||
+                     o->lr_schedule_fp.iparams[0] != c->lr_schedule_fp.iparams[0])))
+    return hm__fail(HM_STATUS_INVALID_ARGUMENT, "resume: the learning-rate schedule differs from the checkpoint's");
+  return HM_OK;
+}
+
 typedef enum fit_mode { MODE_EPOCHS, MODE_SECONDS, MODE_UNTIL } fit_mode;
 
 typedef struct fit_limits {
@@ -123,6 +163,16 @@ static void fill_scalars(const hm_fit_options *o, size_t update, double count, d
   scalars[SLOT_BC1] = 1.0 - pow((double)o->beta1, t);
   scalars[SLOT_BC2] = 1.0 - pow((double)o->beta2, t);
   scalars[SLOT_GRAD_SCALE] = 1.0 / count;
+}
+
+static hm_status checkpoint(loop *L) {
+  if (!L->o->checkpoint_path) return HM_OK;
+  L->st->best_norm = L->best_norm;
+  L->st->stall = L->stall;
+  L->st->elapsed = hm__now() - L->st->start_time;
+  hm_status st = hm_cycle_state_save(L->st, L->o->checkpoint_path);
+  if (st != HM_OK) hm__error_prefix("checkpoint: ");
+  return st;
 }
 
 /* After an update: bookkeeping, progress, early stop, predicate. */
@@ -169,7 +219,9 @@ static hm_status run_batch(loop *L, const int32_t *idx, size_t b) {
     HM_RETURN_IF_ERROR(hm__session_step(s, PROG_TRAIN, idx, b, scalars, &loss, &sumsq));
     L->st->train_seconds += hm__now() - t0;
     L->st->samples += b;
+    L->st->position += b;
     after_update(L, loss, sumsq, scalars[SLOT_LR]);
+    if (o->checkpoint_every && L->st->step % o->checkpoint_every == 0) return checkpoint(L);
     return HM_OK;
   }
   fill_scalars(o, L->st->step, 1.0, scalars);
@@ -178,6 +230,7 @@ static hm_status run_batch(loop *L, const int32_t *idx, size_t b) {
   L->micro++;
   L->loss_sum += loss;
   L->st->samples += b;
+  L->st->position += b;
   if (L->micro < o->accumulate_steps) {
     L->st->train_seconds += hm__now() - t0;
     return HM_OK;
@@ -189,6 +242,7 @@ static hm_status run_batch(loop *L, const int32_t *idx, size_t b) {
   L->micro = 0;
   L->loss_sum = 0;
   after_update(L, mean_loss, sumsq, scalars[SLOT_LR]);
+  if (o->checkpoint_every && L->st->step % o->checkpoint_every == 0) return checkpoint(L);
   return HM_OK;
 }
 
@@ -219,7 +273,8 @@ static hm_status run_epoch(loop *L, int32_t *order) {
   } else {
     for (size_t i = 0; i < n; i++) order[i] = (int32_t)i;
   }
-  for (size_t pos = 0; pos < n && !L->stop; pos += o->batch_size) {
+  /* A resumed epoch starts where the checkpoint stopped. */
+  for (size_t pos = L->st->position; pos < n && !L->stop; pos += o->batch_size) {
     size_t b = n - pos < o->batch_size ? n - pos : o->batch_size;
     HM_RETURN_IF_ERROR(run_batch(L, order + pos, b));
   }
@@ -236,8 +291,23 @@ static hm_status fit_impl(hm_graph *g, const fit_limits *lim, const hm_policy *p
     return hm__fail(HM_STATUS_FAILED_PRECONDITION,
                     "graph '%s' has no loss tap ('layer <-(loss)- target'): it can only run inference", g->name);
   HM_RETURN_IF_ERROR(hm_graph_resolve(g));
+  const hm_cycle_state *resume = o.resume;
+  if (resume) {
+    HM_RETURN_IF_ERROR(check_resume(&o, resume));
+    if (resume->graph_fingerprint != hm__graph_fingerprint(g))
+      return hm__fail(HM_STATUS_INVALID_ARGUMENT, "resume: the checkpoint was written for a different graph than '%s'", g->name);
+    if (!resume->weights || !resume->opt_state)
+      return hm__fail(HM_STATUS_INVALID_ARGUMENT, "resume: the state holds no weights or optimizer state");
+    hm_status ws = hm_graph_set_weights(g, resume->weights);
+    if (ws != HM_OK) {
+      hm__error_prefix("resume: ");
+      return ws;
+    }
+  }
   hm_cycle_state *st = NULL;
   HM_RETURN_IF_ERROR(hm__cycle_state_create(&st));
+  hm__cycle_state_set_options(st, &o, policy, schedule_kind(&o.lr_schedule_fp));
+  st->graph_fingerprint = hm__graph_fingerprint(g);
   int eval = 0;
   for (size_t i = 0; i < g->n_nodes; i++) eval |= g->nodes[i].eval != NULL;
   hm_session *s = NULL;
@@ -246,8 +316,24 @@ static hm_status fit_impl(hm_graph *g, const fit_limits *lim, const hm_policy *p
   int32_t *order = NULL;
   if (rc == HM_OK && !(order = malloc(s->train_count * sizeof *order)))
     rc = hm__fail(HM_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+  if (rc == HM_OK && resume) rc = hm__session_upload_opt_state(s, resume->opt_state);
   if (rc == HM_OK) rc = hm__cycle_state_describe(st, s, policy);
   loop L = {s, st, &o, lim, 0, 0.0, INFINITY, 0, 0};
+  if (resume) {
+    st->step = resume->step;
+    st->epoch = resume->epoch;
+    st->position = resume->position;
+    st->samples = resume->samples;
+    st->train_seconds = resume->train_seconds;
+    st->loss = resume->loss;
+    st->grad_norm = resume->grad_norm;
+    st->lr = resume->lr;
+    st->eval_loss = resume->eval_loss;
+    st->eval_accuracy = resume->eval_accuracy;
+    L.best_norm = resume->best_norm;
+    L.stall = resume->stall;
+    if (s && st->position > s->train_count) rc = hm__fail(HM_STATUS_INVALID_ARGUMENT, "resume: position %zu beyond the %zu training samples", st->position, s->train_count);
+  }
   st->live = s;
   st->start_time = hm__now();
   while (rc == HM_OK && !L.stop) {
@@ -258,19 +344,24 @@ static hm_status fit_impl(hm_graph *g, const fit_limits *lim, const hm_policy *p
     rc = run_epoch(&L, order);
     if (rc != HM_OK || L.stop) break;
     st->epoch++;
+    st->position = 0;
     if (s->eval_count) {
       hm_eval_result r;
       rc = hm__session_evaluate(s, 1, 0, &r);
       st->eval_loss = r.loss;
       st->eval_accuracy = r.accuracy;
     }
+    if (rc == HM_OK && !o.checkpoint_every) rc = checkpoint(&L);
     if (rc == HM_OK && o.on_epoch && o.on_epoch(o.on_epoch_user, st)) {
       st->stop_reason = "epoch_callback";
       break;
     }
   }
   if (rc == HM_OK) rc = flush(&L);
+  if (rc == HM_OK) rc = checkpoint(&L);
   st->elapsed = hm__now() - st->start_time;
+  st->best_norm = L.best_norm;
+  st->stall = L.stall;
   if (rc == HM_OK) rc = hm__cycle_state_sync(st);
   st->live = NULL;
   if (rc == HM_OK) {

@@ -29,9 +29,13 @@ static void train_usage(FILE *f) {
           "  --momentum X  --weight-decay X  --grad-clip X  --accumulate N\n"
           "  --early-stop N  --early-stop-delta X  --lr-decay RATE:STEPS[:MIN]\n"
           "  --policy hardware\n"
-          "weights:\n"
+          "weights and checkpoints:\n"
           "  --init-weights FILE.safetensors   start from these weights\n"
           "  --save-weights FILE.safetensors   write the trained weights\n"
+          "  --checkpoint FILE.hck             write a checkpoint after every epoch and at the end\n"
+          "  --checkpoint-every N              ... and every N updates\n"
+          "  --resume FILE.hck                 continue a checkpoint bit-identically (its options and\n"
+          "                                    policy apply; --epochs is the total to reach)\n"
           "where:\n"
           "  --backend NAME[:N]  --threads N  --config FILE\n"
           "output:\n"
@@ -112,6 +116,8 @@ static const char *optimizer_names[] = {"sgd", "adam", "rmsprop", "adamw", "lamb
 
 int cmd_train(int argc, char **argv) {
   const char *model = NULL, *dataset = NULL, *config = NULL, *init_weights = NULL, *save_weights = NULL;
+  const char *checkpoint = NULL, *resume = NULL;
+  size_t checkpoint_every = 0;
   const char *data_specs[16], *eval_specs[16];
   size_t n_data = 0, n_eval = 0, epochs = 1, limit_train = 0, limit_eval = 0, threads = 0;
   int json = 0;
@@ -225,6 +231,15 @@ int cmd_train(int argc, char **argv) {
     } else if (strcmp(a, "--save-weights") == 0) {
       NEED_VALUE;
       save_weights = v;
+    } else if (strcmp(a, "--checkpoint") == 0) {
+      NEED_VALUE;
+      checkpoint = v;
+    } else if (strcmp(a, "--checkpoint-every") == 0) {
+      NEED_VALUE;
+      if (cli_parse_size(a, v, &checkpoint_every)) return CLI_USAGE;
+    } else if (strcmp(a, "--resume") == 0) {
+      NEED_VALUE;
+      resume = v;
     } else if (a[0] == '-') {
       fprintf(stderr, "harmonics train: unknown option '%s'\n", a);
       train_usage(stderr);
@@ -258,6 +273,28 @@ int cmd_train(int argc, char **argv) {
   for (size_t i = 0; i < n_eval && rc == CLI_OK; i++) rc = cli_bind_spec(g, eval_specs[i], 1, limit_eval, &src);
   if (rc == CLI_OK && hm_graph_resolve(g) != HM_OK) rc = cli_fail(model);
   if (rc == CLI_OK && hm_graph_warnings(g)[0]) fprintf(stderr, "harmonics: warning: %s", hm_graph_warnings(g));
+  hm_cycle_state *resume_state = NULL;
+  if (rc == CLI_OK && resume) {
+    if (hm_cycle_state_load(resume, &resume_state) != HM_OK) rc = cli_fail("--resume");
+    hm_fit_options saved;
+    if (rc == CLI_OK && hm_cycle_state_fit_options(resume_state, &saved, &policy) != HM_OK) rc = cli_fail("--resume");
+    if (rc == CLI_OK) {
+      /* The checkpoint decides everything that shapes the trajectory. */
+      saved.backend = o.backend;
+      saved.threads = o.threads;
+      o = saved;
+      o.resume = resume_state;
+      hm_policy_format(&policy, policy_text, sizeof policy_text);
+      fprintf(stderr, "harmonics: resuming %s at epoch %zu, step %zu\n", resume, hm_cycle_state_epoch(resume_state),
+              hm_cycle_state_step(resume_state));
+    }
+  }
+  o.checkpoint_path = checkpoint;
+  o.checkpoint_every = checkpoint_every;
+  if (rc == CLI_OK && init_weights && resume) {
+    fprintf(stderr, "harmonics train: --init-weights and --resume exclude each other\n");
+    rc = CLI_USAGE;
+  }
   if (rc == CLI_OK && init_weights) {
     hm_weights *w = NULL;
     if (hm_weights_load_safetensors(init_weights, &w) != HM_OK || hm_graph_set_weights(g, w) != HM_OK)
@@ -330,6 +367,7 @@ int cmd_train(int argc, char **argv) {
     }
   }
   hm_cycle_state_free(st);
+  hm_cycle_state_free(resume_state);
   hm_graph_free(g);
   cli_sources_free(&src);
   return rc;

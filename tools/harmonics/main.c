@@ -16,6 +16,8 @@ static void usage(FILE *f) {
           "commands:\n"
           "  train MODEL.hmx ...  train a model (harmonics train --help)\n"
           "  infer MODEL.hmx ...  evaluate a trained model (harmonics infer --help)\n"
+          "  compile MODEL.hmx [-o MODEL.hgr]   write the binary graph\n"
+          "  convert IN OUT       weights between .safetensors and .hnwt\n"
           "  conform PLUGIN.so    check a backend plugin against the ABI (harmonics conform --help)\n"
           "  plugins [--json]     list every plugin considered: path, ABI, devices,\n"
           "                       capabilities and GEMM path, or why it was skipped\n"
@@ -98,6 +100,8 @@ int main(int argc, char **argv) {
   if (strcmp(cmd, "train") == 0) return cmd_train(argc - 2, argv + 2);
   if (strcmp(cmd, "infer") == 0) return cmd_infer(argc - 2, argv + 2);
   if (strcmp(cmd, "conform") == 0) return cmd_conform(argc - 2, argv + 2);
+  if (strcmp(cmd, "compile") == 0) return cmd_compile(argc - 2, argv + 2);
+  if (strcmp(cmd, "convert") == 0) return cmd_convert(argc - 2, argv + 2);
   fprintf(stderr, "harmonics: unknown command '%s'\n\n", cmd);
   usage(stderr);
   return CLI_USAGE;

@@ -21,6 +21,7 @@
 #include "harmonics/names.h"
 #include "harmonics/plugins.h"
 #include "harmonics/policy.h"
+#include "harmonics/serialization.h"
 #include "harmonics/status.h"
 #include "harmonics/training.h"
 #include "harmonics/version.h"

@@ -34,6 +34,7 @@ typedef struct hm_lr_schedule {
   float (*fn)(size_t step_index, const struct hm_lr_schedule *self);
   void *user;
   float params[4];
+  uint64_t iparams[2];
 } hm_lr_schedule;
 
 /* lr = max(min_lr, initial * rate^floor(step / decay_steps));
@@ -81,7 +82,18 @@ typedef struct hm_fit_options {
   size_t eval_batch_size;     /* 1000 */
   hm_epoch_fn on_epoch;
   void *on_epoch_user;
-  void *reserved[8];
+  /* ===== checkpoints (harmonics/serialization.h) ===== */
+  /* Continue from this state (borrowed): its weights, optimizer state, step,
+   * epoch and position. The options that shape the trajectory must equal the
+   * state's (hm_cycle_state_fit_options gives them); fit then trains until
+   * |epochs| epochs are complete in total. Resuming on the same backend with
+   * the same thread count is bit-identical to not having stopped. */
+  const struct hm_cycle_state *resume;
+  /* Write a checkpoint here (atomically) after every epoch, every
+   * |checkpoint_every| updates when nonzero, and when training ends. */
+  const char *checkpoint_path;
+  size_t checkpoint_every;
+  void *reserved[5];
 } hm_fit_options;
 
 HM_API hm_fit_options hm_fit_options_default(void);

@@ -7,6 +7,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #include "harmonics/harmonics_abi.h"
 #include "harmonics/status.h"
@@ -53,6 +54,8 @@ HM_API HM_MUST_USE hm_status hm_weights_save_safetensors(const hm_weights *w, co
 /* Loading validates the header, every offset and every shape against the
  * file's size before allocating; DATA_LOSS names the file and the tensor. */
 HM_API HM_MUST_USE hm_status hm_weights_load_safetensors(const char *path, hm_weights **out);
+/* The same from a seekable stream (a file, fmemopen). */
+HM_API HM_MUST_USE hm_status hm_weights_read_safetensors(FILE *f, hm_weights **out);
 
 #ifdef __cplusplus
 }

@@ -1,0 +1,15 @@
+/* The .hmx parser and width resolution on arbitrary text. */
+#include "harmonics/harmonics.h"
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
+  hm_graph *g = NULL;
+  if (hm_graph_parse((const char *)data, size, "fuzz.hmx", &g) == HM_OK) {
+    if (hm_graph_resolve(g) == HM_OK) {
+      hm_status st = hm_graph_init_weights(g, 1);
+      (void)st;
+    }
+    hm_graph_free(g);
+  }
+  return 0;
+}

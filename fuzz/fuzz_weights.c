@@ -1,0 +1,23 @@
+/* .hnwt weight files, as given and with repaired checksums. */
+#include "fuzz_util.h"
+#include "harmonics/harmonics.h"
+
+static void one(const uint8_t *data, size_t size) {
+  FILE *f = fuzz_stream(data, size);
+  if (!f) return;
+  hm_weights *w = NULL;
+  if (hm_load_weights(f, &w) == HM_OK) hm_weights_free(w);
+  fclose(f);
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
+  one(data, size);
+  /* Again with consistent checksums, to reach the payload decoder. */
+  uint8_t *sealed = fuzz_resealed(data, size);
+  if (sealed) {
+    one(sealed, size);
+    free(sealed);
+  }
+  return 0;
+}
