@@ -44,6 +44,22 @@ check "infer reproduces the training run's accuracy ($acc%): $inf" grep -q "accu
   --epochs 1 --optimizer sgd --lr 0.01 >/dev/null 2>&1
 check "--init-weights continues from saved weights" test $? -eq 0
 
+# Checkpoint after one epoch, resume to two: the same bytes as two epochs at once.
+common=(--dataset fashion-mnist --limit-train 2000 --limit-eval 500 --optimizer adamw --lr 0.002 --batch 50 --seed 4 --threads 2)
+"$bin" train "$model" "${common[@]}" --epochs 2 --save-weights "$work/straight.safetensors" >/dev/null 2>&1
+"$bin" train "$model" "${common[@]}" --epochs 1 --checkpoint "$work/ck.hck" --checkpoint-every 7 >/dev/null 2>&1
+"$bin" train "$model" --dataset fashion-mnist --limit-train 2000 --limit-eval 500 --threads 2 --epochs 2 \
+  --resume "$work/ck.hck" --save-weights "$work/resumed.safetensors" >/dev/null 2>"$work/resume.err"
+check "resume reports where it continues: $(cat "$work/resume.err")" grep -q "resuming .*ck.hck at epoch 1, step 40" "$work/resume.err"
+check "resumed training is bit-identical" cmp -s "$work/straight.safetensors" "$work/resumed.safetensors"
+"$bin" convert "$work/straight.safetensors" "$work/w.hnwt" >/dev/null && "$bin" convert "$work/w.hnwt" "$work/back.safetensors" >/dev/null
+check "safetensors -> hnwt -> safetensors keeps the bytes" cmp -s "$work/straight.safetensors" "$work/back.safetensors"
+"$bin" compile "$model" -o "$work/m.hgr" >/dev/null
+check "compile writes a graph" test -s "$work/m.hgr"
+head -c 100 "$work/ck.hck" >"$work/cut.hck"
+msg=$("$bin" train "$model" --dataset fashion-mnist --limit-train 100 --resume "$work/cut.hck" 2>&1)
+check "a truncated checkpoint is refused by name: $msg" grep -q "cut.hck: .*truncated" <<<"$msg"
+
 msg=$(HARMONICS_FASHION_MNIST_DIR=/nonexistent "$bin" train "$model" --dataset fashion-mnist 2>&1)
 check "missing dataset files exit 1" test $? -eq 1
 check "missing dataset names the file: $msg" grep -q "/nonexistent/train-images-idx3-ubyte.gz" <<<"$msg"
