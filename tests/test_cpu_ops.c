@@ -37,7 +37,7 @@ static void run_and_compare(hm_device *dev, const top_case *c, const char *what)
 
 static void gemm_matches_reference(void) {
   static const size_t shapes[][3] = {{1, 1, 1},   {7, 13, 5},  {64, 128, 784}, {31, 17, 257},
-                                     {128, 10, 64}, {3, 200, 2}, {257, 129, 33}};
+                                     {128, 10, 64}, {3, 200, 2}, {257, 129, 33}, {1, 300, 70}, {1, 1000, 1100}};
   static const float ab[][2] = {{1.0f, 0.0f}, {0.5f, 1.5f}};
   for (size_t t = 0; t < 2; t++) {
     hm_device *dev = top_open_cpu(thread_counts[t]);

@@ -5,6 +5,7 @@
 #include "hm_reference.h"
 
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 #define SELU_LAMBDA 1.0507009873554804934193349852946
@@ -354,6 +355,29 @@ void hm_ref_lamb(size_t n, float lr, float b1, float b2, float eps, float bc1, f
   }
 }
 
+/* GEMM with its inputs first rounded to |din| (a no-op for F32). */
+static int32_t ref_gemm_rounded(const hm_abi_op *op, int din, const float *a, const float *b, float *c, float alpha,
+                                float beta) {
+  size_t m = (size_t)op->dims[0], n = (size_t)op->dims[1], k = (size_t)op->dims[2];
+  int ta = !!(op->flags & HM_ABI_OP_FLAG_TRANS_A), tb = !!(op->flags & HM_ABI_OP_FLAG_TRANS_B);
+  if (din == HM_ABI_DTYPE_F32) {
+    hm_ref_gemm(ta, tb, m, n, k, alpha, a, b, beta, c);
+    return HM_ABI_OK;
+  }
+  float *ra = malloc((m * k + 1) * sizeof *ra), *rb = malloc((n * k + 1) * sizeof *rb);
+  if (!ra || !rb) {
+    free(ra);
+    free(rb);
+    return HM_ABI_STATUS_RESOURCE_EXHAUSTED;
+  }
+  for (size_t i = 0; i < m * k; i++) ra[i] = hm_ref_round_to(din, a[i]);
+  for (size_t i = 0; i < n * k; i++) rb[i] = hm_ref_round_to(din, b[i]);
+  hm_ref_gemm(ta, tb, m, n, k, alpha, ra, rb, beta, c);
+  free(ra);
+  free(rb);
+  return HM_ABI_OK;
+}
+
 float hm_ref_param(const hm_abi_op *op, int param_index, int dyn_index, const double *scalars,
                    uint32_t n_scalars) {
   if (dyn_index >= 0 && dyn_index < HM_ABI_MAX_DYN) {
@@ -377,9 +401,7 @@ int32_t hm_ref_execute(const hm_abi_op *op, hm_ref_resolve_fn resolve, void *ctx
       if (din != HM_ABI_DTYPE_F32 && din != HM_ABI_DTYPE_TF32 && din != HM_ABI_DTYPE_F16 &&
           din != HM_ABI_DTYPE_BF16)
         return HM_ABI_STATUS_UNIMPLEMENTED;
-      hm_ref_gemm(!!(op->flags & HM_ABI_OP_FLAG_TRANS_A), !!(op->flags & HM_ABI_OP_FLAG_TRANS_B), d0,
-                  d1, d2, P(0), IN(0), IN(1), P(1), OUT(0));
-      return HM_ABI_OK;
+      return ref_gemm_rounded(op, din, IN(0), IN(1), OUT(0), P(0), P(1));
     case HM_ABI_OP_BIAS_ADD: hm_ref_bias_add(d0, d1, IN(0), OUT(0)); return HM_ABI_OK;
     case HM_ABI_OP_ACT_FORWARD:
       if (op->variant >= HM_ABI_ACT_COUNT) return HM_ABI_STATUS_INVALID_ARGUMENT;
@@ -436,6 +458,29 @@ int32_t hm_ref_execute(const hm_abi_op *op, hm_ref_resolve_fn resolve, void *ctx
       hm_ref_lamb(d0, P(0), op->params[3], op->params[4], op->params[5], P(1), P(2), op->params[6],
                   IN(0), OUT(0), OUT(1), OUT(2));
       return HM_ABI_OK;
+    case HM_ABI_OP_QUANTIZE: {
+      int dout = (int)op->dtype_out;
+      if (din != HM_ABI_DTYPE_F32 || !hm_ref_q_block_bytes(dout)) return HM_ABI_STATUS_UNIMPLEMENTED;
+      const float *x = IN(0);
+      uint8_t *q = OUT(0);
+      for (size_t r = 0; r < d0; r++) hm_ref_quantize_row(dout, d1, x + r * d1, q + r * hm_ref_q_row_bytes(dout, d1));
+      return HM_ABI_OK;
+    }
+    case HM_ABI_OP_DEQUANTIZE: {
+      if (!hm_ref_q_block_bytes(din)) return HM_ABI_STATUS_UNIMPLEMENTED;
+      const uint8_t *q = IN(0);
+      float *x = OUT(0);
+      for (size_t r = 0; r < d0; r++) hm_ref_dequantize_row(din, d1, q + r * hm_ref_q_row_bytes(din, d1), x + r * d1);
+      return HM_ABI_OK;
+    }
+    case HM_ABI_OP_GEMM_Q8:
+    case HM_ABI_OP_GEMM_Q4:
+    case HM_ABI_OP_GEMM_Q3: {
+      int want = op->code == HM_ABI_OP_GEMM_Q8 ? HM_ABI_DTYPE_Q8 : op->code == HM_ABI_OP_GEMM_Q4 ? HM_ABI_DTYPE_Q4 : HM_ABI_DTYPE_Q3;
+      if (din != want) return HM_ABI_STATUS_INVALID_ARGUMENT;
+      hm_ref_gemm_q(want, d0, d1, d2, IN(0), IN(1), OUT(0));
+      return HM_ABI_OK;
+    }
     default: return HM_ABI_STATUS_UNIMPLEMENTED;
   }
 }

@@ -62,6 +62,31 @@ void hm_ref_adamw(size_t n, float lr, float b1, float b2, float eps, float bc1, 
 void hm_ref_lamb(size_t n, float lr, float b1, float b2, float eps, float bc1, float bc2, float wd,
                  const float *g, float *p, float *m, float *v);
 
+/* ===== Packed integer formats (abi/QUANT.md), hm_reference_quant.c ===== */
+
+#define HM_REF_QBLOCK 64 /* values per block */
+
+/* Bytes of one block (2-byte f16 scale + packed values), 0 for other dtypes. */
+size_t hm_ref_q_block_bytes(int dtype);
+/* The largest magnitude of a quantized value: 127, 7 or 3. */
+int hm_ref_q_max(int dtype);
+/* Bytes of one packed row of |k| values (k rounded up to whole blocks). */
+size_t hm_ref_q_row_bytes(int dtype, size_t k);
+/* IEEE binary16 conversions; the f32 -> f16 one rounds to nearest even and
+ * saturates to +-65504 instead of overflowing (QUANT.md §2). */
+uint16_t hm_ref_f32_to_f16_sat(float f);
+float hm_ref_f16_to_f32(uint16_t h);
+/* The scale of a block, and its |i|-th value as a signed integer. */
+float hm_ref_q_scale(const uint8_t *block);
+int hm_ref_q_get(int dtype, const uint8_t *block, int i);
+void hm_ref_quantize_row(int dtype, size_t k, const float *x, uint8_t *out);
+void hm_ref_dequantize_row(int dtype, size_t k, const uint8_t *q, float *x);
+/* C (m x n, f32) = A (m packed rows) . B (n packed rows)^T, K = k. */
+void hm_ref_gemm_q(int dtype, size_t m, size_t n, size_t k, const uint8_t *a, const uint8_t *b, float *c);
+/* |x| rounded to the input precision of a GEMM (F32 unchanged; TF32, F16 and
+ * BF16 to nearest even, F16 overflowing to infinity). */
+float hm_ref_round_to(int dtype, float x);
+
 /* Element size in bytes of a plain dtype, 0 for block formats and NONE. */
 size_t hm_ref_dtype_size(int dtype);
 

@@ -80,11 +80,12 @@ int cpu_blas_load(cpu_blas *blas, const char *library, const char *forced_core,
   corename_fn corename = NULL, config = NULL;
   set_threads_fn set_threads = NULL;
   sym(h, "cblas_sgemm", &blas->sgemm, sizeof blas->sgemm);
+  sym(h, "cblas_sgemv", &blas->sgemv, sizeof blas->sgemv);
   sym(h, "openblas_get_corename", &corename, sizeof corename);
   sym(h, "openblas_get_config", &config, sizeof config);
   sym(h, "openblas_set_num_threads", &set_threads, sizeof set_threads);
-  if (!blas->sgemm || !corename || !set_threads) {
-    snprintf(err, err_cap, "%s lacks cblas_sgemm/openblas_get_corename/openblas_set_num_threads", tried);
+  if (!blas->sgemm || !blas->sgemv || !corename || !set_threads) {
+    snprintf(err, err_cap, "%s lacks cblas_sgemm/cblas_sgemv/openblas_get_corename/openblas_set_num_threads", tried);
     dlclose(h);
     memset(blas, 0, sizeof *blas);
     free(saved);

@@ -38,6 +38,7 @@ void cpu_features_detect(cpu_features *out) {
   out->avx512bw = zmm_ok && ((b >> 30) & 1);
   out->avx512vl = zmm_ok && ((b >> 31) & 1);
   out->avx512_vnni = zmm_ok && ((c >> 11) & 1);
+  out->avx512_vbmi = zmm_ok && ((c >> 1) & 1);
   out->amx_bf16 = amx_ok && ((d >> 22) & 1);
   out->amx_int8 = amx_ok && ((d >> 25) & 1);
   unsigned eax1 = 0, ebx1, ecx1, edx1;
@@ -59,7 +60,7 @@ void cpu_features_describe(const cpu_features *f, char *buf, size_t cap) {
   } flags[] = {
       {f->avx2, "avx2"},           {f->fma, "fma"},         {f->f16c, "f16c"},
       {f->avx512f, "avx512f"},     {f->avx512bw, "avx512bw"}, {f->avx512vl, "avx512vl"},
-      {f->avx512_vnni, "avx512vnni"}, {f->avx512_bf16, "avx512bf16"}, {f->avx_vnni, "avxvnni"},
+      {f->avx512_vnni, "avx512vnni"}, {f->avx512_vbmi, "avx512vbmi"}, {f->avx512_bf16, "avx512bf16"}, {f->avx_vnni, "avxvnni"},
       {f->amx_int8, "amx-int8"},   {f->amx_bf16, "amx-bf16"},
   };
   size_t len = strlen(buf), start = len;
@@ -68,5 +69,36 @@ void cpu_features_describe(const cpu_features *f, char *buf, size_t cap) {
     int n = snprintf(buf + len, cap > len ? cap - len : 0, "%s%s", len > start ? "," : "", flags[i].name);
     if (n < 0 || (size_t)n >= cap - len) break;
     len += (size_t)n;
+  }
+}
+
+cpu_isa cpu_isa_best(const cpu_features *f) {
+  if (f->avx512f && f->avx512bw && f->avx512vl && f->avx512dq && f->avx512_vnni && f->avx512_vbmi && f->f16c)
+    return CPU_ISA_AVX512;
+  if (f->avx2 && f->fma && f->f16c && f->avx_vnni) return CPU_ISA_AVXVNNI;
+  if (f->avx2 && f->fma && f->f16c) return CPU_ISA_AVX2;
+  return CPU_ISA_GENERIC;
+}
+
+const char *cpu_isa_name(cpu_isa isa) {
+  static const char *names[] = {"generic", "avx2", "avxvnni", "avx512"};
+  return names[isa];
+}
+
+const cpu_vec_ops *cpu_vec_for(cpu_isa isa) {
+  switch (isa) {
+    case CPU_ISA_AVX512: return cpu_vec_avx512();
+    case CPU_ISA_AVXVNNI:
+    case CPU_ISA_AVX2: return cpu_vec_avx2();
+    default: return cpu_vec_generic();
+  }
+}
+
+const cpu_quant_ops *cpu_quant_for(cpu_isa isa) {
+  switch (isa) {
+    case CPU_ISA_AVX512: return cpu_quant_avx512();
+    case CPU_ISA_AVXVNNI: return cpu_quant_avxvnni();
+    case CPU_ISA_AVX2: return cpu_quant_avx2();
+    default: return cpu_quant_generic();
   }
 }

@@ -10,6 +10,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "cpu_quant.h"
 #include "cpu_vec.h"
 #include "harmonics_abi.h"
 
@@ -18,7 +19,7 @@
 typedef struct cpu_features {
   int avx, avx2, fma, f16c;
   int avx512f, avx512bw, avx512vl, avx512dq;
-  int avx512_vnni, avx512_bf16, avx_vnni;
+  int avx512_vnni, avx512_bf16, avx512_vbmi, avx_vnni;
   int amx_int8, amx_bf16;
 } cpu_features;
 
@@ -26,8 +27,16 @@ void cpu_features_detect(cpu_features *out);
 /* Appends the ISA flags to |buf| as space-separated words. */
 void cpu_features_describe(const cpu_features *f, char *buf, size_t cap);
 
-/* The inner-loop table for the CPU's ISA. */
-const cpu_vec_ops *cpu_vec_select(const cpu_features *f);
+/* ISA levels of the inner loops; a device may be forced to a lower one
+ * (device option isa=...) to test or compare the paths. */
+typedef enum cpu_isa { CPU_ISA_GENERIC = 0, CPU_ISA_AVX2, CPU_ISA_AVXVNNI, CPU_ISA_AVX512 } cpu_isa;
+
+/* The best level this CPU runs, and its name ("avx512"). */
+cpu_isa cpu_isa_best(const cpu_features *f);
+const char *cpu_isa_name(cpu_isa isa);
+/* The inner-loop tables for a level (at most cpu_isa_best). */
+const cpu_vec_ops *cpu_vec_for(cpu_isa isa);
+const cpu_quant_ops *cpu_quant_for(cpu_isa isa);
 
 /* ===== BLAS (cpu_blas.c) ===== */
 
@@ -35,9 +44,13 @@ typedef void (*cpu_sgemm_fn)(int order, int trans_a, int trans_b, int m, int n, 
                              const float *a, int lda, const float *b, int ldb, float beta, float *c,
                              int ldc);
 
+typedef void (*cpu_sgemv_fn)(int order, int trans, int m, int n, float alpha, const float *a, int lda,
+                             const float *x, int incx, float beta, float *y, int incy);
+
 typedef struct cpu_blas {
   void *handle;           /* dlopen handle, NULL for the built-in reference GEMM */
   cpu_sgemm_fn sgemm;     /* cblas_sgemm */
+  cpu_sgemv_fn sgemv;     /* cblas_sgemv: sgemm with one row runs 4x slower in OpenBLAS 0.3.21 */
   char description[160];  /* e.g. "openblas 0.3.21 core=SkylakeX (chosen: avx512)" */
 } cpu_blas;
 
@@ -83,7 +96,9 @@ typedef struct hm_abi_device {
   cpu_context *ctx;
   cpu_pool *pool;
   unsigned threads;
-  const cpu_vec_ops *vec; /* inner loops for this CPU's ISA */
+  cpu_isa isa;
+  const cpu_vec_ops *vec;     /* inner loops for |isa| */
+  const cpu_quant_ops *quant; /* packed integer loops for |isa| */
   atomic_long live_buffers;
   atomic_long live_programs;
 } cpu_device;
@@ -104,6 +119,7 @@ typedef struct hm_abi_program {
   uint32_t n_ops;
   uint32_t n_scalars;
   cpu_op *ops;
+  uint8_t *scratch; /* working memory of the integer matmuls, sized at create */
 } cpu_program;
 
 /* ===== Errors ===== */
@@ -137,6 +153,7 @@ typedef struct cpu_exec {
   cpu_device *device;
   const double *scalars;
   uint32_t n_scalars;
+  uint8_t *scratch;
 } cpu_exec;
 
 /* Parameter |i| of |op| after applying dyn[i] when it is used. */
@@ -166,5 +183,10 @@ void cpu_kernel_gather_rows(const cpu_exec *ex, const cpu_op *op);
 void cpu_kernel_fill(const cpu_exec *ex, const cpu_op *op);
 void cpu_kernel_copy(const cpu_exec *ex, const cpu_op *op);
 void cpu_kernel_optimizer(const cpu_exec *ex, const cpu_op *op);
+/* QUANTIZE and DEQUANTIZE; GEMM_Q8/Q4/Q3 (cpu_kernels_quant.c). */
+void cpu_kernel_quantize(const cpu_exec *ex, const cpu_op *op);
+void cpu_kernel_gemm_q(const cpu_exec *ex, const cpu_op *op);
+/* Scratch bytes an op needs at run time (0 for most). */
+uint64_t cpu_quant_scratch_bytes(const cpu_device *dev, const hm_abi_op *op);
 
 #endif /* HM_CPU_INTERNAL_H_ */

@@ -44,6 +44,15 @@ static void gemm_block(const gemm_job *j, size_t r0, size_t r1, size_t c0, size_
   float *c = j->c + r0 * ldc + c0;
   size_t mm = r1 - r0, nn = c1 - c0;
   const cpu_context *ctx = j->ex->device->ctx;
+  if (mm == 1 && !ctx->use_reference_gemm) {
+    /* One row of C is a matrix-vector product: y = alpha op(B)^T x + beta y.
+     * A single row is contiguous whether or not A is transposed (lda = 1). */
+    if (j->tb)
+      ctx->blas.sgemv(ROW_MAJOR, NO_TRANS, (int)nn, (int)j->k, j->alpha, b, (int)ldb, a, 1, j->beta, c, 1);
+    else
+      ctx->blas.sgemv(ROW_MAJOR, TRANS, (int)j->k, (int)nn, j->alpha, b, (int)ldb, a, 1, j->beta, c, 1);
+    return;
+  }
   if (ctx->use_reference_gemm) {
     reference_sgemm(j->ta, j->tb, mm, nn, j->k, j->alpha, a, lda, b, ldb, j->beta, c, ldc);
     return;

@@ -32,7 +32,7 @@ int32_t cpu_fail(const cpu_context *ctx, int32_t status, const char *fmt, ...) {
   return status;
 }
 
-const cpu_vec_ops *cpu_vec_select(const cpu_features *f) {
+static const cpu_vec_ops *cpu_vec_select(const cpu_features *f) {
   if (f->avx512f && f->avx512bw && f->avx512vl && f->avx512dq) return cpu_vec_avx512();
   if (f->avx2 && f->fma) return cpu_vec_avx2();
   return cpu_vec_generic();
@@ -101,8 +101,9 @@ static int32_t cpu_init(const hm_abi_init_args *args, hm_abi_context **out_ctx) 
     }
   }
   const cpu_vec_ops *vec = cpu_vec_select(&ctx->features);
-  snprintf(ctx->features_text, sizeof ctx->features_text, "gemm=%s kernels=%s ftz=on threads=%u isa=",
-           ctx->use_reference_gemm ? "reference" : ctx->blas.description, vec->name, ctx->default_threads);
+  snprintf(ctx->features_text, sizeof ctx->features_text, "gemm=%s kernels=%s quant=%s ftz=on threads=%u isa=",
+           ctx->use_reference_gemm ? "reference" : ctx->blas.description, vec->name,
+           cpu_quant_for(cpu_isa_best(&ctx->features))->name, ctx->default_threads);
   cpu_features_describe(&ctx->features, ctx->features_text, sizeof ctx->features_text);
   *out_ctx = ctx;
   return HM_ABI_OK;
@@ -151,20 +152,40 @@ static int32_t cpu_device_open(hm_abi_context *ctx, uint32_t index, const hm_abi
   if (!ctx || !out_device || (n_options && !options)) return HM_ABI_STATUS_INVALID_ARGUMENT;
   if (index != 0) return cpu_fail(ctx, HM_ABI_STATUS_NOT_FOUND, "cpu: no device %u (only 0)", index);
   unsigned threads = ctx->default_threads;
+  cpu_isa best = cpu_isa_best(&ctx->features), isa = best;
+  int forced = 0;
   for (uint32_t i = 0; i < n_options; i++) {
-    const char *k = options[i].key ? options[i].key : "";
-    if (strcmp(k, "threads") != 0)
-      return cpu_fail(ctx, HM_ABI_STATUS_INVALID_ARGUMENT, "cpu: unknown device option '%s' (known: threads)", k);
-    if (parse_threads(options[i].value ? options[i].value : "", &threads))
-      return cpu_fail(ctx, HM_ABI_STATUS_INVALID_ARGUMENT,
-                      "cpu: device option threads='%s' is not an integer in [1, %d]",
-                      options[i].value ? options[i].value : "", MAX_THREADS);
+    const char *k = options[i].key ? options[i].key : "", *v = options[i].value ? options[i].value : "";
+    if (strcmp(k, "threads") == 0) {
+      if (parse_threads(v, &threads))
+        return cpu_fail(ctx, HM_ABI_STATUS_INVALID_ARGUMENT,
+                        "cpu: device option threads='%s' is not an integer in [1, %d]", v, MAX_THREADS);
+    } else if (strcmp(k, "isa") == 0) {
+      int found = 0;
+      for (int l = CPU_ISA_GENERIC; l <= CPU_ISA_AVX512; l++)
+        if (strcmp(v, cpu_isa_name((cpu_isa)l)) == 0) {
+          isa = (cpu_isa)l;
+          found = 1;
+        }
+      if (!found)
+        return cpu_fail(ctx, HM_ABI_STATUS_INVALID_ARGUMENT,
+                        "cpu: device option isa='%s' is not one of generic, avx2, avxvnni, avx512", v);
+      if (isa > best)
+        return cpu_fail(ctx, HM_ABI_STATUS_UNAVAILABLE, "cpu: device option isa=%s: this CPU runs at most %s", v,
+                        cpu_isa_name(best));
+      forced = 1;
+    } else {
+      return cpu_fail(ctx, HM_ABI_STATUS_INVALID_ARGUMENT, "cpu: unknown device option '%s' (known: threads, isa)",
+                      k);
+    }
   }
   cpu_device *dev = calloc(1, sizeof *dev);
   if (!dev) return cpu_fail(ctx, HM_ABI_STATUS_RESOURCE_EXHAUSTED, "cpu: out of memory");
   dev->ctx = ctx;
   dev->threads = threads;
-  dev->vec = cpu_vec_select(&ctx->features);
+  dev->isa = isa;
+  dev->vec = forced ? cpu_vec_for(isa) : cpu_vec_select(&ctx->features);
+  dev->quant = cpu_quant_for(isa);
   dev->pool = cpu_pool_create(threads);
   if (!dev->pool) {
     free(dev);

@@ -130,8 +130,30 @@ static int op_requirements(const hm_abi_op *op, operand_req in[4], operand_req o
       out[1] = (operand_req){1, extent(d0, 1, 1, 4)};
       out[2] = (operand_req){1, extent(d0, 1, 1, 4)};
       return 0;
+    case HM_ABI_OP_QUANTIZE:
+    case HM_ABI_OP_DEQUANTIZE: {
+      uint32_t q = op->code == HM_ABI_OP_QUANTIZE ? dout : din;
+      uint64_t row = extent(d1 / CPU_QBLOCK + (d1 % CPU_QBLOCK != 0), cpu_q_block_bytes((int)q), 1, 1);
+      operand_req f = {1, extent(d0, d1, 1, 4)}, packed = {1, extent(d0, row, 1, 1)};
+      in[0] = op->code == HM_ABI_OP_QUANTIZE ? f : packed;
+      out[0] = op->code == HM_ABI_OP_QUANTIZE ? packed : f;
+      return 0;
+    }
+    case HM_ABI_OP_GEMM_Q8:
+    case HM_ABI_OP_GEMM_Q4:
+    case HM_ABI_OP_GEMM_Q3: {
+      uint64_t row = extent(d2 / CPU_QBLOCK + (d2 % CPU_QBLOCK != 0), cpu_q_block_bytes((int)din), 1, 1);
+      in[0] = (operand_req){1, extent(d0, row, 1, 1)};
+      in[1] = (operand_req){1, extent(d1, row, 1, 1)};
+      out[0] = (operand_req){1, extent(d0, d1, 1, 4)};
+      return 0;
+    }
     default: return 1;
   }
+}
+
+static int is_gemm_q(uint32_t code) {
+  return code == HM_ABI_OP_GEMM_Q8 || code == HM_ABI_OP_GEMM_Q4 || code == HM_ABI_OP_GEMM_Q3;
 }
 
 static int has_variant(uint32_t code) {
@@ -207,10 +229,11 @@ static int32_t validate_op(cpu_device *dev, uint32_t index, const hm_abi_op *op,
   if (op->code == HM_ABI_OP_LOSS && !out->out[0] && !out->out[1])
     return cpu_fail(ctx, HM_ABI_STATUS_INVALID_ARGUMENT, "cpu: op %u: loss writes neither loss nor gradient",
                     index);
-  if (op->code == HM_ABI_OP_GEMM &&
+  if ((op->code == HM_ABI_OP_GEMM || is_gemm_q(op->code) || op->code == HM_ABI_OP_QUANTIZE ||
+       op->code == HM_ABI_OP_DEQUANTIZE) &&
       (overlaps(&op->out[0], outr[0].bytes, &op->in[0], in[0].bytes) ||
        overlaps(&op->out[0], outr[0].bytes, &op->in[1], in[1].bytes)))
-    return cpu_fail(ctx, HM_ABI_STATUS_INVALID_ARGUMENT, "cpu: op %u: GEMM output overlaps an input", index);
+    return cpu_fail(ctx, HM_ABI_STATUS_INVALID_ARGUMENT, "cpu: op %u: output overlaps an input", index);
   if (op->code == HM_ABI_OP_GATHER_ROWS && din == HM_ABI_DTYPE_I32 && dout != HM_ABI_DTYPE_I32)
     return cpu_fail(ctx, HM_ABI_STATUS_INVALID_ARGUMENT, "cpu: op %u: gather of I32 must write I32", index);
   if ((op->dims[0] > INT32_MAX || op->dims[1] > INT32_MAX || op->dims[2] > INT32_MAX) &&
@@ -257,6 +280,20 @@ int32_t cpu_program_create(hm_abi_device *dev, const hm_abi_program_desc *desc, 
       return st;
     }
   }
+  uint64_t scratch = 0;
+  for (uint32_t i = 0; i < desc->n_ops; i++) {
+    uint64_t need = cpu_quant_scratch_bytes(dev, &ops[i].op);
+    scratch = need > scratch ? need : scratch;
+  }
+  if (scratch) {
+    p->scratch = scratch < SIZE_MAX - 64 ? aligned_alloc(64, (size_t)(scratch + 63) / 64 * 64) : NULL;
+    if (!p->scratch) {
+      free(ops);
+      free(p);
+      return cpu_fail(ctx, HM_ABI_STATUS_RESOURCE_EXHAUSTED, "cpu: out of memory for %llu bytes of matmul scratch",
+                      (unsigned long long)scratch);
+    }
+  }
   p->device = dev;
   p->n_ops = desc->n_ops;
   p->n_scalars = desc->n_scalars;
@@ -270,6 +307,7 @@ void cpu_program_free(hm_abi_program *p) {
   if (!p) return;
   atomic_fetch_sub(&p->device->live_programs, 1);
   free(p->ops);
+  free(p->scratch);
   free(p);
 }
 
@@ -284,7 +322,7 @@ int32_t cpu_program_run(hm_abi_program *p, const double *scalars, uint32_t n_sca
     return cpu_fail(p->device->ctx, HM_ABI_STATUS_INVALID_ARGUMENT,
                     "cpu: program_run got %u scalars, the program was created with %u", n_scalars,
                     p->n_scalars);
-  cpu_exec ex = {p->device, scalars, n_scalars};
+  cpu_exec ex = {p->device, scalars, n_scalars, p->scratch};
   unsigned fp = cpu_fp_enter();
   for (uint32_t i = 0; i < p->n_ops; i++) {
     const cpu_op *op = &p->ops[i];
@@ -303,6 +341,11 @@ int32_t cpu_program_run(hm_abi_program *p, const double *scalars, uint32_t n_sca
       case HM_ABI_OP_GATHER_ROWS: cpu_kernel_gather_rows(&ex, op); break;
       case HM_ABI_OP_FILL: cpu_kernel_fill(&ex, op); break;
       case HM_ABI_OP_COPY: cpu_kernel_copy(&ex, op); break;
+      case HM_ABI_OP_QUANTIZE:
+      case HM_ABI_OP_DEQUANTIZE: cpu_kernel_quantize(&ex, op); break;
+      case HM_ABI_OP_GEMM_Q8:
+      case HM_ABI_OP_GEMM_Q4:
+      case HM_ABI_OP_GEMM_Q3: cpu_kernel_gemm_q(&ex, op); break;
       default: cpu_kernel_optimizer(&ex, op); break;
     }
   }

@@ -1,0 +1,50 @@
+/*
+ * The packed integer formats of abi/QUANT.md on the CPU. cpu_quant_vec.c is
+ * compiled once per ISA level (generic, AVX2, AVX-VNNI, AVX-512 VNNI+VBMI);
+ * every level computes the same bytes and the same f32 results, because the
+ * integer parts are exact and the few float operations happen in the same
+ * order with no contraction (-ffp-contract=off). The threading and the float
+ * epilogue of the matmul live in cpu_kernels_quant.c.
+ *
+ * The matmul works on decoded blocks: activations (A) as signed int8 with
+ * per-block sums, weights (B) as unsigned bytes q + 128, which is the operand
+ * order VNNI's vpdpbusd (u8 x s8) wants: sum (qb + 128) * qa - 128 * sum(qa)
+ * = sum qb * qa, exactly.
+ */
+#ifndef HM_CPU_QUANT_H_
+#define HM_CPU_QUANT_H_
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define CPU_QBLOCK 64
+
+typedef struct cpu_quant_ops {
+  const char *name;
+  /* Packs |rows| rows of |k| floats into rows of ceil(k/64) blocks. */
+  void (*quantize_rows)(int dtype, size_t rows, size_t k, const float *x, uint8_t *q);
+  /* Unpacks |rows| rows of |k| values. */
+  void (*dequantize_rows)(int dtype, size_t rows, size_t k, const uint8_t *q, float *x);
+  /* One packed row of |nb| blocks: values as int8 (nb*64), scales, sums. */
+  void (*decode_signed)(int dtype, size_t nb, const uint8_t *row, int8_t *vals, float *scales, int32_t *sums);
+  /* One packed row of |nb| blocks: values + 128 as uint8 (nb*64), scales. */
+  void (*decode_offset)(int dtype, size_t nb, const uint8_t *row, uint8_t *vals, float *scales);
+  /* Four block dot products at once: for r < 4 and b < nb,
+   * s[4*b + r] = sum_t (u[r][64b+t] - 128) * a[r][64b+t], given
+   * asum[r][b] = sum_t a[r][64b+t]. */
+  void (*dot4)(size_t nb, const uint8_t *const u[4], const int8_t *const a[4], const int32_t *const asum[4],
+               int32_t *s);
+} cpu_quant_ops;
+
+const cpu_quant_ops *cpu_quant_generic(void);
+const cpu_quant_ops *cpu_quant_avx2(void);
+const cpu_quant_ops *cpu_quant_avxvnni(void);
+const cpu_quant_ops *cpu_quant_avx512(void);
+
+static inline size_t cpu_q_block_bytes(int dtype) {
+  return dtype == 8 ? 66 : dtype == 9 ? 34 : dtype == 10 ? 26 : 0; /* Q8, Q4, Q3 */
+}
+
+static inline size_t cpu_q_blocks(size_t k) { return (k + CPU_QBLOCK - 1) / CPU_QBLOCK; }
+
+#endif /* HM_CPU_QUANT_H_ */

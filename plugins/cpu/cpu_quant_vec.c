@@ -1,0 +1,310 @@
+/*
+ * Quantize, dequantize, decode and the block dot products of abi/QUANT.md,
+ * compiled once per ISA level (see cpu_quant.h). The build sets
+ * CPU_QUANT_SUFFIX (generic, avx2, avxvnni, avx512) and CPU_QUANT_LEVEL
+ * (0, 1, 2, 3) and compiles with -ffp-contract=off.
+ */
+#include "cpu_quant.h"
+
+#include <math.h>
+#include <string.h>
+
+#if CPU_QUANT_LEVEL > 0
+#include <immintrin.h>
+#endif
+
+#ifndef CPU_QUANT_SUFFIX
+#error "compile cpu_quant_vec.c with -DCPU_QUANT_SUFFIX=<isa> -DCPU_QUANT_LEVEL=<n>"
+#endif
+#define CAT2(a, b) a##b
+#define CAT(a, b) CAT2(a, b)
+#define FN(name) CAT(name##_, CPU_QUANT_SUFFIX)
+#define STR2(x) #x
+#define STR(x) STR2(x)
+
+enum { Q8 = 8, Q4 = 9, Q3 = 10 };
+
+static int qmax(int dtype) { return dtype == Q8 ? 127 : dtype == Q4 ? 7 : 3; }
+
+/* f32(1/qmax), QUANT.md Q2. */
+static float inv_qmax(int dtype) {
+  uint32_t bits = dtype == Q8 ? 0x3C010204u : dtype == Q4 ? 0x3E124925u : 0x3EAAAAABu;
+  float f;
+  memcpy(&f, &bits, 4);
+  return f;
+}
+
+/* Round to nearest even, saturating at 65504 (QUANT.md Q2). |f| >= 0. */
+static uint16_t scale_to_f16(float f) {
+  uint32_t x;
+  memcpy(&x, &f, 4);
+  if (x >= 0x477ff000u) return 0x7bffu;
+  if (x <= 0x33000000u) return 0;
+  int e = (int)(x >> 23) - 127;
+  uint32_t mant = (x & 0x7fffffu) | 0x800000u;
+  int shift = e >= -14 ? 13 : 13 + (-14 - e); /* bits dropped from the 24-bit significand */
+  uint32_t keep = mant >> shift, rest = mant & ((1u << shift) - 1), half = 1u << (shift - 1);
+  if (rest > half || (rest == half && (keep & 1))) keep++;
+  /* Normal: the implicit bit lands on the exponent field and a carry out of
+   * the mantissa bumps the exponent, as it should. Subnormal: keep is m. */
+  return e >= -14 ? (uint16_t)(((uint32_t)(e + 14) << 10) + keep) : (uint16_t)keep;
+}
+
+static float f16_to_f32(uint16_t h) {
+#if CPU_QUANT_LEVEL > 0
+  return _cvtsh_ss(h); /* exact, subnormals included */
+#else
+  /* Any bit pattern: hostile files may hold negative or non-finite scales. */
+  uint32_t sign = (uint32_t)(h & 0x8000u) << 16, e = (h >> 10) & 0x1fu, m = h & 0x3ffu, x;
+  if (e == 0) {
+    float f = (float)m * 0x1p-24f; /* 0 or subnormal m * 2^-24: exact in f32 */
+    memcpy(&x, &f, 4);
+    x |= sign;
+  } else if (e == 31) {
+    x = sign | 0x7f800000u | (m << 13);
+  } else {
+    x = sign | ((e + 112) << 23) | (m << 13);
+  }
+  float f;
+  memcpy(&f, &x, 4);
+  return f;
+#endif
+}
+
+static float block_scale(const uint8_t *blk) { return f16_to_f32((uint16_t)(blk[0] | (blk[1] << 8))); }
+
+/* ===== Quantize / dequantize ===== */
+
+static void pack_values(int dtype, const int8_t *q, uint8_t *out) {
+  switch (dtype) {
+    case Q8: memcpy(out, q, CPU_QBLOCK); break;
+    case Q4:
+      for (int i = 0; i < CPU_QBLOCK / 2; i++) out[i] = (uint8_t)((q[2 * i] & 0xf) | ((q[2 * i + 1] & 0xf) << 4));
+      break;
+    default:
+      for (int g = 0; g < CPU_QBLOCK / 8; g++) {
+        uint32_t w = 0;
+        for (int j = 0; j < 8; j++) w |= (uint32_t)(q[8 * g + j] & 7) << (3 * j);
+        out[3 * g] = (uint8_t)w;
+        out[3 * g + 1] = (uint8_t)(w >> 8);
+        out[3 * g + 2] = (uint8_t)(w >> 16);
+      }
+      break;
+  }
+}
+
+static void quantize_block(int dtype, const float *x, size_t n, uint8_t *blk) {
+  float v[CPU_QBLOCK];
+  float amax = 0.0f;
+  for (size_t i = 0; i < CPU_QBLOCK; i++) {
+    float xv = i < n ? x[i] : 0.0f;
+    v[i] = isfinite(xv) ? xv : 0.0f;
+  }
+  for (size_t i = 0; i < CPU_QBLOCK; i++) {
+    float a = fabsf(v[i]);
+    amax = a > amax ? a : amax;
+  }
+  uint16_t d16 = scale_to_f16(amax * inv_qmax(dtype));
+  blk[0] = (uint8_t)d16;
+  blk[1] = (uint8_t)(d16 >> 8);
+  int8_t q[CPU_QBLOCK];
+  double d = f16_to_f32(d16), lim = qmax(dtype);
+  if (d == 0.0) {
+    memset(q, 0, sizeof q);
+  } else {
+    for (size_t i = 0; i < CPU_QBLOCK; i++) {
+      /* The exact quotient, decided in binary64 (QUANT.md Q3). */
+      double t = nearbyint((double)v[i] / d);
+      t = t > lim ? lim : t < -lim ? -lim : t;
+      q[i] = (int8_t)t;
+    }
+  }
+  pack_values(dtype, q, blk + 2);
+}
+
+static void FN(quantize_rows)(int dtype, size_t rows, size_t k, const float *x, uint8_t *q) {
+  size_t nb = cpu_q_blocks(k), bb = cpu_q_block_bytes(dtype);
+  for (size_t r = 0; r < rows; r++)
+    for (size_t b = 0; b < nb; b++) {
+      size_t j = b * CPU_QBLOCK, n = k - j < CPU_QBLOCK ? k - j : CPU_QBLOCK;
+      quantize_block(dtype, x + r * k + j, n, q + (r * nb + b) * bb);
+    }
+}
+
+/* Values of one block as int8, portable. */
+static void unpack_signed(int dtype, const uint8_t *p, int8_t *v) {
+  switch (dtype) {
+    case Q8: memcpy(v, p, CPU_QBLOCK); break;
+    case Q4:
+      for (int i = 0; i < CPU_QBLOCK / 2; i++) {
+        v[2 * i] = (int8_t)((int8_t)(uint8_t)(p[i] << 4) >> 4);
+        v[2 * i + 1] = (int8_t)((int8_t)p[i] >> 4);
+      }
+      break;
+    default:
+      for (int g = 0; g < CPU_QBLOCK / 8; g++) {
+        uint32_t w = (uint32_t)p[3 * g] | ((uint32_t)p[3 * g + 1] << 8) | ((uint32_t)p[3 * g + 2] << 16);
+        for (int j = 0; j < 8; j++) {
+          int u = (int)((w >> (3 * j)) & 7u);
+          v[8 * g + j] = (int8_t)(u >= 4 ? u - 8 : u);
+        }
+      }
+      break;
+  }
+}
+
+#if CPU_QUANT_LEVEL == 3
+/* AVX-512 VBMI: one block's 64 values as bytes (two's complement). */
+static inline __m512i unpack_block_512(int dtype, const uint8_t *p) {
+  if (dtype == Q8) return _mm512_loadu_si512(p);
+  if (dtype == Q4) {
+    __m512i w = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)p));
+    /* Each 16-bit word: low nibble in the low byte, high nibble in the high byte. */
+    __m512i t = _mm512_or_si512(_mm512_and_si512(w, _mm512_set1_epi16(0x000f)),
+                                _mm512_and_si512(_mm512_slli_epi16(w, 4), _mm512_set1_epi16(0x0f00)));
+    /* Sign-extend 4 bits: (t ^ 8) - 8 per byte. */
+    return _mm512_sub_epi8(_mm512_xor_si512(t, _mm512_set1_epi8(8)), _mm512_set1_epi8(8));
+  }
+  /* Q3: group g's three bytes into 64-bit lane g, then each 3-bit field into its byte. */
+  const __m512i perm = _mm512_set_epi8(0, 0, 0, 0, 0, 23, 22, 21, 0, 0, 0, 0, 0, 20, 19, 18, 0, 0, 0, 0, 0, 17, 16,
+                                       15, 0, 0, 0, 0, 0, 14, 13, 12, 0, 0, 0, 0, 0, 11, 10, 9, 0, 0, 0, 0, 0, 8, 7,
+                                       6, 0, 0, 0, 0, 0, 5, 4, 3, 0, 0, 0, 0, 0, 2, 1, 0);
+  __m512i data = _mm512_maskz_loadu_epi8(0xffffffull, p);
+  __m512i g = _mm512_permutexvar_epi8(perm, data);
+  __m512i f = _mm512_multishift_epi64_epi8(_mm512_set1_epi64(0x15120f0c09060300ll), g);
+  __m512i u = _mm512_and_si512(f, _mm512_set1_epi8(7));
+  return _mm512_sub_epi8(_mm512_xor_si512(u, _mm512_set1_epi8(4)), _mm512_set1_epi8(4));
+}
+#endif
+
+static void FN(dequantize_rows)(int dtype, size_t rows, size_t k, const uint8_t *q, float *x) {
+  size_t nb = cpu_q_blocks(k), bb = cpu_q_block_bytes(dtype);
+  int8_t v[CPU_QBLOCK];
+  for (size_t r = 0; r < rows; r++)
+    for (size_t b = 0; b < nb; b++) {
+      const uint8_t *blk = q + (r * nb + b) * bb;
+      unpack_signed(dtype, blk + 2, v);
+      float d = block_scale(blk);
+      size_t j = b * CPU_QBLOCK, n = k - j < CPU_QBLOCK ? k - j : CPU_QBLOCK;
+      float *y = x + r * k + j;
+      for (size_t i = 0; i < n; i++) y[i] = d * (float)v[i];
+    }
+}
+
+static void FN(decode_signed)(int dtype, size_t nb, const uint8_t *row, int8_t *vals, float *scales,
+                              int32_t *sums) {
+  size_t bb = cpu_q_block_bytes(dtype);
+  for (size_t b = 0; b < nb; b++) {
+    const uint8_t *blk = row + b * bb;
+    int8_t *v = vals + b * CPU_QBLOCK;
+    scales[b] = block_scale(blk);
+#if CPU_QUANT_LEVEL == 3
+    __m512i q = unpack_block_512(dtype, blk + 2);
+    _mm512_storeu_si512(v, q);
+    sums[b] = _mm512_reduce_add_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_set1_epi8(1), q));
+#else
+    unpack_signed(dtype, blk + 2, v);
+    int32_t s = 0;
+    for (int i = 0; i < CPU_QBLOCK; i++) s += v[i];
+    sums[b] = s;
+#endif
+  }
+}
+
+static void FN(decode_offset)(int dtype, size_t nb, const uint8_t *row, uint8_t *vals, float *scales) {
+  size_t bb = cpu_q_block_bytes(dtype);
+  for (size_t b = 0; b < nb; b++) {
+    const uint8_t *blk = row + b * bb;
+    uint8_t *v = vals + b * CPU_QBLOCK;
+    scales[b] = block_scale(blk);
+#if CPU_QUANT_LEVEL == 3
+    _mm512_storeu_si512(v, _mm512_xor_si512(unpack_block_512(dtype, blk + 2), _mm512_set1_epi8((char)0x80)));
+#else
+    int8_t s[CPU_QBLOCK];
+    unpack_signed(dtype, blk + 2, s);
+    for (int i = 0; i < CPU_QBLOCK; i++) v[i] = (uint8_t)(s[i] + 128);
+#endif
+  }
+}
+
+/* ===== Block dot products ===== */
+
+#if CPU_QUANT_LEVEL == 3
+static void FN(dot4)(size_t nb, const uint8_t *const u[4], const int8_t *const a[4], const int32_t *const asum[4],
+                     int32_t *s) {
+  for (size_t b = 0; b < nb; b++) {
+    size_t o = b * CPU_QBLOCK;
+    __m512i z = _mm512_setzero_si512();
+    __m512i d0 = _mm512_dpbusd_epi32(z, _mm512_loadu_si512(u[0] + o), _mm512_loadu_si512(a[0] + o));
+    __m512i d1 = _mm512_dpbusd_epi32(z, _mm512_loadu_si512(u[1] + o), _mm512_loadu_si512(a[1] + o));
+    __m512i d2 = _mm512_dpbusd_epi32(z, _mm512_loadu_si512(u[2] + o), _mm512_loadu_si512(a[2] + o));
+    __m512i d3 = _mm512_dpbusd_epi32(z, _mm512_loadu_si512(u[3] + o), _mm512_loadu_si512(a[3] + o));
+    /* Reduce four vectors of 16 partial sums to one sum each. */
+    __m512i t01 = _mm512_add_epi32(_mm512_unpacklo_epi32(d0, d1), _mm512_unpackhi_epi32(d0, d1));
+    __m512i t23 = _mm512_add_epi32(_mm512_unpacklo_epi32(d2, d3), _mm512_unpackhi_epi32(d2, d3));
+    __m512i t = _mm512_add_epi32(_mm512_unpacklo_epi64(t01, t23), _mm512_unpackhi_epi64(t01, t23));
+    __m256i h = _mm256_add_epi32(_mm512_castsi512_si256(t), _mm512_extracti64x4_epi64(t, 1));
+    __m128i q = _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
+    __m128i corr = _mm_set_epi32(asum[3][b], asum[2][b], asum[1][b], asum[0][b]);
+    _mm_storeu_si128((__m128i *)(s + 4 * b), _mm_sub_epi32(q, _mm_slli_epi32(corr, 7)));
+  }
+}
+#elif CPU_QUANT_LEVEL == 1 || CPU_QUANT_LEVEL == 2
+static inline __m128i reduce4_256(__m256i d0, __m256i d1, __m256i d2, __m256i d3) {
+  __m256i t01 = _mm256_add_epi32(_mm256_unpacklo_epi32(d0, d1), _mm256_unpackhi_epi32(d0, d1));
+  __m256i t23 = _mm256_add_epi32(_mm256_unpacklo_epi32(d2, d3), _mm256_unpackhi_epi32(d2, d3));
+  __m256i t = _mm256_add_epi32(_mm256_unpacklo_epi64(t01, t23), _mm256_unpackhi_epi64(t01, t23));
+  return _mm_add_epi32(_mm256_castsi256_si128(t), _mm256_extracti128_si256(t, 1));
+}
+
+#if CPU_QUANT_LEVEL == 2
+/* AVX-VNNI: u8 x s8 products summed in fours; the offset is removed after. */
+static inline __m256i block_dot(const uint8_t *u, const int8_t *a) {
+  __m256i acc = _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), _mm256_loadu_si256((const __m256i *)u),
+                                        _mm256_loadu_si256((const __m256i *)a));
+  return _mm256_dpbusd_avx_epi32(acc, _mm256_loadu_si256((const __m256i *)(u + 32)),
+                                 _mm256_loadu_si256((const __m256i *)(a + 32)));
+}
+#else
+/* AVX2: widen to 16 bits (maddubs would saturate) and multiply-add pairs. */
+static inline __m256i block_dot(const uint8_t *u, const int8_t *a) {
+  __m256i acc = _mm256_setzero_si256();
+  for (int c = 0; c < CPU_QBLOCK; c += 16) {
+    __m256i ua = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)(u + c)));
+    __m256i aa = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(a + c)));
+    acc = _mm256_add_epi32(acc, _mm256_madd_epi16(ua, aa));
+  }
+  return acc;
+}
+#endif
+
+static void FN(dot4)(size_t nb, const uint8_t *const u[4], const int8_t *const a[4], const int32_t *const asum[4],
+                     int32_t *s) {
+  for (size_t b = 0; b < nb; b++) {
+    size_t o = b * CPU_QBLOCK;
+    __m128i q = reduce4_256(block_dot(u[0] + o, a[0] + o), block_dot(u[1] + o, a[1] + o),
+                            block_dot(u[2] + o, a[2] + o), block_dot(u[3] + o, a[3] + o));
+    __m128i corr = _mm_set_epi32(asum[3][b], asum[2][b], asum[1][b], asum[0][b]);
+    _mm_storeu_si128((__m128i *)(s + 4 * b), _mm_sub_epi32(q, _mm_slli_epi32(corr, 7)));
+  }
+}
+#else
+static void FN(dot4)(size_t nb, const uint8_t *const u[4], const int8_t *const a[4], const int32_t *const asum[4],
+                     int32_t *s) {
+  (void)asum;
+  for (size_t b = 0; b < nb; b++)
+    for (int r = 0; r < 4; r++) {
+      const uint8_t *ur = u[r] + b * CPU_QBLOCK;
+      const int8_t *ar = a[r] + b * CPU_QBLOCK;
+      int32_t acc = 0;
+      for (int t = 0; t < CPU_QBLOCK; t++) acc += ((int32_t)ur[t] - 128) * ar[t];
+      s[4 * b + (size_t)r] = acc;
+    }
+}
+#endif
+
+const cpu_quant_ops *FN(cpu_quant)(void) {
+  static const cpu_quant_ops ops = {STR(CPU_QUANT_SUFFIX), FN(quantize_rows), FN(dequantize_rows),
+                                    FN(decode_signed), FN(decode_offset), FN(dot4)};
+  return &ops;
+}
