@@ -192,7 +192,8 @@ typedef enum hm_abi_numerics {
 } hm_abi_numerics;
 
 /* One row of a device's capability table: the device runs |op| with inputs
- * stored as |dtype_in|, accumulating in |dtype_acc| and writing |dtype_out|,
+ * at |dtype_in| (for GEMM, TF32/F16/BF16 mean f32 buffers rounded to that
+ * precision), accumulating in |dtype_acc| and writing |dtype_out|,
  * with the stated numerics. For ACT_* ops |variants| has bit (1 << activation)
  * set for each activation supported; for LOSS bit (1 << loss). */
 typedef struct hm_abi_capability {

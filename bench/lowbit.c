@@ -5,7 +5,9 @@
  * / time). The integer rows time what inference runs per layer: QUANTIZE of
  * the activations plus GEMM_Qb on weights packed once. The f32 rows are the
  * plugin's GEMM (OpenBLAS sgemm) and, as a second peer, OpenBLAS's own sgemv
- * for batch 1 (same library and core type the plugin loaded).
+ * for batch 1 (same library and core type the plugin loaded). "bf16 inputs"
+ * is GEMM with dtype_in BF16 (rounded copies, then sgemm): the measurement
+ * behind the auto policy's choice on this CPU.
  *
  *   bench_lowbit [--n 4096] [--k 4096] [--batches 1,64] [--threads 1,2] [--seconds 1]
  */
@@ -80,8 +82,9 @@ static double time_one(hm_device *dev, int dtype, size_t m, size_t n, size_t k, 
   CHECK(hm_device_buffer_write(dev, bw, 0, w, n * k * 4));
   CHECK(hm_device_buffer_write(dev, bx, 0, x, m * k * 4));
   prog_run r = {dev, NULL};
-  if (dtype == HM_ABI_DTYPE_F32) {
+  if (dtype == HM_ABI_DTYPE_F32 || dtype == HM_ABI_DTYPE_BF16) {
     hm_abi_op op = hm_op_init(HM_ABI_OP_GEMM);
+    op.dtype_in = (uint32_t)dtype;
     op.flags = HM_ABI_OP_FLAG_TRANS_B;
     op.dims[0] = m;
     op.dims[1] = n;
@@ -207,7 +210,7 @@ int main(int argc, char **argv) {
   static const struct {
     int dtype;
     const char *name;
-  } kinds[] = {{HM_ABI_DTYPE_F32, "f32"}, {HM_ABI_DTYPE_Q8, "int8"}, {HM_ABI_DTYPE_Q4, "int4"}, {HM_ABI_DTYPE_Q3, "int3"}};
+  } kinds[] = {{HM_ABI_DTYPE_F32, "f32"}, {HM_ABI_DTYPE_BF16, "bf16 inputs"}, {HM_ABI_DTYPE_Q8, "int8"}, {HM_ABI_DTYPE_Q4, "int4"}, {HM_ABI_DTYPE_Q3, "int3"}};
   printf("weights %zu x %zu; best of >= %.1f s per row\n", n, k, seconds);
   printf("%-7s %-5s %-13s %10s %12s %9s %9s %10s\n", "threads", "batch", "precision", "time_ms", "weight_MB",
          "GB/s", "bits/w", "vs_f32");

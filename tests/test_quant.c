@@ -312,7 +312,7 @@ static void check_isa(const char *isa, unsigned threads) {
     return;
   }
   printf("  isa %s, %u thread(s)\n", isa, threads);
-  char what[64];
+  char what[160];
   /* The QUANT.md vectors. */
   qvector v[16];
   memset(v, 0, sizeof v);

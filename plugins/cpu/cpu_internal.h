@@ -188,5 +188,6 @@ void cpu_kernel_quantize(const cpu_exec *ex, const cpu_op *op);
 void cpu_kernel_gemm_q(const cpu_exec *ex, const cpu_op *op);
 /* Scratch bytes an op needs at run time (0 for most). */
 uint64_t cpu_quant_scratch_bytes(const cpu_device *dev, const hm_abi_op *op);
+uint64_t cpu_gemm_scratch_bytes(const hm_abi_op *op);
 
 #endif /* HM_CPU_INTERNAL_H_ */

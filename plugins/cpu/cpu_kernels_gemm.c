@@ -70,6 +70,23 @@ static void gemm_range(void *arg, size_t begin, size_t end, size_t chunk) {
     gemm_block(j, begin, end, 0, j->n);
 }
 
+/* Rounds f32 values to bfloat16 precision (nearest even), kept as f32 so
+ * sgemm can run them; non-finite values are left as they are. */
+static void round_bf16(size_t n, const float *x, float *y) {
+  for (size_t i = 0; i < n; i++) {
+    uint32_t u;
+    memcpy(&u, &x[i], 4);
+    if ((u & 0x7f800000u) != 0x7f800000u) u = (u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u;
+    memcpy(&y[i], &u, 4);
+  }
+}
+
+uint64_t cpu_gemm_scratch_bytes(const hm_abi_op *op) {
+  if (op->code != HM_ABI_OP_GEMM || op->dtype_in != HM_ABI_DTYPE_BF16) return 0;
+  /* Dimensions were bounded by the operand sizes before this is called. */
+  return ((uint64_t)op->dims[0] * op->dims[2] + (uint64_t)op->dims[2] * op->dims[1]) * 4 + 64;
+}
+
 void cpu_kernel_gemm(const cpu_exec *ex, const cpu_op *op) {
   gemm_job j = {ex,
                 !!(op->op.flags & HM_ABI_OP_FLAG_TRANS_A),
@@ -84,6 +101,15 @@ void cpu_kernel_gemm(const cpu_exec *ex, const cpu_op *op) {
                 op->out[0],
                 0};
   if (j.m == 0 || j.n == 0) return;
+  if (op->op.dtype_in == HM_ABI_DTYPE_BF16) {
+    /* BF16 inputs: sgemm on rounded copies. This is slower than f32 (the
+     * plugin declares it so); it exists for numerics, not speed. */
+    float *ra = (float *)ex->scratch, *rb = ra + j.m * j.k;
+    round_bf16(j.m * j.k, j.a, ra);
+    round_bf16(j.k * j.n, j.b, rb);
+    j.a = ra;
+    j.b = rb;
+  }
   if (j.k == 0) { /* C = beta*C; beta == 0 must not read C */
     for (size_t i = 0; i < j.m * j.n; i++) j.c[i] = j.beta == 0.0f ? 0.0f : j.beta * j.c[i];
     return;

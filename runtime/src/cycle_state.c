@@ -28,15 +28,16 @@ void hm_cycle_state_free(hm_cycle_state *st) {
     free(st->layer_names[i]);
     free(st->precisions[i]);
     free(st->kernels[i]);
+    free(st->notes[i]);
   }
+  free(st->notes);
   free(st->layer_names);
   free(st->precisions);
   free(st->kernels);
   free(st);
 }
 
-hm_status hm__cycle_state_describe(hm_cycle_state *st, hm_session *s, const hm_policy *policy) {
-  (void)policy;
+hm_status hm__cycle_state_describe(hm_cycle_state *st, hm_session *s) {
   const hm_graph *g = s->g;
   snprintf(st->backend, sizeof st->backend, "%s:%u", hm_device_backend(s->dev), hm_device_index(s->dev));
   size_t n = 0;
@@ -44,12 +45,14 @@ hm_status hm__cycle_state_describe(hm_cycle_state *st, hm_session *s, const hm_p
   st->layer_names = calloc(n ? n : 1, sizeof(char *));
   st->precisions = calloc(n ? n : 1, sizeof(char *));
   st->kernels = calloc(n ? n : 1, sizeof(char *));
-  if (!st->layer_names || !st->precisions || !st->kernels) return hm__fail(HM_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+  st->notes = calloc(n ? n : 1, sizeof(char *));
+  if (!st->layer_names || !st->precisions || !st->kernels || !st->notes) return hm__fail(HM_STATUS_RESOURCE_EXHAUSTED, "out of memory");
   for (size_t e = 0; e < g->n_edges; e++) {
     if (!hm__edge_has_weights(g, &g->edges[e])) continue;
     st->layer_names[st->n_layers] = hm__asprintf("%s->%s", g->nodes[g->edges[e].src].name, g->nodes[g->edges[e].dst].name);
-    st->precisions[st->n_layers] = hm__strdup("f32");
-    st->kernels[st->n_layers] = hm__strdup("gemm");
+    st->precisions[st->n_layers] = hm__strdup(hm__precision_name(s->prec[e].dtype));
+    st->kernels[st->n_layers] = hm__strdup(hm__precision_kernel(s->prec[e].dtype));
+    st->notes[st->n_layers] = hm__strdup(s->prec[e].note);
     st->n_layers++;
   }
   return HM_OK;
@@ -110,6 +113,10 @@ const hm_weights *hm_cycle_state_optimizer_state(const hm_cycle_state *s) {
   if (!s) return NULL;
   if (s->live && hm__cycle_state_sync((hm_cycle_state *)s) != HM_OK) return NULL;
   return s->opt_state;
+}
+
+const char *hm_cycle_state_layer_note(const hm_cycle_state *s, size_t i) {
+  return s && i < s->n_layers && s->notes && s->notes[i] ? s->notes[i] : "";
 }
 
 hm_status hm_cycle_state_layer_precision(const hm_cycle_state *s, size_t i, const char **layer, const char **precision,

@@ -17,7 +17,7 @@ struct hm_cycle_state {
   struct hm_session *live;  /* set while fit runs */
   char backend[48];
   size_t n_layers;
-  char **layer_names, **precisions, **kernels;
+  char **layer_names, **precisions, **kernels, **notes;
   /* What a checkpoint needs to resume bit-identically. */
   int has_options;
   hm_fit_options opts;      /* pointers (device, backend, callbacks, resume) cleared */
@@ -31,7 +31,7 @@ struct hm_cycle_state {
 
 hm_status hm__cycle_state_create(hm_cycle_state **out);
 /* Records the backend and the precision chosen per connection. */
-hm_status hm__cycle_state_describe(hm_cycle_state *st, struct hm_session *s, const hm_policy *policy);
+hm_status hm__cycle_state_describe(hm_cycle_state *st, struct hm_session *s);
 /* Records the options and policy of a fit (for checkpoints). */
 void hm__cycle_state_set_options(hm_cycle_state *st, const hm_fit_options *o, const hm_policy *p, int schedule_kind);
 /* Decodes a whole .hck file image (checkpoint.c). */

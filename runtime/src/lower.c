@@ -88,7 +88,66 @@ static void emit_gathers(hm_session *s, op_list *l, program_kind kind, size_t b,
   }
 }
 
-static void emit_forward(hm_session *s, op_list *l, size_t b) {
+/* The matmul z = x . W^T of edge |e|: f32 (or 16-bit inputs) GEMM, or at a
+ * packed width: quantize W (unless packed once for inference) and x, the
+ * integer matmul, and for training the dequantized W and x the
+ * straight-through backward pass multiplies with. */
+static void emit_matmul(hm_session *s, op_list *l, program_kind kind, size_t e, size_t b) {
+  const hm_edge *ed = &s->g->edges[e];
+  edge_state *es = &s->edges[e];
+  size_t n = s->nodes[ed->dst].width, k = s->nodes[ed->src].width;
+  uint32_t q = s->prec[e].dtype;
+  hm_abi_buffer *x = hm__session_value(s, ed->src);
+  if (!hm__precision_is_packed(q)) {
+    PUSH(mm, l, HM_ABI_OP_GEMM);
+    mm->dtype_in = q;
+    mm->flags = HM_ABI_OP_FLAG_TRANS_B;
+    mm->dims[0] = b;
+    mm->dims[1] = n;
+    mm->dims[2] = k;
+    mm->params[0] = 1.0f;
+    mm->params[1] = 0.0f;
+    mm->in[0] = OPD(x);
+    mm->in[1] = OPD(es->w);
+    mm->out[0] = OPD(es->z);
+    return;
+  }
+  hm_abi_buffer *srcs[2] = {es->w, x}, *packed[2] = {es->wq, es->xq};
+  size_t rows[2] = {n, b};
+  for (int i = 0; i < 2; i++) {
+    if (!srcs[i]) continue; /* weights packed once (inference) */
+    PUSH(qz, l, HM_ABI_OP_QUANTIZE);
+    qz->dtype_in = HM_ABI_DTYPE_F32;
+    qz->dtype_out = q;
+    qz->dims[0] = rows[i];
+    qz->dims[1] = k;
+    qz->in[0] = OPD(srcs[i]);
+    qz->out[0] = OPD(packed[i]);
+  }
+  PUSH(mm, l, hm__precision_gemm_op(q));
+  mm->dtype_in = q;
+  mm->dtype_acc = HM_ABI_DTYPE_I32;
+  mm->dtype_out = HM_ABI_DTYPE_F32;
+  mm->dims[0] = b;
+  mm->dims[1] = n;
+  mm->dims[2] = k;
+  mm->in[0] = OPD(es->xq);
+  mm->in[1] = OPD(es->wq);
+  mm->out[0] = OPD(es->z);
+  if (!is_training(kind) || !es->trainable) return;
+  hm_abi_buffer *deq[2] = {es->wdq, es->xdq};
+  for (int i = 0; i < 2; i++) {
+    PUSH(dq, l, HM_ABI_OP_DEQUANTIZE);
+    dq->dtype_in = q;
+    dq->dtype_out = HM_ABI_DTYPE_F32;
+    dq->dims[0] = rows[i];
+    dq->dims[1] = k;
+    dq->in[0] = OPD(packed[i]);
+    dq->out[0] = OPD(deq[i]);
+  }
+}
+
+static void emit_forward(hm_session *s, op_list *l, program_kind kind, size_t b) {
   const hm_graph *g = s->g;
   for (size_t k = 0; k < s->n_order; k++) {
     size_t L = s->order[k];
@@ -98,16 +157,8 @@ static void emit_forward(hm_session *s, op_list *l, size_t b) {
       const hm_edge *ed = &g->edges[e];
       if (ed->dst != L) continue;
       edge_state *es = &s->edges[e];
-      PUSH(mm, l, HM_ABI_OP_GEMM);
-      mm->flags = HM_ABI_OP_FLAG_TRANS_B;
-      mm->dims[0] = b;
-      mm->dims[1] = wl;
-      mm->dims[2] = s->nodes[ed->src].width;
-      mm->params[0] = 1.0f;
-      mm->params[1] = 0.0f;
-      mm->in[0] = OPD(hm__session_value(s, ed->src));
-      mm->in[1] = OPD(es->w);
-      mm->out[0] = OPD(es->z);
+      emit_matmul(s, l, kind, e, b);
+      if (l->failed) return;
       PUSH(bias, l, HM_ABI_OP_BIAS_ADD);
       bias->dims[0] = b;
       bias->dims[1] = wl;
@@ -198,7 +249,13 @@ static void emit_backward(hm_session *s, op_list *l, size_t b, int accumulate, c
         act->in[2] = OPD(s->nodes[L].grad);
         act->out[0] = OPD(es->dz);
       }
+      /* Straight-through: the gradients of a packed matmul use the values it
+       * multiplied (dequantized), and pass unchanged through the rounding. */
+      uint32_t q = s->prec[e].dtype;
+      int packed = hm__precision_is_packed(q);
+      uint32_t din = packed ? HM_ABI_DTYPE_F32 : q;
       PUSH(dw, l, HM_ABI_OP_GEMM);
+      dw->dtype_in = din;
       dw->flags = HM_ABI_OP_FLAG_TRANS_A;
       dw->dims[0] = wl;
       dw->dims[1] = ws;
@@ -206,7 +263,7 @@ static void emit_backward(hm_session *s, op_list *l, size_t b, int accumulate, c
       dw->params[0] = 1.0f;
       dw->params[1] = accumulate ? 1.0f : 0.0f;
       dw->in[0] = OPD(es->dz);
-      dw->in[1] = OPD(hm__session_value(s, ed->src));
+      dw->in[1] = OPD(packed ? es->xdq : hm__session_value(s, ed->src));
       dw->out[0] = OPD(es->dw);
       PUSH(db, l, HM_ABI_OP_REDUCE_ROWS);
       db->dims[0] = b;
@@ -218,13 +275,14 @@ static void emit_backward(hm_session *s, op_list *l, size_t b, int accumulate, c
       size_t S = ed->src;
       if (g->nodes[S].kind == HM_NODE_LAYER && s->nodes[S].needs_grad) {
         PUSH(dx, l, HM_ABI_OP_GEMM);
+        dx->dtype_in = din;
         dx->dims[0] = b;
         dx->dims[1] = ws;
         dx->dims[2] = wl;
         dx->params[0] = 1.0f;
         dx->params[1] = grad_init[S] ? 1.0f : 0.0f;
         dx->in[0] = OPD(es->dz);
-        dx->in[1] = OPD(es->w);
+        dx->in[1] = OPD(packed ? es->wdq : es->w);
         dx->out[0] = OPD(s->nodes[S].grad);
         grad_init[S] = 1;
       }
@@ -316,7 +374,7 @@ static hm_status build(hm_session *s, program_kind kind, size_t b, hm_abi_progra
   if (!grad_init) return hm__fail(HM_STATUS_RESOURCE_EXHAUSTED, "out of memory");
   if (kind != PROG_APPLY) {
     emit_gathers(s, &l, kind, b, &st);
-    emit_forward(s, &l, b);
+    emit_forward(s, &l, kind, b);
     if (kind == PROG_EVAL || kind == PROG_INFER) emit_consumers(s, &l, b);
     int targets = s->g->n_taps > 0;
     for (size_t t = 0; t < s->g->n_taps; t++) {

@@ -72,7 +72,8 @@ static hm_status open_device(hm_session *s, const hm_fit_options *o) {
   return HM_OK;
 }
 
-hm_status hm__session_create(hm_graph *g, const hm_fit_options *opts, int train, int eval, hm_session **out) {
+hm_status hm__session_create(hm_graph *g, const hm_fit_options *opts, const hm_policy *policy, int train, int eval,
+                             hm_session **out) {
   hm_session *s = calloc(1, sizeof *s);
   if (!s) return hm__fail(HM_STATUS_RESOURCE_EXHAUSTED, "out of memory");
   s->g = g;
@@ -86,6 +87,9 @@ hm_status hm__session_create(hm_graph *g, const hm_fit_options *opts, int train,
     if (!s->nodes || !s->edges) st = hm__fail(HM_STATUS_RESOURCE_EXHAUSTED, "out of memory");
   }
   if (st == HM_OK) st = open_device(s, opts);
+  if (st == HM_OK && !(s->prec = calloc(g->n_edges ? g->n_edges : 1, sizeof *s->prec)))
+    st = hm__fail(HM_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+  if (st == HM_OK) st = hm__precision_plan(policy, s->dev, g, train, s->prec);
   for (size_t i = 0; i < g->n_nodes && st == HM_OK; i++) {
     node_state *ns = &s->nodes[i];
     ns->width = g->nodes[i].width;
@@ -179,6 +183,13 @@ hm_status hm__session_create(hm_graph *g, const hm_fit_options *opts, int train,
       else st = alloc_buffer(s, batch * outw * 4, &es->a);
     }
     es->trainable = train && s->nodes[ed->dst].needs_grad;
+    uint32_t q = s->prec[e].dtype;
+    if (st == HM_OK && hm__precision_is_packed(q)) {
+      st = alloc_buffer(s, hm__packed_bytes(q, outw, in), &es->wq);
+      if (st == HM_OK) st = alloc_buffer(s, hm__packed_bytes(q, batch, in), &es->xq);
+      if (st == HM_OK && es->trainable) st = alloc_buffer(s, in * outw * 4, &es->wdq);
+      if (st == HM_OK && es->trainable) st = alloc_buffer(s, batch * in * 4, &es->xdq);
+    }
     if (st != HM_OK || !es->trainable) continue;
     st = alloc_buffer(s, in * outw * 4, &es->dw);
     if (st == HM_OK) st = alloc_buffer(s, outw * 4, &es->db);
@@ -231,7 +242,8 @@ void hm__session_free(hm_session *s) {
   if (s->edges) {
     for (size_t e = 0; e < s->g->n_edges; e++) {
       edge_state *es = &s->edges[e];
-      hm_abi_buffer *bufs[] = {es->w, es->b, es->dw, es->db, es->s1w, es->s2w, es->s1b, es->s2b, es->z};
+      hm_abi_buffer *bufs[] = {es->w,   es->b,   es->dw, es->db, es->s1w, es->s2w, es->s1b,
+                               es->s2b, es->z,   es->wq, es->xq, es->wdq, es->xdq};
       for (size_t k = 0; k < sizeof bufs / sizeof bufs[0]; k++) hm_device_buffer_free(s->dev, bufs[k]);
       if (es->a != es->z) hm_device_buffer_free(s->dev, es->a);
       if (es->dz && es->dz != s->nodes[s->g->edges[e].dst].grad) hm_device_buffer_free(s->dev, es->dz);
@@ -244,7 +256,53 @@ void hm__session_free(hm_session *s) {
   free(s->nodes);
   free(s->edges);
   free(s->order);
+  free(s->prec);
   free(s);
+}
+
+hm_status hm__session_pack_weights(hm_session *s) {
+  const hm_graph *g = s->g;
+  hm_abi_op *ops = calloc(g->n_edges ? g->n_edges : 1, sizeof *ops);
+  if (!ops) return hm__fail(HM_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+  uint32_t n = 0;
+  for (size_t e = 0; e < g->n_edges; e++) {
+    edge_state *es = &s->edges[e];
+    if (!es->wq || !es->w) continue;
+    hm_abi_op *op = &ops[n++];
+    *op = hm_op_init(HM_ABI_OP_QUANTIZE);
+    op->dtype_in = HM_ABI_DTYPE_F32;
+    op->dtype_out = s->prec[e].dtype;
+    op->dims[0] = s->nodes[g->edges[e].dst].width;
+    op->dims[1] = s->nodes[g->edges[e].src].width;
+    op->in[0].buffer = es->w;
+    op->out[0].buffer = es->wq;
+  }
+  hm_abi_program *p = NULL;
+  hm_status st = n ? hm_device_program_create(s->dev, ops, n, 0, &p) : HM_OK;
+  if (st == HM_OK && n) st = hm_device_program_run(s->dev, p, NULL, 0);
+  hm_device_program_free(s->dev, p);
+  free(ops);
+  if (st != HM_OK) return st;
+  for (size_t e = 0; e < g->n_edges; e++) {
+    edge_state *es = &s->edges[e];
+    if (!es->wq || !es->w || es->trainable) continue;
+    hm_device_buffer_free(s->dev, es->w); /* only the packed weights remain */
+    es->w = NULL;
+  }
+  return HM_OK;
+}
+
+void hm__session_weight_bytes(const hm_session *s, size_t *matrix_bytes, size_t *bias_bytes, size_t *weights) {
+  const hm_graph *g = s->g;
+  *matrix_bytes = *bias_bytes = *weights = 0;
+  for (size_t e = 0; e < g->n_edges; e++) {
+    if (!s->prec[e].matmul) continue;
+    size_t in = s->nodes[g->edges[e].src].width, out = s->nodes[g->edges[e].dst].width;
+    uint32_t q = s->prec[e].dtype;
+    *matrix_bytes += hm__precision_is_packed(q) ? hm__packed_bytes(q, out, in) : in * out * 4;
+    *bias_bytes += out * 4;
+    *weights += in * out;
+  }
 }
 
 hm_status hm__session_upload_weights(hm_session *s) {
@@ -321,6 +379,10 @@ hm_status hm__session_download(hm_session *s, hm_weights **params, hm_weights **
     hm__edge_weight_name(g, ed, wn, sizeof wn);
     hm__edge_bias_name(g, ed, bn, sizeof bn);
     uint64_t shape[2] = {s->nodes[ed->dst].width, s->nodes[ed->src].width};
+    if (!es->w) {
+      st = hm__fail(HM_STATUS_FAILED_PRECONDITION, "'%s' is held only in packed form on the device", wn);
+      break;
+    }
     st = download_tensor(s, p, wn, es->w, 2, shape);
     if (st == HM_OK) st = download_tensor(s, p, bn, es->b, 1, shape);
     if (!o || st != HM_OK) continue;
@@ -432,4 +494,24 @@ hm_status hm__session_evaluate(hm_session *s, int use_eval, int push, hm_eval_re
   if (has_targets) out->loss = (float)(loss_sum / (double)count);
   if (acc_data) out->accuracy = (float)((double)correct / (double)count);
   return HM_OK;
+}
+
+void hm__session_precision_summary(const hm_session *s, char *buf, size_t cap) {
+  const hm_graph *g = s->g;
+  hm_strbuf b;
+  hm__sb_init(&b);
+  for (size_t e = 0; e < g->n_edges; e++) {
+    const hm_edge_precision *p = &s->prec[e];
+    if (!p->matmul) continue;
+    hm__sb_printf(&b, "%s%s->%s %s/%s", b.len ? "; " : "", g->nodes[g->edges[e].src].name,
+                      g->nodes[g->edges[e].dst].name, hm__precision_name(p->dtype), hm__precision_kernel(p->dtype));
+    if (p->note[0]) hm__sb_printf(&b, " (%s)", p->note);
+  }
+  const char *text = b.data && !b.failed ? b.data : "";
+  if (strlen(text) < cap) {
+    snprintf(buf, cap, "%s", text);
+  } else if (cap > 4) {
+    snprintf(buf, cap, "%.*s...", (int)(cap - 4), text);
+  }
+  hm__sb_free(&b);
 }

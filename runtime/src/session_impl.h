@@ -11,6 +11,7 @@
 #include "device_impl.h"
 #include "graph_impl.h"
 #include "harmonics/training.h"
+#include "precision.h"
 
 /* Dynamic scalar slots of every program. */
 enum { SLOT_LR = 0, SLOT_BC1 = 1, SLOT_BC2 = 2, SLOT_GRAD_SCALE = 3, N_SLOTS = 4 };
@@ -45,6 +46,11 @@ typedef struct edge_state {
   hm_abi_buffer *z;             /* pre-activation (batch x width(dst)) */
   hm_abi_buffer *a;             /* post-activation; == z for identity */
   hm_abi_buffer *dz;            /* gradient at z; == grad(dst) for identity */
+  /* Packed precisions (QUANT.md): the weights and the input entering the
+   * matmul, packed each step, and their dequantized values for the
+   * straight-through backward pass. Inference packs the weights once and
+   * frees |w|. */
+  hm_abi_buffer *wq, *xq, *wdq, *xdq;
 } edge_state;
 
 typedef struct hm_session {
@@ -68,16 +74,26 @@ typedef struct hm_session {
   } programs[PROG_KINDS][2];    /* per kind: two batch sizes (full and last partial) */
   long accuracy_tap;            /* a cross-entropy tap to score accuracy, or -1 */
   int with_optimizer;           /* training buffers exist */
+  hm_edge_precision *prec;      /* per edge: the precision plan */
 } hm_session;
 
 /* Opens a session for |g| (resolved) with |opts|. |train| uploads the
  * training data and allocates gradients and optimizer state; |eval| uploads
  * the evaluation data. */
-hm_status hm__session_create(hm_graph *g, const hm_fit_options *opts, int train, int eval, hm_session **out);
+hm_status hm__session_create(hm_graph *g, const hm_fit_options *opts, const hm_policy *policy, int train, int eval,
+                             hm_session **out);
 void hm__session_free(hm_session *s);
 /* Uploads the graph's weights (initialising them from opts.seed first when
  * the graph has none) and zeroes optimizer state. */
 hm_status hm__session_upload_weights(hm_session *s);
+/* Inference: packs the weights of packed-precision connections once on the
+ * device and frees their f32 copies. */
+hm_status hm__session_pack_weights(hm_session *s);
+/* Device bytes of the weight matrices as they run (packed where packed), of
+ * the biases, and the number of matrix weights. */
+void hm__session_weight_bytes(const hm_session *s, size_t *matrix_bytes, size_t *bias_bytes, size_t *weights);
+/* "a->b int3/int3_matmul; ..." with notes in parentheses (hm_eval_result). */
+void hm__session_precision_summary(const hm_session *s, char *buf, size_t cap);
 /* Writes optimizer state tensors ("<param>.m", ...) into the session. */
 hm_status hm__session_upload_opt_state(hm_session *s, const hm_weights *state);
 /* Reads parameters (and optimizer state when |opt_state| is non-NULL) back. */

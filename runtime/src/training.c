@@ -86,14 +86,6 @@ static hm_status check_options(const hm_fit_options *o) {
   return HM_OK;
 }
 
-static hm_status check_policy(const hm_policy *p) {
-  if (!p || p->kind == HM_POLICY_HARDWARE) return HM_OK;
-  char text[256];
-  hm_policy_format(p, text, sizeof text);
-  return hm__fail(HM_STATUS_UNIMPLEMENTED,
-                  "precision policy '%s' is not implemented in this build; only 'hardware' (f32) runs", text);
-}
-
 static int schedule_kind(const hm_lr_schedule *s) { return !s->fn ? 0 : s->fn == exp_decay ? 1 : 2; }
 
 /* The options that shape a training trajectory must match when resuming. */
@@ -286,7 +278,7 @@ static hm_status fit_impl(hm_graph *g, const fit_limits *lim, const hm_policy *p
   if (!g || !out) return hm__fail(HM_STATUS_INVALID_ARGUMENT, "fit: NULL graph or output");
   hm_fit_options o = opts ? *opts : hm_fit_options_default();
   HM_RETURN_IF_ERROR(check_options(&o));
-  HM_RETURN_IF_ERROR(check_policy(policy));
+  HM_RETURN_IF_ERROR(hm__policy_check(policy));
   if (!hm_graph_has_training_taps(g))
     return hm__fail(HM_STATUS_FAILED_PRECONDITION,
                     "graph '%s' has no loss tap ('layer <-(loss)- target'): it can only run inference", g->name);
@@ -311,13 +303,13 @@ static hm_status fit_impl(hm_graph *g, const fit_limits *lim, const hm_policy *p
   int eval = 0;
   for (size_t i = 0; i < g->n_nodes; i++) eval |= g->nodes[i].eval != NULL;
   hm_session *s = NULL;
-  hm_status rc = hm__session_create(g, &o, 1, eval, &s);
+  hm_status rc = hm__session_create(g, &o, policy, 1, eval, &s);
   if (rc == HM_OK) rc = hm__session_upload_weights(s);
   int32_t *order = NULL;
   if (rc == HM_OK && !(order = malloc(s->train_count * sizeof *order)))
     rc = hm__fail(HM_STATUS_RESOURCE_EXHAUSTED, "out of memory");
   if (rc == HM_OK && resume) rc = hm__session_upload_opt_state(s, resume->opt_state);
-  if (rc == HM_OK) rc = hm__cycle_state_describe(st, s, policy);
+  if (rc == HM_OK) rc = hm__cycle_state_describe(st, s);
   loop L = {s, st, &o, lim, 0, 0.0, INFINITY, 0, 0};
   if (resume) {
     st->step = resume->step;
@@ -408,13 +400,18 @@ hm_status hm_graph_inference(hm_graph *g, const hm_policy *policy, const hm_fit_
   if (!g || !out) return hm__fail(HM_STATUS_INVALID_ARGUMENT, "inference: NULL graph or output");
   hm_fit_options o = opts ? *opts : hm_fit_options_default();
   HM_RETURN_IF_ERROR(check_options(&o));
-  HM_RETURN_IF_ERROR(check_policy(policy));
+  HM_RETURN_IF_ERROR(hm__policy_check(policy));
   HM_RETURN_IF_ERROR(hm_graph_resolve(g));
   o.batch_size = o.eval_batch_size;
   hm_session *s = NULL;
-  HM_RETURN_IF_ERROR(hm__session_create(g, &o, 0, use_eval_data, &s));
+  HM_RETURN_IF_ERROR(hm__session_create(g, &o, policy, 0, use_eval_data, &s));
   hm_status rc = hm__session_upload_weights(s);
+  if (rc == HM_OK) rc = hm__session_pack_weights(s);
   if (rc == HM_OK) rc = hm__session_evaluate(s, use_eval_data, 1, out);
+  if (rc == HM_OK) {
+    hm__session_weight_bytes(s, &out->weight_bytes, &out->bias_bytes, &out->weight_count);
+    hm__session_precision_summary(s, out->precision, sizeof out->precision);
+  }
   hm__session_free(s);
   return rc;
 }

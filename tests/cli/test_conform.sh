@@ -25,7 +25,11 @@ names = {r["name"]: r["status"] for r in j["results"]}
 for must in ["abi.exports", "abi.negotiate.older_host_major", "abi.load_unload_cycles", "kernel.gemm.f32.256x256x256.ab0",
              "kernel.adam.n40000.12_steps", "program.mlp_training_step", "robustness.concurrent_devices"]:
     assert names.get(must) == "PASS", (must, names.get(must))
-assert names["kernel.gemm.bf16.1x1x1.ab0"] == "NOT_SUPPORTED"
+assert names["kernel.gemm.f16.1x1x1.ab0"] == "NOT_SUPPORTED"
+assert names["kernel.gemm.bf16.1x1x1.ab0"] == "PASS"
+for q in ["kernel.int3_matmul.64x128x784", "kernel.quantize.q3.17x200", "kernel.dequantize.q4.3x70",
+          "kernel.int8_matmul.1x67x1000"]:
+    assert names.get(q) == "PASS", (q, names.get(q))
 PY
 
 # check PLUGIN EXPECTED_STATUS PREFIX [EXTRA conform options]
@@ -64,6 +68,8 @@ ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}handle_segv=0" check crash_run CRAS
 grep -q "signal 11" "$work/crash_run.json" || { echo "FAIL: crash_run should report signal 11"; fail=1; }
 check hang TIMEOUT kernel.clip --timeout 2 --test 'kernel.clip*' --test 'kernel.scale*'
 check bad_version FAIL abi.negotiate.newer_host_minor --test 'abi.*'
+check q3_ulp FAIL kernel.int3_matmul --test 'kernel.int*'
+grep -q "differs from the reference at byte 0 (numerics exact)" "$work/q3_ulp.json" || { echo "FAIL: q3_ulp detail"; fail=1; }
 
 # --list and --test select one case; an unknown test is a usage error.
 "$bin" conform --list | grep -qx "kernel.gemm.f32.7x13x5.ab0" || { echo "FAIL: --list"; fail=1; }

@@ -33,7 +33,7 @@ for k in ["test_accuracy", "final_loss", "epochs", "steps", "train_samples_per_s
 assert j["epochs"] == 2 and j["steps"] == 2 * 94, j
 assert 0.6 < j["test_accuracy"] <= 1.0, j
 assert j["train_samples_per_s"] > 0 and j["backend"] == "cpu:0" and j["policy"] == "hardware", j
-assert j["layers"][0] == {"layer": "pixels->hidden", "precision": "f32", "kernel": "gemm"}, j
+assert j["layers"][0] == {"layer": "pixels->hidden", "precision": "f32", "kernel": "gemm", "note": ""}, j
 PY
 acc=$(python3 -c 'import json,sys; print("%.2f" % (100*json.loads(sys.argv[1])["test_accuracy"]))' "$json")
 
@@ -73,8 +73,33 @@ msg=$("$bin" train "$model" --dataset fashion-mnist --limit-train 100 --backend 
 check "unknown backend exits 1" test $? -eq 1
 check "unknown backend says why: $msg" grep -q "backend 'nosuch' is not available" <<<"$msg"
 
-msg=$("$bin" train "$model" --dataset fashion-mnist --limit-train 100 --policy bits:3 2>&1)
-check "an unimplemented policy is refused: $msg" grep -q "precision policy 'bits:3' is not implemented" <<<"$msg"
+# Quantization-aware training at 3 bits, then inference from packed weights.
+out=$("$bin" train "$model" --dataset fashion-mnist --limit-train 3000 --limit-eval 1000 --epochs 2 \
+      --optimizer adam --lr 0.002 --batch 32 --seed 1 --threads 1 --policy bits:3 \
+      --save-weights "$work/w3.safetensors" --json 2>"$work/err")
+check "bits:3 training exits 0: $(cat "$work/err")" test $? -eq 0
+check "the layer lines name int3_matmul" grep -q "^layer pixels->hidden: int3 (int3_matmul)$" <<<"$out"
+check "bits:3 JSON" python3 - "$(tail -n 1 <<<"$out")" <<'PY'
+import json, sys
+j = json.loads(sys.argv[1])
+assert j["policy"] == "bits:3", j
+assert [l["kernel"] for l in j["layers"]] == ["int3_matmul", "int3_matmul"], j
+assert 0.6 < j["test_accuracy"] <= 1.0, j
+PY
+acc3=$(python3 -c 'import json,sys; print("%.2f" % (100*json.loads(sys.argv[1])["test_accuracy"]))' "$(tail -n 1 <<<"$out")")
+inf=$("$bin" infer "$model" --weights "$work/w3.safetensors" --dataset fashion-mnist --limit 1000 --policy bits:3 --json 2>&1)
+check "packed inference reproduces the training accuracy ($acc3): $inf" grep -q "^accuracy: $acc3% (1000 samples)" <<<"$inf"
+check "packed weights cost at most 3.5 bits each" python3 - "$(tail -n 1 <<<"$inf")" <<'PY'
+import json, sys
+j = json.loads(sys.argv[1])
+# 784-128-10: 128 rows x 13 blocks + 10 rows x 2 blocks, 26 bytes a block.
+assert j["weight_bytes"] == (128 * 13 + 10 * 2) * 26, j
+assert j["weight_count"] == 784 * 128 + 128 * 10, j
+assert j["bits_per_weight"] <= 3.5, j
+assert j["precision"] == "pixels->hidden int3/int3_matmul; hidden->logits int3/int3_matmul", j
+PY
+msg=$("$bin" train "$model" --dataset fashion-mnist --limit-train 100 --policy bits:5 2>&1)
+check "a width without kernels is refused: $msg" grep -q "policy bits:5: the packed widths are 8, 4 and 3 bits" <<<"$msg"
 
 "$bin" train "$model" --epochz 3 >/dev/null 2>&1
 check "unknown option exits 2" test $? -eq 2

@@ -9,6 +9,8 @@
  *   BP_HANG          program_run never returns on a program with CLIP
  *   BP_BAD_VERSION   answers a newer host with the host's version, beyond
  *                    what the plugin declares it serves
+ *   BP_Q3_ULP        int3_matmul is one ulp off in its first output (the
+ *                    packed formats are exact: this must fail)
  * Everything else is the CPU plugin's behaviour, so only the injected fault
  * may be reported.
  */
@@ -92,7 +94,8 @@ static int32_t bp_program_run(hm_abi_program *p, const double *scalars, uint32_t
     const hm_abi_op *op = &p->ops[i];
     (void)op;
 #ifdef BP_GEMM_ODD
-    if (op->code == HM_ABI_OP_GEMM && op->dims[0] == 7 && op->dims[1] == 13) {
+    if (op->code == HM_ABI_OP_GEMM && (op->dtype_in == 0 || op->dtype_in == HM_ABI_DTYPE_F32) && op->dims[0] == 7 &&
+        op->dims[1] == 13) {
       float c0;
       cpu.buffer_read(op->out[0].buffer, op->out[0].offset, &c0, 4);
       c0 += 0.5f;
@@ -106,6 +109,14 @@ static int32_t bp_program_run(hm_abi_program *p, const double *scalars, uint32_t
         float nan = NAN;
         cpu.buffer_write(op->out[0].buffer, op->out[0].offset, &nan, 4);
       }
+    }
+#endif
+#ifdef BP_Q3_ULP
+    if (op->code == HM_ABI_OP_GEMM_Q3) {
+      float c0;
+      cpu.buffer_read(op->out[0].buffer, op->out[0].offset, &c0, 4);
+      c0 = nextafterf(c0, INFINITY);
+      cpu.buffer_write(op->out[0].buffer, op->out[0].offset, &c0, 4);
     }
 #endif
 #ifdef BP_OOB_WRITE

@@ -15,7 +15,9 @@ static void infer_usage(FILE *f) {
           "  --dataset fashion-mnist   evaluate on the 10k test split\n"
           "  --data NAME=SPEC          input (and target) data; SPEC = idx:PATH | csv:PATH | labels:PATH\n"
           "  --limit N                 use the first N samples\n"
-          "  --batch N (1000)  --backend NAME[:N]  --threads N  --policy hardware  --config FILE  --json\n");
+          "  --batch N (1000)  --backend NAME[:N]  --threads N  --config FILE  --json\n"
+          "  --policy hardware|auto|bits:8|bits:4|bits:3|layers:B,...   packed widths run from weights\n"
+          "                            packed once on the device (weight_bytes in the output)\n");
 }
 
 int cmd_infer(int argc, char **argv) {
@@ -86,6 +88,9 @@ int cmd_infer(int argc, char **argv) {
   if (rc == CLI_OK) {
     if (!isnan(r.accuracy)) printf("accuracy: %.2f%% (%zu samples)\n", 100.0 * r.accuracy, r.samples);
     if (!isnan(r.loss)) printf("loss: %.6f\n", (double)r.loss);
+    printf("precision: %s\n", r.precision);
+    printf("weights: %zu bytes for %zu matrix weights (%.3f bits each) + %zu bytes of f32 biases\n", r.weight_bytes,
+           r.weight_count, r.weight_count ? 8.0 * (double)r.weight_bytes / (double)r.weight_count : 0.0, r.bias_bytes);
     if (json) {
       printf("{\"model\":");
       json_string(stdout, model);
@@ -95,7 +100,11 @@ int cmd_infer(int argc, char **argv) {
       json_number(stdout, r.loss);
       printf(",\"policy\":");
       json_string(stdout, policy_text);
-      printf("}\n");
+      printf(",\"precision\":");
+      json_string(stdout, r.precision);
+      printf(",\"weight_bytes\":%zu,\"weight_count\":%zu,\"bits_per_weight\":", r.weight_bytes, r.weight_count);
+      json_number(stdout, r.weight_count ? 8.0 * (double)r.weight_bytes / (double)r.weight_count : 0.0);
+      printf(",\"bias_bytes\":%zu}\n", r.bias_bytes);
     }
   }
   hm_graph_free(g);

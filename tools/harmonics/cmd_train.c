@@ -28,7 +28,9 @@ static void train_usage(FILE *f) {
           "  --optimizer sgd|adam|rmsprop|adamw|lamb (sgd)  --lr X (0.01)\n"
           "  --momentum X  --weight-decay X  --grad-clip X  --accumulate N\n"
           "  --early-stop N  --early-stop-delta X  --lr-decay RATE:STEPS[:MIN]\n"
-          "  --policy hardware\n"
+          "  --policy P                  hardware (f32, default) | auto | bits:8 | bits:4 | bits:3 |\n"
+          "                              layers:B,B,... (per connection in graph order; 32, 8, 4, 3;\n"
+          "                              the last repeats). Packed widths train quantization-aware.\n"
           "weights and checkpoints:\n"
           "  --init-weights FILE.safetensors   start from these weights\n"
           "  --save-weights FILE.safetensors   write the trained weights\n"
@@ -324,6 +326,11 @@ int cmd_train(int argc, char **argv) {
                      ? (double)hm_cycle_state_samples(st) / hm_cycle_state_train_seconds(st)
                      : 0;
     float acc = hm_cycle_state_eval_accuracy(st);
+    for (size_t i = 0; i < hm_cycle_state_layer_count(st); i++) {
+      const char *layer, *prec, *kernel, *note = hm_cycle_state_layer_note(st, i);
+      if (hm_cycle_state_layer_precision(st, i, &layer, &prec, &kernel) != HM_OK) continue;
+      printf("layer %s: %s (%s)%s%s\n", layer, prec, kernel, note[0] ? ": " : "", note);
+    }
     if (!isnan(acc)) printf("test accuracy: %.2f%%\n", 100.0 * acc);
     else printf("final loss: %.6f\n", (double)hm_cycle_state_loss(st));
     if (json) {
@@ -361,6 +368,8 @@ int cmd_train(int argc, char **argv) {
         json_string(stdout, prec);
         printf(",\"kernel\":");
         json_string(stdout, kernel);
+        printf(",\"note\":");
+        json_string(stdout, hm_cycle_state_layer_note(st, i));
         printf("}");
       }
       printf("]}\n");

@@ -136,10 +136,15 @@ HM_API const char *hm_cycle_state_stop_reason(const hm_cycle_state *s);
 HM_API const hm_weights *hm_cycle_state_weights(const hm_cycle_state *s);
 /* Optimizer state tensors ("<param>.m", "<param>.v", ...). Borrowed. */
 HM_API const hm_weights *hm_cycle_state_optimizer_state(const hm_cycle_state *s);
-/* Precision chosen per connection: "a->b" with "f32/gemm", "int3/int3_matmul", ... */
+/* Precision chosen per connection with weights, in graph order: layer
+ * "a->b", precision "f32", "bf16", "int8", "int4", "int3" and the kernel that
+ * ran it ("gemm", "gemm_bf16", "int8_matmul", ..., "int3_matmul"). */
 HM_API size_t hm_cycle_state_layer_count(const hm_cycle_state *s);
 HM_API HM_MUST_USE hm_status hm_cycle_state_layer_precision(const hm_cycle_state *s, size_t i, const char **layer,
                                                             const char **precision, const char **kernel);
+/* Why connection |i| runs at another precision than the policy asked (the
+ * device lacks a kernel, or what auto found); "" when it runs as asked. */
+HM_API const char *hm_cycle_state_layer_note(const hm_cycle_state *s, size_t i);
 /* The backend that ran the fit ("cpu:0"). */
 HM_API const char *hm_cycle_state_backend(const hm_cycle_state *s);
 
@@ -149,6 +154,14 @@ typedef struct hm_eval_result {
   size_t samples;
   float loss;     /* mean loss over the samples (NAN without taps/targets) */
   float accuracy; /* classification accuracy (NAN when not a classification tap) */
+  /* Device memory of the weights as they ran: the matrices (packed under a
+   * bits policy: QUANT.md blocks, scales included) and the f32 biases; and
+   * the number of matrix weights, so weight_bytes * 8 / weight_count is the
+   * cost in bits per weight. */
+  size_t weight_bytes, bias_bytes, weight_count;
+  /* The precision each connection ran at: "in->hidden int3/int3_matmul;
+   * hidden->out int4/int4_matmul (why)", truncated with "..." if long. */
+  char precision[512];
 } hm_eval_result;
 
 /* Runs the graph forward over its bound producers (the eval bindings when

@@ -4,7 +4,8 @@
  * the scalar reference. A case whose (op, dtype, variant) the device does not
  * declare is NOT_SUPPORTED; a declared one that fails is FAIL. Float results
  * are compared by NMSE under the tolerance of the declared numerics class,
- * integer and EXACT results bitwise. Also: NaN/Inf propagation, optimizers
+ * integer and EXACT results bitwise (the packed formats of abi/QUANT.md
+ * always). Also: NaN/Inf propagation, optimizers
  * over many steps with dynamic scalars, and activation and loss gradients
  * against finite differences of the reference forward.
  */
@@ -91,7 +92,8 @@ static void compare(const conform_ctx *c, const kcase *k, const conform_op_case 
     int is_float = !(k->op == HM_ABI_OP_GATHER_ROWS && k->din == HM_ABI_DTYPE_I32) &&
                    !((k->op == HM_ABI_OP_FILL || k->op == HM_ABI_OP_COPY) && k->dout != HM_ABI_DTYPE_F32 &&
                      k->din != HM_ABI_DTYPE_F32);
-    if (num == HM_ABI_NUMERICS_EXACT || !is_float) {
+    int packed = k->op >= HM_ABI_OP_QUANTIZE && k->op <= HM_ABI_OP_GEMM_Q3;
+    if (num == HM_ABI_NUMERICS_EXACT || !is_float || packed) {
       if (memcmp(dev[i], ref[i], oc->out[i].bytes) != 0) {
         size_t at = 0;
         while (at < oc->out[i].bytes && ((unsigned char *)dev[i])[at] == ((unsigned char *)ref[i])[at]) at++;
@@ -216,6 +218,53 @@ static void build(const kcase *k, uint64_t seed, conform_op_case *oc, bufs *b) {
       size_t es = esize(k->din);
       IN(0, fbuf(b, (d0 * es + 3) / 4 + 1, -1, 1, seed + 1), d0 * es);
       OUT(0, fbuf(b, (d0 * es + 3) / 4 + 1, -1, 1, seed + 2), d0 * es);
+      break;
+    }
+    case HM_ABI_OP_QUANTIZE: {
+      /* Blocks of every kind: ordinary, zero, huge (saturated scale), tiny
+       * (subnormal binary16 scale), exact ties, and NaN/Inf values. */
+      float *x = fbuf(b, d0 * d1, -2, 2, seed + 1);
+      for (size_t i = 0; i < d0 * d1; i++) {
+        size_t blk = (i % d1) / 64 + i / d1;
+        switch (blk % 6) {
+          case 1: x[i] = 0.0f; break;
+          case 2: x[i] *= 1.0e6f; break;
+          case 3: x[i] *= 1.0e-7f; break;
+          case 4: x[i] = (float)(int)(x[i] * 4.0f) * 0.5f; break;
+          case 5: if (i % 11 == 0) x[i] = i % 2 ? INFINITY : NAN; break;
+          default: break;
+        }
+      }
+      size_t bytes = d0 * hm_ref_q_row_bytes((int)k->dout, d1);
+      IN(0, x, d0 * d1 * 4);
+      OUT(0, fbuf(b, bytes / 4 + 1, 0, 0, seed), bytes);
+      memset(oc->out[0].data, 0xa5, bytes); /* every byte must be written */
+      break;
+    }
+    case HM_ABI_OP_DEQUANTIZE: {
+      size_t rb = hm_ref_q_row_bytes((int)k->din, d1), bb = hm_ref_q_block_bytes((int)k->din);
+      uint8_t *q = (uint8_t *)fbuf(b, d0 * rb / 4 + 1, 0, 0, seed);
+      /* Any byte pattern with a finite scale, including the unused most
+       * negative codes and negative scales. */
+      for (size_t i = 0; i < d0 * rb; i++) q[i] = (uint8_t)((i * 97 + seed) >> 3);
+      for (size_t off = 0; off < d0 * rb; off += bb) q[off + 1] &= 0xbb;
+      IN(0, q, d0 * rb);
+      OUT(0, fbuf(b, d0 * d1, -1, 1, seed + 2), d0 * d1 * 4);
+      break;
+    }
+    case HM_ABI_OP_GEMM_Q8:
+    case HM_ABI_OP_GEMM_Q4:
+    case HM_ABI_OP_GEMM_Q3: {
+      int q = (int)k->din;
+      size_t rb = hm_ref_q_row_bytes(q, d2);
+      float *a = fbuf(b, d0 * d2, -1, 1, seed + 1), *w = fbuf(b, d1 * d2, -0.5f, 0.5f, seed + 2);
+      uint8_t *qa = (uint8_t *)fbuf(b, d0 * rb / 4 + 1, 0, 0, seed), *qw = (uint8_t *)fbuf(b, d1 * rb / 4 + 1, 0, 0, seed);
+      for (size_t i = 0; i < d0; i++) hm_ref_quantize_row(q, d2, a + i * d2, qa + i * rb);
+      for (size_t i = 0; i < d1; i++) hm_ref_quantize_row(q, d2, w + i * d2, qw + i * rb);
+      oc->op.dtype_acc = HM_ABI_DTYPE_I32;
+      IN(0, qa, d0 * rb);
+      IN(1, qw, d1 * rb);
+      OUT(0, fbuf(b, d0 * d1, -1, 1, seed + 3), d0 * d1 * 4);
       break;
     }
     default: { /* optimizers */
@@ -404,6 +453,30 @@ void conform_add_kernel_tests(conform_suite *s) {
   kcase *k = new_case(HM_ABI_OP_GEMM, F32, F32);
   k->dims[0] = 9, k->dims[1] = 11, k->dims[2] = 13, k->params[0] = 1, k->kind = K_NAN;
   conform_add(s, "kernel.gemm", test_kernel, k, 1, "kernel.gemm.f32.nan_inf_propagate");
+
+  /* Packed integers (abi/QUANT.md): bit-exact whatever the declared class. */
+  const uint32_t qtypes[3] = {HM_ABI_DTYPE_Q8, HM_ABI_DTYPE_Q4, HM_ABI_DTYPE_Q3};
+  const uint32_t qgemm[3] = {HM_ABI_OP_GEMM_Q8, HM_ABI_OP_GEMM_Q4, HM_ABI_OP_GEMM_Q3};
+  static const uint64_t q_shapes[][2] = {{1, 64}, {3, 70}, {17, 200}, {64, 784}};
+  static const uint64_t qg_shapes[][3] = {{1, 1, 1}, {2, 3, 70}, {5, 17, 130}, {1, 67, 1000}, {64, 128, 784}};
+  for (int t = 0; t < 3; t++) {
+    for (size_t sh = 0; sh < sizeof q_shapes / sizeof q_shapes[0]; sh++) {
+      k = new_case(HM_ABI_OP_QUANTIZE, F32, qtypes[t]);
+      memcpy(k->dims, q_shapes[sh], 2 * sizeof(uint64_t));
+      conform_add(s, "kernel.quant", test_kernel, k, 1, "kernel.quantize.%s.%llux%llu", dt(qtypes[t]),
+                  (unsigned long long)k->dims[0], (unsigned long long)k->dims[1]);
+      k = new_case(HM_ABI_OP_DEQUANTIZE, qtypes[t], F32);
+      memcpy(k->dims, q_shapes[sh], 2 * sizeof(uint64_t));
+      conform_add(s, "kernel.quant", test_kernel, k, 1, "kernel.dequantize.%s.%llux%llu", dt(qtypes[t]),
+                  (unsigned long long)k->dims[0], (unsigned long long)k->dims[1]);
+    }
+    for (size_t sh = 0; sh < sizeof qg_shapes / sizeof qg_shapes[0]; sh++) {
+      k = new_case(qgemm[t], qtypes[t], F32);
+      memcpy(k->dims, qg_shapes[sh], sizeof k->dims);
+      conform_add(s, "kernel.quant", test_kernel, k, 1, "kernel.%s.%llux%llux%llu", hm_op_name(qgemm[t]),
+                  (unsigned long long)k->dims[0], (unsigned long long)k->dims[1], (unsigned long long)k->dims[2]);
+    }
+  }
 
   static const uint64_t rc_shapes[][2] = {{1, 1}, {3, 7}, {65, 130}, {1000, 3}};
   for (size_t sh = 0; sh < 4; sh++) {

@@ -1,0 +1,317 @@
+/*
+ * Precision policies (DESIGN.md §5): parsing and validation; the per-layer
+ * plan against plugins that declare different capabilities (the caps_proxy
+ * test plugins, which refuse anything they do not declare); the lowering of
+ * packed matmuls checked against the scalar reference (forward values and
+ * the straight-through SGD step); packed inference and its weight bytes.
+ */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "harmonics/harmonics.h"
+#include "hm_reference.h"
+#include "hm_test.h"
+
+static hm_graph *parse(const char *text) {
+  hm_graph *g = NULL;
+  if (hm_graph_parse(text, strlen(text), "t.hmx", &g) != HM_OK) fprintf(stderr, "  parse: %s\n", hm_last_error());
+  return g;
+}
+
+static hm_device *open_backend(const char *name) {
+  hm_device *d = NULL;
+  hm_device_options o = hm_device_options_default();
+  o.threads = 2;
+  if (hm_device_open(name, &o, &d) != HM_OK) fprintf(stderr, "  open %s: %s\n", name, hm_last_error());
+  return d;
+}
+
+/* The separable 2-class problem of test_training, with held-out data. */
+typedef struct problem {
+  hm_graph *g;
+  hm_producer *px, *pt, *ex, *et;
+} problem;
+
+static problem separable(void) {
+  problem p = {parse("producer x {2}; producer t {2}; consumer y; layer h {8}; layer o;"
+                     " cycle { x -(tanh)-> h -> o; o <-(cross_entropy)- t; o -(softmax)-> y; }"),
+               NULL, NULL, NULL, NULL};
+  static float x[400 * 2];
+  static int32_t lab[400];
+  unsigned long long seed = 1;
+  for (int i = 0; i < 400; i++) {
+    x[2 * i] = hm_test_uniform(&seed, -1, 1);
+    x[2 * i + 1] = hm_test_uniform(&seed, -1, 1);
+    lab[i] = x[2 * i] + x[2 * i + 1] > 0;
+  }
+  HM_CHECK_OK(hm_producer_from_floats(x, 300, 2, &p.px));
+  HM_CHECK_OK(hm_producer_from_labels(lab, 300, 2, &p.pt));
+  HM_CHECK_OK(hm_producer_from_floats(x + 600, 100, 2, &p.ex));
+  HM_CHECK_OK(hm_producer_from_labels(lab + 300, 100, 2, &p.et));
+  HM_CHECK_OK(hm_graph_bind_producer(p.g, "x", p.px));
+  HM_CHECK_OK(hm_graph_bind_producer(p.g, "t", p.pt));
+  HM_CHECK_OK(hm_graph_bind_eval(p.g, "x", p.ex));
+  HM_CHECK_OK(hm_graph_bind_eval(p.g, "t", p.et));
+  return p;
+}
+
+static void problem_free(problem *p) {
+  hm_graph_free(p->g);
+  hm_producer_free(p->px);
+  hm_producer_free(p->pt);
+  hm_producer_free(p->ex);
+  hm_producer_free(p->et);
+}
+
+/* Trains the separable problem under |pol| on |dev|; checks the per-layer
+ * precision and kernel, and returns the state. */
+static hm_cycle_state *train(hm_device *dev, const hm_policy *pol, const char *p0, const char *k0, const char *p1,
+                             const char *k1, problem *out_problem) {
+  problem p = separable();
+  hm_fit_options o = hm_fit_options_default();
+  o.optimizer = HM_OPTIMIZER_ADAM;
+  o.learning_rate = 0.05f;
+  o.batch_size = 32;
+  o.device = dev;
+  hm_cycle_state *st = NULL;
+  hm_status s = hm_graph_fit(p.g, 20, pol, &o, &st);
+  HM_CHECK_MSG(s == HM_OK, "fit: %s", hm_last_error());
+  if (s == HM_OK) {
+    HM_CHECK_EQ(hm_cycle_state_layer_count(st), 2);
+    const char *layer, *prec, *kernel;
+    HM_CHECK_OK(hm_cycle_state_layer_precision(st, 0, &layer, &prec, &kernel));
+    HM_CHECK_MSG(strcmp(prec, p0) == 0 && strcmp(kernel, k0) == 0, "layer 0: %s/%s, expected %s/%s", prec, kernel, p0, k0);
+    HM_CHECK_OK(hm_cycle_state_layer_precision(st, 1, &layer, &prec, &kernel));
+    HM_CHECK_MSG(strcmp(prec, p1) == 0 && strcmp(kernel, k1) == 0, "layer 1: %s/%s, expected %s/%s", prec, kernel, p1, k1);
+    HM_CHECK_MSG(hm_cycle_state_eval_accuracy(st) >= 0.9f, "accuracy %.3f", hm_cycle_state_eval_accuracy(st));
+  }
+  if (out_problem) *out_problem = p;
+  else problem_free(&p);
+  return st;
+}
+
+static void parsing_and_validation(void) {
+  hm_policy p;
+  char text[64];
+  HM_CHECK_OK(hm_policy_parse("layers:8,4,3", &p));
+  HM_CHECK_EQ(p.kind, HM_POLICY_LAYER_BITS);
+  HM_CHECK_EQ(p.n_layer_bits, 3);
+  hm_policy_format(&p, text, sizeof text);
+  HM_CHECK(strcmp(text, "layers:8,4,3") == 0);
+  HM_CHECK_OK(hm_policy_parse("bits:3", &p));
+  HM_CHECK_EQ(p.bits, 3);
+  HM_CHECK_EQ(hm_policy_parse("bits:x", &p), HM_STATUS_PARSE_ERROR);
+  HM_CHECK_EQ(hm_policy_parse("fast", &p), HM_STATUS_PARSE_ERROR);
+  /* Widths without kernels are refused before anything runs. */
+  problem pr = separable();
+  hm_fit_options o = hm_fit_options_default();
+  hm_cycle_state *st = NULL;
+  hm_policy five = hm_make_max_bits_policy(5);
+  HM_CHECK_EQ(hm_graph_fit(pr.g, 1, &five, &o, &st), HM_STATUS_INVALID_ARGUMENT);
+  HM_CHECK_STR_CONTAINS(hm_last_error(), "bits:5");
+  int bad[2] = {8, 16};
+  hm_policy layers = hm_make_layer_bits_policy(bad, 2);
+  HM_CHECK_EQ(hm_graph_fit(pr.g, 1, &layers, &o, &st), HM_STATUS_INVALID_ARGUMENT);
+  HM_CHECK_STR_CONTAINS(hm_last_error(), "entry 2 is 16 bits");
+  HM_CHECK(st == NULL);
+  problem_free(&pr);
+}
+
+static void cpu_runs_every_width(void) {
+  hm_device *dev = open_backend("cpu");
+  if (!dev) return;
+  hm_policy hw = hm_make_hardware_policy(), au = hm_make_auto_policy();
+  hm_policy b8 = hm_make_max_bits_policy(8), b4 = hm_make_max_bits_policy(4), b3 = hm_make_max_bits_policy(3);
+  int mix[2] = {8, 3};
+  hm_policy lb = hm_make_layer_bits_policy(mix, 2);
+  hm_cycle_state_free(train(dev, &hw, "f32", "gemm", "f32", "gemm", NULL));
+  hm_cycle_state_free(train(dev, &b8, "int8", "int8_matmul", "int8", "int8_matmul", NULL));
+  hm_cycle_state_free(train(dev, &b4, "int4", "int4_matmul", "int4", "int4_matmul", NULL));
+  hm_cycle_state *st = train(dev, &b3, "int3", "int3_matmul", "int3", "int3_matmul", NULL);
+  HM_CHECK(strcmp(hm_cycle_state_layer_note(st, 0), "") == 0);
+  hm_cycle_state_free(st);
+  hm_cycle_state_free(train(dev, &lb, "int8", "int8_matmul", "int3", "int3_matmul", NULL));
+  /* The CPU declares bf16 GEMM slower than f32, so auto stays at f32 and says why. */
+  st = train(dev, &au, "f32", "gemm", "f32", "gemm", NULL);
+  HM_CHECK_STR_CONTAINS(hm_cycle_state_layer_note(st, 0), "declares no 16-bit GEMM faster than f32");
+  hm_cycle_state_free(st);
+  hm_device_close(dev);
+}
+
+/* Devices that lack kernels: the policy picks the nearest wider width they
+ * declare and says so; the proxies refuse anything undeclared, so training
+ * succeeding proves nothing else ran. */
+static void devices_without_kernels(void) {
+  hm_policy b3 = hm_make_max_bits_policy(3), au = hm_make_auto_policy();
+  hm_device *d = open_backend("cp_no_q3");
+  if (d) {
+    hm_cycle_state *st = train(d, &b3, "int4", "int4_matmul", "int4", "int4_matmul", NULL);
+    HM_CHECK_STR_CONTAINS(hm_cycle_state_layer_note(st, 0), "cp_no_q3 declares no QUANTIZE for 3-bit; using int4");
+    hm_cycle_state_free(st);
+    hm_device_close(d);
+  }
+  d = open_backend("cp_no_packed");
+  if (d) {
+    hm_cycle_state *st = train(d, &b3, "f32", "gemm", "f32", "gemm", NULL);
+    HM_CHECK_STR_CONTAINS(hm_cycle_state_layer_note(st, 1), "declares no QUANTIZE for 3-bit; using f32");
+    hm_cycle_state_free(st);
+    hm_device_close(d);
+  }
+  d = open_backend("cp_no_dequant_q3");
+  if (d) {
+    /* Training needs DEQUANTIZE for the backward pass: int4. Inference does
+     * not: it runs int3. */
+    problem p;
+    hm_cycle_state *st = train(d, &b3, "int4", "int4_matmul", "int4", "int4_matmul", &p);
+    HM_CHECK_STR_CONTAINS(hm_cycle_state_layer_note(st, 0), "declares no DEQUANTIZE for 3-bit");
+    hm_fit_options o = hm_fit_options_default();
+    o.device = d;
+    hm_eval_result r;
+    HM_CHECK_OK(hm_graph_inference(p.g, &b3, &o, 1, &r));
+    HM_CHECK_STR_CONTAINS(r.precision, "x->h int3/int3_matmul; h->o int3/int3_matmul");
+    hm_cycle_state_free(st);
+    problem_free(&p);
+    hm_device_close(d);
+  }
+  d = open_backend("cp_fast_bf16");
+  if (d) {
+    hm_cycle_state *st = train(d, &au, "bf16", "gemm_bf16", "bf16", "gemm_bf16", NULL);
+    HM_CHECK_STR_CONTAINS(hm_cycle_state_layer_note(st, 0), "declares bf16 GEMM at 4 vs f32 1");
+    hm_cycle_state_free(st);
+    hm_device_close(d);
+  }
+}
+
+/* x (4 x 70) -> o {3}, identity, MSE: the forward values of a packed matmul
+ * and one SGD step equal what the reference computes by hand (QUANT.md Q7
+ * forward; straight-through backward: dW = dz^T . dequant(quant(x))). */
+static void lowering_matches_the_reference(void) {
+  enum { B = 4, K = 70, N = 3 };
+  hm_device *dev = open_backend("cpu");
+  if (!dev) return;
+  const int dtypes[3] = {HM_ABI_DTYPE_Q8, HM_ABI_DTYPE_Q4, HM_ABI_DTYPE_Q3};
+  for (int di = 0; di < 3; di++) {
+    int dt = dtypes[di], bits = dt == HM_ABI_DTYPE_Q8 ? 8 : dt == HM_ABI_DTYPE_Q4 ? 4 : 3;
+    hm_graph *g = parse("producer x {70}; producer t {3}; consumer y; layer o {3};"
+                        " cycle { x -> o; o <-(mse)- t; o -> y; }");
+    unsigned long long seed = 5 + (unsigned long long)di;
+    float x[B * K], t[B * N], w[N * K], b[N];
+    for (int i = 0; i < B * K; i++) x[i] = hm_test_uniform(&seed, -1, 1);
+    for (int i = 0; i < B * N; i++) t[i] = hm_test_uniform(&seed, -1, 1);
+    for (int i = 0; i < N * K; i++) w[i] = hm_test_uniform(&seed, -0.3f, 0.3f);
+    for (int i = 0; i < N; i++) b[i] = hm_test_uniform(&seed, -0.1f, 0.1f);
+    hm_weights *ws = NULL;
+    uint64_t ws_shape[2] = {N, K}, bs_shape[1] = {N};
+    HM_CHECK_OK(hm_weights_create(&ws));
+    HM_CHECK_OK(hm_weights_set(ws, "x->o.weight", HM_ABI_DTYPE_F32, 2, ws_shape, w));
+    HM_CHECK_OK(hm_weights_set(ws, "x->o.bias", HM_ABI_DTYPE_F32, 1, bs_shape, b));
+    HM_CHECK_OK(hm_graph_set_weights(g, ws));
+    hm_producer *px = NULL, *pt = NULL;
+    HM_CHECK_OK(hm_producer_from_floats(x, B, K, &px));
+    HM_CHECK_OK(hm_producer_from_floats(t, B, N, &pt));
+    HM_CHECK_OK(hm_graph_bind_producer(g, "x", px));
+    HM_CHECK_OK(hm_graph_bind_producer(g, "t", pt));
+    hm_consumer *c = NULL;
+    HM_CHECK_OK(hm_consumer_create_array(&c));
+    HM_CHECK_OK(hm_graph_bind_consumer(g, "y", c));
+    /* The reference: packed rows, integer matmul, bias. */
+    size_t rb = hm_ref_q_row_bytes(dt, K);
+    uint8_t qx[B * 256], qw[N * 256];
+    float z[B * N], xd[B * K];
+    for (int i = 0; i < B; i++) hm_ref_quantize_row(dt, K, x + i * K, qx + i * rb);
+    for (int i = 0; i < N; i++) hm_ref_quantize_row(dt, K, w + i * K, qw + i * rb);
+    hm_ref_gemm_q(dt, B, N, K, qx, qw, z);
+    for (int i = 0; i < B * N; i++) z[i] += b[i % N];
+    for (int i = 0; i < B; i++) hm_ref_dequantize_row(dt, K, qx + i * rb, xd + i * K);
+    /* Forward: inference from packed weights. */
+    hm_policy pol = hm_make_max_bits_policy(bits);
+    hm_fit_options o = hm_fit_options_default();
+    o.device = dev;
+    o.eval_batch_size = B;
+    hm_eval_result r;
+    HM_CHECK_OK(hm_graph_inference(g, &pol, &o, 0, &r));
+    const float *y;
+    size_t rows, width;
+    HM_CHECK_OK(hm_consumer_array_values(c, &y, &rows, &width));
+    HM_CHECK(rows == B && width == N);
+    if (rows == B && width == N)
+      for (int i = 0; i < B * N; i++) HM_CHECK_MSG(y[i] == z[i], "bits %d y[%d] %.9g vs reference %.9g", bits, i, (double)y[i], (double)z[i]);
+    HM_CHECK_EQ(r.weight_bytes, N * rb);
+    HM_CHECK_EQ(r.bias_bytes, N * 4);
+    HM_CHECK_EQ(r.weight_count, N * K);
+    /* One SGD step, lr 0.5, batch B: dz = 2 (z - t) / (B N). */
+    o.optimizer = HM_OPTIMIZER_SGD;
+    o.learning_rate = 0.5f;
+    o.batch_size = B;
+    o.shuffle = 0;
+    hm_cycle_state *st = NULL;
+    HM_CHECK_OK(hm_graph_fit(g, 1, &pol, &o, &st));
+    hm_tensor tw;
+    HM_CHECK_OK(hm_weights_find(hm_graph_weights(g), "x->o.weight", &tw));
+    const float *w1 = tw.data;
+    double worst = 0;
+    for (int n = 0; n < N; n++)
+      for (int k = 0; k < K; k++) {
+        double dw = 0;
+        for (int i = 0; i < B; i++) dw += 2.0 * ((double)z[i * N + n] - t[i * N + n]) / (B * N) * xd[i * K + k];
+        double expect = w[n * K + k] - 0.5 * dw, err = fabs(expect - w1[n * K + k]);
+        worst = err > worst ? err : worst;
+      }
+    HM_CHECK_MSG(worst < 1e-6, "bits %d: SGD step differs from the straight-through reference by %g", bits, worst);
+    hm_cycle_state_free(st);
+    hm_weights_free(ws);
+    hm_consumer_free(c);
+    hm_producer_free(px);
+    hm_producer_free(pt);
+    hm_graph_free(g);
+  }
+  hm_device_close(dev);
+}
+
+/* Packed inference of the separable problem: bytes as QUANT.md says. */
+static void packed_inference_bytes(void) {
+  hm_device *dev = open_backend("cpu");
+  if (!dev) return;
+  hm_policy b3 = hm_make_max_bits_policy(3);
+  problem p;
+  hm_cycle_state_free(train(dev, &b3, "int3", "int3_matmul", "int3", "int3_matmul", &p));
+  hm_fit_options o = hm_fit_options_default();
+  o.device = dev;
+  hm_eval_result r;
+  HM_CHECK_OK(hm_graph_inference(p.g, &b3, &o, 1, &r));
+  /* x->h: 8 rows of one 26-byte block; h->o: 2 rows. */
+  HM_CHECK_EQ(r.weight_bytes, (8 + 2) * 26);
+  HM_CHECK_EQ(r.weight_count, 2 * 8 + 8 * 2);
+  HM_CHECK_EQ(r.bias_bytes, (8 + 2) * 4);
+  HM_CHECK(r.accuracy >= 0.9f);
+  hm_policy hw = hm_make_hardware_policy();
+  HM_CHECK_OK(hm_graph_inference(p.g, &hw, &o, 1, &r));
+  HM_CHECK_EQ(r.weight_bytes, (2 * 8 + 8 * 2) * 4);
+  HM_CHECK(strcmp(r.precision, "x->h f32/gemm; h->o f32/gemm") == 0);
+  problem_free(&p);
+  hm_device_close(dev);
+}
+
+static void setup(void) {
+  static const char *paths[1] = {HM_BINARY_DIR "/tests/caps_plugins"};
+  hm_registry_options o = hm_registry_options_default();
+  o.plugin_paths = paths;
+  o.n_plugin_paths = 1;
+  o.use_environment = 0;
+  if (hm_registry_init(&o) != HM_OK) fprintf(stderr, "registry: %s\n", hm_last_error());
+}
+
+int main(int argc, char **argv) {
+  setup();
+  static const hm_test_case cases[] = {
+      {"parsing_and_validation", parsing_and_validation},
+      {"cpu_runs_every_width", cpu_runs_every_width},
+      {"devices_without_kernels", devices_without_kernels},
+      {"lowering_matches_the_reference", lowering_matches_the_reference},
+      {"packed_inference_bytes", packed_inference_bytes},
+  };
+  int rc = hm_test_main(argc, argv, cases, sizeof cases / sizeof cases[0]);
+  hm_registry_shutdown();
+  return rc;
+}
