@@ -15,6 +15,7 @@ int cmd_infer(int argc, char **argv);
 int cmd_conform(int argc, char **argv);
 int cmd_compile(int argc, char **argv);
 int cmd_convert(int argc, char **argv);
+int cmd_dashboard(int argc, char **argv);
 
 /* Exit statuses shared by subcommands. */
 enum { CLI_OK = 0, CLI_FAILED = 1, CLI_USAGE = 2 };

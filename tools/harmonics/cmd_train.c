@@ -40,12 +40,15 @@ static void train_usage(FILE *f) {
           "                                    policy apply; --epochs is the total to reach)\n"
           "where:\n"
           "  --backend NAME[:N]  --threads N  --config FILE\n"
+          "  --dashboard ws://HOST:PORT/trainer   stream every update to a dashboard\n"
+          "                                       (harmonics dashboard, or examples/training_dashboard)\n"
           "output:\n"
           "  --json              a last line of JSON with the results\n");
 }
 
 typedef struct progress_ui {
   int tty;
+  hm_progress_sink dashboard; /* --dashboard: every update also goes here */
   size_t epochs, steps_per_epoch, batch, total_samples;
   double start, last_draw;
   const hm_cycle_state *state;
@@ -70,9 +73,8 @@ static double now_s(void) {
 
 /* Progress sink: redraws the bar at most 10 times a second. */
 static void on_progress(void *user, size_t step, float grad_norm, float loss, float lr) {
-  (void)grad_norm;
-  (void)lr;
   progress_ui *ui = user;
+  if (ui->dashboard.fn) ui->dashboard.fn(ui->dashboard.user, step, grad_norm, loss, lr);
   if (!ui->tty) return;
   double t = now_s();
   size_t total_steps = ui->epochs * ui->steps_per_epoch;
@@ -118,7 +120,7 @@ static const char *optimizer_names[] = {"sgd", "adam", "rmsprop", "adamw", "lamb
 
 int cmd_train(int argc, char **argv) {
   const char *model = NULL, *dataset = NULL, *config = NULL, *init_weights = NULL, *save_weights = NULL;
-  const char *checkpoint = NULL, *resume = NULL;
+  const char *checkpoint = NULL, *resume = NULL, *dashboard = NULL;
   size_t checkpoint_every = 0;
   const char *data_specs[16], *eval_specs[16];
   size_t n_data = 0, n_eval = 0, epochs = 1, limit_train = 0, limit_eval = 0, threads = 0;
@@ -221,6 +223,9 @@ int cmd_train(int argc, char **argv) {
       NEED_VALUE;
       if (hm_policy_parse(v, &policy) != HM_OK) return cli_fail("--policy");
       hm_policy_format(&policy, policy_text, sizeof policy_text);
+    } else if (strcmp(a, "--dashboard") == 0) {
+      NEED_VALUE;
+      dashboard = v;
     } else if (strcmp(a, "--backend") == 0) {
       NEED_VALUE;
       o.backend = v;
@@ -309,6 +314,10 @@ int cmd_train(int argc, char **argv) {
   ui.epochs = epochs;
   ui.batch = o.batch_size;
   ui.start = now_s();
+  hm_visualizer_options vopts = hm_visualizer_options_default();
+  vopts.flush_seconds = 0; /* flushed explicitly below, once */
+  if (rc == CLI_OK && dashboard && hm_websocket_visualizer_open_url(dashboard, &vopts, &ui.dashboard) != HM_OK)
+    rc = cli_fail("--dashboard");
   if (rc == CLI_OK) {
     o.progress.fn = on_progress;
     o.progress.user = &ui;
@@ -319,6 +328,17 @@ int cmd_train(int argc, char **argv) {
   }
   hm_cycle_state *st = NULL;
   if (rc == CLI_OK) rc = hm_graph_fit(g, epochs, &policy, &o, &st) == HM_OK ? CLI_OK : cli_fail("training failed");
+  hm_visualizer_stats vstats;
+  memset(&vstats, 0, sizeof vstats);
+  if (ui.dashboard.fn) {
+    /* Give queued frames a moment to go out; training is already done. */
+    if (hm_websocket_visualizer_flush(&ui.dashboard, 2.0) != HM_OK) fprintf(stderr, "harmonics: %s\n", hm_last_error());
+    hm_websocket_visualizer_stats(&ui.dashboard, &vstats);
+    hm_websocket_visualizer_free(&ui.dashboard);
+    fprintf(stderr, "dashboard: %llu updates, %llu sent, %llu dropped, %llu not delivered, %llu connection(s)\n",
+            (unsigned long long)vstats.queued, (unsigned long long)vstats.sent, (unsigned long long)vstats.dropped,
+            (unsigned long long)vstats.pending, (unsigned long long)vstats.connects);
+  }
   if (rc == CLI_OK && save_weights && hm_weights_save_safetensors(hm_graph_weights(g), save_weights) != HM_OK)
     rc = cli_fail("--save-weights");
   if (rc == CLI_OK) {

@@ -19,6 +19,7 @@ static void usage(FILE *f) {
           "  compile MODEL.hmx [-o MODEL.hgr]   write the binary graph\n"
           "  convert IN OUT       weights between .safetensors and .hnwt\n"
           "  conform PLUGIN.so    check a backend plugin against the ABI (harmonics conform --help)\n"
+          "  dashboard [--port N] serve the live training dashboard (train with --dashboard)\n"
           "  plugins [--json]     list every plugin considered: path, ABI, devices,\n"
           "                       capabilities and GEMM path, or why it was skipped\n"
           "  help                 this text\n"
@@ -100,6 +101,7 @@ int main(int argc, char **argv) {
   if (strcmp(cmd, "train") == 0) return cmd_train(argc - 2, argv + 2);
   if (strcmp(cmd, "infer") == 0) return cmd_infer(argc - 2, argv + 2);
   if (strcmp(cmd, "conform") == 0) return cmd_conform(argc - 2, argv + 2);
+  if (strcmp(cmd, "dashboard") == 0) return cmd_dashboard(argc - 2, argv + 2);
   if (strcmp(cmd, "compile") == 0) return cmd_compile(argc - 2, argv + 2);
   if (strcmp(cmd, "convert") == 0) return cmd_convert(argc - 2, argv + 2);
   fprintf(stderr, "harmonics: unknown command '%s'\n\n", cmd);

@@ -25,6 +25,7 @@
 #include "harmonics/status.h"
 #include "harmonics/training.h"
 #include "harmonics/version.h"
+#include "harmonics/visualizer.h"
 #include "harmonics/weights.h"
 
 #endif /* HARMONICS_H_ */
