@@ -8,160 +8,15 @@
 #include <string.h>
 
 #include "cpu_internal.h"
-
-static uint32_t dtype_or_f32(uint32_t d) { return d ? d : HM_ABI_DTYPE_F32; }
-
-static size_t dtype_size(uint32_t d) {
-  switch (d) {
-    case HM_ABI_DTYPE_F32:
-    case HM_ABI_DTYPE_I32: return 4;
-    case HM_ABI_DTYPE_U8:
-    case HM_ABI_DTYPE_I8: return 1;
-    case HM_ABI_DTYPE_F16:
-    case HM_ABI_DTYPE_BF16: return 2;
-    default: return 0;
-  }
-}
-
-/* bytes = a*b*c*es, or UINT64_MAX on overflow. */
-static uint64_t extent(uint64_t a, uint64_t b, uint64_t c, uint64_t es) {
-  uint64_t r;
-  if (__builtin_mul_overflow(a, b, &r) || __builtin_mul_overflow(r, c, &r) ||
-      __builtin_mul_overflow(r, es, &r))
-    return UINT64_MAX;
-  return r;
-}
-
-typedef struct operand_req {
-  int required; /* 1 = must be set, 0 = optional, -1 = must be NULL */
-  uint64_t bytes;
-} operand_req;
-
-/* Fills the operand requirements of |op|. Returns nonzero for an unknown op. */
-static int op_requirements(const hm_abi_op *op, operand_req in[4], operand_req out[4]) {
-  memset(in, 0, sizeof(operand_req) * 4);
-  memset(out, 0, sizeof(operand_req) * 4);
-  uint64_t d0 = op->dims[0], d1 = op->dims[1], d2 = op->dims[2];
-  uint32_t din = dtype_or_f32(op->dtype_in), dout = dtype_or_f32(op->dtype_out);
-  switch (op->code) {
-    case HM_ABI_OP_GEMM:
-      in[0] = (operand_req){1, extent(d0, d2, 1, 4)};
-      in[1] = (operand_req){1, extent(d2, d1, 1, 4)};
-      out[0] = (operand_req){1, extent(d0, d1, 1, 4)};
-      return 0;
-    case HM_ABI_OP_BIAS_ADD:
-      in[0] = (operand_req){1, extent(d1, 1, 1, 4)};
-      out[0] = (operand_req){1, extent(d0, d1, 1, 4)};
-      return 0;
-    case HM_ABI_OP_ACT_FORWARD:
-      in[0] = (operand_req){1, extent(d0, d1, 1, 4)};
-      out[0] = (operand_req){1, extent(d0, d1, 1, 4)};
-      return 0;
-    case HM_ABI_OP_ACT_BACKWARD: {
-      int uses_y = op->variant == HM_ABI_ACT_SOFTMAX || op->variant == HM_ABI_ACT_SIGMOID ||
-                   op->variant == HM_ABI_ACT_TANH;
-      int uses_x = !uses_y && op->variant != HM_ABI_ACT_IDENTITY;
-      in[0] = (operand_req){uses_x, extent(d0, d1, 1, 4)};
-      in[1] = (operand_req){uses_y, extent(d0, d1, 1, 4)};
-      in[2] = (operand_req){1, extent(d0, d1, 1, 4)};
-      out[0] = (operand_req){1, extent(d0, d1, 1, 4)};
-      return 0;
-    }
-    case HM_ABI_OP_LOSS: {
-      int ci = (op->flags & HM_ABI_OP_FLAG_CLASS_INDEX) != 0;
-      in[0] = (operand_req){1, extent(d0, d1, 1, 4)};
-      in[1] = (operand_req){1, ci ? extent(d0, 1, 1, 4) : extent(d0, d1, 1, 4)};
-      out[0] = (operand_req){0, 4};
-      out[1] = (operand_req){0, extent(d0, d1, 1, 4)};
-      return 0;
-    }
-    case HM_ABI_OP_REDUCE_ROWS:
-      in[0] = (operand_req){1, extent(d0, d1, 1, 4)};
-      out[0] = (operand_req){1, extent(d1, 1, 1, 4)};
-      return 0;
-    case HM_ABI_OP_REDUCE_COLS:
-      in[0] = (operand_req){1, extent(d0, d1, 1, 4)};
-      out[0] = (operand_req){1, extent(d0, 1, 1, 4)};
-      return 0;
-    case HM_ABI_OP_SUM_SQUARES:
-      in[0] = (operand_req){1, extent(d0, 1, 1, 4)};
-      out[0] = (operand_req){1, 4};
-      return 0;
-    case HM_ABI_OP_CLIP:
-      out[0] = (operand_req){1, extent(d0, 1, 1, 4)};
-      return 0;
-    case HM_ABI_OP_SCALE:
-      in[0] = (operand_req){0, extent(d0, 1, 1, 4)};
-      out[0] = (operand_req){1, extent(d0, 1, 1, 4)};
-      return 0;
-    case HM_ABI_OP_AXPY:
-      in[0] = (operand_req){1, extent(d0, 1, 1, 4)};
-      out[0] = (operand_req){1, extent(d0, 1, 1, 4)};
-      return 0;
-    case HM_ABI_OP_GATHER_ROWS:
-      in[0] = (operand_req){1, extent(d2, d1, 1, dtype_size(din))};
-      in[1] = (operand_req){1, extent(d0, 1, 1, 4)};
-      out[0] = (operand_req){1, extent(d0, d1, 1, dtype_size(dout))};
-      return 0;
-    case HM_ABI_OP_FILL:
-      out[0] = (operand_req){1, extent(d0, 1, 1, dtype_size(dout))};
-      return 0;
-    case HM_ABI_OP_COPY:
-      in[0] = (operand_req){1, extent(d0, 1, 1, dtype_size(din))};
-      out[0] = (operand_req){1, extent(d0, 1, 1, dtype_size(din))};
-      return 0;
-    case HM_ABI_OP_SGD: {
-      int momentum = op->params[1] != 0.0f || op->dyn[1] != HM_ABI_DYN_NONE;
-      in[0] = (operand_req){1, extent(d0, 1, 1, 4)};
-      out[0] = (operand_req){1, extent(d0, 1, 1, 4)};
-      out[1] = (operand_req){momentum, extent(d0, 1, 1, 4)};
-      return 0;
-    }
-    case HM_ABI_OP_RMSPROP:
-      in[0] = (operand_req){1, extent(d0, 1, 1, 4)};
-      out[0] = (operand_req){1, extent(d0, 1, 1, 4)};
-      out[1] = (operand_req){1, extent(d0, 1, 1, 4)};
-      return 0;
-    case HM_ABI_OP_ADAM:
-    case HM_ABI_OP_ADAMW:
-    case HM_ABI_OP_LAMB:
-      in[0] = (operand_req){1, extent(d0, 1, 1, 4)};
-      out[0] = (operand_req){1, extent(d0, 1, 1, 4)};
-      out[1] = (operand_req){1, extent(d0, 1, 1, 4)};
-      out[2] = (operand_req){1, extent(d0, 1, 1, 4)};
-      return 0;
-    case HM_ABI_OP_QUANTIZE:
-    case HM_ABI_OP_DEQUANTIZE: {
-      uint32_t q = op->code == HM_ABI_OP_QUANTIZE ? dout : din;
-      uint64_t row = extent(d1 / CPU_QBLOCK + (d1 % CPU_QBLOCK != 0), cpu_q_block_bytes((int)q), 1, 1);
-      operand_req f = {1, extent(d0, d1, 1, 4)}, packed = {1, extent(d0, row, 1, 1)};
-      in[0] = op->code == HM_ABI_OP_QUANTIZE ? f : packed;
-      out[0] = op->code == HM_ABI_OP_QUANTIZE ? packed : f;
-      return 0;
-    }
-    case HM_ABI_OP_GEMM_Q8:
-    case HM_ABI_OP_GEMM_Q4:
-    case HM_ABI_OP_GEMM_Q3: {
-      uint64_t row = extent(d2 / CPU_QBLOCK + (d2 % CPU_QBLOCK != 0), cpu_q_block_bytes((int)din), 1, 1);
-      in[0] = (operand_req){1, extent(d0, row, 1, 1)};
-      in[1] = (operand_req){1, extent(d1, row, 1, 1)};
-      out[0] = (operand_req){1, extent(d0, d1, 1, 4)};
-      return 0;
-    }
-    default: return 1;
-  }
-}
+#include "op_rules.h"
 
 static int is_gemm_q(uint32_t code) {
   return code == HM_ABI_OP_GEMM_Q8 || code == HM_ABI_OP_GEMM_Q4 || code == HM_ABI_OP_GEMM_Q3;
 }
 
-static int has_variant(uint32_t code) {
-  return code == HM_ABI_OP_ACT_FORWARD || code == HM_ABI_OP_ACT_BACKWARD || code == HM_ABI_OP_LOSS;
-}
 
 static int32_t resolve_operand(cpu_device *dev, uint32_t index, const char *role, int slot,
-                               const hm_abi_operand *o, const operand_req *req, void **out) {
+                               const hm_abi_operand *o, const hm_operand_req *req, void **out) {
   cpu_context *ctx = dev->ctx;
   *out = NULL;
   if (!o->buffer) {
@@ -195,20 +50,20 @@ static int overlaps(const hm_abi_operand *a, uint64_t abytes, const hm_abi_opera
 static int32_t validate_op(cpu_device *dev, uint32_t index, const hm_abi_op *op, uint32_t n_scalars,
                            cpu_op *out) {
   cpu_context *ctx = dev->ctx;
-  operand_req in[4], outr[4];
-  if (op_requirements(op, in, outr))
+  hm_operand_req in[4], outr[4];
+  if (hm_op_requirements(op, in, outr))
     return cpu_fail(ctx, HM_ABI_STATUS_UNIMPLEMENTED, "cpu: op %u: op code %u is not supported", index,
                     op->code);
-  uint32_t din = dtype_or_f32(op->dtype_in), dout = dtype_or_f32(op->dtype_out);
+  uint32_t din = hm_dtype_or_f32(op->dtype_in), dout = hm_dtype_or_f32(op->dtype_out);
   if (op->code == HM_ABI_OP_FILL) din = dout;  /* FILL has no input (SPEC.md §7) */
   if (op->code == HM_ABI_OP_COPY) dout = din;  /* COPY keeps its type */
-  if (has_variant(op->code)) {
+  if (hm_op_has_variant(op->code)) {
     uint32_t limit = op->code == HM_ABI_OP_LOSS ? HM_ABI_LOSS_COUNT : HM_ABI_ACT_COUNT;
     if (op->variant >= limit)
       return cpu_fail(ctx, HM_ABI_STATUS_INVALID_ARGUMENT, "cpu: op %u: variant %u out of range", index,
                       op->variant);
   }
-  if (!cpu_caps_supports(op->code, din, dout, has_variant(op->code) ? op->variant : 0))
+  if (!cpu_caps_supports(op->code, din, dout, hm_op_has_variant(op->code) ? op->variant : 0))
     return cpu_fail(ctx, HM_ABI_STATUS_UNIMPLEMENTED,
                     "cpu: op %u: op %u with dtype_in %u dtype_out %u variant %u is not declared", index,
                     op->code, din, dout, op->variant);

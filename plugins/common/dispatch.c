@@ -1,0 +1,176 @@
+/* Op-to-kernel planning for the GPU plugins (dispatch.h). */
+#include "dispatch.h"
+
+#include <stdio.h>
+#include <string.h>
+
+#include "op_rules.h"
+
+_Static_assert(sizeof(hm_kparams) == 112, "hm_kparams must match the kernels' parameter block");
+
+static const char *const names[HK_COUNT] = {
+    "gemm", "bias_add", "act_fwd", "softmax_fwd", "act_bwd", "softmax_bwd", "loss", "reduce_rows",
+    "reduce_cols", "sum_squares", "clip", "scale", "axpy", "gather", "fill", "copy", "sgd", "adam",
+    "rmsprop", "lamb", "quantize", "dequantize", "gemm_q"};
+
+const char *hm_kernel_name(hm_kernel_id k) { return (unsigned)k < HK_COUNT ? names[k] : "?"; }
+
+/* Work items that fit 32-bit indexing (the kernels index with uint). */
+static int fits(uint64_t n) { return n < ((uint64_t)1 << 31); }
+
+int hm_plan_dispatch(const hm_abi_op *op, uint32_t max_groups, hm_dispatch *d, char *err, size_t cap) {
+  memset(d, 0, sizeof *d);
+  uint64_t d0 = op->dims[0], d1 = op->dims[1], d2 = op->dims[2];
+  for (int i = 0; i < 4; i++) d->p.dim[i] = (uint32_t)op->dims[i];
+  if (d0 >= ((uint64_t)1 << 31) || d1 >= ((uint64_t)1 << 31) || d2 >= ((uint64_t)1 << 31)) {
+    snprintf(err, cap, "dimensions beyond 2^31 are not supported by this backend");
+    return 1;
+  }
+  d->p.flags = op->flags;
+  d->p.variant = op->variant;
+  for (int i = 0; i < 8; i++) d->p.f[i] = op->params[i];
+  for (int i = 0; i < 4; i++) d->p.dyn[i] = op->dyn[i] == HM_ABI_DYN_NONE ? -1 : op->dyn[i];
+  d->local_size = 64;
+  uint64_t items = 1; /* work items of a grid-stride kernel */
+  int single_group = 0;
+  uint32_t din = hm_dtype_or_f32(op->dtype_in), dout = hm_dtype_or_f32(op->dtype_out);
+  switch (op->code) {
+    case HM_ABI_OP_GEMM: d->kernel = HK_GEMM; items = d0 * d1; break;
+    case HM_ABI_OP_BIAS_ADD: d->kernel = HK_BIAS_ADD; items = d0 * d1; break;
+    case HM_ABI_OP_ACT_FORWARD:
+      d->kernel = op->variant == HM_ABI_ACT_SOFTMAX ? HK_SOFTMAX_FWD : HK_ACT_FWD;
+      items = op->variant == HM_ABI_ACT_SOFTMAX ? d0 : d0 * d1;
+      break;
+    case HM_ABI_OP_ACT_BACKWARD:
+      d->kernel = op->variant == HM_ABI_ACT_SOFTMAX ? HK_SOFTMAX_BWD : HK_ACT_BWD;
+      items = op->variant == HM_ABI_ACT_SOFTMAX ? d0 : d0 * d1;
+      break;
+    case HM_ABI_OP_LOSS:
+      d->kernel = HK_LOSS;
+      single_group = 1;
+      d->p.aux0 = (op->out[0].buffer ? 1u : 0u) | (op->out[1].buffer ? 2u : 0u) |
+                  ((op->flags & HM_ABI_OP_FLAG_CLASS_INDEX) ? 4u : 0u);
+      items = d0 * d1;
+      break;
+    case HM_ABI_OP_REDUCE_ROWS: d->kernel = HK_REDUCE_ROWS; items = d1; if (!fits(d0 * d1)) items = UINT64_MAX; break;
+    case HM_ABI_OP_REDUCE_COLS: d->kernel = HK_REDUCE_COLS; items = d0; if (!fits(d0 * d1)) items = UINT64_MAX; break;
+    case HM_ABI_OP_SUM_SQUARES: d->kernel = HK_SUM_SQUARES; single_group = 1; items = d0; break;
+    case HM_ABI_OP_CLIP: d->kernel = HK_CLIP; items = d0; break;
+    case HM_ABI_OP_SCALE: d->kernel = HK_SCALE; items = d0; d->p.aux0 = op->in[0].buffer ? 1u : 0u; break;
+    case HM_ABI_OP_AXPY: d->kernel = HK_AXPY; items = d0; break;
+    case HM_ABI_OP_GATHER_ROWS:
+      d->kernel = HK_GATHER;
+      items = d0 * d1;
+      d->p.aux0 = din == HM_ABI_DTYPE_U8 ? 1u : din == HM_ABI_DTYPE_I32 ? 2u : 0u;
+      if (!fits(d2 * d1)) items = UINT64_MAX;
+      break;
+    case HM_ABI_OP_FILL: d->kernel = HK_FILL; items = d0; d->p.aux0 = dout == HM_ABI_DTYPE_I32 ? 1u : 0u; break;
+    case HM_ABI_OP_COPY: {
+      d->kernel = HK_COPY;
+      uint64_t es = din == HM_ABI_DTYPE_U8 || din == HM_ABI_DTYPE_I8 ? 1 : 4, bytes = d0 * es;
+      if (!fits(bytes)) items = UINT64_MAX;
+      else {
+        d->p.aux0 = (uint32_t)bytes;
+        items = (bytes + 3) / 4;
+      }
+      break;
+    }
+    case HM_ABI_OP_SGD:
+      d->kernel = HK_SGD;
+      items = d0;
+      d->p.aux0 = op->out[1].buffer ? 1u : 0u;
+      break;
+    case HM_ABI_OP_ADAM:
+    case HM_ABI_OP_ADAMW:
+      d->kernel = HK_ADAM;
+      items = d0;
+      d->p.aux0 = op->code == HM_ABI_OP_ADAMW ? 1u : 0u;
+      break;
+    case HM_ABI_OP_RMSPROP: d->kernel = HK_RMSPROP; items = d0; break;
+    case HM_ABI_OP_LAMB: d->kernel = HK_LAMB; single_group = 1; items = d0; break;
+    case HM_ABI_OP_QUANTIZE: {
+      d->kernel = HK_QUANTIZE;
+      uint64_t bytes = d0 * ((d1 + 63) / 64) * hm_q_block_bytes((int)dout);
+      d->p.aux0 = dout;
+      if (!fits(bytes) || !fits(d0 * d1)) items = UINT64_MAX;
+      else {
+        d->p.aux1 = (uint32_t)bytes;
+        items = (bytes + 3) / 4;
+      }
+      break;
+    }
+    case HM_ABI_OP_DEQUANTIZE:
+      d->kernel = HK_DEQUANTIZE;
+      d->p.aux0 = din;
+      items = d0 * d1;
+      if (!fits(d0 * ((d1 + 63) / 64) * hm_q_block_bytes((int)din))) items = UINT64_MAX;
+      break;
+    case HM_ABI_OP_GEMM_Q8:
+    case HM_ABI_OP_GEMM_Q4:
+    case HM_ABI_OP_GEMM_Q3:
+      d->kernel = HK_GEMM_Q;
+      d->p.aux0 = din;
+      items = d0 * d1;
+      if (!fits((d0 > d1 ? d0 : d1) * ((d2 + 63) / 64) * 66)) items = UINT64_MAX;
+      break;
+    default: snprintf(err, cap, "op %u has no kernel", op->code); return 1;
+  }
+  if (!fits(items)) {
+    snprintf(err, cap, "op %u is too large for 32-bit indexing (%llu x %llu x %llu)", op->code,
+             (unsigned long long)d0, (unsigned long long)d1, (unsigned long long)d2);
+    return 1;
+  }
+  if (single_group) {
+    d->local_size = 128; /* the Vulkan minimum for maxComputeWorkGroupInvocations */
+    d->groups = 1;
+    return 0;
+  }
+  uint64_t groups = (items + d->local_size - 1) / d->local_size;
+  if (groups < 1) groups = 1;
+  if (groups > max_groups) groups = max_groups;
+  d->groups = (uint32_t)groups;
+  return 0;
+}
+
+#define F32 HM_ABI_DTYPE_F32
+#define CAP(op, din, dacc, dout, num, variants) {op, din, dacc, dout, num, 0, variants, 0.0f, {0, 0, 0}}
+static const hm_abi_capability kernel_caps[] = {
+    CAP(HM_ABI_OP_GEMM, F32, F32, F32, HM_ABI_NUMERICS_F32, 0),
+    CAP(HM_ABI_OP_BIAS_ADD, F32, F32, F32, HM_ABI_NUMERICS_F32, 0),
+    CAP(HM_ABI_OP_ACT_FORWARD, F32, F32, F32, HM_ABI_NUMERICS_F32, (1ull << HM_ABI_ACT_COUNT) - 1),
+    CAP(HM_ABI_OP_ACT_BACKWARD, F32, F32, F32, HM_ABI_NUMERICS_F32, (1ull << HM_ABI_ACT_COUNT) - 1),
+    CAP(HM_ABI_OP_LOSS, F32, F32, F32, HM_ABI_NUMERICS_F32, (1ull << HM_ABI_LOSS_COUNT) - 1),
+    CAP(HM_ABI_OP_REDUCE_ROWS, F32, F32, F32, HM_ABI_NUMERICS_F32, 0),
+    CAP(HM_ABI_OP_REDUCE_COLS, F32, F32, F32, HM_ABI_NUMERICS_F32, 0),
+    CAP(HM_ABI_OP_SUM_SQUARES, F32, F32, F32, HM_ABI_NUMERICS_F32, 0),
+    CAP(HM_ABI_OP_CLIP, F32, F32, F32, HM_ABI_NUMERICS_EXACT, 0),
+    CAP(HM_ABI_OP_SCALE, F32, F32, F32, HM_ABI_NUMERICS_F32, 0),
+    CAP(HM_ABI_OP_AXPY, F32, F32, F32, HM_ABI_NUMERICS_F32, 0),
+    CAP(HM_ABI_OP_GATHER_ROWS, F32, F32, F32, HM_ABI_NUMERICS_F32, 0),
+    CAP(HM_ABI_OP_GATHER_ROWS, HM_ABI_DTYPE_U8, F32, F32, HM_ABI_NUMERICS_F32, 0),
+    CAP(HM_ABI_OP_GATHER_ROWS, HM_ABI_DTYPE_I32, HM_ABI_DTYPE_I32, HM_ABI_DTYPE_I32, HM_ABI_NUMERICS_EXACT, 0),
+    CAP(HM_ABI_OP_FILL, F32, F32, F32, HM_ABI_NUMERICS_EXACT, 0),
+    CAP(HM_ABI_OP_FILL, HM_ABI_DTYPE_I32, HM_ABI_DTYPE_I32, HM_ABI_DTYPE_I32, HM_ABI_NUMERICS_EXACT, 0),
+    CAP(HM_ABI_OP_COPY, F32, F32, F32, HM_ABI_NUMERICS_EXACT, 0),
+    CAP(HM_ABI_OP_COPY, HM_ABI_DTYPE_I32, HM_ABI_DTYPE_I32, HM_ABI_DTYPE_I32, HM_ABI_NUMERICS_EXACT, 0),
+    CAP(HM_ABI_OP_COPY, HM_ABI_DTYPE_U8, HM_ABI_DTYPE_U8, HM_ABI_DTYPE_U8, HM_ABI_NUMERICS_EXACT, 0),
+    CAP(HM_ABI_OP_SGD, F32, F32, F32, HM_ABI_NUMERICS_F32, 0),
+    CAP(HM_ABI_OP_ADAM, F32, F32, F32, HM_ABI_NUMERICS_F32, 0),
+    CAP(HM_ABI_OP_RMSPROP, F32, F32, F32, HM_ABI_NUMERICS_F32, 0),
+    CAP(HM_ABI_OP_ADAMW, F32, F32, F32, HM_ABI_NUMERICS_F32, 0),
+    CAP(HM_ABI_OP_LAMB, F32, F32, F32, HM_ABI_NUMERICS_F32, 0),
+    CAP(HM_ABI_OP_QUANTIZE, F32, F32, HM_ABI_DTYPE_Q8, HM_ABI_NUMERICS_EXACT, 0),
+    CAP(HM_ABI_OP_QUANTIZE, F32, F32, HM_ABI_DTYPE_Q4, HM_ABI_NUMERICS_EXACT, 0),
+    CAP(HM_ABI_OP_QUANTIZE, F32, F32, HM_ABI_DTYPE_Q3, HM_ABI_NUMERICS_EXACT, 0),
+    CAP(HM_ABI_OP_DEQUANTIZE, HM_ABI_DTYPE_Q8, F32, F32, HM_ABI_NUMERICS_EXACT, 0),
+    CAP(HM_ABI_OP_DEQUANTIZE, HM_ABI_DTYPE_Q4, F32, F32, HM_ABI_NUMERICS_EXACT, 0),
+    CAP(HM_ABI_OP_DEQUANTIZE, HM_ABI_DTYPE_Q3, F32, F32, HM_ABI_NUMERICS_EXACT, 0),
+    CAP(HM_ABI_OP_GEMM_Q8, HM_ABI_DTYPE_Q8, HM_ABI_DTYPE_I32, F32, HM_ABI_NUMERICS_EXACT, 0),
+    CAP(HM_ABI_OP_GEMM_Q4, HM_ABI_DTYPE_Q4, HM_ABI_DTYPE_I32, F32, HM_ABI_NUMERICS_EXACT, 0),
+    CAP(HM_ABI_OP_GEMM_Q3, HM_ABI_DTYPE_Q3, HM_ABI_DTYPE_I32, F32, HM_ABI_NUMERICS_EXACT, 0),
+};
+
+const hm_abi_capability *hm_kernel_caps(uint32_t *n) {
+  *n = (uint32_t)(sizeof kernel_caps / sizeof kernel_caps[0]);
+  return kernel_caps;
+}

@@ -1,0 +1,52 @@
+/*
+ * From an ABI op to a kernel launch of kernels/hm_ops.kern, shared by the
+ * Vulkan, OpenCL and CUDA plugins: which kernel, its parameter block and
+ * how many work-groups. Operand slots are fixed: in[0..2] bind to b0..b2 and
+ * out[0..2] to b3..b5; the backend fills the word offsets (off[]) of the
+ * buffers it binds.
+ */
+#ifndef HM_PLUGIN_DISPATCH_H_
+#define HM_PLUGIN_DISPATCH_H_
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "harmonics_abi.h"
+
+typedef enum hm_kernel_id {
+  HK_GEMM, HK_BIAS_ADD, HK_ACT_FWD, HK_SOFTMAX_FWD, HK_ACT_BWD, HK_SOFTMAX_BWD, HK_LOSS, HK_REDUCE_ROWS,
+  HK_REDUCE_COLS, HK_SUM_SQUARES, HK_CLIP, HK_SCALE, HK_AXPY, HK_GATHER, HK_FILL, HK_COPY, HK_SGD, HK_ADAM,
+  HK_RMSPROP, HK_LAMB, HK_QUANTIZE, HK_DEQUANTIZE, HK_GEMM_Q, HK_COUNT
+} hm_kernel_id;
+
+/* The kernel's name in hm_ops.kern ("gemm", "softmax_fwd", ...). */
+const char *hm_kernel_name(hm_kernel_id k);
+
+/* The parameter block every kernel takes (push constants in Vulkan, a
+ * by-value struct in OpenCL and CUDA): 112 bytes. */
+typedef struct hm_kparams {
+  uint32_t off[8]; /* word offsets of b0..b5 */
+  uint32_t dim[4];
+  uint32_t flags, variant, aux0, aux1;
+  float f[8];
+  int32_t dyn[4];
+} hm_kparams;
+
+typedef struct hm_dispatch {
+  hm_kernel_id kernel;
+  hm_kparams p;
+  uint32_t local_size; /* invocations per work-group (the kernel's fixed size) */
+  uint32_t groups;     /* work-groups to launch */
+} hm_dispatch;
+
+/* Plans |op| (already validated against the op rules and the plugin's
+ * capabilities). |max_groups| caps the grid (kernels loop over the rest).
+ * Returns 0, or nonzero with a reason in |err| (sizes beyond 32-bit
+ * indexing). */
+int hm_plan_dispatch(const hm_abi_op *op, uint32_t max_groups, hm_dispatch *out, char *err, size_t cap);
+
+/* The capability table of the kernels in hm_ops.kern (every op at f32, the
+ * packed formats exactly). */
+const hm_abi_capability *hm_kernel_caps(uint32_t *n);
+
+#endif /* HM_PLUGIN_DISPATCH_H_ */

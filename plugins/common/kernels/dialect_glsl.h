@@ -1,0 +1,41 @@
+// The kernel dialect for Vulkan GLSL (glslc). See hm_ops.kern.
+#extension GL_EXT_control_flow_attributes : enable
+#define FN
+#define KERNEL(name, wg) layout(local_size_x = wg) in; void main()
+layout(std430, binding = 0) buffer B0_ { uint d[]; } b0_;
+layout(std430, binding = 1) buffer B1_ { uint d[]; } b1_;
+layout(std430, binding = 2) buffer B2_ { uint d[]; } b2_;
+layout(std430, binding = 3) buffer B3_ { uint d[]; } b3_;
+layout(std430, binding = 4) buffer B4_ { uint d[]; } b4_;
+layout(std430, binding = 5) buffer B5_ { uint d[]; } b5_;
+layout(std430, binding = 6) readonly buffer S_ { float d[]; } s_;
+layout(push_constant) uniform P_ {
+  uint off[8]; uint dim[4]; uint flags; uint variant; uint aux0; uint aux1; float f[8]; int dyn[4];
+} p;
+#define W0(i) b0_.d[p.off[0] + (i)]
+#define W1(i) b1_.d[p.off[1] + (i)]
+#define W2(i) b2_.d[p.off[2] + (i)]
+#define W3(i) b3_.d[p.off[3] + (i)]
+#define W4(i) b4_.d[p.off[4] + (i)]
+#define W5(i) b5_.d[p.off[5] + (i)]
+#define SCAL(k) s_.d[k]
+#define AS_F(u) uintBitsToFloat(u)
+#define AS_U(x) floatBitsToUint(x)
+#define TOF(x) float(x)
+#define TOI(x) int(x)
+#define TOU(x) uint(x)
+#define GID gl_GlobalInvocationID.x
+#define GSTRIDE (gl_NumWorkGroups.x * gl_WorkGroupSize.x)
+#define LID gl_LocalInvocationID.x
+#define LSIZE gl_WorkGroupSize.x
+#define GROUP gl_WorkGroupID.x
+#define NGROUPS gl_NumWorkGroups.x
+#define BARRIER() memoryBarrierShared(); barrier()
+#define SHARED_G(t, n, c) shared t n[c];
+#define SHARED_L(t, n, c)
+#define PRECISE precise
+#define EXPF(x) exp(x)
+#define LOGF(x) log(x)
+#define SQRTF(x) sqrt(x)
+#define FABSF(x) abs(x)
+#define FLOORF(x) floor(x)

@@ -1,0 +1,245 @@
+/* Op rules shared by Harmonics' own plugins (op_rules.h). */
+#include "op_rules.h"
+
+#include <stdio.h>
+#include <string.h>
+
+uint64_t hm_q_block_bytes(int dtype) {
+  return dtype == HM_ABI_DTYPE_Q8 ? 66 : dtype == HM_ABI_DTYPE_Q4 ? 34 : dtype == HM_ABI_DTYPE_Q3 ? 26 : 0;
+}
+
+uint32_t hm_dtype_or_f32(uint32_t d) { return d ? d : HM_ABI_DTYPE_F32; }
+
+static size_t dtype_size(uint32_t d) {
+  switch (d) {
+    case HM_ABI_DTYPE_F32:
+    case HM_ABI_DTYPE_I32: return 4;
+    case HM_ABI_DTYPE_U8:
+    case HM_ABI_DTYPE_I8: return 1;
+    case HM_ABI_DTYPE_F16:
+    case HM_ABI_DTYPE_BF16: return 2;
+    default: return 0;
+  }
+}
+
+/* bytes = a*b*c*es, or UINT64_MAX on overflow. */
+uint64_t hm_extent(uint64_t a, uint64_t b, uint64_t c, uint64_t es) {
+  uint64_t r;
+  if (__builtin_mul_overflow(a, b, &r) || __builtin_mul_overflow(r, c, &r) ||
+      __builtin_mul_overflow(r, es, &r))
+    return UINT64_MAX;
+  return r;
+}
+
+/* Fills the operand requirements of |op|. Returns nonzero for an unknown op. */
+int hm_op_requirements(const hm_abi_op *op, hm_operand_req in[4], hm_operand_req out[4]) {
+  memset(in, 0, sizeof(hm_operand_req) * 4);
+  memset(out, 0, sizeof(hm_operand_req) * 4);
+  uint64_t d0 = op->dims[0], d1 = op->dims[1], d2 = op->dims[2];
+  uint32_t din = hm_dtype_or_f32(op->dtype_in), dout = hm_dtype_or_f32(op->dtype_out);
+  switch (op->code) {
+    case HM_ABI_OP_GEMM:
+      in[0] = (hm_operand_req){1, hm_extent(d0, d2, 1, 4)};
+      in[1] = (hm_operand_req){1, hm_extent(d2, d1, 1, 4)};
+      out[0] = (hm_operand_req){1, hm_extent(d0, d1, 1, 4)};
+      return 0;
+    case HM_ABI_OP_BIAS_ADD:
+      in[0] = (hm_operand_req){1, hm_extent(d1, 1, 1, 4)};
+      out[0] = (hm_operand_req){1, hm_extent(d0, d1, 1, 4)};
+      return 0;
+    case HM_ABI_OP_ACT_FORWARD:
+      in[0] = (hm_operand_req){1, hm_extent(d0, d1, 1, 4)};
+      out[0] = (hm_operand_req){1, hm_extent(d0, d1, 1, 4)};
+      return 0;
+    case HM_ABI_OP_ACT_BACKWARD: {
+      int uses_y = op->variant == HM_ABI_ACT_SOFTMAX || op->variant == HM_ABI_ACT_SIGMOID ||
+                   op->variant == HM_ABI_ACT_TANH;
+      int uses_x = !uses_y && op->variant != HM_ABI_ACT_IDENTITY;
+      in[0] = (hm_operand_req){uses_x, hm_extent(d0, d1, 1, 4)};
+      in[1] = (hm_operand_req){uses_y, hm_extent(d0, d1, 1, 4)};
+      in[2] = (hm_operand_req){1, hm_extent(d0, d1, 1, 4)};
+      out[0] = (hm_operand_req){1, hm_extent(d0, d1, 1, 4)};
+      return 0;
+    }
+    case HM_ABI_OP_LOSS: {
+      int ci = (op->flags & HM_ABI_OP_FLAG_CLASS_INDEX) != 0;
+      in[0] = (hm_operand_req){1, hm_extent(d0, d1, 1, 4)};
+      in[1] = (hm_operand_req){1, ci ? hm_extent(d0, 1, 1, 4) : hm_extent(d0, d1, 1, 4)};
+      out[0] = (hm_operand_req){0, 4};
+      out[1] = (hm_operand_req){0, hm_extent(d0, d1, 1, 4)};
+      return 0;
+    }
+    case HM_ABI_OP_REDUCE_ROWS:
+      in[0] = (hm_operand_req){1, hm_extent(d0, d1, 1, 4)};
+      out[0] = (hm_operand_req){1, hm_extent(d1, 1, 1, 4)};
+      return 0;
+    case HM_ABI_OP_REDUCE_COLS:
+      in[0] = (hm_operand_req){1, hm_extent(d0, d1, 1, 4)};
+      out[0] = (hm_operand_req){1, hm_extent(d0, 1, 1, 4)};
+      return 0;
+    case HM_ABI_OP_SUM_SQUARES:
+      in[0] = (hm_operand_req){1, hm_extent(d0, 1, 1, 4)};
+      out[0] = (hm_operand_req){1, 4};
+      return 0;
+    case HM_ABI_OP_CLIP:
+      out[0] = (hm_operand_req){1, hm_extent(d0, 1, 1, 4)};
+      return 0;
+    case HM_ABI_OP_SCALE:
+      in[0] = (hm_operand_req){0, hm_extent(d0, 1, 1, 4)};
+      out[0] = (hm_operand_req){1, hm_extent(d0, 1, 1, 4)};
+      return 0;
+    case HM_ABI_OP_AXPY:
+      in[0] = (hm_operand_req){1, hm_extent(d0, 1, 1, 4)};
+      out[0] = (hm_operand_req){1, hm_extent(d0, 1, 1, 4)};
+      return 0;
+    case HM_ABI_OP_GATHER_ROWS:
+      in[0] = (hm_operand_req){1, hm_extent(d2, d1, 1, dtype_size(din))};
+      in[1] = (hm_operand_req){1, hm_extent(d0, 1, 1, 4)};
+      out[0] = (hm_operand_req){1, hm_extent(d0, d1, 1, dtype_size(dout))};
+      return 0;
+    case HM_ABI_OP_FILL:
+      out[0] = (hm_operand_req){1, hm_extent(d0, 1, 1, dtype_size(dout))};
+      return 0;
+    case HM_ABI_OP_COPY:
+      in[0] = (hm_operand_req){1, hm_extent(d0, 1, 1, dtype_size(din))};
+      out[0] = (hm_operand_req){1, hm_extent(d0, 1, 1, dtype_size(din))};
+      return 0;
+    case HM_ABI_OP_SGD: {
+      int momentum = op->params[1] != 0.0f || op->dyn[1] != HM_ABI_DYN_NONE;
+      in[0] = (hm_operand_req){1, hm_extent(d0, 1, 1, 4)};
+      out[0] = (hm_operand_req){1, hm_extent(d0, 1, 1, 4)};
+      out[1] = (hm_operand_req){momentum, hm_extent(d0, 1, 1, 4)};
+      return 0;
+    }
+    case HM_ABI_OP_RMSPROP:
+      in[0] = (hm_operand_req){1, hm_extent(d0, 1, 1, 4)};
+      out[0] = (hm_operand_req){1, hm_extent(d0, 1, 1, 4)};
+      out[1] = (hm_operand_req){1, hm_extent(d0, 1, 1, 4)};
+      return 0;
+    case HM_ABI_OP_ADAM:
+    case HM_ABI_OP_ADAMW:
+    case HM_ABI_OP_LAMB:
+      in[0] = (hm_operand_req){1, hm_extent(d0, 1, 1, 4)};
+      out[0] = (hm_operand_req){1, hm_extent(d0, 1, 1, 4)};
+      out[1] = (hm_operand_req){1, hm_extent(d0, 1, 1, 4)};
+      out[2] = (hm_operand_req){1, hm_extent(d0, 1, 1, 4)};
+      return 0;
+    case HM_ABI_OP_QUANTIZE:
+    case HM_ABI_OP_DEQUANTIZE: {
+      uint32_t q = op->code == HM_ABI_OP_QUANTIZE ? dout : din;
+      uint64_t row = hm_extent(d1 / 64 + (d1 % 64 != 0), hm_q_block_bytes((int)q), 1, 1);
+      hm_operand_req f = {1, hm_extent(d0, d1, 1, 4)}, packed = {1, hm_extent(d0, row, 1, 1)};
+      in[0] = op->code == HM_ABI_OP_QUANTIZE ? f : packed;
+      out[0] = op->code == HM_ABI_OP_QUANTIZE ? packed : f;
+      return 0;
+    }
+    case HM_ABI_OP_GEMM_Q8:
+    case HM_ABI_OP_GEMM_Q4:
+    case HM_ABI_OP_GEMM_Q3: {
+      uint64_t row = hm_extent(d2 / 64 + (d2 % 64 != 0), hm_q_block_bytes((int)din), 1, 1);
+      in[0] = (hm_operand_req){1, hm_extent(d0, row, 1, 1)};
+      in[1] = (hm_operand_req){1, hm_extent(d1, row, 1, 1)};
+      out[0] = (hm_operand_req){1, hm_extent(d0, d1, 1, 4)};
+      return 0;
+    }
+    default: return 1;
+  }
+}
+
+
+int hm_op_has_variant(uint32_t code) {
+  return code == HM_ABI_OP_ACT_FORWARD || code == HM_ABI_OP_ACT_BACKWARD || code == HM_ABI_OP_LOSS;
+}
+
+int hm_caps_declares(const hm_abi_capability *caps, uint32_t n, uint32_t op, uint32_t din, uint32_t dout,
+                     int variant) {
+  for (uint32_t i = 0; i < n; i++) {
+    if (caps[i].op != op || caps[i].dtype_in != din || caps[i].dtype_out != dout) continue;
+    if (variant >= 0 && caps[i].variants && (variant >= 64 || !(caps[i].variants & (1ull << variant)))) continue;
+    return 1;
+  }
+  return 0;
+}
+
+static int overlaps(const hm_abi_operand *a, uint64_t abytes, const hm_abi_operand *b, uint64_t bbytes) {
+  if (!a->buffer || a->buffer != b->buffer || !abytes || !bbytes) return 0;
+  return a->offset < b->offset + bbytes && b->offset < a->offset + abytes;
+}
+
+static int32_t check_operand(const hm_abi_operand *o, const hm_operand_req *req, uint32_t index, const char *role,
+                             int slot, hm_buffer_size_fn size_of, void *self, uint32_t align, char *msg, size_t cap) {
+  if (!o->buffer) {
+    if (req->required == 1) {
+      snprintf(msg, cap, "op %u: operand %s[%d] is required", index, role, slot);
+      return HM_ABI_STATUS_INVALID_ARGUMENT;
+    }
+    return HM_ABI_OK;
+  }
+  if (req->required == 0 && req->bytes == 0) return HM_ABI_OK; /* a slot the op does not use */
+  uint64_t size = 0;
+  if (size_of(self, o->buffer, &size)) {
+    snprintf(msg, cap, "op %u: operand %s[%d] is not a buffer of this device", index, role, slot);
+    return HM_ABI_STATUS_INVALID_ARGUMENT;
+  }
+  if (req->bytes == UINT64_MAX || o->offset > size || req->bytes > size - o->offset) {
+    snprintf(msg, cap, "op %u: operand %s[%d] needs %llu bytes at offset %llu but the buffer has %llu", index, role,
+             slot, (unsigned long long)req->bytes, (unsigned long long)o->offset, (unsigned long long)size);
+    return HM_ABI_STATUS_OUT_OF_RANGE;
+  }
+  if (align > 1 && o->offset % align) {
+    snprintf(msg, cap, "op %u: operand %s[%d] offset %llu is not a multiple of %u bytes", index, role, slot,
+             (unsigned long long)o->offset, align);
+    return HM_ABI_STATUS_INVALID_ARGUMENT;
+  }
+  return HM_ABI_OK;
+}
+
+int32_t hm_check_op(const hm_abi_op *op, uint32_t index, uint32_t n_scalars, const hm_abi_capability *caps,
+                    uint32_t n_caps, hm_buffer_size_fn size_of, void *self, uint32_t align, char *msg, size_t cap) {
+  hm_operand_req in[4], out[4];
+  if (hm_op_requirements(op, in, out)) {
+    snprintf(msg, cap, "op %u: op code %u is not supported", index, op->code);
+    return HM_ABI_STATUS_UNIMPLEMENTED;
+  }
+  uint32_t din = hm_dtype_or_f32(op->dtype_in), dout = hm_dtype_or_f32(op->dtype_out);
+  if (op->code == HM_ABI_OP_FILL) din = dout;
+  if (op->code == HM_ABI_OP_COPY) dout = din;
+  int variant = hm_op_has_variant(op->code) ? (int)op->variant : -1;
+  if (variant >= 0 && (uint32_t)variant >= (op->code == HM_ABI_OP_LOSS ? HM_ABI_LOSS_COUNT : HM_ABI_ACT_COUNT)) {
+    snprintf(msg, cap, "op %u: variant %u out of range", index, op->variant);
+    return HM_ABI_STATUS_INVALID_ARGUMENT;
+  }
+  if (!hm_caps_declares(caps, n_caps, op->code, din, dout, variant)) {
+    snprintf(msg, cap, "op %u: op %u with dtype_in %u dtype_out %u variant %u is not declared", index, op->code, din,
+             dout, op->variant);
+    return HM_ABI_STATUS_UNIMPLEMENTED;
+  }
+  for (int i = 0; i < HM_ABI_MAX_DYN; i++)
+    if (op->dyn[i] != HM_ABI_DYN_NONE && (op->dyn[i] < 0 || (uint32_t)op->dyn[i] >= n_scalars)) {
+      snprintf(msg, cap, "op %u: dynamic slot dyn[%d]=%d outside the %u program scalars", index, i, op->dyn[i],
+               n_scalars);
+      return HM_ABI_STATUS_OUT_OF_RANGE;
+    }
+  for (int i = 0; i < HM_ABI_MAX_OPERANDS; i++) {
+    int32_t st = check_operand(&op->in[i], &in[i], index, "in", i, size_of, self, align, msg, cap);
+    if (st) return st;
+    st = check_operand(&op->out[i], &out[i], index, "out", i, size_of, self, align, msg, cap);
+    if (st) return st;
+  }
+  if (op->code == HM_ABI_OP_LOSS && !op->out[0].buffer && !op->out[1].buffer) {
+    snprintf(msg, cap, "op %u: loss writes neither loss nor gradient", index);
+    return HM_ABI_STATUS_INVALID_ARGUMENT;
+  }
+  int matmul = op->code == HM_ABI_OP_GEMM || op->code == HM_ABI_OP_QUANTIZE || op->code == HM_ABI_OP_DEQUANTIZE ||
+               op->code == HM_ABI_OP_GEMM_Q8 || op->code == HM_ABI_OP_GEMM_Q4 || op->code == HM_ABI_OP_GEMM_Q3;
+  if (matmul && (overlaps(&op->out[0], out[0].bytes, &op->in[0], in[0].bytes) ||
+                 overlaps(&op->out[0], out[0].bytes, &op->in[1], in[1].bytes))) {
+    snprintf(msg, cap, "op %u: output overlaps an input", index);
+    return HM_ABI_STATUS_INVALID_ARGUMENT;
+  }
+  if (op->code == HM_ABI_OP_GATHER_ROWS && din == HM_ABI_DTYPE_I32 && dout != HM_ABI_DTYPE_I32) {
+    snprintf(msg, cap, "op %u: gather of I32 must write I32", index);
+    return HM_ABI_STATUS_INVALID_ARGUMENT;
+  }
+  return HM_ABI_OK;
+}

@@ -1,0 +1,46 @@
+/*
+ * Op rules shared by Harmonics' own plugins (not part of the ABI): the bytes
+ * each operand of an op covers (SPEC.md §7, QUANT.md) and capability lookup,
+ * so every backend validates programs the same way.
+ */
+#ifndef HM_PLUGIN_OP_RULES_H_
+#define HM_PLUGIN_OP_RULES_H_
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "harmonics_abi.h"
+
+typedef struct hm_operand_req {
+  int required;   /* 1 = must be set, 0 = optional */
+  uint64_t bytes; /* extent from the offset; UINT64_MAX when it overflows */
+} hm_operand_req;
+
+/* NONE means F32. */
+uint32_t hm_dtype_or_f32(uint32_t d);
+/* a*b*c*es, or UINT64_MAX on overflow. */
+uint64_t hm_extent(uint64_t a, uint64_t b, uint64_t c, uint64_t es);
+/* Bytes of one packed block (QUANT.md Q1), 0 for other dtypes. */
+uint64_t hm_q_block_bytes(int dtype);
+/* The operand extents of |op|. Nonzero for an op code it does not know. */
+int hm_op_requirements(const hm_abi_op *op, hm_operand_req in[4], hm_operand_req out[4]);
+/* Nonzero when (op, dtype_in, dtype_out, variant) is in |caps|; variant < 0
+ * for ops without variants. */
+int hm_caps_declares(const hm_abi_capability *caps, uint32_t n, uint32_t op, uint32_t din, uint32_t dout,
+                     int variant);
+/* Nonzero for ops with a variant (activations, losses). */
+int hm_op_has_variant(uint32_t code);
+
+/* What a backend tells hm_check_op about a buffer handle: its size, or
+ * nonzero when it is not a live buffer of this device. */
+typedef int (*hm_buffer_size_fn)(void *self, const hm_abi_buffer *buffer, uint64_t *size);
+
+/* Validates op |index| of a program: known op, declared in |caps|, variant
+ * and dynamic slots in range, every operand present as required, on this
+ * device, inside its buffer and at an offset that is a multiple of |align|;
+ * outputs of GEMM-like ops do not overlap inputs. Returns HM_ABI_OK or a
+ * status with a message in |msg|. */
+int32_t hm_check_op(const hm_abi_op *op, uint32_t index, uint32_t n_scalars, const hm_abi_capability *caps,
+                    uint32_t n_caps, hm_buffer_size_fn size_of, void *self, uint32_t align, char *msg, size_t cap);
+
+#endif /* HM_PLUGIN_OP_RULES_H_ */

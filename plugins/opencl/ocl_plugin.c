@@ -1,0 +1,634 @@
+/*
+ * The OpenCL backend: every ABI op as an OpenCL C 1.2 kernel
+ * (plugins/common/kernels/hm_ops.kern with dialect_opencl.h, embedded as
+ * source), built per device when the device opens, with a binary cache keyed
+ * by device, driver and source. A program is a recorded list of kernel
+ * launches, each with its arguments set once; program_run writes the dynamic
+ * scalars into a small buffer and enqueues the list on an in-order queue.
+ *
+ * Devices: every device of every platform (GPU, CPU, accelerator). Nothing
+ * assumes a CPU device. Options (plugin): build_cache=DIR|off.
+ */
+#include <CL/cl.h>
+#include <errno.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "dispatch.h"
+#include "harmonics_abi.h"
+#include "op_rules.h"
+
+extern const unsigned char hm_ocl_source[];
+extern const unsigned long hm_ocl_source_len;
+
+#define PLUGIN_MIN_ABI HM_ABI_MAKE_VERSION(1, 0)
+#define PLUGIN_MAX_ABI HM_ABI_VERSION
+#define MAX_DEVICES 16
+#define BUFFER_MAGIC 0x4f434c42u /* "OCLB" */
+#define MAX_GROUPS 1024u
+
+typedef struct ocl_device_info {
+  cl_platform_id platform;
+  cl_device_id id;
+  hm_abi_device_desc desc;
+  char key[1024]; /* what identifies a built binary: platform, device, driver */
+} ocl_device_info;
+
+typedef struct hm_abi_context {
+  hm_abi_host host;
+  uint32_t n_devices;
+  ocl_device_info devices[MAX_DEVICES];
+  char cache_dir[512]; /* "" = no cache */
+} ocl_context;
+
+typedef struct hm_abi_device {
+  ocl_context *ctx;
+  const ocl_device_info *info;
+  cl_context cl;
+  cl_command_queue queue;
+  cl_program program;
+  cl_mem dummy; /* bound to unused operand slots */
+  atomic_long live_buffers, live_programs;
+  char build_note[64]; /* "built", "cached" */
+} ocl_device;
+
+typedef struct hm_abi_buffer {
+  uint32_t magic;
+  ocl_device *dev;
+  uint64_t size;
+  cl_mem mem;
+} ocl_buffer;
+
+typedef struct launch {
+  cl_kernel kernel;
+  size_t global, local;
+} launch;
+
+typedef struct hm_abi_program {
+  ocl_device *dev;
+  uint32_t n_launches, n_scalars;
+  launch *launches;
+  cl_mem scalars;
+  float *scalars_host;
+} ocl_program;
+
+static int32_t fail(const ocl_context *ctx, int32_t status, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static int32_t fail(const ocl_context *ctx, int32_t status, const char *fmt, ...) {
+  char msg[1024];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(msg, sizeof msg, fmt, ap);
+  va_end(ap);
+  if (ctx && ctx->host.report) ctx->host.report(ctx->host.host_ctx, HM_ABI_LOG_ERROR, status, msg);
+  return status;
+}
+
+static const char *cl_error_name(cl_int e) {
+  switch (e) {
+    case CL_DEVICE_NOT_FOUND: return "CL_DEVICE_NOT_FOUND";
+    case CL_DEVICE_NOT_AVAILABLE: return "CL_DEVICE_NOT_AVAILABLE";
+    case CL_MEM_OBJECT_ALLOCATION_FAILURE: return "CL_MEM_OBJECT_ALLOCATION_FAILURE";
+    case CL_OUT_OF_RESOURCES: return "CL_OUT_OF_RESOURCES";
+    case CL_OUT_OF_HOST_MEMORY: return "CL_OUT_OF_HOST_MEMORY";
+    case CL_BUILD_PROGRAM_FAILURE: return "CL_BUILD_PROGRAM_FAILURE";
+    case CL_INVALID_VALUE: return "CL_INVALID_VALUE";
+    case CL_INVALID_BUFFER_SIZE: return "CL_INVALID_BUFFER_SIZE";
+    case CL_INVALID_KERNEL_ARGS: return "CL_INVALID_KERNEL_ARGS";
+    case CL_INVALID_WORK_GROUP_SIZE: return "CL_INVALID_WORK_GROUP_SIZE";
+    case -1001: return "CL_PLATFORM_NOT_FOUND_KHR";
+    default: return "OpenCL error";
+  }
+}
+
+static int32_t status_of(cl_int e) {
+  return e == CL_MEM_OBJECT_ALLOCATION_FAILURE || e == CL_OUT_OF_RESOURCES || e == CL_OUT_OF_HOST_MEMORY ||
+                 e == CL_INVALID_BUFFER_SIZE
+             ? HM_ABI_STATUS_RESOURCE_EXHAUSTED
+             : HM_ABI_STATUS_INTERNAL;
+}
+
+static void copy_text(char *dst, size_t cap, const char *src) {
+  size_t n = strlen(src);
+  if (n >= cap) n = cap - 1;
+  memcpy(dst, src, n);
+  dst[n] = '\0';
+}
+
+/* ===== Context ===== */
+
+static void device_text(cl_device_id d, cl_device_info what, char *out, size_t cap) {
+  out[0] = '\0';
+  size_t got = 0;
+  if (clGetDeviceInfo(d, what, cap, out, &got) != CL_SUCCESS) out[0] = '\0';
+  out[cap - 1] = '\0';
+}
+
+static void describe_device(ocl_device_info *di) {
+  hm_abi_device_desc *d = &di->desc;
+  memset(d, 0, sizeof *d);
+  d->struct_size = sizeof *d;
+  d->abi_version = HM_ABI_VERSION;
+  char name[256], vendor[256], version[256], driver[256], cversion[256], ext[4096], pversion[256];
+  device_text(di->id, CL_DEVICE_NAME, name, sizeof name);
+  device_text(di->id, CL_DEVICE_VENDOR, vendor, sizeof vendor);
+  device_text(di->id, CL_DEVICE_VERSION, version, sizeof version);
+  device_text(di->id, CL_DRIVER_VERSION, driver, sizeof driver);
+  device_text(di->id, CL_DEVICE_OPENCL_C_VERSION, cversion, sizeof cversion);
+  device_text(di->id, CL_DEVICE_EXTENSIONS, ext, sizeof ext);
+  pversion[0] = '\0';
+  clGetPlatformInfo(di->platform, CL_PLATFORM_VERSION, sizeof pversion, pversion, NULL);
+  pversion[sizeof pversion - 1] = '\0';
+  copy_text(d->name, sizeof d->name, name);
+  copy_text(d->vendor, sizeof d->vendor, vendor);
+  cl_device_type type = 0;
+  clGetDeviceInfo(di->id, CL_DEVICE_TYPE, sizeof type, &type, NULL);
+  d->kind = type & CL_DEVICE_TYPE_GPU ? HM_ABI_DEVICE_GPU : type & CL_DEVICE_TYPE_CPU ? HM_ABI_DEVICE_CPU : HM_ABI_DEVICE_ACCELERATOR;
+  cl_uint cu = 0;
+  clGetDeviceInfo(di->id, CL_DEVICE_MAX_COMPUTE_UNITS, sizeof cu, &cu, NULL);
+  d->compute_units = cu;
+  cl_ulong mem = 0, alloc = 0;
+  clGetDeviceInfo(di->id, CL_DEVICE_GLOBAL_MEM_SIZE, sizeof mem, &mem, NULL);
+  clGetDeviceInfo(di->id, CL_DEVICE_MAX_MEM_ALLOC_SIZE, sizeof alloc, &alloc, NULL);
+  d->memory_bytes = mem;
+  d->max_buffer_bytes = alloc;
+  size_t wg = 0;
+  clGetDeviceInfo(di->id, CL_DEVICE_MAX_WORK_GROUP_SIZE, sizeof wg, &wg, NULL);
+  snprintf(d->features, sizeof d->features,
+           "opencl=\"%s\" c=\"%s\" driver=%s type=%s cu=%u max_wg=%zu fp16=%s fp64=%s int_dot=%s "
+           "kernels=portable-f32 packed=q8,q4,q3",
+           version, cversion, driver, d->kind == HM_ABI_DEVICE_GPU ? "gpu" : d->kind == HM_ABI_DEVICE_CPU ? "cpu" : "accelerator",
+           cu, wg, strstr(ext, "cl_khr_fp16") ? "yes" : "no", strstr(ext, "cl_khr_fp64") ? "yes" : "no",
+           strstr(ext, "cl_khr_integer_dot_product") ? "yes" : "no");
+  uint32_t n_caps = 0;
+  d->caps = hm_kernel_caps(&n_caps);
+  d->n_caps = n_caps;
+  snprintf(di->key, sizeof di->key, "%s|%s|%s|%s|%s", pversion, vendor, name, version, driver);
+}
+
+static const char *find_option(const hm_abi_option *opts, uint32_t n, const char *key) {
+  for (uint32_t i = 0; i < n; i++)
+    if (opts[i].key && strcmp(opts[i].key, key) == 0) return opts[i].value ? opts[i].value : "";
+  return NULL;
+}
+
+static int32_t ocl_init(const hm_abi_init_args *args, hm_abi_context **out) {
+  if (!args || !out || !args->host || !args->host->report) return HM_ABI_STATUS_INVALID_ARGUMENT;
+  ocl_context *ctx = calloc(1, sizeof *ctx);
+  if (!ctx) return HM_ABI_STATUS_RESOURCE_EXHAUSTED;
+  ctx->host = *args->host;
+  for (uint32_t i = 0; i < args->n_options; i++) {
+    const char *k = args->options[i].key ? args->options[i].key : "";
+    if (strcmp(k, "build_cache") != 0) {
+      int32_t st = fail(ctx, HM_ABI_STATUS_INVALID_ARGUMENT, "opencl: unknown option '%s' (known: build_cache)", k);
+      free(ctx);
+      return st;
+    }
+  }
+  const char *cache = find_option(args->options, args->n_options, "build_cache");
+  if (cache && strcmp(cache, "off") != 0) {
+    copy_text(ctx->cache_dir, sizeof ctx->cache_dir, cache);
+  } else if (!cache) {
+    const char *xdg = getenv("XDG_CACHE_HOME"), *home = getenv("HOME");
+    if (xdg && *xdg) snprintf(ctx->cache_dir, sizeof ctx->cache_dir, "%s/harmonics/opencl", xdg);
+    else if (home && *home) snprintf(ctx->cache_dir, sizeof ctx->cache_dir, "%s/.cache/harmonics/opencl", home);
+  }
+  cl_platform_id plats[8];
+  cl_uint np = 0;
+  cl_int e = clGetPlatformIDs(8, plats, &np);
+  if (e != CL_SUCCESS || np == 0) {
+    int32_t st = fail(ctx, HM_ABI_STATUS_UNAVAILABLE,
+                      "opencl: no OpenCL platform (%s, %d): install an OpenCL driver such as pocl-opencl-icd or a GPU "
+                      "vendor's ICD",
+                      cl_error_name(e), (int)e);
+    free(ctx);
+    return st;
+  }
+  for (cl_uint p = 0; p < np && p < 8; p++) {
+    cl_device_id ids[MAX_DEVICES];
+    cl_uint nd = 0;
+    if (clGetDeviceIDs(plats[p], CL_DEVICE_TYPE_ALL, MAX_DEVICES, ids, &nd) != CL_SUCCESS) continue;
+    for (cl_uint i = 0; i < nd && ctx->n_devices < MAX_DEVICES; i++) {
+      ocl_device_info *di = &ctx->devices[ctx->n_devices++];
+      di->platform = plats[p];
+      di->id = ids[i];
+      describe_device(di);
+    }
+  }
+  if (ctx->n_devices == 0) {
+    int32_t st = fail(ctx, HM_ABI_STATUS_UNAVAILABLE, "opencl: %u platform(s) but no device", np);
+    free(ctx);
+    return st;
+  }
+  *out = ctx;
+  return HM_ABI_OK;
+}
+
+static void ocl_shutdown(hm_abi_context *ctx) { free(ctx); }
+
+static uint32_t ocl_device_count(hm_abi_context *ctx) { return ctx ? ctx->n_devices : 0; }
+
+static int32_t ocl_device_describe(hm_abi_context *ctx, uint32_t index, hm_abi_device_desc *out) {
+  if (!ctx || !out) return HM_ABI_STATUS_INVALID_ARGUMENT;
+  if (index >= ctx->n_devices)
+    return fail(ctx, HM_ABI_STATUS_NOT_FOUND, "opencl: no device %u (%u devices)", index, ctx->n_devices);
+  if (out->struct_size < offsetof(hm_abi_device_desc, reserved))
+    return fail(ctx, HM_ABI_STATUS_INVALID_ARGUMENT, "opencl: device descriptor too small (%u bytes)", out->struct_size);
+  hm_abi_device_desc d = ctx->devices[index].desc;
+  d.struct_size = out->struct_size;
+  memcpy(out, &d, out->struct_size < sizeof d ? out->struct_size : sizeof d);
+  return HM_ABI_OK;
+}
+
+/* ===== Building, with a binary cache ===== */
+
+static uint64_t fnv1a(uint64_t h, const void *data, size_t n) {
+  const unsigned char *p = data;
+  for (size_t i = 0; i < n; i++) h = (h ^ p[i]) * 0x100000001b3ull;
+  return h;
+}
+
+static void cache_path(const ocl_device *dev, char *out, size_t cap) {
+  uint64_t h = fnv1a(0xcbf29ce484222325ull, dev->info->key, strlen(dev->info->key));
+  h = fnv1a(h, hm_ocl_source, hm_ocl_source_len);
+  snprintf(out, cap, "%s/%016llx.bin", dev->ctx->cache_dir, (unsigned long long)h);
+}
+
+static void mkdirs(const char *path) {
+  char tmp[512];
+  copy_text(tmp, sizeof tmp, path);
+  for (char *p = tmp + 1; *p; p++)
+    if (*p == '/') {
+      *p = '\0';
+      mkdir(tmp, 0755);
+      *p = '/';
+    }
+  mkdir(tmp, 0755);
+}
+
+static const char *kBuildOptions = "-cl-std=CL1.2 -DK_ALL";
+
+static cl_program load_cached(ocl_device *dev, const char *path) {
+  FILE *f = fopen(path, "rb");
+  if (!f) return NULL;
+  unsigned char *bin = NULL;
+  long n = 0;
+  if (fseek(f, 0, SEEK_END) == 0 && (n = ftell(f)) > 0 && n < (64l << 20) && fseek(f, 0, SEEK_SET) == 0 &&
+      (bin = malloc((size_t)n)) && fread(bin, 1, (size_t)n, f) != (size_t)n) {
+    free(bin);
+    bin = NULL;
+  }
+  fclose(f);
+  if (!bin) return NULL;
+  size_t len = (size_t)n;
+  const unsigned char *bins[1] = {bin};
+  cl_int st = 0, e = 0;
+  cl_program p = clCreateProgramWithBinary(dev->cl, 1, &dev->info->id, &len, bins, &st, &e);
+  free(bin);
+  if (!p) return NULL;
+  if (e != CL_SUCCESS || st != CL_SUCCESS || clBuildProgram(p, 1, &dev->info->id, kBuildOptions, NULL, NULL) != CL_SUCCESS) {
+    clReleaseProgram(p); /* a stale or foreign binary: build from source */
+    return NULL;
+  }
+  return p;
+}
+
+static void save_cached(ocl_device *dev, cl_program p, const char *path) {
+  size_t len = 0;
+  if (clGetProgramInfo(p, CL_PROGRAM_BINARY_SIZES, sizeof len, &len, NULL) != CL_SUCCESS || len == 0) return;
+  unsigned char *bin = malloc(len);
+  if (!bin) return;
+  unsigned char *bins[1] = {bin};
+  if (clGetProgramInfo(p, CL_PROGRAM_BINARIES, sizeof bins, bins, NULL) == CL_SUCCESS) {
+    mkdirs(dev->ctx->cache_dir);
+    char tmp[600];
+    snprintf(tmp, sizeof tmp, "%s.%ld.tmp", path, (long)getpid());
+    FILE *f = fopen(tmp, "wb");
+    int ok = f && fwrite(bin, 1, len, f) == len;
+    if (f && fclose(f) != 0) ok = 0;
+    if (ok) ok = rename(tmp, path) == 0;
+    if (!ok) unlink(tmp); /* a cache that cannot be written is not an error */
+  }
+  free(bin);
+}
+
+static int32_t build(ocl_device *dev) {
+  char path[600] = "";
+  if (dev->ctx->cache_dir[0]) {
+    cache_path(dev, path, sizeof path);
+    dev->program = load_cached(dev, path);
+    if (dev->program) {
+      copy_text(dev->build_note, sizeof dev->build_note, "cached");
+      return HM_ABI_OK;
+    }
+  }
+  const char *src = (const char *)hm_ocl_source;
+  size_t len = hm_ocl_source_len;
+  cl_int e = 0;
+  dev->program = clCreateProgramWithSource(dev->cl, 1, &src, &len, &e);
+  if (!dev->program) return fail(dev->ctx, status_of(e), "opencl: clCreateProgramWithSource: %s (%d)", cl_error_name(e), (int)e);
+  e = clBuildProgram(dev->program, 1, &dev->info->id, kBuildOptions, NULL, NULL);
+  if (e != CL_SUCCESS) {
+    char log[2048] = "";
+    clGetProgramBuildInfo(dev->program, dev->info->id, CL_PROGRAM_BUILD_LOG, sizeof log, log, NULL);
+    log[sizeof log - 1] = '\0';
+    return fail(dev->ctx, HM_ABI_STATUS_UNAVAILABLE, "opencl: the kernels do not build on '%s': %s (%d): %.1500s",
+                dev->info->desc.name, cl_error_name(e), (int)e, log);
+  }
+  copy_text(dev->build_note, sizeof dev->build_note, "built");
+  if (path[0]) save_cached(dev, dev->program, path);
+  return HM_ABI_OK;
+}
+
+/* ===== Devices ===== */
+
+static void ocl_device_close(hm_abi_device *dev) {
+  if (!dev) return;
+  if (dev->queue) clFinish(dev->queue);
+  if (dev->dummy) clReleaseMemObject(dev->dummy);
+  if (dev->program) clReleaseProgram(dev->program);
+  if (dev->queue) clReleaseCommandQueue(dev->queue);
+  if (dev->cl) clReleaseContext(dev->cl);
+  free(dev);
+}
+
+static int32_t ocl_device_open(hm_abi_context *ctx, uint32_t index, const hm_abi_option *options, uint32_t n_options,
+                               hm_abi_device **out) {
+  if (!ctx || !out || (n_options && !options)) return HM_ABI_STATUS_INVALID_ARGUMENT;
+  if (index >= ctx->n_devices) return fail(ctx, HM_ABI_STATUS_NOT_FOUND, "opencl: no device %u", index);
+  for (uint32_t i = 0; i < n_options; i++) {
+    const char *k = options[i].key ? options[i].key : "";
+    /* "threads" is what every device is offered; it does not apply here. */
+    if (strcmp(k, "threads") != 0)
+      return fail(ctx, HM_ABI_STATUS_INVALID_ARGUMENT, "opencl: unknown device option '%s'", k);
+  }
+  ocl_device *dev = calloc(1, sizeof *dev);
+  if (!dev) return HM_ABI_STATUS_RESOURCE_EXHAUSTED;
+  dev->ctx = ctx;
+  dev->info = &ctx->devices[index];
+  cl_int e = 0;
+  cl_context_properties props[] = {CL_CONTEXT_PLATFORM, (cl_context_properties)dev->info->platform, 0};
+  dev->cl = clCreateContext(props, 1, &dev->info->id, NULL, NULL, &e);
+  if (dev->cl) {
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
+    dev->queue = clCreateCommandQueue(dev->cl, dev->info->id, 0, &e); /* in order */
+#pragma GCC diagnostic pop
+  }
+  if (dev->queue) dev->dummy = clCreateBuffer(dev->cl, CL_MEM_READ_WRITE, 64, NULL, &e);
+  if (!dev->dummy) {
+    int32_t st = fail(ctx, HM_ABI_STATUS_UNAVAILABLE, "opencl: cannot open '%s': %s (%d)", dev->info->desc.name,
+                      cl_error_name(e), (int)e);
+    ocl_device_close(dev);
+    return st;
+  }
+  int32_t st = build(dev);
+  if (st != HM_ABI_OK) {
+    ocl_device_close(dev);
+    return st;
+  }
+  *out = dev;
+  return HM_ABI_OK;
+}
+
+/* ===== Buffers ===== */
+
+static int check_buffer(const ocl_buffer *b) { return !b || b->magic != BUFFER_MAGIC; }
+
+static int32_t ocl_buffer_alloc(hm_abi_device *dev, uint64_t size, hm_abi_buffer **out) {
+  if (!dev || !out) return HM_ABI_STATUS_INVALID_ARGUMENT;
+  if (size == 0) return fail(dev->ctx, HM_ABI_STATUS_INVALID_ARGUMENT, "opencl: buffer size must be > 0");
+  /* Kernels address 32-bit words: round up so the last word is ours. */
+  uint64_t alloc = (size + 3) & ~(uint64_t)3;
+  if (size > UINT64_MAX - 4 || alloc > dev->info->desc.max_buffer_bytes)
+    return fail(dev->ctx, HM_ABI_STATUS_RESOURCE_EXHAUSTED,
+                "opencl: buffer of %llu bytes exceeds the device's largest allocation (%llu bytes)",
+                (unsigned long long)size, (unsigned long long)dev->info->desc.max_buffer_bytes);
+  ocl_buffer *b = calloc(1, sizeof *b);
+  if (!b) return HM_ABI_STATUS_RESOURCE_EXHAUSTED;
+  cl_int e = 0;
+  b->mem = clCreateBuffer(dev->cl, CL_MEM_READ_WRITE, (size_t)alloc, NULL, &e);
+  if (!b->mem) {
+    free(b);
+    return fail(dev->ctx, status_of(e), "opencl: cannot allocate %llu bytes: %s (%d)", (unsigned long long)size,
+                cl_error_name(e), (int)e);
+  }
+  b->magic = BUFFER_MAGIC;
+  b->dev = dev;
+  b->size = size;
+  atomic_fetch_add(&dev->live_buffers, 1);
+  *out = b;
+  return HM_ABI_OK;
+}
+
+static void ocl_buffer_free(hm_abi_buffer *b) {
+  if (check_buffer(b)) return;
+  clFinish(b->dev->queue); /* programs may still use it */
+  atomic_fetch_sub(&b->dev->live_buffers, 1);
+  b->magic = 0;
+  clReleaseMemObject(b->mem);
+  free(b);
+}
+
+static int range_ok(const ocl_buffer *b, uint64_t offset, uint64_t size) {
+  return offset <= b->size && size <= b->size - offset;
+}
+
+static int32_t ocl_buffer_write(hm_abi_buffer *b, uint64_t offset, const void *src, uint64_t size) {
+  if (check_buffer(b) || (!src && size)) return HM_ABI_STATUS_INVALID_ARGUMENT;
+  if (!range_ok(b, offset, size))
+    return fail(b->dev->ctx, HM_ABI_STATUS_OUT_OF_RANGE, "opencl: write of %llu bytes at offset %llu exceeds buffer size %llu",
+                (unsigned long long)size, (unsigned long long)offset, (unsigned long long)b->size);
+  if (!size) return HM_ABI_OK;
+  cl_int e = clEnqueueWriteBuffer(b->dev->queue, b->mem, CL_TRUE, (size_t)offset, (size_t)size, src, 0, NULL, NULL);
+  return e == CL_SUCCESS ? HM_ABI_OK : fail(b->dev->ctx, status_of(e), "opencl: write: %s (%d)", cl_error_name(e), (int)e);
+}
+
+static int32_t ocl_buffer_read(hm_abi_buffer *b, uint64_t offset, void *dst, uint64_t size) {
+  if (check_buffer(b) || (!dst && size)) return HM_ABI_STATUS_INVALID_ARGUMENT;
+  if (!range_ok(b, offset, size))
+    return fail(b->dev->ctx, HM_ABI_STATUS_OUT_OF_RANGE, "opencl: read of %llu bytes at offset %llu exceeds buffer size %llu",
+                (unsigned long long)size, (unsigned long long)offset, (unsigned long long)b->size);
+  if (!size) return HM_ABI_OK;
+  cl_int e = clEnqueueReadBuffer(b->dev->queue, b->mem, CL_TRUE, (size_t)offset, (size_t)size, dst, 0, NULL, NULL);
+  return e == CL_SUCCESS ? HM_ABI_OK : fail(b->dev->ctx, status_of(e), "opencl: read: %s (%d)", cl_error_name(e), (int)e);
+}
+
+static int32_t ocl_buffer_copy(hm_abi_buffer *dst, uint64_t dst_offset, hm_abi_buffer *src, uint64_t src_offset,
+                               uint64_t size) {
+  if (check_buffer(dst) || check_buffer(src)) return HM_ABI_STATUS_INVALID_ARGUMENT;
+  if (dst->dev != src->dev) return fail(dst->dev->ctx, HM_ABI_STATUS_INVALID_ARGUMENT, "opencl: copy between different devices");
+  if (!range_ok(dst, dst_offset, size) || !range_ok(src, src_offset, size))
+    return fail(dst->dev->ctx, HM_ABI_STATUS_OUT_OF_RANGE, "opencl: copy of %llu bytes out of range", (unsigned long long)size);
+  if (!size) return HM_ABI_OK;
+  if (dst->mem == src->mem && dst_offset < src_offset + size && src_offset < dst_offset + size) {
+    /* OpenCL forbids overlapping copies within one buffer: go through the host. */
+    void *tmp = malloc((size_t)size);
+    if (!tmp) return HM_ABI_STATUS_RESOURCE_EXHAUSTED;
+    int32_t st = ocl_buffer_read(src, src_offset, tmp, size);
+    if (st == HM_ABI_OK) st = ocl_buffer_write(dst, dst_offset, tmp, size);
+    free(tmp);
+    return st;
+  }
+  cl_int e = clEnqueueCopyBuffer(dst->dev->queue, src->mem, dst->mem, (size_t)src_offset, (size_t)dst_offset, (size_t)size,
+                                 0, NULL, NULL);
+  if (e == CL_SUCCESS) e = clFinish(dst->dev->queue);
+  return e == CL_SUCCESS ? HM_ABI_OK : fail(dst->dev->ctx, status_of(e), "opencl: copy: %s (%d)", cl_error_name(e), (int)e);
+}
+
+/* ===== Programs ===== */
+
+static int buffer_size_of(void *self, const hm_abi_buffer *b, uint64_t *size) {
+  const ocl_buffer *ob = (const ocl_buffer *)b;
+  if (check_buffer(ob) || ob->dev != self) return 1;
+  *size = ob->size;
+  return 0;
+}
+
+static void ocl_program_free(hm_abi_program *p) {
+  if (!p) return;
+  for (uint32_t i = 0; i < p->n_launches; i++)
+    if (p->launches[i].kernel) clReleaseKernel(p->launches[i].kernel);
+  if (p->scalars) clReleaseMemObject(p->scalars);
+  atomic_fetch_sub(&p->dev->live_programs, 1);
+  free(p->launches);
+  free(p->scalars_host);
+  free(p);
+}
+
+static int32_t ocl_program_create(hm_abi_device *dev, const hm_abi_program_desc *desc, hm_abi_program **out) {
+  if (!dev || !desc || !out) return HM_ABI_STATUS_INVALID_ARGUMENT;
+  ocl_context *ctx = dev->ctx;
+  if (desc->struct_size < sizeof(hm_abi_program_desc))
+    return fail(ctx, HM_ABI_STATUS_INVALID_ARGUMENT, "opencl: program descriptor struct_size %u too small", desc->struct_size);
+  if (desc->n_ops && !desc->ops) return fail(ctx, HM_ABI_STATUS_INVALID_ARGUMENT, "opencl: %u ops but no op array", desc->n_ops);
+  if (desc->n_ops > (1u << 20)) return fail(ctx, HM_ABI_STATUS_OUT_OF_RANGE, "opencl: too many ops (%u)", desc->n_ops);
+  size_t stride = desc->n_ops ? desc->ops[0].struct_size : sizeof(hm_abi_op);
+  if (stride < sizeof(hm_abi_op))
+    return fail(ctx, HM_ABI_STATUS_INVALID_ARGUMENT, "opencl: op struct_size %zu is smaller than %zu", stride, sizeof(hm_abi_op));
+  uint32_t n_caps = 0;
+  const hm_abi_capability *caps = hm_kernel_caps(&n_caps);
+  char msg[512];
+  for (uint32_t i = 0; i < desc->n_ops; i++) {
+    const hm_abi_op *op = (const hm_abi_op *)((const char *)desc->ops + (size_t)i * stride);
+    if (op->struct_size != stride)
+      return fail(ctx, HM_ABI_STATUS_INVALID_ARGUMENT, "opencl: op %u: struct_size %u differs from op 0's %zu", i,
+                  op->struct_size, stride);
+    int32_t st = hm_check_op(op, i, desc->n_scalars, caps, n_caps, buffer_size_of, dev, 4, msg, sizeof msg);
+    if (st) return fail(ctx, st, "opencl: %s", msg);
+  }
+  ocl_program *p = calloc(1, sizeof *p);
+  if (!p) return HM_ABI_STATUS_RESOURCE_EXHAUSTED;
+  p->dev = dev;
+  atomic_fetch_add(&dev->live_programs, 1);
+  p->n_scalars = desc->n_scalars;
+  p->launches = calloc(desc->n_ops ? desc->n_ops : 1, sizeof *p->launches);
+  p->scalars_host = calloc(desc->n_scalars ? desc->n_scalars : 1, sizeof(float));
+  cl_int e = 0;
+  p->scalars = clCreateBuffer(dev->cl, CL_MEM_READ_ONLY, sizeof(float) * (desc->n_scalars ? desc->n_scalars : 1), NULL, &e);
+  int32_t st = p->launches && p->scalars_host && p->scalars ? HM_ABI_OK : fail(ctx, HM_ABI_STATUS_RESOURCE_EXHAUSTED, "opencl: out of memory");
+  for (uint32_t i = 0; i < desc->n_ops && st == HM_ABI_OK; i++) {
+    const hm_abi_op *op = (const hm_abi_op *)((const char *)desc->ops + (size_t)i * stride);
+    hm_dispatch d;
+    if (hm_plan_dispatch(op, MAX_GROUPS, &d, msg, sizeof msg)) {
+      st = fail(ctx, HM_ABI_STATUS_OUT_OF_RANGE, "opencl: op %u: %s", i, msg);
+      break;
+    }
+    launch *l = &p->launches[i];
+    l->kernel = clCreateKernel(dev->program, hm_kernel_name(d.kernel), &e);
+    if (!l->kernel) {
+      st = fail(ctx, HM_ABI_STATUS_INTERNAL, "opencl: kernel '%s': %s (%d)", hm_kernel_name(d.kernel), cl_error_name(e), (int)e);
+      break;
+    }
+    for (int s = 0; s < 6 && st == HM_ABI_OK; s++) {
+      const hm_abi_operand *o = s < 3 ? &op->in[s] : &op->out[s - 3];
+      cl_mem m = o->buffer ? ((ocl_buffer *)o->buffer)->mem : dev->dummy;
+      d.p.off[s] = o->buffer ? (uint32_t)(o->offset / 4) : 0;
+      if (o->buffer && o->offset / 4 > UINT32_MAX) st = fail(ctx, HM_ABI_STATUS_OUT_OF_RANGE, "opencl: op %u: offset too large", i);
+      e = clSetKernelArg(l->kernel, (cl_uint)s, sizeof m, &m);
+      if (e != CL_SUCCESS) st = fail(ctx, HM_ABI_STATUS_INTERNAL, "opencl: op %u: argument %d: %s (%d)", i, s, cl_error_name(e), (int)e);
+    }
+    if (st != HM_ABI_OK) break;
+    e = clSetKernelArg(l->kernel, 6, sizeof p->scalars, &p->scalars);
+    if (e == CL_SUCCESS) e = clSetKernelArg(l->kernel, 7, sizeof d.p, &d.p);
+    if (e != CL_SUCCESS) {
+      st = fail(ctx, HM_ABI_STATUS_INTERNAL, "opencl: op %u: arguments: %s (%d)", i, cl_error_name(e), (int)e);
+      break;
+    }
+    l->local = d.local_size;
+    l->global = (size_t)d.groups * d.local_size;
+    p->n_launches = i + 1;
+  }
+  if (st != HM_ABI_OK) {
+    ocl_program_free(p);
+    return st;
+  }
+  *out = p;
+  return HM_ABI_OK;
+}
+
+static int32_t ocl_program_run(hm_abi_program *p, const double *scalars, uint32_t n_scalars) {
+  if (!p) return HM_ABI_STATUS_INVALID_ARGUMENT;
+  ocl_device *dev = p->dev;
+  if (n_scalars != p->n_scalars || (n_scalars && !scalars))
+    return fail(dev->ctx, HM_ABI_STATUS_INVALID_ARGUMENT, "opencl: program_run got %u scalars, the program was created with %u",
+                n_scalars, p->n_scalars);
+  cl_int e = CL_SUCCESS;
+  if (n_scalars) {
+    for (uint32_t i = 0; i < n_scalars; i++) p->scalars_host[i] = (float)scalars[i];
+    e = clEnqueueWriteBuffer(dev->queue, p->scalars, CL_TRUE, 0, n_scalars * sizeof(float), p->scalars_host, 0, NULL, NULL);
+  }
+  for (uint32_t i = 0; i < p->n_launches && e == CL_SUCCESS; i++)
+    e = clEnqueueNDRangeKernel(dev->queue, p->launches[i].kernel, 1, NULL, &p->launches[i].global, &p->launches[i].local, 0,
+                               NULL, NULL);
+  if (e == CL_SUCCESS) e = clFlush(dev->queue);
+  return e == CL_SUCCESS ? HM_ABI_OK : fail(dev->ctx, status_of(e), "opencl: program_run: %s (%d)", cl_error_name(e), (int)e);
+}
+
+static int32_t ocl_device_synchronize(hm_abi_device *dev) {
+  if (!dev) return HM_ABI_STATUS_INVALID_ARGUMENT;
+  cl_int e = clFinish(dev->queue);
+  return e == CL_SUCCESS ? HM_ABI_OK : fail(dev->ctx, status_of(e), "opencl: finish: %s (%d)", cl_error_name(e), (int)e);
+}
+
+/* ===== Query ===== */
+
+HM_ABI_EXPORT int32_t hm_plugin_query(const hm_abi_query *query, hm_abi_plugin *out) {
+  if (!query || !out || query->struct_size < sizeof(hm_abi_query) || out->struct_size < offsetof(hm_abi_plugin, reserved))
+    return HM_ABI_STATUS_INVALID_ARGUMENT;
+  uint32_t hi = query->host_max_abi < PLUGIN_MAX_ABI ? query->host_max_abi : PLUGIN_MAX_ABI;
+  uint32_t lo = query->host_min_abi > PLUGIN_MIN_ABI ? query->host_min_abi : PLUGIN_MIN_ABI;
+  if (HM_ABI_VERSION_GET_MAJOR(hi) != HM_ABI_VERSION_MAJOR || hi < lo) return HM_ABI_STATUS_INCOMPATIBLE;
+  hm_abi_plugin p;
+  memset(&p, 0, sizeof p);
+  p.struct_size = out->struct_size;
+  p.abi_version = hi;
+  p.plugin_min_abi = PLUGIN_MIN_ABI;
+  p.plugin_max_abi = PLUGIN_MAX_ABI;
+  p.name = "opencl";
+  p.vendor = "Harmonics";
+  p.version = HM_PLUGIN_VERSION;
+  p.build_id = HM_BUILD_ID;
+  p.init = ocl_init;
+  p.shutdown = ocl_shutdown;
+  p.device_count = ocl_device_count;
+  p.device_describe = ocl_device_describe;
+  p.device_open = ocl_device_open;
+  p.device_close = ocl_device_close;
+  p.buffer_alloc = ocl_buffer_alloc;
+  p.buffer_free = ocl_buffer_free;
+  p.buffer_write = ocl_buffer_write;
+  p.buffer_read = ocl_buffer_read;
+  p.buffer_copy = ocl_buffer_copy;
+  p.program_create = ocl_program_create;
+  p.program_free = ocl_program_free;
+  p.program_run = ocl_program_run;
+  p.device_synchronize = ocl_device_synchronize;
+  memcpy(out, &p, out->struct_size < sizeof p ? out->struct_size : sizeof p);
+  return HM_ABI_OK;
+}
