@@ -1,5 +1,4 @@
 // The kernel dialect for Vulkan GLSL (glslc). See hm_ops.kern.
-#extension GL_EXT_control_flow_attributes : enable
 #define FN
 #define KERNEL(name, wg) layout(local_size_x = wg) in; void main()
 layout(std430, binding = 0) buffer B0_ { uint d[]; } b0_;

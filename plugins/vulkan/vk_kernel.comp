@@ -1,0 +1,5 @@
+#version 450
+#extension GL_GOOGLE_include_directive : require
+// One kernel of hm_ops.kern per compilation: the build defines K_<name>.
+#include "dialect_glsl.h"
+#include "hm_ops.kern"

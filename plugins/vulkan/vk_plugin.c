@@ -1,0 +1,750 @@
+/*
+ * The Vulkan backend: every ABI op as a GLSL compute shader
+ * (plugins/common/kernels/hm_ops.kern with dialect_glsl.h), compiled to
+ * SPIR-V at build time and embedded here. Pipelines are created on first use
+ * and cached per device. A program is recorded once into a command buffer
+ * (bind, push constants, dispatch, barrier per op); program_run writes the
+ * dynamic scalars into a small host-visible buffer that every dispatch reads
+ * and resubmits the same command buffer.
+ *
+ * The shaders use only 32-bit integers and floats (packed formats are decoded
+ * with shifts), so they need no optional device feature and one variant runs
+ * everywhere; the descriptor reports the optional features the device has.
+ * Memory: buffers live in device-local memory; when that memory is also host
+ * visible (integrated GPUs, lavapipe) reads and writes are direct, otherwise
+ * they go through a staging buffer (device option memory=staging forces the
+ * staging path, to test it anywhere).
+ */
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <vulkan/vulkan.h>
+
+#include "dispatch.h"
+#include "harmonics_abi.h"
+#include "op_rules.h"
+
+#define PLUGIN_MIN_ABI HM_ABI_MAKE_VERSION(1, 0)
+#define PLUGIN_MAX_ABI HM_ABI_VERSION
+#define MAX_DEVICES 16
+#define BUFFER_MAGIC 0x564b4246u /* "VKBF" */
+#define N_BINDINGS 7             /* b0..b5 and the scalars */
+#define MAX_GROUPS 1024u
+
+/* The SPIR-V of each kernel (vk_shaders.c, generated). */
+extern const uint32_t *const hm_vk_spirv[HK_COUNT];
+extern const size_t hm_vk_spirv_size[HK_COUNT];
+
+typedef struct vk_device_info {
+  VkPhysicalDevice phys;
+  hm_abi_device_desc desc;
+  uint32_t queue_family;
+  VkDeviceSize max_range; /* maxStorageBufferRange */
+} vk_device_info;
+
+typedef struct hm_abi_context {
+  hm_abi_host host;
+  VkInstance instance;
+  uint32_t n_devices;
+  vk_device_info devices[MAX_DEVICES];
+} vk_context;
+
+typedef struct hm_abi_device {
+  vk_context *ctx;
+  const vk_device_info *info;
+  VkDevice dev;
+  VkQueue queue;
+  VkCommandPool pool;
+  VkFence fence;
+  int pending; /* a submission may still run */
+  VkDescriptorSetLayout set_layout;
+  VkPipelineLayout layout;
+  VkPipelineCache cache;
+  VkShaderModule modules[HK_COUNT];
+  VkPipeline pipes[HK_COUNT];
+  VkPhysicalDeviceMemoryProperties mem;
+  int force_staging;
+  /* A buffer bound to unused operand slots, and the staging buffer. */
+  VkBuffer dummy;
+  VkDeviceMemory dummy_mem;
+  VkBuffer staging;
+  VkDeviceMemory staging_mem;
+  void *staging_map;
+  VkDeviceSize staging_size;
+  VkCommandBuffer transfer;
+  atomic_long live_buffers, live_programs;
+} vk_device;
+
+typedef struct hm_abi_buffer {
+  uint32_t magic;
+  vk_device *dev;
+  uint64_t size;
+  VkBuffer buf;
+  VkDeviceMemory mem;
+  void *map; /* non-NULL when host visible */
+} vk_buffer;
+
+typedef struct hm_abi_program {
+  vk_device *dev;
+  uint32_t n_scalars;
+  VkDescriptorPool dpool;
+  VkCommandBuffer cmd;
+  VkBuffer scalars;
+  VkDeviceMemory scalars_mem;
+  float *scalars_map;
+} vk_program;
+
+static int32_t fail(const vk_context *ctx, int32_t status, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static int32_t fail(const vk_context *ctx, int32_t status, const char *fmt, ...) {
+  char msg[1024];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(msg, sizeof msg, fmt, ap);
+  va_end(ap);
+  if (ctx && ctx->host.report) ctx->host.report(ctx->host.host_ctx, HM_ABI_LOG_ERROR, status, msg);
+  return status;
+}
+
+static int32_t status_of(VkResult r) {
+  return r == VK_ERROR_OUT_OF_HOST_MEMORY || r == VK_ERROR_OUT_OF_DEVICE_MEMORY || r == VK_ERROR_TOO_MANY_OBJECTS
+             ? HM_ABI_STATUS_RESOURCE_EXHAUSTED
+         : r == VK_ERROR_DEVICE_LOST ? HM_ABI_STATUS_UNAVAILABLE
+                                     : HM_ABI_STATUS_INTERNAL;
+}
+
+static void copy_text(char *dst, size_t cap, const char *src) {
+  size_t n = strlen(src);
+  if (n >= cap) n = cap - 1;
+  memcpy(dst, src, n);
+  dst[n] = '\0';
+}
+
+/* ===== Context ===== */
+
+static void describe(vk_device_info *di) {
+  VkPhysicalDeviceProperties props;
+  vkGetPhysicalDeviceProperties(di->phys, &props);
+  VkPhysicalDeviceVulkan12Features f12 = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_VULKAN_1_2_FEATURES};
+  VkPhysicalDeviceVulkan11Features f11 = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_VULKAN_1_1_FEATURES, .pNext = &f12};
+  VkPhysicalDeviceFeatures2 f2 = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_FEATURES_2, .pNext = &f11};
+  VkPhysicalDeviceSubgroupProperties sub = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_SUBGROUP_PROPERTIES};
+  VkPhysicalDeviceProperties2 p2 = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_PROPERTIES_2, .pNext = &sub};
+  int v11 = props.apiVersion >= VK_API_VERSION_1_2;
+  if (v11) {
+    vkGetPhysicalDeviceFeatures2(di->phys, &f2);
+    vkGetPhysicalDeviceProperties2(di->phys, &p2);
+  }
+  uint32_t n_ext = 0;
+  vkEnumerateDeviceExtensionProperties(di->phys, NULL, &n_ext, NULL);
+  VkExtensionProperties *ext = calloc(n_ext ? n_ext : 1, sizeof *ext);
+  int coop = 0, dot = 0;
+  if (ext && vkEnumerateDeviceExtensionProperties(di->phys, NULL, &n_ext, ext) == VK_SUCCESS)
+    for (uint32_t i = 0; i < n_ext; i++) {
+      if (!strcmp(ext[i].extensionName, "VK_KHR_cooperative_matrix") || !strcmp(ext[i].extensionName, "VK_NV_cooperative_matrix")) coop = 1;
+      if (!strcmp(ext[i].extensionName, "VK_KHR_shader_integer_dot_product")) dot = 1;
+    }
+  free(ext);
+  VkPhysicalDeviceMemoryProperties mem;
+  vkGetPhysicalDeviceMemoryProperties(di->phys, &mem);
+  uint64_t local = 0;
+  for (uint32_t i = 0; i < mem.memoryHeapCount; i++)
+    if (mem.memoryHeaps[i].flags & VK_MEMORY_HEAP_DEVICE_LOCAL_BIT) local += mem.memoryHeaps[i].size;
+  hm_abi_device_desc *d = &di->desc;
+  memset(d, 0, sizeof *d);
+  d->struct_size = sizeof *d;
+  d->abi_version = HM_ABI_VERSION;
+  copy_text(d->name, sizeof d->name, props.deviceName);
+  snprintf(d->vendor, sizeof d->vendor, "vendor 0x%04x", props.vendorID);
+  d->kind = props.deviceType == VK_PHYSICAL_DEVICE_TYPE_CPU ? HM_ABI_DEVICE_CPU : HM_ABI_DEVICE_GPU;
+  d->compute_units = 0;
+  d->memory_bytes = local;
+  di->max_range = props.limits.maxStorageBufferRange;
+  d->max_buffer_bytes = props.limits.maxStorageBufferRange;
+  static const char *types[] = {"other", "integrated-gpu", "discrete-gpu", "virtual-gpu", "cpu"};
+  snprintf(d->features, sizeof d->features,
+           "vulkan=%u.%u.%u type=%s driver=0x%x fp16=%s int8=%s storage8=%s storage16=%s int_dot=%s subgroup=%u "
+           "coopmat=%s max_binding=%llu max_wg=%u shaders=spirv-f32 packed=q8,q4,q3",
+           VK_API_VERSION_MAJOR(props.apiVersion), VK_API_VERSION_MINOR(props.apiVersion),
+           VK_API_VERSION_PATCH(props.apiVersion), props.deviceType <= 4 ? types[props.deviceType] : "?",
+           props.driverVersion, v11 && f12.shaderFloat16 ? "yes" : "no", v11 && f12.shaderInt8 ? "yes" : "no",
+           v11 && f12.storageBuffer8BitAccess ? "yes" : "no", v11 && f11.storageBuffer16BitAccess ? "yes" : "no",
+           dot ? "yes" : "no", v11 ? sub.subgroupSize : 0, coop ? "yes" : "no",
+           (unsigned long long)props.limits.maxStorageBufferRange, props.limits.maxComputeWorkGroupInvocations);
+  uint32_t n_caps = 0;
+  d->caps = hm_kernel_caps(&n_caps);
+  d->n_caps = n_caps;
+}
+
+static int32_t vk_init(const hm_abi_init_args *args, hm_abi_context **out) {
+  if (!args || !out || !args->host || !args->host->report) return HM_ABI_STATUS_INVALID_ARGUMENT;
+  vk_context *ctx = calloc(1, sizeof *ctx);
+  if (!ctx) return HM_ABI_STATUS_RESOURCE_EXHAUSTED;
+  ctx->host = *args->host;
+  for (uint32_t i = 0; i < args->n_options; i++) {
+    int32_t st = fail(ctx, HM_ABI_STATUS_INVALID_ARGUMENT, "vulkan: unknown option '%s' (none are known)",
+                      args->options[i].key ? args->options[i].key : "");
+    free(ctx);
+    return st;
+  }
+  VkApplicationInfo app = {.sType = VK_STRUCTURE_TYPE_APPLICATION_INFO, .pApplicationName = "harmonics",
+                           .pEngineName = "harmonics", .apiVersion = VK_API_VERSION_1_2};
+  VkInstanceCreateInfo ici = {.sType = VK_STRUCTURE_TYPE_INSTANCE_CREATE_INFO, .pApplicationInfo = &app};
+  VkResult r = vkCreateInstance(&ici, NULL, &ctx->instance);
+  if (r != VK_SUCCESS) {
+    int32_t st = fail(ctx, HM_ABI_STATUS_UNAVAILABLE,
+                      "vulkan: no Vulkan driver (vkCreateInstance returned %d%s): install a Vulkan ICD such as "
+                      "mesa-vulkan-drivers or a GPU vendor's driver",
+                      (int)r, r == VK_ERROR_INCOMPATIBLE_DRIVER ? ", VK_ERROR_INCOMPATIBLE_DRIVER" : "");
+    free(ctx);
+    return st;
+  }
+  uint32_t n = 0;
+  vkEnumeratePhysicalDevices(ctx->instance, &n, NULL);
+  VkPhysicalDevice phys[MAX_DEVICES];
+  if (n > MAX_DEVICES) n = MAX_DEVICES;
+  if (n) vkEnumeratePhysicalDevices(ctx->instance, &n, phys);
+  for (uint32_t i = 0; i < n; i++) {
+    uint32_t nq = 0;
+    vkGetPhysicalDeviceQueueFamilyProperties(phys[i], &nq, NULL);
+    VkQueueFamilyProperties qf[16];
+    if (nq > 16) nq = 16;
+    vkGetPhysicalDeviceQueueFamilyProperties(phys[i], &nq, qf);
+    VkPhysicalDeviceProperties props;
+    vkGetPhysicalDeviceProperties(phys[i], &props);
+    int family = -1;
+    for (uint32_t q = 0; q < nq && family < 0; q++)
+      if (qf[q].queueFlags & VK_QUEUE_COMPUTE_BIT) family = (int)q;
+    /* The kernels need 128 invocations per group and a 112-byte parameter block. */
+    if (family < 0 || props.limits.maxComputeWorkGroupInvocations < 128 || props.limits.maxPushConstantsSize < 112 ||
+        props.apiVersion < VK_API_VERSION_1_1)
+      continue;
+    vk_device_info *di = &ctx->devices[ctx->n_devices++];
+    di->phys = phys[i];
+    di->queue_family = (uint32_t)family;
+    describe(di);
+  }
+  if (ctx->n_devices == 0) {
+    vkDestroyInstance(ctx->instance, NULL);
+    int32_t st = fail(ctx, HM_ABI_STATUS_UNAVAILABLE, "vulkan: %u physical device(s), none with a usable compute queue", n);
+    free(ctx);
+    return st;
+  }
+  *out = ctx;
+  return HM_ABI_OK;
+}
+
+static void vk_shutdown(hm_abi_context *ctx) {
+  if (!ctx) return;
+  vkDestroyInstance(ctx->instance, NULL);
+  free(ctx);
+}
+
+static uint32_t vk_device_count(hm_abi_context *ctx) { return ctx ? ctx->n_devices : 0; }
+
+static int32_t vk_device_describe(hm_abi_context *ctx, uint32_t index, hm_abi_device_desc *out) {
+  if (!ctx || !out) return HM_ABI_STATUS_INVALID_ARGUMENT;
+  if (index >= ctx->n_devices) return fail(ctx, HM_ABI_STATUS_NOT_FOUND, "vulkan: no device %u (%u devices)", index, ctx->n_devices);
+  if (out->struct_size < offsetof(hm_abi_device_desc, reserved))
+    return fail(ctx, HM_ABI_STATUS_INVALID_ARGUMENT, "vulkan: device descriptor too small (%u bytes)", out->struct_size);
+  hm_abi_device_desc d = ctx->devices[index].desc;
+  d.struct_size = out->struct_size;
+  memcpy(out, &d, out->struct_size < sizeof d ? out->struct_size : sizeof d);
+  return HM_ABI_OK;
+}
+
+/* ===== Memory ===== */
+
+static int find_memory(const vk_device *dev, uint32_t type_bits, VkMemoryPropertyFlags want) {
+  for (uint32_t i = 0; i < dev->mem.memoryTypeCount; i++)
+    if ((type_bits & (1u << i)) && (dev->mem.memoryTypes[i].propertyFlags & want) == want) return (int)i;
+  return -1;
+}
+
+/* A buffer with memory: device local (and host visible if possible and
+ * allowed), or host visible only when |host| is set. */
+static VkResult make_buffer(vk_device *dev, VkDeviceSize size, int host, VkBuffer *buf, VkDeviceMemory *mem, void **map) {
+  VkBufferCreateInfo bi = {.sType = VK_STRUCTURE_TYPE_BUFFER_CREATE_INFO, .size = size,
+                           .usage = VK_BUFFER_USAGE_STORAGE_BUFFER_BIT | VK_BUFFER_USAGE_TRANSFER_SRC_BIT |
+                                    VK_BUFFER_USAGE_TRANSFER_DST_BIT,
+                           .sharingMode = VK_SHARING_MODE_EXCLUSIVE};
+  VkResult r = vkCreateBuffer(dev->dev, &bi, NULL, buf);
+  if (r != VK_SUCCESS) return r;
+  VkMemoryRequirements req;
+  vkGetBufferMemoryRequirements(dev->dev, *buf, &req);
+  const VkMemoryPropertyFlags hv = VK_MEMORY_PROPERTY_HOST_VISIBLE_BIT | VK_MEMORY_PROPERTY_HOST_COHERENT_BIT;
+  int type = -1;
+  if (host) type = find_memory(dev, req.memoryTypeBits, hv);
+  else {
+    if (!dev->force_staging) type = find_memory(dev, req.memoryTypeBits, VK_MEMORY_PROPERTY_DEVICE_LOCAL_BIT | hv);
+    if (type < 0) {
+      type = find_memory(dev, req.memoryTypeBits, VK_MEMORY_PROPERTY_DEVICE_LOCAL_BIT);
+      /* Forced staging must not map even if the type happens to be visible. */
+    }
+    if (type < 0) type = find_memory(dev, req.memoryTypeBits, 0);
+  }
+  if (type < 0) {
+    vkDestroyBuffer(dev->dev, *buf, NULL);
+    return VK_ERROR_OUT_OF_DEVICE_MEMORY;
+  }
+  VkMemoryAllocateInfo ai = {.sType = VK_STRUCTURE_TYPE_MEMORY_ALLOCATE_INFO, .allocationSize = req.size,
+                             .memoryTypeIndex = (uint32_t)type};
+  r = vkAllocateMemory(dev->dev, &ai, NULL, mem);
+  if (r == VK_SUCCESS) r = vkBindBufferMemory(dev->dev, *buf, *mem, 0);
+  *map = NULL;
+  int visible = (dev->mem.memoryTypes[type].propertyFlags & hv) == hv;
+  if (r == VK_SUCCESS && visible && (host || !dev->force_staging)) r = vkMapMemory(dev->dev, *mem, 0, VK_WHOLE_SIZE, 0, map);
+  if (r != VK_SUCCESS) {
+    vkDestroyBuffer(dev->dev, *buf, NULL);
+    if (*mem) vkFreeMemory(dev->dev, *mem, NULL);
+    *mem = VK_NULL_HANDLE;
+  }
+  return r;
+}
+
+/* Waits for the last submission of the device. */
+static int32_t wait_idle(vk_device *dev) {
+  if (!dev->pending) return HM_ABI_OK;
+  VkResult r = vkWaitForFences(dev->dev, 1, &dev->fence, VK_TRUE, UINT64_MAX);
+  dev->pending = 0;
+  if (r != VK_SUCCESS) return fail(dev->ctx, status_of(r), "vulkan: waiting for the device failed (%d)", (int)r);
+  return HM_ABI_OK;
+}
+
+static int32_t submit(vk_device *dev, VkCommandBuffer cmd, int wait) {
+  int32_t st = wait_idle(dev);
+  if (st) return st;
+  vkResetFences(dev->dev, 1, &dev->fence);
+  VkSubmitInfo si = {.sType = VK_STRUCTURE_TYPE_SUBMIT_INFO, .commandBufferCount = 1, .pCommandBuffers = &cmd};
+  VkResult r = vkQueueSubmit(dev->queue, 1, &si, dev->fence);
+  if (r != VK_SUCCESS) return fail(dev->ctx, status_of(r), "vulkan: vkQueueSubmit failed (%d)", (int)r);
+  dev->pending = 1;
+  return wait ? wait_idle(dev) : HM_ABI_OK;
+}
+
+static int32_t ensure_staging(vk_device *dev, VkDeviceSize size) {
+  if (dev->staging_size >= size) return HM_ABI_OK;
+  if (dev->staging) {
+    vkDestroyBuffer(dev->dev, dev->staging, NULL);
+    vkFreeMemory(dev->dev, dev->staging_mem, NULL);
+    dev->staging = VK_NULL_HANDLE;
+    dev->staging_size = 0;
+  }
+  VkDeviceSize want = size < (1u << 20) ? (1u << 20) : size;
+  VkResult r = make_buffer(dev, want, 1, &dev->staging, &dev->staging_mem, &dev->staging_map);
+  if (r != VK_SUCCESS) return fail(dev->ctx, status_of(r), "vulkan: no staging memory for %llu bytes (%d)", (unsigned long long)size, (int)r);
+  dev->staging_size = want;
+  return HM_ABI_OK;
+}
+
+/* One-shot transfer: copy |size| bytes between two buffers and wait. */
+static int32_t copy_now(vk_device *dev, VkBuffer src, VkDeviceSize so, VkBuffer dst, VkDeviceSize doff, VkDeviceSize size) {
+  int32_t st = wait_idle(dev);
+  if (st) return st;
+  VkCommandBuffer c = dev->transfer;
+  vkResetCommandBuffer(c, 0);
+  VkCommandBufferBeginInfo bi = {.sType = VK_STRUCTURE_TYPE_COMMAND_BUFFER_BEGIN_INFO,
+                                 .flags = VK_COMMAND_BUFFER_USAGE_ONE_TIME_SUBMIT_BIT};
+  vkBeginCommandBuffer(c, &bi);
+  VkBufferCopy region = {so, doff, size};
+  vkCmdCopyBuffer(c, src, dst, 1, &region);
+  vkEndCommandBuffer(c);
+  return submit(dev, c, 1);
+}
+
+/* ===== Devices ===== */
+
+static void vk_device_close(hm_abi_device *dev) {
+  if (!dev) return;
+  if (dev->dev) {
+    vkDeviceWaitIdle(dev->dev);
+    for (int k = 0; k < HK_COUNT; k++) {
+      if (dev->pipes[k]) vkDestroyPipeline(dev->dev, dev->pipes[k], NULL);
+      if (dev->modules[k]) vkDestroyShaderModule(dev->dev, dev->modules[k], NULL);
+    }
+    if (dev->staging) vkDestroyBuffer(dev->dev, dev->staging, NULL);
+    if (dev->staging_mem) vkFreeMemory(dev->dev, dev->staging_mem, NULL);
+    if (dev->dummy) vkDestroyBuffer(dev->dev, dev->dummy, NULL);
+    if (dev->dummy_mem) vkFreeMemory(dev->dev, dev->dummy_mem, NULL);
+    if (dev->cache) vkDestroyPipelineCache(dev->dev, dev->cache, NULL);
+    if (dev->layout) vkDestroyPipelineLayout(dev->dev, dev->layout, NULL);
+    if (dev->set_layout) vkDestroyDescriptorSetLayout(dev->dev, dev->set_layout, NULL);
+    if (dev->fence) vkDestroyFence(dev->dev, dev->fence, NULL);
+    if (dev->pool) vkDestroyCommandPool(dev->dev, dev->pool, NULL);
+    vkDestroyDevice(dev->dev, NULL);
+  }
+  free(dev);
+}
+
+static int32_t vk_device_open(hm_abi_context *ctx, uint32_t index, const hm_abi_option *options, uint32_t n_options,
+                              hm_abi_device **out) {
+  if (!ctx || !out || (n_options && !options)) return HM_ABI_STATUS_INVALID_ARGUMENT;
+  if (index >= ctx->n_devices) return fail(ctx, HM_ABI_STATUS_NOT_FOUND, "vulkan: no device %u", index);
+  int force_staging = 0;
+  for (uint32_t i = 0; i < n_options; i++) {
+    const char *k = options[i].key ? options[i].key : "", *v = options[i].value ? options[i].value : "";
+    if (!strcmp(k, "threads")) continue; /* offered to every device; not used here */
+    if (!strcmp(k, "memory") && (!strcmp(v, "auto") || !strcmp(v, "staging"))) {
+      force_staging = !strcmp(v, "staging");
+      continue;
+    }
+    return fail(ctx, HM_ABI_STATUS_INVALID_ARGUMENT, "vulkan: bad device option %s='%s' (known: memory=auto|staging)", k, v);
+  }
+  vk_device *dev = calloc(1, sizeof *dev);
+  if (!dev) return HM_ABI_STATUS_RESOURCE_EXHAUSTED;
+  dev->ctx = ctx;
+  dev->info = &ctx->devices[index];
+  dev->force_staging = force_staging;
+  vkGetPhysicalDeviceMemoryProperties(dev->info->phys, &dev->mem);
+  float prio = 1.0f;
+  VkDeviceQueueCreateInfo qi = {.sType = VK_STRUCTURE_TYPE_DEVICE_QUEUE_CREATE_INFO, .queueFamilyIndex = dev->info->queue_family,
+                                .queueCount = 1, .pQueuePriorities = &prio};
+  VkDeviceCreateInfo di = {.sType = VK_STRUCTURE_TYPE_DEVICE_CREATE_INFO, .queueCreateInfoCount = 1, .pQueueCreateInfos = &qi};
+  VkResult r = vkCreateDevice(dev->info->phys, &di, NULL, &dev->dev);
+  if (r == VK_SUCCESS) {
+    vkGetDeviceQueue(dev->dev, dev->info->queue_family, 0, &dev->queue);
+    VkCommandPoolCreateInfo pi = {.sType = VK_STRUCTURE_TYPE_COMMAND_POOL_CREATE_INFO,
+                                  .flags = VK_COMMAND_POOL_CREATE_RESET_COMMAND_BUFFER_BIT,
+                                  .queueFamilyIndex = dev->info->queue_family};
+    r = vkCreateCommandPool(dev->dev, &pi, NULL, &dev->pool);
+  }
+  if (r == VK_SUCCESS) {
+    VkFenceCreateInfo fi = {.sType = VK_STRUCTURE_TYPE_FENCE_CREATE_INFO};
+    r = vkCreateFence(dev->dev, &fi, NULL, &dev->fence);
+  }
+  if (r == VK_SUCCESS) {
+    VkDescriptorSetLayoutBinding b[N_BINDINGS];
+    for (uint32_t i = 0; i < N_BINDINGS; i++)
+      b[i] = (VkDescriptorSetLayoutBinding){i, VK_DESCRIPTOR_TYPE_STORAGE_BUFFER, 1, VK_SHADER_STAGE_COMPUTE_BIT, NULL};
+    VkDescriptorSetLayoutCreateInfo li = {.sType = VK_STRUCTURE_TYPE_DESCRIPTOR_SET_LAYOUT_CREATE_INFO, .bindingCount = N_BINDINGS,
+                                          .pBindings = b};
+    r = vkCreateDescriptorSetLayout(dev->dev, &li, NULL, &dev->set_layout);
+  }
+  if (r == VK_SUCCESS) {
+    VkPushConstantRange pc = {VK_SHADER_STAGE_COMPUTE_BIT, 0, sizeof(hm_kparams)};
+    VkPipelineLayoutCreateInfo pli = {.sType = VK_STRUCTURE_TYPE_PIPELINE_LAYOUT_CREATE_INFO, .setLayoutCount = 1,
+                                      .pSetLayouts = &dev->set_layout, .pushConstantRangeCount = 1, .pPushConstantRanges = &pc};
+    r = vkCreatePipelineLayout(dev->dev, &pli, NULL, &dev->layout);
+  }
+  if (r == VK_SUCCESS) {
+    VkPipelineCacheCreateInfo ci = {.sType = VK_STRUCTURE_TYPE_PIPELINE_CACHE_CREATE_INFO};
+    r = vkCreatePipelineCache(dev->dev, &ci, NULL, &dev->cache);
+  }
+  if (r == VK_SUCCESS) {
+    VkCommandBufferAllocateInfo ai = {.sType = VK_STRUCTURE_TYPE_COMMAND_BUFFER_ALLOCATE_INFO, .commandPool = dev->pool,
+                                      .level = VK_COMMAND_BUFFER_LEVEL_PRIMARY, .commandBufferCount = 1};
+    r = vkAllocateCommandBuffers(dev->dev, &ai, &dev->transfer);
+  }
+  if (r == VK_SUCCESS) r = make_buffer(dev, 256, 0, &dev->dummy, &dev->dummy_mem, &(void *){NULL});
+  if (r != VK_SUCCESS) {
+    int32_t st = fail(ctx, status_of(r), "vulkan: cannot open '%s' (%d)", dev->info->desc.name, (int)r);
+    vk_device_close(dev);
+    return st;
+  }
+  *out = dev;
+  return HM_ABI_OK;
+}
+
+/* The pipeline of kernel |k|, created on first use. */
+static int32_t pipeline(vk_device *dev, hm_kernel_id k, VkPipeline *out) {
+  if (dev->pipes[k]) {
+    *out = dev->pipes[k];
+    return HM_ABI_OK;
+  }
+  VkShaderModuleCreateInfo mi = {.sType = VK_STRUCTURE_TYPE_SHADER_MODULE_CREATE_INFO, .codeSize = hm_vk_spirv_size[k],
+                                 .pCode = hm_vk_spirv[k]};
+  VkResult r = vkCreateShaderModule(dev->dev, &mi, NULL, &dev->modules[k]);
+  if (r == VK_SUCCESS) {
+    VkComputePipelineCreateInfo ci = {
+        .sType = VK_STRUCTURE_TYPE_COMPUTE_PIPELINE_CREATE_INFO,
+        .stage = {.sType = VK_STRUCTURE_TYPE_PIPELINE_SHADER_STAGE_CREATE_INFO, .stage = VK_SHADER_STAGE_COMPUTE_BIT,
+                  .module = dev->modules[k], .pName = "main"},
+        .layout = dev->layout};
+    r = vkCreateComputePipelines(dev->dev, dev->cache, 1, &ci, NULL, &dev->pipes[k]);
+  }
+  if (r != VK_SUCCESS) return fail(dev->ctx, status_of(r), "vulkan: pipeline '%s' failed (%d)", hm_kernel_name(k), (int)r);
+  *out = dev->pipes[k];
+  return HM_ABI_OK;
+}
+
+/* ===== Buffers ===== */
+
+static int check_buffer(const vk_buffer *b) { return !b || b->magic != BUFFER_MAGIC; }
+
+static int32_t vk_buffer_alloc(hm_abi_device *dev, uint64_t size, hm_abi_buffer **out) {
+  if (!dev || !out) return HM_ABI_STATUS_INVALID_ARGUMENT;
+  if (size == 0) return fail(dev->ctx, HM_ABI_STATUS_INVALID_ARGUMENT, "vulkan: buffer size must be > 0");
+  uint64_t alloc = (size + 3) & ~(uint64_t)3; /* shaders address 32-bit words */
+  if (size > UINT64_MAX - 4 || alloc > dev->info->max_range)
+    return fail(dev->ctx, HM_ABI_STATUS_RESOURCE_EXHAUSTED,
+                "vulkan: buffer of %llu bytes exceeds the device's storage-buffer range (%llu bytes)",
+                (unsigned long long)size, (unsigned long long)dev->info->max_range);
+  vk_buffer *b = calloc(1, sizeof *b);
+  if (!b) return HM_ABI_STATUS_RESOURCE_EXHAUSTED;
+  VkResult r = make_buffer(dev, alloc, 0, &b->buf, &b->mem, &b->map);
+  if (r != VK_SUCCESS) {
+    free(b);
+    return fail(dev->ctx, status_of(r), "vulkan: cannot allocate %llu bytes (%d)", (unsigned long long)size, (int)r);
+  }
+  b->magic = BUFFER_MAGIC;
+  b->dev = dev;
+  b->size = size;
+  atomic_fetch_add(&dev->live_buffers, 1);
+  *out = b;
+  return HM_ABI_OK;
+}
+
+static void vk_buffer_free(hm_abi_buffer *b) {
+  if (check_buffer(b)) return;
+  vk_device *dev = b->dev;
+  (void)wait_idle(dev);
+  atomic_fetch_sub(&dev->live_buffers, 1);
+  b->magic = 0;
+  vkDestroyBuffer(dev->dev, b->buf, NULL);
+  vkFreeMemory(dev->dev, b->mem, NULL);
+  free(b);
+}
+
+static int range_ok(const vk_buffer *b, uint64_t offset, uint64_t size) { return offset <= b->size && size <= b->size - offset; }
+
+static int32_t vk_buffer_write(hm_abi_buffer *b, uint64_t offset, const void *src, uint64_t size) {
+  if (check_buffer(b) || (!src && size)) return HM_ABI_STATUS_INVALID_ARGUMENT;
+  if (!range_ok(b, offset, size))
+    return fail(b->dev->ctx, HM_ABI_STATUS_OUT_OF_RANGE, "vulkan: write of %llu bytes at offset %llu exceeds buffer size %llu",
+                (unsigned long long)size, (unsigned long long)offset, (unsigned long long)b->size);
+  if (!size) return HM_ABI_OK;
+  vk_device *dev = b->dev;
+  int32_t st = wait_idle(dev);
+  if (st) return st;
+  if (b->map) {
+    memcpy((char *)b->map + offset, src, (size_t)size);
+    return HM_ABI_OK;
+  }
+  if ((st = ensure_staging(dev, size))) return st;
+  memcpy(dev->staging_map, src, (size_t)size);
+  return copy_now(dev, dev->staging, 0, b->buf, offset, size);
+}
+
+static int32_t vk_buffer_read(hm_abi_buffer *b, uint64_t offset, void *dst, uint64_t size) {
+  if (check_buffer(b) || (!dst && size)) return HM_ABI_STATUS_INVALID_ARGUMENT;
+  if (!range_ok(b, offset, size))
+    return fail(b->dev->ctx, HM_ABI_STATUS_OUT_OF_RANGE, "vulkan: read of %llu bytes at offset %llu exceeds buffer size %llu",
+                (unsigned long long)size, (unsigned long long)offset, (unsigned long long)b->size);
+  if (!size) return HM_ABI_OK;
+  vk_device *dev = b->dev;
+  int32_t st = wait_idle(dev);
+  if (st) return st;
+  if (b->map) {
+    memcpy(dst, (const char *)b->map + offset, (size_t)size);
+    return HM_ABI_OK;
+  }
+  if ((st = ensure_staging(dev, size)) || (st = copy_now(dev, b->buf, offset, dev->staging, 0, size))) return st;
+  memcpy(dst, dev->staging_map, (size_t)size);
+  return HM_ABI_OK;
+}
+
+static int32_t vk_buffer_copy(hm_abi_buffer *dst, uint64_t dst_offset, hm_abi_buffer *src, uint64_t src_offset, uint64_t size) {
+  if (check_buffer(dst) || check_buffer(src)) return HM_ABI_STATUS_INVALID_ARGUMENT;
+  if (dst->dev != src->dev) return fail(dst->dev->ctx, HM_ABI_STATUS_INVALID_ARGUMENT, "vulkan: copy between different devices");
+  if (!range_ok(dst, dst_offset, size) || !range_ok(src, src_offset, size))
+    return fail(dst->dev->ctx, HM_ABI_STATUS_OUT_OF_RANGE, "vulkan: copy of %llu bytes out of range", (unsigned long long)size);
+  if (!size) return HM_ABI_OK;
+  if (dst->buf == src->buf && dst_offset < src_offset + size && src_offset < dst_offset + size) {
+    /* Overlapping regions of one buffer: vkCmdCopyBuffer forbids it. */
+    void *tmp = malloc((size_t)size);
+    if (!tmp) return HM_ABI_STATUS_RESOURCE_EXHAUSTED;
+    int32_t st = vk_buffer_read(src, src_offset, tmp, size);
+    if (st == HM_ABI_OK) st = vk_buffer_write(dst, dst_offset, tmp, size);
+    free(tmp);
+    return st;
+  }
+  return copy_now(dst->dev, src->buf, src_offset, dst->buf, dst_offset, size);
+}
+
+/* ===== Programs ===== */
+
+static int buffer_size_of(void *self, const hm_abi_buffer *b, uint64_t *size) {
+  const vk_buffer *vb = (const vk_buffer *)b;
+  if (check_buffer(vb) || vb->dev != self) return 1;
+  *size = vb->size;
+  return 0;
+}
+
+static void vk_program_free(hm_abi_program *p) {
+  if (!p) return;
+  vk_device *dev = p->dev;
+  (void)wait_idle(dev);
+  if (p->cmd) vkFreeCommandBuffers(dev->dev, dev->pool, 1, &p->cmd);
+  if (p->dpool) vkDestroyDescriptorPool(dev->dev, p->dpool, NULL);
+  if (p->scalars) vkDestroyBuffer(dev->dev, p->scalars, NULL);
+  if (p->scalars_mem) vkFreeMemory(dev->dev, p->scalars_mem, NULL);
+  atomic_fetch_sub(&dev->live_programs, 1);
+  free(p);
+}
+
+static int32_t vk_program_create(hm_abi_device *dev, const hm_abi_program_desc *desc, hm_abi_program **out) {
+  if (!dev || !desc || !out) return HM_ABI_STATUS_INVALID_ARGUMENT;
+  vk_context *ctx = dev->ctx;
+  if (desc->struct_size < sizeof(hm_abi_program_desc))
+    return fail(ctx, HM_ABI_STATUS_INVALID_ARGUMENT, "vulkan: program descriptor struct_size %u too small", desc->struct_size);
+  if (desc->n_ops && !desc->ops) return fail(ctx, HM_ABI_STATUS_INVALID_ARGUMENT, "vulkan: %u ops but no op array", desc->n_ops);
+  if (desc->n_ops > (1u << 16)) return fail(ctx, HM_ABI_STATUS_OUT_OF_RANGE, "vulkan: too many ops (%u)", desc->n_ops);
+  size_t stride = desc->n_ops ? desc->ops[0].struct_size : sizeof(hm_abi_op);
+  if (stride < sizeof(hm_abi_op))
+    return fail(ctx, HM_ABI_STATUS_INVALID_ARGUMENT, "vulkan: op struct_size %zu is smaller than %zu", stride, sizeof(hm_abi_op));
+  uint32_t n_caps = 0;
+  const hm_abi_capability *caps = hm_kernel_caps(&n_caps);
+  char msg[512];
+  hm_dispatch *plan = calloc(desc->n_ops ? desc->n_ops : 1, sizeof *plan);
+  if (!plan) return HM_ABI_STATUS_RESOURCE_EXHAUSTED;
+  int32_t st = HM_ABI_OK;
+  for (uint32_t i = 0; i < desc->n_ops && st == HM_ABI_OK; i++) {
+    const hm_abi_op *op = (const hm_abi_op *)((const char *)desc->ops + (size_t)i * stride);
+    if (op->struct_size != stride)
+      st = fail(ctx, HM_ABI_STATUS_INVALID_ARGUMENT, "vulkan: op %u: struct_size %u differs from op 0's %zu", i, op->struct_size, stride);
+    else if ((st = hm_check_op(op, i, desc->n_scalars, caps, n_caps, buffer_size_of, dev, 4, msg, sizeof msg)))
+      st = fail(ctx, st, "vulkan: %s", msg);
+    else if (hm_plan_dispatch(op, MAX_GROUPS, &plan[i], msg, sizeof msg))
+      st = fail(ctx, HM_ABI_STATUS_OUT_OF_RANGE, "vulkan: op %u: %s", i, msg);
+    for (int s = 0; s < 6 && st == HM_ABI_OK; s++) {
+      const hm_abi_operand *o = s < 3 ? &op->in[s] : &op->out[s - 3];
+      plan[i].p.off[s] = o->buffer ? (uint32_t)(o->offset / 4) : 0;
+    }
+  }
+  vk_program *p = st == HM_ABI_OK ? calloc(1, sizeof *p) : NULL;
+  if (st == HM_ABI_OK && !p) st = HM_ABI_STATUS_RESOURCE_EXHAUSTED;
+  if (st != HM_ABI_OK) {
+    free(plan);
+    return st;
+  }
+  p->dev = dev;
+  p->n_scalars = desc->n_scalars;
+  atomic_fetch_add(&dev->live_programs, 1);
+  VkResult r = make_buffer(dev, sizeof(float) * (desc->n_scalars ? desc->n_scalars : 1), 1, &p->scalars, &p->scalars_mem,
+                           (void **)&p->scalars_map);
+  uint32_t n_sets = desc->n_ops ? desc->n_ops : 1;
+  if (r == VK_SUCCESS) {
+    VkDescriptorPoolSize ps = {VK_DESCRIPTOR_TYPE_STORAGE_BUFFER, n_sets * N_BINDINGS};
+    VkDescriptorPoolCreateInfo pi = {.sType = VK_STRUCTURE_TYPE_DESCRIPTOR_POOL_CREATE_INFO, .maxSets = n_sets, .poolSizeCount = 1,
+                                     .pPoolSizes = &ps};
+    r = vkCreateDescriptorPool(dev->dev, &pi, NULL, &p->dpool);
+  }
+  if (r == VK_SUCCESS) {
+    VkCommandBufferAllocateInfo ai = {.sType = VK_STRUCTURE_TYPE_COMMAND_BUFFER_ALLOCATE_INFO, .commandPool = dev->pool,
+                                      .level = VK_COMMAND_BUFFER_LEVEL_PRIMARY, .commandBufferCount = 1};
+    r = vkAllocateCommandBuffers(dev->dev, &ai, &p->cmd);
+  }
+  if (r == VK_SUCCESS) {
+    VkCommandBufferBeginInfo bi = {.sType = VK_STRUCTURE_TYPE_COMMAND_BUFFER_BEGIN_INFO};
+    r = vkBeginCommandBuffer(p->cmd, &bi);
+  }
+  if (r != VK_SUCCESS) st = fail(ctx, status_of(r), "vulkan: cannot record a program (%d)", (int)r);
+  /* Record: per op one descriptor set, the parameter block, the dispatch,
+   * and a barrier so the next op sees its writes. */
+  for (uint32_t i = 0; i < desc->n_ops && st == HM_ABI_OK; i++) {
+    const hm_abi_op *op = (const hm_abi_op *)((const char *)desc->ops + (size_t)i * stride);
+    VkPipeline pipe = VK_NULL_HANDLE;
+    if ((st = pipeline(dev, plan[i].kernel, &pipe))) break;
+    VkDescriptorSet set;
+    VkDescriptorSetAllocateInfo sa = {.sType = VK_STRUCTURE_TYPE_DESCRIPTOR_SET_ALLOCATE_INFO, .descriptorPool = p->dpool,
+                                      .descriptorSetCount = 1, .pSetLayouts = &dev->set_layout};
+    r = vkAllocateDescriptorSets(dev->dev, &sa, &set);
+    if (r != VK_SUCCESS) {
+      st = fail(ctx, status_of(r), "vulkan: descriptor set (%d)", (int)r);
+      break;
+    }
+    VkDescriptorBufferInfo infos[N_BINDINGS];
+    VkWriteDescriptorSet writes[N_BINDINGS];
+    for (uint32_t s = 0; s < N_BINDINGS; s++) {
+      VkBuffer buf = dev->dummy;
+      if (s < 6) {
+        const hm_abi_operand *o = s < 3 ? &op->in[s] : &op->out[s - 3];
+        if (o->buffer) buf = ((vk_buffer *)o->buffer)->buf;
+      } else {
+        buf = p->scalars;
+      }
+      infos[s] = (VkDescriptorBufferInfo){buf, 0, VK_WHOLE_SIZE};
+      writes[s] = (VkWriteDescriptorSet){.sType = VK_STRUCTURE_TYPE_WRITE_DESCRIPTOR_SET, .dstSet = set, .dstBinding = s,
+                                         .descriptorCount = 1, .descriptorType = VK_DESCRIPTOR_TYPE_STORAGE_BUFFER,
+                                         .pBufferInfo = &infos[s]};
+    }
+    vkUpdateDescriptorSets(dev->dev, N_BINDINGS, writes, 0, NULL);
+    vkCmdBindPipeline(p->cmd, VK_PIPELINE_BIND_POINT_COMPUTE, pipe);
+    vkCmdBindDescriptorSets(p->cmd, VK_PIPELINE_BIND_POINT_COMPUTE, dev->layout, 0, 1, &set, 0, NULL);
+    vkCmdPushConstants(p->cmd, dev->layout, VK_SHADER_STAGE_COMPUTE_BIT, 0, sizeof(hm_kparams), &plan[i].p);
+    vkCmdDispatch(p->cmd, plan[i].groups, 1, 1);
+    VkMemoryBarrier mb = {.sType = VK_STRUCTURE_TYPE_MEMORY_BARRIER, .srcAccessMask = VK_ACCESS_SHADER_WRITE_BIT,
+                          .dstAccessMask = VK_ACCESS_SHADER_READ_BIT | VK_ACCESS_SHADER_WRITE_BIT};
+    vkCmdPipelineBarrier(p->cmd, VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT, VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT, 0, 1, &mb, 0, NULL,
+                         0, NULL);
+  }
+  if (st == HM_ABI_OK) {
+    /* Make the results visible to transfers and host reads that follow. */
+    VkMemoryBarrier mb = {.sType = VK_STRUCTURE_TYPE_MEMORY_BARRIER, .srcAccessMask = VK_ACCESS_SHADER_WRITE_BIT,
+                          .dstAccessMask = VK_ACCESS_TRANSFER_READ_BIT | VK_ACCESS_HOST_READ_BIT};
+    vkCmdPipelineBarrier(p->cmd, VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT,
+                         VK_PIPELINE_STAGE_TRANSFER_BIT | VK_PIPELINE_STAGE_HOST_BIT, 0, 1, &mb, 0, NULL, 0, NULL);
+    r = vkEndCommandBuffer(p->cmd);
+    if (r != VK_SUCCESS) st = fail(ctx, status_of(r), "vulkan: recording failed (%d)", (int)r);
+  }
+  free(plan);
+  if (st != HM_ABI_OK) {
+    vk_program_free(p);
+    return st;
+  }
+  *out = p;
+  return HM_ABI_OK;
+}
+
+static int32_t vk_program_run(hm_abi_program *p, const double *scalars, uint32_t n_scalars) {
+  if (!p) return HM_ABI_STATUS_INVALID_ARGUMENT;
+  vk_device *dev = p->dev;
+  if (n_scalars != p->n_scalars || (n_scalars && !scalars))
+    return fail(dev->ctx, HM_ABI_STATUS_INVALID_ARGUMENT, "vulkan: program_run got %u scalars, the program was created with %u",
+                n_scalars, p->n_scalars);
+  int32_t st = wait_idle(dev); /* the scalars buffer and command buffer may be in use */
+  if (st) return st;
+  for (uint32_t i = 0; i < n_scalars; i++) p->scalars_map[i] = (float)scalars[i];
+  return submit(dev, p->cmd, 0);
+}
+
+static int32_t vk_device_synchronize(hm_abi_device *dev) { return dev ? wait_idle(dev) : HM_ABI_STATUS_INVALID_ARGUMENT; }
+
+/* ===== Query ===== */
+
+HM_ABI_EXPORT int32_t hm_plugin_query(const hm_abi_query *query, hm_abi_plugin *out) {
+  if (!query || !out || query->struct_size < sizeof(hm_abi_query) || out->struct_size < offsetof(hm_abi_plugin, reserved))
+    return HM_ABI_STATUS_INVALID_ARGUMENT;
+  uint32_t hi = query->host_max_abi < PLUGIN_MAX_ABI ? query->host_max_abi : PLUGIN_MAX_ABI;
+  uint32_t lo = query->host_min_abi > PLUGIN_MIN_ABI ? query->host_min_abi : PLUGIN_MIN_ABI;
+  if (HM_ABI_VERSION_GET_MAJOR(hi) != HM_ABI_VERSION_MAJOR || hi < lo) return HM_ABI_STATUS_INCOMPATIBLE;
+  hm_abi_plugin p;
+  memset(&p, 0, sizeof p);
+  p.struct_size = out->struct_size;
+  p.abi_version = hi;
+  p.plugin_min_abi = PLUGIN_MIN_ABI;
+  p.plugin_max_abi = PLUGIN_MAX_ABI;
+  p.name = "vulkan";
+  p.vendor = "Harmonics";
+  p.version = HM_PLUGIN_VERSION;
+  p.build_id = HM_BUILD_ID;
+  p.init = vk_init;
+  p.shutdown = vk_shutdown;
+  p.device_count = vk_device_count;
+  p.device_describe = vk_device_describe;
+  p.device_open = vk_device_open;
+  p.device_close = vk_device_close;
+  p.buffer_alloc = vk_buffer_alloc;
+  p.buffer_free = vk_buffer_free;
+  p.buffer_write = vk_buffer_write;
+  p.buffer_read = vk_buffer_read;
+  p.buffer_copy = vk_buffer_copy;
+  p.program_create = vk_program_create;
+  p.program_free = vk_program_free;
+  p.program_run = vk_program_run;
+  p.device_synchronize = vk_device_synchronize;
+  memcpy(out, &p, out->struct_size < sizeof p ? out->struct_size : sizeof p);
+  return HM_ABI_OK;
+}
