@@ -160,7 +160,7 @@ static void describe_device(ocl_device_info *di) {
   size_t wg = 0;
   clGetDeviceInfo(di->id, CL_DEVICE_MAX_WORK_GROUP_SIZE, sizeof wg, &wg, NULL);
   snprintf(d->features, sizeof d->features,
-           "opencl=\"%s\" c=\"%s\" driver=%s type=%s cu=%u max_wg=%zu fp16=%s fp64=%s int_dot=%s "
+           "opencl=\"%.100s\" c=\"%.60s\" driver=%.60s type=%s cu=%u max_wg=%zu fp16=%s fp64=%s int_dot=%s "
            "kernels=portable-f32 packed=q8,q4,q3",
            version, cversion, driver, d->kind == HM_ABI_DEVICE_GPU ? "gpu" : d->kind == HM_ABI_DEVICE_CPU ? "cpu" : "accelerator",
            cu, wg, strstr(ext, "cl_khr_fp16") ? "yes" : "no", strstr(ext, "cl_khr_fp64") ? "yes" : "no",
@@ -168,7 +168,7 @@ static void describe_device(ocl_device_info *di) {
   uint32_t n_caps = 0;
   d->caps = hm_kernel_caps(&n_caps);
   d->n_caps = n_caps;
-  snprintf(di->key, sizeof di->key, "%s|%s|%s|%s|%s", pversion, vendor, name, version, driver);
+  snprintf(di->key, sizeof di->key, "%.200s|%.200s|%.200s|%.200s|%.200s", pversion, vendor, name, version, driver);
 }
 
 static const char *find_option(const hm_abi_option *opts, uint32_t n, const char *key) {

@@ -1,0 +1,149 @@
+/*
+ * bench/backends: every loaded backend in one run — GEMM GFLOP/s (square
+ * f32, timed to completion: a 4-byte read after each run waits for the
+ * device) and training samples/s of the Fashion-MNIST example on a subset.
+ * lavapipe (Vulkan) and PoCL (OpenCL) emulate GPUs on the CPU here: their
+ * figures are for catching regressions, not for comparison with real GPUs.
+ *
+ *   bench_backends [--sizes 128,256,512] [--train-samples 4000] [--seconds 0.5] [--model examples/fashion_mnist.hmx]
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "harmonics/harmonics.h"
+
+static double now(void) {
+  struct timespec t;
+  clock_gettime(CLOCK_MONOTONIC, &t);
+  return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
+}
+
+static double gemm_gflops(hm_device *dev, size_t n, double seconds) {
+  size_t bytes = n * n * 4;
+  float *a = malloc(bytes);
+  for (size_t i = 0; i < n * n; i++) a[i] = (float)(i % 97) / 97.0f - 0.5f;
+  hm_abi_buffer *ba = NULL, *bb = NULL, *bc = NULL;
+  hm_abi_program *p = NULL;
+  double result = -1;
+  if (hm_device_buffer_alloc(dev, bytes, &ba) || hm_device_buffer_alloc(dev, bytes, &bb) ||
+      hm_device_buffer_alloc(dev, bytes, &bc) || hm_device_buffer_write(dev, ba, 0, a, bytes) ||
+      hm_device_buffer_write(dev, bb, 0, a, bytes))
+    goto done;
+  hm_abi_op op = hm_op_init(HM_ABI_OP_GEMM);
+  op.dims[0] = op.dims[1] = op.dims[2] = n;
+  op.params[0] = 1.0f;
+  op.in[0].buffer = ba;
+  op.in[1].buffer = bb;
+  op.out[0].buffer = bc;
+  if (hm_device_program_create(dev, &op, 1, 0, &p)) goto done;
+  float probe;
+  if (hm_device_program_run(dev, p, NULL, 0) || hm_device_buffer_read(dev, bc, 0, &probe, 4)) goto done; /* warm-up, JIT */
+  double best = 1e30, start = now();
+  int reps = 0;
+  while (reps < 3 || now() - start < seconds) {
+    double t = now();
+    if (hm_device_program_run(dev, p, NULL, 0) || hm_device_buffer_read(dev, bc, 0, &probe, 4)) goto done;
+    t = now() - t;
+    if (t < best) best = t;
+    reps++;
+  }
+  result = 2.0 * (double)n * (double)n * (double)n / best / 1e9;
+done:
+  if (result < 0) fprintf(stderr, "bench_backends: gemm %zu: %s\n", n, hm_last_error());
+  hm_device_program_free(dev, p);
+  hm_device_buffer_free(dev, ba);
+  hm_device_buffer_free(dev, bb);
+  hm_device_buffer_free(dev, bc);
+  free(a);
+  return result;
+}
+
+/* One epoch of the example on |samples| training images; samples/s of the
+ * update steps and the held-out accuracy. */
+static int train(const char *backend, const char *model, size_t samples, double *sps, float *acc) {
+  const char *dir = getenv("HARMONICS_FASHION_MNIST_DIR");
+  char xi[512], yi[512], xt[512], yt[512];
+  if (!dir) dir = "/usr/share/datasets/fashion-mnist";
+  snprintf(xi, sizeof xi, "%s/train-images-idx3-ubyte.gz", dir);
+  snprintf(yi, sizeof yi, "%s/train-labels-idx1-ubyte.gz", dir);
+  snprintf(xt, sizeof xt, "%s/t10k-images-idx3-ubyte.gz", dir);
+  snprintf(yt, sizeof yt, "%s/t10k-labels-idx1-ubyte.gz", dir);
+  hm_graph *g = NULL;
+  hm_producer *p[4] = {0}, *lim[4] = {0};
+  const char *paths[4] = {xi, yi, xt, yt};
+  int rc = hm_graph_load_dsl(model, &g) != HM_OK;
+  for (int i = 0; i < 4 && !rc; i++)
+    rc = hm_producer_open_idx(paths[i], &p[i]) != HM_OK || hm_producer_limit(p[i], i < 2 ? samples : 2000, &lim[i]) != HM_OK;
+  if (!rc)
+    rc = hm_graph_bind_producer(g, "pixels", lim[0]) || hm_graph_bind_producer(g, "label", lim[1]) ||
+         hm_graph_bind_eval(g, "pixels", lim[2]) || hm_graph_bind_eval(g, "label", lim[3]);
+  hm_cycle_state *st = NULL;
+  if (!rc) {
+    hm_fit_options o = hm_fit_options_default();
+    o.backend = backend;
+    o.optimizer = HM_OPTIMIZER_ADAM;
+    o.learning_rate = 0.001f;
+    o.batch_size = 64;
+    rc = hm_graph_fit(g, 1, NULL, &o, &st) != HM_OK;
+  }
+  if (rc) {
+    fprintf(stderr, "bench_backends: training on %s: %s\n", backend, hm_last_error());
+  } else {
+    *sps = (double)hm_cycle_state_samples(st) / hm_cycle_state_train_seconds(st);
+    *acc = hm_cycle_state_eval_accuracy(st);
+  }
+  hm_cycle_state_free(st);
+  hm_graph_free(g);
+  for (int i = 0; i < 4; i++) {
+    hm_producer_free(lim[i]);
+    hm_producer_free(p[i]);
+  }
+  return rc;
+}
+
+int main(int argc, char **argv) {
+  size_t sizes[8] = {128, 256, 512}, n_sizes = 3, samples = 4000;
+  double seconds = 0.5;
+  const char *model = "examples/fashion_mnist.hmx";
+  for (int i = 1; i + 1 < argc; i += 2) {
+    if (!strcmp(argv[i], "--sizes")) {
+      n_sizes = 0;
+      for (char *s = argv[i + 1]; *s && n_sizes < 8;) {
+        sizes[n_sizes++] = strtoul(s, &s, 10);
+        if (*s == ',') s++;
+      }
+    } else if (!strcmp(argv[i], "--train-samples")) samples = strtoul(argv[i + 1], NULL, 10);
+    else if (!strcmp(argv[i], "--seconds")) seconds = strtod(argv[i + 1], NULL);
+    else if (!strcmp(argv[i], "--model")) model = argv[i + 1];
+    else {
+      fprintf(stderr, "usage: bench_backends [--sizes 128,256,512] [--train-samples N] [--seconds S] [--model M]\n");
+      return 2;
+    }
+  }
+  static const char *backends[] = {"cpu", "vulkan", "opencl", "cuda"};
+  printf("%-8s %-44s", "backend", "device");
+  for (size_t s = 0; s < n_sizes; s++) printf(" gemm%-5zu", sizes[s]);
+  printf(" %12s %9s\n", "train_smp/s", "accuracy");
+  for (size_t b = 0; b < sizeof backends / sizeof backends[0]; b++) {
+    hm_device *dev = NULL;
+    if (hm_device_open(backends[b], NULL, &dev) != HM_OK) {
+      printf("%-8s not available: %s\n", backends[b], hm_last_error());
+      continue;
+    }
+    printf("%-8s %-44.44s", backends[b], hm_device_desc(dev)->name);
+    fflush(stdout);
+    for (size_t s = 0; s < n_sizes; s++) {
+      printf(" %9.2f", gemm_gflops(dev, sizes[s], seconds));
+      fflush(stdout);
+    }
+    hm_device_close(dev);
+    double sps = 0;
+    float acc = 0;
+    if (train(backends[b], model, samples, &sps, &acc) == 0) printf(" %12.0f %8.2f%%\n", sps, 100.0 * acc);
+    else printf(" %12s %9s\n", "-", "-");
+  }
+  printf("GEMM figures are GFLOP/s (f32, square); training: 1 epoch, %zu samples, batch 64, Adam.\n", samples);
+  return 0;
+}

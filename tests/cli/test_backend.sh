@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# A GPU backend plugin end to end: it loads (or the test skips with 77 when
+# its driver is absent), `harmonics conform` finds it conformant, it trains a
+# Fashion-MNIST subset to the CPU plugin's accuracy within 0.5 points, and
+# under --policy bits:3 it runs int3_matmul on that device.
+#   test_backend.sh HARMONICS_BINARY SOURCE_DIR BACKEND PLUGIN.so [EXTRA_CONFIG_LINE]
+set -u
+bin=$1
+src=$2
+backend=$3
+plugin=$4
+extra=${5:-}
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+fail=0
+check() { # check "description" command...
+  local what=$1; shift
+  if ! "$@"; then echo "FAIL: $what"; fail=1; fi
+}
+if [[ ! -f "$plugin" ]]; then echo "the $backend plugin was not built"; exit 77; fi
+"$bin" plugins --json >"$work/plugins.json" 2>&1
+loaded=$(python3 - "$work/plugins.json" "$backend" <<'PY'
+import json, sys
+j = json.load(open(sys.argv[1]))
+for p in j["plugins"]:
+    if p.get("name") == sys.argv[2] or p["path"].endswith("hm_%s.so" % sys.argv[2]):
+        print("yes" if p.get("loaded") and p.get("devices") else "no: " + str(p.get("error", p.get("reason", "no devices"))))
+        break
+else:
+    print("no: not found")
+PY
+)
+if [[ "$loaded" != yes ]]; then echo "$backend is not available here ($loaded)"; exit 77; fi
+if [[ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz && -z "${HARMONICS_FASHION_MNIST_DIR:-}" ]]; then
+  echo "Fashion-MNIST is not installed"; exit 77
+fi
+
+"$bin" conform "$plugin" --json >"$work/conform.json" 2>"$work/conform.txt"
+check "harmonics conform finds $backend conformant: $(tail -3 "$work/conform.txt")" test $? -eq 0
+check "packed kernels pass" python3 - "$work/conform.json" <<'PY'
+import json, sys
+j = json.load(open(sys.argv[1]))
+names = {r["name"]: r["status"] for r in j["results"]}
+for q in ["kernel.int3_matmul.64x128x784", "kernel.quantize.q3.17x200", "kernel.dequantize.q4.3x70", "program.mlp_training_step"]:
+    assert names.get(q) == "PASS", (q, names.get(q))
+assert j["totals"]["FAIL"] == 0 and j["totals"]["PASS"] > 250, j["totals"]
+PY
+
+config=()
+if [[ -n "$extra" ]]; then printf '%s\n' "$extra" >"$work/h.conf"; config=(--config "$work/h.conf"); fi
+common=(--dataset fashion-mnist --limit-train 4000 --limit-eval 2000 --epochs 2 --optimizer adam --lr 0.001 --batch 64 --seed 3 --json)
+acc() { python3 -c 'import json,sys; print(json.loads(sys.stdin.read().strip().splitlines()[-1])["test_accuracy"])'; }
+cpu_acc=$("$bin" train "$src/examples/fashion_mnist.hmx" "${common[@]}" --backend cpu 2>"$work/err" | acc)
+dev_out=$("$bin" train "$src/examples/fashion_mnist.hmx" "${common[@]}" --backend "$backend" "${config[@]}" 2>"$work/err")
+check "training on $backend exits 0: $(tail -3 "$work/err")" test $? -eq 0
+dev_acc=$(acc <<<"$dev_out")
+echo "accuracy on the subset: cpu $cpu_acc, $backend $dev_acc"
+check "$backend is within 0.5 points of the CPU ($dev_acc vs $cpu_acc)" \
+  python3 -c "import sys; a, b = float(sys.argv[1]), float(sys.argv[2]); sys.exit(0 if abs(a - b) <= 0.005 and a > 0.7 else 1)" "$dev_acc" "$cpu_acc"
+check "the run says which backend" grep -q "\"backend\":\"$backend:0\"" <<<"$dev_out"
+
+q=$("$bin" train "$src/examples/fashion_mnist.hmx" --dataset fashion-mnist --limit-train 2000 --limit-eval 500 --epochs 1 \
+     --optimizer adam --lr 0.002 --batch 64 --backend "$backend" "${config[@]}" --policy bits:3 2>"$work/err")
+check "bits:3 on $backend exits 0: $(tail -3 "$work/err")" test $? -eq 0
+check "bits:3 runs int3_matmul on $backend" grep -q "^layer pixels->hidden: int3 (int3_matmul)$" <<<"$q"
+exit $fail
