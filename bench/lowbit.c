@@ -9,7 +9,9 @@
  * is GEMM with dtype_in BF16 (rounded copies, then sgemm): the measurement
  * behind the auto policy's choice on this CPU.
  *
- *   bench_lowbit [--n 4096] [--k 4096] [--batches 1,64] [--threads 1,2] [--seconds 1]
+ *   bench_lowbit [--n 4096] [--k 4096] [--batches 1,64] [--threads 1,2] [--seconds 1] [--backend cpu]
+ * On another backend (e.g. cuda) the threads column is ignored and every
+ * timing ends with a 4-byte read, so it covers the work to completion.
  */
 #include <dlfcn.h>
 #include <stdio.h>
@@ -52,11 +54,16 @@ static double best_time(run_fn fn, void *ctx, double seconds) {
 typedef struct prog_run {
   hm_device *dev;
   hm_abi_program *prog;
+  hm_abi_buffer *sync; /* read after each run on asynchronous backends */
 } prog_run;
+
+static int g_async;
 
 static int run_prog(void *ctx) {
   prog_run *r = ctx;
-  return hm_device_program_run(r->dev, r->prog, NULL, 0) != HM_OK;
+  if (hm_device_program_run(r->dev, r->prog, NULL, 0) != HM_OK) return 1;
+  float probe;
+  return r->sync && hm_device_buffer_read(r->dev, r->sync, 0, &probe, 4) != HM_OK;
 }
 
 static size_t q_row_bytes(int dtype, size_t k) {
@@ -81,7 +88,7 @@ static double time_one(hm_device *dev, int dtype, size_t m, size_t n, size_t k, 
   CHECK(hm_device_buffer_alloc(dev, m * n * 4, &bc));
   CHECK(hm_device_buffer_write(dev, bw, 0, w, n * k * 4));
   CHECK(hm_device_buffer_write(dev, bx, 0, x, m * k * 4));
-  prog_run r = {dev, NULL};
+  prog_run r = {dev, NULL, NULL};
   if (dtype == HM_ABI_DTYPE_F32 || dtype == HM_ABI_DTYPE_BF16) {
     hm_abi_op op = hm_op_init(HM_ABI_OP_GEMM);
     op.dtype_in = (uint32_t)dtype;
@@ -133,6 +140,7 @@ static double time_one(hm_device *dev, int dtype, size_t m, size_t n, size_t k, 
     CHECK(hm_device_program_create(dev, ops, 2, 0, &r.prog));
     *wbytes = n * rb;
   }
+  if (g_async) r.sync = bc;
   double t = best_time(run_prog, &r, seconds);
   hm_device_program_free(dev, r.prog);
   hm_device_buffer_free(dev, bw);
@@ -196,14 +204,16 @@ static size_t parse_list(const char *s, size_t *out, size_t cap) {
 int main(int argc, char **argv) {
   size_t n = 4096, k = 4096, batches[8] = {1, 64}, threads[8] = {1, 2}, nb = 2, nt = 2;
   double seconds = 1.0;
+  const char *backend = "cpu";
   for (int i = 1; i + 1 < argc; i += 2) {
     if (strcmp(argv[i], "--n") == 0) n = strtoul(argv[i + 1], NULL, 10);
     else if (strcmp(argv[i], "--k") == 0) k = strtoul(argv[i + 1], NULL, 10);
     else if (strcmp(argv[i], "--batches") == 0) nb = parse_list(argv[i + 1], batches, 8);
     else if (strcmp(argv[i], "--threads") == 0) nt = parse_list(argv[i + 1], threads, 8);
     else if (strcmp(argv[i], "--seconds") == 0) seconds = strtod(argv[i + 1], NULL);
+    else if (strcmp(argv[i], "--backend") == 0) backend = argv[i + 1];
     else {
-      fprintf(stderr, "usage: bench_lowbit [--n N] [--k K] [--batches 1,64] [--threads 1,2] [--seconds S]\n");
+      fprintf(stderr, "usage: bench_lowbit [--n N] [--k K] [--batches 1,64] [--threads 1,2] [--seconds S] [--backend NAME]\n");
       return 2;
     }
   }
@@ -218,19 +228,27 @@ int main(int argc, char **argv) {
     hm_device_options o = hm_device_options_default();
     o.threads = (unsigned)threads[ti];
     hm_device *dev = NULL;
-    CHECK(hm_device_open("cpu", &o, &dev));
+    g_async = strcmp(backend, "cpu") != 0;
+    if (g_async && ti > 0) break; /* threads apply to the CPU only */
+    CHECK(hm_device_open(backend, &o, &dev));
     if (ti == 0) printf("device: %s\n", hm_device_desc(dev)->features);
     for (size_t bi = 0; bi < nb; bi++) {
       size_t m = batches[bi];
       double f32_time = 0;
       for (size_t c = 0; c < sizeof kinds / sizeof kinds[0]; c++) {
         size_t wb = 0;
+        int dt = kinds[c].dtype, packed = dt != HM_ABI_DTYPE_F32 && dt != HM_ABI_DTYPE_BF16;
+        uint32_t code = !packed ? HM_ABI_OP_GEMM : dt == HM_ABI_DTYPE_Q8 ? HM_ABI_OP_GEMM_Q8 : dt == HM_ABI_DTYPE_Q4 ? HM_ABI_OP_GEMM_Q4 : HM_ABI_OP_GEMM_Q3;
+        if (!hm_device_supports(dev, code, (uint32_t)dt, HM_ABI_DTYPE_F32, 0)) {
+          printf("%-7zu %-5zu %-13s not declared by this device\n", threads[ti], m, kinds[c].name);
+          continue;
+        }
         double t = time_one(dev, kinds[c].dtype, m, n, k, seconds, &wb);
         if (c == 0) f32_time = t;
         printf("%-7zu %-5zu %-13s %10.3f %12.2f %9.1f %9.2f %9.2fx\n", threads[ti], m, kinds[c].name, t * 1e3,
                (double)wb / 1e6, (double)wb / t / 1e9, (double)wb * 8.0 / ((double)n * (double)k), f32_time / t);
       }
-      if (m == 1) {
+      if (m == 1 && !g_async) {
         double t = time_sgemv((unsigned)threads[ti], n, k, seconds);
         if (t > 0)
           printf("%-7zu %-5zu %-13s %10.3f %12.2f %9.1f %9.2f %9.2fx\n", threads[ti], m, "f32 sgemv", t * 1e3,

@@ -13,6 +13,10 @@
 
 #include "harmonics_abi.h"
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 typedef enum hm_kernel_id {
   HK_GEMM, HK_BIAS_ADD, HK_ACT_FWD, HK_SOFTMAX_FWD, HK_ACT_BWD, HK_SOFTMAX_BWD, HK_LOSS, HK_REDUCE_ROWS,
   HK_REDUCE_COLS, HK_SUM_SQUARES, HK_CLIP, HK_SCALE, HK_AXPY, HK_GATHER, HK_FILL, HK_COPY, HK_SGD, HK_ADAM,
@@ -49,4 +53,7 @@ int hm_plan_dispatch(const hm_abi_op *op, uint32_t max_groups, hm_dispatch *out,
  * packed formats exactly). */
 const hm_abi_capability *hm_kernel_caps(uint32_t *n);
 
+#ifdef __cplusplus
+}
+#endif
 #endif /* HM_PLUGIN_DISPATCH_H_ */

@@ -11,6 +11,10 @@
 
 #include "harmonics_abi.h"
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 typedef struct hm_operand_req {
   int required;   /* 1 = must be set, 0 = optional */
   uint64_t bytes; /* extent from the offset; UINT64_MAX when it overflows */
@@ -43,4 +47,7 @@ typedef int (*hm_buffer_size_fn)(void *self, const hm_abi_buffer *buffer, uint64
 int32_t hm_check_op(const hm_abi_op *op, uint32_t index, uint32_t n_scalars, const hm_abi_capability *caps,
                     uint32_t n_caps, hm_buffer_size_fn size_of, void *self, uint32_t align, char *msg, size_t cap);
 
+#ifdef __cplusplus
+}
+#endif
 #endif /* HM_PLUGIN_OP_RULES_H_ */

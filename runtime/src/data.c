@@ -9,7 +9,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#if HM_HAVE_ZLIB
 #include <zlib.h>
+#endif
 
 #include "fileio.h"
 #include "graph_impl.h"
@@ -196,16 +198,41 @@ hm_status hm_producer_from_labels(const int32_t *labels, size_t count, size_t nu
 
 /* ===== IDX files ===== */
 
-static hm_status gz_read_exact(gzFile f, void *buf, size_t n, const char *path, const char *what, size_t offset) {
+/* An IDX file, gzip-compressed (through zlib) or plain. */
+typedef struct idx_stream {
+#if HM_HAVE_ZLIB
+  gzFile gz;
+#endif
+  FILE *plain;
+} idx_stream;
+
+/* Reads up to n bytes; returns the count, or -1 with a message in |err|. */
+static long stream_read(idx_stream *s, void *buf, unsigned n, const char **err) {
+#if HM_HAVE_ZLIB
+  if (s->gz) {
+    int r = gzread(s->gz, buf, n);
+    if (r < 0) {
+      int e;
+      *err = gzerror(s->gz, &e);
+    }
+    return r;
+  }
+#endif
+  size_t r = fread(buf, 1, n, s->plain);
+  if (r < n && ferror(s->plain)) {
+    *err = strerror(errno);
+    return -1;
+  }
+  return (long)r;
+}
+
+static hm_status gz_read_exact(idx_stream *f, void *buf, size_t n, const char *path, const char *what, size_t offset) {
   size_t got = 0;
   while (got < n) {
     unsigned chunk = n - got > (1u << 30) ? (1u << 30) : (unsigned)(n - got);
-    int r = gzread(f, (char *)buf + got, chunk);
-    if (r < 0) {
-      int e;
-      const char *msg = gzerror(f, &e);
-      return hm__fail(HM_STATUS_DATA_LOSS, "%s: %s at byte %zu: %s", path, what, offset + got, msg);
-    }
+    const char *msg = "read error";
+    long r = stream_read(f, (char *)buf + got, chunk, &msg);
+    if (r < 0) return hm__fail(HM_STATUS_DATA_LOSS, "%s: %s at byte %zu: %s", path, what, offset + got, msg);
     if (r == 0)
       return hm__fail(HM_STATUS_DATA_LOSS, "%s: truncated: %s needs %zu bytes at offset %zu, the file ends after %zu",
                       path, what, n, offset, got);
@@ -214,15 +241,43 @@ static hm_status gz_read_exact(gzFile f, void *buf, size_t n, const char *path, 
   return HM_OK;
 }
 
-hm_status hm_producer_open_idx(const char *path, hm_producer **out) {
-  if (!path || !out) return hm__fail(HM_STATUS_INVALID_ARGUMENT, "hm_producer_open_idx: NULL argument");
+static hm_status stream_open(const char *path, idx_stream *s) {
+  memset(s, 0, sizeof *s);
   FILE *probe = fopen(path, "rb");
   if (!probe)
     return hm__fail(errno == ENOENT ? HM_STATUS_NOT_FOUND : HM_STATUS_IO_ERROR, "cannot open %s: %s", path,
                     strerror(errno));
+#if HM_HAVE_ZLIB
   fclose(probe);
-  gzFile f = gzopen(path, "rb");
-  if (!f) return hm__fail(HM_STATUS_IO_ERROR, "cannot open %s", path);
+  s->gz = gzopen(path, "rb");
+  if (!s->gz) return hm__fail(HM_STATUS_IO_ERROR, "cannot open %s", path);
+#else
+  unsigned char m[2] = {0, 0};
+  size_t r = fread(m, 1, 2, probe);
+  if (r == 2 && m[0] == 0x1f && m[1] == 0x8b) {
+    fclose(probe);
+    return hm__fail(HM_STATUS_UNIMPLEMENTED,
+                    "%s is gzip-compressed and this build of Harmonics has no zlib: decompress it (gunzip -k) or rebuild "
+                    "with zlib1g-dev",
+                    path);
+  }
+  rewind(probe);
+  s->plain = probe;
+#endif
+  return HM_OK;
+}
+
+static void stream_close(idx_stream *s) {
+#if HM_HAVE_ZLIB
+  if (s->gz) gzclose(s->gz);
+#endif
+  if (s->plain) fclose(s->plain);
+}
+
+hm_status hm_producer_open_idx(const char *path, hm_producer **out) {
+  if (!path || !out) return hm__fail(HM_STATUS_INVALID_ARGUMENT, "hm_producer_open_idx: NULL argument");
+  idx_stream stream, *f = &stream;
+  HM_RETURN_IF_ERROR(stream_open(path, f));
   unsigned char magic[4];
   hm_status st = gz_read_exact(f, magic, 4, path, "the magic number", 0);
   if (st == HM_OK && (magic[0] || magic[1]))
@@ -273,11 +328,12 @@ hm_status hm_producer_open_idx(const char *path, hm_producer **out) {
       got += want;
     }
     unsigned char extra;
-    if (st == HM_OK && gzread(f, &extra, 1) > 0)
+    const char *ignored = NULL;
+    if (st == HM_OK && stream_read(f, &extra, 1, &ignored) > 0)
       st = hm__fail(HM_STATUS_DATA_LOSS, "%s: %zu bytes of data expected after the header, but the file has more", path,
                     total);
   }
-  gzclose(f);
+  stream_close(f);
   if (st != HM_OK) {
     free(bytes);
     return st;

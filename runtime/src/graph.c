@@ -264,21 +264,21 @@ static hm_status find_kind(hm_graph *g, const char *name, hm_node_kind kind, hm_
 }
 
 hm_status hm_graph_bind_producer(hm_graph *g, const char *name, hm_producer *p) {
-  hm_node *n;
+  hm_node *n = NULL;
   HM_RETURN_IF_ERROR(find_kind(g, name, HM_NODE_PRODUCER, &n));
   n->train = p;
   return HM_OK;
 }
 
 hm_status hm_graph_bind_eval(hm_graph *g, const char *name, hm_producer *p) {
-  hm_node *n;
+  hm_node *n = NULL;
   HM_RETURN_IF_ERROR(find_kind(g, name, HM_NODE_PRODUCER, &n));
   n->eval = p;
   return HM_OK;
 }
 
 hm_status hm_graph_bind_consumer(hm_graph *g, const char *name, hm_consumer *c) {
-  hm_node *n;
+  hm_node *n = NULL;
   HM_RETURN_IF_ERROR(find_kind(g, name, HM_NODE_CONSUMER, &n));
   n->consumer = c;
   return HM_OK;

@@ -95,6 +95,10 @@ int cli_bind_dataset(hm_graph *g, const char *dataset, size_t limit_train, size_
     if (!target && (i == 1 || i == 3)) continue;
     char path[1024];
     snprintf(path, sizeof path, "%s/%s", dir, files[i]);
+    /* Decompressed copies (the same names without .gz) work too. */
+    FILE *exists = fopen(path, "rb");
+    if (exists) fclose(exists);
+    else snprintf(path, sizeof path, "%s/%.*s", dir, (int)(strlen(files[i]) - 3), files[i]);
     hm_producer *p = NULL;
     if (hm_producer_open_idx(path, &p) != HM_OK) {
       fprintf(stderr, "harmonics: %s\n(install Debian's dataset-fashion-mnist: scripts/install-deps)\n", hm_last_error());

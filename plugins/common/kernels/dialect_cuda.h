@@ -1,0 +1,35 @@
+// The kernel dialect for CUDA C++ (nvcc). See hm_ops.kern. Build the file
+// that includes this with -fmad=false: the packed formats are bit-exact and
+// no multiply-add may be fused (QUANT.md Q7).
+typedef unsigned int uint;
+#define FN static __device__ __forceinline__
+#define kp_t hm_kparams
+#define KERNEL(name, wg) extern "C" __global__ void __launch_bounds__(wg) hm_k_##name( \
+    uint *hm_b0_, uint *hm_b1_, uint *hm_b2_, uint *hm_b3_, uint *hm_b4_, uint *hm_b5_, const float *hm_sc_, const kp_t p)
+#define W0(i) hm_b0_[p.off[0] + (i)]
+#define W1(i) hm_b1_[p.off[1] + (i)]
+#define W2(i) hm_b2_[p.off[2] + (i)]
+#define W3(i) hm_b3_[p.off[3] + (i)]
+#define W4(i) hm_b4_[p.off[4] + (i)]
+#define W5(i) hm_b5_[p.off[5] + (i)]
+#define SCAL(k) hm_sc_[k]
+#define AS_F(u) __uint_as_float(u)
+#define AS_U(x) __float_as_uint(x)
+#define TOF(x) ((float)(x))
+#define TOI(x) ((int)(x))
+#define TOU(x) ((uint)(x))
+#define GID (blockIdx.x * blockDim.x + threadIdx.x)
+#define GSTRIDE (gridDim.x * blockDim.x)
+#define LID threadIdx.x
+#define LSIZE blockDim.x
+#define GROUP blockIdx.x
+#define NGROUPS gridDim.x
+#define BARRIER() __syncthreads()
+#define SHARED_G(t, n, c)
+#define SHARED_L(t, n, c) __shared__ t n[c];
+#define PRECISE
+#define EXPF(x) expf(x)
+#define LOGF(x) logf(x)
+#define SQRTF(x) sqrtf(x)
+#define FABSF(x) fabsf(x)
+#define FLOORF(x) floorf(x)
