@@ -41,13 +41,35 @@ extern "C" {
 #define MAX_GROUPS 4096u
 #define WORKSPACE_BYTES (32u << 20)
 
-/* GEMM_Qb with one warp per output, for few activation rows (GEMV): lanes
- * take consecutive blocks, so a weight row streams through the warp with
- * coalesced reads; the block terms are then added in block order by every
- * lane (shuffles), exactly as QUANT.md Q7 orders them. */
+/* GEMM_Qb with one warp per output: lanes take consecutive blocks, so a
+ * weight row streams through the warp with coalesced reads. A block's bytes
+ * come in as 32-bit words (blocks start on even bytes) and are multiplied
+ * four at a time with __dp4a on offset (unsigned) values:
+ *   sum a*b = sum ua*ub - o*sum ua - o*sum ub + 64*o*o,  u = q + o,
+ * with o = 4 (int3), 8 (int4); int8 multiplies signed bytes directly. int3
+ * fields are spread to bytes through a table in shared memory. The block
+ * terms are then added in block order by every lane (shuffles), exactly as
+ * QUANT.md Q7 orders them. */
+__device__ __forceinline__ uint window(const uint *w, uint byte) {
+  uint bit = byte * 8u;
+  return __funnelshift_r(w[bit >> 5], w[(bit >> 5) + 1u], bit & 31u);
+}
+
+template <int N>
+__device__ __forceinline__ void load_words(const uint *base, uint byte_off, uint *w) {
+  const uint *p = base + (byte_off >> 2);
+#pragma unroll
+  for (int k = 0; k < N; k++) w[k] = p[k];
+}
+
 extern "C" __global__ void __launch_bounds__(256) hm_k_gemm_q_warp(uint *hm_b0_, uint *hm_b1_, uint *hm_b2_, uint *hm_b3_,
                                                                    uint *hm_b4_, uint *hm_b5_, const float *hm_sc_,
                                                                    const kp_t p) {
+  __shared__ uint spread[4096]; /* four 3-bit fields -> four bytes */
+  for (uint x = threadIdx.x; x < 4096u; x += blockDim.x)
+    spread[x] = (x & 7u) | ((x & 0x38u) << 5) | ((x & 0x1c0u) << 10) | ((x & 0xe00u) << 15);
+  __syncthreads();
+  const uint *A = hm_b0_ + p.off[0], *B = hm_b1_ + p.off[1];
   uint m = p.dim[0], n = p.dim[1], k = p.dim[2], dt = p.aux0, bb = hm_q_block_bytes(dt), nb = (k + 63u) / 64u;
   uint lane = threadIdx.x & 31u, warp = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, nwarps = (gridDim.x * blockDim.x) >> 5;
   for (uint o = warp; o < m * n; o += nwarps) {
@@ -57,23 +79,53 @@ extern "C" __global__ void __launch_bounds__(256) hm_k_gemm_q_warp(uint *hm_b0_,
       uint b = b0 + lane;
       float term = 0.0f;
       if (b < nb) {
-        uint ba = (i * nb + b) * bb, bw = (j * nb + b) * bb;
+        uint ba = (i * nb + b) * bb, bw = (j * nb + b) * bb, sa = (ba & 3u), sb = (bw & 3u);
         int s = 0;
+        uint da16, db16;
         if (dt == 10u) {
+          uint wa[8], wb[8];
+          load_words<8>(A, ba, wa);
+          load_words<8>(B, bw, wb);
+          da16 = window(wa, sa) & 0xffffu;
+          db16 = window(wb, sb) & 0xffffu;
+          uint dot = 0u, suma = 0u, sumb = 0u;
+#pragma unroll
           for (uint g = 0u; g < 8u; g++) {
-            uint ga = ba + 2u + g * 3u, gb = bw + 2u + g * 3u;
-            uint wa = QBYTE0(ga) | (QBYTE0(ga + 1u) << 8) | (QBYTE0(ga + 2u) << 16);
-            uint wb = QBYTE1(gb) | (QBYTE1(gb + 1u) << 8) | (QBYTE1(gb + 2u) << 16);
-            for (uint q = 0u; q < 8u; q++) s += hm_q_code(10u, wa, q) * hm_q_code(10u, wb, q);
+            uint ua = (window(wa, sa + 2u + 3u * g) & 0xffffffu) ^ 0x924924u;
+            uint ub = (window(wb, sb + 2u + 3u * g) & 0xffffffu) ^ 0x924924u;
+            uint a0 = spread[ua & 0xfffu], a1 = spread[ua >> 12], b0w = spread[ub & 0xfffu], b1w = spread[ub >> 12];
+            dot = __dp4a(a0, b0w, dot);
+            dot = __dp4a(a1, b1w, dot);
+            suma = __dp4a(a0, 0x01010101u, __dp4a(a1, 0x01010101u, suma));
+            sumb = __dp4a(b0w, 0x01010101u, __dp4a(b1w, 0x01010101u, sumb));
           }
+          s = (int)dot - 4 * (int)suma - 4 * (int)sumb + 1024;
+        } else if (dt == 9u) {
+          uint wa[10], wb[10];
+          load_words<10>(A, ba, wa);
+          load_words<10>(B, bw, wb);
+          da16 = window(wa, sa) & 0xffffu;
+          db16 = window(wb, sb) & 0xffffu;
+          uint dot = 0u, suma = 0u, sumb = 0u;
+#pragma unroll
+          for (uint t = 0u; t < 8u; t++) {
+            uint ua = window(wa, sa + 2u + 4u * t) ^ 0x88888888u, ub = window(wb, sb + 2u + 4u * t) ^ 0x88888888u;
+            uint alo = ua & 0x0f0f0f0fu, ahi = (ua >> 4) & 0x0f0f0f0fu, blo = ub & 0x0f0f0f0fu, bhi = (ub >> 4) & 0x0f0f0f0fu;
+            dot = __dp4a(alo, blo, __dp4a(ahi, bhi, dot));
+            suma = __dp4a(alo, 0x01010101u, __dp4a(ahi, 0x01010101u, suma));
+            sumb = __dp4a(blo, 0x01010101u, __dp4a(bhi, 0x01010101u, sumb));
+          }
+          s = (int)dot - 8 * (int)suma - 8 * (int)sumb + 4096;
         } else {
-          for (uint t = 0u; t < 64u; t++) {
-            uint off = dt == 8u ? t : t / 2u;
-            s += hm_q_code(dt, QBYTE0(ba + 2u + off), t) * hm_q_code(dt, QBYTE1(bw + 2u + off), t);
-          }
+          uint wa[18], wb[18];
+          load_words<18>(A, ba, wa);
+          load_words<18>(B, bw, wb);
+          da16 = window(wa, sa) & 0xffffu;
+          db16 = window(wb, sb) & 0xffffu;
+#pragma unroll
+          for (uint t = 0u; t < 16u; t++) s = __dp4a((int)window(wa, sa + 2u + 4u * t), (int)window(wb, sb + 2u + 4u * t), s);
         }
-        float da = hm_f16_to_f32(QBYTE0(ba) | (QBYTE0(ba + 1u) << 8));
-        float db = hm_f16_to_f32(QBYTE1(bw) | (QBYTE1(bw + 1u) << 8));
+        float da = hm_f16_to_f32(da16), db = hm_f16_to_f32(db16);
         term = __fmul_rn(__fmul_rn(da, db), (float)s);
       }
       uint count = nb - b0 < 32u ? nb - b0 : 32u;
@@ -384,7 +436,9 @@ static int32_t cu_buffer_alloc(hm_abi_device *dev, uint64_t size, hm_abi_buffer 
   CUDA_TRY(dev->ctx, cudaSetDevice(dev->info->ordinal), "cudaSetDevice");
   cu_buffer *b = (cu_buffer *)calloc(1, sizeof *b);
   if (!b) return HM_ABI_STATUS_RESOURCE_EXHAUSTED;
-  uint64_t alloc = (size + 3) & ~(uint64_t)3; /* kernels address 32-bit words */
+  /* Kernels address 32-bit words, and the packed matmul reads whole words
+   * a little past a block's last byte: keep 64 bytes of slack. */
+  uint64_t alloc = ((size + 3) & ~(uint64_t)3) + 64;
   cudaError_t e = cudaMalloc((void **)&b->ptr, (size_t)alloc);
   if (e != cudaSuccess) {
     free(b);
@@ -589,7 +643,7 @@ static int32_t cu_program_create(hm_abi_device *dev, const hm_abi_program_desc *
       st = fail(ctx, HM_ABI_STATUS_OUT_OF_RANGE, "cuda: op %u: %s", i, msg);
       break;
     }
-    if (s->d.kernel == HK_GEMM_Q && op->dims[0] <= 16) {
+    if (s->d.kernel == HK_GEMM_Q) {
       uint64_t warps = op->dims[0] * op->dims[1], blocks = (warps * 32 + 255) / 256;
       s->warp_gemv = 1;
       s->d.local_size = 256;
