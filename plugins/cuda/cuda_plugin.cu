@@ -238,7 +238,10 @@ struct hm_abi_program {
   uint32_t n_steps, n_scalars;
   cu_step *steps;
   float *scalars_dev;  /* dynamic scalars, then 2 constants per GEMM (alpha, beta) */
-  float *scalars_host; /* pinned */
+  float *scalars_host; /* pinned: the constants, then RING slots of dynamic scalars */
+  size_t n_floats;
+  cudaEvent_t slot_done[8]; /* a slot may be rewritten once its copy has run */
+  uint32_t slot;
   cudaGraph_t graph;
   cudaGraphExec_t exec;
 };
@@ -472,8 +475,9 @@ static int32_t cu_buffer_write(hm_abi_buffer *b, uint64_t offset, const void *sr
   if (!size) return HM_ABI_OK;
   cu_context *ctx = b->dev->ctx;
   CUDA_TRY(ctx, cudaSetDevice(b->dev->info->ordinal), "cudaSetDevice");
+  /* From pageable memory the call returns once |src| has been staged, so the
+   * caller may reuse it; the stream orders the copy before later work. */
   CUDA_TRY(ctx, cudaMemcpyAsync((char *)b->ptr + offset, src, (size_t)size, cudaMemcpyHostToDevice, b->dev->stream), "write");
-  CUDA_TRY(ctx, cudaStreamSynchronize(b->dev->stream), "write");
   return HM_ABI_OK;
 }
 
@@ -533,6 +537,8 @@ static void cu_program_free(hm_abi_program *p) {
   if (p->graph) cudaGraphDestroy(p->graph);
   if (p->scalars_dev) cudaFree(p->scalars_dev);
   if (p->scalars_host) cudaFreeHost(p->scalars_host);
+  for (int i = 0; i < 8; i++)
+    if (p->slot_done[i]) cudaEventDestroy(p->slot_done[i]);
   for (uint32_t i = 0; p->steps && i < p->n_steps; i++)
     if (p->steps[i].sumsq_blocks && p->steps[i].args[5]) cudaFree(p->steps[i].args[5]);
   p->dev->live_programs--;
@@ -598,9 +604,13 @@ static int32_t cu_program_create(hm_abi_device *dev, const hm_abi_program_desc *
   /* Device floats: the dynamic scalars, then alpha and beta of each GEMM. */
   size_t n_floats = desc->n_scalars + 2u * desc->n_ops + 1;
   int32_t st = p->steps ? HM_ABI_OK : HM_ABI_STATUS_RESOURCE_EXHAUSTED;
+  p->n_floats = n_floats;
   if (st == HM_ABI_OK && (cudaMalloc((void **)&p->scalars_dev, n_floats * sizeof(float)) != cudaSuccess ||
-                          cudaMallocHost((void **)&p->scalars_host, n_floats * sizeof(float)) != cudaSuccess))
+                          cudaMallocHost((void **)&p->scalars_host, (n_floats + 8u * (desc->n_scalars + 1)) * sizeof(float)) != cudaSuccess))
     st = fail(ctx, HM_ABI_STATUS_RESOURCE_EXHAUSTED, "cuda: out of memory for a program");
+  for (int r = 0; r < 8 && st == HM_ABI_OK; r++)
+    if (cudaEventCreateWithFlags(&p->slot_done[r], cudaEventDisableTiming) != cudaSuccess)
+      st = fail(ctx, HM_ABI_STATUS_RESOURCE_EXHAUSTED, "cuda: cannot create events");
   if (st == HM_ABI_OK) memset(p->scalars_host, 0, n_floats * sizeof(float));
   for (uint32_t i = 0; i < desc->n_ops && st == HM_ABI_OK; i++) {
     const hm_abi_op *op = (const hm_abi_op *)((const char *)desc->ops + (size_t)i * stride);
@@ -654,7 +664,7 @@ static int32_t cu_program_create(hm_abi_device *dev, const hm_abi_program_desc *
       s->args[k] = o->buffer ? ((cu_buffer *)o->buffer)->ptr : dev->dummy;
       s->d.p.off[k] = o->buffer ? (uint32_t)(o->offset / 4) : 0;
     }
-    if (s->d.kernel == HK_SUM_SQUARES) {
+    if (s->d.kernel == HK_SUM_SQUARES && op->dims[0] > 8192) {
       uint64_t blocks = (op->dims[0] + 255) / 256;
       s->sumsq_blocks = (uint32_t)(blocks < 1 ? 1 : blocks > 1024 ? 1024 : blocks);
       s->d.p.aux1 = s->sumsq_blocks;
@@ -700,11 +710,14 @@ static int32_t cu_program_run(hm_abi_program *p, const double *scalars, uint32_t
                 n_scalars, p->n_scalars);
   CUDA_TRY(dev->ctx, cudaSetDevice(dev->info->ordinal), "cudaSetDevice");
   if (n_scalars) {
-    /* The pinned copy may still feed the previous run's transfer. */
-    CUDA_TRY(dev->ctx, cudaStreamSynchronize(dev->stream), "program_run");
-    for (uint32_t i = 0; i < n_scalars; i++) p->scalars_host[i] = (float)scalars[i];
-    CUDA_TRY(dev->ctx, cudaMemcpyAsync(p->scalars_dev, p->scalars_host, n_scalars * sizeof(float), cudaMemcpyHostToDevice, dev->stream),
+    /* A ring of pinned slots: a slot is rewritten only after its last copy ran. */
+    uint32_t r = p->slot++ % 8u;
+    float *slot = p->scalars_host + p->n_floats + (size_t)r * (p->n_scalars + 1);
+    CUDA_TRY(dev->ctx, cudaEventSynchronize(p->slot_done[r]), "program_run");
+    for (uint32_t i = 0; i < n_scalars; i++) slot[i] = (float)scalars[i];
+    CUDA_TRY(dev->ctx, cudaMemcpyAsync(p->scalars_dev, slot, n_scalars * sizeof(float), cudaMemcpyHostToDevice, dev->stream),
              "scalars");
+    CUDA_TRY(dev->ctx, cudaEventRecord(p->slot_done[r], dev->stream), "program_run");
   }
   if (p->exec) {
     CUDA_TRY(dev->ctx, cudaGraphLaunch(p->exec, dev->stream), "cudaGraphLaunch");
