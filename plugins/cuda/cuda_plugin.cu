@@ -43,34 +43,123 @@ extern "C" {
 
 /* GEMM_Qb with one warp per output: lanes take consecutive blocks, so a
  * weight row streams through the warp with coalesced reads. A block's bytes
- * come in as 32-bit words (blocks start on even bytes) and are multiplied
- * four at a time with __dp4a on offset (unsigned) values:
+ * come in as 32-bit words (blocks start on even bytes, so the byte shift is
+ * 0 or 2, a template parameter: every index below is a constant and the
+ * words stay in registers) and are multiplied four at a time with __dp4a on
+ * offset (unsigned) values:
  *   sum a*b = sum ua*ub - o*sum ua - o*sum ub + 64*o*o,  u = q + o,
- * with o = 4 (int3), 8 (int4); int8 multiplies signed bytes directly. int3
+ * with o = 4 (int3) or 8 (int4); int8 multiplies signed bytes directly. int3
  * fields are spread to bytes through a table in shared memory. The block
  * terms are then added in block order by every lane (shuffles), exactly as
  * QUANT.md Q7 orders them. */
-__device__ __forceinline__ uint window(const uint *w, uint byte) {
-  uint bit = byte * 8u;
-  return __funnelshift_r(w[bit >> 5], w[(bit >> 5) + 1u], bit & 31u);
-}
-
-template <int N>
-__device__ __forceinline__ void load_words(const uint *base, uint byte_off, uint *w) {
-  const uint *p = base + (byte_off >> 2);
+template <int NW>
+__device__ __forceinline__ void load_words(const uint *base, uint byte_off, uint (&w)[NW]) {
+  const uint *q = base + (byte_off >> 2);
 #pragma unroll
-  for (int k = 0; k < N; k++) w[k] = p[k];
+  for (int k = 0; k < NW; k++) w[k] = q[k];
 }
 
-extern "C" __global__ void __launch_bounds__(256) hm_k_gemm_q_warp(uint *hm_b0_, uint *hm_b1_, uint *hm_b2_, uint *hm_b3_,
-                                                                   uint *hm_b4_, uint *hm_b5_, const float *hm_sc_,
-                                                                   const kp_t p) {
-  __shared__ uint spread[4096]; /* four 3-bit fields -> four bytes */
-  for (uint x = threadIdx.x; x < 4096u; x += blockDim.x)
-    spread[x] = (x & 7u) | ((x & 0x38u) << 5) | ((x & 0x1c0u) << 10) | ((x & 0xe00u) << 15);
-  __syncthreads();
+/* Four bytes starting at byte |B| of the words (B a constant). */
+template <int B, int NW>
+__device__ __forceinline__ uint win(const uint (&w)[NW]) {
+  if ((B & 3) == 0) return w[B >> 2];
+  return __funnelshift_r(w[B >> 2], w[(B >> 2) + 1], (B & 3) * 8);
+}
+
+/* Decodes one block into 16 words of byte values (u form for int3/int4,
+ * signed bytes for int8), its scale bits and the sum of its u values. */
+template <int DT, int SH>
+struct block_decoder {
+  static __device__ __forceinline__ void run(const uint *base, uint off, const uint *spread, uint (&v)[16], uint &d16,
+                                             uint &sum) {
+    constexpr int NW = DT == 10 ? 8 : DT == 9 ? 10 : 18;
+    uint w[NW];
+    load_words<NW>(base, off, w);
+    d16 = win<SH, NW>(w) & 0xffffu;
+    sum = 0u;
+    if (DT == 10) {
+#pragma unroll
+      for (int g = 0; g < 8; g++) {
+        uint u = 0;
+        switch (g) { /* constant byte offsets for each group */
+          case 0: u = win<SH + 2, NW>(w); break;
+          case 1: u = win<SH + 5, NW>(w); break;
+          case 2: u = win<SH + 8, NW>(w); break;
+          case 3: u = win<SH + 11, NW>(w); break;
+          case 4: u = win<SH + 14, NW>(w); break;
+          case 5: u = win<SH + 17, NW>(w); break;
+          case 6: u = win<SH + 20, NW>(w); break;
+          default: u = win<SH + 23, NW>(w); break;
+        }
+        u = (u & 0xffffffu) ^ 0x924924u;
+        v[2 * g] = spread[u & 0xfffu];
+        v[2 * g + 1] = spread[u >> 12];
+        sum = __dp4a(v[2 * g], 0x01010101u, __dp4a(v[2 * g + 1], 0x01010101u, sum));
+      }
+    } else if (DT == 9) {
+#pragma unroll
+      for (int t = 0; t < 8; t++) {
+        uint u = 0;
+        switch (t) {
+          case 0: u = win<SH + 2, NW>(w); break;
+          case 1: u = win<SH + 6, NW>(w); break;
+          case 2: u = win<SH + 10, NW>(w); break;
+          case 3: u = win<SH + 14, NW>(w); break;
+          case 4: u = win<SH + 18, NW>(w); break;
+          case 5: u = win<SH + 22, NW>(w); break;
+          case 6: u = win<SH + 26, NW>(w); break;
+          default: u = win<SH + 30, NW>(w); break;
+        }
+        u ^= 0x88888888u;
+        v[2 * t] = u & 0x0f0f0f0fu;
+        v[2 * t + 1] = (u >> 4) & 0x0f0f0f0fu;
+        sum = __dp4a(v[2 * t], 0x01010101u, __dp4a(v[2 * t + 1], 0x01010101u, sum));
+      }
+    } else {
+#pragma unroll
+      for (int t = 0; t < 16; t++) {
+        uint u = 0;
+        switch (t) {
+          case 0: u = win<SH + 2, NW>(w); break;
+          case 1: u = win<SH + 6, NW>(w); break;
+          case 2: u = win<SH + 10, NW>(w); break;
+          case 3: u = win<SH + 14, NW>(w); break;
+          case 4: u = win<SH + 18, NW>(w); break;
+          case 5: u = win<SH + 22, NW>(w); break;
+          case 6: u = win<SH + 26, NW>(w); break;
+          case 7: u = win<SH + 30, NW>(w); break;
+          case 8: u = win<SH + 34, NW>(w); break;
+          case 9: u = win<SH + 38, NW>(w); break;
+          case 10: u = win<SH + 42, NW>(w); break;
+          case 11: u = win<SH + 46, NW>(w); break;
+          case 12: u = win<SH + 50, NW>(w); break;
+          case 13: u = win<SH + 54, NW>(w); break;
+          case 14: u = win<SH + 58, NW>(w); break;
+          default: u = win<SH + 62, NW>(w); break;
+        }
+        v[t] = u;
+      }
+    }
+  }
+};
+
+template <int DT>
+__device__ __forceinline__ void decode_block(const uint *base, uint off, const uint *spread, uint (&v)[16], uint &d16,
+                                             uint &sum) {
+  if (off & 2u) block_decoder<DT, 2>::run(base, off, spread, v, d16, sum);
+  else block_decoder<DT, 0>::run(base, off, spread, v, d16, sum);
+}
+
+template <int DT>
+__global__ void __launch_bounds__(256) gemm_q_warp(const uint *hm_b0_, const uint *hm_b1_, uint *hm_b3_, const kp_t p) {
+  __shared__ uint spread[DT == 10 ? 4096 : 1]; /* four 3-bit fields -> four bytes */
+  if (DT == 10) {
+    for (uint x = threadIdx.x; x < 4096u; x += blockDim.x)
+      spread[x] = (x & 7u) | ((x & 0x38u) << 5) | ((x & 0x1c0u) << 10) | ((x & 0xe00u) << 15);
+    __syncthreads();
+  }
   const uint *A = hm_b0_ + p.off[0], *B = hm_b1_ + p.off[1];
-  uint m = p.dim[0], n = p.dim[1], k = p.dim[2], dt = p.aux0, bb = hm_q_block_bytes(dt), nb = (k + 63u) / 64u;
+  uint m = p.dim[0], n = p.dim[1], k = p.dim[2], bb = hm_q_block_bytes((uint)DT), nb = (k + 63u) / 64u;
   uint lane = threadIdx.x & 31u, warp = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, nwarps = (gridDim.x * blockDim.x) >> 5;
   for (uint o = warp; o < m * n; o += nwarps) {
     uint i = o / n, j = o - i * n;
@@ -79,51 +168,20 @@ extern "C" __global__ void __launch_bounds__(256) hm_k_gemm_q_warp(uint *hm_b0_,
       uint b = b0 + lane;
       float term = 0.0f;
       if (b < nb) {
-        uint ba = (i * nb + b) * bb, bw = (j * nb + b) * bb, sa = (ba & 3u), sb = (bw & 3u);
-        int s = 0;
-        uint da16, db16;
-        if (dt == 10u) {
-          uint wa[8], wb[8];
-          load_words<8>(A, ba, wa);
-          load_words<8>(B, bw, wb);
-          da16 = window(wa, sa) & 0xffffu;
-          db16 = window(wb, sb) & 0xffffu;
-          uint dot = 0u, suma = 0u, sumb = 0u;
+        uint va[16], vb[16], da16, db16, suma, sumb;
+        decode_block<DT>(A, (i * nb + b) * bb, spread, va, da16, suma);
+        decode_block<DT>(B, (j * nb + b) * bb, spread, vb, db16, sumb);
+        int s;
+        if (DT == 8) {
+          s = 0;
 #pragma unroll
-          for (uint g = 0u; g < 8u; g++) {
-            uint ua = (window(wa, sa + 2u + 3u * g) & 0xffffffu) ^ 0x924924u;
-            uint ub = (window(wb, sb + 2u + 3u * g) & 0xffffffu) ^ 0x924924u;
-            uint a0 = spread[ua & 0xfffu], a1 = spread[ua >> 12], b0w = spread[ub & 0xfffu], b1w = spread[ub >> 12];
-            dot = __dp4a(a0, b0w, dot);
-            dot = __dp4a(a1, b1w, dot);
-            suma = __dp4a(a0, 0x01010101u, __dp4a(a1, 0x01010101u, suma));
-            sumb = __dp4a(b0w, 0x01010101u, __dp4a(b1w, 0x01010101u, sumb));
-          }
-          s = (int)dot - 4 * (int)suma - 4 * (int)sumb + 1024;
-        } else if (dt == 9u) {
-          uint wa[10], wb[10];
-          load_words<10>(A, ba, wa);
-          load_words<10>(B, bw, wb);
-          da16 = window(wa, sa) & 0xffffu;
-          db16 = window(wb, sb) & 0xffffu;
-          uint dot = 0u, suma = 0u, sumb = 0u;
-#pragma unroll
-          for (uint t = 0u; t < 8u; t++) {
-            uint ua = window(wa, sa + 2u + 4u * t) ^ 0x88888888u, ub = window(wb, sb + 2u + 4u * t) ^ 0x88888888u;
-            uint alo = ua & 0x0f0f0f0fu, ahi = (ua >> 4) & 0x0f0f0f0fu, blo = ub & 0x0f0f0f0fu, bhi = (ub >> 4) & 0x0f0f0f0fu;
-            dot = __dp4a(alo, blo, __dp4a(ahi, bhi, dot));
-            suma = __dp4a(alo, 0x01010101u, __dp4a(ahi, 0x01010101u, suma));
-            sumb = __dp4a(blo, 0x01010101u, __dp4a(bhi, 0x01010101u, sumb));
-          }
-          s = (int)dot - 8 * (int)suma - 8 * (int)sumb + 4096;
+          for (int t = 0; t < 16; t++) s = __dp4a((int)va[t], (int)vb[t], s);
         } else {
-          uint wa[18], wb[18];
-          load_words<18>(A, ba, wa);
-          load_words<18>(B, bw, wb);
-          da16 = window(wa, sa) & 0xffffu;
-          db16 = window(wb, sb) & 0xffffu;
+          uint dot = 0u;
 #pragma unroll
-          for (uint t = 0u; t < 16u; t++) s = __dp4a((int)window(wa, sa + 2u + 4u * t), (int)window(wb, sb + 2u + 4u * t), s);
+          for (int t = 0; t < 16; t++) dot = __dp4a(va[t], vb[t], dot);
+          const int o4 = DT == 10 ? 4 : 8;
+          s = (int)dot - o4 * (int)suma - o4 * (int)sumb + 64 * o4 * o4;
         }
         float da = hm_f16_to_f32(da16), db = hm_f16_to_f32(db16);
         term = __fmul_rn(__fmul_rn(da, db), (float)s);
@@ -131,7 +189,7 @@ extern "C" __global__ void __launch_bounds__(256) hm_k_gemm_q_warp(uint *hm_b0_,
       uint count = nb - b0 < 32u ? nb - b0 : 32u;
       for (uint l = 0; l < count; l++) acc = __fadd_rn(acc, __shfl_sync(0xffffffffu, term, (int)l));
     }
-    if (lane == 0) W3(o) = AS_U(acc);
+    if (lane == 0) hm_b3_[p.off[3] + o] = AS_U(acc);
   }
 }
 
@@ -220,7 +278,7 @@ typedef hm_abi_buffer cu_buffer;
 /* One step of a program: a kernel launch, or a cuBLAS GEMM. */
 struct cu_step {
   int is_gemm;
-  int warp_gemv; /* GEMM_Qb with few rows: hm_k_gemm_q_warp */
+  int warp_gemv; /* GEMM_Qb: gemm_q_warp<dtype> */
   uint32_t sumsq_blocks; /* SUM_SQUARES: partial blocks, scratch in args[5] */
   hm_dispatch d;
   uint32_t *args[6];
@@ -565,8 +623,16 @@ static int32_t enqueue(cu_program *p, int *failed_step) {
       e = cudaLaunchKernel((const void *)hm_k_sumsq_partial, dim3(s->sumsq_blocks), dim3(256), args, 0, dev->stream);
       if (e == cudaSuccess) e = cudaLaunchKernel((const void *)hm_k_sumsq_final, dim3(1), dim3(256), args, 0, dev->stream);
     } else {
-      const void *fn = s->warp_gemv ? (const void *)hm_k_gemm_q_warp : (const void *)kernels[s->d.kernel];
-      e = cudaLaunchKernel(fn, dim3(s->d.groups), dim3(s->d.local_size), args, 0, dev->stream);
+      if (s->warp_gemv) {
+        void *wargs[4] = {&s->args[0], &s->args[1], &s->args[3], &s->d.p};
+        const void *fn = s->d.p.aux0 == HM_ABI_DTYPE_Q8   ? (const void *)gemm_q_warp<8>
+                         : s->d.p.aux0 == HM_ABI_DTYPE_Q4 ? (const void *)gemm_q_warp<9>
+                                                          : (const void *)gemm_q_warp<10>;
+        e = cudaLaunchKernel(fn, dim3(s->d.groups), dim3(s->d.local_size), wargs, 0, dev->stream);
+      } else {
+        e = cudaLaunchKernel((const void *)kernels[s->d.kernel], dim3(s->d.groups), dim3(s->d.local_size), args, 0,
+                             dev->stream);
+      }
     }
     if (e != cudaSuccess)
       return fail(dev->ctx, status_of(e), "cuda: op %u: kernel %s: %s (%d)", i, hm_kernel_name(s->d.kernel), cudaGetErrorString(e), (int)e);
