@@ -66,12 +66,16 @@ __device__ __forceinline__ uint win(const uint (&w)[NW]) {
   return __funnelshift_r(w[B >> 2], w[(B >> 2) + 1], (B & 3) * 8);
 }
 
+/* Four 3-bit fields (the low 12 bits) to four bytes. */
+__device__ __forceinline__ uint spread3(uint x) {
+  return (x & 7u) | ((x << 5) & 0x700u) | ((x << 10) & 0x70000u) | ((x << 15) & 0x7000000u);
+}
+
 /* Decodes one block into 16 words of byte values (u form for int3/int4,
  * signed bytes for int8), its scale bits and the sum of its u values. */
 template <int DT, int SH>
 struct block_decoder {
-  static __device__ __forceinline__ void run(const uint *base, uint off, const uint *spread, uint (&v)[16], uint &d16,
-                                             uint &sum) {
+  static __device__ __forceinline__ void run(const uint *base, uint off, uint (&v)[16], uint &d16, uint &sum) {
     constexpr int NW = DT == 10 ? 8 : DT == 9 ? 10 : 18;
     uint w[NW];
     load_words<NW>(base, off, w);
@@ -92,8 +96,8 @@ struct block_decoder {
           default: u = win<SH + 23, NW>(w); break;
         }
         u = (u & 0xffffffu) ^ 0x924924u;
-        v[2 * g] = spread[u & 0xfffu];
-        v[2 * g + 1] = spread[u >> 12];
+        v[2 * g] = spread3(u);
+        v[2 * g + 1] = spread3(u >> 12);
         sum = __dp4a(v[2 * g], 0x01010101u, __dp4a(v[2 * g + 1], 0x01010101u, sum));
       }
     } else if (DT == 9) {
@@ -144,22 +148,29 @@ struct block_decoder {
 };
 
 template <int DT>
-__device__ __forceinline__ void decode_block(const uint *base, uint off, const uint *spread, uint (&v)[16], uint &d16,
-                                             uint &sum) {
-  if (off & 2u) block_decoder<DT, 2>::run(base, off, spread, v, d16, sum);
-  else block_decoder<DT, 0>::run(base, off, spread, v, d16, sum);
+__device__ __forceinline__ void decode_block(const uint *base, uint off, uint (&v)[16], uint &d16, uint &sum) {
+  if (off & 2u) block_decoder<DT, 2>::run(base, off, v, d16, sum);
+  else block_decoder<DT, 0>::run(base, off, v, d16, sum);
 }
 
-template <int DT>
+/* CACHE_A (one activation row, as in a GEMV): every CTA decodes that row
+ * once into shared memory, so lanes decode only weights. */
+template <int DT, bool CACHE_A>
 __global__ void __launch_bounds__(256) gemm_q_warp(const uint *hm_b0_, const uint *hm_b1_, uint *hm_b3_, const kp_t p) {
-  __shared__ uint spread[DT == 10 ? 4096 : 1]; /* four 3-bit fields -> four bytes */
-  if (DT == 10) {
-    for (uint x = threadIdx.x; x < 4096u; x += blockDim.x)
-      spread[x] = (x & 7u) | ((x & 0x38u) << 5) | ((x & 0x1c0u) << 10) | ((x & 0xe00u) << 15);
-    __syncthreads();
-  }
+  extern __shared__ uint cache[]; /* CACHE_A: nb x 16 value words, nb sums, nb scales */
   const uint *A = hm_b0_ + p.off[0], *B = hm_b1_ + p.off[1];
   uint m = p.dim[0], n = p.dim[1], k = p.dim[2], bb = hm_q_block_bytes((uint)DT), nb = (k + 63u) / 64u;
+  if (CACHE_A) {
+    for (uint b = threadIdx.x; b < nb; b += blockDim.x) {
+      uint v[16], d16, sum;
+      decode_block<DT>(A, b * bb, v, d16, sum);
+#pragma unroll
+      for (int t = 0; t < 16; t++) cache[(uint)t * nb + b] = v[t]; /* by block: no bank conflicts */
+      cache[nb * 16u + b] = sum;
+      cache[nb * 17u + b] = d16;
+    }
+    __syncthreads();
+  }
   uint lane = threadIdx.x & 31u, warp = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, nwarps = (gridDim.x * blockDim.x) >> 5;
   for (uint o = warp; o < m * n; o += nwarps) {
     uint i = o / n, j = o - i * n;
@@ -169,8 +180,15 @@ __global__ void __launch_bounds__(256) gemm_q_warp(const uint *hm_b0_, const uin
       float term = 0.0f;
       if (b < nb) {
         uint va[16], vb[16], da16, db16, suma, sumb;
-        decode_block<DT>(A, (i * nb + b) * bb, spread, va, da16, suma);
-        decode_block<DT>(B, (j * nb + b) * bb, spread, vb, db16, sumb);
+        if (CACHE_A) {
+#pragma unroll
+          for (int t = 0; t < 16; t++) va[t] = cache[(uint)t * nb + b];
+          suma = cache[nb * 16u + b];
+          da16 = cache[nb * 17u + b];
+        } else {
+          decode_block<DT>(A, (i * nb + b) * bb, va, da16, suma);
+        }
+        decode_block<DT>(B, (j * nb + b) * bb, vb, db16, sumb);
         int s;
         if (DT == 8) {
           s = 0;
@@ -625,10 +643,13 @@ static int32_t enqueue(cu_program *p, int *failed_step) {
     } else {
       if (s->warp_gemv) {
         void *wargs[4] = {&s->args[0], &s->args[1], &s->args[3], &s->d.p};
-        const void *fn = s->d.p.aux0 == HM_ABI_DTYPE_Q8   ? (const void *)gemm_q_warp<8>
-                         : s->d.p.aux0 == HM_ABI_DTYPE_Q4 ? (const void *)gemm_q_warp<9>
-                                                          : (const void *)gemm_q_warp<10>;
-        e = cudaLaunchKernel(fn, dim3(s->d.groups), dim3(s->d.local_size), wargs, 0, dev->stream);
+        uint32_t dt = s->d.p.aux0, nb = (s->d.p.dim[2] + 63) / 64;
+        size_t cache = (size_t)nb * 18 * 4;
+        int cached = s->d.p.dim[0] == 1 && cache <= 48 * 1024;
+        const void *fn = dt == HM_ABI_DTYPE_Q8   ? (cached ? (const void *)gemm_q_warp<8, true> : (const void *)gemm_q_warp<8, false>)
+                         : dt == HM_ABI_DTYPE_Q4 ? (cached ? (const void *)gemm_q_warp<9, true> : (const void *)gemm_q_warp<9, false>)
+                                                 : (cached ? (const void *)gemm_q_warp<10, true> : (const void *)gemm_q_warp<10, false>);
+        e = cudaLaunchKernel(fn, dim3(s->d.groups), dim3(s->d.local_size), wargs, cached ? cache : 0, dev->stream);
       } else {
         e = cudaLaunchKernel((const void *)kernels[s->d.kernel], dim3(s->d.groups), dim3(s->d.local_size), args, 0,
                              dev->stream);

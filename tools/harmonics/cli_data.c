@@ -95,10 +95,19 @@ int cli_bind_dataset(hm_graph *g, const char *dataset, size_t limit_train, size_
     if (!target && (i == 1 || i == 3)) continue;
     char path[1024];
     snprintf(path, sizeof path, "%s/%s", dir, files[i]);
-    /* Decompressed copies (the same names without .gz) work too. */
+    /* Decompressed copies (the same names without .gz) work too; when
+     * neither is there, the error names the .gz file. */
     FILE *exists = fopen(path, "rb");
-    if (exists) fclose(exists);
-    else snprintf(path, sizeof path, "%s/%.*s", dir, (int)(strlen(files[i]) - 3), files[i]);
+    if (exists) {
+      fclose(exists);
+    } else {
+      char plain[1024];
+      snprintf(plain, sizeof plain, "%s/%.*s", dir, (int)(strlen(files[i]) - 3), files[i]);
+      if ((exists = fopen(plain, "rb"))) {
+        fclose(exists);
+        memcpy(path, plain, sizeof path);
+      }
+    }
     hm_producer *p = NULL;
     if (hm_producer_open_idx(path, &p) != HM_OK) {
       fprintf(stderr, "harmonics: %s\n(install Debian's dataset-fashion-mnist: scripts/install-deps)\n", hm_last_error());
