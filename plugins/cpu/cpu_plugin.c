@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "cpu_internal.h"
+#include "plugin_util.h"
 
 #ifndef HM_CPU_PLUGIN_VERSION
 #define HM_CPU_PLUGIN_VERSION "0.1.0"
@@ -19,7 +20,6 @@
 #endif
 
 #define PLUGIN_MIN_ABI HM_ABI_MAKE_VERSION(1, 0)
-#define PLUGIN_MAX_ABI HM_ABI_VERSION
 #define MAX_THREADS 256
 
 int32_t cpu_fail(const cpu_context *ctx, int32_t status, const char *fmt, ...) {
@@ -117,13 +117,6 @@ static void cpu_shutdown(hm_abi_context *ctx) {
 
 static uint32_t cpu_device_count(hm_abi_context *ctx) { return ctx ? 1u : 0u; }
 
-static void copy_text(char *dst, size_t cap, const char *src) {
-  size_t n = strlen(src);
-  if (n >= cap) n = cap - 1;
-  memcpy(dst, src, n);
-  dst[n] = '\0';
-}
-
 static int32_t cpu_device_describe(hm_abi_context *ctx, uint32_t index, hm_abi_device_desc *out) {
   if (!ctx || !out) return HM_ABI_STATUS_INVALID_ARGUMENT;
   if (index != 0) return cpu_fail(ctx, HM_ABI_STATUS_NOT_FOUND, "cpu: no device %u (only 0)", index);
@@ -134,13 +127,13 @@ static int32_t cpu_device_describe(hm_abi_context *ctx, uint32_t index, hm_abi_d
   memset(&d, 0, sizeof d);
   d.struct_size = out->struct_size;
   d.abi_version = HM_ABI_VERSION;
-  copy_text(d.name, sizeof d.name, "cpu");
-  copy_text(d.vendor, sizeof d.vendor, "Harmonics");
+  hm_copy_text(d.name, sizeof d.name, "cpu");
+  hm_copy_text(d.vendor, sizeof d.vendor, "Harmonics");
   d.kind = HM_ABI_DEVICE_CPU;
   d.compute_units = ctx->default_threads;
   d.memory_bytes = ctx->memory_bytes;
   d.max_buffer_bytes = ctx->memory_bytes;
-  copy_text(d.features, sizeof d.features, ctx->features_text);
+  hm_copy_text(d.features, sizeof d.features, ctx->features_text);
   d.caps = cpu_caps_table(&d.n_caps);
   size_t n = out->struct_size < sizeof d ? out->struct_size : sizeof d;
   memcpy(out, &d, n);
@@ -282,18 +275,8 @@ static int32_t cpu_device_synchronize(hm_abi_device *dev) {
 /* ===== Query ===== */
 
 HM_ABI_EXPORT int32_t hm_plugin_query(const hm_abi_query *query, hm_abi_plugin *out) {
-  if (!query || !out || query->struct_size < sizeof(hm_abi_query) ||
-      out->struct_size < offsetof(hm_abi_plugin, reserved))
-    return HM_ABI_STATUS_INVALID_ARGUMENT;
-  uint32_t hi = query->host_max_abi < PLUGIN_MAX_ABI ? query->host_max_abi : PLUGIN_MAX_ABI;
-  uint32_t lo = query->host_min_abi > PLUGIN_MIN_ABI ? query->host_min_abi : PLUGIN_MIN_ABI;
-  if (HM_ABI_VERSION_GET_MAJOR(hi) != HM_ABI_VERSION_MAJOR || hi < lo) return HM_ABI_STATUS_INCOMPATIBLE;
   hm_abi_plugin p;
   memset(&p, 0, sizeof p);
-  p.struct_size = out->struct_size;
-  p.abi_version = hi;
-  p.plugin_min_abi = PLUGIN_MIN_ABI;
-  p.plugin_max_abi = PLUGIN_MAX_ABI;
   p.name = "cpu";
   p.vendor = "Harmonics";
   p.version = HM_CPU_PLUGIN_VERSION;
@@ -313,7 +296,5 @@ HM_ABI_EXPORT int32_t hm_plugin_query(const hm_abi_query *query, hm_abi_plugin *
   p.program_free = cpu_program_free;
   p.program_run = cpu_program_run;
   p.device_synchronize = cpu_device_synchronize;
-  size_t n = out->struct_size < sizeof p ? out->struct_size : sizeof p;
-  memcpy(out, &p, n);
-  return HM_ABI_OK;
+  return hm_plugin_answer_query(query, out, &p, PLUGIN_MIN_ABI);
 }

@@ -27,6 +27,7 @@ extern "C" {
 #include "dispatch.h"
 #include "harmonics_abi.h"
 #include "op_rules.h"
+#include "plugin_util.h"
 }
 
 #include "dialect_cuda.h"
@@ -34,7 +35,6 @@ extern "C" {
 #include "hm_ops.kern"
 
 #define PLUGIN_MIN_ABI HM_ABI_MAKE_VERSION(1, 0)
-#define PLUGIN_MAX_ABI HM_ABI_VERSION
 #define MAX_DEVICES 16
 #define MAX_CAPS 48
 #define BUFFER_MAGIC 0x43554446u /* "CUDF" */
@@ -347,13 +347,6 @@ static int32_t status_of(cudaError_t e) {
     if (e_ != cudaSuccess) return fail(ctx, status_of(e_), "cuda: %s: %s (%d)", what, cudaGetErrorString(e_), (int)e_); \
   } while (0)
 
-static void copy_text(char *dst, size_t cap, const char *src) {
-  size_t n = strlen(src);
-  if (n >= cap) n = cap - 1;
-  memcpy(dst, src, n);
-  dst[n] = '\0';
-}
-
 /* ===== Context ===== */
 
 static void describe(cu_device_info *di, const cudaDeviceProp &p) {
@@ -361,8 +354,8 @@ static void describe(cu_device_info *di, const cudaDeviceProp &p) {
   memset(d, 0, sizeof *d);
   d->struct_size = sizeof *d;
   d->abi_version = HM_ABI_VERSION;
-  copy_text(d->name, sizeof d->name, p.name);
-  copy_text(d->vendor, sizeof d->vendor, "NVIDIA");
+  hm_copy_text(d->name, sizeof d->name, p.name);
+  hm_copy_text(d->vendor, sizeof d->vendor, "NVIDIA");
   d->kind = HM_ABI_DEVICE_GPU;
   d->compute_units = (uint32_t)p.multiProcessorCount;
   d->memory_bytes = p.totalGlobalMem;
@@ -824,17 +817,8 @@ static int32_t cu_device_synchronize(hm_abi_device *dev) {
 /* ===== Query ===== */
 
 extern "C" HM_ABI_EXPORT int32_t hm_plugin_query(const hm_abi_query *query, hm_abi_plugin *out) {
-  if (!query || !out || query->struct_size < sizeof(hm_abi_query) || out->struct_size < offsetof(hm_abi_plugin, reserved))
-    return HM_ABI_STATUS_INVALID_ARGUMENT;
-  uint32_t hi = query->host_max_abi < PLUGIN_MAX_ABI ? query->host_max_abi : PLUGIN_MAX_ABI;
-  uint32_t lo = query->host_min_abi > PLUGIN_MIN_ABI ? query->host_min_abi : PLUGIN_MIN_ABI;
-  if (HM_ABI_VERSION_GET_MAJOR(hi) != HM_ABI_VERSION_MAJOR || hi < lo) return HM_ABI_STATUS_INCOMPATIBLE;
   hm_abi_plugin p;
   memset(&p, 0, sizeof p);
-  p.struct_size = out->struct_size;
-  p.abi_version = hi;
-  p.plugin_min_abi = PLUGIN_MIN_ABI;
-  p.plugin_max_abi = PLUGIN_MAX_ABI;
   p.name = "cuda";
   p.vendor = "Harmonics";
   p.version = HM_PLUGIN_VERSION;
@@ -854,6 +838,5 @@ extern "C" HM_ABI_EXPORT int32_t hm_plugin_query(const hm_abi_query *query, hm_a
   p.program_free = cu_program_free;
   p.program_run = cu_program_run;
   p.device_synchronize = cu_device_synchronize;
-  memcpy(out, &p, out->struct_size < sizeof p ? out->struct_size : sizeof p);
-  return HM_ABI_OK;
+  return hm_plugin_answer_query(query, out, &p, PLUGIN_MIN_ABI);
 }

@@ -23,12 +23,12 @@
 #include "dispatch.h"
 #include "harmonics_abi.h"
 #include "op_rules.h"
+#include "plugin_util.h"
 
 extern const unsigned char hm_ocl_source[];
 extern const unsigned long hm_ocl_source_len;
 
 #define PLUGIN_MIN_ABI HM_ABI_MAKE_VERSION(1, 0)
-#define PLUGIN_MAX_ABI HM_ABI_VERSION
 #define MAX_DEVICES 16
 #define BUFFER_MAGIC 0x4f434c42u /* "OCLB" */
 #define MAX_GROUPS 1024u
@@ -113,13 +113,6 @@ static int32_t status_of(cl_int e) {
              : HM_ABI_STATUS_INTERNAL;
 }
 
-static void copy_text(char *dst, size_t cap, const char *src) {
-  size_t n = strlen(src);
-  if (n >= cap) n = cap - 1;
-  memcpy(dst, src, n);
-  dst[n] = '\0';
-}
-
 /* ===== Context ===== */
 
 static void device_text(cl_device_id d, cl_device_info what, char *out, size_t cap) {
@@ -144,8 +137,8 @@ static void describe_device(ocl_device_info *di) {
   pversion[0] = '\0';
   clGetPlatformInfo(di->platform, CL_PLATFORM_VERSION, sizeof pversion, pversion, NULL);
   pversion[sizeof pversion - 1] = '\0';
-  copy_text(d->name, sizeof d->name, name);
-  copy_text(d->vendor, sizeof d->vendor, vendor);
+  hm_copy_text(d->name, sizeof d->name, name);
+  hm_copy_text(d->vendor, sizeof d->vendor, vendor);
   cl_device_type type = 0;
   clGetDeviceInfo(di->id, CL_DEVICE_TYPE, sizeof type, &type, NULL);
   d->kind = type & CL_DEVICE_TYPE_GPU ? HM_ABI_DEVICE_GPU : type & CL_DEVICE_TYPE_CPU ? HM_ABI_DEVICE_CPU : HM_ABI_DEVICE_ACCELERATOR;
@@ -192,7 +185,7 @@ static int32_t ocl_init(const hm_abi_init_args *args, hm_abi_context **out) {
   }
   const char *cache = find_option(args->options, args->n_options, "build_cache");
   if (cache && strcmp(cache, "off") != 0) {
-    copy_text(ctx->cache_dir, sizeof ctx->cache_dir, cache);
+    hm_copy_text(ctx->cache_dir, sizeof ctx->cache_dir, cache);
   } else if (!cache) {
     const char *xdg = getenv("XDG_CACHE_HOME"), *home = getenv("HOME");
     if (xdg && *xdg) snprintf(ctx->cache_dir, sizeof ctx->cache_dir, "%s/harmonics/opencl", xdg);
@@ -261,7 +254,7 @@ static void cache_path(const ocl_device *dev, char *out, size_t cap) {
 
 static void mkdirs(const char *path) {
   char tmp[512];
-  copy_text(tmp, sizeof tmp, path);
+  hm_copy_text(tmp, sizeof tmp, path);
   for (char *p = tmp + 1; *p; p++)
     if (*p == '/') {
       *p = '\0';
@@ -323,7 +316,7 @@ static int32_t build(ocl_device *dev) {
     cache_path(dev, path, sizeof path);
     dev->program = load_cached(dev, path);
     if (dev->program) {
-      copy_text(dev->build_note, sizeof dev->build_note, "cached");
+      hm_copy_text(dev->build_note, sizeof dev->build_note, "cached");
       return HM_ABI_OK;
     }
   }
@@ -340,7 +333,7 @@ static int32_t build(ocl_device *dev) {
     return fail(dev->ctx, HM_ABI_STATUS_UNAVAILABLE, "opencl: the kernels do not build on '%s': %s (%d): %.1500s",
                 dev->info->desc.name, cl_error_name(e), (int)e, log);
   }
-  copy_text(dev->build_note, sizeof dev->build_note, "built");
+  hm_copy_text(dev->build_note, sizeof dev->build_note, "built");
   if (path[0]) save_cached(dev, dev->program, path);
   return HM_ABI_OK;
 }
@@ -599,17 +592,8 @@ static int32_t ocl_device_synchronize(hm_abi_device *dev) {
 /* ===== Query ===== */
 
 HM_ABI_EXPORT int32_t hm_plugin_query(const hm_abi_query *query, hm_abi_plugin *out) {
-  if (!query || !out || query->struct_size < sizeof(hm_abi_query) || out->struct_size < offsetof(hm_abi_plugin, reserved))
-    return HM_ABI_STATUS_INVALID_ARGUMENT;
-  uint32_t hi = query->host_max_abi < PLUGIN_MAX_ABI ? query->host_max_abi : PLUGIN_MAX_ABI;
-  uint32_t lo = query->host_min_abi > PLUGIN_MIN_ABI ? query->host_min_abi : PLUGIN_MIN_ABI;
-  if (HM_ABI_VERSION_GET_MAJOR(hi) != HM_ABI_VERSION_MAJOR || hi < lo) return HM_ABI_STATUS_INCOMPATIBLE;
   hm_abi_plugin p;
   memset(&p, 0, sizeof p);
-  p.struct_size = out->struct_size;
-  p.abi_version = hi;
-  p.plugin_min_abi = PLUGIN_MIN_ABI;
-  p.plugin_max_abi = PLUGIN_MAX_ABI;
   p.name = "opencl";
   p.vendor = "Harmonics";
   p.version = HM_PLUGIN_VERSION;
@@ -629,6 +613,5 @@ HM_ABI_EXPORT int32_t hm_plugin_query(const hm_abi_query *query, hm_abi_plugin *
   p.program_free = ocl_program_free;
   p.program_run = ocl_program_run;
   p.device_synchronize = ocl_device_synchronize;
-  memcpy(out, &p, out->struct_size < sizeof p ? out->struct_size : sizeof p);
-  return HM_ABI_OK;
+  return hm_plugin_answer_query(query, out, &p, PLUGIN_MIN_ABI);
 }

@@ -26,9 +26,9 @@
 #include "dispatch.h"
 #include "harmonics_abi.h"
 #include "op_rules.h"
+#include "plugin_util.h"
 
 #define PLUGIN_MIN_ABI HM_ABI_MAKE_VERSION(1, 0)
-#define PLUGIN_MAX_ABI HM_ABI_VERSION
 #define MAX_DEVICES 16
 #define BUFFER_MAGIC 0x564b4246u /* "VKBF" */
 #define N_BINDINGS 7             /* b0..b5 and the scalars */
@@ -115,13 +115,6 @@ static int32_t status_of(VkResult r) {
                                      : HM_ABI_STATUS_INTERNAL;
 }
 
-static void copy_text(char *dst, size_t cap, const char *src) {
-  size_t n = strlen(src);
-  if (n >= cap) n = cap - 1;
-  memcpy(dst, src, n);
-  dst[n] = '\0';
-}
-
 /* ===== Context ===== */
 
 static void describe(vk_device_info *di) {
@@ -156,7 +149,7 @@ static void describe(vk_device_info *di) {
   memset(d, 0, sizeof *d);
   d->struct_size = sizeof *d;
   d->abi_version = HM_ABI_VERSION;
-  copy_text(d->name, sizeof d->name, props.deviceName);
+  hm_copy_text(d->name, sizeof d->name, props.deviceName);
   snprintf(d->vendor, sizeof d->vendor, "vendor 0x%04x", props.vendorID);
   d->kind = props.deviceType == VK_PHYSICAL_DEVICE_TYPE_CPU ? HM_ABI_DEVICE_CPU : HM_ABI_DEVICE_GPU;
   d->compute_units = 0;
@@ -715,17 +708,8 @@ static int32_t vk_device_synchronize(hm_abi_device *dev) { return dev ? wait_idl
 /* ===== Query ===== */
 
 HM_ABI_EXPORT int32_t hm_plugin_query(const hm_abi_query *query, hm_abi_plugin *out) {
-  if (!query || !out || query->struct_size < sizeof(hm_abi_query) || out->struct_size < offsetof(hm_abi_plugin, reserved))
-    return HM_ABI_STATUS_INVALID_ARGUMENT;
-  uint32_t hi = query->host_max_abi < PLUGIN_MAX_ABI ? query->host_max_abi : PLUGIN_MAX_ABI;
-  uint32_t lo = query->host_min_abi > PLUGIN_MIN_ABI ? query->host_min_abi : PLUGIN_MIN_ABI;
-  if (HM_ABI_VERSION_GET_MAJOR(hi) != HM_ABI_VERSION_MAJOR || hi < lo) return HM_ABI_STATUS_INCOMPATIBLE;
   hm_abi_plugin p;
   memset(&p, 0, sizeof p);
-  p.struct_size = out->struct_size;
-  p.abi_version = hi;
-  p.plugin_min_abi = PLUGIN_MIN_ABI;
-  p.plugin_max_abi = PLUGIN_MAX_ABI;
   p.name = "vulkan";
   p.vendor = "Harmonics";
   p.version = HM_PLUGIN_VERSION;
@@ -745,6 +729,5 @@ HM_ABI_EXPORT int32_t hm_plugin_query(const hm_abi_query *query, hm_abi_plugin *
   p.program_free = vk_program_free;
   p.program_run = vk_program_run;
   p.device_synchronize = vk_device_synchronize;
-  memcpy(out, &p, out->struct_size < sizeof p ? out->struct_size : sizeof p);
-  return HM_ABI_OK;
+  return hm_plugin_answer_query(query, out, &p, PLUGIN_MIN_ABI);
 }
