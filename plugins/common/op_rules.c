@@ -243,3 +243,31 @@ int32_t hm_check_op(const hm_abi_op *op, uint32_t index, uint32_t n_scalars, con
   }
   return HM_ABI_OK;
 }
+
+int32_t hm_check_program_desc(const hm_abi_program_desc *desc, uint32_t max_ops, size_t *stride, char *msg, size_t cap) {
+  if (desc->struct_size < sizeof(hm_abi_program_desc)) {
+    snprintf(msg, cap, "program descriptor struct_size %u too small", desc->struct_size);
+    return HM_ABI_STATUS_INVALID_ARGUMENT;
+  }
+  if (desc->n_ops && !desc->ops) {
+    snprintf(msg, cap, "%u ops but no op array", desc->n_ops);
+    return HM_ABI_STATUS_INVALID_ARGUMENT;
+  }
+  if (desc->n_ops > max_ops) {
+    snprintf(msg, cap, "too many ops (%u; at most %u)", desc->n_ops, max_ops);
+    return HM_ABI_STATUS_OUT_OF_RANGE;
+  }
+  *stride = desc->n_ops ? desc->ops[0].struct_size : sizeof(hm_abi_op);
+  if (*stride < sizeof(hm_abi_op)) {
+    snprintf(msg, cap, "op struct_size %zu is smaller than %zu", *stride, sizeof(hm_abi_op));
+    return HM_ABI_STATUS_INVALID_ARGUMENT;
+  }
+  for (uint32_t i = 1; i < desc->n_ops; i++) {
+    const hm_abi_op *op = hm_program_op(desc, *stride, i);
+    if (op->struct_size != *stride) {
+      snprintf(msg, cap, "op %u: struct_size %u differs from op 0's %zu", i, op->struct_size, *stride);
+      return HM_ABI_STATUS_INVALID_ARGUMENT;
+    }
+  }
+  return HM_ABI_OK;
+}

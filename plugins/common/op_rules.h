@@ -35,6 +35,16 @@ int hm_caps_declares(const hm_abi_capability *caps, uint32_t n, uint32_t op, uin
 /* Nonzero for ops with a variant (activations, losses). */
 int hm_op_has_variant(uint32_t code);
 
+/* Checks a program descriptor (SPEC.md HM-ABI-9): its struct_size, the op
+ * array, at most |max_ops| ops, and one op stride — the first op's
+ * struct_size, at least sizeof(hm_abi_op) and the same for every op. Writes
+ * the stride; returns HM_ABI_OK or a status with a message in |msg|. */
+int32_t hm_check_program_desc(const hm_abi_program_desc *desc, uint32_t max_ops, size_t *stride, char *msg, size_t cap);
+/* Op |i| of a checked descriptor. */
+static inline const hm_abi_op *hm_program_op(const hm_abi_program_desc *desc, size_t stride, uint32_t i) {
+  return (const hm_abi_op *)((const char *)desc->ops + (size_t)i * stride);
+}
+
 /* What a backend tells hm_check_op about a buffer handle: its size, or
  * nonzero when it is not a live buffer of this device. */
 typedef int (*hm_buffer_size_fn)(void *self, const hm_abi_buffer *buffer, uint64_t *size);

@@ -666,13 +666,10 @@ static cublasComputeType_t compute_of(uint32_t din) {
 static int32_t cu_program_create(hm_abi_device *dev, const hm_abi_program_desc *desc, hm_abi_program **out) {
   if (!dev || !desc || !out) return HM_ABI_STATUS_INVALID_ARGUMENT;
   cu_context *ctx = dev->ctx;
-  if (desc->struct_size < sizeof(hm_abi_program_desc))
-    return fail(ctx, HM_ABI_STATUS_INVALID_ARGUMENT, "cuda: program descriptor struct_size %u too small", desc->struct_size);
-  if (desc->n_ops && !desc->ops) return fail(ctx, HM_ABI_STATUS_INVALID_ARGUMENT, "cuda: %u ops but no op array", desc->n_ops);
-  if (desc->n_ops > (1u << 20)) return fail(ctx, HM_ABI_STATUS_OUT_OF_RANGE, "cuda: too many ops (%u)", desc->n_ops);
-  size_t stride = desc->n_ops ? desc->ops[0].struct_size : sizeof(hm_abi_op);
-  if (stride < sizeof(hm_abi_op))
-    return fail(ctx, HM_ABI_STATUS_INVALID_ARGUMENT, "cuda: op struct_size %zu is smaller than %zu", stride, sizeof(hm_abi_op));
+  size_t stride = 0;
+  char pmsg[256];
+  int32_t pst = hm_check_program_desc(desc, 1u << 20, &stride, pmsg, sizeof pmsg);
+  if (pst) return fail(ctx, pst, "cuda: %s", pmsg);
   CUDA_TRY(ctx, cudaSetDevice(dev->info->ordinal), "cudaSetDevice");
   char msg[512];
   cu_program *p = (cu_program *)calloc(1, sizeof *p);
@@ -693,11 +690,7 @@ static int32_t cu_program_create(hm_abi_device *dev, const hm_abi_program_desc *
       st = fail(ctx, HM_ABI_STATUS_RESOURCE_EXHAUSTED, "cuda: cannot create events");
   if (st == HM_ABI_OK) memset(p->scalars_host, 0, n_floats * sizeof(float));
   for (uint32_t i = 0; i < desc->n_ops && st == HM_ABI_OK; i++) {
-    const hm_abi_op *op = (const hm_abi_op *)((const char *)desc->ops + (size_t)i * stride);
-    if (op->struct_size != stride) {
-      st = fail(ctx, HM_ABI_STATUS_INVALID_ARGUMENT, "cuda: op %u: struct_size %u differs from op 0's %zu", i, op->struct_size, stride);
-      break;
-    }
+    const hm_abi_op *op = hm_program_op(desc, stride, i);
     if ((st = hm_check_op(op, i, desc->n_scalars, dev->info->caps, dev->info->n_caps, buffer_size_of, dev, 4, msg, sizeof msg))) {
       st = fail(ctx, st, "cuda: %s", msg);
       break;

@@ -497,21 +497,15 @@ static void ocl_program_free(hm_abi_program *p) {
 static int32_t ocl_program_create(hm_abi_device *dev, const hm_abi_program_desc *desc, hm_abi_program **out) {
   if (!dev || !desc || !out) return HM_ABI_STATUS_INVALID_ARGUMENT;
   ocl_context *ctx = dev->ctx;
-  if (desc->struct_size < sizeof(hm_abi_program_desc))
-    return fail(ctx, HM_ABI_STATUS_INVALID_ARGUMENT, "opencl: program descriptor struct_size %u too small", desc->struct_size);
-  if (desc->n_ops && !desc->ops) return fail(ctx, HM_ABI_STATUS_INVALID_ARGUMENT, "opencl: %u ops but no op array", desc->n_ops);
-  if (desc->n_ops > (1u << 20)) return fail(ctx, HM_ABI_STATUS_OUT_OF_RANGE, "opencl: too many ops (%u)", desc->n_ops);
-  size_t stride = desc->n_ops ? desc->ops[0].struct_size : sizeof(hm_abi_op);
-  if (stride < sizeof(hm_abi_op))
-    return fail(ctx, HM_ABI_STATUS_INVALID_ARGUMENT, "opencl: op struct_size %zu is smaller than %zu", stride, sizeof(hm_abi_op));
+  size_t stride = 0;
+  char pmsg[256];
+  int32_t pst = hm_check_program_desc(desc, 1u << 20, &stride, pmsg, sizeof pmsg);
+  if (pst) return fail(ctx, pst, "opencl: %s", pmsg);
   uint32_t n_caps = 0;
   const hm_abi_capability *caps = hm_kernel_caps(&n_caps);
   char msg[512];
   for (uint32_t i = 0; i < desc->n_ops; i++) {
-    const hm_abi_op *op = (const hm_abi_op *)((const char *)desc->ops + (size_t)i * stride);
-    if (op->struct_size != stride)
-      return fail(ctx, HM_ABI_STATUS_INVALID_ARGUMENT, "opencl: op %u: struct_size %u differs from op 0's %zu", i,
-                  op->struct_size, stride);
+    const hm_abi_op *op = hm_program_op(desc, stride, i);
     int32_t st = hm_check_op(op, i, desc->n_scalars, caps, n_caps, buffer_size_of, dev, 4, msg, sizeof msg);
     if (st) return fail(ctx, st, "opencl: %s", msg);
   }
@@ -526,7 +520,7 @@ static int32_t ocl_program_create(hm_abi_device *dev, const hm_abi_program_desc 
   p->scalars = clCreateBuffer(dev->cl, CL_MEM_READ_ONLY, sizeof(float) * (desc->n_scalars ? desc->n_scalars : 1), NULL, &e);
   int32_t st = p->launches && p->scalars_host && p->scalars ? HM_ABI_OK : fail(ctx, HM_ABI_STATUS_RESOURCE_EXHAUSTED, "opencl: out of memory");
   for (uint32_t i = 0; i < desc->n_ops && st == HM_ABI_OK; i++) {
-    const hm_abi_op *op = (const hm_abi_op *)((const char *)desc->ops + (size_t)i * stride);
+    const hm_abi_op *op = hm_program_op(desc, stride, i);
     hm_dispatch d;
     if (hm_plan_dispatch(op, MAX_GROUPS, &d, msg, sizeof msg)) {
       st = fail(ctx, HM_ABI_STATUS_OUT_OF_RANGE, "opencl: op %u: %s", i, msg);

@@ -580,13 +580,10 @@ static void vk_program_free(hm_abi_program *p) {
 static int32_t vk_program_create(hm_abi_device *dev, const hm_abi_program_desc *desc, hm_abi_program **out) {
   if (!dev || !desc || !out) return HM_ABI_STATUS_INVALID_ARGUMENT;
   vk_context *ctx = dev->ctx;
-  if (desc->struct_size < sizeof(hm_abi_program_desc))
-    return fail(ctx, HM_ABI_STATUS_INVALID_ARGUMENT, "vulkan: program descriptor struct_size %u too small", desc->struct_size);
-  if (desc->n_ops && !desc->ops) return fail(ctx, HM_ABI_STATUS_INVALID_ARGUMENT, "vulkan: %u ops but no op array", desc->n_ops);
-  if (desc->n_ops > (1u << 16)) return fail(ctx, HM_ABI_STATUS_OUT_OF_RANGE, "vulkan: too many ops (%u)", desc->n_ops);
-  size_t stride = desc->n_ops ? desc->ops[0].struct_size : sizeof(hm_abi_op);
-  if (stride < sizeof(hm_abi_op))
-    return fail(ctx, HM_ABI_STATUS_INVALID_ARGUMENT, "vulkan: op struct_size %zu is smaller than %zu", stride, sizeof(hm_abi_op));
+  size_t stride = 0;
+  char pmsg[256];
+  int32_t pst = hm_check_program_desc(desc, 1u << 16, &stride, pmsg, sizeof pmsg);
+  if (pst) return fail(ctx, pst, "vulkan: %s", pmsg);
   uint32_t n_caps = 0;
   const hm_abi_capability *caps = hm_kernel_caps(&n_caps);
   char msg[512];
@@ -594,10 +591,8 @@ static int32_t vk_program_create(hm_abi_device *dev, const hm_abi_program_desc *
   if (!plan) return HM_ABI_STATUS_RESOURCE_EXHAUSTED;
   int32_t st = HM_ABI_OK;
   for (uint32_t i = 0; i < desc->n_ops && st == HM_ABI_OK; i++) {
-    const hm_abi_op *op = (const hm_abi_op *)((const char *)desc->ops + (size_t)i * stride);
-    if (op->struct_size != stride)
-      st = fail(ctx, HM_ABI_STATUS_INVALID_ARGUMENT, "vulkan: op %u: struct_size %u differs from op 0's %zu", i, op->struct_size, stride);
-    else if ((st = hm_check_op(op, i, desc->n_scalars, caps, n_caps, buffer_size_of, dev, 4, msg, sizeof msg)))
+    const hm_abi_op *op = hm_program_op(desc, stride, i);
+    if ((st = hm_check_op(op, i, desc->n_scalars, caps, n_caps, buffer_size_of, dev, 4, msg, sizeof msg)))
       st = fail(ctx, st, "vulkan: %s", msg);
     else if (hm_plan_dispatch(op, MAX_GROUPS, &plan[i], msg, sizeof msg))
       st = fail(ctx, HM_ABI_STATUS_OUT_OF_RANGE, "vulkan: op %u: %s", i, msg);
@@ -637,7 +632,7 @@ static int32_t vk_program_create(hm_abi_device *dev, const hm_abi_program_desc *
   /* Record: per op one descriptor set, the parameter block, the dispatch,
    * and a barrier so the next op sees its writes. */
   for (uint32_t i = 0; i < desc->n_ops && st == HM_ABI_OK; i++) {
-    const hm_abi_op *op = (const hm_abi_op *)((const char *)desc->ops + (size_t)i * stride);
+    const hm_abi_op *op = hm_program_op(desc, stride, i);
     VkPipeline pipe = VK_NULL_HANDLE;
     if ((st = pipeline(dev, plan[i].kernel, &pipe))) break;
     VkDescriptorSet set;
