@@ -149,30 +149,53 @@ typedef enum hm_abi_op_code {
 /* LOSS: the target operand holds class indices (I32), else dense targets. */
 #define HM_ABI_OP_FLAG_CLASS_INDEX 0x4u
 
+/* The activations and losses, one line each: X(NAME, value, "name",
+ * "meaning"). The enums below, the runtime's names (harmonics/names.h) and the
+ * constants the shared GPU kernels test come from these lists. Values are
+ * fixed and never reused. */
+#define HM_ABI_ACTIVATIONS(X)                                                   \
+  X(IDENTITY, 0, "identity", "x")                                               \
+  X(RELU, 1, "relu", "max(x, 0)")                                               \
+  X(LEAKY_RELU, 2, "leaky_relu", "params[0] = negative slope (default 0.01)")   \
+  X(SIGMOID, 3, "sigmoid", "1 / (1 + exp(-x))")                                 \
+  X(TANH, 4, "tanh", "tanh(x)")                                                 \
+  X(GELU, 5, "gelu", "exact: 0.5 x (1 + erf(x / sqrt 2))")                      \
+  X(SILU, 6, "silu", "x sigmoid(x)")                                            \
+  X(SOFTMAX, 7, "softmax", "along each row")                                    \
+  X(ELU, 8, "elu", "params[0] = alpha (default 1)")                             \
+  X(SELU, 9, "selu", "scaled ELU")
+
+#define HM_ABI_LOSSES(X)                                                        \
+  X(CROSS_ENTROPY, 0, "cross_entropy", "softmax + NLL over each row")          \
+  X(MSE, 1, "mse", "mean squared error")                                        \
+  X(MAE, 2, "mae", "mean absolute error")                                       \
+  X(BCE, 3, "bce", "binary cross-entropy on logits")                            \
+  X(HUBER, 4, "huber", "params[0] = delta (default 1)")
+
+#define HM_ABI_ENUM_ACT_(name, value, text, meaning) HM_ABI_ACT_##name = value,
+#define HM_ABI_ENUM_LOSS_(name, value, text, meaning) HM_ABI_LOSS_##name = value,
+
 typedef enum hm_abi_activation {
-  HM_ABI_ACT_IDENTITY = 0,
-  HM_ABI_ACT_RELU = 1,
-  HM_ABI_ACT_LEAKY_RELU = 2, /* params[0] = negative slope (default 0.01) */
-  HM_ABI_ACT_SIGMOID = 3,
-  HM_ABI_ACT_TANH = 4,
-  HM_ABI_ACT_GELU = 5,       /* exact: 0.5 x (1 + erf(x / sqrt 2)) */
-  HM_ABI_ACT_SILU = 6,
-  HM_ABI_ACT_SOFTMAX = 7,    /* along each row */
-  HM_ABI_ACT_ELU = 8,        /* params[0] = alpha (default 1) */
-  HM_ABI_ACT_SELU = 9,
+  HM_ABI_ACTIVATIONS(HM_ABI_ENUM_ACT_)
   HM_ABI_ACT_COUNT = 10,
   HM_ABI_ACT_MAX_ENUM = 0x7fffffff
 } hm_abi_activation;
 
 typedef enum hm_abi_loss {
-  HM_ABI_LOSS_CROSS_ENTROPY = 0, /* softmax + NLL over each row */
-  HM_ABI_LOSS_MSE = 1,
-  HM_ABI_LOSS_MAE = 2,
-  HM_ABI_LOSS_BCE = 3,           /* on logits */
-  HM_ABI_LOSS_HUBER = 4,         /* params[0] = delta (default 1) */
+  HM_ABI_LOSSES(HM_ABI_ENUM_LOSS_)
   HM_ABI_LOSS_COUNT = 5,
   HM_ABI_LOSS_MAX_ENUM = 0x7fffffff
 } hm_abi_loss;
+
+#undef HM_ABI_ENUM_ACT_
+#undef HM_ABI_ENUM_LOSS_
+
+/* Bytes of one 64-value block of each packed dtype (abi/QUANT.md Q1): an f16
+ * scale and 64 codes of 8, 4 or 3 bits (int3: 8 values per 24-bit group). */
+#define HM_ABI_QUANT_BLOCK_VALUES 64u
+#define HM_ABI_Q8_BLOCK_BYTES 66u /* 2 + 64 */
+#define HM_ABI_Q4_BLOCK_BYTES 34u /* 2 + 32 */
+#define HM_ABI_Q3_BLOCK_BYTES 26u /* 2 + 24 */
 
 /* ===== Capabilities (data, SPEC.md §6) ===== */
 
@@ -402,6 +425,12 @@ HM_ABI_EXPORT int32_t hm_plugin_query(const hm_abi_query *query, hm_abi_plugin *
 #else
 #define HM_ABI_STATIC_ASSERT(c, m) _Static_assert(c, m)
 #endif
+
+/* Each list's COUNT is one past its largest value, and values are dense. */
+#define HM_ABI_ONE_(name, value, text, meaning) +1
+HM_ABI_STATIC_ASSERT(0 HM_ABI_ACTIVATIONS(HM_ABI_ONE_) == HM_ABI_ACT_COUNT, "HM_ABI_ACT_COUNT");
+HM_ABI_STATIC_ASSERT(0 HM_ABI_LOSSES(HM_ABI_ONE_) == HM_ABI_LOSS_COUNT, "HM_ABI_LOSS_COUNT");
+#undef HM_ABI_ONE_
 
 #if UINTPTR_MAX == 0xffffffffffffffffu
 HM_ABI_STATIC_ASSERT(sizeof(hm_abi_capability) == 48, "hm_abi_capability layout");

@@ -2,7 +2,7 @@
 #include <string.h>
 
 #include "fuzz_util.h"
-#include "loader_impl.h"
+#include "backend/config.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {

@@ -8,7 +8,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "container.h" /* hm__crc32c */
+#include "base/container.h" /* hm__crc32c */
 
 /* A read-only stream over the input (an empty input reads as /dev/null). */
 static inline FILE *fuzz_stream(const uint8_t *data, size_t size) {

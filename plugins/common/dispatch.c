@@ -111,7 +111,7 @@ int hm_plan_dispatch(const hm_abi_op *op, uint32_t max_groups, hm_dispatch *d, c
       d->kernel = HK_GEMM_Q;
       d->p.aux0 = din;
       items = d0 * d1;
-      if (!fits((d0 > d1 ? d0 : d1) * ((d2 + 63) / 64) * 66)) items = UINT64_MAX;
+      if (!fits((d0 > d1 ? d0 : d1) * ((d2 + 63) / 64) * HM_ABI_Q8_BLOCK_BYTES)) items = UINT64_MAX;
       break;
     default: snprintf(err, cap, "op %u has no kernel", op->code); return 1;
   }

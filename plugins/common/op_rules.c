@@ -5,7 +5,10 @@
 #include <string.h>
 
 uint64_t hm_q_block_bytes(int dtype) {
-  return dtype == HM_ABI_DTYPE_Q8 ? 66 : dtype == HM_ABI_DTYPE_Q4 ? 34 : dtype == HM_ABI_DTYPE_Q3 ? 26 : 0;
+  return dtype == HM_ABI_DTYPE_Q8   ? HM_ABI_Q8_BLOCK_BYTES
+         : dtype == HM_ABI_DTYPE_Q4 ? HM_ABI_Q4_BLOCK_BYTES
+         : dtype == HM_ABI_DTYPE_Q3 ? HM_ABI_Q3_BLOCK_BYTES
+                                    : 0;
 }
 
 uint32_t hm_dtype_or_f32(uint32_t d) { return d ? d : HM_ABI_DTYPE_F32; }

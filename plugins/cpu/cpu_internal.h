@@ -146,7 +146,6 @@ struct cpu_op {
   hm_abi_op op;           /* the op as given (copied) */
   void *in[HM_ABI_MAX_OPERANDS];
   void *out[HM_ABI_MAX_OPERANDS];
-  int fused_next;         /* kernels may consume the following op(s): count */
 };
 
 typedef struct cpu_exec {

@@ -17,6 +17,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "harmonics_abi.h"
+
 #define CPU_QBLOCK 64
 
 typedef struct cpu_quant_ops {
@@ -42,7 +44,10 @@ const cpu_quant_ops *cpu_quant_avxvnni(void);
 const cpu_quant_ops *cpu_quant_avx512(void);
 
 static inline size_t cpu_q_block_bytes(int dtype) {
-  return dtype == 8 ? 66 : dtype == 9 ? 34 : dtype == 10 ? 26 : 0; /* Q8, Q4, Q3 */
+  return dtype == HM_ABI_DTYPE_Q8   ? HM_ABI_Q8_BLOCK_BYTES
+         : dtype == HM_ABI_DTYPE_Q4 ? HM_ABI_Q4_BLOCK_BYTES
+         : dtype == HM_ABI_DTYPE_Q3 ? HM_ABI_Q3_BLOCK_BYTES
+                                    : 0;
 }
 
 static inline size_t cpu_q_blocks(size_t k) { return (k + CPU_QBLOCK - 1) / CPU_QBLOCK; }

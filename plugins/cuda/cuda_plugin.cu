@@ -30,6 +30,7 @@ extern "C" {
 #include "plugin_util.h"
 }
 
+#include "hm_abi_constants.h"
 #include "dialect_cuda.h"
 #define K_ALL
 #include "hm_ops.kern"

@@ -4,6 +4,7 @@
 #ifndef HARMONICS_NAMES_H_
 #define HARMONICS_NAMES_H_
 
+#include <stddef.h>
 #include <stdint.h>
 
 #include "harmonics/harmonics_abi.h"
@@ -26,6 +27,14 @@ HM_API const char *hm_device_kind_name(uint32_t kind);
  * Returns 0 and sets *out, or -1 when unknown. */
 HM_API int hm_activation_from_name(const char *name, uint32_t *out);
 HM_API int hm_loss_from_name(const char *name, uint32_t *out);
+
+/* The optimizers (hm_optimizer) and stop reasons (hm_stop_reason) of
+ * harmonics/training.h: "sgd", ..., "lamb"; "epochs", ..., "checkpoint". */
+HM_API const char *hm_optimizer_name(uint32_t optimizer);
+HM_API const char *hm_stop_reason_name(uint32_t reason);
+HM_API int hm_optimizer_from_name(const char *name, uint32_t *out);
+/* Every optimizer's name joined by |sep| ("sgd|adam|..."), truncated to |cap|. */
+HM_API void hm_optimizer_names(char *buf, size_t cap, const char *sep);
 
 #ifdef __cplusplus
 }

@@ -20,7 +20,8 @@ extern "C" {
 #endif
 #define HM_MUST_USE __attribute__((warn_unused_result))
 
-/* The codes 0-10 have the same numbers as the plugin ABI's (abi/SPEC.md). */
+/* The codes 0-10 have the same numbers as the plugin ABI's (abi/SPEC.md);
+ * runtime/src/base/status.c asserts it. */
 typedef enum hm_status {
   HM_OK = 0,
   HM_STATUS_INVALID_ARGUMENT = 1,   /* the same call will fail again */

@@ -19,13 +19,32 @@
 extern "C" {
 #endif
 
-typedef enum hm_optimizer {
-  HM_OPTIMIZER_SGD = 0,
-  HM_OPTIMIZER_ADAM = 1,
-  HM_OPTIMIZER_RMSPROP = 2,
-  HM_OPTIMIZER_ADAMW = 3,
-  HM_OPTIMIZER_LAMB = 4
-} hm_optimizer;
+/* The optimizers, X(NAME, value, "name"): the enum, hm_optimizer_name and
+ * the CLI's list come from here (formulas: DESIGN.md §4). */
+#define HM_OPTIMIZERS(X) \
+  X(SGD, 0, "sgd")       \
+  X(ADAM, 1, "adam")     \
+  X(RMSPROP, 2, "rmsprop") \
+  X(ADAMW, 3, "adamw")   \
+  X(LAMB, 4, "lamb")
+
+#define HM_OPTIMIZER_ENUM_(name, value, text) HM_OPTIMIZER_##name = value,
+typedef enum hm_optimizer { HM_OPTIMIZERS(HM_OPTIMIZER_ENUM_) HM_OPTIMIZER_COUNT = 5 } hm_optimizer;
+#undef HM_OPTIMIZER_ENUM_
+
+/* Why fit stopped, X(NAME, value, "name"); a state loaded from a checkpoint
+ * says "checkpoint". */
+#define HM_STOP_REASONS(X)                  \
+  X(EPOCHS, 0, "epochs")                    \
+  X(TIME, 1, "time")                        \
+  X(PREDICATE, 2, "predicate")              \
+  X(EARLY_STOP, 3, "early_stop")            \
+  X(EPOCH_CALLBACK, 4, "epoch_callback")    \
+  X(CHECKPOINT, 5, "checkpoint")
+
+#define HM_STOP_ENUM_(name, value, text) HM_STOP_##name = value,
+typedef enum hm_stop_reason { HM_STOP_REASONS(HM_STOP_ENUM_) HM_STOP_COUNT = 6 } hm_stop_reason;
+#undef HM_STOP_ENUM_
 
 /* A learning-rate schedule: fn(update_index, self) is called with update
  * index 0, 1, 2, ... and returns the learning rate of that update. |params|
@@ -129,7 +148,9 @@ HM_API size_t hm_cycle_state_samples(const hm_cycle_state *s);       /* training
  * classification). */
 HM_API float hm_cycle_state_eval_loss(const hm_cycle_state *s);
 HM_API float hm_cycle_state_eval_accuracy(const hm_cycle_state *s);
-/* Why the loop stopped: "epochs", "time", "predicate", "early_stop", "epoch_callback". */
+/* Why the loop stopped, and its name (hm_stop_reason_name): "epochs", "time",
+ * "predicate", "early_stop", "epoch_callback"; "checkpoint" for a loaded state. */
+HM_API hm_stop_reason hm_cycle_state_stop(const hm_cycle_state *s);
 HM_API const char *hm_cycle_state_stop_reason(const hm_cycle_state *s);
 /* The learned weights (during fit_until's predicate: fetched from the device
  * on first access). Borrowed from the state. */

@@ -1,0 +1,390 @@
+/*
+ * The .hmx parser (grammar in docs/dsl.md). Declarations are collected
+ * first and flow lines resolved against them afterwards, so a flow may name
+ * a node declared further down. Every error is "file:line:column: message".
+ *
+ * Flow lines: `a -(f)-> b -> c;` is a chain (a->b, then b->c);
+ * `a -> b | -> c;` fans out from the line's source; a line that starts with
+ * an arrow continues from the previous line's source; `b <-(loss)- t` (or
+ * `<-(loss)->`) is a training tap on the current node.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "graph/dsl_lexer.h"
+#include "base/fileio.h"
+#include "graph/graph.h"
+#include "harmonics/names.h"
+
+#define MAX_DSL_BYTES (16u * 1024u * 1024u)
+
+typedef struct pending_arrow {
+  char *src, *dst, *func;
+  int backward;
+  int line, col;
+} pending_arrow;
+
+typedef struct parser {
+  hm_lexer lx;
+  hm_token tok;
+  hm_graph *g;
+  pending_arrow *arrows;
+  size_t n_arrows, cap_arrows;
+  /* ratio references are checked after all declarations */
+  size_t *ratio_nodes;
+  size_t n_ratio;
+} parser;
+
+static hm_status next(parser *p) { return hm__lexer_next(&p->lx, &p->tok); }
+
+static hm_status error_at(parser *p, const hm_token *t, const char *fmt, const char *detail) {
+  char msg[256];
+  snprintf(msg, sizeof msg, fmt, detail);
+  return hm__fail(HM_STATUS_PARSE_ERROR, "%s:%d:%d: %s", p->lx.filename, t->line, t->col, msg);
+}
+
+static hm_status expected(parser *p, const char *what) {
+  char got[64];
+  if (p->tok.kind == TOK_IDENT || p->tok.kind == TOK_NUMBER)
+    snprintf(got, sizeof got, "'%.*s'", (int)(p->tok.len > 40 ? 40 : p->tok.len), p->tok.text);
+  else
+    snprintf(got, sizeof got, "%s", hm__tok_name(p->tok.kind));
+  return hm__fail(HM_STATUS_PARSE_ERROR, "%s:%d:%d: expected %s, got %s", p->lx.filename, p->tok.line, p->tok.col,
+                  what, got);
+}
+
+static hm_status expect(parser *p, hm_tok_kind k) {
+  if (p->tok.kind != k) return expected(p, hm__tok_name(k));
+  return next(p);
+}
+
+static hm_status take_ident(parser *p, char **out, int *line, int *col) {
+  if (p->tok.kind != TOK_IDENT) return expected(p, "a name");
+  if (p->tok.len > 256) return error_at(p, &p->tok, "name longer than 256 characters%s", "");
+  *out = hm__strndup(p->tok.text, p->tok.len);
+  if (!*out) return hm__fail(HM_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+  if (line) *line = p->tok.line;
+  if (col) *col = p->tok.col;
+  hm_status st = next(p);
+  if (st != HM_OK) {
+    free(*out);
+    *out = NULL;
+  }
+  return st;
+}
+
+static hm_status take_number(parser *p, size_t max, size_t *out) {
+  if (p->tok.kind != TOK_NUMBER) return expected(p, "a number");
+  size_t v = 0;
+  for (size_t i = 0; i < p->tok.len; i++) {
+    v = v * 10 + (size_t)(p->tok.text[i] - '0');
+    if (v > max) {
+      char lim[32];
+      snprintf(lim, sizeof lim, "%zu", max);
+      return error_at(p, &p->tok, "number larger than %s", lim);
+    }
+  }
+  *out = v;
+  return next(p);
+}
+
+/* '{' NUMBER '}' */
+static hm_status parse_shape(parser *p, size_t *width) {
+  hm_token at = p->tok;
+  HM_RETURN_IF_ERROR(expect(p, TOK_LBRACE));
+  HM_RETURN_IF_ERROR(take_number(p, HM_MAX_WIDTH, width));
+  if (*width == 0) return error_at(p, &at, "a width must be at least 1%s", "");
+  return expect(p, TOK_RBRACE);
+}
+
+/* NUMBER '/' NUMBER IDENT */
+static hm_status parse_ratio(parser *p, hm_node *n) {
+  hm_token at = p->tok;
+  size_t num, den;
+  HM_RETURN_IF_ERROR(take_number(p, 1u << 20, &num));
+  HM_RETURN_IF_ERROR(expect(p, TOK_SLASH));
+  HM_RETURN_IF_ERROR(take_number(p, 1u << 20, &den));
+  if (num == 0 || den == 0) return error_at(p, &at, "a ratio needs a non-zero numerator and denominator%s", "");
+  n->has_ratio = 1;
+  n->ratio_num = (int)num;
+  n->ratio_den = (int)den;
+  return take_ident(p, &n->ratio_ref, NULL, NULL);
+}
+
+static hm_status parse_declaration(parser *p) {
+  hm_tok_kind kind = p->tok.kind;
+  hm_token at = p->tok;
+  HM_RETURN_IF_ERROR(next(p));
+  char *name = NULL;
+  int line, col;
+  HM_RETURN_IF_ERROR(take_ident(p, &name, &line, &col));
+  hm_node_kind nk = kind == TOK_PRODUCER ? HM_NODE_PRODUCER : kind == TOK_CONSUMER ? HM_NODE_CONSUMER : HM_NODE_LAYER;
+  hm_status st = hm__graph_add_node(p->g, name, nk, 0, line, col);
+  free(name);
+  if (st != HM_OK) {
+    if (st == HM_STATUS_INVALID_ARGUMENT) hm__error_prefix("%s:%d:%d: ", p->lx.filename, line, col);
+    return st;
+  }
+  hm_node *n = &p->g->nodes[p->g->n_nodes - 1];
+  if (p->tok.kind == TOK_LBRACE) HM_RETURN_IF_ERROR(parse_shape(p, &n->declared_width));
+  if (p->tok.kind == TOK_NUMBER) {
+    if (kind == TOK_CONSUMER) return error_at(p, &p->tok, "a consumer cannot have a ratio%s", "");
+    if (kind == TOK_LAYER && n->declared_width)
+      return error_at(p, &p->tok, "a layer has either a width {n} or a ratio, not both%s", "");
+    HM_RETURN_IF_ERROR(parse_ratio(p, n));
+    size_t *r = realloc(p->ratio_nodes, (p->n_ratio + 1) * sizeof *r);
+    if (!r) return hm__fail(HM_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+    p->ratio_nodes = r;
+    r[p->n_ratio++] = p->g->n_nodes - 1;
+  }
+  (void)at;
+  return expect(p, TOK_SEMI);
+}
+
+static hm_status add_arrow(parser *p, const char *src, const char *dst, const char *func, int backward, int line,
+                           int col) {
+  if (p->n_arrows == p->cap_arrows) {
+    size_t cap = p->cap_arrows ? p->cap_arrows * 2 : 16;
+    pending_arrow *a = realloc(p->arrows, cap * sizeof *a);
+    if (!a) return hm__fail(HM_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+    p->arrows = a;
+    p->cap_arrows = cap;
+  }
+  pending_arrow *a = &p->arrows[p->n_arrows];
+  a->src = hm__strdup(src);
+  a->dst = hm__strdup(dst);
+  a->func = func ? hm__strdup(func) : NULL;
+  a->backward = backward;
+  a->line = line;
+  a->col = col;
+  if (!a->src || !a->dst || (func && !a->func)) {
+    free(a->src);
+    free(a->dst);
+    free(a->func);
+    return hm__fail(HM_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+  }
+  p->n_arrows++;
+  return HM_OK;
+}
+
+static int is_arrow_start(hm_tok_kind k) { return k == TOK_ARROW || k == TOK_HYPHEN || k == TOK_BACK; }
+
+/* One arrow and its target; |func| is set (caller frees) for -(f)-> and <-(f)-. */
+static hm_status parse_arrow(parser *p, int *backward, char **func, char **target, int *line, int *col) {
+  *func = NULL;
+  *line = p->tok.line;
+  *col = p->tok.col;
+  if (p->tok.kind == TOK_ARROW) {
+    *backward = 0;
+    HM_RETURN_IF_ERROR(next(p));
+  } else if (p->tok.kind == TOK_HYPHEN) {
+    *backward = 0;
+    HM_RETURN_IF_ERROR(next(p));
+    HM_RETURN_IF_ERROR(expect(p, TOK_LPAREN));
+    HM_RETURN_IF_ERROR(take_ident(p, func, NULL, NULL));
+    HM_RETURN_IF_ERROR(expect(p, TOK_RPAREN));
+    if (p->tok.kind != TOK_ARROW) return expected(p, "'->' to close '-(function)->'");
+    HM_RETURN_IF_ERROR(next(p));
+  } else if (p->tok.kind == TOK_BACK) {
+    *backward = 1;
+    hm_token at = p->tok;
+    HM_RETURN_IF_ERROR(next(p));
+    if (p->tok.kind != TOK_LPAREN)
+      return error_at(p, &at, "a training tap needs a loss function: write 'layer <-(mse)- target'%s", "");
+    HM_RETURN_IF_ERROR(next(p));
+    HM_RETURN_IF_ERROR(take_ident(p, func, NULL, NULL));
+    HM_RETURN_IF_ERROR(expect(p, TOK_RPAREN));
+    if (p->tok.kind != TOK_HYPHEN && p->tok.kind != TOK_ARROW) return expected(p, "'-' to close '<-(loss)-'");
+    HM_RETURN_IF_ERROR(next(p));
+  } else {
+    return expected(p, "an arrow ('->', '-(f)->' or '<-(loss)-')");
+  }
+  return take_ident(p, target, NULL, NULL);
+}
+
+static hm_status parse_flow_line(parser *p, char **last_src) {
+  char *source = NULL;
+  if (p->tok.kind == TOK_IDENT) {
+    HM_RETURN_IF_ERROR(take_ident(p, &source, NULL, NULL));
+    free(*last_src);
+    *last_src = hm__strdup(source);
+  } else if (is_arrow_start(p->tok.kind)) {
+    if (!*last_src) return error_at(p, &p->tok, "this flow line has no source node%s", "");
+    source = hm__strdup(*last_src);
+  } else {
+    return expected(p, "a flow line (e.g. 'a -(relu)-> b;')");
+  }
+  if (!source) return hm__fail(HM_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+  char *current = hm__strdup(source);
+  hm_status st = HM_OK;
+  int arrows = 0;
+  for (;;) {
+    if (!is_arrow_start(p->tok.kind)) {
+      if (arrows == 0) st = expected(p, "an arrow after the source");
+      else if (p->tok.kind != TOK_SEMI) st = expected(p, "';', '|' or another arrow");
+      else st = next(p);
+      break;
+    }
+    int backward, line, col;
+    char *func = NULL, *target = NULL;
+    st = parse_arrow(p, &backward, &func, &target, &line, &col);
+    if (st == HM_OK) st = add_arrow(p, current, target, func, backward, line, col);
+    arrows++;
+    if (st == HM_OK && !backward) {
+      free(current);
+      current = target;
+      target = NULL;
+    }
+    free(func);
+    free(target);
+    if (st != HM_OK) break;
+    if (p->tok.kind == TOK_PIPE) {
+      st = next(p);
+      if (st != HM_OK) break;
+      if (!is_arrow_start(p->tok.kind)) {
+        st = expected(p, "an arrow after '|'");
+        break;
+      }
+      free(current);
+      current = hm__strdup(source);
+    }
+  }
+  free(current);
+  free(source);
+  return st;
+}
+
+static hm_status parse_cycle(parser *p) {
+  HM_RETURN_IF_ERROR(next(p)); /* 'cycle' */
+  HM_RETURN_IF_ERROR(expect(p, TOK_LBRACE));
+  char *last_src = NULL;
+  hm_status st = HM_OK;
+  while (st == HM_OK && p->tok.kind != TOK_RBRACE) {
+    if (p->tok.kind == TOK_END) {
+      st = expected(p, "'}' to close the cycle");
+      break;
+    }
+    if (p->tok.kind == TOK_IF || p->tok.kind == TOK_ELSE) {
+      st = error_at(p, &p->tok, "conditionals ('if'/'else') are not supported%s", "");
+      break;
+    }
+    st = parse_flow_line(p, &last_src);
+  }
+  free(last_src);
+  if (st != HM_OK) return st;
+  return next(p); /* '}' */
+}
+
+static hm_status parse_body(parser *p, hm_tok_kind stop) {
+  for (;;) {
+    switch (p->tok.kind) {
+      case TOK_PRODUCER:
+      case TOK_CONSUMER:
+      case TOK_LAYER: HM_RETURN_IF_ERROR(parse_declaration(p)); break;
+      case TOK_CYCLE: HM_RETURN_IF_ERROR(parse_cycle(p)); break;
+      case TOK_IF:
+      case TOK_ELSE: return error_at(p, &p->tok, "conditionals ('if'/'else') are not supported%s", "");
+      case TOK_IDENT:
+      case TOK_ARROW:
+      case TOK_HYPHEN:
+      case TOK_BACK: return error_at(p, &p->tok, "flow lines belong inside 'cycle { ... }'%s", "");
+      default:
+        if (p->tok.kind == stop) return HM_OK;
+        return expected(p, "a declaration (producer, consumer, layer or cycle)");
+    }
+  }
+}
+
+static hm_status arrow_error(parser *p, const pending_arrow *a, const char *fmt, const char *name) {
+  char msg[320];
+  snprintf(msg, sizeof msg, fmt, name);
+  return hm__fail(HM_STATUS_PARSE_ERROR, "%s:%d:%d: %s", p->lx.filename, a->line, a->col, msg);
+}
+
+/* Turns pending arrows into edges and taps now that every node is known. */
+static hm_status resolve_arrows(parser *p) {
+  hm_graph *g = p->g;
+  for (size_t r = 0; r < p->n_ratio; r++) {
+    hm_node *n = &g->nodes[p->ratio_nodes[r]];
+    if (hm__graph_find(g, n->ratio_ref) < 0)
+      return hm__fail(HM_STATUS_PARSE_ERROR, "%s:%d:%d: the ratio of '%s' refers to unknown node '%s'", p->lx.filename,
+                      n->line, n->col, n->name, n->ratio_ref);
+  }
+  for (size_t i = 0; i < p->n_arrows; i++) {
+    const pending_arrow *a = &p->arrows[i];
+    long s = hm__graph_find(g, a->src), d = hm__graph_find(g, a->dst);
+    if (s < 0) return arrow_error(p, a, "unknown node '%s'", a->src);
+    if (d < 0) return arrow_error(p, a, "unknown node '%s'", a->dst);
+    hm_status st;
+    if (a->backward) {
+      uint32_t loss;
+      if (hm_loss_from_name(a->func, &loss) != 0)
+        return arrow_error(p, a, "unknown loss '%s' (known: cross_entropy mse mae bce huber)", a->func);
+      st = hm__graph_add_tap(g, (size_t)s, (size_t)d, loss, a->line, a->col);
+    } else {
+      uint32_t act = HM_ABI_ACT_IDENTITY;
+      if (a->func && hm_activation_from_name(a->func, &act) != 0)
+        return arrow_error(p, a,
+                           "unknown activation '%s' (known: id identity relu leaky_relu sigmoid tanh gelu silu "
+                           "softmax elu selu)",
+                           a->func);
+      st = hm__graph_add_edge(g, (size_t)s, (size_t)d, act, a->line, a->col);
+    }
+    if (st != HM_OK) return st;
+  }
+  return HM_OK;
+}
+
+hm_status hm_graph_parse(const char *text, size_t length, const char *filename, hm_graph **out) {
+  if (!text || !out) return hm__fail(HM_STATUS_INVALID_ARGUMENT, "hm_graph_parse: NULL argument");
+  if (length > MAX_DSL_BYTES)
+    return hm__fail(HM_STATUS_OUT_OF_RANGE, "%s: %zu bytes is larger than the %u-byte limit for a DSL file",
+                    filename ? filename : "<input>", length, MAX_DSL_BYTES);
+  parser p;
+  memset(&p, 0, sizeof p);
+  hm__lexer_init(&p.lx, text, length, filename);
+  hm_status st = hm_graph_create(NULL, &p.g);
+  if (st != HM_OK) return st;
+  p.g->filename = hm__strdup(p.lx.filename);
+  st = next(&p);
+  if (st == HM_OK && p.tok.kind == TOK_HARMONIC) {
+    st = next(&p);
+    char *name = NULL;
+    if (st == HM_OK) st = take_ident(&p, &name, NULL, NULL);
+    if (st == HM_OK) {
+      free(p.g->name);
+      p.g->name = name;
+      st = expect(&p, TOK_LBRACE);
+    }
+    if (st == HM_OK) st = parse_body(&p, TOK_RBRACE);
+    if (st == HM_OK) st = next(&p);
+    if (st == HM_OK && p.tok.kind != TOK_END) st = expected(&p, "end of input after the closing '}'");
+  } else if (st == HM_OK) {
+    st = parse_body(&p, TOK_END);
+  }
+  if (st == HM_OK) st = resolve_arrows(&p);
+  for (size_t i = 0; i < p.n_arrows; i++) {
+    free(p.arrows[i].src);
+    free(p.arrows[i].dst);
+    free(p.arrows[i].func);
+  }
+  free(p.arrows);
+  free(p.ratio_nodes);
+  if (st != HM_OK) {
+    hm_graph_free(p.g);
+    return st;
+  }
+  *out = p.g;
+  return HM_OK;
+}
+
+hm_status hm_graph_load_dsl(const char *path, hm_graph **out) {
+  if (!path || !out) return hm__fail(HM_STATUS_INVALID_ARGUMENT, "hm_graph_load_dsl: NULL argument");
+  char *text = NULL;
+  size_t len = 0;
+  HM_RETURN_IF_ERROR(hm__read_file(path, MAX_DSL_BYTES, &text, &len));
+  hm_status st = hm_graph_parse(text, len, path, out);
+  free(text);
+  return st;
+}

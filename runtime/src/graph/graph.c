@@ -1,0 +1,352 @@
+/*
+ * Graph construction (the C builder, shared with the DSL parser),
+ * introspection, bindings and topological order.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "graph/graph.h"
+#include "harmonics/names.h"
+
+void hm__graph_where(const hm_graph *g, int line, int col, char *buf, size_t cap) {
+  if (g->filename && line > 0) snprintf(buf, cap, "%s:%d:%d: ", g->filename, line, col);
+  else buf[0] = '\0';
+}
+
+hm_status hm_graph_create(const char *name, hm_graph **out) {
+  if (!out) return hm__fail(HM_STATUS_INVALID_ARGUMENT, "hm_graph_create: NULL output");
+  hm_graph *g = calloc(1, sizeof *g);
+  if (!g) return hm__fail(HM_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+  g->name = hm__strdup(name ? name : "graph");
+  hm__sb_init(&g->warnings);
+  *out = g;
+  return HM_OK;
+}
+
+void hm_graph_free(hm_graph *g) {
+  if (!g) return;
+  for (size_t i = 0; i < g->n_nodes; i++) {
+    free(g->nodes[i].name);
+    free(g->nodes[i].ratio_ref);
+  }
+  free(g->nodes);
+  free(g->edges);
+  free(g->taps);
+  hm_weights_free(g->weights);
+  hm__sb_free(&g->warnings);
+  free(g->name);
+  free(g->filename);
+  free(g);
+}
+
+long hm__graph_find(const hm_graph *g, const char *name) {
+  for (size_t i = 0; i < g->n_nodes; i++)
+    if (strcmp(g->nodes[i].name, name) == 0) return (long)i;
+  return -1;
+}
+
+static int valid_name(const char *s) {
+  if (!s || !*s || strlen(s) > 256) return 0;
+  if (!((*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z') || *s == '_')) return 0;
+  for (const char *c = s; *c; c++)
+    if (!((*c >= 'a' && *c <= 'z') || (*c >= 'A' && *c <= 'Z') || (*c >= '0' && *c <= '9') || *c == '_')) return 0;
+  return 1;
+}
+
+static const char *kind_name(hm_node_kind k) {
+  return k == HM_NODE_PRODUCER ? "producer" : k == HM_NODE_CONSUMER ? "consumer" : "layer";
+}
+
+static void *grow(void *items, size_t *cap, size_t len, size_t size) {
+  if (len < *cap) return items;
+  size_t ncap = *cap ? *cap * 2 : 8;
+  void *n = realloc(items, ncap * size);
+  if (n) *cap = ncap;
+  return n;
+}
+
+hm_status hm__graph_add_node(hm_graph *g, const char *name, hm_node_kind kind, size_t width, int line, int col) {
+  if (!valid_name(name))
+    return hm__fail(HM_STATUS_INVALID_ARGUMENT, "invalid node name '%s' (letters, digits and '_', not first a digit)",
+                    name ? name : "(NULL)");
+  long prev = hm__graph_find(g, name);
+  if (prev >= 0) {
+    const hm_node *p = &g->nodes[prev];
+    if (p->line > 0)
+      return hm__fail(HM_STATUS_INVALID_ARGUMENT, "duplicate name '%s' (already a %s, declared at line %d)", name,
+                      kind_name(p->kind), p->line);
+    return hm__fail(HM_STATUS_INVALID_ARGUMENT, "duplicate name '%s' (already a %s)", name, kind_name(p->kind));
+  }
+  if (g->n_nodes >= HM_MAX_NODES) return hm__fail(HM_STATUS_OUT_OF_RANGE, "more than %d nodes", HM_MAX_NODES);
+  if (width > HM_MAX_WIDTH)
+    return hm__fail(HM_STATUS_OUT_OF_RANGE, "width %zu of '%s' exceeds %zu", width, name, HM_MAX_WIDTH);
+  hm_node *nodes = grow(g->nodes, &g->cap_nodes, g->n_nodes, sizeof *nodes);
+  if (!nodes) return hm__fail(HM_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+  g->nodes = nodes;
+  hm_node *n = &nodes[g->n_nodes];
+  memset(n, 0, sizeof *n);
+  n->name = hm__strdup(name);
+  if (!n->name) return hm__fail(HM_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+  n->kind = kind;
+  n->declared_width = width;
+  n->line = line;
+  n->col = col;
+  g->n_nodes++;
+  hm_weights_free(g->weights); /* the parameter set no longer fits */
+  g->weights = NULL;
+  return HM_OK;
+}
+
+hm_status hm__graph_add_edge(hm_graph *g, size_t src, size_t dst, uint32_t activation, int line, int col) {
+  char where[300];
+  hm__graph_where(g, line, col, where, sizeof where);
+  const hm_node *s = &g->nodes[src], *d = &g->nodes[dst];
+  if (s->kind == HM_NODE_CONSUMER)
+    return hm__fail(HM_STATUS_INVALID_ARGUMENT, "%s'%s' is a consumer: it receives values but feeds nothing", where,
+                    s->name);
+  if (d->kind == HM_NODE_PRODUCER)
+    return hm__fail(HM_STATUS_INVALID_ARGUMENT, "%s'%s' is a producer: only layers and consumers receive connections",
+                    where, d->name);
+  if (src == dst) return hm__fail(HM_STATUS_INVALID_ARGUMENT, "%s'%s' cannot feed itself", where, s->name);
+  for (size_t i = 0; i < g->n_edges; i++) {
+    if (g->edges[i].src == src && g->edges[i].dst == dst)
+      return hm__fail(HM_STATUS_INVALID_ARGUMENT, "%sthe connection %s -> %s appears twice", where, s->name, d->name);
+    if (d->kind == HM_NODE_CONSUMER && g->edges[i].dst == dst)
+      return hm__fail(HM_STATUS_INVALID_ARGUMENT, "%sconsumer '%s' is already fed by '%s'", where, d->name,
+                      g->nodes[g->edges[i].src].name);
+  }
+  if (activation >= HM_ABI_ACT_COUNT) return hm__fail(HM_STATUS_INVALID_ARGUMENT, "%sunknown activation %u", where, activation);
+  hm_edge *edges = grow(g->edges, &g->cap_edges, g->n_edges, sizeof *edges);
+  if (!edges) return hm__fail(HM_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+  g->edges = edges;
+  edges[g->n_edges++] = (hm_edge){src, dst, activation, line, col};
+  hm_weights_free(g->weights);
+  g->weights = NULL;
+  return HM_OK;
+}
+
+hm_status hm__graph_add_tap(hm_graph *g, size_t layer, size_t target, uint32_t loss, int line, int col) {
+  char where[300];
+  hm__graph_where(g, line, col, where, sizeof where);
+  const hm_node *l = &g->nodes[layer], *t = &g->nodes[target];
+  if (l->kind != HM_NODE_LAYER)
+    return hm__fail(HM_STATUS_INVALID_ARGUMENT, "%sa loss is attached to a layer; '%s' is a %s", where, l->name,
+                    kind_name(l->kind));
+  if (t->kind != HM_NODE_PRODUCER)
+    return hm__fail(HM_STATUS_INVALID_ARGUMENT, "%sthe target of a loss must be a producer; '%s' is a %s", where,
+                    t->name, kind_name(t->kind));
+  for (size_t i = 0; i < g->n_taps; i++)
+    if (g->taps[i].layer == layer && g->taps[i].target == target)
+      return hm__fail(HM_STATUS_INVALID_ARGUMENT, "%sthe loss %s <- %s appears twice", where, l->name, t->name);
+  if (loss >= HM_ABI_LOSS_COUNT) return hm__fail(HM_STATUS_INVALID_ARGUMENT, "%sunknown loss %u", where, loss);
+  hm_tap *taps = grow(g->taps, &g->cap_taps, g->n_taps, sizeof *taps);
+  if (!taps) return hm__fail(HM_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+  g->taps = taps;
+  taps[g->n_taps++] = (hm_tap){layer, target, loss, line, col};
+  return HM_OK;
+}
+
+/* ===== Builder ===== */
+
+#define CHECK_GRAPH(g) \
+  if (!(g)) return hm__fail(HM_STATUS_INVALID_ARGUMENT, "NULL graph")
+
+hm_status hm_graph_add_producer(hm_graph *g, const char *name, size_t width) {
+  CHECK_GRAPH(g);
+  hm_status st = hm__graph_add_node(g, name, HM_NODE_PRODUCER, 0, 0, 0);
+  if (st == HM_OK) g->nodes[g->n_nodes - 1].declared_width = width;
+  return st;
+}
+
+hm_status hm_graph_add_consumer(hm_graph *g, const char *name, size_t width) {
+  CHECK_GRAPH(g);
+  if (width > HM_MAX_WIDTH) return hm__fail(HM_STATUS_OUT_OF_RANGE, "width %zu exceeds %zu", width, HM_MAX_WIDTH);
+  hm_status st = hm__graph_add_node(g, name, HM_NODE_CONSUMER, 0, 0, 0);
+  if (st == HM_OK) g->nodes[g->n_nodes - 1].declared_width = width;
+  return st;
+}
+
+hm_status hm_graph_add_layer(hm_graph *g, const char *name, size_t width) {
+  CHECK_GRAPH(g);
+  if (width > HM_MAX_WIDTH) return hm__fail(HM_STATUS_OUT_OF_RANGE, "width %zu exceeds %zu", width, HM_MAX_WIDTH);
+  hm_status st = hm__graph_add_node(g, name, HM_NODE_LAYER, 0, 0, 0);
+  if (st == HM_OK) g->nodes[g->n_nodes - 1].declared_width = width;
+  return st;
+}
+
+hm_status hm_graph_add_layer_ratio(hm_graph *g, const char *name, int num, int den, const char *ref) {
+  CHECK_GRAPH(g);
+  if (num <= 0 || den <= 0)
+    return hm__fail(HM_STATUS_INVALID_ARGUMENT, "layer '%s': a ratio needs a positive numerator and denominator",
+                    name ? name : "");
+  if (!ref || hm__graph_find(g, ref) < 0)
+    return hm__fail(HM_STATUS_NOT_FOUND, "layer '%s': the ratio refers to unknown node '%s'", name ? name : "",
+                    ref ? ref : "(NULL)");
+  HM_RETURN_IF_ERROR(hm__graph_add_node(g, name, HM_NODE_LAYER, 0, 0, 0));
+  hm_node *n = &g->nodes[g->n_nodes - 1];
+  n->has_ratio = 1;
+  n->ratio_num = num;
+  n->ratio_den = den;
+  n->ratio_ref = hm__strdup(ref);
+  return n->ratio_ref ? HM_OK : hm__fail(HM_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+}
+
+hm_status hm_graph_connect(hm_graph *g, const char *from, const char *to, const char *activation) {
+  CHECK_GRAPH(g);
+  long s = from ? hm__graph_find(g, from) : -1, d = to ? hm__graph_find(g, to) : -1;
+  if (s < 0) return hm__fail(HM_STATUS_NOT_FOUND, "unknown node '%s'", from ? from : "(NULL)");
+  if (d < 0) return hm__fail(HM_STATUS_NOT_FOUND, "unknown node '%s'", to ? to : "(NULL)");
+  uint32_t act = HM_ABI_ACT_IDENTITY;
+  if (activation && hm_activation_from_name(activation, &act) != 0)
+    return hm__fail(HM_STATUS_NOT_FOUND, "unknown activation '%s'", activation);
+  return hm__graph_add_edge(g, (size_t)s, (size_t)d, act, 0, 0);
+}
+
+hm_status hm_graph_add_loss(hm_graph *g, const char *layer, const char *loss, const char *target) {
+  CHECK_GRAPH(g);
+  long l = layer ? hm__graph_find(g, layer) : -1, t = target ? hm__graph_find(g, target) : -1;
+  if (l < 0) return hm__fail(HM_STATUS_NOT_FOUND, "unknown node '%s'", layer ? layer : "(NULL)");
+  if (t < 0) return hm__fail(HM_STATUS_NOT_FOUND, "unknown node '%s'", target ? target : "(NULL)");
+  uint32_t lv;
+  if (!loss || hm_loss_from_name(loss, &lv) != 0)
+    return hm__fail(HM_STATUS_NOT_FOUND, "unknown loss '%s'", loss ? loss : "(NULL)");
+  return hm__graph_add_tap(g, (size_t)l, (size_t)t, lv, 0, 0);
+}
+
+/* ===== Introspection ===== */
+
+const char *hm_graph_name(const hm_graph *g) { return g ? g->name : NULL; }
+size_t hm_graph_node_count(const hm_graph *g) { return g ? g->n_nodes : 0; }
+
+hm_status hm_graph_node(const hm_graph *g, size_t i, const char **name, hm_node_kind *kind, size_t *width) {
+  if (!g || i >= g->n_nodes) return hm__fail(HM_STATUS_OUT_OF_RANGE, "node index %zu out of range", i);
+  if (name) *name = g->nodes[i].name;
+  if (kind) *kind = g->nodes[i].kind;
+  if (width) *width = g->nodes[i].width ? g->nodes[i].width : g->nodes[i].declared_width;
+  return HM_OK;
+}
+
+size_t hm_graph_connection_count(const hm_graph *g) { return g ? g->n_edges : 0; }
+
+hm_status hm_graph_connection(const hm_graph *g, size_t i, const char **from, const char **to, const char **activation) {
+  if (!g || i >= g->n_edges) return hm__fail(HM_STATUS_OUT_OF_RANGE, "connection index %zu out of range", i);
+  if (from) *from = g->nodes[g->edges[i].src].name;
+  if (to) *to = g->nodes[g->edges[i].dst].name;
+  if (activation) *activation = hm_activation_name(g->edges[i].activation);
+  return HM_OK;
+}
+
+size_t hm_graph_loss_count(const hm_graph *g) { return g ? g->n_taps : 0; }
+
+hm_status hm_graph_loss(const hm_graph *g, size_t i, const char **layer, const char **loss, const char **target) {
+  if (!g || i >= g->n_taps) return hm__fail(HM_STATUS_OUT_OF_RANGE, "loss index %zu out of range", i);
+  if (layer) *layer = g->nodes[g->taps[i].layer].name;
+  if (loss) *loss = hm_loss_name(g->taps[i].loss);
+  if (target) *target = g->nodes[g->taps[i].target].name;
+  return HM_OK;
+}
+
+int hm_graph_has_training_taps(const hm_graph *g) { return g && g->n_taps > 0; }
+const char *hm_graph_warnings(const hm_graph *g) { return g && g->warnings.data ? g->warnings.data : ""; }
+
+/* ===== Bindings ===== */
+
+static hm_status find_kind(hm_graph *g, const char *name, hm_node_kind kind, hm_node **out) {
+  if (!g || !name) return hm__fail(HM_STATUS_INVALID_ARGUMENT, "NULL graph or name");
+  long i = hm__graph_find(g, name);
+  if (i < 0) return hm__fail(HM_STATUS_NOT_FOUND, "graph '%s' has no node named '%s'", g->name, name);
+  if (g->nodes[i].kind != kind)
+    return hm__fail(HM_STATUS_INVALID_ARGUMENT, "'%s' is a %s, not a %s", name, kind_name(g->nodes[i].kind),
+                    kind_name(kind));
+  *out = &g->nodes[i];
+  return HM_OK;
+}
+
+hm_status hm_graph_bind_producer(hm_graph *g, const char *name, hm_producer *p) {
+  hm_node *n = NULL;
+  HM_RETURN_IF_ERROR(find_kind(g, name, HM_NODE_PRODUCER, &n));
+  n->train = p;
+  return HM_OK;
+}
+
+hm_status hm_graph_bind_eval(hm_graph *g, const char *name, hm_producer *p) {
+  hm_node *n = NULL;
+  HM_RETURN_IF_ERROR(find_kind(g, name, HM_NODE_PRODUCER, &n));
+  n->eval = p;
+  return HM_OK;
+}
+
+hm_status hm_graph_bind_consumer(hm_graph *g, const char *name, hm_consumer *c) {
+  hm_node *n = NULL;
+  HM_RETURN_IF_ERROR(find_kind(g, name, HM_NODE_CONSUMER, &n));
+  n->consumer = c;
+  return HM_OK;
+}
+
+/* ===== Order ===== */
+
+hm_status hm__graph_topo_layers(const hm_graph *g, size_t **out, size_t *n_out) {
+  size_t n = g->n_nodes;
+  size_t *indeg = calloc(n ? n : 1, sizeof *indeg), *order = calloc(n ? n : 1, sizeof *order);
+  if (!indeg || !order) {
+    free(indeg);
+    free(order);
+    return hm__fail(HM_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+  }
+  for (size_t e = 0; e < g->n_edges; e++)
+    if (g->nodes[g->edges[e].src].kind == HM_NODE_LAYER && g->nodes[g->edges[e].dst].kind == HM_NODE_LAYER)
+      indeg[g->edges[e].dst]++;
+  size_t count = 0, layers = 0;
+  /* Kahn's algorithm, taking ready layers in declaration order. */
+  for (size_t i = 0; i < n; i++) layers += g->nodes[i].kind == HM_NODE_LAYER;
+  int progress = 1;
+  char *done = calloc(n ? n : 1, 1);
+  if (!done) {
+    free(indeg);
+    free(order);
+    return hm__fail(HM_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+  }
+  while (progress && count < layers) {
+    progress = 0;
+    for (size_t i = 0; i < n; i++) {
+      if (g->nodes[i].kind != HM_NODE_LAYER || done[i] || indeg[i]) continue;
+      done[i] = 1;
+      order[count++] = i;
+      progress = 1;
+      for (size_t e = 0; e < g->n_edges; e++)
+        if (g->edges[e].src == i && g->nodes[g->edges[e].dst].kind == HM_NODE_LAYER) indeg[g->edges[e].dst]--;
+    }
+  }
+  hm_status st = HM_OK;
+  if (count < layers) {
+    for (size_t i = 0; i < n; i++)
+      if (g->nodes[i].kind == HM_NODE_LAYER && !done[i]) {
+        char where[300];
+        hm__graph_where(g, g->nodes[i].line, g->nodes[i].col, where, sizeof where);
+        st = hm__fail(HM_STATUS_INVALID_ARGUMENT,
+                      "%slayer '%s' is on a cycle of connections; a graph must not feed a layer back into itself",
+                      where, g->nodes[i].name);
+        break;
+      }
+  }
+  free(indeg);
+  free(done);
+  if (st != HM_OK) {
+    free(order);
+    return st;
+  }
+  *out = order;
+  *n_out = count;
+  return HM_OK;
+}
+
+void hm__edge_weight_name(const hm_graph *g, const hm_edge *e, char *buf, size_t cap) {
+  snprintf(buf, cap, "%s->%s.weight", g->nodes[e->src].name, g->nodes[e->dst].name);
+}
+
+void hm__edge_bias_name(const hm_graph *g, const hm_edge *e, char *buf, size_t cap) {
+  snprintf(buf, cap, "%s->%s.bias", g->nodes[e->src].name, g->nodes[e->dst].name);
+}
+
+int hm__edge_has_weights(const hm_graph *g, const hm_edge *e) { return g->nodes[e->dst].kind == HM_NODE_LAYER; }

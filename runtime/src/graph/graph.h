@@ -1,0 +1,90 @@
+/*
+ * graph/: the graph's internal representation, shared by the DSL parser, the
+ * builder, width resolution, weight initialisation and serialization.
+ * Depends on base/ and weights/; producers and consumers are bound as public
+ * handles only.
+ */
+#ifndef HM_GRAPH_GRAPH_H_
+#define HM_GRAPH_GRAPH_H_
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "harmonics/graph.h"
+#include "base/base.h"
+#include "base/container.h"
+#include "weights/weights.h"
+
+#define HM_MAX_NODES 4096
+
+typedef struct hm_node {
+  char *name;
+  hm_node_kind kind;
+  size_t declared_width; /* {n}, 0 if none */
+  int has_ratio;
+  int ratio_num, ratio_den;
+  char *ratio_ref;
+  size_t width;          /* resolved; 0 while unknown */
+  int line, col;         /* where it was declared (0 for the builder) */
+  hm_producer *train;    /* bindings (borrowed) */
+  hm_producer *eval;
+  hm_consumer *consumer;
+} hm_node;
+
+/* src -(activation)-> dst */
+typedef struct hm_edge {
+  size_t src, dst;
+  uint32_t activation;
+  int line, col;
+} hm_edge;
+
+/* layer <-(loss)- target */
+typedef struct hm_tap {
+  size_t layer, target;
+  uint32_t loss;
+  int line, col;
+} hm_tap;
+
+struct hm_graph {
+  char *name;
+  char *filename; /* for messages; NULL for built graphs */
+  hm_node *nodes;
+  size_t n_nodes, cap_nodes;
+  hm_edge *edges;
+  size_t n_edges, cap_edges;
+  hm_tap *taps;
+  size_t n_taps, cap_taps;
+  hm_weights *weights;
+  hm_strbuf warnings;
+};
+
+/* Index of the node named |name|, or -1. */
+long hm__graph_find(const hm_graph *g, const char *name);
+hm_status hm__graph_add_node(hm_graph *g, const char *name, hm_node_kind kind, size_t width, int line, int col);
+hm_status hm__graph_add_edge(hm_graph *g, size_t src, size_t dst, uint32_t activation, int line, int col);
+hm_status hm__graph_add_tap(hm_graph *g, size_t layer, size_t target, uint32_t loss, int line, int col);
+/* "file:line:col: " or "" for built graphs. */
+void hm__graph_where(const hm_graph *g, int line, int col, char *buf, size_t cap);
+
+/* Layers in an order where every layer comes after the layers feeding it.
+ * INVALID_ARGUMENT naming a layer on a cycle. Caller frees *out. */
+hm_status hm__graph_topo_layers(const hm_graph *g, size_t **out, size_t *n);
+
+/* The names of an edge's tensors. */
+void hm__edge_weight_name(const hm_graph *g, const hm_edge *e, char *buf, size_t cap);
+void hm__edge_bias_name(const hm_graph *g, const hm_edge *e, char *buf, size_t cap);
+/* Whether an edge carries weights (edges into consumers do not). */
+int hm__edge_has_weights(const hm_graph *g, const hm_edge *e);
+
+/* Checks that |w| holds exactly the graph's parameters with their shapes;
+ * |source| names the origin in messages (a file name). */
+hm_status hm__graph_check_weights(const hm_graph *g, const hm_weights *w, const char *source);
+
+/* The structure's binary encoding (graph_io.c), shared by .hgr files and
+ * checkpoints. */
+void hm__graph_encode(const hm_graph *g, hm_bytes *b, int with_name);
+hm_status hm__graph_decode(hm_reader *r, hm_graph **out);
+/* CRC32C of the graph's structure (no name, no resolved widths). */
+uint32_t hm__graph_fingerprint(const hm_graph *g);
+
+#endif /* HM_GRAPH_GRAPH_H_ */

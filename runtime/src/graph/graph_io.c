@@ -1,0 +1,187 @@
+/*
+ * .hgr: a graph in the binary envelope (container.h). Payload, version 1:
+ *   str name
+ *   u32 n_nodes, then per node:
+ *     u8 kind (0 producer, 1 consumer, 2 layer), str name,
+ *     u64 declared width (0: none), u64 resolved width (0: unknown),
+ *     u8 has_ratio [i32 num, i32 den, str ref]
+ *   u32 n_edges, then per edge: u32 src, u32 dst, u32 activation
+ *   u32 n_taps, then per tap: u32 layer, u32 target, u32 loss
+ * Decoding rebuilds the graph through the same checks as the builder (names,
+ * kinds, indices, duplicates), so a hostile file cannot produce a graph the
+ * DSL could not.
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "base/container.h"
+#include "base/fileio.h"
+#include "graph/graph.h"
+#include "harmonics/serialization.h"
+
+static const char GRAPH_MAGIC[8] = {'H', 'M', 'G', 'R', 'A', 'P', 'H', '1'};
+#define MAX_GRAPH_FILE ((size_t)64 << 20)
+
+void hm__graph_encode(const hm_graph *g, hm_bytes *b, int with_name) {
+  hm__bytes_str(b, with_name ? g->name : "");
+  hm__bytes_u32(b, (uint32_t)g->n_nodes);
+  for (size_t i = 0; i < g->n_nodes; i++) {
+    const hm_node *n = &g->nodes[i];
+    hm__bytes_u8(b, (uint8_t)n->kind);
+    hm__bytes_str(b, n->name);
+    hm__bytes_u64(b, n->declared_width);
+    hm__bytes_u64(b, with_name ? n->width : 0);
+    hm__bytes_u8(b, (uint8_t)n->has_ratio);
+    if (n->has_ratio) {
+      hm__bytes_i32(b, n->ratio_num);
+      hm__bytes_i32(b, n->ratio_den);
+      hm__bytes_str(b, n->ratio_ref);
+    }
+  }
+  hm__bytes_u32(b, (uint32_t)g->n_edges);
+  for (size_t i = 0; i < g->n_edges; i++) {
+    hm__bytes_u32(b, (uint32_t)g->edges[i].src);
+    hm__bytes_u32(b, (uint32_t)g->edges[i].dst);
+    hm__bytes_u32(b, g->edges[i].activation);
+  }
+  hm__bytes_u32(b, (uint32_t)g->n_taps);
+  for (size_t i = 0; i < g->n_taps; i++) {
+    hm__bytes_u32(b, (uint32_t)g->taps[i].layer);
+    hm__bytes_u32(b, (uint32_t)g->taps[i].target);
+    hm__bytes_u32(b, g->taps[i].loss);
+  }
+}
+
+uint32_t hm__graph_fingerprint(const hm_graph *g) {
+  hm_bytes b = {0};
+  hm__graph_encode(g, &b, 0);
+  uint32_t crc = hm__crc32c(0, b.data, b.len);
+  hm__bytes_free(&b);
+  return crc;
+}
+
+hm_status hm__graph_decode(hm_reader *r, hm_graph **out) {
+  char *name = hm__read_str(r, 4096, "graph name");
+  if (r->status != HM_OK) return r->status;
+  hm_graph *g = NULL;
+  hm_status st = hm_graph_create(name && *name ? name : "graph", &g);
+  free(name);
+  if (st != HM_OK) return st;
+  size_t n = hm__read_count(r, 22, HM_MAX_NODES, "node count");
+  for (size_t i = 0; i < n && r->status == HM_OK; i++) {
+    uint8_t kind = hm__read_u8(r, "node kind");
+    char *nm = hm__read_str(r, 256, "node name");
+    uint64_t declared = hm__read_u64(r, "declared width"), resolved = hm__read_u64(r, "resolved width");
+    uint8_t has_ratio = hm__read_u8(r, "ratio flag");
+    int32_t num = 0, den = 0;
+    char *ref = NULL;
+    if (has_ratio == 1) {
+      num = hm__read_i32(r, "ratio numerator");
+      den = hm__read_i32(r, "ratio denominator");
+      ref = hm__read_str(r, 256, "ratio reference");
+    }
+    if (r->status == HM_OK) {
+      if (kind > HM_NODE_LAYER) hm__reader_fail(r, "node %zu has unknown kind %u", i, kind);
+      else if (has_ratio > 1) hm__reader_fail(r, "node %zu: ratio flag %u", i, has_ratio);
+      else if (declared > HM_MAX_WIDTH || resolved > HM_MAX_WIDTH)
+        hm__reader_fail(r, "node '%s' has width %llu, more than %zu", nm, (unsigned long long)(declared > resolved ? declared : resolved),
+                        HM_MAX_WIDTH);
+      else if (has_ratio && (num <= 0 || den <= 0 || num > (1 << 20) || den > (1 << 20)))
+        hm__reader_fail(r, "node '%s' has an invalid ratio %d/%d", nm, num, den);
+    }
+    if (r->status == HM_OK) {
+      if (hm__graph_add_node(g, nm, (hm_node_kind)kind, declared, 0, 0) != HM_OK)
+        hm__reader_fail(r, "node %zu: %s", i, hm_last_error());
+      else {
+        hm_node *node = &g->nodes[g->n_nodes - 1];
+        node->width = (size_t)resolved;
+        node->has_ratio = has_ratio;
+        node->ratio_num = num;
+        node->ratio_den = den;
+        node->ratio_ref = ref;
+        ref = NULL;
+      }
+    }
+    free(nm);
+    free(ref);
+  }
+  for (size_t i = 0; i < g->n_nodes && r->status == HM_OK; i++)
+    if (g->nodes[i].has_ratio && hm__graph_find(g, g->nodes[i].ratio_ref) < 0)
+      hm__reader_fail(r, "the ratio of '%s' refers to unknown node '%s'", g->nodes[i].name, g->nodes[i].ratio_ref);
+  size_t ne = hm__read_count(r, 12, (size_t)HM_MAX_NODES * HM_MAX_NODES, "connection count");
+  for (size_t i = 0; i < ne && r->status == HM_OK; i++) {
+    uint32_t s = hm__read_u32(r, "connection source"), d = hm__read_u32(r, "connection target"),
+             a = hm__read_u32(r, "activation");
+    if (r->status != HM_OK) break;
+    if (s >= g->n_nodes || d >= g->n_nodes) hm__reader_fail(r, "connection %zu refers to node %u of %zu", i, s >= g->n_nodes ? s : d, g->n_nodes);
+    else if (hm__graph_add_edge(g, s, d, a, 0, 0) != HM_OK) hm__reader_fail(r, "connection %zu: %s", i, hm_last_error());
+  }
+  size_t nt = hm__read_count(r, 12, (size_t)HM_MAX_NODES * HM_MAX_NODES, "loss count");
+  for (size_t i = 0; i < nt && r->status == HM_OK; i++) {
+    uint32_t l = hm__read_u32(r, "loss layer"), t = hm__read_u32(r, "loss target"), k = hm__read_u32(r, "loss kind");
+    if (r->status != HM_OK) break;
+    if (l >= g->n_nodes || t >= g->n_nodes) hm__reader_fail(r, "loss %zu refers to node %u of %zu", i, l >= g->n_nodes ? l : t, g->n_nodes);
+    else if (hm__graph_add_tap(g, l, t, k, 0, 0) != HM_OK) hm__reader_fail(r, "loss %zu: %s", i, hm_last_error());
+  }
+  hm__reader_finish(r);
+  if (r->status != HM_OK) {
+    hm_graph_free(g);
+    return r->status;
+  }
+  *out = g;
+  return HM_OK;
+}
+
+hm_status hm_save_graph(const hm_graph *g, FILE *f) {
+  if (!g || !f) return hm__fail(HM_STATUS_INVALID_ARGUMENT, "hm_save_graph: NULL argument");
+  hm_bytes b = {0};
+  hm__graph_encode(g, &b, 1);
+  hm_status st = hm__container_write(f, GRAPH_MAGIC, HM_GRAPH_FORMAT_VERSION, &b, "graph stream");
+  hm__bytes_free(&b);
+  return st;
+}
+
+static hm_status load_graph(FILE *f, const char *what, hm_graph **out) {
+  unsigned char *buf = NULL;
+  hm_reader r;
+  HM_RETURN_IF_ERROR(hm__container_read(f, GRAPH_MAGIC, HM_GRAPH_FORMAT_VERSION, MAX_GRAPH_FILE, what, &buf, &r, NULL));
+  hm_status st = hm__graph_decode(&r, out);
+  free(buf);
+  return st;
+}
+
+hm_status hm_load_graph(FILE *f, hm_graph **out) {
+  if (!f || !out) return hm__fail(HM_STATUS_INVALID_ARGUMENT, "hm_load_graph: NULL argument");
+  return load_graph(f, "graph stream", out);
+}
+
+typedef struct graph_save {
+  const hm_graph *g;
+  const char *path;
+} graph_save;
+
+static hm_status write_graph(FILE *f, void *arg) {
+  graph_save *s = arg;
+  hm_bytes b = {0};
+  hm__graph_encode(s->g, &b, 1);
+  hm_status st = hm__container_write(f, GRAPH_MAGIC, HM_GRAPH_FORMAT_VERSION, &b, s->path);
+  hm__bytes_free(&b);
+  return st;
+}
+
+hm_status hm_save_graph_file(const hm_graph *g, const char *path) {
+  if (!g || !path) return hm__fail(HM_STATUS_INVALID_ARGUMENT, "hm_save_graph_file: NULL argument");
+  graph_save s = {g, path};
+  return hm__atomic_write(path, write_graph, &s);
+}
+
+hm_status hm_load_graph_file(const char *path, hm_graph **out) {
+  if (!path || !out) return hm__fail(HM_STATUS_INVALID_ARGUMENT, "hm_load_graph_file: NULL argument");
+  FILE *f = fopen(path, "rb");
+  if (!f)
+    return hm__fail(errno == ENOENT ? HM_STATUS_NOT_FOUND : HM_STATUS_IO_ERROR, "cannot open %s: %s", path, strerror(errno));
+  hm_status st = load_graph(f, path, out);
+  fclose(f);
+  return st;
+}

@@ -1,0 +1,406 @@
+/*
+ * Lowering: a graph becomes ABI programs (SPEC.md §7 ops). One training step
+ * — gather the batch, forward, losses, backward, gradient norm, clip,
+ * optimizer — is one program, so a plugin may fuse it or capture it whole.
+ *
+ * Forward, for each layer L in topological order and each edge e = S -> L:
+ *   z_e = value(S) · W_eᵀ + b_e;  a_e = f_e(z_e);  value(L) = Σ_e a_e.
+ * Backward, for each layer in reverse order, with g_L = dLoss/dvalue(L):
+ *   dz_e = g_L ⊙ f_e'(z_e);  dW_e (+)= dz_eᵀ · value(S);  db_e (+)= Σ_rows dz_e;
+ *   g_S (+)= dz_e · W_e  when S is a layer that influences a loss.
+ * The first contribution to a gradient overwrites it (beta = 0), later ones
+ * add (beta = 1), so no buffer needs clearing.
+ */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "lower/lower.h"
+
+#include "harmonics/names.h"
+
+typedef struct op_list {
+  hm_abi_op *ops;
+  size_t n, cap;
+  int failed;
+} op_list;
+
+static hm_abi_op *push(op_list *l, uint32_t code) {
+  if (l->n == l->cap) {
+    size_t cap = l->cap ? l->cap * 2 : 64;
+    hm_abi_op *ops = realloc(l->ops, cap * sizeof *ops);
+    if (!ops) {
+      l->failed = 1;
+      return NULL;
+    }
+    l->ops = ops;
+    l->cap = cap;
+  }
+  hm_abi_op *op = &l->ops[l->n++];
+  *op = hm_op_init(code);
+  return op;
+}
+
+/* What every emitter reads. */
+typedef struct lowering {
+  const hm_plan *p;
+  const hm_graph *g;
+  const hm_step_buffers *b;
+  const hm_fit_options *o;
+} lowering;
+
+#define PUSH(var, list, code)              \
+  hm_abi_op *var = push((list), (code));   \
+  if (!var) return
+#define OPD(buf) ((hm_abi_operand){(buf), 0})
+
+hm_abi_buffer *hm__lower_value(const hm_plan *p, const hm_step_buffers *b, size_t node) {
+  const hm_graph *g = p->g;
+  if (g->nodes[node].kind != HM_NODE_LAYER) return b->nodes[node].batch;
+  long e = p->nodes[node].single_input;
+  return e >= 0 ? b->edges[e].a : b->nodes[node].sum;
+}
+
+static hm_abi_buffer *value(const lowering *s, size_t node) { return hm__lower_value(s->p, s->b, node); }
+
+static int is_training(program_kind k) { return k == PROG_TRAIN || k == PROG_MICRO_FIRST || k == PROG_MICRO_ACC; }
+
+static void emit_gathers(const lowering *s, op_list *l, program_kind kind, size_t b, hm_status *st) {
+  const hm_graph *g = s->g;
+  int eval = kind == PROG_EVAL;
+  for (size_t i = 0; i < g->n_nodes && *st == HM_OK; i++) {
+    if (g->nodes[i].kind != HM_NODE_PRODUCER) continue;
+    const hm_node_buffers *nb = &s->b->nodes[i];
+    hm_abi_buffer *src = nb->data[eval];
+    const hm_producer_info *d = &nb->info[eval];
+    int feeds = s->p->nodes[i].feeds, target = s->p->nodes[i].is_target;
+    if (!src) {
+      if (feeds)
+        *st = hm__fail(HM_STATUS_FAILED_PRECONDITION, "producer '%s' has no %s data bound", g->nodes[i].name,
+                       eval ? "evaluation" : "input");
+      continue;
+    }
+    if (!feeds && !target) continue;
+    hm_abi_op *op = push(l, HM_ABI_OP_GATHER_ROWS);
+    if (!op) return;
+    op->dtype_in = d->dtype;
+    op->dtype_out = d->dtype == HM_ABI_DTYPE_I32 ? HM_ABI_DTYPE_I32 : HM_ABI_DTYPE_F32;
+    op->dtype_acc = op->dtype_out;
+    op->dims[0] = b;
+    op->dims[1] = d->width;
+    op->dims[2] = d->count;
+    op->params[0] = d->dtype == HM_ABI_DTYPE_U8 ? d->scale : 1.0f;
+    op->in[0] = OPD(src);
+    op->in[1] = OPD(s->b->idx);
+    op->out[0] = OPD(nb->batch);
+  }
+}
+
+/* The matmul z = x . W^T of edge |e|: f32 (or 16-bit inputs) GEMM, or at a
+ * packed width: quantize W (unless packed once for inference) and x, the
+ * integer matmul, and for training the dequantized W and x the
+ * straight-through backward pass multiplies with. */
+static void emit_matmul(const lowering *s, op_list *l, program_kind kind, size_t e, size_t b) {
+  const hm_edge *ed = &s->g->edges[e];
+  const hm_edge_buffers *es = &s->b->edges[e];
+  size_t n = s->p->nodes[ed->dst].width, k = s->p->nodes[ed->src].width;
+  uint32_t q = s->p->edges[e].prec.dtype;
+  hm_abi_buffer *x = value(s, ed->src);
+  if (!hm__precision_is_packed(q)) {
+    PUSH(mm, l, HM_ABI_OP_GEMM);
+    mm->dtype_in = q;
+    mm->flags = HM_ABI_OP_FLAG_TRANS_B;
+    mm->dims[0] = b;
+    mm->dims[1] = n;
+    mm->dims[2] = k;
+    mm->params[0] = 1.0f;
+    mm->params[1] = 0.0f;
+    mm->in[0] = OPD(x);
+    mm->in[1] = OPD(es->w);
+    mm->out[0] = OPD(es->z);
+    return;
+  }
+  hm_abi_buffer *srcs[2] = {es->w, x}, *packed[2] = {es->wq, es->xq};
+  size_t rows[2] = {n, b};
+  for (int i = 0; i < 2; i++) {
+    if (!srcs[i]) continue; /* weights packed once (inference) */
+    PUSH(qz, l, HM_ABI_OP_QUANTIZE);
+    qz->dtype_in = HM_ABI_DTYPE_F32;
+    qz->dtype_out = q;
+    qz->dims[0] = rows[i];
+    qz->dims[1] = k;
+    qz->in[0] = OPD(srcs[i]);
+    qz->out[0] = OPD(packed[i]);
+  }
+  PUSH(mm, l, hm__precision_gemm_op(q));
+  mm->dtype_in = q;
+  mm->dtype_acc = HM_ABI_DTYPE_I32;
+  mm->dtype_out = HM_ABI_DTYPE_F32;
+  mm->dims[0] = b;
+  mm->dims[1] = n;
+  mm->dims[2] = k;
+  mm->in[0] = OPD(es->xq);
+  mm->in[1] = OPD(es->wq);
+  mm->out[0] = OPD(es->z);
+  if (!is_training(kind) || !s->p->edges[e].trainable) return;
+  hm_abi_buffer *deq[2] = {es->wdq, es->xdq};
+  for (int i = 0; i < 2; i++) {
+    PUSH(dq, l, HM_ABI_OP_DEQUANTIZE);
+    dq->dtype_in = q;
+    dq->dtype_out = HM_ABI_DTYPE_F32;
+    dq->dims[0] = rows[i];
+    dq->dims[1] = k;
+    dq->in[0] = OPD(packed[i]);
+    dq->out[0] = OPD(deq[i]);
+  }
+}
+
+static void emit_forward(const lowering *s, op_list *l, program_kind kind, size_t b) {
+  const hm_graph *g = s->g;
+  for (size_t k = 0; k < s->p->n_order; k++) {
+    size_t L = s->p->order[k];
+    size_t wl = s->p->nodes[L].width;
+    int first = 1;
+    for (size_t e = 0; e < g->n_edges; e++) {
+      const hm_edge *ed = &g->edges[e];
+      if (ed->dst != L) continue;
+      const hm_edge_buffers *es = &s->b->edges[e];
+      emit_matmul(s, l, kind, e, b);
+      if (l->failed) return;
+      PUSH(bias, l, HM_ABI_OP_BIAS_ADD);
+      bias->dims[0] = b;
+      bias->dims[1] = wl;
+      bias->in[0] = OPD(es->b);
+      bias->out[0] = OPD(es->z);
+      if (ed->activation != HM_ABI_ACT_IDENTITY) {
+        PUSH(act, l, HM_ABI_OP_ACT_FORWARD);
+        act->variant = ed->activation;
+        act->dims[0] = b;
+        act->dims[1] = wl;
+        act->params[0] = ed->activation == HM_ABI_ACT_LEAKY_RELU ? 0.01f : ed->activation == HM_ABI_ACT_ELU ? 1.0f : 0.0f;
+        act->in[0] = OPD(es->z);
+        act->out[0] = OPD(es->a);
+      }
+      if (s->p->nodes[L].single_input < 0) {
+        PUSH(sum, l, first ? HM_ABI_OP_COPY : HM_ABI_OP_AXPY);
+        sum->dims[0] = b * wl;
+        sum->params[0] = 1.0f;
+        sum->in[0] = OPD(es->a);
+        sum->out[0] = OPD(s->b->nodes[L].sum);
+      }
+      first = 0;
+    }
+  }
+}
+
+static void emit_consumers(const lowering *s, op_list *l, size_t b) {
+  const hm_graph *g = s->g;
+  for (size_t e = 0; e < g->n_edges; e++) {
+    const hm_edge *ed = &g->edges[e];
+    if (g->nodes[ed->dst].kind != HM_NODE_CONSUMER) continue;
+    PUSH(act, l, HM_ABI_OP_ACT_FORWARD);
+    act->variant = ed->activation;
+    act->dims[0] = b;
+    act->dims[1] = s->p->nodes[ed->dst].width;
+    act->params[0] = ed->activation == HM_ABI_ACT_LEAKY_RELU ? 0.01f : ed->activation == HM_ABI_ACT_ELU ? 1.0f : 0.0f;
+    act->in[0] = OPD(value(s, ed->src));
+    act->out[0] = OPD(s->b->nodes[ed->dst].batch);
+  }
+}
+
+/* Losses; |grads| sets each tapped layer's gradient. Marks initialised grads. */
+static void emit_losses(const lowering *s, op_list *l, size_t b, int grads, char *grad_init) {
+  const hm_graph *g = s->g;
+  for (size_t t = 0; t < g->n_taps; t++) {
+    const hm_tap *tap = &g->taps[t];
+    const hm_node_buffers *target = &s->b->nodes[tap->target];
+    int ci = (target->data[DATA_TRAIN] ? target->info[DATA_TRAIN].dtype : target->info[DATA_EVAL].dtype) == HM_ABI_DTYPE_I32;
+    PUSH(op, l, HM_ABI_OP_LOSS);
+    op->variant = tap->loss;
+    op->flags = ci ? HM_ABI_OP_FLAG_CLASS_INDEX : 0;
+    op->dims[0] = b;
+    op->dims[1] = s->p->nodes[tap->layer].width;
+    op->params[0] = 1.0f;                 /* gradient scale */
+    op->params[1] = 1.0f;                 /* huber delta */
+    op->params[2] = t == 0 ? 0.0f : 1.0f; /* taps sum their losses */
+    op->params[3] = grad_init[tap->layer] ? 1.0f : 0.0f;
+    op->in[0] = OPD(value(s, tap->layer));
+    op->in[1] = OPD(target->batch);
+    op->out[0] = OPD(s->b->stats);
+    if (grads) {
+      op->out[1] = OPD(s->b->nodes[tap->layer].grad);
+      grad_init[tap->layer] = 1;
+    }
+  }
+}
+
+static void emit_backward(const lowering *s, op_list *l, size_t b, int accumulate, char *grad_init) {
+  const hm_graph *g = s->g;
+  for (size_t k = s->p->n_order; k-- > 0;) {
+    size_t L = s->p->order[k];
+    if (!s->p->nodes[L].needs_grad || !grad_init[L]) continue;
+    size_t wl = s->p->nodes[L].width;
+    for (size_t e = 0; e < g->n_edges; e++) {
+      const hm_edge *ed = &g->edges[e];
+      if (ed->dst != L || !s->p->edges[e].trainable) continue;
+      const hm_edge_buffers *es = &s->b->edges[e];
+      size_t ws = s->p->nodes[ed->src].width;
+      if (ed->activation != HM_ABI_ACT_IDENTITY) {
+        PUSH(act, l, HM_ABI_OP_ACT_BACKWARD);
+        act->variant = ed->activation;
+        act->dims[0] = b;
+        act->dims[1] = wl;
+        act->params[0] = ed->activation == HM_ABI_ACT_LEAKY_RELU ? 0.01f : ed->activation == HM_ABI_ACT_ELU ? 1.0f : 0.0f;
+        act->params[1] = 0.0f;
+        act->in[0] = OPD(es->z);
+        act->in[1] = OPD(es->a);
+        act->in[2] = OPD(s->b->nodes[L].grad);
+        act->out[0] = OPD(es->dz);
+      }
+      /* Straight-through: the gradients of a packed matmul use the values it
+       * multiplied (dequantized), and pass unchanged through the rounding. */
+      uint32_t q = s->p->edges[e].prec.dtype;
+      int packed = hm__precision_is_packed(q);
+      uint32_t din = packed ? HM_ABI_DTYPE_F32 : q;
+      PUSH(dw, l, HM_ABI_OP_GEMM);
+      dw->dtype_in = din;
+      dw->flags = HM_ABI_OP_FLAG_TRANS_A;
+      dw->dims[0] = wl;
+      dw->dims[1] = ws;
+      dw->dims[2] = b;
+      dw->params[0] = 1.0f;
+      dw->params[1] = accumulate ? 1.0f : 0.0f;
+      dw->in[0] = OPD(es->dz);
+      dw->in[1] = OPD(packed ? es->xdq : value(s, ed->src));
+      dw->out[0] = OPD(es->dw);
+      PUSH(db, l, HM_ABI_OP_REDUCE_ROWS);
+      db->dims[0] = b;
+      db->dims[1] = wl;
+      db->params[0] = 1.0f;
+      db->params[1] = accumulate ? 1.0f : 0.0f;
+      db->in[0] = OPD(es->dz);
+      db->out[0] = OPD(es->db);
+      size_t S = ed->src;
+      if (g->nodes[S].kind == HM_NODE_LAYER && s->p->nodes[S].needs_grad) {
+        PUSH(dx, l, HM_ABI_OP_GEMM);
+        dx->dtype_in = din;
+        dx->dims[0] = b;
+        dx->dims[1] = ws;
+        dx->dims[2] = wl;
+        dx->params[0] = 1.0f;
+        dx->params[1] = grad_init[S] ? 1.0f : 0.0f;
+        dx->in[0] = OPD(es->dz);
+        dx->in[1] = OPD(packed ? es->wdq : es->w);
+        dx->out[0] = OPD(s->b->nodes[S].grad);
+        grad_init[S] = 1;
+      }
+    }
+  }
+}
+
+static uint32_t optimizer_op(hm_optimizer o) {
+  switch (o) {
+    case HM_OPTIMIZER_ADAM: return HM_ABI_OP_ADAM;
+    case HM_OPTIMIZER_RMSPROP: return HM_ABI_OP_RMSPROP;
+    case HM_OPTIMIZER_ADAMW: return HM_ABI_OP_ADAMW;
+    case HM_OPTIMIZER_LAMB: return HM_ABI_OP_LAMB;
+    default: return HM_ABI_OP_SGD;
+  }
+}
+
+/* Average (accumulation), norm before clipping, clip, optimizer step. */
+static void emit_apply(const lowering *s, op_list *l, int average) {
+  const hm_graph *g = s->g;
+  const hm_fit_options *o = s->o;
+  int first = 1;
+  for (int pass = 0; pass < 4; pass++) {
+    for (size_t e = 0; e < g->n_edges; e++) {
+      const hm_edge_buffers *es = &s->b->edges[e];
+      if (!s->p->edges[e].trainable) continue;
+      size_t n_w = s->p->nodes[g->edges[e].src].width * s->p->nodes[g->edges[e].dst].width;
+      size_t n_b = s->p->nodes[g->edges[e].dst].width;
+      hm_abi_buffer *grads[2] = {es->dw, es->db}, *params[2] = {es->w, es->b};
+      hm_abi_buffer *s1[2] = {es->s1w, es->s1b}, *s2[2] = {es->s2w, es->s2b};
+      size_t n[2] = {n_w, n_b};
+      for (int k = 0; k < 2; k++) {
+        if (pass == 0 && average) {
+          PUSH(sc, l, HM_ABI_OP_SCALE);
+          sc->dims[0] = n[k];
+          sc->params[0] = 1.0f;
+          sc->dyn[0] = SLOT_GRAD_SCALE;
+          sc->out[0] = OPD(grads[k]);
+        } else if (pass == 1) {
+          PUSH(sq, l, HM_ABI_OP_SUM_SQUARES);
+          sq->dims[0] = n[k];
+          sq->params[0] = 1.0f;
+          sq->params[1] = first ? 0.0f : 1.0f;
+          sq->in[0] = OPD(grads[k]);
+          sq->out[0] = (hm_abi_operand){s->b->stats, 4};
+          first = 0;
+        } else if (pass == 2 && o->grad_clip > 0.0f) {
+          PUSH(cl, l, HM_ABI_OP_CLIP);
+          cl->dims[0] = n[k];
+          cl->params[0] = o->grad_clip;
+          cl->out[0] = OPD(grads[k]);
+        } else if (pass == 3) {
+          PUSH(op, l, optimizer_op(o->optimizer));
+          op->dims[0] = n[k];
+          op->dyn[0] = SLOT_LR;
+          op->in[0] = OPD(grads[k]);
+          op->out[0] = OPD(params[k]);
+          switch (o->optimizer) {
+            case HM_OPTIMIZER_SGD:
+              op->params[1] = o->momentum;
+              if (o->momentum != 0.0f) op->out[1] = OPD(s1[k]);
+              break;
+            case HM_OPTIMIZER_RMSPROP:
+              op->params[1] = o->rho;
+              op->params[2] = o->epsilon;
+              op->out[1] = OPD(s1[k]);
+              break;
+            default:
+              op->dyn[1] = SLOT_BC1;
+              op->dyn[2] = SLOT_BC2;
+              op->params[3] = o->beta1;
+              op->params[4] = o->beta2;
+              op->params[5] = o->epsilon;
+              op->params[6] = o->optimizer == HM_OPTIMIZER_ADAM ? 0.0f : o->weight_decay;
+              op->out[1] = OPD(s1[k]);
+              op->out[2] = OPD(s2[k]);
+              break;
+          }
+        }
+      }
+    }
+  }
+}
+
+hm_status hm__lower_step(const hm_plan *p, const hm_step_buffers *b, const hm_fit_options *o, program_kind kind,
+                         size_t batch, hm_abi_op **ops, size_t *n_ops) {
+  const lowering ctx = {p, p->g, b, o}, *s = &ctx;
+  op_list l = {0};
+  hm_status st = HM_OK;
+  char *grad_init = calloc(s->g->n_nodes ? s->g->n_nodes : 1, 1);
+  if (!grad_init) return hm__fail(HM_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+  if (kind != PROG_APPLY) {
+    emit_gathers(s, &l, kind, batch, &st);
+    emit_forward(s, &l, kind, batch);
+    if (kind == PROG_EVAL || kind == PROG_INFER) emit_consumers(s, &l, batch);
+    int targets = s->g->n_taps > 0;
+    for (size_t t = 0; t < s->g->n_taps; t++)
+      if (!b->nodes[s->g->taps[t].target].data[kind == PROG_EVAL ? DATA_EVAL : DATA_TRAIN]) targets = 0;
+    if (targets) emit_losses(s, &l, batch, is_training(kind), grad_init);
+    if (is_training(kind)) emit_backward(s, &l, batch, kind == PROG_MICRO_ACC, grad_init);
+  }
+  if (kind == PROG_TRAIN || kind == PROG_APPLY) emit_apply(s, &l, kind == PROG_APPLY);
+  free(grad_init);
+  if (l.failed && st == HM_OK) st = hm__fail(HM_STATUS_RESOURCE_EXHAUSTED, "out of memory building a program");
+  if (st != HM_OK) {
+    free(l.ops);
+    return st;
+  }
+  hm__log(HM_LOG_TRAIN, "program kind %d batch %zu: %zu ops", (int)kind, batch, l.n);
+  *ops = l.ops;
+  *n_ops = l.n;
+  return HM_OK;
+}

@@ -1,0 +1,63 @@
+/*
+ * Lowering: a planned graph and the buffers a session allocated for it become
+ * the ops of one ABI program per step kind (SPEC.md §7). lower/ never
+ * allocates device memory; the session (train/) owns every buffer named here.
+ */
+#ifndef HM_LOWER_LOWER_H_
+#define HM_LOWER_LOWER_H_
+
+#include "harmonics/data.h"
+#include "harmonics/training.h"
+#include "lower/plan.h"
+
+/* Dynamic scalar slots of every program. */
+enum { SLOT_LR = 0, SLOT_BC1 = 1, SLOT_BC2 = 2, SLOT_GRAD_SCALE = 3, N_SLOTS = 4 };
+
+typedef enum program_kind {
+  PROG_TRAIN = 0,   /* forward, loss, backward, norm, clip, optimizer (accumulate_steps == 1) */
+  PROG_MICRO_FIRST, /* forward, loss, backward writing gradients */
+  PROG_MICRO_ACC,   /* the same, adding to gradients */
+  PROG_APPLY,       /* average, norm, clip, optimizer */
+  PROG_EVAL,        /* forward and loss on the evaluation data */
+  PROG_INFER,       /* forward to consumers (and loss when targets exist) */
+  PROG_KINDS
+} program_kind;
+
+enum { DATA_TRAIN = 0, DATA_EVAL = 1 };
+
+typedef struct hm_node_buffers {
+  hm_abi_buffer *data[2];       /* a producer's whole data set, [DATA_TRAIN] and [DATA_EVAL] */
+  hm_producer_info info[2];     /* what each holds */
+  hm_abi_buffer *batch;         /* producer: gathered batch; consumer: output */
+  hm_abi_buffer *sum;           /* layer with several inputs: their sum */
+  hm_abi_buffer *grad;          /* dLoss/dValue of a layer (batch x width) */
+} hm_node_buffers;
+
+typedef struct hm_edge_buffers {
+  hm_abi_buffer *w, *b;         /* parameters */
+  hm_abi_buffer *dw, *db;       /* gradients */
+  hm_abi_buffer *s1w, *s2w, *s1b, *s2b; /* optimizer state (m/v, s, velocity) */
+  hm_abi_buffer *z;             /* pre-activation (batch x width(dst)) */
+  hm_abi_buffer *a;             /* post-activation; == z for identity */
+  hm_abi_buffer *dz;            /* gradient at z; == grad(dst) for identity */
+  /* Packed precisions (QUANT.md): the weights and the input entering the
+   * matmul, packed each step, and their dequantized values for the
+   * straight-through backward pass. Inference packs the weights once and
+   * frees |w|. */
+  hm_abi_buffer *wq, *xq, *wdq, *xdq;
+} hm_edge_buffers;
+
+typedef struct hm_step_buffers {
+  hm_node_buffers *nodes;       /* one per graph node */
+  hm_edge_buffers *edges;       /* one per connection */
+  hm_abi_buffer *idx;           /* batch indices (int32) */
+  hm_abi_buffer *stats;         /* [loss, sum of squared gradients] */
+} hm_step_buffers;
+
+/* The buffer holding a node's value for the current batch. */
+hm_abi_buffer *hm__lower_value(const hm_plan *p, const hm_step_buffers *b, size_t node);
+/* The ops of one step of |kind| over |batch| rows (caller frees *ops). */
+hm_status hm__lower_step(const hm_plan *p, const hm_step_buffers *b, const hm_fit_options *o, program_kind kind,
+                         size_t batch, hm_abi_op **ops, size_t *n_ops);
+
+#endif /* HM_LOWER_LOWER_H_ */

@@ -1,0 +1,79 @@
+/* The plan (plan.h): computed once per session, read by the session and the lowering. */
+#include "lower/plan.h"
+
+#include <stdlib.h>
+
+hm_status hm__plan_create(const hm_graph *g, const hm_policy *policy, hm_device *dev, int training, hm_plan **out) {
+  hm_plan *p = calloc(1, sizeof *p);
+  if (!p) return hm__fail(HM_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+  p->g = g;
+  p->training = training;
+  p->accuracy_tap = -1;
+  hm_status st = hm__graph_topo_layers(g, &p->order, &p->n_order);
+  if (st == HM_OK) {
+    p->nodes = calloc(g->n_nodes ? g->n_nodes : 1, sizeof *p->nodes);
+    p->edges = calloc(g->n_edges ? g->n_edges : 1, sizeof *p->edges);
+    if (!p->nodes || !p->edges) st = hm__fail(HM_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+  }
+  if (st != HM_OK) {
+    hm__plan_free(p);
+    return st;
+  }
+  for (size_t i = 0; i < g->n_nodes; i++) {
+    p->nodes[i].width = g->nodes[i].width;
+    p->nodes[i].single_input = -1;
+  }
+  for (size_t e = 0; e < g->n_edges; e++) {
+    const hm_edge *ed = &g->edges[e];
+    p->nodes[ed->src].feeds = 1;
+    p->nodes[ed->dst].n_inputs++;
+    p->nodes[ed->dst].single_input = (long)e;
+    p->edges[e].has_weights = hm__edge_has_weights(g, ed);
+  }
+  for (size_t t = 0; t < g->n_taps; t++) {
+    p->nodes[g->taps[t].target].is_target = 1;
+    p->nodes[g->taps[t].layer].needs_grad = 1;
+  }
+  for (size_t i = 0; i < g->n_nodes && st == HM_OK; i++) {
+    if (g->nodes[i].kind != HM_NODE_LAYER) continue;
+    if (p->nodes[i].n_inputs > 1) p->nodes[i].single_input = -1;
+    if (p->nodes[i].n_inputs == 0) {
+      char where[300];
+      hm__graph_where(g, g->nodes[i].line, g->nodes[i].col, where, sizeof where);
+      st = hm__fail(HM_STATUS_INVALID_ARGUMENT, "%slayer '%s' has no input: connect something to it", where,
+                    g->nodes[i].name);
+    }
+  }
+  /* Which layers influence a loss: reverse topological order. */
+  for (size_t k = p->n_order; k-- > 0;) {
+    size_t l = p->order[k];
+    for (size_t e = 0; e < g->n_edges; e++)
+      if (g->edges[e].src == l && g->nodes[g->edges[e].dst].kind == HM_NODE_LAYER && p->nodes[g->edges[e].dst].needs_grad)
+        p->nodes[l].needs_grad = 1;
+  }
+  for (size_t e = 0; e < g->n_edges; e++)
+    p->edges[e].trainable = training && p->edges[e].has_weights && p->nodes[g->edges[e].dst].needs_grad;
+  for (size_t t = 0; t < g->n_taps && p->accuracy_tap < 0; t++)
+    if (g->taps[t].loss == HM_ABI_LOSS_CROSS_ENTROPY) p->accuracy_tap = (long)t;
+  if (st == HM_OK) {
+    hm_edge_precision *prec = calloc(g->n_edges ? g->n_edges : 1, sizeof *prec);
+    if (!prec) st = hm__fail(HM_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+    if (st == HM_OK) st = hm__precision_plan(policy, dev, g, training, prec);
+    for (size_t e = 0; st == HM_OK && e < g->n_edges; e++) p->edges[e].prec = prec[e];
+    free(prec);
+  }
+  if (st != HM_OK) {
+    hm__plan_free(p);
+    return st;
+  }
+  *out = p;
+  return HM_OK;
+}
+
+void hm__plan_free(hm_plan *p) {
+  if (!p) return;
+  free(p->order);
+  free(p->nodes);
+  free(p->edges);
+  free(p);
+}

@@ -1,0 +1,153 @@
+/*
+ * Precision plans from policies and declared capabilities (precision.h).
+ */
+#include "lower/precision.h"
+
+#include <stdio.h>
+#include <string.h>
+
+#include "base/base.h"
+
+int hm__precision_is_packed(uint32_t d) {
+  return d == HM_ABI_DTYPE_Q8 || d == HM_ABI_DTYPE_Q4 || d == HM_ABI_DTYPE_Q3;
+}
+
+const char *hm__precision_name(uint32_t d) {
+  switch (d) {
+    case HM_ABI_DTYPE_Q8: return "int8";
+    case HM_ABI_DTYPE_Q4: return "int4";
+    case HM_ABI_DTYPE_Q3: return "int3";
+    case HM_ABI_DTYPE_BF16: return "bf16";
+    case HM_ABI_DTYPE_F16: return "f16";
+    default: return "f32";
+  }
+}
+
+const char *hm__precision_kernel(uint32_t d) {
+  switch (d) {
+    case HM_ABI_DTYPE_Q8: return "int8_matmul";
+    case HM_ABI_DTYPE_Q4: return "int4_matmul";
+    case HM_ABI_DTYPE_Q3: return "int3_matmul";
+    case HM_ABI_DTYPE_BF16: return "gemm_bf16";
+    case HM_ABI_DTYPE_F16: return "gemm_f16";
+    default: return "gemm";
+  }
+}
+
+uint32_t hm__precision_gemm_op(uint32_t d) {
+  return d == HM_ABI_DTYPE_Q8 ? HM_ABI_OP_GEMM_Q8 : d == HM_ABI_DTYPE_Q4 ? HM_ABI_OP_GEMM_Q4 : HM_ABI_OP_GEMM_Q3;
+}
+
+size_t hm__packed_bytes(uint32_t d, size_t rows, size_t k) {
+  size_t bb = d == HM_ABI_DTYPE_Q8 ? HM_ABI_Q8_BLOCK_BYTES : d == HM_ABI_DTYPE_Q4 ? HM_ABI_Q4_BLOCK_BYTES : HM_ABI_Q3_BLOCK_BYTES;
+  return rows * ((k + HM_ABI_QUANT_BLOCK_VALUES - 1) / HM_ABI_QUANT_BLOCK_VALUES) * bb;
+}
+
+static uint32_t dtype_of_bits(int bits) {
+  return bits == 8 ? HM_ABI_DTYPE_Q8 : bits == 4 ? HM_ABI_DTYPE_Q4 : bits == 3 ? HM_ABI_DTYPE_Q3 : HM_ABI_DTYPE_F32;
+}
+
+hm_status hm__policy_check(const hm_policy *p) {
+  if (!p) return HM_OK;
+  switch (p->kind) {
+    case HM_POLICY_HARDWARE:
+    case HM_POLICY_AUTO: return HM_OK;
+    case HM_POLICY_MAX_BITS:
+      if (p->bits != 8 && p->bits != 4 && p->bits != 3)
+        return hm__fail(HM_STATUS_INVALID_ARGUMENT, "policy bits:%d: the packed widths are 8, 4 and 3 bits", p->bits);
+      return HM_OK;
+    case HM_POLICY_LAYER_BITS:
+      if (p->n_layer_bits == 0 || p->n_layer_bits > HM_POLICY_MAX_LAYERS)
+        return hm__fail(HM_STATUS_INVALID_ARGUMENT, "layer-bits policy: give 1 to %d bit widths", HM_POLICY_MAX_LAYERS);
+      for (size_t i = 0; i < p->n_layer_bits; i++) {
+        int b = p->layer_bits[i];
+        if (b != 32 && b != 8 && b != 4 && b != 3)
+          return hm__fail(HM_STATUS_INVALID_ARGUMENT,
+                          "layer-bits policy: entry %zu is %d bits; use 32 (f32), 8, 4 or 3", i + 1, b);
+      }
+      return HM_OK;
+  }
+  return hm__fail(HM_STATUS_INVALID_ARGUMENT, "unknown policy kind %d", (int)p->kind);
+}
+
+/* The device runs packed width |d|: quantize, the matmul, and for training
+ * the dequantize the backward pass uses. */
+static int runs_packed(const hm_device *dev, uint32_t d, int training, char *missing, size_t cap) {
+  const char *what = NULL;
+  if (!hm_device_supports(dev, HM_ABI_OP_QUANTIZE, HM_ABI_DTYPE_F32, d, 0)) what = "QUANTIZE";
+  else if (!hm_device_supports(dev, hm__precision_gemm_op(d), d, HM_ABI_DTYPE_F32, 0)) what = hm__precision_kernel(d);
+  else if (training && !hm_device_supports(dev, HM_ABI_OP_DEQUANTIZE, d, HM_ABI_DTYPE_F32, 0)) what = "DEQUANTIZE";
+  if (what) snprintf(missing, cap, "%s", what);
+  return what == NULL;
+}
+
+/* The declared speed of GEMM at |din| (0 when not declared or unknown). */
+static float gemm_speed(const hm_device *dev, uint32_t din) {
+  const hm_abi_device_desc *d = hm_device_desc(dev);
+  float best = 0.0f;
+  int found = 0;
+  for (uint32_t i = 0; i < d->n_caps; i++) {
+    const hm_abi_capability *c = &d->caps[i];
+    if (c->op != HM_ABI_OP_GEMM || c->dtype_in != din || c->dtype_out != HM_ABI_DTYPE_F32) continue;
+    found = 1;
+    if (c->speed_hint > best) best = c->speed_hint;
+  }
+  return found ? best : -1.0f;
+}
+
+static void plan_auto(hm_device *dev, hm_edge_precision *e) {
+  float f32 = gemm_speed(dev, HM_ABI_DTYPE_F32);
+  uint32_t pick = HM_ABI_DTYPE_F32;
+  float best = f32;
+  const uint32_t halves[2] = {HM_ABI_DTYPE_BF16, HM_ABI_DTYPE_F16};
+  for (int i = 0; i < 2; i++) {
+    float s = gemm_speed(dev, halves[i]);
+    if (s > 0.0f && f32 > 0.0f && s > best) {
+      best = s;
+      pick = halves[i];
+    }
+  }
+  e->dtype = pick;
+  if (pick == HM_ABI_DTYPE_F32)
+    snprintf(e->note, sizeof e->note, "auto: %s declares no 16-bit GEMM faster than f32", hm_device_backend(dev));
+  else
+    snprintf(e->note, sizeof e->note, "auto: %s declares %s GEMM at %.3g vs f32 %.3g", hm_device_backend(dev),
+             hm__precision_name(pick), (double)best, (double)f32);
+}
+
+hm_status hm__precision_plan(const hm_policy *p, hm_device *dev, const hm_graph *g, int training, hm_edge_precision *out) {
+  HM_RETURN_IF_ERROR(hm__policy_check(p));
+  size_t layer = 0;
+  for (size_t e = 0; e < g->n_edges; e++) {
+    hm_edge_precision *ep = &out[e];
+    memset(ep, 0, sizeof *ep);
+    ep->dtype = HM_ABI_DTYPE_F32;
+    ep->matmul = hm__edge_has_weights(g, &g->edges[e]);
+    if (!ep->matmul || !p || p->kind == HM_POLICY_HARDWARE) continue;
+    if (p->kind == HM_POLICY_AUTO) {
+      plan_auto(dev, ep);
+      continue;
+    }
+    int bits = p->kind == HM_POLICY_MAX_BITS ? p->bits
+                                             : p->layer_bits[layer < p->n_layer_bits ? layer : p->n_layer_bits - 1];
+    layer++;
+    if (bits == 32) continue;
+    /* The requested width, or the nearest wider one the device runs. */
+    static const int widths[] = {3, 4, 8};
+    char missing[64] = "", first_missing[64] = "";
+    int chosen = 32;
+    for (size_t w = 0; w < sizeof widths / sizeof widths[0]; w++) {
+      if (widths[w] < bits) continue;
+      if (runs_packed(dev, dtype_of_bits(widths[w]), training, missing, sizeof missing)) {
+        chosen = widths[w];
+        break;
+      }
+      if (!first_missing[0]) snprintf(first_missing, sizeof first_missing, "%s", missing);
+    }
+    ep->dtype = dtype_of_bits(chosen);
+    if (chosen != bits)
+      snprintf(ep->note, sizeof ep->note, "%s declares no %s for %d-bit; using %s", hm_device_backend(dev),
+               first_missing, bits, hm__precision_name(ep->dtype));
+  }
+  return HM_OK;
+}

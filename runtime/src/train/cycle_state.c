@@ -1,0 +1,140 @@
+/* The cycle state returned by fit and seen by fit_until's predicate. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "train/cycle_state.h"
+
+#include "base/base.h"
+#include "harmonics/names.h"
+
+hm_status hm__cycle_state_create(hm_cycle_state **out) {
+  hm_cycle_state *st = calloc(1, sizeof *st);
+  if (!st) return hm__fail(HM_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+  st->eval_loss = NAN;
+  st->eval_accuracy = NAN;
+  st->loss = NAN;
+  st->grad_norm = NAN;
+  st->stop_reason = HM_STOP_EPOCHS;
+  st->best_norm = INFINITY;
+  *out = st;
+  return HM_OK;
+}
+
+void hm_cycle_state_free(hm_cycle_state *st) {
+  if (!st) return;
+  hm_weights_free(st->weights);
+  hm_weights_free(st->opt_state);
+  for (size_t i = 0; i < st->n_layers; i++) {
+    free(st->layer_names[i]);
+    free(st->precisions[i]);
+    free(st->kernels[i]);
+    free(st->notes[i]);
+  }
+  free(st->notes);
+  free(st->layer_names);
+  free(st->precisions);
+  free(st->kernels);
+  free(st);
+}
+
+hm_status hm__cycle_state_describe(hm_cycle_state *st, const hm_plan *plan, hm_device *dev) {
+  const hm_graph *g = plan->g;
+  snprintf(st->backend, sizeof st->backend, "%s:%u", hm_device_backend(dev), hm_device_index(dev));
+  size_t n = 0;
+  for (size_t e = 0; e < g->n_edges; e++) n += plan->edges[e].has_weights;
+  st->layer_names = calloc(n ? n : 1, sizeof(char *));
+  st->precisions = calloc(n ? n : 1, sizeof(char *));
+  st->kernels = calloc(n ? n : 1, sizeof(char *));
+  st->notes = calloc(n ? n : 1, sizeof(char *));
+  if (!st->layer_names || !st->precisions || !st->kernels || !st->notes) return hm__fail(HM_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+  for (size_t e = 0; e < g->n_edges; e++) {
+    if (!plan->edges[e].has_weights) continue;
+    const hm_edge_precision *p = &plan->edges[e].prec;
+    size_t i = st->n_layers++;
+    st->layer_names[i] = hm__asprintf("%s->%s", g->nodes[g->edges[e].src].name, g->nodes[g->edges[e].dst].name);
+    st->precisions[i] = hm__strdup(hm__precision_name(p->dtype));
+    st->kernels[i] = hm__strdup(hm__precision_kernel(p->dtype));
+    st->notes[i] = hm__strdup(p->note);
+    if (!st->layer_names[i] || !st->precisions[i] || !st->kernels[i] || !st->notes[i])
+      return hm__fail(HM_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+  }
+  return HM_OK;
+}
+
+void hm__cycle_state_go_live(hm_cycle_state *st, hm_weights_fetch_fn fetch, void *ctx) {
+  st->fetch = fetch;
+  st->fetch_ctx = ctx;
+}
+
+void hm__cycle_state_set_options(hm_cycle_state *st, const hm_fit_options *o, const hm_policy *p, int schedule_kind) {
+  st->has_options = 1;
+  st->opts = *o;
+  st->opts.device = NULL;
+  st->opts.backend = NULL;
+  st->opts.progress.fn = NULL;
+  st->opts.progress.user = NULL;
+  st->opts.on_epoch = NULL;
+  st->opts.on_epoch_user = NULL;
+  st->opts.resume = NULL;
+  st->opts.checkpoint_path = NULL;
+  st->opts.lr_schedule_fp.user = NULL;
+  if (schedule_kind != 1) st->opts.lr_schedule_fp.fn = NULL;
+  st->schedule_kind = schedule_kind;
+  st->policy = p ? *p : hm_make_hardware_policy();
+}
+
+hm_status hm__cycle_state_sync(hm_cycle_state *st) {
+  if (!st->fetch || (!st->weights_stale && st->weights)) return HM_OK;
+  hm_weights *p = NULL, *o = NULL;
+  HM_RETURN_IF_ERROR(st->fetch(st->fetch_ctx, &p, &o));
+  hm_weights_free(st->weights);
+  hm_weights_free(st->opt_state);
+  st->weights = p;
+  st->opt_state = o;
+  st->weights_stale = 0;
+  return HM_OK;
+}
+
+size_t hm_cycle_state_step(const hm_cycle_state *s) { return s ? s->step : 0; }
+size_t hm_cycle_state_epoch(const hm_cycle_state *s) { return s ? s->epoch : 0; }
+float hm_cycle_state_loss(const hm_cycle_state *s) { return s ? s->loss : NAN; }
+float hm_cycle_state_grad_norm(const hm_cycle_state *s) { return s ? s->grad_norm : NAN; }
+float hm_cycle_state_learning_rate(const hm_cycle_state *s) { return s ? s->lr : NAN; }
+double hm_cycle_state_elapsed(const hm_cycle_state *s) { return s ? s->elapsed : 0; }
+double hm_cycle_state_train_seconds(const hm_cycle_state *s) { return s ? s->train_seconds : 0; }
+size_t hm_cycle_state_samples(const hm_cycle_state *s) { return s ? s->samples : 0; }
+float hm_cycle_state_eval_loss(const hm_cycle_state *s) { return s ? s->eval_loss : NAN; }
+float hm_cycle_state_eval_accuracy(const hm_cycle_state *s) { return s ? s->eval_accuracy : NAN; }
+hm_stop_reason hm_cycle_state_stop(const hm_cycle_state *s) { return s ? s->stop_reason : HM_STOP_EPOCHS; }
+const char *hm_cycle_state_stop_reason(const hm_cycle_state *s) { return s ? hm_stop_reason_name(s->stop_reason) : NULL; }
+const char *hm_cycle_state_backend(const hm_cycle_state *s) { return s ? s->backend : NULL; }
+size_t hm_cycle_state_layer_count(const hm_cycle_state *s) { return s ? s->n_layers : 0; }
+
+const hm_weights *hm_cycle_state_weights(const hm_cycle_state *s) {
+  if (!s) return NULL;
+  /* During fit_until's predicate the device may hold newer weights: fetch
+   * them once per update on demand. The state is logically const. */
+  if (s->fetch && hm__cycle_state_sync((hm_cycle_state *)s) != HM_OK) return NULL;
+  return s->weights;
+}
+
+const hm_weights *hm_cycle_state_optimizer_state(const hm_cycle_state *s) {
+  if (!s) return NULL;
+  if (s->fetch && hm__cycle_state_sync((hm_cycle_state *)s) != HM_OK) return NULL;
+  return s->opt_state;
+}
+
+const char *hm_cycle_state_layer_note(const hm_cycle_state *s, size_t i) {
+  return s && i < s->n_layers && s->notes && s->notes[i] ? s->notes[i] : "";
+}
+
+hm_status hm_cycle_state_layer_precision(const hm_cycle_state *s, size_t i, const char **layer, const char **precision,
+                                         const char **kernel) {
+  if (!s || i >= s->n_layers) return hm__fail(HM_STATUS_OUT_OF_RANGE, "layer index %zu out of range", i);
+  if (layer) *layer = s->layer_names[i];
+  if (precision) *precision = s->precisions[i];
+  if (kernel) *kernel = s->kernels[i];
+  return HM_OK;
+}

@@ -1,0 +1,521 @@
+/*
+ * Sessions: device buffers for a graph, data upload, weights in and out,
+ * one step, evaluation. Program construction lives in lower.c.
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "train/session.h"
+
+#include "weights/weights.h"
+
+static hm_status alloc_buffer(hm_session *s, size_t bytes, hm_abi_buffer **out) {
+  return hm_device_buffer_alloc(s->dev, bytes ? bytes : 4, out);
+}
+
+static hm_status alloc_zeroed(hm_session *s, size_t bytes, hm_abi_buffer **out) {
+  HM_RETURN_IF_ERROR(alloc_buffer(s, bytes, out));
+  void *zeros = calloc(1, bytes ? bytes : 4);
+  if (!zeros) return hm__fail(HM_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+  hm_status st = hm_device_buffer_write(s->dev, *out, 0, zeros, bytes ? bytes : 4);
+  free(zeros);
+  return st;
+}
+
+static hm_status upload_data(hm_session *s, size_t node, int which) {
+  hm_node_buffers *nb = &s->bufs.nodes[node];
+  hm_bound_data *d = &s->host[which][node];
+  hm_producer *p = which == DATA_EVAL ? s->g->nodes[node].eval : s->g->nodes[node].train;
+  HM_RETURN_IF_ERROR(hm__producer_read_all(p, s->g->nodes[node].name, d));
+  nb->info[which] = d->info;
+  size_t bytes = d->info.count * d->info.width * hm__dtype_size(d->info.dtype);
+  HM_RETURN_IF_ERROR(alloc_buffer(s, bytes, &nb->data[which]));
+  return hm_device_buffer_write(s->dev, nb->data[which], 0, d->values, bytes);
+}
+
+/* All producers of one data set must hold the same number of samples. */
+static hm_status check_counts(hm_session *s, int which, size_t *out) {
+  size_t count = 0;
+  const char *first = NULL;
+  for (size_t i = 0; i < s->g->n_nodes; i++) {
+    const hm_bound_data *d = &s->host[which][i];
+    if (!d->info.count) continue;
+    if (first && d->info.count != count)
+      return hm__fail(HM_STATUS_INVALID_ARGUMENT,
+                      "%s data: producers '%s' (%zu samples) and '%s' (%zu samples) must have the same number of samples",
+                      which == DATA_EVAL ? "evaluation" : "training", first, count, s->g->nodes[i].name, d->info.count);
+    first = s->g->nodes[i].name;
+    count = d->info.count;
+  }
+  *out = count;
+  return HM_OK;
+}
+
+static hm_status open_device(hm_session *s, const hm_fit_options *o) {
+  if (o->device) {
+    s->dev = o->device;
+    return HM_OK;
+  }
+  hm_device_options d = hm_device_options_default();
+  d.threads = o->threads;
+  HM_RETURN_IF_ERROR(hm_device_open(o->backend, &d, &s->dev));
+  s->owns_device = 1;
+  return HM_OK;
+}
+
+/* Uploads the data of every producer the plan reads. */
+static hm_status upload_all_data(hm_session *s, int train, int eval) {
+  const hm_graph *g = s->g;
+  hm_status st = HM_OK;
+  for (size_t i = 0; i < g->n_nodes && st == HM_OK; i++) {
+    if (g->nodes[i].kind != HM_NODE_PRODUCER || !hm__plan_producer_used(s->plan, i)) continue;
+    if (train || (!eval && g->nodes[i].train)) {
+      if (!g->nodes[i].train) {
+        char where[300];
+        hm__graph_where(g, g->nodes[i].line, g->nodes[i].col, where, sizeof where);
+        st = hm__fail(HM_STATUS_FAILED_PRECONDITION, "%sproducer '%s' is not bound to training data", where,
+                      g->nodes[i].name);
+      } else {
+        st = upload_data(s, i, DATA_TRAIN);
+      }
+    }
+    if (st == HM_OK && eval && g->nodes[i].eval) st = upload_data(s, i, DATA_EVAL);
+  }
+  if (st == HM_OK) st = check_counts(s, DATA_TRAIN, &s->train_count);
+  if (st == HM_OK) st = check_counts(s, DATA_EVAL, &s->eval_count);
+  if (st == HM_OK && eval) {
+    /* Evaluation needs every input producer; targets are optional (no loss then). */
+    for (size_t e = 0; e < g->n_edges && st == HM_OK; e++) {
+      size_t src = g->edges[e].src;
+      if (g->nodes[src].kind == HM_NODE_PRODUCER && !s->bufs.nodes[src].data[DATA_EVAL] && s->eval_count)
+        st = hm__fail(HM_STATUS_FAILED_PRECONDITION, "producer '%s' has no evaluation data while others do",
+                      g->nodes[src].name);
+    }
+  }
+  return st;
+}
+
+/* Batches, values and gradients of the nodes (|batch| rows each). */
+static hm_status alloc_node_buffers(hm_session *s, size_t batch, int train) {
+  const hm_graph *g = s->g;
+  hm_status st = HM_OK;
+  for (size_t i = 0; i < g->n_nodes && st == HM_OK; i++) {
+    const hm_plan_node *pn = &s->plan->nodes[i];
+    hm_node_buffers *nb = &s->bufs.nodes[i];
+    size_t rowbytes = pn->width * 4;
+    if (g->nodes[i].kind == HM_NODE_PRODUCER) {
+      if (nb->data[DATA_TRAIN] || nb->data[DATA_EVAL]) {
+        const hm_producer_info *d = nb->data[DATA_TRAIN] ? &nb->info[DATA_TRAIN] : &nb->info[DATA_EVAL];
+        st = alloc_buffer(s, batch * (d->dtype == HM_ABI_DTYPE_I32 ? 4 : d->width * 4), &nb->batch);
+      }
+      continue;
+    }
+    if (g->nodes[i].kind == HM_NODE_CONSUMER) {
+      st = alloc_buffer(s, batch * rowbytes, &nb->batch);
+      continue;
+    }
+    if (pn->n_inputs > 1) st = alloc_buffer(s, batch * rowbytes, &nb->sum);
+    if (st == HM_OK && train && pn->needs_grad) st = alloc_buffer(s, batch * rowbytes, &nb->grad);
+  }
+  return st;
+}
+
+/* Parameters, activations, packed copies, gradients and optimizer state of
+ * the connections. */
+static hm_status alloc_edge_buffers(hm_session *s, size_t batch) {
+  const hm_graph *g = s->g;
+  const hm_fit_options *opts = &s->opts;
+  hm_status st = HM_OK;
+  for (size_t e = 0; e < g->n_edges && st == HM_OK; e++) {
+    const hm_edge *ed = &g->edges[e];
+    const hm_plan_edge *pe = &s->plan->edges[e];
+    hm_edge_buffers *es = &s->bufs.edges[e];
+    if (!pe->has_weights) continue;
+    size_t in = s->plan->nodes[ed->src].width, outw = s->plan->nodes[ed->dst].width;
+    st = alloc_buffer(s, in * outw * 4, &es->w);
+    if (st == HM_OK) st = alloc_buffer(s, outw * 4, &es->b);
+    if (st == HM_OK) st = alloc_buffer(s, batch * outw * 4, &es->z);
+    if (st == HM_OK) {
+      if (ed->activation == HM_ABI_ACT_IDENTITY) es->a = es->z;
+      else st = alloc_buffer(s, batch * outw * 4, &es->a);
+    }
+    uint32_t q = pe->prec.dtype;
+    if (st == HM_OK && hm__precision_is_packed(q)) {
+      st = alloc_buffer(s, hm__packed_bytes(q, outw, in), &es->wq);
+      if (st == HM_OK) st = alloc_buffer(s, hm__packed_bytes(q, batch, in), &es->xq);
+      if (st == HM_OK && pe->trainable) st = alloc_buffer(s, in * outw * 4, &es->wdq);
+      if (st == HM_OK && pe->trainable) st = alloc_buffer(s, batch * in * 4, &es->xdq);
+    }
+    if (st != HM_OK || !pe->trainable) continue;
+    st = alloc_buffer(s, in * outw * 4, &es->dw);
+    if (st == HM_OK) st = alloc_buffer(s, outw * 4, &es->db);
+    if (st == HM_OK) {
+      if (ed->activation == HM_ABI_ACT_IDENTITY) es->dz = s->bufs.nodes[ed->dst].grad;
+      else st = alloc_buffer(s, batch * outw * 4, &es->dz);
+    }
+    hm_optimizer o = opts->optimizer;
+    int two = o == HM_OPTIMIZER_ADAM || o == HM_OPTIMIZER_ADAMW || o == HM_OPTIMIZER_LAMB;
+    int one = two || o == HM_OPTIMIZER_RMSPROP || (o == HM_OPTIMIZER_SGD && opts->momentum != 0.0f);
+    if (st == HM_OK && one) st = alloc_zeroed(s, in * outw * 4, &es->s1w);
+    if (st == HM_OK && one) st = alloc_zeroed(s, outw * 4, &es->s1b);
+    if (st == HM_OK && two) st = alloc_zeroed(s, in * outw * 4, &es->s2w);
+    if (st == HM_OK && two) st = alloc_zeroed(s, outw * 4, &es->s2b);
+  }
+  return st;
+}
+
+hm_status hm__session_create(hm_graph *g, const hm_fit_options *opts, const hm_policy *policy, int train, int eval,
+                             hm_session **out) {
+  hm_session *s = calloc(1, sizeof *s);
+  if (!s) return hm__fail(HM_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+  s->g = g;
+  s->opts = *opts;
+  s->with_optimizer = train;
+  size_t n_nodes = g->n_nodes ? g->n_nodes : 1;
+  s->bufs.nodes = calloc(n_nodes, sizeof *s->bufs.nodes);
+  s->bufs.edges = calloc(g->n_edges ? g->n_edges : 1, sizeof *s->bufs.edges);
+  s->host[DATA_TRAIN] = calloc(n_nodes, sizeof *s->host[DATA_TRAIN]);
+  s->host[DATA_EVAL] = calloc(n_nodes, sizeof *s->host[DATA_EVAL]);
+  hm_status st = HM_OK;
+  if (!s->bufs.nodes || !s->bufs.edges || !s->host[DATA_TRAIN] || !s->host[DATA_EVAL])
+    st = hm__fail(HM_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+  if (st == HM_OK) st = open_device(s, opts);
+  if (st == HM_OK) st = hm__plan_create(g, policy, s->dev, train, &s->plan);
+  if (st == HM_OK) st = upload_all_data(s, train, eval);
+  size_t batch = opts->batch_size > opts->eval_batch_size ? opts->batch_size : opts->eval_batch_size;
+  s->max_batch = batch;
+  if (st == HM_OK) st = alloc_buffer(s, batch * 4, &s->bufs.idx);
+  if (st == HM_OK) st = alloc_zeroed(s, 16, &s->bufs.stats);
+  if (st == HM_OK && !(s->idx_host = malloc(batch * sizeof *s->idx_host)))
+    st = hm__fail(HM_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+  if (st == HM_OK) st = alloc_node_buffers(s, batch, train);
+  if (st == HM_OK) st = alloc_edge_buffers(s, batch);
+  /* Host copies are only kept for the accuracy tap's targets. */
+  for (size_t i = 0; s->host[DATA_EVAL] && s->plan && i < g->n_nodes; i++) {
+    int keep = s->plan->accuracy_tap >= 0 && g->taps[s->plan->accuracy_tap].target == i;
+    for (int w = 0; w < 2 && !keep; w++) {
+      free(s->host[w][i].values);
+      s->host[w][i].values = NULL;
+    }
+  }
+  if (st != HM_OK) {
+    hm__session_free(s);
+    return st;
+  }
+  *out = s;
+  return HM_OK;
+}
+
+void hm__session_free(hm_session *s) {
+  if (!s) return;
+  for (int k = 0; k < PROG_KINDS; k++)
+    for (int j = 0; j < 2; j++) hm_device_program_free(s->dev, s->programs[k][j].prog);
+  for (size_t i = 0; s->bufs.nodes && i < s->g->n_nodes; i++) {
+    hm_node_buffers *nb = &s->bufs.nodes[i];
+    hm_abi_buffer *bufs[] = {nb->data[DATA_TRAIN], nb->data[DATA_EVAL], nb->batch, nb->sum, nb->grad};
+    for (size_t k = 0; k < sizeof bufs / sizeof bufs[0]; k++) hm_device_buffer_free(s->dev, bufs[k]);
+  }
+  for (size_t e = 0; s->bufs.edges && e < s->g->n_edges; e++) {
+    hm_edge_buffers *es = &s->bufs.edges[e];
+    hm_abi_buffer *bufs[] = {es->w,   es->b,   es->dw, es->db, es->s1w, es->s2w, es->s1b,
+                             es->s2b, es->z,   es->wq, es->xq, es->wdq, es->xdq};
+    for (size_t k = 0; k < sizeof bufs / sizeof bufs[0]; k++) hm_device_buffer_free(s->dev, bufs[k]);
+    if (es->a != es->z) hm_device_buffer_free(s->dev, es->a);
+    if (es->dz && es->dz != s->bufs.nodes[s->g->edges[e].dst].grad) hm_device_buffer_free(s->dev, es->dz);
+  }
+  for (int w = 0; w < 2; w++)
+    for (size_t i = 0; s->host[w] && i < s->g->n_nodes; i++) free(s->host[w][i].values);
+  hm_device_buffer_free(s->dev, s->bufs.idx);
+  hm_device_buffer_free(s->dev, s->bufs.stats);
+  if (s->owns_device) hm_device_close(s->dev);
+  hm__plan_free(s->plan);
+  free(s->idx_host);
+  free(s->bufs.nodes);
+  free(s->bufs.edges);
+  free(s->host[DATA_TRAIN]);
+  free(s->host[DATA_EVAL]);
+  free(s);
+}
+
+hm_status hm__session_program(hm_session *s, program_kind kind, size_t batch, hm_abi_program **out) {
+  for (int j = 0; j < 2; j++)
+    if (s->programs[kind][j].prog && s->programs[kind][j].batch == batch) {
+      *out = s->programs[kind][j].prog;
+      return HM_OK;
+    }
+  if (batch > s->max_batch)
+    return hm__fail(HM_STATUS_INTERNAL, "batch %zu exceeds the session's %zu rows", batch, s->max_batch);
+  hm_abi_op *ops = NULL;
+  size_t n = 0;
+  HM_RETURN_IF_ERROR(hm__lower_step(s->plan, &s->bufs, &s->opts, kind, batch, &ops, &n));
+  hm_abi_program *p = NULL;
+  hm_status st = n > UINT32_MAX ? hm__fail(HM_STATUS_OUT_OF_RANGE, "program too large")
+                                : hm_device_program_create(s->dev, ops, (uint32_t)n, N_SLOTS, &p);
+  free(ops);
+  if (st != HM_OK) return st;
+  /* Two sizes per kind cover a full batch and the last partial one. */
+  int slot = s->programs[kind][0].prog ? 1 : 0;
+  hm_device_program_free(s->dev, s->programs[kind][slot].prog);
+  s->programs[kind][slot].prog = p;
+  s->programs[kind][slot].batch = batch;
+  *out = p;
+  return HM_OK;
+}
+
+hm_status hm__session_pack_weights(hm_session *s) {
+  const hm_graph *g = s->g;
+  hm_abi_op *ops = calloc(g->n_edges ? g->n_edges : 1, sizeof *ops);
+  if (!ops) return hm__fail(HM_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+  uint32_t n = 0;
+  for (size_t e = 0; e < g->n_edges; e++) {
+    hm_edge_buffers *es = &s->bufs.edges[e];
+    if (!es->wq || !es->w) continue;
+    hm_abi_op *op = &ops[n++];
+    *op = hm_op_init(HM_ABI_OP_QUANTIZE);
+    op->dtype_in = HM_ABI_DTYPE_F32;
+    op->dtype_out = s->plan->edges[e].prec.dtype;
+    op->dims[0] = s->plan->nodes[g->edges[e].dst].width;
+    op->dims[1] = s->plan->nodes[g->edges[e].src].width;
+    op->in[0].buffer = es->w;
+    op->out[0].buffer = es->wq;
+  }
+  hm_abi_program *p = NULL;
+  hm_status st = n ? hm_device_program_create(s->dev, ops, n, 0, &p) : HM_OK;
+  if (st == HM_OK && n) st = hm_device_program_run(s->dev, p, NULL, 0);
+  hm_device_program_free(s->dev, p);
+  free(ops);
+  if (st != HM_OK) return st;
+  for (size_t e = 0; e < g->n_edges; e++) {
+    hm_edge_buffers *es = &s->bufs.edges[e];
+    if (!es->wq || !es->w || s->plan->edges[e].trainable) continue;
+    hm_device_buffer_free(s->dev, es->w); /* only the packed weights remain */
+    es->w = NULL;
+  }
+  return HM_OK;
+}
+
+void hm__session_weight_bytes(const hm_session *s, size_t *matrix_bytes, size_t *bias_bytes, size_t *weights) {
+  const hm_graph *g = s->g;
+  *matrix_bytes = *bias_bytes = *weights = 0;
+  for (size_t e = 0; e < g->n_edges; e++) {
+    if (!s->plan->edges[e].prec.matmul) continue;
+    size_t in = s->plan->nodes[g->edges[e].src].width, out = s->plan->nodes[g->edges[e].dst].width;
+    uint32_t q = s->plan->edges[e].prec.dtype;
+    *matrix_bytes += hm__precision_is_packed(q) ? hm__packed_bytes(q, out, in) : in * out * 4;
+    *bias_bytes += out * 4;
+    *weights += in * out;
+  }
+}
+
+hm_status hm__session_upload_weights(hm_session *s) {
+  hm_graph *g = s->g;
+  if (!g->weights) HM_RETURN_IF_ERROR(hm_graph_init_weights(g, s->opts.seed));
+  HM_RETURN_IF_ERROR(hm__graph_check_weights(g, g->weights, "the graph's weights"));
+  for (size_t e = 0; e < g->n_edges; e++) {
+    const hm_edge *ed = &g->edges[e];
+    if (!hm__edge_has_weights(g, ed)) continue;
+    char wn[600], bn[600];
+    hm__edge_weight_name(g, ed, wn, sizeof wn);
+    hm__edge_bias_name(g, ed, bn, sizeof bn);
+    hm_tensor tw, tb;
+    HM_RETURN_IF_ERROR(hm_weights_find(g->weights, wn, &tw));
+    HM_RETURN_IF_ERROR(hm_weights_find(g->weights, bn, &tb));
+    HM_RETURN_IF_ERROR(hm_device_buffer_write(s->dev, s->bufs.edges[e].w, 0, tw.data, tw.bytes));
+    HM_RETURN_IF_ERROR(hm_device_buffer_write(s->dev, s->bufs.edges[e].b, 0, tb.data, tb.bytes));
+  }
+  return HM_OK;
+}
+
+static hm_status download_tensor(hm_session *s, hm_weights *w, const char *name, hm_abi_buffer *buf, uint32_t rank,
+                                 const uint64_t *shape) {
+  HM_RETURN_IF_ERROR(hm_weights_set(w, name, HM_ABI_DTYPE_F32, rank, shape, NULL));
+  hm_tensor t;
+  HM_RETURN_IF_ERROR(hm_weights_find(w, name, &t));
+  return hm_device_buffer_read(s->dev, buf, 0, t.data, t.bytes);
+}
+
+
+static const char *state_suffix(hm_optimizer o, int second) {
+  if (o == HM_OPTIMIZER_SGD) return "velocity";
+  if (o == HM_OPTIMIZER_RMSPROP) return "s";
+  return second ? "v" : "m";
+}
+
+hm_status hm__session_upload_opt_state(hm_session *s, const hm_weights *state) {
+  hm_graph *g = s->g;
+  for (size_t e = 0; e < g->n_edges; e++) {
+    const hm_edge *ed = &g->edges[e];
+    const hm_edge_buffers *es = &s->bufs.edges[e];
+    if (!s->plan->edges[e].trainable) continue;
+    char wn[600], bn[600], name[700];
+    hm__edge_weight_name(g, ed, wn, sizeof wn);
+    hm__edge_bias_name(g, ed, bn, sizeof bn);
+    hm_abi_buffer *bufs[4] = {es->s1w, es->s2w, es->s1b, es->s2b};
+    size_t count[4] = {s->plan->nodes[ed->dst].width * s->plan->nodes[ed->src].width, 0, s->plan->nodes[ed->dst].width, 0};
+    count[1] = count[0];
+    count[3] = count[2];
+    for (int k = 0; k < 4; k++) {
+      if (!bufs[k]) continue;
+      snprintf(name, sizeof name, "%s.%s", k < 2 ? wn : bn, state_suffix(s->opts.optimizer, k % 2));
+      hm_tensor t;
+      if (hm_weights_find(state, name, &t) != HM_OK)
+        return hm__fail(HM_STATUS_INVALID_ARGUMENT, "resume: the optimizer state has no tensor '%s'", name);
+      if (t.dtype != HM_ABI_DTYPE_F32 || t.bytes != count[k] * 4)
+        return hm__fail(HM_STATUS_INVALID_ARGUMENT, "resume: optimizer state '%s' has the wrong shape or dtype", name);
+      HM_RETURN_IF_ERROR(hm_device_buffer_write(s->dev, bufs[k], 0, t.data, t.bytes));
+    }
+  }
+  return HM_OK;
+}
+
+hm_status hm__session_download(hm_session *s, hm_weights **params, hm_weights **opt_state) {
+  hm_graph *g = s->g;
+  hm_weights *p = NULL, *o = NULL;
+  hm_status st = hm_weights_create(&p);
+  if (st == HM_OK && opt_state) st = hm_weights_create(&o);
+  for (size_t e = 0; e < g->n_edges && st == HM_OK; e++) {
+    const hm_edge *ed = &g->edges[e];
+    const hm_edge_buffers *es = &s->bufs.edges[e];
+    if (!hm__edge_has_weights(g, ed)) continue;
+    char wn[600], bn[600], name[700];
+    hm__edge_weight_name(g, ed, wn, sizeof wn);
+    hm__edge_bias_name(g, ed, bn, sizeof bn);
+    uint64_t shape[2] = {s->plan->nodes[ed->dst].width, s->plan->nodes[ed->src].width};
+    if (!es->w) {
+      st = hm__fail(HM_STATUS_FAILED_PRECONDITION, "'%s' is held only in packed form on the device", wn);
+      break;
+    }
+    st = download_tensor(s, p, wn, es->w, 2, shape);
+    if (st == HM_OK) st = download_tensor(s, p, bn, es->b, 1, shape);
+    if (!o || st != HM_OK) continue;
+    hm_abi_buffer *bufs[4] = {es->s1w, es->s2w, es->s1b, es->s2b};
+    for (int k = 0; k < 4 && st == HM_OK; k++) {
+      if (!bufs[k]) continue;
+      snprintf(name, sizeof name, "%s.%s", k < 2 ? wn : bn, state_suffix(s->opts.optimizer, k % 2));
+      st = download_tensor(s, o, name, bufs[k], k < 2 ? 2 : 1, shape);
+    }
+  }
+  if (st != HM_OK) {
+    hm_weights_free(p);
+    hm_weights_free(o);
+    return st;
+  }
+  *params = p;
+  if (opt_state) *opt_state = o;
+  return HM_OK;
+}
+
+hm_status hm__session_step(hm_session *s, program_kind kind, const int32_t *indices, size_t n,
+                           const double scalars[N_SLOTS], float *loss, float *sumsq) {
+  hm_abi_program *prog = NULL;
+  HM_RETURN_IF_ERROR(hm__session_program(s, kind, n, &prog));
+  if (indices) HM_RETURN_IF_ERROR(hm_device_buffer_write(s->dev, s->bufs.idx, 0, indices, n * sizeof *indices));
+  HM_RETURN_IF_ERROR(hm_device_program_run(s->dev, prog, scalars, N_SLOTS));
+  if (!loss && !sumsq) return HM_OK;
+  float stats[2];
+  HM_RETURN_IF_ERROR(hm_device_buffer_read(s->dev, s->bufs.stats, 0, stats, sizeof stats));
+  if (loss) *loss = stats[0];
+  if (sumsq) *sumsq = stats[1];
+  return HM_OK;
+}
+
+/* The label of sample |i| of the accuracy tap's target. */
+static long target_class(const hm_bound_data *d, size_t i) {
+  if (d->info.dtype == HM_ABI_DTYPE_I32) return ((const int32_t *)d->values)[i];
+  const float *row = (const float *)d->values + i * d->info.width;
+  size_t best = 0;
+  for (size_t c = 1; c < d->info.width; c++)
+    if (row[c] > row[best]) best = c;
+  return (long)best;
+}
+
+hm_status hm__session_evaluate(hm_session *s, int use_eval, int push, hm_eval_result *out) {
+  hm_graph *g = s->g;
+  size_t count = use_eval ? s->eval_count : s->train_count;
+  program_kind kind = use_eval ? PROG_EVAL : PROG_INFER;
+  out->samples = count;
+  out->loss = NAN;
+  out->accuracy = NAN;
+  if (count == 0) return hm__fail(HM_STATUS_FAILED_PRECONDITION, "no %s data is bound", use_eval ? "evaluation" : "input");
+  int has_targets = g->n_taps > 0;
+  for (size_t t = 0; t < g->n_taps; t++) {
+    size_t target = g->taps[t].target;
+    if (!s->bufs.nodes[target].data[use_eval ? DATA_EVAL : DATA_TRAIN]) has_targets = 0;
+  }
+  const hm_bound_data *acc_data = NULL;
+  size_t acc_width = 0;
+  float *logits = NULL;
+  if (has_targets && s->plan->accuracy_tap >= 0) {
+    size_t target = g->taps[s->plan->accuracy_tap].target;
+    acc_data = &s->host[use_eval ? DATA_EVAL : DATA_TRAIN][target];
+    acc_width = s->plan->nodes[g->taps[s->plan->accuracy_tap].layer].width;
+    if (!acc_data->values) acc_data = NULL;
+    else if (!(logits = malloc(s->opts.eval_batch_size * acc_width * sizeof *logits)))
+      return hm__fail(HM_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+  }
+  float *outbuf = NULL;
+  double loss_sum = 0.0;
+  size_t correct = 0;
+  hm_status st = HM_OK;
+  double scalars[N_SLOTS] = {0, 1, 1, 1};
+  for (size_t pos = 0; pos < count && st == HM_OK; pos += s->opts.eval_batch_size) {
+    size_t b = count - pos < s->opts.eval_batch_size ? count - pos : s->opts.eval_batch_size;
+    for (size_t i = 0; i < b; i++) s->idx_host[i] = (int32_t)(pos + i);
+    float loss = 0;
+    st = hm__session_step(s, kind, s->idx_host, b, scalars, has_targets ? &loss : NULL, NULL);
+    if (st != HM_OK) break;
+    loss_sum += (double)loss * (double)b;
+    if (acc_data) {
+      hm_abi_buffer *v = hm__session_value(s, g->taps[s->plan->accuracy_tap].layer);
+      st = hm_device_buffer_read(s->dev, v, 0, logits, b * acc_width * sizeof *logits);
+      for (size_t i = 0; i < b && st == HM_OK; i++) {
+        const float *row = logits + i * acc_width;
+        size_t best = 0;
+        for (size_t c = 1; c < acc_width; c++)
+          if (row[c] > row[best]) best = c;
+        correct += (long)best == target_class(acc_data, pos + i);
+      }
+    }
+    for (size_t i = 0; push && i < g->n_nodes && st == HM_OK; i++) {
+      if (g->nodes[i].kind != HM_NODE_CONSUMER || !g->nodes[i].consumer) continue;
+      size_t w = s->plan->nodes[i].width;
+      float *nb = realloc(outbuf, b * w * sizeof *outbuf);
+      if (!nb) {
+        st = hm__fail(HM_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+        break;
+      }
+      outbuf = nb;
+      st = hm_device_buffer_read(s->dev, s->bufs.nodes[i].batch, 0, outbuf, b * w * sizeof *outbuf);
+      if (st == HM_OK) st = hm_consumer_push(g->nodes[i].consumer, outbuf, b, w);
+      if (st != HM_OK) hm__error_prefix("consumer '%s': ", g->nodes[i].name);
+    }
+  }
+  free(logits);
+  free(outbuf);
+  if (st != HM_OK) return st;
+  if (has_targets) out->loss = (float)(loss_sum / (double)count);
+  if (acc_data) out->accuracy = (float)((double)correct / (double)count);
+  return HM_OK;
+}
+
+void hm__session_precision_summary(const hm_session *s, char *buf, size_t cap) {
+  const hm_graph *g = s->g;
+  hm_strbuf b;
+  hm__sb_init(&b);
+  for (size_t e = 0; e < g->n_edges; e++) {
+    const hm_edge_precision *p = &s->plan->edges[e].prec;
+    if (!p->matmul) continue;
+    hm__sb_printf(&b, "%s%s->%s %s/%s", b.len ? "; " : "", g->nodes[g->edges[e].src].name,
+                      g->nodes[g->edges[e].dst].name, hm__precision_name(p->dtype), hm__precision_kernel(p->dtype));
+    if (p->note[0]) hm__sb_printf(&b, " (%s)", p->note);
+  }
+  const char *text = b.data && !b.failed ? b.data : "";
+  if (strlen(text) < cap) {
+    snprintf(buf, cap, "%s", text);
+  } else if (cap > 4) {
+    snprintf(buf, cap, "%.*s...", (int)(cap - 4), text);
+  }
+  hm__sb_free(&b);
+}

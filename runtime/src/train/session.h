@@ -1,0 +1,70 @@
+/*
+ * A training/inference session: a graph lowered onto one device. It owns the
+ * device buffers (datasets, parameters, gradients, optimizer state,
+ * activations) and caches the ABI programs built from the graph: a whole
+ * training step becomes one program, created once and run every step with
+ * dynamic scalars (DESIGN.md §6 rule 5).
+ */
+#ifndef HM_TRAIN_SESSION_H_
+#define HM_TRAIN_SESSION_H_
+
+#include "data/data.h"
+#include "graph/graph.h"
+#include "harmonics/training.h"
+#include "lower/lower.h"
+
+typedef struct hm_session {
+  hm_graph *g;
+  hm_device *dev;
+  int owns_device;
+  hm_fit_options opts;
+  hm_plan *plan;                /* read by the session and the lowering */
+  hm_step_buffers bufs;         /* every device buffer of the graph */
+  hm_bound_data *host[2];       /* per node: host copies of the bound data [DATA_TRAIN], [DATA_EVAL];
+                                 * values kept only for the accuracy tap's targets */
+  size_t train_count;           /* samples in the training data */
+  size_t eval_count;            /* samples in the evaluation data (0: none) */
+  size_t max_batch;             /* activation buffers hold this many rows */
+  int32_t *idx_host;
+  struct {
+    hm_abi_program *prog;
+    size_t batch;
+  } programs[PROG_KINDS][2];    /* per kind: two batch sizes (full and last partial) */
+  int with_optimizer;           /* training buffers exist */
+} hm_session;
+
+/* Opens a session for |g| (resolved) with |opts|. |train| uploads the
+ * training data and allocates gradients and optimizer state; |eval| uploads
+ * the evaluation data. */
+hm_status hm__session_create(hm_graph *g, const hm_fit_options *opts, const hm_policy *policy, int train, int eval,
+                             hm_session **out);
+void hm__session_free(hm_session *s);
+/* Uploads the graph's weights (initialising them from opts.seed first when
+ * the graph has none) and zeroes optimizer state. */
+hm_status hm__session_upload_weights(hm_session *s);
+/* Inference: packs the weights of packed-precision connections once on the
+ * device and frees their f32 copies. */
+hm_status hm__session_pack_weights(hm_session *s);
+/* Device bytes of the weight matrices as they run (packed where packed), of
+ * the biases, and the number of matrix weights. */
+void hm__session_weight_bytes(const hm_session *s, size_t *matrix_bytes, size_t *bias_bytes, size_t *weights);
+/* "a->b int3/int3_matmul; ..." with notes in parentheses (hm_eval_result). */
+void hm__session_precision_summary(const hm_session *s, char *buf, size_t cap);
+/* Writes optimizer state tensors ("<param>.m", ...) into the session. */
+hm_status hm__session_upload_opt_state(hm_session *s, const hm_weights *state);
+/* Reads parameters (and optimizer state when |opt_state| is non-NULL) back. */
+hm_status hm__session_download(hm_session *s, hm_weights **params, hm_weights **opt_state);
+/* The program of |kind| at batch size |batch| (built on first use). */
+hm_status hm__session_program(hm_session *s, program_kind kind, size_t batch, hm_abi_program **out);
+/* Runs |kind| over samples |indices| (batch = n) and reads the stats. */
+hm_status hm__session_step(hm_session *s, program_kind kind, const int32_t *indices, size_t n,
+                           const double scalars[N_SLOTS], float *loss, float *sumsq);
+/* The buffer holding a node's value for the current batch. */
+static inline hm_abi_buffer *hm__session_value(const hm_session *s, size_t node) {
+  return hm__lower_value(s->plan, &s->bufs, node);
+}
+/* Evaluates over the evaluation data (or the training data when !use_eval):
+ * mean loss and accuracy; pushes consumer outputs when |push| is set. */
+hm_status hm__session_evaluate(hm_session *s, int use_eval, int push, hm_eval_result *out);
+
+#endif /* HM_TRAIN_SESSION_H_ */

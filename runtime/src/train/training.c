@@ -1,0 +1,350 @@
+/*
+ * fit, fit_for, fit_until and inference (DESIGN.md §4).
+ *
+ * An epoch is one pass over the training data in mini-batches of
+ * batch_size, in a fresh order per epoch drawn from (seed, epoch). A step is
+ * one optimizer update: with accumulate_steps k, the gradients of k
+ * micro-batches are averaged first (a partial group at the end of training
+ * is flushed). Per update u (0-based) the learning rate is
+ * lr_schedule_fp(u) or learning_rate, and Adam's bias corrections use t = u+1.
+ * The progress sink, early stopping (norm + delta < best improves; stop after
+ * `patience` updates without improvement) and fit_until's predicate run
+ * after each update, in that order.
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "base/rng.h"
+#include "harmonics/serialization.h"
+#include "harmonics/training.h"
+#include "train/cycle_state.h"
+#include "train/session.h"
+#include "train/trajectory.h"
+
+hm_fit_options hm_fit_options_default(void) {
+  hm_fit_options o;
+  memset(&o, 0, sizeof o);
+  o.struct_size = sizeof o;
+  o.learning_rate = 0.01f;
+  o.optimizer = HM_OPTIMIZER_SGD;
+  o.accumulate_steps = 1;
+  o.batch_size = 32;
+  o.shuffle = 1;
+  o.beta1 = 0.9f;
+  o.beta2 = 0.999f;
+  o.epsilon = 1e-8f;
+  o.rho = 0.9f;
+  o.eval_batch_size = 1000;
+  return o;
+}
+
+/* Names the field that is out of range. */
+static hm_status check_options(const hm_fit_options *o) {
+  if (o->struct_size != sizeof *o)
+    return hm__fail(HM_STATUS_INVALID_ARGUMENT, "hm_fit_options.struct_size is %zu, expected %zu (use hm_fit_options_default)",
+                    o->struct_size, sizeof *o);
+  return hm__trajectory_check(o);
+}
+
+/* The options that shape a training trajectory must match when resuming. */
+static hm_status check_resume(const hm_fit_options *o, const hm_cycle_state *r) {
+  if (!r->has_options)
+    return hm__fail(HM_STATUS_INVALID_ARGUMENT, "resume: the state holds no fit options (it did not come from fit or a checkpoint)");
+  return hm__trajectory_compare(o, hm__schedule_kind(&o->lr_schedule_fp), &r->opts, r->schedule_kind);
+}
+
+typedef enum fit_mode { MODE_EPOCHS, MODE_SECONDS, MODE_UNTIL } fit_mode;
+
+typedef struct fit_limits {
+  fit_mode mode;
+  size_t epochs;
+  double seconds;
+  hm_stop_predicate pred;
+  void *user;
+} fit_limits;
+
+typedef struct loop {
+  hm_session *s;
+  hm_cycle_state *st;
+  const hm_fit_options *o;
+  const fit_limits *lim;
+  size_t micro;      /* micro-batches in the current accumulation group */
+  double loss_sum;   /* their losses */
+  float best_norm;
+  size_t stall;
+  int stop;
+} loop;
+
+static float lr_for(const hm_fit_options *o, size_t update) {
+  return o->lr_schedule_fp.fn ? o->lr_schedule_fp.fn(update, &o->lr_schedule_fp) : o->learning_rate;
+}
+
+static void fill_scalars(const hm_fit_options *o, size_t update, double count, double scalars[N_SLOTS]) {
+  double t = (double)update + 1.0;
+  scalars[SLOT_LR] = lr_for(o, update);
+  scalars[SLOT_BC1] = 1.0 - pow((double)o->beta1, t);
+  scalars[SLOT_BC2] = 1.0 - pow((double)o->beta2, t);
+  scalars[SLOT_GRAD_SCALE] = 1.0 / count;
+}
+
+static hm_status checkpoint(loop *L) {
+  if (!L->o->checkpoint_path) return HM_OK;
+  L->st->best_norm = L->best_norm;
+  L->st->stall = L->stall;
+  L->st->elapsed = hm__now() - L->st->start_time;
+  hm_status st = hm_cycle_state_save(L->st, L->o->checkpoint_path);
+  if (st != HM_OK) hm__error_prefix("checkpoint: ");
+  return st;
+}
+
+/* After an update: bookkeeping, progress, early stop, predicate. */
+static void after_update(loop *L, float loss, float sumsq, double lr) {
+  hm_cycle_state *st = L->st;
+  const hm_fit_options *o = L->o;
+  float norm = sqrtf(sumsq);
+  st->step++;
+  st->loss = loss;
+  st->grad_norm = norm;
+  st->lr = (float)lr;
+  st->weights_stale = 1;
+  st->elapsed = hm__now() - st->start_time;
+  if (o->progress.fn) o->progress.fn(o->progress.user, st->step, norm, loss, (float)lr);
+  if (o->early_stop_patience > 0) {
+    if (norm + o->early_stop_delta < L->best_norm) {
+      L->best_norm = norm;
+      L->stall = 0;
+    } else if (++L->stall >= o->early_stop_patience) {
+      st->stop_reason = HM_STOP_EARLY_STOP;
+      L->stop = 1;
+      return;
+    }
+  }
+  if (L->lim->mode == MODE_UNTIL && L->lim->pred(st, L->lim->user)) {
+    st->stop_reason = HM_STOP_PREDICATE;
+    L->stop = 1;
+  }
+  if (L->lim->mode == MODE_SECONDS && st->elapsed >= L->lim->seconds) {
+    st->stop_reason = HM_STOP_TIME;
+    L->stop = 1;
+  }
+}
+
+/* One mini-batch: a whole step, or one micro-batch of a group. */
+static hm_status run_batch(loop *L, const int32_t *idx, size_t b) {
+  hm_session *s = L->s;
+  const hm_fit_options *o = L->o;
+  double scalars[N_SLOTS];
+  float loss = 0, sumsq = 0;
+  double t0 = hm__now();
+  if (o->accumulate_steps == 1) {
+    fill_scalars(o, L->st->step, 1.0, scalars);
+    HM_RETURN_IF_ERROR(hm__session_step(s, PROG_TRAIN, idx, b, scalars, &loss, &sumsq));
+    L->st->train_seconds += hm__now() - t0;
+    L->st->samples += b;
+    L->st->position += b;
+    after_update(L, loss, sumsq, scalars[SLOT_LR]);
+    if (o->checkpoint_every && L->st->step % o->checkpoint_every == 0) return checkpoint(L);
+    return HM_OK;
+  }
+  fill_scalars(o, L->st->step, 1.0, scalars);
+  HM_RETURN_IF_ERROR(
+      hm__session_step(s, L->micro == 0 ? PROG_MICRO_FIRST : PROG_MICRO_ACC, idx, b, scalars, &loss, NULL));
+  L->micro++;
+  L->loss_sum += loss;
+  L->st->samples += b;
+  L->st->position += b;
+  if (L->micro < o->accumulate_steps) {
+    L->st->train_seconds += hm__now() - t0;
+    return HM_OK;
+  }
+  fill_scalars(o, L->st->step, (double)L->micro, scalars);
+  HM_RETURN_IF_ERROR(hm__session_step(s, PROG_APPLY, NULL, 0, scalars, NULL, &sumsq));
+  L->st->train_seconds += hm__now() - t0;
+  float mean_loss = (float)(L->loss_sum / (double)L->micro);
+  L->micro = 0;
+  L->loss_sum = 0;
+  after_update(L, mean_loss, sumsq, scalars[SLOT_LR]);
+  if (o->checkpoint_every && L->st->step % o->checkpoint_every == 0) return checkpoint(L);
+  return HM_OK;
+}
+
+/* The partial accumulation group at the end of training. */
+static hm_status flush(loop *L) {
+  if (L->micro == 0) return HM_OK;
+  double scalars[N_SLOTS];
+  float sumsq = 0;
+  fill_scalars(L->o, L->st->step, (double)L->micro, scalars);
+  HM_RETURN_IF_ERROR(hm__session_step(L->s, PROG_APPLY, NULL, 0, scalars, NULL, &sumsq));
+  float mean_loss = (float)(L->loss_sum / (double)L->micro);
+  L->micro = 0;
+  int stopped = L->stop;
+  after_update(L, mean_loss, sumsq, scalars[SLOT_LR]);
+  L->stop = stopped || L->stop;
+  return HM_OK;
+}
+
+static hm_status run_epoch(loop *L, int32_t *order) {
+  hm_session *s = L->s;
+  const hm_fit_options *o = L->o;
+  size_t n = s->train_count;
+  if (o->shuffle) {
+    hm_rng rng;
+    /* The order of epoch e depends only on (seed, e): resumable. */
+    hm__rng_seed(&rng, o->seed ^ (0x5bd1e9955bd1e995ull * (L->st->epoch + 1)));
+    hm__rng_permutation(&rng, order, n);
+  } else {
+    for (size_t i = 0; i < n; i++) order[i] = (int32_t)i;
+  }
+  /* A resumed epoch starts where the checkpoint stopped. */
+  for (size_t pos = L->st->position; pos < n && !L->stop; pos += o->batch_size) {
+    size_t b = n - pos < o->batch_size ? n - pos : o->batch_size;
+    HM_RETURN_IF_ERROR(run_batch(L, order + pos, b));
+  }
+  return HM_OK;
+}
+
+/* The cycle state's view of the device while fit runs (cycle_state.h). */
+static hm_status fetch_weights(void *session, hm_weights **params, hm_weights **opt_state) {
+  return hm__session_download(session, params, opt_state);
+}
+
+static hm_status fit_impl(hm_graph *g, const fit_limits *lim, const hm_policy *policy, const hm_fit_options *opts,
+                          hm_cycle_state **out) {
+  if (!g || !out) return hm__fail(HM_STATUS_INVALID_ARGUMENT, "fit: NULL graph or output");
+  hm_fit_options o = opts ? *opts : hm_fit_options_default();
+  HM_RETURN_IF_ERROR(check_options(&o));
+  HM_RETURN_IF_ERROR(hm__policy_check(policy));
+  if (!hm_graph_has_training_taps(g))
+    return hm__fail(HM_STATUS_FAILED_PRECONDITION,
+                    "graph '%s' has no loss tap ('layer <-(loss)- target'): it can only run inference", g->name);
+  HM_RETURN_IF_ERROR(hm_graph_resolve(g));
+  const hm_cycle_state *resume = o.resume;
+  if (resume) {
+    HM_RETURN_IF_ERROR(check_resume(&o, resume));
+    if (resume->graph_fingerprint != hm__graph_fingerprint(g))
+      return hm__fail(HM_STATUS_INVALID_ARGUMENT, "resume: the checkpoint was written for a different graph than '%s'", g->name);
+    if (!resume->weights || !resume->opt_state)
+      return hm__fail(HM_STATUS_INVALID_ARGUMENT, "resume: the state holds no weights or optimizer state");
+    hm_status ws = hm_graph_set_weights(g, resume->weights);
+    if (ws != HM_OK) {
+      hm__error_prefix("resume: ");
+      return ws;
+    }
+  }
+  hm_cycle_state *st = NULL;
+  HM_RETURN_IF_ERROR(hm__cycle_state_create(&st));
+  hm__cycle_state_set_options(st, &o, policy, hm__schedule_kind(&o.lr_schedule_fp));
+  st->graph_fingerprint = hm__graph_fingerprint(g);
+  int eval = 0;
+  for (size_t i = 0; i < g->n_nodes; i++) eval |= g->nodes[i].eval != NULL;
+  hm_session *s = NULL;
+  hm_status rc = hm__session_create(g, &o, policy, 1, eval, &s);
+  if (rc == HM_OK) rc = hm__session_upload_weights(s);
+  int32_t *order = NULL;
+  if (rc == HM_OK && !(order = malloc(s->train_count * sizeof *order)))
+    rc = hm__fail(HM_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+  if (rc == HM_OK && resume) rc = hm__session_upload_opt_state(s, resume->opt_state);
+  if (rc == HM_OK) rc = hm__cycle_state_describe(st, s->plan, s->dev);
+  loop L = {s, st, &o, lim, 0, 0.0, INFINITY, 0, 0};
+  if (resume) {
+    st->step = resume->step;
+    st->epoch = resume->epoch;
+    st->position = resume->position;
+    st->samples = resume->samples;
+    st->train_seconds = resume->train_seconds;
+    st->loss = resume->loss;
+    st->grad_norm = resume->grad_norm;
+    st->lr = resume->lr;
+    st->eval_loss = resume->eval_loss;
+    st->eval_accuracy = resume->eval_accuracy;
+    L.best_norm = resume->best_norm;
+    L.stall = resume->stall;
+    if (s && st->position > s->train_count) rc = hm__fail(HM_STATUS_INVALID_ARGUMENT, "resume: position %zu beyond the %zu training samples", st->position, s->train_count);
+  }
+  hm__cycle_state_go_live(st, fetch_weights, s);
+  st->start_time = hm__now();
+  while (rc == HM_OK && !L.stop) {
+    if (lim->mode == MODE_EPOCHS && st->epoch >= lim->epochs) {
+      st->stop_reason = HM_STOP_EPOCHS;
+      break;
+    }
+    rc = run_epoch(&L, order);
+    if (rc != HM_OK || L.stop) break;
+    st->epoch++;
+    st->position = 0;
+    if (s->eval_count) {
+      hm_eval_result r;
+      rc = hm__session_evaluate(s, 1, 0, &r);
+      st->eval_loss = r.loss;
+      st->eval_accuracy = r.accuracy;
+    }
+    if (rc == HM_OK && !o.checkpoint_every) rc = checkpoint(&L);
+    if (rc == HM_OK && o.on_epoch && o.on_epoch(o.on_epoch_user, st)) {
+      st->stop_reason = HM_STOP_EPOCH_CALLBACK;
+      break;
+    }
+  }
+  if (rc == HM_OK) rc = flush(&L);
+  if (rc == HM_OK) rc = checkpoint(&L);
+  st->elapsed = hm__now() - st->start_time;
+  st->best_norm = L.best_norm;
+  st->stall = L.stall;
+  if (rc == HM_OK) rc = hm__cycle_state_sync(st);
+  hm__cycle_state_go_live(st, NULL, NULL);
+  if (rc == HM_OK) { /* the graph holds the trained weights: the state's, shared */
+    hm_weights_free(g->weights);
+    g->weights = hm__weights_share(st->weights);
+  }
+  free(order);
+  hm__session_free(s);
+  if (rc != HM_OK) {
+    hm_cycle_state_free(st);
+    return rc;
+  }
+  *out = st;
+  return HM_OK;
+}
+
+hm_status hm_graph_fit(hm_graph *g, size_t epochs, const hm_policy *policy, const hm_fit_options *opts,
+                       hm_cycle_state **out) {
+  fit_limits lim = {MODE_EPOCHS, epochs, 0, NULL, NULL};
+  return fit_impl(g, &lim, policy, opts, out);
+}
+
+hm_status hm_graph_fit_for(hm_graph *g, double seconds, const hm_policy *policy, const hm_fit_options *opts,
+                           hm_cycle_state **out) {
+  if (!(seconds >= 0.0) || !isfinite(seconds))
+    return hm__fail(HM_STATUS_INVALID_ARGUMENT, "fit_for: seconds must be finite and >= 0");
+  fit_limits lim = {MODE_SECONDS, 0, seconds, NULL, NULL};
+  return fit_impl(g, &lim, policy, opts, out);
+}
+
+hm_status hm_graph_fit_until(hm_graph *g, hm_stop_predicate pred, void *user, const hm_policy *policy,
+                             const hm_fit_options *opts, hm_cycle_state **out) {
+  if (!pred) return hm__fail(HM_STATUS_INVALID_ARGUMENT, "fit_until: NULL predicate");
+  fit_limits lim = {MODE_UNTIL, 0, 0, pred, user};
+  return fit_impl(g, &lim, policy, opts, out);
+}
+
+hm_status hm_graph_inference(hm_graph *g, const hm_policy *policy, const hm_fit_options *opts, int use_eval_data,
+                             hm_eval_result *out) {
+  if (!g || !out) return hm__fail(HM_STATUS_INVALID_ARGUMENT, "inference: NULL graph or output");
+  hm_fit_options o = opts ? *opts : hm_fit_options_default();
+  HM_RETURN_IF_ERROR(check_options(&o));
+  HM_RETURN_IF_ERROR(hm__policy_check(policy));
+  HM_RETURN_IF_ERROR(hm_graph_resolve(g));
+  o.batch_size = o.eval_batch_size;
+  hm_session *s = NULL;
+  HM_RETURN_IF_ERROR(hm__session_create(g, &o, policy, 0, use_eval_data, &s));
+  hm_status rc = hm__session_upload_weights(s);
+  if (rc == HM_OK) rc = hm__session_pack_weights(s);
+  if (rc == HM_OK) rc = hm__session_evaluate(s, use_eval_data, 1, out);
+  if (rc == HM_OK) {
+    hm__session_weight_bytes(s, &out->weight_bytes, &out->bias_bytes, &out->weight_count);
+    hm__session_precision_summary(s, out->precision, sizeof out->precision);
+  }
+  hm__session_free(s);
+  return rc;
+}

@@ -1,0 +1,167 @@
+/* Validation, checkpoint coding and resume comparison of the trajectory
+ * fields, all expanded from HM_TRAJECTORY_FIELDS (trajectory.h). */
+#include "train/trajectory.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+/* ===== Per codec: write, read, print, equal ===== */
+
+static void put_f32(hm_bytes *b, const float *v, int kind) { (void)kind, hm__bytes_f32(b, *v); }
+static void put_size(hm_bytes *b, const size_t *v, int kind) { (void)kind, hm__bytes_u64(b, *v); }
+static void put_u64(hm_bytes *b, const uint64_t *v, int kind) { (void)kind, hm__bytes_u64(b, *v); }
+static void put_optimizer(hm_bytes *b, const hm_optimizer *v, int kind) { (void)kind, hm__bytes_u32(b, (uint32_t)*v); }
+static void put_flag(hm_bytes *b, const int *v, int kind) { (void)kind, hm__bytes_u32(b, (uint32_t)*v); }
+/* u32 kind, f32 params[4], u64 decay steps. */
+static void put_schedule(hm_bytes *b, const hm_lr_schedule *v, int kind) {
+  hm__bytes_u32(b, (uint32_t)kind);
+  for (int i = 0; i < 4; i++) hm__bytes_f32(b, v->params[i]);
+  hm__bytes_u64(b, v->iparams[0]);
+}
+
+static void get_f32(hm_reader *r, const char *f, float *v, int *kind) { (void)kind, *v = hm__read_f32(r, f); }
+static void get_size(hm_reader *r, const char *f, size_t *v, int *kind) { (void)kind, *v = (size_t)hm__read_u64(r, f); }
+static void get_u64(hm_reader *r, const char *f, uint64_t *v, int *kind) { (void)kind, *v = hm__read_u64(r, f); }
+static void get_optimizer(hm_reader *r, const char *f, hm_optimizer *v, int *kind) {
+  (void)kind, *v = (hm_optimizer)hm__read_u32(r, f);
+}
+static void get_flag(hm_reader *r, const char *f, int *v, int *kind) {
+  uint32_t x = hm__read_u32(r, f);
+  (void)kind, *v = x > 1 ? 2 : (int)x; /* 2 fails the check */
+}
+static void get_schedule(hm_reader *r, const char *f, hm_lr_schedule *v, int *kind) {
+  uint32_t k = hm__read_u32(r, "schedule kind");
+  float p[4];
+  for (int i = 0; i < 4; i++) p[i] = hm__read_f32(r, f);
+  uint64_t decay_steps = hm__read_u64(r, "schedule decay steps");
+  if (r->status == HM_OK && k > 2) hm__reader_fail(r, "schedule kind %u is not 0, 1 or 2", k);
+  *kind = (int)k;
+  if (k == 1) {
+    *v = hm_exponential_decay_schedule(p[0], p[1], (size_t)decay_steps, p[3]);
+  } else {
+    memset(v, 0, sizeof *v);
+    memcpy(v->params, p, sizeof p);
+    v->iparams[0] = decay_steps;
+  }
+}
+
+static void show_f32(char *buf, size_t cap, const float *v, int kind) { (void)kind, snprintf(buf, cap, "%g", (double)*v); }
+static void show_size(char *buf, size_t cap, const size_t *v, int kind) { (void)kind, snprintf(buf, cap, "%zu", *v); }
+static void show_u64(char *buf, size_t cap, const uint64_t *v, int kind) {
+  (void)kind, snprintf(buf, cap, "%llu", (unsigned long long)*v);
+}
+static void show_optimizer(char *buf, size_t cap, const hm_optimizer *v, int kind) {
+  (void)kind, snprintf(buf, cap, "%d", (int)*v);
+}
+static void show_flag(char *buf, size_t cap, const int *v, int kind) { (void)kind, snprintf(buf, cap, "%d", *v); }
+static void show_schedule(char *buf, size_t cap, const hm_lr_schedule *v, int kind) {
+  if (kind == 1)
+    snprintf(buf, cap, "exponential decay (%g, %g, %llu, %g)", (double)v->params[0], (double)v->params[1],
+             (unsigned long long)v->iparams[0], (double)v->params[3]);
+  else
+    snprintf(buf, cap, "%s", kind == 0 ? "none" : "a user callback");
+}
+
+#define SAME_SCALAR(T)                                                      \
+  static int same_##T(const T *a, int ka, const T *b, int kb) {            \
+    (void)ka, (void)kb;                                                     \
+    return *a == *b;                                                        \
+  }
+typedef float f32;
+typedef size_t size;
+typedef uint64_t u64;
+typedef hm_optimizer optimizer;
+typedef int flag;
+SAME_SCALAR(f32)
+SAME_SCALAR(size)
+SAME_SCALAR(u64)
+SAME_SCALAR(optimizer)
+SAME_SCALAR(flag)
+/* A user callback cannot be compared: the kind must match. */
+static int same_schedule(const hm_lr_schedule *a, int ka, const hm_lr_schedule *b, int kb) {
+  if (ka != kb) return 0;
+  return ka != 1 || (memcmp(a->params, b->params, sizeof a->params) == 0 && a->iparams[0] == b->iparams[0]);
+}
+
+/* ===== The schedule ===== */
+
+static float exp_decay(size_t step, const hm_lr_schedule *self) {
+  float initial = self->params[0], rate = self->params[1], min_lr = self->params[3];
+  uint64_t decay_steps = self->iparams[0];
+  if (decay_steps == 0) return initial;
+  float lr = initial * powf(rate, (float)(step / decay_steps));
+  return lr > min_lr ? lr : min_lr;
+}
+
+hm_lr_schedule hm_exponential_decay_schedule(float initial, float rate, size_t decay_steps, float min_lr) {
+  hm_lr_schedule s;
+  memset(&s, 0, sizeof s);
+  s.fn = exp_decay;
+  s.params[0] = initial;
+  s.params[1] = rate;
+  s.iparams[0] = decay_steps;
+  s.params[3] = min_lr;
+  return s;
+}
+
+int hm__schedule_kind(const hm_lr_schedule *s) { return !s->fn ? 0 : s->fn == exp_decay ? 1 : 2; }
+
+int hm__schedule_valid(const hm_lr_schedule *s) {
+  for (int i = 0; i < 4; i++)
+    if (!isfinite(s->params[i])) return 0;
+  return 1;
+}
+
+/* ===== The table, expanded ===== */
+
+hm_status hm__trajectory_check(const hm_fit_options *o) {
+#define CHECK(field, codec, valid, rule, compared)                                                            \
+  {                                                                                                           \
+    __typeof__(o->field) v = o->field;                                                                        \
+    if (!(valid)) {                                                                                           \
+      char shown[96];                                                                                         \
+      show_##codec(shown, sizeof shown, &v, hm__schedule_kind(&o->lr_schedule_fp));                           \
+      return hm__fail(HM_STATUS_INVALID_ARGUMENT, "hm_fit_options." #field " " rule " (got %s)", shown);      \
+    }                                                                                                         \
+  }
+  HM_TRAJECTORY_FIELDS(CHECK)
+#undef CHECK
+  return HM_OK;
+}
+
+void hm__trajectory_encode(const hm_fit_options *o, int schedule_kind, hm_bytes *b) {
+#define ENCODE(field, codec, valid, rule, compared) put_##codec(b, &o->field, schedule_kind);
+  HM_TRAJECTORY_FIELDS(ENCODE)
+#undef ENCODE
+}
+
+hm_status hm__trajectory_decode(hm_reader *r, hm_fit_options *o, int *schedule_kind) {
+  int kind = 0;
+#define DECODE(field, codec, valid, rule, compared) get_##codec(r, #field, &o->field, &kind);
+  HM_TRAJECTORY_FIELDS(DECODE)
+#undef DECODE
+  if (r->status != HM_OK) return r->status;
+  if (hm__trajectory_check(o) != HM_OK) {
+    char why[300];
+    snprintf(why, sizeof why, "%s", hm_last_error());
+    return hm__reader_fail(r, "%s", why);
+  }
+  *schedule_kind = kind;
+  return HM_OK;
+}
+
+hm_status hm__trajectory_compare(const hm_fit_options *o, int kind, const hm_fit_options *saved, int saved_kind) {
+#define COMPARE(field, codec, valid, rule, compared)                                                     \
+  if ((compared) && !same_##codec(&o->field, kind, &saved->field, saved_kind)) {                         \
+    char now[96], then[96];                                                                              \
+    show_##codec(now, sizeof now, &o->field, kind);                                                      \
+    show_##codec(then, sizeof then, &saved->field, saved_kind);                                          \
+    return hm__fail(HM_STATUS_INVALID_ARGUMENT,                                                          \
+                    "resume: " #field " is %s but the checkpoint was trained with %s (use hm_cycle_state_fit_options)", \
+                    now, then);                                                                          \
+  }
+  HM_TRAJECTORY_FIELDS(COMPARE)
+#undef COMPARE
+  return HM_OK;
+}
