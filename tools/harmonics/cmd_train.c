@@ -14,6 +14,8 @@
 #include "cli.h"
 
 static void train_usage(FILE *f) {
+  char optimizers[96];
+  hm_optimizer_names(optimizers, sizeof optimizers, "|");
   fprintf(f,
           "usage: harmonics train MODEL.hmx [options]\n"
           "data:\n"
@@ -25,7 +27,7 @@ static void train_usage(FILE *f) {
           "  --limit-eval N              use the first N evaluation samples\n"
           "training:\n"
           "  --epochs N (1)  --batch N (32)  --seed N (0)  --no-shuffle\n"
-          "  --optimizer sgd|adam|rmsprop|adamw|lamb (sgd)  --lr X (0.01)\n"
+          "  --optimizer %s (sgd)  --lr X (0.01)\n"
           "  --momentum X  --weight-decay X  --grad-clip X  --accumulate N\n"
           "  --early-stop N  --early-stop-delta X  --lr-decay RATE:STEPS[:MIN]\n"
           "  --policy P                  hardware (f32, default) | auto | bits:8 | bits:4 | bits:3 |\n"
@@ -43,7 +45,8 @@ static void train_usage(FILE *f) {
           "  --dashboard ws://HOST:PORT/trainer   stream every update to a dashboard\n"
           "                                       (harmonics dashboard, or examples/training_dashboard)\n"
           "output:\n"
-          "  --json              a last line of JSON with the results\n");
+          "  --json              a last line of JSON with the results\n",
+          optimizers);
 }
 
 typedef struct progress_ui {
@@ -99,12 +102,15 @@ static void on_progress(void *user, size_t step, float grad_norm, float loss, fl
   fflush(stderr);
 }
 
+static double samples_per_second(const hm_cycle_state *st) {
+  return hm_cycle_state_train_seconds(st) > 0 ? (double)hm_cycle_state_samples(st) / hm_cycle_state_train_seconds(st)
+                                              : 0;
+}
+
 static int on_epoch(void *user, const hm_cycle_state *st) {
   progress_ui *ui = user;
   ui->state = st;
-  double sps = hm_cycle_state_train_seconds(st) > 0
-                   ? (double)hm_cycle_state_samples(st) / hm_cycle_state_train_seconds(st)
-                   : 0;
+  double sps = samples_per_second(st);
   float acc = hm_cycle_state_eval_accuracy(st), eloss = hm_cycle_state_eval_loss(st);
   if (ui->tty) fprintf(stderr, "\n");
   FILE *out = ui->tty ? stderr : stdout;
@@ -116,285 +122,288 @@ static int on_epoch(void *user, const hm_cycle_state *st) {
   return 0;
 }
 
-static const char *optimizer_names[] = {"sgd", "adam", "rmsprop", "adamw", "lamb"};
-
-int cmd_train(int argc, char **argv) {
-  const char *model = NULL, *dataset = NULL, *config = NULL, *init_weights = NULL, *save_weights = NULL;
-  const char *checkpoint = NULL, *resume = NULL, *dashboard = NULL;
-  size_t checkpoint_every = 0;
+/* Everything the command line says. */
+typedef struct train_args {
+  const char *model, *dataset, *config, *init_weights, *save_weights, *checkpoint, *resume, *dashboard;
+  size_t checkpoint_every;
   const char *data_specs[16], *eval_specs[16];
-  size_t n_data = 0, n_eval = 0, epochs = 1, limit_train = 0, limit_eval = 0, threads = 0;
-  int json = 0;
-  hm_fit_options o = hm_fit_options_default();
-  hm_policy policy = hm_make_hardware_policy();
-  char policy_text[64] = "hardware";
-  float decay_rate = 0, decay_min = 0;
-  size_t decay_steps = 0;
+  size_t n_data, n_eval, epochs, limit_train, limit_eval, threads;
+  int json;
+  hm_fit_options o;
+  hm_policy policy;
+  char policy_text[64];
+  float decay_rate, decay_min;
+  size_t decay_steps;
+} train_args;
+
+static int parse_lr_decay(const char *v, train_args *t) {
+  char *end = NULL;
+  t->decay_rate = strtof(v, &end);
+  if (end && *end == ':' && t->decay_rate > 0) {
+    t->decay_steps = strtoul(end + 1, &end, 10);
+    if (*end == ':') t->decay_min = strtof(end + 1, &end);
+    if (!*end) return CLI_OK;
+  }
+  fprintf(stderr, "harmonics train: --lr-decay expects RATE:STEPS[:MIN]\n");
+  return CLI_USAGE;
+}
+
+/* One option that takes a value (|v|, NULL when the command line ended):
+ * CLI_OK, CLI_USAGE, or -1 when |a| is not such an option. */
+static int parse_valued(const char *a, const char *v, train_args *t) {
+  hm_fit_options *o = &t->o;
+  int missing = 0;
+  /* Matches option |name| that has its value; notes a known one without. */
+#define OPT(name) (strcmp(a, name) == 0 && (v || (missing = 1, 0)))
+  if (OPT("--dataset")) t->dataset = v;
+  else if (OPT("--data") || OPT("--eval-data")) {
+    size_t *n = a[2] == 'd' ? &t->n_data : &t->n_eval;
+    if (*n >= 16) {
+      fprintf(stderr, "harmonics train: at most 16 %s options\n", a);
+      return CLI_USAGE;
+    }
+    (a[2] == 'd' ? t->data_specs : t->eval_specs)[(*n)++] = v;
+  } else if (OPT("--epochs")) return cli_parse_size(a, v, &t->epochs) ? CLI_USAGE : CLI_OK;
+  else if (OPT("--batch")) return cli_parse_size(a, v, &o->batch_size) ? CLI_USAGE : CLI_OK;
+  else if (OPT("--seed")) {
+    size_t seed;
+    if (cli_parse_size(a, v, &seed)) return CLI_USAGE;
+    o->seed = seed;
+  } else if (OPT("--limit-train")) return cli_parse_size(a, v, &t->limit_train) ? CLI_USAGE : CLI_OK;
+  else if (OPT("--limit-eval")) return cli_parse_size(a, v, &t->limit_eval) ? CLI_USAGE : CLI_OK;
+  else if (OPT("--threads")) return cli_parse_size(a, v, &t->threads) ? CLI_USAGE : CLI_OK;
+  else if (OPT("--accumulate")) return cli_parse_size(a, v, &o->accumulate_steps) ? CLI_USAGE : CLI_OK;
+  else if (OPT("--early-stop")) return cli_parse_size(a, v, &o->early_stop_patience) ? CLI_USAGE : CLI_OK;
+  else if (OPT("--lr")) return cli_parse_float(a, v, &o->learning_rate) ? CLI_USAGE : CLI_OK;
+  else if (OPT("--momentum")) return cli_parse_float(a, v, &o->momentum) ? CLI_USAGE : CLI_OK;
+  else if (OPT("--weight-decay")) return cli_parse_float(a, v, &o->weight_decay) ? CLI_USAGE : CLI_OK;
+  else if (OPT("--grad-clip")) return cli_parse_float(a, v, &o->grad_clip) ? CLI_USAGE : CLI_OK;
+  else if (OPT("--early-stop-delta")) return cli_parse_float(a, v, &o->early_stop_delta) ? CLI_USAGE : CLI_OK;
+  else if (OPT("--lr-decay")) return parse_lr_decay(v, t);
+  else if (OPT("--optimizer")) {
+    uint32_t found;
+    if (hm_optimizer_from_name(v, &found) != 0) {
+      char names[96];
+      hm_optimizer_names(names, sizeof names, ", ");
+      fprintf(stderr, "harmonics train: unknown optimizer '%s' (%s)\n", v, names);
+      return CLI_USAGE;
+    }
+    o->optimizer = (hm_optimizer)found;
+  } else if (OPT("--policy")) {
+    if (hm_policy_parse(v, &t->policy) != HM_OK) return cli_fail("--policy");
+    hm_policy_format(&t->policy, t->policy_text, sizeof t->policy_text);
+  } else if (OPT("--dashboard")) t->dashboard = v;
+  else if (OPT("--backend")) o->backend = v;
+  else if (OPT("--config")) t->config = v;
+  else if (OPT("--init-weights")) t->init_weights = v;
+  else if (OPT("--save-weights")) t->save_weights = v;
+  else if (OPT("--checkpoint")) t->checkpoint = v;
+  else if (OPT("--checkpoint-every")) return cli_parse_size(a, v, &t->checkpoint_every) ? CLI_USAGE : CLI_OK;
+  else if (OPT("--resume")) t->resume = v;
+  else if (missing) {
+    fprintf(stderr, "harmonics train: %s needs a value\n", a);
+    return CLI_USAGE;
+  } else
+    return -1;
+#undef OPT
+  return CLI_OK;
+}
+
+/* CLI_OK, or CLI_USAGE after a message; *done when --help was answered. */
+static int parse_args(int argc, char **argv, train_args *t, int *done) {
+  memset(t, 0, sizeof *t);
+  t->epochs = 1;
+  t->o = hm_fit_options_default();
+  t->policy = hm_make_hardware_policy();
+  snprintf(t->policy_text, sizeof t->policy_text, "hardware");
+  *done = 0;
   for (int i = 0; i < argc; i++) {
     const char *a = argv[i];
-    const char *v = i + 1 < argc ? argv[i + 1] : NULL;
-#define NEED_VALUE                                                       \
-  if (!v) {                                                              \
-    fprintf(stderr, "harmonics train: %s needs a value\n", a);          \
-    return CLI_USAGE;                                                    \
-  }                                                                      \
-  i++
     if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
       train_usage(stdout);
+      *done = 1;
       return CLI_OK;
     } else if (strcmp(a, "--json") == 0) {
-      json = 1;
+      t->json = 1;
     } else if (strcmp(a, "--no-shuffle") == 0) {
-      o.shuffle = 0;
-    } else if (strcmp(a, "--dataset") == 0) {
-      NEED_VALUE;
-      dataset = v;
-    } else if (strcmp(a, "--data") == 0 || strcmp(a, "--eval-data") == 0) {
-      NEED_VALUE;
-      if ((a[2] == 'd' ? n_data : n_eval) >= 16) return CLI_USAGE;
-      if (a[2] == 'd') data_specs[n_data++] = v;
-      else eval_specs[n_eval++] = v;
-    } else if (strcmp(a, "--epochs") == 0) {
-      NEED_VALUE;
-      if (cli_parse_size(a, v, &epochs)) return CLI_USAGE;
-    } else if (strcmp(a, "--batch") == 0) {
-      NEED_VALUE;
-      if (cli_parse_size(a, v, &o.batch_size)) return CLI_USAGE;
-    } else if (strcmp(a, "--seed") == 0) {
-      NEED_VALUE;
-      size_t seed;
-      if (cli_parse_size(a, v, &seed)) return CLI_USAGE;
-      o.seed = seed;
-    } else if (strcmp(a, "--limit-train") == 0) {
-      NEED_VALUE;
-      if (cli_parse_size(a, v, &limit_train)) return CLI_USAGE;
-    } else if (strcmp(a, "--limit-eval") == 0) {
-      NEED_VALUE;
-      if (cli_parse_size(a, v, &limit_eval)) return CLI_USAGE;
-    } else if (strcmp(a, "--threads") == 0) {
-      NEED_VALUE;
-      if (cli_parse_size(a, v, &threads)) return CLI_USAGE;
-    } else if (strcmp(a, "--accumulate") == 0) {
-      NEED_VALUE;
-      if (cli_parse_size(a, v, &o.accumulate_steps)) return CLI_USAGE;
-    } else if (strcmp(a, "--early-stop") == 0) {
-      NEED_VALUE;
-      if (cli_parse_size(a, v, &o.early_stop_patience)) return CLI_USAGE;
-    } else if (strcmp(a, "--lr") == 0) {
-      NEED_VALUE;
-      if (cli_parse_float(a, v, &o.learning_rate)) return CLI_USAGE;
-    } else if (strcmp(a, "--momentum") == 0) {
-      NEED_VALUE;
-      if (cli_parse_float(a, v, &o.momentum)) return CLI_USAGE;
-    } else if (strcmp(a, "--weight-decay") == 0) {
-      NEED_VALUE;
-      if (cli_parse_float(a, v, &o.weight_decay)) return CLI_USAGE;
-    } else if (strcmp(a, "--grad-clip") == 0) {
-      NEED_VALUE;
-      if (cli_parse_float(a, v, &o.grad_clip)) return CLI_USAGE;
-    } else if (strcmp(a, "--early-stop-delta") == 0) {
-      NEED_VALUE;
-      if (cli_parse_float(a, v, &o.early_stop_delta)) return CLI_USAGE;
-    } else if (strcmp(a, "--lr-decay") == 0) {
-      NEED_VALUE;
-      char *end = NULL;
-      decay_rate = strtof(v, &end);
-      if (!end || *end != ':' || !(decay_rate > 0)) {
-        fprintf(stderr, "harmonics train: --lr-decay expects RATE:STEPS[:MIN]\n");
-        return CLI_USAGE;
-      }
-      decay_steps = strtoul(end + 1, &end, 10);
-      if (*end == ':') decay_min = strtof(end + 1, &end);
-      if (*end) {
-        fprintf(stderr, "harmonics train: --lr-decay expects RATE:STEPS[:MIN]\n");
-        return CLI_USAGE;
-      }
-    } else if (strcmp(a, "--optimizer") == 0) {
-      NEED_VALUE;
-      int found = -1;
-      for (int k = 0; k < 5; k++)
-        if (strcmp(v, optimizer_names[k]) == 0) found = k;
-      if (found < 0) {
-        fprintf(stderr, "harmonics train: unknown optimizer '%s' (sgd, adam, rmsprop, adamw, lamb)\n", v);
-        return CLI_USAGE;
-      }
-      o.optimizer = (hm_optimizer)found;
-    } else if (strcmp(a, "--policy") == 0) {
-      NEED_VALUE;
-      if (hm_policy_parse(v, &policy) != HM_OK) return cli_fail("--policy");
-      hm_policy_format(&policy, policy_text, sizeof policy_text);
-    } else if (strcmp(a, "--dashboard") == 0) {
-      NEED_VALUE;
-      dashboard = v;
-    } else if (strcmp(a, "--backend") == 0) {
-      NEED_VALUE;
-      o.backend = v;
-    } else if (strcmp(a, "--config") == 0) {
-      NEED_VALUE;
-      config = v;
-    } else if (strcmp(a, "--init-weights") == 0) {
-      NEED_VALUE;
-      init_weights = v;
-    } else if (strcmp(a, "--save-weights") == 0) {
-      NEED_VALUE;
-      save_weights = v;
-    } else if (strcmp(a, "--checkpoint") == 0) {
-      NEED_VALUE;
-      checkpoint = v;
-    } else if (strcmp(a, "--checkpoint-every") == 0) {
-      NEED_VALUE;
-      if (cli_parse_size(a, v, &checkpoint_every)) return CLI_USAGE;
-    } else if (strcmp(a, "--resume") == 0) {
-      NEED_VALUE;
-      resume = v;
+      t->o.shuffle = 0;
     } else if (a[0] == '-') {
-      fprintf(stderr, "harmonics train: unknown option '%s'\n", a);
-      train_usage(stderr);
-      return CLI_USAGE;
-    } else if (!model) {
-      model = a;
+      int rc = parse_valued(a, i + 1 < argc ? argv[i + 1] : NULL, t);
+      if (rc == -1) {
+        fprintf(stderr, "harmonics train: unknown option '%s'\n", a);
+        train_usage(stderr);
+        return CLI_USAGE;
+      }
+      if (rc != CLI_OK) return rc;
+      i++;
+    } else if (!t->model) {
+      t->model = a;
     } else {
       fprintf(stderr, "harmonics train: unexpected argument '%s'\n", a);
       return CLI_USAGE;
     }
-#undef NEED_VALUE
   }
-  if (!model) {
+  if (!t->model) {
     train_usage(stderr);
     return CLI_USAGE;
   }
-  if (epochs == 0) {
+  if (t->epochs == 0) {
     fprintf(stderr, "harmonics train: --epochs must be at least 1\n");
     return CLI_USAGE;
   }
-  if (decay_rate > 0) o.lr_schedule_fp = hm_exponential_decay_schedule(o.learning_rate, decay_rate, decay_steps, decay_min);
-  o.threads = (unsigned)threads;
-  if (cli_registry_init(config, NULL) != CLI_OK) return CLI_FAILED;
+  if (t->decay_rate > 0)
+    t->o.lr_schedule_fp = hm_exponential_decay_schedule(t->o.learning_rate, t->decay_rate, t->decay_steps, t->decay_min);
+  t->o.threads = (unsigned)t->threads;
+  return CLI_OK;
+}
 
-  hm_graph *g = NULL;
-  if (hm_graph_load_dsl(model, &g) != HM_OK) return cli_fail(NULL);
-  cli_sources src = {{0}, 0, 0};
-  int rc = CLI_OK;
-  if (dataset) rc = cli_bind_dataset(g, dataset, limit_train, limit_eval, &src);
-  for (size_t i = 0; i < n_data && rc == CLI_OK; i++) rc = cli_bind_spec(g, data_specs[i], 0, limit_train, &src);
-  for (size_t i = 0; i < n_eval && rc == CLI_OK; i++) rc = cli_bind_spec(g, eval_specs[i], 1, limit_eval, &src);
-  if (rc == CLI_OK && hm_graph_resolve(g) != HM_OK) rc = cli_fail(model);
-  if (rc == CLI_OK && hm_graph_warnings(g)[0]) fprintf(stderr, "harmonics: warning: %s", hm_graph_warnings(g));
-  hm_cycle_state *resume_state = NULL;
-  if (rc == CLI_OK && resume) {
-    if (hm_cycle_state_load(resume, &resume_state) != HM_OK) rc = cli_fail("--resume");
-    hm_fit_options saved;
-    if (rc == CLI_OK && hm_cycle_state_fit_options(resume_state, &saved, &policy) != HM_OK) rc = cli_fail("--resume");
-    if (rc == CLI_OK) {
-      /* The checkpoint decides everything that shapes the trajectory. */
-      saved.backend = o.backend;
-      saved.threads = o.threads;
-      o = saved;
-      o.resume = resume_state;
-      hm_policy_format(&policy, policy_text, sizeof policy_text);
-      fprintf(stderr, "harmonics: resuming %s at epoch %zu, step %zu\n", resume, hm_cycle_state_epoch(resume_state),
-              hm_cycle_state_step(resume_state));
-    }
-  }
-  o.checkpoint_path = checkpoint;
-  o.checkpoint_every = checkpoint_every;
-  if (rc == CLI_OK && init_weights && resume) {
+/* --resume: the checkpoint decides everything that shapes the trajectory;
+ * --init-weights: the starting weights. */
+static int apply_start(hm_graph *g, train_args *t, hm_cycle_state **resume_state) {
+  if (t->init_weights && t->resume) {
     fprintf(stderr, "harmonics train: --init-weights and --resume exclude each other\n");
-    rc = CLI_USAGE;
+    return CLI_USAGE;
   }
-  if (rc == CLI_OK && init_weights) {
+  if (t->resume) {
+    hm_fit_options saved;
+    if (hm_cycle_state_load(t->resume, resume_state) != HM_OK ||
+        hm_cycle_state_fit_options(*resume_state, &saved, &t->policy) != HM_OK)
+      return cli_fail("--resume");
+    saved.backend = t->o.backend;
+    saved.threads = t->o.threads;
+    t->o = saved;
+    t->o.resume = *resume_state;
+    hm_policy_format(&t->policy, t->policy_text, sizeof t->policy_text);
+    fprintf(stderr, "harmonics: resuming %s at epoch %zu, step %zu\n", t->resume, hm_cycle_state_epoch(*resume_state),
+            hm_cycle_state_step(*resume_state));
+  }
+  if (t->init_weights) {
     hm_weights *w = NULL;
-    if (hm_weights_load_safetensors(init_weights, &w) != HM_OK || hm_graph_set_weights(g, w) != HM_OK)
-      rc = cli_fail("--init-weights");
+    int rc = hm_weights_load_safetensors(t->init_weights, &w) != HM_OK || hm_graph_set_weights(g, w) != HM_OK
+                 ? cli_fail("--init-weights")
+                 : CLI_OK;
     hm_weights_free(w);
+    if (rc != CLI_OK) return rc;
   }
+  t->o.checkpoint_path = t->checkpoint;
+  t->o.checkpoint_every = t->checkpoint_every;
+  return CLI_OK;
+}
+
+/* Flushes and closes the dashboard sink, with its counts. */
+static void close_dashboard(progress_ui *ui) {
+  if (!ui->dashboard.fn) return;
+  hm_visualizer_stats vstats;
+  memset(&vstats, 0, sizeof vstats);
+  /* Give queued frames a moment to go out; training is already done. */
+  if (hm_websocket_visualizer_flush(&ui->dashboard, 2.0) != HM_OK) fprintf(stderr, "harmonics: %s\n", hm_last_error());
+  hm_websocket_visualizer_stats(&ui->dashboard, &vstats);
+  hm_websocket_visualizer_free(&ui->dashboard);
+  fprintf(stderr, "dashboard: %llu updates, %llu sent, %llu dropped, %llu not delivered, %llu connection(s)\n",
+          (unsigned long long)vstats.queued, (unsigned long long)vstats.sent, (unsigned long long)vstats.dropped,
+          (unsigned long long)vstats.pending, (unsigned long long)vstats.connects);
+}
+
+static void print_results(const hm_cycle_state *st) {
+  float acc = hm_cycle_state_eval_accuracy(st);
+  for (size_t i = 0; i < hm_cycle_state_layer_count(st); i++) {
+    const char *layer, *prec, *kernel, *note = hm_cycle_state_layer_note(st, i);
+    if (hm_cycle_state_layer_precision(st, i, &layer, &prec, &kernel) != HM_OK) continue;
+    printf("layer %s: %s (%s)%s%s\n", layer, prec, kernel, note[0] ? ": " : "", note);
+  }
+  if (!isnan(acc)) printf("test accuracy: %.2f%%\n", 100.0 * acc);
+  else printf("final loss: %.6f\n", (double)hm_cycle_state_loss(st));
+}
+
+static void print_json(const train_args *t, const hm_cycle_state *st) {
+  printf("{\"model\":");
+  json_string(stdout, t->model);
+  printf(",\"test_accuracy\":");
+  json_number(stdout, hm_cycle_state_eval_accuracy(st));
+  printf(",\"test_loss\":");
+  json_number(stdout, hm_cycle_state_eval_loss(st));
+  printf(",\"final_loss\":");
+  json_number(stdout, hm_cycle_state_loss(st));
+  printf(",\"epochs\":%zu,\"steps\":%zu,\"samples\":%zu,\"train_samples_per_s\":", hm_cycle_state_epoch(st),
+         hm_cycle_state_step(st), hm_cycle_state_samples(st));
+  json_number(stdout, samples_per_second(st));
+  printf(",\"train_seconds\":");
+  json_number(stdout, hm_cycle_state_train_seconds(st));
+  printf(",\"elapsed_seconds\":");
+  json_number(stdout, hm_cycle_state_elapsed(st));
+  printf(",\"backend\":");
+  json_string(stdout, hm_cycle_state_backend(st));
+  printf(",\"policy\":");
+  json_string(stdout, t->policy_text);
+  printf(",\"optimizer\":\"%s\",\"lr\":", hm_optimizer_name(t->o.optimizer));
+  json_number(stdout, t->o.learning_rate);
+  printf(",\"batch\":%zu,\"seed\":%llu,\"threads\":%zu,\"stop_reason\":", t->o.batch_size,
+         (unsigned long long)t->o.seed, t->threads);
+  json_string(stdout, hm_cycle_state_stop_reason(st));
+  printf(",\"layers\":[");
+  for (size_t i = 0; i < hm_cycle_state_layer_count(st); i++) {
+    const char *layer, *prec, *kernel;
+    if (hm_cycle_state_layer_precision(st, i, &layer, &prec, &kernel) != HM_OK) continue;
+    printf("%s{\"layer\":", i ? "," : "");
+    json_string(stdout, layer);
+    printf(",\"precision\":");
+    json_string(stdout, prec);
+    printf(",\"kernel\":");
+    json_string(stdout, kernel);
+    printf(",\"note\":");
+    json_string(stdout, hm_cycle_state_layer_note(st, i));
+    printf("}");
+  }
+  printf("]}\n");
+}
+
+/* Loads the model and binds its data. */
+static int load_model(const train_args *t, hm_graph **g, cli_sources *src) {
+  if (hm_graph_load_dsl(t->model, g) != HM_OK) return cli_fail(NULL);
+  int rc = CLI_OK;
+  if (t->dataset) rc = cli_bind_dataset(*g, t->dataset, t->limit_train, t->limit_eval, src);
+  for (size_t i = 0; i < t->n_data && rc == CLI_OK; i++) rc = cli_bind_spec(*g, t->data_specs[i], 0, t->limit_train, src);
+  for (size_t i = 0; i < t->n_eval && rc == CLI_OK; i++) rc = cli_bind_spec(*g, t->eval_specs[i], 1, t->limit_eval, src);
+  if (rc == CLI_OK && hm_graph_resolve(*g) != HM_OK) rc = cli_fail(t->model);
+  if (rc == CLI_OK && hm_graph_warnings(*g)[0]) fprintf(stderr, "harmonics: warning: %s", hm_graph_warnings(*g));
+  return rc;
+}
+
+int cmd_train(int argc, char **argv) {
+  train_args t;
+  int done = 0;
+  int rc = parse_args(argc, argv, &t, &done);
+  if (rc != CLI_OK || done) return rc;
+  if (cli_registry_init(t.config, NULL) != CLI_OK) return CLI_FAILED;
+  hm_graph *g = NULL;
+  cli_sources src = {{0}, 0, 0};
+  hm_cycle_state *resume_state = NULL, *st = NULL;
+  rc = load_model(&t, &g, &src);
+  if (rc == CLI_OK) rc = apply_start(g, &t, &resume_state);
   progress_ui ui;
   memset(&ui, 0, sizeof ui);
-  ui.tty = isatty(2) && !json;
-  ui.epochs = epochs;
-  ui.batch = o.batch_size;
+  ui.tty = isatty(2) && !t.json;
+  ui.epochs = t.epochs;
+  ui.batch = t.o.batch_size;
   ui.start = now_s();
   hm_visualizer_options vopts = hm_visualizer_options_default();
   vopts.flush_seconds = 0; /* flushed explicitly below, once */
-  if (rc == CLI_OK && dashboard && hm_websocket_visualizer_open_url(dashboard, &vopts, &ui.dashboard) != HM_OK)
+  if (rc == CLI_OK && t.dashboard && hm_websocket_visualizer_open_url(t.dashboard, &vopts, &ui.dashboard) != HM_OK)
     rc = cli_fail("--dashboard");
   if (rc == CLI_OK) {
-    o.progress.fn = on_progress;
-    o.progress.user = &ui;
-    o.on_epoch = on_epoch;
-    o.on_epoch_user = &ui;
-    size_t per_step = o.batch_size * o.accumulate_steps;
+    t.o.progress.fn = on_progress;
+    t.o.progress.user = &ui;
+    t.o.on_epoch = on_epoch;
+    t.o.on_epoch_user = &ui;
+    size_t per_step = t.o.batch_size * t.o.accumulate_steps;
     ui.steps_per_epoch = (src.train_samples + per_step - 1) / per_step;
+    rc = hm_graph_fit(g, t.epochs, &t.policy, &t.o, &st) == HM_OK ? CLI_OK : cli_fail("training failed");
   }
-  hm_cycle_state *st = NULL;
-  if (rc == CLI_OK) rc = hm_graph_fit(g, epochs, &policy, &o, &st) == HM_OK ? CLI_OK : cli_fail("training failed");
-  hm_visualizer_stats vstats;
-  memset(&vstats, 0, sizeof vstats);
-  if (ui.dashboard.fn) {
-    /* Give queued frames a moment to go out; training is already done. */
-    if (hm_websocket_visualizer_flush(&ui.dashboard, 2.0) != HM_OK) fprintf(stderr, "harmonics: %s\n", hm_last_error());
-    hm_websocket_visualizer_stats(&ui.dashboard, &vstats);
-    hm_websocket_visualizer_free(&ui.dashboard);
-    fprintf(stderr, "dashboard: %llu updates, %llu sent, %llu dropped, %llu not delivered, %llu connection(s)\n",
-            (unsigned long long)vstats.queued, (unsigned long long)vstats.sent, (unsigned long long)vstats.dropped,
-            (unsigned long long)vstats.pending, (unsigned long long)vstats.connects);
-  }
-  if (rc == CLI_OK && save_weights && hm_weights_save_safetensors(hm_graph_weights(g), save_weights) != HM_OK)
+  close_dashboard(&ui);
+  if (rc == CLI_OK && t.save_weights && hm_weights_save_safetensors(hm_graph_weights(g), t.save_weights) != HM_OK)
     rc = cli_fail("--save-weights");
-  if (rc == CLI_OK) {
-    double sps = hm_cycle_state_train_seconds(st) > 0
-                     ? (double)hm_cycle_state_samples(st) / hm_cycle_state_train_seconds(st)
-                     : 0;
-    float acc = hm_cycle_state_eval_accuracy(st);
-    for (size_t i = 0; i < hm_cycle_state_layer_count(st); i++) {
-      const char *layer, *prec, *kernel, *note = hm_cycle_state_layer_note(st, i);
-      if (hm_cycle_state_layer_precision(st, i, &layer, &prec, &kernel) != HM_OK) continue;
-      printf("layer %s: %s (%s)%s%s\n", layer, prec, kernel, note[0] ? ": " : "", note);
-    }
-    if (!isnan(acc)) printf("test accuracy: %.2f%%\n", 100.0 * acc);
-    else printf("final loss: %.6f\n", (double)hm_cycle_state_loss(st));
-    if (json) {
-      printf("{\"model\":");
-      json_string(stdout, model);
-      printf(",\"test_accuracy\":");
-      json_number(stdout, acc);
-      printf(",\"test_loss\":");
-      json_number(stdout, hm_cycle_state_eval_loss(st));
-      printf(",\"final_loss\":");
-      json_number(stdout, hm_cycle_state_loss(st));
-      printf(",\"epochs\":%zu,\"steps\":%zu,\"samples\":%zu,\"train_samples_per_s\":", hm_cycle_state_epoch(st),
-             hm_cycle_state_step(st), hm_cycle_state_samples(st));
-      json_number(stdout, sps);
-      printf(",\"train_seconds\":");
-      json_number(stdout, hm_cycle_state_train_seconds(st));
-      printf(",\"elapsed_seconds\":");
-      json_number(stdout, hm_cycle_state_elapsed(st));
-      printf(",\"backend\":");
-      json_string(stdout, hm_cycle_state_backend(st));
-      printf(",\"policy\":");
-      json_string(stdout, policy_text);
-      printf(",\"optimizer\":\"%s\",\"lr\":", optimizer_names[o.optimizer]);
-      json_number(stdout, o.learning_rate);
-      printf(",\"batch\":%zu,\"seed\":%llu,\"threads\":%zu,\"stop_reason\":", o.batch_size, (unsigned long long)o.seed,
-             threads);
-      json_string(stdout, hm_cycle_state_stop_reason(st));
-      printf(",\"layers\":[");
-      for (size_t i = 0; i < hm_cycle_state_layer_count(st); i++) {
-        const char *layer, *prec, *kernel;
-        if (hm_cycle_state_layer_precision(st, i, &layer, &prec, &kernel) != HM_OK) continue;
-        printf("%s{\"layer\":", i ? "," : "");
-        json_string(stdout, layer);
-        printf(",\"precision\":");
-        json_string(stdout, prec);
-        printf(",\"kernel\":");
-        json_string(stdout, kernel);
-        printf(",\"note\":");
-        json_string(stdout, hm_cycle_state_layer_note(st, i));
-        printf("}");
-      }
-      printf("]}\n");
-    }
-  }
+  if (rc == CLI_OK) print_results(st);
+  if (rc == CLI_OK && t.json) print_json(&t, st);
   hm_cycle_state_free(st);
   hm_cycle_state_free(resume_state);
   hm_graph_free(g);

@@ -106,20 +106,13 @@ static void compare(const conform_ctx *c, const kcase *k, const conform_op_case 
   }
 }
 
-/* Builds the operands of |k| into |oc| with inputs from |seed|. */
-static void build(const kcase *k, uint64_t seed, conform_op_case *oc, bufs *b) {
-  memset(oc, 0, sizeof *oc);
-  oc->op = hm_op_init(k->op);
-  oc->op.dtype_in = k->din;
-  oc->op.dtype_out = k->dout;
-  oc->op.dtype_acc = k->dout;
-  oc->op.variant = k->variant;
-  oc->op.flags = k->flags;
-  for (int i = 0; i < 3; i++) oc->op.dims[i] = k->dims[i];
-  memcpy(oc->op.params, k->params, sizeof k->params);
-  size_t d0 = (size_t)k->dims[0], d1 = (size_t)k->dims[1], d2 = (size_t)k->dims[2];
 #define IN(i, ptr, bytes) oc->in[i] = (conform_operand){(ptr), (bytes)}
 #define OUT(i, ptr, bytes) oc->out[i] = (conform_operand){(ptr), (bytes)}
+
+/* GEMM at every precision, and the packed matmuls on reference-quantized rows. */
+static void operands_matmul(const kcase *k, uint64_t seed, conform_op_case *oc, bufs *b) {
+  size_t d0 = (size_t)k->dims[0], d1 = (size_t)k->dims[1], d2 = (size_t)k->dims[2];
+  (void)d0, (void)d1, (void)d2;
   switch (k->op) {
     case HM_ABI_OP_GEMM:
       IN(0, fbuf(b, d0 * d2, -1, 1, seed + 1), d0 * d2 * 4);
@@ -130,6 +123,30 @@ static void build(const kcase *k, uint64_t seed, conform_op_case *oc, bufs *b) {
         ((float *)oc->in[1].data)[d1 > 1 ? 1 : 0] = INFINITY;
       }
       break;
+    case HM_ABI_OP_GEMM_Q8:
+    case HM_ABI_OP_GEMM_Q4:
+    case HM_ABI_OP_GEMM_Q3: {
+      int q = (int)k->din;
+      size_t rb = hm_ref_q_row_bytes(q, d2);
+      float *a = fbuf(b, d0 * d2, -1, 1, seed + 1), *w = fbuf(b, d1 * d2, -0.5f, 0.5f, seed + 2);
+      uint8_t *qa = (uint8_t *)fbuf(b, d0 * rb / 4 + 1, 0, 0, seed), *qw = (uint8_t *)fbuf(b, d1 * rb / 4 + 1, 0, 0, seed);
+      for (size_t i = 0; i < d0; i++) hm_ref_quantize_row(q, d2, a + i * d2, qa + i * rb);
+      for (size_t i = 0; i < d1; i++) hm_ref_quantize_row(q, d2, w + i * d2, qw + i * rb);
+      oc->op.dtype_acc = HM_ABI_DTYPE_I32;
+      IN(0, qa, d0 * rb);
+      IN(1, qw, d1 * rb);
+      OUT(0, fbuf(b, d0 * d1, -1, 1, seed + 3), d0 * d1 * 4);
+      break;
+    }
+    default: break;
+  }
+}
+
+/* Bias, activation forward and backward. */
+static void operands_activation(const kcase *k, uint64_t seed, conform_op_case *oc, bufs *b) {
+  size_t d0 = (size_t)k->dims[0], d1 = (size_t)k->dims[1], d2 = (size_t)k->dims[2];
+  (void)d0, (void)d1, (void)d2;
+  switch (k->op) {
     case HM_ABI_OP_BIAS_ADD:
       IN(0, fbuf(b, d1, -1, 1, seed + 1), d1 * 4);
       OUT(0, fbuf(b, d0 * d1, -1, 1, seed + 2), d0 * d1 * 4);
@@ -153,6 +170,15 @@ static void build(const kcase *k, uint64_t seed, conform_op_case *oc, bufs *b) {
       OUT(0, fbuf(b, d0 * d1, -1, 1, seed + 3), d0 * d1 * 4);
       break;
     }
+    default: break;
+  }
+}
+
+/* Losses with dense or class-index targets. */
+static void operands_loss(const kcase *k, uint64_t seed, conform_op_case *oc, bufs *b) {
+  size_t d0 = (size_t)k->dims[0], d1 = (size_t)k->dims[1], d2 = (size_t)k->dims[2];
+  (void)d0, (void)d1, (void)d2;
+  switch (k->op) {
     case HM_ABI_OP_LOSS: {
       int ci = (k->flags & HM_ABI_OP_FLAG_CLASS_INDEX) != 0;
       IN(0, fbuf(b, d0 * d1, -3, 3, seed + 1), d0 * d1 * 4);
@@ -168,6 +194,15 @@ static void build(const kcase *k, uint64_t seed, conform_op_case *oc, bufs *b) {
       OUT(1, fbuf(b, d0 * d1, -1, 1, seed + 4), d0 * d1 * 4);
       break;
     }
+    default: break;
+  }
+}
+
+/* Reductions and element-wise vector ops. */
+static void operands_vector(const kcase *k, uint64_t seed, conform_op_case *oc, bufs *b) {
+  size_t d0 = (size_t)k->dims[0], d1 = (size_t)k->dims[1], d2 = (size_t)k->dims[2];
+  (void)d0, (void)d1, (void)d2;
+  switch (k->op) {
     case HM_ABI_OP_REDUCE_ROWS:
     case HM_ABI_OP_REDUCE_COLS:
       IN(0, fbuf(b, d0 * d1, -2, 2, seed + 1), d0 * d1 * 4);
@@ -195,6 +230,24 @@ static void build(const kcase *k, uint64_t seed, conform_op_case *oc, bufs *b) {
       IN(0, fbuf(b, d0, -3, 3, seed + 1), d0 * 4);
       OUT(0, fbuf(b, d0, -3, 3, seed + 2), d0 * 4);
       break;
+    case HM_ABI_OP_FILL:
+      OUT(0, fbuf(b, d0, -1, 1, seed + 1), d0 * 4);
+      break;
+    case HM_ABI_OP_COPY: {
+      size_t es = esize(k->din);
+      IN(0, fbuf(b, (d0 * es + 3) / 4 + 1, -1, 1, seed + 1), d0 * es);
+      OUT(0, fbuf(b, (d0 * es + 3) / 4 + 1, -1, 1, seed + 2), d0 * es);
+      break;
+    }
+    default: break;
+  }
+}
+
+/* Row gathers, with out-of-range indices. */
+static void operands_gather(const kcase *k, uint64_t seed, conform_op_case *oc, bufs *b) {
+  size_t d0 = (size_t)k->dims[0], d1 = (size_t)k->dims[1], d2 = (size_t)k->dims[2];
+  (void)d0, (void)d1, (void)d2;
+  switch (k->op) {
     case HM_ABI_OP_GATHER_ROWS: {
       size_t es = esize(k->din);
       unsigned char *src = (unsigned char *)fbuf(b, (d2 * d1 * es + 3) / 4, 0, 0, seed);
@@ -211,15 +264,15 @@ static void build(const kcase *k, uint64_t seed, conform_op_case *oc, bufs *b) {
       OUT(0, fbuf(b, d0 * d1, -1, 1, seed + 3), d0 * d1 * 4);
       break;
     }
-    case HM_ABI_OP_FILL:
-      OUT(0, fbuf(b, d0, -1, 1, seed + 1), d0 * 4);
-      break;
-    case HM_ABI_OP_COPY: {
-      size_t es = esize(k->din);
-      IN(0, fbuf(b, (d0 * es + 3) / 4 + 1, -1, 1, seed + 1), d0 * es);
-      OUT(0, fbuf(b, (d0 * es + 3) / 4 + 1, -1, 1, seed + 2), d0 * es);
-      break;
-    }
+    default: break;
+  }
+}
+
+/* Quantize (every kind of block) and dequantize (any bytes). */
+static void operands_packed(const kcase *k, uint64_t seed, conform_op_case *oc, bufs *b) {
+  size_t d0 = (size_t)k->dims[0], d1 = (size_t)k->dims[1], d2 = (size_t)k->dims[2];
+  (void)d0, (void)d1, (void)d2;
+  switch (k->op) {
     case HM_ABI_OP_QUANTIZE: {
       /* Blocks of every kind: ordinary, zero, huge (saturated scale), tiny
        * (subnormal binary16 scale), exact ties, and NaN/Inf values. */
@@ -252,21 +305,15 @@ static void build(const kcase *k, uint64_t seed, conform_op_case *oc, bufs *b) {
       OUT(0, fbuf(b, d0 * d1, -1, 1, seed + 2), d0 * d1 * 4);
       break;
     }
-    case HM_ABI_OP_GEMM_Q8:
-    case HM_ABI_OP_GEMM_Q4:
-    case HM_ABI_OP_GEMM_Q3: {
-      int q = (int)k->din;
-      size_t rb = hm_ref_q_row_bytes(q, d2);
-      float *a = fbuf(b, d0 * d2, -1, 1, seed + 1), *w = fbuf(b, d1 * d2, -0.5f, 0.5f, seed + 2);
-      uint8_t *qa = (uint8_t *)fbuf(b, d0 * rb / 4 + 1, 0, 0, seed), *qw = (uint8_t *)fbuf(b, d1 * rb / 4 + 1, 0, 0, seed);
-      for (size_t i = 0; i < d0; i++) hm_ref_quantize_row(q, d2, a + i * d2, qa + i * rb);
-      for (size_t i = 0; i < d1; i++) hm_ref_quantize_row(q, d2, w + i * d2, qw + i * rb);
-      oc->op.dtype_acc = HM_ABI_DTYPE_I32;
-      IN(0, qa, d0 * rb);
-      IN(1, qw, d1 * rb);
-      OUT(0, fbuf(b, d0 * d1, -1, 1, seed + 3), d0 * d1 * 4);
-      break;
-    }
+    default: break;
+  }
+}
+
+/* Optimizer steps with their state. */
+static void operands_optimizer(const kcase *k, uint64_t seed, conform_op_case *oc, bufs *b) {
+  size_t d0 = (size_t)k->dims[0], d1 = (size_t)k->dims[1], d2 = (size_t)k->dims[2];
+  (void)d0, (void)d1, (void)d2;
+  switch (k->op) {
     default: { /* optimizers */
       float *g = fbuf(b, d0, -0.5f, 0.5f, seed + 1);
       if (k->kind == K_NAN) g[d0 / 2] = NAN;
@@ -281,8 +328,44 @@ static void build(const kcase *k, uint64_t seed, conform_op_case *oc, bufs *b) {
       break;
     }
   }
+}
+
 #undef IN
 #undef OUT
+
+/* Builds the operands of |k| into |oc| with inputs from |seed|. */
+static void build(const kcase *k, uint64_t seed, conform_op_case *oc, bufs *b) {
+  memset(oc, 0, sizeof *oc);
+  oc->op = hm_op_init(k->op);
+  oc->op.dtype_in = k->din;
+  oc->op.dtype_out = k->dout;
+  oc->op.dtype_acc = k->dout;
+  oc->op.variant = k->variant;
+  oc->op.flags = k->flags;
+  for (int i = 0; i < 3; i++) oc->op.dims[i] = k->dims[i];
+  memcpy(oc->op.params, k->params, sizeof k->params);
+  switch (k->op) {
+    case HM_ABI_OP_GEMM:
+    case HM_ABI_OP_GEMM_Q8:
+    case HM_ABI_OP_GEMM_Q4:
+    case HM_ABI_OP_GEMM_Q3: operands_matmul(k, seed, oc, b); break;
+    case HM_ABI_OP_BIAS_ADD:
+    case HM_ABI_OP_ACT_FORWARD:
+    case HM_ABI_OP_ACT_BACKWARD: operands_activation(k, seed, oc, b); break;
+    case HM_ABI_OP_LOSS: operands_loss(k, seed, oc, b); break;
+    case HM_ABI_OP_GATHER_ROWS: operands_gather(k, seed, oc, b); break;
+    case HM_ABI_OP_QUANTIZE:
+    case HM_ABI_OP_DEQUANTIZE: operands_packed(k, seed, oc, b); break;
+    case HM_ABI_OP_REDUCE_ROWS:
+    case HM_ABI_OP_REDUCE_COLS:
+    case HM_ABI_OP_SUM_SQUARES:
+    case HM_ABI_OP_CLIP:
+    case HM_ABI_OP_SCALE:
+    case HM_ABI_OP_AXPY:
+    case HM_ABI_OP_FILL:
+    case HM_ABI_OP_COPY: operands_vector(k, seed, oc, b); break;
+    default: operands_optimizer(k, seed, oc, b); break;
+  }
 }
 
 static void test_kernel(conform_ctx *c, const void *arg, conform_result *r) {
@@ -429,9 +512,12 @@ static void test_gradient(conform_ctx *c, const void *arg, conform_result *r) {
 
 static const char *dt(uint32_t d) { return hm_dtype_name(d); }
 
-void conform_add_kernel_tests(conform_suite *s) {
-  pool_n = 0;
+static const uint64_t rc_shapes[][2] = {{1, 1}, {3, 7}, {65, 130}, {1000, 3}};
+
+/* GEMM at f32 and the 16-bit input precisions, transposes, alpha/beta, NaN. */
+static void add_gemm_cases(conform_suite *s) {
   const uint32_t F32 = HM_ABI_DTYPE_F32;
+  kcase *k = NULL;
   static const uint64_t gemm_shapes[][3] = {{1, 1, 1},   {7, 13, 5},  {31, 17, 257}, {129, 3, 65},
                                             {2, 300, 2}, {64, 128, 784}, {256, 256, 256}};
   static const float ab[][2] = {{1, 0}, {0.5f, 1.5f}};
@@ -441,7 +527,7 @@ void conform_add_kernel_tests(conform_suite *s) {
       for (uint32_t fl = 0; fl < 4; fl++)
         for (int a = 0; a < 2; a++) {
           if (t > 0 && (a > 0 || (fl & 1))) continue; /* the 16-bit paths: fewer variants */
-          kcase *k = new_case(HM_ABI_OP_GEMM, gemm_types[t], F32);
+          k = new_case(HM_ABI_OP_GEMM, gemm_types[t], F32);
           memcpy(k->dims, gemm_shapes[sh], sizeof k->dims);
           k->flags = fl;
           k->params[0] = ab[a][0];
@@ -450,11 +536,16 @@ void conform_add_kernel_tests(conform_suite *s) {
                       (unsigned long long)k->dims[0], (unsigned long long)k->dims[1], (unsigned long long)k->dims[2],
                       fl & 1 ? ".ta" : "", fl & 2 ? ".tb" : "", a);
         }
-  kcase *k = new_case(HM_ABI_OP_GEMM, F32, F32);
+  k = new_case(HM_ABI_OP_GEMM, F32, F32);
   k->dims[0] = 9, k->dims[1] = 11, k->dims[2] = 13, k->params[0] = 1, k->kind = K_NAN;
   conform_add(s, "kernel.gemm", test_kernel, k, 1, "kernel.gemm.f32.nan_inf_propagate");
 
-  /* Packed integers (abi/QUANT.md): bit-exact whatever the declared class. */
+}
+
+/* Packed integers (abi/QUANT.md): bit-exact whatever the declared class. */
+static void add_packed_cases(conform_suite *s) {
+  const uint32_t F32 = HM_ABI_DTYPE_F32;
+  kcase *k;
   const uint32_t qtypes[3] = {HM_ABI_DTYPE_Q8, HM_ABI_DTYPE_Q4, HM_ABI_DTYPE_Q3};
   const uint32_t qgemm[3] = {HM_ABI_OP_GEMM_Q8, HM_ABI_OP_GEMM_Q4, HM_ABI_OP_GEMM_Q3};
   static const uint64_t q_shapes[][2] = {{1, 64}, {3, 70}, {17, 200}, {64, 784}};
@@ -478,7 +569,12 @@ void conform_add_kernel_tests(conform_suite *s) {
     }
   }
 
-  static const uint64_t rc_shapes[][2] = {{1, 1}, {3, 7}, {65, 130}, {1000, 3}};
+}
+
+/* Bias and every activation forward and backward, with finite differences. */
+static void add_activation_cases(conform_suite *s) {
+  const uint32_t F32 = HM_ABI_DTYPE_F32;
+  kcase *k;
   for (size_t sh = 0; sh < 4; sh++) {
     k = new_case(HM_ABI_OP_BIAS_ADD, F32, F32);
     memcpy(k->dims, rc_shapes[sh], 2 * sizeof(uint64_t));
@@ -515,6 +611,12 @@ void conform_add_kernel_tests(conform_suite *s) {
     conform_add(s, "kernel.act_backward", test_gradient, k, 1, "kernel.act_backward.%s.finite_differences",
                 hm_activation_name(act));
   }
+}
+
+/* Every loss, dense and class-index targets, with finite differences. */
+static void add_loss_cases(conform_suite *s) {
+  const uint32_t F32 = HM_ABI_DTYPE_F32;
+  kcase *k;
   static const uint64_t loss_shapes[][2] = {{1, 1}, {4, 10}, {33, 7}, {64, 10}};
   for (uint32_t loss = 0; loss < HM_ABI_LOSS_COUNT; loss++)
     for (int ci = 0; ci < (loss == HM_ABI_LOSS_CROSS_ENTROPY ? 2 : 1); ci++) {
@@ -533,6 +635,12 @@ void conform_add_kernel_tests(conform_suite *s) {
       conform_add(s, "kernel.loss", test_gradient, k, 1, "kernel.loss.%s%s.finite_differences", hm_loss_name(loss),
                   ci ? ".index" : "");
     }
+}
+
+/* Reductions, element-wise ops, gathers, fill and copy. */
+static void add_vector_cases(conform_suite *s) {
+  const uint32_t F32 = HM_ABI_DTYPE_F32;
+  kcase *k;
   for (int op = 0; op < 2; op++)
     for (size_t sh = 0; sh < 4; sh++) {
       k = new_case(op ? HM_ABI_OP_REDUCE_COLS : HM_ABI_OP_REDUCE_ROWS, F32, F32);
@@ -587,6 +695,12 @@ void conform_add_kernel_tests(conform_suite *s) {
       conform_add(s, "kernel.fill_copy", test_kernel, k, 1, "kernel.copy.%s.n%llu", dt(copy_types[t]),
                   (unsigned long long)k->dims[0]);
     }
+}
+
+/* Every optimizer over 12 steps, and a NaN gradient. */
+static void add_optimizer_cases(conform_suite *s) {
+  const uint32_t F32 = HM_ABI_DTYPE_F32;
+  kcase *k;
   const uint32_t opts[] = {HM_ABI_OP_SGD, HM_ABI_OP_ADAM, HM_ABI_OP_RMSPROP, HM_ABI_OP_ADAMW, HM_ABI_OP_LAMB};
   static const uint64_t opt_lengths[] = {1, 17, 40000};
   for (size_t o = 0; o < 5; o++) {
@@ -611,4 +725,14 @@ void conform_add_kernel_tests(conform_suite *s) {
       k->params[1] = 0.1f, k->params[2] = 0.001f, k->params[3] = 0.9f, k->params[4] = 0.999f, k->params[5] = 1e-8f;
     conform_add(s, "kernel.optimizer", test_kernel, k, 1, "kernel.%s.nan_gradient", hm_op_name(opts[o]));
   }
+}
+
+void conform_add_kernel_tests(conform_suite *s) {
+  pool_n = 0;
+  add_gemm_cases(s);
+  add_packed_cases(s);
+  add_activation_cases(s);
+  add_loss_cases(s);
+  add_vector_cases(s);
+  add_optimizer_cases(s);
 }

@@ -284,11 +284,25 @@ static int matches(const char *pattern, const char *name) {
   return strcmp(pattern, name) == 0;
 }
 
-int cmd_conform(int argc, char **argv) {
-  const char *path = NULL, *tests[64];
-  size_t n_tests = 0, device = 0, seed = DEFAULT_SEED;
-  int json = 0, list = 0;
-  double timeout = 60;
+/* The command line. */
+typedef struct conform_args {
+  const char *path, *tests[64];
+  size_t n_tests, device, seed;
+  int json, list;
+  double timeout;
+} conform_args;
+
+/* The plugin's identity, for the report, read without running its init. */
+typedef struct plugin_identity {
+  char name[64], vendor[96], version[64], build[160], abi[16], load_error[600];
+} plugin_identity;
+
+/* CLI_OK, CLI_USAGE after a message; *done when --help was answered. */
+static int parse_args(int argc, char **argv, conform_args *c, int *done) {
+  memset(c, 0, sizeof *c);
+  c->seed = DEFAULT_SEED;
+  c->timeout = 60;
+  *done = 0;
   for (int i = 0; i < argc; i++) {
     const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
     int value = !strcmp(a, "--test") || !strcmp(a, "--device") || !strcmp(a, "--seed") || !strcmp(a, "--timeout");
@@ -298,99 +312,87 @@ int cmd_conform(int argc, char **argv) {
     }
     if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
       usage(stdout);
+      *done = 1;
       return CLI_OK;
-    } else if (!strcmp(a, "--json")) json = 1;
-    else if (!strcmp(a, "--list")) list = 1;
+    } else if (!strcmp(a, "--json")) c->json = 1;
+    else if (!strcmp(a, "--list")) c->list = 1;
     else if (!strcmp(a, "--test")) {
-      if (n_tests < 64) tests[n_tests++] = argv[++i];
+      if (c->n_tests < 64) c->tests[c->n_tests++] = argv[++i];
     } else if (!strcmp(a, "--device")) {
-      if (cli_parse_size(a, argv[++i], &device)) return CLI_USAGE;
+      if (cli_parse_size(a, argv[++i], &c->device)) return CLI_USAGE;
     } else if (!strcmp(a, "--seed")) {
-      if (cli_parse_size(a, argv[++i], &seed)) return CLI_USAGE;
+      if (cli_parse_size(a, argv[++i], &c->seed)) return CLI_USAGE;
     } else if (!strcmp(a, "--timeout")) {
       float t;
       if (cli_parse_float(a, argv[++i], &t) || !(t > 0)) return CLI_USAGE;
-      timeout = t;
+      c->timeout = t;
     } else if (a[0] == '-') {
       fprintf(stderr, "harmonics conform: unknown option '%s'\n", a);
       usage(stderr);
       return CLI_USAGE;
-    } else if (!path) path = a;
+    } else if (!c->path) c->path = a;
     else {
       fprintf(stderr, "harmonics conform: unexpected argument '%s'\n", a);
       return CLI_USAGE;
     }
   }
-  conform_suite s = {0};
-  conform_build_tests(&s);
-  if (list) {
-    for (size_t i = 0; i < s.n; i++) printf("%s\n", s.tests[i].name);
-    free(s.tests);
-    return CLI_OK;
-  }
-  if (!path) {
-    usage(stderr);
-    free(s.tests);
+  return CLI_OK;
+}
+
+/* The tests --test selects (NULL: all); CLI_USAGE when none matches. */
+static int select_tests(const conform_args *c, const conform_suite *s, char **selected) {
+  *selected = NULL;
+  if (!c->n_tests) return CLI_OK;
+  char *sel = calloc(s->n, 1);
+  if (!sel) return CLI_FAILED;
+  size_t hits = 0;
+  for (size_t i = 0; i < s->n; i++)
+    for (size_t k = 0; k < c->n_tests; k++)
+      if (matches(c->tests[k], s->tests[i].name)) {
+        sel[i] = 1;
+        hits++;
+        break;
+      }
+  if (!hits) {
+    fprintf(stderr, "harmonics conform: no test matches (see --list)\n");
+    free(sel);
     return CLI_USAGE;
   }
-  char *selected = NULL;
-  if (n_tests) {
-    selected = calloc(s.n, 1);
-    size_t hits = 0;
-    for (size_t i = 0; i < s.n; i++)
-      for (size_t k = 0; k < n_tests; k++)
-        if (matches(tests[k], s.tests[i].name)) {
-          selected[i] = 1;
-          hits++;
-          break;
-        }
-    if (!hits) {
-      fprintf(stderr, "harmonics conform: no test matches (see --list)\n");
-      free(selected);
-      free(s.tests);
-      return CLI_USAGE;
-    }
-  }
-  /* Identity for the report, without running the plugin's init. */
+  *selected = sel;
+  return CLI_OK;
+}
+
+static void read_identity(const char *path, plugin_identity *id) {
+  memset(id, 0, sizeof *id);
+  snprintf(id->name, sizeof id->name, "?");
+  snprintf(id->vendor, sizeof id->vendor, "?");
+  snprintf(id->version, sizeof id->version, "?");
+  snprintf(id->build, sizeof id->build, "?");
+  snprintf(id->abi, sizeof id->abi, "?");
   hm_plugin_open_options po = hm_plugin_open_options_default();
   po.skip_init = 1;
   hm_loaded_plugin *probe = NULL;
-  char name[64] = "?", vendor[96] = "?", version[64] = "?", build[160] = "?", abi[16] = "?", load_error[600] = "";
-  if (hm_plugin_open(path, &po, &probe) == HM_OK) {
-    const hm_abi_plugin *t = hm_loaded_plugin_table(probe);
-    snprintf(name, sizeof name, "%s", t->name);
-    snprintf(vendor, sizeof vendor, "%s", t->vendor);
-    snprintf(version, sizeof version, "%s", t->version);
-    snprintf(build, sizeof build, "%s", t->build_id);
-    snprintf(abi, sizeof abi, "%u.%u", HM_ABI_VERSION_GET_MAJOR(t->abi_version), HM_ABI_VERSION_GET_MINOR(t->abi_version));
-    hm_plugin_close(probe);
-  } else {
-    snprintf(load_error, sizeof load_error, "%s", hm_last_error());
+  if (hm_plugin_open(path, &po, &probe) != HM_OK) {
+    snprintf(id->load_error, sizeof id->load_error, "%s", hm_last_error());
+    return;
   }
-  conform_ctx base;
-  memset(&base, 0, sizeof base);
-  base.path = path;
-  base.device_index = (uint32_t)device;
-  base.seed = seed;
-  outcome *out = calloc(s.n, sizeof *out);
-  for (size_t i = 0; i < s.n; i++) out[i].status = CONFORM_STATUS_COUNT; /* not run */
-  FILE *human = json ? stderr : stdout;
-  fprintf(human, "harmonics conform %s (ABI %d.%d): %s\nplugin %s %s (vendor %s, ABI %s, build %s), device %zu, seed %zu\n",
-          hm_version(), HM_ABI_VERSION_MAJOR, HM_ABI_VERSION_MINOR, path, name, version, vendor, abi, build, device,
-          seed);
-  if (load_error[0]) fprintf(human, "the plugin does not load: %s\n", load_error);
-  for (size_t i = 0; i < s.n;) {
-    size_t j = i;
-    while (j < s.n && !strcmp(s.tests[j].group, s.tests[i].group)) j++;
-    run_group(base, &s, selected, i, j, timeout, out);
-    i = j;
-  }
-  /* Summary per group. */
-  size_t totals[CONFORM_STATUS_COUNT] = {0};
+  const hm_abi_plugin *t = hm_loaded_plugin_table(probe);
+  snprintf(id->name, sizeof id->name, "%s", t->name);
+  snprintf(id->vendor, sizeof id->vendor, "%s", t->vendor);
+  snprintf(id->version, sizeof id->version, "%s", t->version);
+  snprintf(id->build, sizeof id->build, "%s", t->build_id);
+  snprintf(id->abi, sizeof id->abi, "%u.%u", HM_ABI_VERSION_GET_MAJOR(t->abi_version),
+           HM_ABI_VERSION_GET_MINOR(t->abi_version));
+  hm_plugin_close(probe);
+}
+
+/* The per-group table and the failures; returns whether the plugin conforms. */
+static int print_summary(FILE *human, const char *path, const conform_suite *s, const outcome *out,
+                         size_t totals[CONFORM_STATUS_COUNT]) {
   fprintf(human, "\n%-22s %6s %6s %14s %6s %8s\n", "group", "PASS", "FAIL", "NOT_SUPPORTED", "CRASH", "TIMEOUT");
-  for (size_t i = 0; i < s.n;) {
+  for (size_t i = 0; i < s->n;) {
     size_t j = i, cnt[CONFORM_STATUS_COUNT] = {0}, ran = 0;
-    while (j < s.n && !strcmp(s.tests[j].group, s.tests[i].group)) {
+    while (j < s->n && !strcmp(s->tests[j].group, s->tests[i].group)) {
       if (out[j].status < CONFORM_STATUS_COUNT) {
         cnt[out[j].status]++;
         totals[out[j].status]++;
@@ -399,51 +401,103 @@ int cmd_conform(int argc, char **argv) {
       j++;
     }
     if (ran)
-      fprintf(human, "%-22s %6zu %6zu %14zu %6zu %8zu\n", s.tests[i].group, cnt[0], cnt[1], cnt[2], cnt[3], cnt[4]);
+      fprintf(human, "%-22s %6zu %6zu %14zu %6zu %8zu\n", s->tests[i].group, cnt[0], cnt[1], cnt[2], cnt[3], cnt[4]);
     i = j;
   }
   fprintf(human, "%-22s %6zu %6zu %14zu %6zu %8zu\n", "total", totals[0], totals[1], totals[2], totals[3], totals[4]);
   int conformant = totals[CONFORM_FAIL] == 0 && totals[CONFORM_CRASH] == 0 && totals[CONFORM_TIMEOUT] == 0 &&
                    totals[CONFORM_PASS] > 0;
-  for (size_t i = 0; i < s.n; i++) {
+  for (size_t i = 0; i < s->n; i++) {
     if (out[i].status != CONFORM_FAIL && out[i].status != CONFORM_CRASH && out[i].status != CONFORM_TIMEOUT) continue;
-    fprintf(human, "%s %s: %s\n", conform_status_name(out[i].status), s.tests[i].name, out[i].detail);
+    fprintf(human, "%s %s: %s\n", conform_status_name(out[i].status), s->tests[i].name, out[i].detail);
   }
   fprintf(human, "\n%s: %s is %s\n", conformant ? "CONFORMANT" : "NOT CONFORMANT", path,
           conformant ? "conformant to the Harmonics plugin ABI" : "not conformant (see the failures above)");
-  if (json) {
-    printf("{\"tool\":\"harmonics conform\",\"tool_version\":");
-    json_string(stdout, hm_version());
-    printf(",\"host_abi\":\"%d.%d\",\"seed\":%zu,\"plugin\":{\"path\":", HM_ABI_VERSION_MAJOR, HM_ABI_VERSION_MINOR, seed);
-    json_string(stdout, path);
-    printf(",\"name\":");
-    json_string(stdout, name);
-    printf(",\"vendor\":");
-    json_string(stdout, vendor);
-    printf(",\"version\":");
-    json_string(stdout, version);
-    printf(",\"build_id\":");
-    json_string(stdout, build);
-    printf(",\"abi_version\":");
-    json_string(stdout, abi);
-    printf("},\"device\":%zu,\"conformant\":%s,\"totals\":{", device, conformant ? "true" : "false");
-    for (int k = 0; k < CONFORM_STATUS_COUNT; k++)
-      printf("%s\"%s\":%zu", k ? "," : "", conform_status_name((conform_status)k), totals[k]);
-    printf("},\"results\":[");
-    int first = 1;
-    for (size_t i = 0; i < s.n; i++) {
-      if (out[i].status >= CONFORM_STATUS_COUNT) continue;
-      printf("%s{\"name\":", first ? "" : ",");
-      json_string(stdout, s.tests[i].name);
-      printf(",\"group\":");
-      json_string(stdout, s.tests[i].group);
-      printf(",\"status\":\"%s\",\"detail\":", conform_status_name(out[i].status));
-      json_string(stdout, out[i].detail);
-      printf("}");
-      first = 0;
-    }
-    printf("]}\n");
+  return conformant;
+}
+
+static void print_json(const conform_args *c, const plugin_identity *id, const conform_suite *s, const outcome *out,
+                       const size_t totals[CONFORM_STATUS_COUNT], int conformant) {
+  printf("{\"tool\":\"harmonics conform\",\"tool_version\":");
+  json_string(stdout, hm_version());
+  printf(",\"host_abi\":\"%d.%d\",\"seed\":%zu,\"plugin\":{\"path\":", HM_ABI_VERSION_MAJOR, HM_ABI_VERSION_MINOR, c->seed);
+  json_string(stdout, c->path);
+  printf(",\"name\":");
+  json_string(stdout, id->name);
+  printf(",\"vendor\":");
+  json_string(stdout, id->vendor);
+  printf(",\"version\":");
+  json_string(stdout, id->version);
+  printf(",\"build_id\":");
+  json_string(stdout, id->build);
+  printf(",\"abi_version\":");
+  json_string(stdout, id->abi);
+  printf("},\"device\":%zu,\"conformant\":%s,\"totals\":{", c->device, conformant ? "true" : "false");
+  for (int k = 0; k < CONFORM_STATUS_COUNT; k++)
+    printf("%s\"%s\":%zu", k ? "," : "", conform_status_name((conform_status)k), totals[k]);
+  printf("},\"results\":[");
+  int first = 1;
+  for (size_t i = 0; i < s->n; i++) {
+    if (out[i].status >= CONFORM_STATUS_COUNT) continue;
+    printf("%s{\"name\":", first ? "" : ",");
+    json_string(stdout, s->tests[i].name);
+    printf(",\"group\":");
+    json_string(stdout, s->tests[i].group);
+    printf(",\"status\":\"%s\",\"detail\":", conform_status_name(out[i].status));
+    json_string(stdout, out[i].detail);
+    printf("}");
+    first = 0;
   }
+  printf("]}\n");
+}
+
+int cmd_conform(int argc, char **argv) {
+  conform_args c;
+  int done = 0;
+  int rc = parse_args(argc, argv, &c, &done);
+  if (rc != CLI_OK || done) return rc;
+  conform_suite s = {0};
+  conform_build_tests(&s);
+  if (c.list) {
+    for (size_t i = 0; i < s.n; i++) printf("%s\n", s.tests[i].name);
+    free(s.tests);
+    return CLI_OK;
+  }
+  char *selected = NULL;
+  if (!c.path) {
+    usage(stderr);
+    rc = CLI_USAGE;
+  } else {
+    rc = select_tests(&c, &s, &selected);
+  }
+  outcome *out = rc == CLI_OK ? calloc(s.n, sizeof *out) : NULL;
+  if (rc != CLI_OK || !out) {
+    free(selected);
+    free(s.tests);
+    return rc != CLI_OK ? rc : CLI_FAILED;
+  }
+  plugin_identity id;
+  read_identity(c.path, &id);
+  conform_ctx base;
+  memset(&base, 0, sizeof base);
+  base.path = c.path;
+  base.device_index = (uint32_t)c.device;
+  base.seed = c.seed;
+  for (size_t i = 0; i < s.n; i++) out[i].status = CONFORM_STATUS_COUNT; /* not run */
+  FILE *human = c.json ? stderr : stdout;
+  fprintf(human, "harmonics conform %s (ABI %d.%d): %s\nplugin %s %s (vendor %s, ABI %s, build %s), device %zu, seed %zu\n",
+          hm_version(), HM_ABI_VERSION_MAJOR, HM_ABI_VERSION_MINOR, c.path, id.name, id.version, id.vendor, id.abi,
+          id.build, c.device, c.seed);
+  if (id.load_error[0]) fprintf(human, "the plugin does not load: %s\n", id.load_error);
+  for (size_t i = 0; i < s.n;) {
+    size_t j = i;
+    while (j < s.n && !strcmp(s.tests[j].group, s.tests[i].group)) j++;
+    run_group(base, &s, selected, i, j, c.timeout, out);
+    i = j;
+  }
+  size_t totals[CONFORM_STATUS_COUNT] = {0};
+  int conformant = print_summary(human, c.path, &s, out, totals);
+  if (c.json) print_json(&c, &id, &s, out, totals, conformant);
   for (size_t i = 0; i < s.n; i++) free(out[i].detail);
   free(out);
   free(selected);
