@@ -1,6 +1,8 @@
 /* Helpers shared by Harmonics' own plugins (plugin_util.h). */
 #include "plugin_util.h"
 
+#include <stdarg.h>
+#include <stdio.h>
 #include <string.h>
 
 int32_t hm_plugin_answer_query(const hm_abi_query *query, hm_abi_plugin *out, hm_abi_plugin *table,
@@ -25,4 +27,14 @@ void hm_copy_text(char *dst, size_t cap, const char *src) {
   if (n >= cap) n = cap - 1;
   memcpy(dst, src, n);
   dst[n] = '\0';
+}
+
+int32_t hm_plugin_fail(const hm_abi_host *host, int32_t status, const char *fmt, ...) {
+  char msg[1024];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(msg, sizeof msg, fmt, ap);
+  va_end(ap);
+  if (host && host->report) host->report(host->host_ctx, HM_ABI_LOG_ERROR, status, msg);
+  return status;
 }

@@ -25,6 +25,34 @@ int32_t hm_plugin_answer_query(const hm_abi_query *query, hm_abi_plugin *out, hm
 /* Copies |src| into |dst| (capacity |cap|), truncating, always terminated. */
 void hm_copy_text(char *dst, size_t cap, const char *src);
 
+/* Formats a message, hands it to the host's report callback (when |host| has
+ * one) and returns |status|: every plugin's way of failing (SPEC.md §5). */
+int32_t hm_plugin_fail(const hm_abi_host *host, int32_t status, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
+/* The first member of every buffer our plugins hand out: a magic number
+ * naming the plugin that made it, and its size. One check serves all. */
+typedef struct hm_plugin_buffer_header {
+  uint32_t magic;
+  uint64_t size;
+} hm_plugin_buffer_header;
+
+/* Whether |buffer| (whose struct begins with the header) is non-NULL and
+ * carries |magic|. */
+static inline int hm_plugin_buffer_ok(const void *buffer, uint32_t magic) {
+  return buffer && ((const hm_plugin_buffer_header *)buffer)->magic == magic;
+}
+/* Whether [offset, offset + size) lies inside the buffer. */
+static inline int hm_plugin_range_ok(const void *buffer, uint64_t offset, uint64_t size) {
+  uint64_t have = ((const hm_plugin_buffer_header *)buffer)->size;
+  return offset <= have && size <= have - offset;
+}
+
+/* The most ops one program may hold in any of our plugins: a plugin copies
+ * and plans every op (about 300 bytes each), so a million ops bound that
+ * copy to a few hundred MB; the runtime lowers far fewer (tens per
+ * connection). */
+#define HM_PLUGIN_MAX_PROGRAM_OPS (1u << 20)
+
 #ifdef __cplusplus
 }
 #endif

@@ -54,12 +54,3 @@ const hm_abi_capability *cpu_caps_table(uint32_t *count) {
   *count = (uint32_t)(sizeof caps / sizeof caps[0]);
   return caps;
 }
-
-int cpu_caps_supports(uint32_t op, uint32_t dtype_in, uint32_t dtype_out, uint32_t variant) {
-  for (size_t i = 0; i < sizeof caps / sizeof caps[0]; i++) {
-    if (caps[i].op != op || caps[i].dtype_in != dtype_in || caps[i].dtype_out != dtype_out) continue;
-    if (caps[i].variants && (variant >= 64 || !(caps[i].variants & (1ull << variant)))) continue;
-    return 1;
-  }
-  return 0;
-}

@@ -13,6 +13,7 @@
 #include "cpu_quant.h"
 #include "cpu_vec.h"
 #include "harmonics_abi.h"
+#include "plugin_util.h"
 
 /* ===== CPU features (cpu_features.c) ===== */
 
@@ -106,9 +107,8 @@ typedef struct hm_abi_device {
 #define CPU_BUFFER_MAGIC 0x48424646u /* "HBFF" */
 
 typedef struct hm_abi_buffer {
-  uint32_t magic;
+  hm_plugin_buffer_header h; /* first: magic and size (plugin_util.h) */
   cpu_device *device;
-  uint64_t size;
   unsigned char *data;
 } cpu_buffer;
 
@@ -125,14 +125,11 @@ typedef struct hm_abi_program {
 /* ===== Errors ===== */
 
 /* Reports |status| with a formatted message through the host and returns it. */
-int32_t cpu_fail(const cpu_context *ctx, int32_t status, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
+#define cpu_fail(ctx, status, ...) hm_plugin_fail((ctx) ? &(ctx)->host : NULL, (status), __VA_ARGS__)
 
 /* ===== Capabilities (cpu_caps.c) ===== */
 
 const hm_abi_capability *cpu_caps_table(uint32_t *count);
-/* Nonzero when (op, dtype_in, dtype_out, variant) is declared. */
-int cpu_caps_supports(uint32_t op, uint32_t dtype_in, uint32_t dtype_out, uint32_t variant);
 
 /* ===== Programs (cpu_program.c) and kernels (cpu_kernels_*.c) ===== */
 

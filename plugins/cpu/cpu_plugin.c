@@ -22,15 +22,6 @@
 #define PLUGIN_MIN_ABI HM_ABI_MAKE_VERSION(1, 0)
 #define MAX_THREADS 256
 
-int32_t cpu_fail(const cpu_context *ctx, int32_t status, const char *fmt, ...) {
-  char msg[512];
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(msg, sizeof msg, fmt, ap);
-  va_end(ap);
-  if (ctx && ctx->host.report) ctx->host.report(ctx->host.host_ctx, HM_ABI_LOG_ERROR, status, msg);
-  return status;
-}
 
 static const cpu_vec_ops *cpu_vec_select(const cpu_features *f) {
   if (f->avx512f && f->avx512bw && f->avx512vl && f->avx512dq) return cpu_vec_avx512();
@@ -196,13 +187,7 @@ static void cpu_device_close(hm_abi_device *dev) {
 
 /* ===== Buffers ===== */
 
-static int32_t check_buffer(const cpu_buffer *b) {
-  return b && b->magic == CPU_BUFFER_MAGIC ? HM_ABI_OK : HM_ABI_STATUS_INVALID_ARGUMENT;
-}
-
-static int32_t range_ok(const cpu_buffer *b, uint64_t offset, uint64_t size) {
-  return offset <= b->size && size <= b->size - offset;
-}
+static int check_buffer(const cpu_buffer *b) { return !hm_plugin_buffer_ok(b, CPU_BUFFER_MAGIC); }
 
 static int32_t cpu_buffer_alloc(hm_abi_device *dev, uint64_t size, hm_abi_buffer **out) {
   if (!dev || !out) return HM_ABI_STATUS_INVALID_ARGUMENT;
@@ -219,9 +204,9 @@ static int32_t cpu_buffer_alloc(hm_abi_device *dev, uint64_t size, hm_abi_buffer
     return cpu_fail(dev->ctx, HM_ABI_STATUS_RESOURCE_EXHAUSTED, "cpu: cannot allocate %llu bytes",
                     (unsigned long long)size);
   }
-  b->magic = CPU_BUFFER_MAGIC;
+  b->h.magic = CPU_BUFFER_MAGIC;
   b->device = dev;
-  b->size = size;
+  b->h.size = size;
   b->data = data;
   atomic_fetch_add(&dev->live_buffers, 1);
   *out = b;
@@ -229,29 +214,29 @@ static int32_t cpu_buffer_alloc(hm_abi_device *dev, uint64_t size, hm_abi_buffer
 }
 
 static void cpu_buffer_free(hm_abi_buffer *b) {
-  if (!b || b->magic != CPU_BUFFER_MAGIC) return;
+  if (!b || b->h.magic != CPU_BUFFER_MAGIC) return;
   atomic_fetch_sub(&b->device->live_buffers, 1);
-  b->magic = 0;
+  b->h.magic = 0;
   free(b->data);
   free(b);
 }
 
 static int32_t cpu_buffer_write(hm_abi_buffer *b, uint64_t offset, const void *src, uint64_t size) {
   if (check_buffer(b) || (!src && size)) return HM_ABI_STATUS_INVALID_ARGUMENT;
-  if (!range_ok(b, offset, size))
+  if (!hm_plugin_range_ok(b, offset, size))
     return cpu_fail(b->device->ctx, HM_ABI_STATUS_OUT_OF_RANGE,
                     "cpu: write of %llu bytes at offset %llu exceeds buffer size %llu",
-                    (unsigned long long)size, (unsigned long long)offset, (unsigned long long)b->size);
+                    (unsigned long long)size, (unsigned long long)offset, (unsigned long long)b->h.size);
   if (size) memcpy(b->data + offset, src, (size_t)size);
   return HM_ABI_OK;
 }
 
 static int32_t cpu_buffer_read(hm_abi_buffer *b, uint64_t offset, void *dst, uint64_t size) {
   if (check_buffer(b) || (!dst && size)) return HM_ABI_STATUS_INVALID_ARGUMENT;
-  if (!range_ok(b, offset, size))
+  if (!hm_plugin_range_ok(b, offset, size))
     return cpu_fail(b->device->ctx, HM_ABI_STATUS_OUT_OF_RANGE,
                     "cpu: read of %llu bytes at offset %llu exceeds buffer size %llu",
-                    (unsigned long long)size, (unsigned long long)offset, (unsigned long long)b->size);
+                    (unsigned long long)size, (unsigned long long)offset, (unsigned long long)b->h.size);
   if (size) memcpy(dst, b->data + offset, (size_t)size);
   return HM_ABI_OK;
 }
@@ -261,7 +246,7 @@ static int32_t cpu_buffer_copy(hm_abi_buffer *dst, uint64_t dst_offset, hm_abi_b
   if (check_buffer(dst) || check_buffer(src)) return HM_ABI_STATUS_INVALID_ARGUMENT;
   if (dst->device != src->device)
     return cpu_fail(dst->device->ctx, HM_ABI_STATUS_INVALID_ARGUMENT, "cpu: copy between different devices");
-  if (!range_ok(dst, dst_offset, size) || !range_ok(src, src_offset, size))
+  if (!hm_plugin_range_ok(dst, dst_offset, size) || !hm_plugin_range_ok(src, src_offset, size))
     return cpu_fail(dst->device->ctx, HM_ABI_STATUS_OUT_OF_RANGE, "cpu: copy of %llu bytes out of range",
                     (unsigned long long)size);
   if (size) memmove(dst->data + dst_offset, src->data + src_offset, (size_t)size);

@@ -9,109 +9,51 @@
 
 #include "cpu_internal.h"
 #include "op_rules.h"
+#include "plugin_util.h"
 
-static int is_gemm_q(uint32_t code) {
-  return code == HM_ABI_OP_GEMM_Q8 || code == HM_ABI_OP_GEMM_Q4 || code == HM_ABI_OP_GEMM_Q3;
+/* hm_check_op's view of a buffer: its size, when it is one of this device's. */
+static int buffer_size(void *self, const hm_abi_buffer *buffer, uint64_t *size) {
+  const cpu_buffer *b = buffer;
+  if (!hm_plugin_buffer_ok(b, CPU_BUFFER_MAGIC) || b->device != self) return 1;
+  *size = b->h.size;
+  return 0;
 }
 
-
-static int32_t resolve_operand(cpu_device *dev, uint32_t index, const char *role, int slot,
-                               const hm_abi_operand *o, const hm_operand_req *req, void **out) {
-  cpu_context *ctx = dev->ctx;
-  *out = NULL;
-  if (!o->buffer) {
-    if (req->required == 1)
-      return cpu_fail(ctx, HM_ABI_STATUS_INVALID_ARGUMENT, "cpu: op %u: operand %s[%d] is required", index,
-                      role, slot);
-    return HM_ABI_OK;
-  }
-  if (req->required == 0 && req->bytes == 0) return HM_ABI_OK; /* a slot the op does not use */
-  const cpu_buffer *b = o->buffer;
-  if (b->magic != CPU_BUFFER_MAGIC)
-    return cpu_fail(ctx, HM_ABI_STATUS_INVALID_ARGUMENT, "cpu: op %u: operand %s[%d] is not a cpu buffer",
-                    index, role, slot);
-  if (b->device != dev)
-    return cpu_fail(ctx, HM_ABI_STATUS_INVALID_ARGUMENT,
-                    "cpu: op %u: operand %s[%d] belongs to another device", index, role, slot);
-  if (req->bytes == UINT64_MAX || o->offset > b->size || req->bytes > b->size - o->offset)
-    return cpu_fail(ctx, HM_ABI_STATUS_OUT_OF_RANGE,
-                    "cpu: op %u: operand %s[%d] needs %llu bytes at offset %llu but the buffer has %llu",
-                    index, role, slot, (unsigned long long)req->bytes, (unsigned long long)o->offset,
-                    (unsigned long long)b->size);
-  *out = b->data + o->offset;
-  return HM_ABI_OK;
-}
-
-static int overlaps(const hm_abi_operand *a, uint64_t abytes, const hm_abi_operand *b, uint64_t bbytes) {
-  if (!a->buffer || a->buffer != b->buffer || !abytes || !bbytes) return 0;
-  return a->offset < b->offset + bbytes && b->offset < a->offset + abytes;
-}
-
+/* Checks op |index| with the shared rules (op_rules.h), then resolves its
+ * operands to host pointers. */
 static int32_t validate_op(cpu_device *dev, uint32_t index, const hm_abi_op *op, uint32_t n_scalars,
                            cpu_op *out) {
   cpu_context *ctx = dev->ctx;
+  uint32_t n_caps = 0;
+  const hm_abi_capability *caps = cpu_caps_table(&n_caps);
+  char msg[512];
+  int32_t st = hm_check_op(op, index, n_scalars, caps, n_caps, buffer_size, dev, 1, msg, sizeof msg);
+  if (st) return cpu_fail(ctx, st, "cpu: %s", msg);
+  if ((op->dims[0] > INT32_MAX || op->dims[1] > INT32_MAX || op->dims[2] > INT32_MAX) && op->code == HM_ABI_OP_GEMM)
+    return cpu_fail(ctx, HM_ABI_STATUS_OUT_OF_RANGE, "cpu: op %u: GEMM dimension above 2^31-1", index);
   hm_operand_req in[4], outr[4];
-  if (hm_op_requirements(op, in, outr))
-    return cpu_fail(ctx, HM_ABI_STATUS_UNIMPLEMENTED, "cpu: op %u: op code %u is not supported", index,
-                    op->code);
-  uint32_t din = hm_dtype_or_f32(op->dtype_in), dout = hm_dtype_or_f32(op->dtype_out);
-  if (op->code == HM_ABI_OP_FILL) din = dout;  /* FILL has no input (SPEC.md §7) */
-  if (op->code == HM_ABI_OP_COPY) dout = din;  /* COPY keeps its type */
-  if (hm_op_has_variant(op->code)) {
-    uint32_t limit = op->code == HM_ABI_OP_LOSS ? HM_ABI_LOSS_COUNT : HM_ABI_ACT_COUNT;
-    if (op->variant >= limit)
-      return cpu_fail(ctx, HM_ABI_STATUS_INVALID_ARGUMENT, "cpu: op %u: variant %u out of range", index,
-                      op->variant);
-  }
-  if (!cpu_caps_supports(op->code, din, dout, hm_op_has_variant(op->code) ? op->variant : 0))
-    return cpu_fail(ctx, HM_ABI_STATUS_UNIMPLEMENTED,
-                    "cpu: op %u: op %u with dtype_in %u dtype_out %u variant %u is not declared", index,
-                    op->code, din, dout, op->variant);
-  for (int i = 0; i < HM_ABI_MAX_DYN; i++) {
-    if (op->dyn[i] != HM_ABI_DYN_NONE && (op->dyn[i] < 0 || (uint32_t)op->dyn[i] >= n_scalars))
-      return cpu_fail(ctx, HM_ABI_STATUS_OUT_OF_RANGE,
-                      "cpu: op %u: dynamic slot dyn[%d]=%d outside the %u program scalars", index, i,
-                      op->dyn[i], n_scalars);
-  }
+  (void)hm_op_requirements(op, in, outr); /* known: hm_check_op passed */
   memset(out, 0, sizeof *out);
   out->op = *op;
   for (int i = 0; i < HM_ABI_MAX_OPERANDS; i++) {
-    int32_t st = resolve_operand(dev, index, "in", i, &op->in[i], &in[i], &out->in[i]);
-    if (st) return st;
-    st = resolve_operand(dev, index, "out", i, &op->out[i], &outr[i], &out->out[i]);
-    if (st) return st;
+    const hm_abi_operand *o[2] = {&op->in[i], &op->out[i]};
+    const hm_operand_req *req[2] = {&in[i], &outr[i]};
+    void **dst[2] = {&out->in[i], &out->out[i]};
+    for (int k = 0; k < 2; k++) {
+      if (!o[k]->buffer || (req[k]->required == 0 && req[k]->bytes == 0)) continue; /* absent, or unused */
+      *dst[k] = ((const cpu_buffer *)o[k]->buffer)->data + o[k]->offset;
+    }
   }
-  if (op->code == HM_ABI_OP_LOSS && !out->out[0] && !out->out[1])
-    return cpu_fail(ctx, HM_ABI_STATUS_INVALID_ARGUMENT, "cpu: op %u: loss writes neither loss nor gradient",
-                    index);
-  if ((op->code == HM_ABI_OP_GEMM || is_gemm_q(op->code) || op->code == HM_ABI_OP_QUANTIZE ||
-       op->code == HM_ABI_OP_DEQUANTIZE) &&
-      (overlaps(&op->out[0], outr[0].bytes, &op->in[0], in[0].bytes) ||
-       overlaps(&op->out[0], outr[0].bytes, &op->in[1], in[1].bytes)))
-    return cpu_fail(ctx, HM_ABI_STATUS_INVALID_ARGUMENT, "cpu: op %u: output overlaps an input", index);
-  if (op->code == HM_ABI_OP_GATHER_ROWS && din == HM_ABI_DTYPE_I32 && dout != HM_ABI_DTYPE_I32)
-    return cpu_fail(ctx, HM_ABI_STATUS_INVALID_ARGUMENT, "cpu: op %u: gather of I32 must write I32", index);
-  if ((op->dims[0] > INT32_MAX || op->dims[1] > INT32_MAX || op->dims[2] > INT32_MAX) &&
-      op->code == HM_ABI_OP_GEMM)
-    return cpu_fail(ctx, HM_ABI_STATUS_OUT_OF_RANGE, "cpu: op %u: GEMM dimension above 2^31-1", index);
   return HM_ABI_OK;
 }
 
 int32_t cpu_program_create(hm_abi_device *dev, const hm_abi_program_desc *desc, hm_abi_program **out) {
   if (!dev || !desc || !out) return HM_ABI_STATUS_INVALID_ARGUMENT;
   cpu_context *ctx = dev->ctx;
-  if (desc->struct_size < sizeof(hm_abi_program_desc))
-    return cpu_fail(ctx, HM_ABI_STATUS_INVALID_ARGUMENT, "cpu: program descriptor struct_size %u too small",
-                    desc->struct_size);
-  if (desc->n_ops && !desc->ops)
-    return cpu_fail(ctx, HM_ABI_STATUS_INVALID_ARGUMENT, "cpu: program has %u ops but no op array", desc->n_ops);
-  if (desc->n_ops > (1u << 24))
-    return cpu_fail(ctx, HM_ABI_STATUS_OUT_OF_RANGE, "cpu: program has too many ops (%u)", desc->n_ops);
-  /* The op array's stride is the first op's struct_size (SPEC.md HM-ABI-9). */
-  size_t stride = desc->n_ops ? desc->ops[0].struct_size : sizeof(hm_abi_op);
-  if (stride < sizeof(hm_abi_op))
-    return cpu_fail(ctx, HM_ABI_STATUS_INVALID_ARGUMENT, "cpu: op struct_size %zu is smaller than %zu",
-                    stride, sizeof(hm_abi_op));
+  size_t stride = 0;
+  char msg[256];
+  int32_t dst = hm_check_program_desc(desc, HM_PLUGIN_MAX_PROGRAM_OPS, &stride, msg, sizeof msg);
+  if (dst) return cpu_fail(ctx, dst, "cpu: program: %s", msg);
   cpu_program *p = calloc(1, sizeof *p);
   cpu_op *ops = desc->n_ops ? calloc(desc->n_ops, sizeof *ops) : NULL;
   if (!p || (desc->n_ops && !ops)) {
@@ -121,13 +63,7 @@ int32_t cpu_program_create(hm_abi_device *dev, const hm_abi_program_desc *desc, 
                     desc->n_ops);
   }
   for (uint32_t i = 0; i < desc->n_ops; i++) {
-    const hm_abi_op *op = (const hm_abi_op *)((const char *)desc->ops + (size_t)i * stride);
-    if (op->struct_size != stride) {
-      free(ops);
-      free(p);
-      return cpu_fail(ctx, HM_ABI_STATUS_INVALID_ARGUMENT, "cpu: op %u: struct_size %u differs from op 0's %zu",
-                      i, op->struct_size, stride);
-    }
+    const hm_abi_op *op = hm_program_op(desc, stride, i);
     int32_t st = validate_op(dev, i, op, desc->n_scalars, &ops[i]);
     if (st) {
       free(ops);

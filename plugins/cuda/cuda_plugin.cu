@@ -287,9 +287,8 @@ struct hm_abi_device {
 typedef hm_abi_device cu_device;
 
 struct hm_abi_buffer {
-  uint32_t magic;
+  hm_plugin_buffer_header h; /* first: magic and size */
   cu_device *dev;
-  uint64_t size;
   uint32_t *ptr;
 };
 typedef hm_abi_buffer cu_buffer;
@@ -324,16 +323,8 @@ struct hm_abi_program {
 };
 typedef hm_abi_program cu_program;
 
-static int32_t fail(const cu_context *ctx, int32_t status, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static int32_t fail(const cu_context *ctx, int32_t status, const char *fmt, ...) {
-  char msg[1024];
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(msg, sizeof msg, fmt, ap);
-  va_end(ap);
-  if (ctx && ctx->host.report) ctx->host.report(ctx->host.host_ctx, HM_ABI_LOG_ERROR, status, msg);
-  return status;
-}
+/* Reports through the host (plugin_util.h). */
+#define fail(ctx, status, ...) hm_plugin_fail((ctx) ? &(ctx)->host : NULL, (status), __VA_ARGS__)
 
 static int32_t status_of(cudaError_t e) {
   return e == cudaErrorMemoryAllocation ? HM_ABI_STATUS_RESOURCE_EXHAUSTED
@@ -498,7 +489,7 @@ static int32_t cu_device_open(hm_abi_context *ctx, uint32_t index, const hm_abi_
 
 /* ===== Buffers ===== */
 
-static int check_buffer(const cu_buffer *b) { return !b || b->magic != BUFFER_MAGIC; }
+static int check_buffer(const cu_buffer *b) { return !hm_plugin_buffer_ok(b, BUFFER_MAGIC); }
 
 static int32_t cu_buffer_alloc(hm_abi_device *dev, uint64_t size, hm_abi_buffer **out) {
   if (!dev || !out) return HM_ABI_STATUS_INVALID_ARGUMENT;
@@ -517,9 +508,9 @@ static int32_t cu_buffer_alloc(hm_abi_device *dev, uint64_t size, hm_abi_buffer 
     free(b);
     return fail(dev->ctx, status_of(e), "cuda: cannot allocate %llu bytes: %s", (unsigned long long)size, cudaGetErrorString(e));
   }
-  b->magic = BUFFER_MAGIC;
+  b->h.magic = BUFFER_MAGIC;
   b->dev = dev;
-  b->size = size;
+  b->h.size = size;
   dev->live_buffers++;
   *out = b;
   return HM_ABI_OK;
@@ -530,18 +521,17 @@ static void cu_buffer_free(hm_abi_buffer *b) {
   cudaSetDevice(b->dev->info->ordinal);
   cudaStreamSynchronize(b->dev->stream);
   b->dev->live_buffers--;
-  b->magic = 0;
+  b->h.magic = 0;
   cudaFree(b->ptr);
   free(b);
 }
 
-static int range_ok(const cu_buffer *b, uint64_t offset, uint64_t size) { return offset <= b->size && size <= b->size - offset; }
 
 static int32_t cu_buffer_write(hm_abi_buffer *b, uint64_t offset, const void *src, uint64_t size) {
   if (check_buffer(b) || (!src && size)) return HM_ABI_STATUS_INVALID_ARGUMENT;
-  if (!range_ok(b, offset, size))
+  if (!hm_plugin_range_ok(b, offset, size))
     return fail(b->dev->ctx, HM_ABI_STATUS_OUT_OF_RANGE, "cuda: write of %llu bytes at offset %llu exceeds buffer size %llu",
-                (unsigned long long)size, (unsigned long long)offset, (unsigned long long)b->size);
+                (unsigned long long)size, (unsigned long long)offset, (unsigned long long)b->h.size);
   if (!size) return HM_ABI_OK;
   cu_context *ctx = b->dev->ctx;
   CUDA_TRY(ctx, cudaSetDevice(b->dev->info->ordinal), "cudaSetDevice");
@@ -553,9 +543,9 @@ static int32_t cu_buffer_write(hm_abi_buffer *b, uint64_t offset, const void *sr
 
 static int32_t cu_buffer_read(hm_abi_buffer *b, uint64_t offset, void *dst, uint64_t size) {
   if (check_buffer(b) || (!dst && size)) return HM_ABI_STATUS_INVALID_ARGUMENT;
-  if (!range_ok(b, offset, size))
+  if (!hm_plugin_range_ok(b, offset, size))
     return fail(b->dev->ctx, HM_ABI_STATUS_OUT_OF_RANGE, "cuda: read of %llu bytes at offset %llu exceeds buffer size %llu",
-                (unsigned long long)size, (unsigned long long)offset, (unsigned long long)b->size);
+                (unsigned long long)size, (unsigned long long)offset, (unsigned long long)b->h.size);
   if (!size) return HM_ABI_OK;
   cu_context *ctx = b->dev->ctx;
   CUDA_TRY(ctx, cudaSetDevice(b->dev->info->ordinal), "cudaSetDevice");
@@ -567,7 +557,7 @@ static int32_t cu_buffer_read(hm_abi_buffer *b, uint64_t offset, void *dst, uint
 static int32_t cu_buffer_copy(hm_abi_buffer *dst, uint64_t dst_offset, hm_abi_buffer *src, uint64_t src_offset, uint64_t size) {
   if (check_buffer(dst) || check_buffer(src)) return HM_ABI_STATUS_INVALID_ARGUMENT;
   if (dst->dev != src->dev) return fail(dst->dev->ctx, HM_ABI_STATUS_INVALID_ARGUMENT, "cuda: copy between different devices");
-  if (!range_ok(dst, dst_offset, size) || !range_ok(src, src_offset, size))
+  if (!hm_plugin_range_ok(dst, dst_offset, size) || !hm_plugin_range_ok(src, src_offset, size))
     return fail(dst->dev->ctx, HM_ABI_STATUS_OUT_OF_RANGE, "cuda: copy of %llu bytes out of range", (unsigned long long)size);
   if (!size) return HM_ABI_OK;
   cu_context *ctx = dst->dev->ctx;
@@ -595,7 +585,7 @@ static int32_t cu_buffer_copy(hm_abi_buffer *dst, uint64_t dst_offset, hm_abi_bu
 static int buffer_size_of(void *self, const hm_abi_buffer *b, uint64_t *size) {
   const cu_buffer *cb = (const cu_buffer *)b;
   if (check_buffer(cb) || cb->dev != self) return 1;
-  *size = cb->size;
+  *size = cb->h.size;
   return 0;
 }
 
@@ -669,7 +659,7 @@ static int32_t cu_program_create(hm_abi_device *dev, const hm_abi_program_desc *
   cu_context *ctx = dev->ctx;
   size_t stride = 0;
   char pmsg[256];
-  int32_t pst = hm_check_program_desc(desc, 1u << 20, &stride, pmsg, sizeof pmsg);
+  int32_t pst = hm_check_program_desc(desc, HM_PLUGIN_MAX_PROGRAM_OPS, &stride, pmsg, sizeof pmsg);
   if (pst) return fail(ctx, pst, "cuda: %s", pmsg);
   CUDA_TRY(ctx, cudaSetDevice(dev->info->ordinal), "cudaSetDevice");
   char msg[512];

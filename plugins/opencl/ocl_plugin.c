@@ -59,9 +59,8 @@ typedef struct hm_abi_device {
 } ocl_device;
 
 typedef struct hm_abi_buffer {
-  uint32_t magic;
+  hm_plugin_buffer_header h; /* first: magic and size */
   ocl_device *dev;
-  uint64_t size;
   cl_mem mem;
 } ocl_buffer;
 
@@ -78,16 +77,8 @@ typedef struct hm_abi_program {
   float *scalars_host;
 } ocl_program;
 
-static int32_t fail(const ocl_context *ctx, int32_t status, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static int32_t fail(const ocl_context *ctx, int32_t status, const char *fmt, ...) {
-  char msg[1024];
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(msg, sizeof msg, fmt, ap);
-  va_end(ap);
-  if (ctx && ctx->host.report) ctx->host.report(ctx->host.host_ctx, HM_ABI_LOG_ERROR, status, msg);
-  return status;
-}
+/* Reports through the host (plugin_util.h). */
+#define fail(ctx, status, ...) hm_plugin_fail((ctx) ? &(ctx)->host : NULL, (status), __VA_ARGS__)
 
 static const char *cl_error_name(cl_int e) {
   switch (e) {
@@ -391,7 +382,7 @@ static int32_t ocl_device_open(hm_abi_context *ctx, uint32_t index, const hm_abi
 
 /* ===== Buffers ===== */
 
-static int check_buffer(const ocl_buffer *b) { return !b || b->magic != BUFFER_MAGIC; }
+static int check_buffer(const ocl_buffer *b) { return !hm_plugin_buffer_ok(b, BUFFER_MAGIC); }
 
 static int32_t ocl_buffer_alloc(hm_abi_device *dev, uint64_t size, hm_abi_buffer **out) {
   if (!dev || !out) return HM_ABI_STATUS_INVALID_ARGUMENT;
@@ -411,9 +402,9 @@ static int32_t ocl_buffer_alloc(hm_abi_device *dev, uint64_t size, hm_abi_buffer
     return fail(dev->ctx, status_of(e), "opencl: cannot allocate %llu bytes: %s (%d)", (unsigned long long)size,
                 cl_error_name(e), (int)e);
   }
-  b->magic = BUFFER_MAGIC;
+  b->h.magic = BUFFER_MAGIC;
   b->dev = dev;
-  b->size = size;
+  b->h.size = size;
   atomic_fetch_add(&dev->live_buffers, 1);
   *out = b;
   return HM_ABI_OK;
@@ -423,20 +414,17 @@ static void ocl_buffer_free(hm_abi_buffer *b) {
   if (check_buffer(b)) return;
   clFinish(b->dev->queue); /* programs may still use it */
   atomic_fetch_sub(&b->dev->live_buffers, 1);
-  b->magic = 0;
+  b->h.magic = 0;
   clReleaseMemObject(b->mem);
   free(b);
 }
 
-static int range_ok(const ocl_buffer *b, uint64_t offset, uint64_t size) {
-  return offset <= b->size && size <= b->size - offset;
-}
 
 static int32_t ocl_buffer_write(hm_abi_buffer *b, uint64_t offset, const void *src, uint64_t size) {
   if (check_buffer(b) || (!src && size)) return HM_ABI_STATUS_INVALID_ARGUMENT;
-  if (!range_ok(b, offset, size))
+  if (!hm_plugin_range_ok(b, offset, size))
     return fail(b->dev->ctx, HM_ABI_STATUS_OUT_OF_RANGE, "opencl: write of %llu bytes at offset %llu exceeds buffer size %llu",
-                (unsigned long long)size, (unsigned long long)offset, (unsigned long long)b->size);
+                (unsigned long long)size, (unsigned long long)offset, (unsigned long long)b->h.size);
   if (!size) return HM_ABI_OK;
   cl_int e = clEnqueueWriteBuffer(b->dev->queue, b->mem, CL_TRUE, (size_t)offset, (size_t)size, src, 0, NULL, NULL);
   return e == CL_SUCCESS ? HM_ABI_OK : fail(b->dev->ctx, status_of(e), "opencl: write: %s (%d)", cl_error_name(e), (int)e);
@@ -444,9 +432,9 @@ static int32_t ocl_buffer_write(hm_abi_buffer *b, uint64_t offset, const void *s
 
 static int32_t ocl_buffer_read(hm_abi_buffer *b, uint64_t offset, void *dst, uint64_t size) {
   if (check_buffer(b) || (!dst && size)) return HM_ABI_STATUS_INVALID_ARGUMENT;
-  if (!range_ok(b, offset, size))
+  if (!hm_plugin_range_ok(b, offset, size))
     return fail(b->dev->ctx, HM_ABI_STATUS_OUT_OF_RANGE, "opencl: read of %llu bytes at offset %llu exceeds buffer size %llu",
-                (unsigned long long)size, (unsigned long long)offset, (unsigned long long)b->size);
+                (unsigned long long)size, (unsigned long long)offset, (unsigned long long)b->h.size);
   if (!size) return HM_ABI_OK;
   cl_int e = clEnqueueReadBuffer(b->dev->queue, b->mem, CL_TRUE, (size_t)offset, (size_t)size, dst, 0, NULL, NULL);
   return e == CL_SUCCESS ? HM_ABI_OK : fail(b->dev->ctx, status_of(e), "opencl: read: %s (%d)", cl_error_name(e), (int)e);
@@ -456,7 +444,7 @@ static int32_t ocl_buffer_copy(hm_abi_buffer *dst, uint64_t dst_offset, hm_abi_b
                                uint64_t size) {
   if (check_buffer(dst) || check_buffer(src)) return HM_ABI_STATUS_INVALID_ARGUMENT;
   if (dst->dev != src->dev) return fail(dst->dev->ctx, HM_ABI_STATUS_INVALID_ARGUMENT, "opencl: copy between different devices");
-  if (!range_ok(dst, dst_offset, size) || !range_ok(src, src_offset, size))
+  if (!hm_plugin_range_ok(dst, dst_offset, size) || !hm_plugin_range_ok(src, src_offset, size))
     return fail(dst->dev->ctx, HM_ABI_STATUS_OUT_OF_RANGE, "opencl: copy of %llu bytes out of range", (unsigned long long)size);
   if (!size) return HM_ABI_OK;
   if (dst->mem == src->mem && dst_offset < src_offset + size && src_offset < dst_offset + size) {
@@ -479,7 +467,7 @@ static int32_t ocl_buffer_copy(hm_abi_buffer *dst, uint64_t dst_offset, hm_abi_b
 static int buffer_size_of(void *self, const hm_abi_buffer *b, uint64_t *size) {
   const ocl_buffer *ob = (const ocl_buffer *)b;
   if (check_buffer(ob) || ob->dev != self) return 1;
-  *size = ob->size;
+  *size = ob->h.size;
   return 0;
 }
 
@@ -499,7 +487,7 @@ static int32_t ocl_program_create(hm_abi_device *dev, const hm_abi_program_desc 
   ocl_context *ctx = dev->ctx;
   size_t stride = 0;
   char pmsg[256];
-  int32_t pst = hm_check_program_desc(desc, 1u << 20, &stride, pmsg, sizeof pmsg);
+  int32_t pst = hm_check_program_desc(desc, HM_PLUGIN_MAX_PROGRAM_OPS, &stride, pmsg, sizeof pmsg);
   if (pst) return fail(ctx, pst, "opencl: %s", pmsg);
   uint32_t n_caps = 0;
   const hm_abi_capability *caps = hm_kernel_caps(&n_caps);

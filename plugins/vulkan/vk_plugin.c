@@ -79,9 +79,8 @@ typedef struct hm_abi_device {
 } vk_device;
 
 typedef struct hm_abi_buffer {
-  uint32_t magic;
+  hm_plugin_buffer_header h; /* first: magic and size */
   vk_device *dev;
-  uint64_t size;
   VkBuffer buf;
   VkDeviceMemory mem;
   void *map; /* non-NULL when host visible */
@@ -97,16 +96,8 @@ typedef struct hm_abi_program {
   float *scalars_map;
 } vk_program;
 
-static int32_t fail(const vk_context *ctx, int32_t status, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static int32_t fail(const vk_context *ctx, int32_t status, const char *fmt, ...) {
-  char msg[1024];
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(msg, sizeof msg, fmt, ap);
-  va_end(ap);
-  if (ctx && ctx->host.report) ctx->host.report(ctx->host.host_ctx, HM_ABI_LOG_ERROR, status, msg);
-  return status;
-}
+/* Reports through the host (plugin_util.h). */
+#define fail(ctx, status, ...) hm_plugin_fail((ctx) ? &(ctx)->host : NULL, (status), __VA_ARGS__)
 
 static int32_t status_of(VkResult r) {
   return r == VK_ERROR_OUT_OF_HOST_MEMORY || r == VK_ERROR_OUT_OF_DEVICE_MEMORY || r == VK_ERROR_TOO_MANY_OBJECTS
@@ -464,7 +455,7 @@ static int32_t pipeline(vk_device *dev, hm_kernel_id k, VkPipeline *out) {
 
 /* ===== Buffers ===== */
 
-static int check_buffer(const vk_buffer *b) { return !b || b->magic != BUFFER_MAGIC; }
+static int check_buffer(const vk_buffer *b) { return !hm_plugin_buffer_ok(b, BUFFER_MAGIC); }
 
 static int32_t vk_buffer_alloc(hm_abi_device *dev, uint64_t size, hm_abi_buffer **out) {
   if (!dev || !out) return HM_ABI_STATUS_INVALID_ARGUMENT;
@@ -481,9 +472,9 @@ static int32_t vk_buffer_alloc(hm_abi_device *dev, uint64_t size, hm_abi_buffer 
     free(b);
     return fail(dev->ctx, status_of(r), "vulkan: cannot allocate %llu bytes (%d)", (unsigned long long)size, (int)r);
   }
-  b->magic = BUFFER_MAGIC;
+  b->h.magic = BUFFER_MAGIC;
   b->dev = dev;
-  b->size = size;
+  b->h.size = size;
   atomic_fetch_add(&dev->live_buffers, 1);
   *out = b;
   return HM_ABI_OK;
@@ -494,19 +485,18 @@ static void vk_buffer_free(hm_abi_buffer *b) {
   vk_device *dev = b->dev;
   (void)wait_idle(dev);
   atomic_fetch_sub(&dev->live_buffers, 1);
-  b->magic = 0;
+  b->h.magic = 0;
   vkDestroyBuffer(dev->dev, b->buf, NULL);
   vkFreeMemory(dev->dev, b->mem, NULL);
   free(b);
 }
 
-static int range_ok(const vk_buffer *b, uint64_t offset, uint64_t size) { return offset <= b->size && size <= b->size - offset; }
 
 static int32_t vk_buffer_write(hm_abi_buffer *b, uint64_t offset, const void *src, uint64_t size) {
   if (check_buffer(b) || (!src && size)) return HM_ABI_STATUS_INVALID_ARGUMENT;
-  if (!range_ok(b, offset, size))
+  if (!hm_plugin_range_ok(b, offset, size))
     return fail(b->dev->ctx, HM_ABI_STATUS_OUT_OF_RANGE, "vulkan: write of %llu bytes at offset %llu exceeds buffer size %llu",
-                (unsigned long long)size, (unsigned long long)offset, (unsigned long long)b->size);
+                (unsigned long long)size, (unsigned long long)offset, (unsigned long long)b->h.size);
   if (!size) return HM_ABI_OK;
   vk_device *dev = b->dev;
   int32_t st = wait_idle(dev);
@@ -522,9 +512,9 @@ static int32_t vk_buffer_write(hm_abi_buffer *b, uint64_t offset, const void *sr
 
 static int32_t vk_buffer_read(hm_abi_buffer *b, uint64_t offset, void *dst, uint64_t size) {
   if (check_buffer(b) || (!dst && size)) return HM_ABI_STATUS_INVALID_ARGUMENT;
-  if (!range_ok(b, offset, size))
+  if (!hm_plugin_range_ok(b, offset, size))
     return fail(b->dev->ctx, HM_ABI_STATUS_OUT_OF_RANGE, "vulkan: read of %llu bytes at offset %llu exceeds buffer size %llu",
-                (unsigned long long)size, (unsigned long long)offset, (unsigned long long)b->size);
+                (unsigned long long)size, (unsigned long long)offset, (unsigned long long)b->h.size);
   if (!size) return HM_ABI_OK;
   vk_device *dev = b->dev;
   int32_t st = wait_idle(dev);
@@ -541,7 +531,7 @@ static int32_t vk_buffer_read(hm_abi_buffer *b, uint64_t offset, void *dst, uint
 static int32_t vk_buffer_copy(hm_abi_buffer *dst, uint64_t dst_offset, hm_abi_buffer *src, uint64_t src_offset, uint64_t size) {
   if (check_buffer(dst) || check_buffer(src)) return HM_ABI_STATUS_INVALID_ARGUMENT;
   if (dst->dev != src->dev) return fail(dst->dev->ctx, HM_ABI_STATUS_INVALID_ARGUMENT, "vulkan: copy between different devices");
-  if (!range_ok(dst, dst_offset, size) || !range_ok(src, src_offset, size))
+  if (!hm_plugin_range_ok(dst, dst_offset, size) || !hm_plugin_range_ok(src, src_offset, size))
     return fail(dst->dev->ctx, HM_ABI_STATUS_OUT_OF_RANGE, "vulkan: copy of %llu bytes out of range", (unsigned long long)size);
   if (!size) return HM_ABI_OK;
   if (dst->buf == src->buf && dst_offset < src_offset + size && src_offset < dst_offset + size) {
@@ -561,7 +551,7 @@ static int32_t vk_buffer_copy(hm_abi_buffer *dst, uint64_t dst_offset, hm_abi_bu
 static int buffer_size_of(void *self, const hm_abi_buffer *b, uint64_t *size) {
   const vk_buffer *vb = (const vk_buffer *)b;
   if (check_buffer(vb) || vb->dev != self) return 1;
-  *size = vb->size;
+  *size = vb->h.size;
   return 0;
 }
 
@@ -582,7 +572,7 @@ static int32_t vk_program_create(hm_abi_device *dev, const hm_abi_program_desc *
   vk_context *ctx = dev->ctx;
   size_t stride = 0;
   char pmsg[256];
-  int32_t pst = hm_check_program_desc(desc, 1u << 16, &stride, pmsg, sizeof pmsg);
+  int32_t pst = hm_check_program_desc(desc, HM_PLUGIN_MAX_PROGRAM_OPS, &stride, pmsg, sizeof pmsg);
   if (pst) return fail(ctx, pst, "vulkan: %s", pmsg);
   uint32_t n_caps = 0;
   const hm_abi_capability *caps = hm_kernel_caps(&n_caps);
