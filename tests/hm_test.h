@@ -1,7 +1,10 @@
 /*
- * A minimal test harness: each test executable lists its cases; every check
- * prints both values on failure and the run continues to the next check.
- * Exit status: 0 all passed, 1 a failure, 77 every case skipped.
+ * A minimal test harness: each test executable lists its cases (each name
+ * written once: HM_TEST_CASE(fn)); every case runs in its own child process
+ * with a time limit (hm_test.c), every check prints both values on failure
+ * and the case continues to the next check.
+ * Exit status: 0 all passed, 1 a failure (or a crash or timeout), 77 every
+ * case skipped.
  *   ./test_x            run all cases
  *   ./test_x name ...   run the named cases
  */
@@ -18,8 +21,16 @@ typedef struct hm_test_case {
   void (*fn)(void);
 } hm_test_case;
 
+/* A case named after its function. */
+#define HM_TEST_CASE(fn) {#fn, fn}
+/* A case named |name| whose function is prefix##name (run_x, test_x). */
+#define HM_TEST_CASE_P(prefix, name) {#name, prefix##name}
+
 extern int hm_test_failures;
 extern int hm_test_skipped;
+/* Called at the end of each case's process (e.g. to remove its temporary
+ * files), and once at the end when cases do not fork. */
+extern void (*hm_test_cleanup)(void);
 
 #define HM_CHECK(cond)                                                         \
   do {                                                                         \

@@ -29,7 +29,7 @@ static void abi_struct_sizes(void) {
 }
 
 static const hm_test_case cases[] = {
-    {"abi_enum_values_are_pinned", abi_enum_values_are_pinned},
-    {"abi_struct_sizes", abi_struct_sizes},
+    HM_TEST_CASE(abi_enum_values_are_pinned),
+    HM_TEST_CASE(abi_struct_sizes),
 };
 HM_TEST_MAIN(cases)

@@ -779,19 +779,19 @@ static void program_validation_rejects_bad_ops(void) {
 }
 
 static const hm_test_case cases[] = {
-    {"gemm_matches_reference", gemm_matches_reference},
-    {"gemm_beta_zero_does_not_read_c", gemm_beta_zero_does_not_read_c},
-    {"activations_forward_match_reference", activations_forward_match_reference},
-    {"activations_backward_match_reference", activations_backward_match_reference},
-    {"activation_gradients_match_finite_differences", activation_gradients_match_finite_differences},
-    {"losses_match_reference_and_finite_differences", losses_match_reference_and_finite_differences},
-    {"cross_entropy_ignores_invalid_labels", cross_entropy_ignores_invalid_labels},
-    {"reductions_and_elementwise_match_reference", reductions_and_elementwise_match_reference},
-    {"clip_propagates_nan_and_saturates", clip_propagates_nan_and_saturates},
-    {"gather_fill_copy_match_reference", gather_fill_copy_match_reference},
-    {"optimizers_match_single_step_reference_values", optimizers_match_single_step_reference_values},
-    {"optimizers_multi_step_match_reference", optimizers_multi_step_match_reference},
-    {"programs_are_deterministic_for_fixed_threads", programs_are_deterministic_for_fixed_threads},
-    {"program_validation_rejects_bad_ops", program_validation_rejects_bad_ops},
+    HM_TEST_CASE(gemm_matches_reference),
+    HM_TEST_CASE(gemm_beta_zero_does_not_read_c),
+    HM_TEST_CASE(activations_forward_match_reference),
+    HM_TEST_CASE(activations_backward_match_reference),
+    HM_TEST_CASE(activation_gradients_match_finite_differences),
+    HM_TEST_CASE(losses_match_reference_and_finite_differences),
+    HM_TEST_CASE(cross_entropy_ignores_invalid_labels),
+    HM_TEST_CASE(reductions_and_elementwise_match_reference),
+    HM_TEST_CASE(clip_propagates_nan_and_saturates),
+    HM_TEST_CASE(gather_fill_copy_match_reference),
+    HM_TEST_CASE(optimizers_match_single_step_reference_values),
+    HM_TEST_CASE(optimizers_multi_step_match_reference),
+    HM_TEST_CASE(programs_are_deterministic_for_fixed_threads),
+    HM_TEST_CASE(program_validation_rejects_bad_ops),
 };
 HM_TEST_MAIN(cases)

@@ -276,20 +276,24 @@ WRAP(safetensors_python_layout)
 WRAP(safetensors_hostile_files)
 
 static const hm_test_case cases[] = {
-    {"idx_files_load", run_idx_files_load},
-    {"idx_bad_files", run_idx_bad_files},
-    {"csv_files", run_csv_files},
-    {"safetensors_round_trip", run_safetensors_round_trip},
-    {"safetensors_python_layout", run_safetensors_python_layout},
-    {"safetensors_hostile_files", run_safetensors_hostile_files},
+    HM_TEST_CASE_P(run_, idx_files_load),
+    HM_TEST_CASE_P(run_, idx_bad_files),
+    HM_TEST_CASE_P(run_, csv_files),
+    HM_TEST_CASE_P(run_, safetensors_round_trip),
+    HM_TEST_CASE_P(run_, safetensors_python_layout),
+    HM_TEST_CASE_P(run_, safetensors_hostile_files),
 };
 
+/* Each case's process removes the directory it made. */
+static void remove_tmpdir(void) {
+  if (!tmpdir[0]) return;
+  char cmd[300];
+  snprintf(cmd, sizeof cmd, "rm -rf %s", tmpdir);
+  if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", tmpdir);
+  tmpdir[0] = '\0';
+}
+
 int main(int argc, char **argv) {
-  int rc = hm_test_main(argc, argv, cases, sizeof cases / sizeof cases[0]);
-  if (tmpdir[0]) {
-    char cmd[300];
-    snprintf(cmd, sizeof cmd, "rm -rf %s", tmpdir);
-    if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", tmpdir);
-  }
-  return rc;
+  hm_test_cleanup = remove_tmpdir;
+  return hm_test_main(argc, argv, cases, sizeof cases / sizeof cases[0]);
 }

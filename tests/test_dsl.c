@@ -255,11 +255,11 @@ static void load_dsl_file_errors(void) {
 }
 
 static const hm_test_case cases[] = {
-    {"parses_declarations_and_flows", parses_declarations_and_flows},
-    {"continuation_line_uses_previous_source", continuation_line_uses_previous_source},
-    {"builder_makes_the_same_graph", builder_makes_the_same_graph},
-    {"widths_resolve", widths_resolve},
-    {"every_error_path_names_the_place", every_error_path_names_the_place},
-    {"load_dsl_file_errors", load_dsl_file_errors},
+    HM_TEST_CASE(parses_declarations_and_flows),
+    HM_TEST_CASE(continuation_line_uses_previous_source),
+    HM_TEST_CASE(builder_makes_the_same_graph),
+    HM_TEST_CASE(widths_resolve),
+    HM_TEST_CASE(every_error_path_names_the_place),
+    HM_TEST_CASE(load_dsl_file_errors),
 };
 HM_TEST_MAIN(cases)

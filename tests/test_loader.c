@@ -248,12 +248,12 @@ static void registry_load_unload_cycles(void) {
 }
 
 static const hm_test_case cases[] = {
-    {"loader_skips_each_broken_plugin_with_reason", loader_skips_each_broken_plugin_with_reason},
-    {"selection_errors_name_the_reason", selection_errors_name_the_reason},
-    {"preference_list_picks_first_available", preference_list_picks_first_available},
-    {"negotiation_across_host_versions", negotiation_across_host_versions},
-    {"unknown_plugin_option_is_an_error", unknown_plugin_option_is_an_error},
-    {"config_file_is_read_and_validated", config_file_is_read_and_validated},
-    {"registry_load_unload_cycles", registry_load_unload_cycles},
+    HM_TEST_CASE(loader_skips_each_broken_plugin_with_reason),
+    HM_TEST_CASE(selection_errors_name_the_reason),
+    HM_TEST_CASE(preference_list_picks_first_available),
+    HM_TEST_CASE(negotiation_across_host_versions),
+    HM_TEST_CASE(unknown_plugin_option_is_an_error),
+    HM_TEST_CASE(config_file_is_read_and_validated),
+    HM_TEST_CASE(registry_load_unload_cycles),
 };
 HM_TEST_MAIN(cases)

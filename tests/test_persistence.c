@@ -443,20 +443,24 @@ WRAP(weights_that_do_not_fit_the_graph)
 WRAP(killed_save_leaves_previous_file)
 
 static const hm_test_case cases[] = {
-    {"graph_round_trip", run_graph_round_trip},
-    {"weights_round_trip", run_weights_round_trip},
-    {"resume_is_bit_identical", run_resume_is_bit_identical},
-    {"every_bad_input_class_is_refused", run_every_bad_input_class_is_refused},
-    {"weights_that_do_not_fit_the_graph", run_weights_that_do_not_fit_the_graph},
-    {"killed_save_leaves_previous_file", run_killed_save_leaves_previous_file},
+    HM_TEST_CASE_P(run_, graph_round_trip),
+    HM_TEST_CASE_P(run_, weights_round_trip),
+    HM_TEST_CASE_P(run_, resume_is_bit_identical),
+    HM_TEST_CASE_P(run_, every_bad_input_class_is_refused),
+    HM_TEST_CASE_P(run_, weights_that_do_not_fit_the_graph),
+    HM_TEST_CASE_P(run_, killed_save_leaves_previous_file),
 };
 
+/* Each case's process removes the directory it made. */
+static void remove_dir(void) {
+  if (!dir[0]) return;
+  char cmd[300];
+  snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+  if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", dir);
+  dir[0] = '\0';
+}
+
 int main(int argc, char **argv) {
-  int rc = hm_test_main(argc, argv, cases, sizeof cases / sizeof cases[0]);
-  if (dir[0]) {
-    char cmd[300];
-    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
-    if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", dir);
-  }
-  return rc;
+  hm_test_cleanup = remove_dir;
+  return hm_test_main(argc, argv, cases, sizeof cases / sizeof cases[0]);
 }

@@ -305,11 +305,11 @@ static void setup(void) {
 int main(int argc, char **argv) {
   setup();
   static const hm_test_case cases[] = {
-      {"parsing_and_validation", parsing_and_validation},
-      {"cpu_runs_every_width", cpu_runs_every_width},
-      {"devices_without_kernels", devices_without_kernels},
-      {"lowering_matches_the_reference", lowering_matches_the_reference},
-      {"packed_inference_bytes", packed_inference_bytes},
+      HM_TEST_CASE(parsing_and_validation),
+      HM_TEST_CASE(cpu_runs_every_width),
+      HM_TEST_CASE(devices_without_kernels),
+      HM_TEST_CASE(lowering_matches_the_reference),
+      HM_TEST_CASE(packed_inference_bytes),
   };
   int rc = hm_test_main(argc, argv, cases, sizeof cases / sizeof cases[0]);
   hm_registry_shutdown();

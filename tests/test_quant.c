@@ -437,11 +437,11 @@ static void test_cpu_rejects_bad_ops(void) {
 
 int main(int argc, char **argv) {
   static const hm_test_case cases[] = {
-      {"reference_vectors", test_reference_vectors},
-      {"hand_computed", test_hand_computed},
-      {"cpu_isa_levels", test_cpu_isa_levels},
-      {"cpu_default_is_best", test_cpu_default_is_best},
-      {"cpu_rejects_bad_ops", test_cpu_rejects_bad_ops},
+      HM_TEST_CASE_P(test_, reference_vectors),
+      HM_TEST_CASE_P(test_, hand_computed),
+      HM_TEST_CASE_P(test_, cpu_isa_levels),
+      HM_TEST_CASE_P(test_, cpu_default_is_best),
+      HM_TEST_CASE_P(test_, cpu_rejects_bad_ops),
   };
   return hm_test_main(argc, argv, cases, sizeof cases / sizeof cases[0]);
 }

@@ -622,19 +622,19 @@ CASE(learns_a_separable_problem_and_evaluates)
 CASE(bad_inputs_give_clear_errors)
 
 static const hm_test_case cases[] = {
-    {"optimizers_follow_the_worked_examples", run_optimizers_follow_the_worked_examples},
-    {"grad_clip_clamps_elements", run_grad_clip_clamps_elements},
-    {"schedule_and_progress", run_schedule_and_progress},
-    {"accumulation_averages_and_flushes", run_accumulation_averages_and_flushes},
-    {"accumulation_equals_one_big_batch", run_accumulation_equals_one_big_batch},
-    {"early_stop_counts_non_improving_updates", run_early_stop_counts_non_improving_updates},
-    {"fit_until_and_fit_for", run_fit_until_and_fit_for},
-    {"gradients_of_every_activation", run_gradients_of_every_activation},
-    {"gradients_of_every_loss", run_gradients_of_every_loss},
-    {"gradients_of_a_branching_graph", run_gradients_of_a_branching_graph},
-    {"same_seed_gives_identical_weights", run_same_seed_gives_identical_weights},
-    {"learns_a_separable_problem_and_evaluates", run_learns_a_separable_problem_and_evaluates},
-    {"bad_inputs_give_clear_errors", run_bad_inputs_give_clear_errors},
+    HM_TEST_CASE_P(run_, optimizers_follow_the_worked_examples),
+    HM_TEST_CASE_P(run_, grad_clip_clamps_elements),
+    HM_TEST_CASE_P(run_, schedule_and_progress),
+    HM_TEST_CASE_P(run_, accumulation_averages_and_flushes),
+    HM_TEST_CASE_P(run_, accumulation_equals_one_big_batch),
+    HM_TEST_CASE_P(run_, early_stop_counts_non_improving_updates),
+    HM_TEST_CASE_P(run_, fit_until_and_fit_for),
+    HM_TEST_CASE_P(run_, gradients_of_every_activation),
+    HM_TEST_CASE_P(run_, gradients_of_every_loss),
+    HM_TEST_CASE_P(run_, gradients_of_a_branching_graph),
+    HM_TEST_CASE_P(run_, same_seed_gives_identical_weights),
+    HM_TEST_CASE_P(run_, learns_a_separable_problem_and_evaluates),
+    HM_TEST_CASE_P(run_, bad_inputs_give_clear_errors),
 };
 
 int main(int argc, char **argv) {

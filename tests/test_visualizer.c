@@ -211,10 +211,10 @@ int main(int argc, char **argv) {
   if (st == HM_OK) hm_websocket_visualizer_free(&probe);
   port = 20000 + (int)(getpid() % 20000);
   static const hm_test_case cases[] = {
-      {"frames_in_order", frames_in_order},
-      {"server_absent_killed_and_restarted", server_absent_killed_and_restarted},
-      {"queue_keeps_the_newest", queue_keeps_the_newest},
-      {"bad_arguments", bad_arguments},
+      HM_TEST_CASE(frames_in_order),
+      HM_TEST_CASE(server_absent_killed_and_restarted),
+      HM_TEST_CASE(queue_keeps_the_newest),
+      HM_TEST_CASE(bad_arguments),
   };
   return hm_test_main(argc, argv, cases, sizeof cases / sizeof cases[0]);
 }

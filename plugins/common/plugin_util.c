@@ -5,7 +5,7 @@
 #include <stdio.h>
 #include <string.h>
 
-int32_t hm_plugin_answer_query(const hm_abi_query *query, hm_abi_plugin *out, hm_abi_plugin *table,
+int32_t hm_plugin_answer_query(const hm_abi_query *query, hm_abi_plugin *out, const hm_abi_plugin *table,
                                uint32_t plugin_min) {
   if (!query || !out || query->struct_size < sizeof(hm_abi_query) || out->struct_size < offsetof(hm_abi_plugin, reserved))
     return HM_ABI_STATUS_INVALID_ARGUMENT;
@@ -13,11 +13,12 @@ int32_t hm_plugin_answer_query(const hm_abi_query *query, hm_abi_plugin *out, hm
   uint32_t hi = query->host_max_abi < plugin_max ? query->host_max_abi : plugin_max;
   uint32_t lo = query->host_min_abi > plugin_min ? query->host_min_abi : plugin_min;
   if (HM_ABI_VERSION_GET_MAJOR(hi) != HM_ABI_VERSION_MAJOR || hi < lo) return HM_ABI_STATUS_INCOMPATIBLE;
-  table->struct_size = out->struct_size;
-  table->abi_version = hi;
-  table->plugin_min_abi = plugin_min;
-  table->plugin_max_abi = plugin_max;
-  memcpy(out, table, out->struct_size < sizeof *table ? out->struct_size : sizeof *table);
+  hm_abi_plugin answer = *table;
+  answer.struct_size = out->struct_size;
+  answer.abi_version = hi;
+  answer.plugin_min_abi = plugin_min;
+  answer.plugin_max_abi = plugin_max;
+  memcpy(out, &answer, out->struct_size < sizeof answer ? out->struct_size : sizeof answer);
   return HM_ABI_OK;
 }
 

@@ -16,10 +16,11 @@ extern "C" {
 #endif
 
 /* Answers hm_plugin_query for a plugin serving ABI [plugin_min, ABI_VERSION]:
- * checks the query, negotiates min(host max, plugin max), fills the version
- * fields of |table| (whose entries and strings the plugin set) and copies as
- * much of it as fits |out->struct_size|. INCOMPATIBLE leaves |out| untouched. */
-int32_t hm_plugin_answer_query(const hm_abi_query *query, hm_abi_plugin *out, hm_abi_plugin *table,
+ * checks the query, negotiates min(host max, plugin max), and copies the
+ * plugin's constant |table| (its strings and entries; a static const with
+ * designated initializers) with the version fields filled, as much as fits
+ * |out->struct_size|. INCOMPATIBLE leaves |out| untouched. */
+int32_t hm_plugin_answer_query(const hm_abi_query *query, hm_abi_plugin *out, const hm_abi_plugin *table,
                                uint32_t plugin_min);
 
 /* Copies |src| into |dst| (capacity |cap|), truncating, always terminated. */
