@@ -5,11 +5,9 @@
  *   [ CRASH ] name (signal 11: Segmentation fault)
  *   [ TIME  ] name (over 300 s)
  * HM_TEST_TIMEOUT sets the limit in seconds; HM_TEST_NO_FORK=1 runs the
- * cases in this process (for a debugger), =0 forks.
- *
- * Sanitizer builds run in-process by default (HM_TEST_IN_PROCESS): a
- * forked child's LeakSanitizer report is printed under that case, but
- * AddressSanitizer already names the failing frame of a crash itself.
+ * cases in this process (for a debugger).
+ * Under the sanitizers each child's own report (a leak, a bad access) is
+ * printed under its case.
  */
 #define _GNU_SOURCE 1 /* strsignal, clock_gettime, kill */
 #include "hm_test.h"
@@ -79,11 +77,7 @@ int hm_test_main(int argc, char **argv, const hm_test_case *cases, size_t n) {
   int failed = 0, passed = 0, skipped = 0, ran = 0;
   const char *limit_text = getenv("HM_TEST_TIMEOUT"), *no_fork = getenv("HM_TEST_NO_FORK");
   double limit = limit_text && atof(limit_text) > 0 ? atof(limit_text) : 300.0;
-#ifdef HM_TEST_IN_PROCESS
-  int fork_cases = no_fork && strcmp(no_fork, "0") == 0;
-#else
   int fork_cases = !(no_fork && strcmp(no_fork, "1") == 0);
-#endif
   for (size_t i = 0; i < n; i++) {
     if (argc > 1) {
       int wanted = 0;
