@@ -33,8 +33,11 @@ HM_API int hm_loss_from_name(const char *name, uint32_t *out);
 HM_API const char *hm_optimizer_name(uint32_t optimizer);
 HM_API const char *hm_stop_reason_name(uint32_t reason);
 HM_API int hm_optimizer_from_name(const char *name, uint32_t *out);
-/* Every optimizer's name joined by |sep| ("sgd|adam|..."), truncated to |cap|. */
+/* Every optimizer's, activation's or loss's name joined by |sep|
+ * ("sgd|adam|..."), truncated to |cap| (the DSL also accepts "id"). */
 HM_API void hm_optimizer_names(char *buf, size_t cap, const char *sep);
+HM_API void hm_activation_names(char *buf, size_t cap, const char *sep);
+HM_API void hm_loss_names(char *buf, size_t cap, const char *sep);
 
 #ifdef __cplusplus
 }

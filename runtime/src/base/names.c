@@ -112,15 +112,20 @@ int hm_optimizer_from_name(const char *name, uint32_t *out) {
   return -1;
 }
 
-void hm_optimizer_names(char *buf, size_t cap, const char *sep) {
+/* |names| joined by |sep| into |buf|, truncated to |cap|. */
+static void join(const char *const *names, uint32_t count, char *buf, size_t cap, const char *sep) {
   size_t used = 0;
   if (cap) buf[0] = '\0';
-  for (uint32_t i = 0; i < HM_OPTIMIZER_COUNT && used < cap; i++) {
-    int n = snprintf(buf + used, cap - used, "%s%s", i ? sep : "", optimizer_names[i]);
+  for (uint32_t i = 0; i < count && used < cap; i++) {
+    int n = snprintf(buf + used, cap - used, "%s%s", i ? sep : "", names[i]);
     if (n < 0) break;
     used += (size_t)n;
   }
 }
+
+void hm_optimizer_names(char *buf, size_t cap, const char *sep) { join(optimizer_names, HM_OPTIMIZER_COUNT, buf, cap, sep); }
+void hm_activation_names(char *buf, size_t cap, const char *sep) { join(activation_names, HM_ABI_ACT_COUNT, buf, cap, sep); }
+void hm_loss_names(char *buf, size_t cap, const char *sep) { join(loss_names, HM_ABI_LOSS_COUNT, buf, cap, sep); }
 
 int hm_loss_from_name(const char *name, uint32_t *out) {
   if (!name) return -1;

@@ -8,6 +8,7 @@
  * an arrow continues from the previous line's source; `b <-(loss)- t` (or
  * `<-(loss)->`) is a training tap on the current node.
  */
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -296,9 +297,13 @@ static hm_status parse_body(parser *p, hm_tok_kind stop) {
   }
 }
 
-static hm_status arrow_error(parser *p, const pending_arrow *a, const char *fmt, const char *name) {
-  char msg[320];
-  snprintf(msg, sizeof msg, fmt, name);
+static hm_status arrow_error(parser *p, const pending_arrow *a, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static hm_status arrow_error(parser *p, const pending_arrow *a, const char *fmt, ...) {
+  char msg[512];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(msg, sizeof msg, fmt, ap);
+  va_end(ap);
   return hm__fail(HM_STATUS_PARSE_ERROR, "%s:%d:%d: %s", p->lx.filename, a->line, a->col, msg);
 }
 
@@ -319,16 +324,19 @@ static hm_status resolve_arrows(parser *p) {
     hm_status st;
     if (a->backward) {
       uint32_t loss;
-      if (hm_loss_from_name(a->func, &loss) != 0)
-        return arrow_error(p, a, "unknown loss '%s' (known: cross_entropy mse mae bce huber)", a->func);
+      if (hm_loss_from_name(a->func, &loss) != 0) {
+        char known[256];
+        hm_loss_names(known, sizeof known, " ");
+        return arrow_error(p, a, "unknown loss '%s' (known: %s)", a->func, known);
+      }
       st = hm__graph_add_tap(g, (size_t)s, (size_t)d, loss, a->line, a->col);
     } else {
       uint32_t act = HM_ABI_ACT_IDENTITY;
-      if (a->func && hm_activation_from_name(a->func, &act) != 0)
-        return arrow_error(p, a,
-                           "unknown activation '%s' (known: id identity relu leaky_relu sigmoid tanh gelu silu "
-                           "softmax elu selu)",
-                           a->func);
+      if (a->func && hm_activation_from_name(a->func, &act) != 0) {
+        char known[256];
+        hm_activation_names(known, sizeof known, " ");
+        return arrow_error(p, a, "unknown activation '%s' (known: id %s)", a->func, known);
+      }
       st = hm__graph_add_edge(g, (size_t)s, (size_t)d, act, a->line, a->col);
     }
     if (st != HM_OK) return st;
