@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "harmonics/harmonics.h"
+#include "harmonics/names.h"
 #include "hm_test.h"
 
 static char dir[256];
@@ -260,6 +261,77 @@ static void resume_is_bit_identical(void) {
   }
 }
 
+static int stop_at_step(const hm_cycle_state *s, void *user) { return hm_cycle_state_step(s) >= *(const size_t *)user; }
+
+/* Trains |f| from checkpoint |path| to |epochs| epochs; NULL on failure. */
+static hm_cycle_state *resume_from(fixture *f, const char *path, size_t epochs) {
+  hm_cycle_state *loaded = NULL, *st = NULL;
+  hm_fit_options o;
+  hm_policy p;
+  HM_CHECK_OK(hm_cycle_state_load(path, &loaded));
+  if (loaded && hm_cycle_state_fit_options(loaded, &o, &p) == HM_OK) {
+    o.threads = 2;
+    o.resume = loaded;
+    HM_CHECK_OK(hm_graph_fit(f->g, epochs, &p, &o, &st));
+  }
+  hm_cycle_state_free(loaded);
+  return st;
+}
+
+/* Every combination of accumulation (1, 3: partial groups at each epoch's
+ * end), a partial last batch (150 samples in batches of 16), a schedule,
+ * early-stopping counters and every optimizer resumes bit-identically, from
+ * an epoch checkpoint and from a checkpoint_every checkpoint mid-epoch. */
+static void resume_matrix(void) {
+  const hm_optimizer optimizers[] = {HM_OPTIMIZER_SGD, HM_OPTIMIZER_ADAM, HM_OPTIMIZER_RMSPROP, HM_OPTIMIZER_ADAMW,
+                                     HM_OPTIMIZER_LAMB};
+  int combos = 0;
+  for (int acc = 1; acc <= 3; acc += 2)
+    for (int sched = 0; sched < 2; sched++)
+      for (int early = 0; early < 2; early++)
+        for (size_t k = 0; k < 5; k++)
+          for (int from = 0; from < 2; from++) {
+            hm_fit_options o = train_opts();
+            o.optimizer = optimizers[k];
+            o.learning_rate = optimizers[k] == HM_OPTIMIZER_SGD ? 0.1f : 0.01f;
+            o.momentum = optimizers[k] == HM_OPTIMIZER_SGD ? 0.5f : 0.0f;
+            o.weight_decay = optimizers[k] == HM_OPTIMIZER_ADAMW || optimizers[k] == HM_OPTIMIZER_LAMB ? 0.01f : 0.0f;
+            o.accumulate_steps = (size_t)acc;
+            if (!sched) memset(&o.lr_schedule_fp, 0, sizeof o.lr_schedule_fp);
+            o.early_stop_patience = early ? 1000 : 0;
+            o.early_stop_delta = early ? 1e-3f : 0.0f;
+            fixture a = make_fixture(), b = make_fixture(), c = make_fixture();
+            hm_cycle_state *sa = NULL, *sb = NULL, *sc = NULL;
+            HM_CHECK_OK(hm_graph_fit(a.g, 4, NULL, &o, &sa));
+            hm_fit_options ob = o;
+            ob.checkpoint_path = tmp("m.hck");
+            size_t stop = 7; /* mid-epoch 1 (acc 1) or 2 (acc 3) */
+            if (from == 0) {
+              HM_CHECK_OK(hm_graph_fit(b.g, 2, NULL, &ob, &sb));
+            } else {
+              ob.checkpoint_every = stop;
+              HM_CHECK_OK(hm_graph_fit_until(b.g, stop_at_step, &stop, NULL, &ob, &sb));
+            }
+            sc = resume_from(&c, tmp("m.hck"), 4);
+            if (sa && sc) {
+              HM_CHECK_MSG(hm_cycle_state_step(sa) == hm_cycle_state_step(sc) &&
+                               weights_equal(hm_graph_weights(a.g), hm_graph_weights(c.g)) &&
+                               weights_equal(hm_cycle_state_optimizer_state(sa), hm_cycle_state_optimizer_state(sc)),
+                           "accumulate %d, schedule %d, early stop %d, %s, from %s: resumed run differs (%zu vs %zu updates)",
+                           acc, sched, early, hm_optimizer_name(optimizers[k]), from ? "checkpoint_every" : "epoch",
+                           hm_cycle_state_step(sa), hm_cycle_state_step(sc));
+              combos++;
+            }
+            hm_cycle_state_free(sa);
+            hm_cycle_state_free(sb);
+            hm_cycle_state_free(sc);
+            free_fixture(&a);
+            free_fixture(&b);
+            free_fixture(&c);
+          }
+  HM_CHECK_EQ(combos, 80);
+}
+
 /* ===== Bad files ===== */
 
 static hm_status load_any(int kind, const char *path) {
@@ -438,6 +510,7 @@ static void setup(void) {
 WRAP(graph_round_trip)
 WRAP(weights_round_trip)
 WRAP(resume_is_bit_identical)
+WRAP(resume_matrix)
 WRAP(every_bad_input_class_is_refused)
 WRAP(weights_that_do_not_fit_the_graph)
 WRAP(killed_save_leaves_previous_file)
@@ -446,6 +519,7 @@ static const hm_test_case cases[] = {
     HM_TEST_CASE_P(run_, graph_round_trip),
     HM_TEST_CASE_P(run_, weights_round_trip),
     HM_TEST_CASE_P(run_, resume_is_bit_identical),
+    HM_TEST_CASE_P(run_, resume_matrix),
     HM_TEST_CASE_P(run_, every_bad_input_class_is_refused),
     HM_TEST_CASE_P(run_, weights_that_do_not_fit_the_graph),
     HM_TEST_CASE_P(run_, killed_save_leaves_previous_file),

@@ -82,7 +82,8 @@ typedef struct hm_fit_options {
   size_t early_stop_patience; /* 0: off; else stop after this many updates without improvement */
   float early_stop_delta;     /* an update improves iff norm + delta < best norm */
   float weight_decay;         /* AdamW and LAMB only */
-  size_t accumulate_steps;    /* 1: gradients of k micro-batches are averaged into one update */
+  size_t accumulate_steps;    /* 1: gradients of k micro-batches are averaged into one update; an
+                               * epoch's partial group is applied at its end */
   hm_lr_schedule lr_schedule_fp; /* .fn NULL: constant learning_rate */
   hm_progress_sink progress;  /* .fn NULL: none */
   /* ===== the loop ===== */

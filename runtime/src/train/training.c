@@ -4,8 +4,8 @@
  * An epoch is one pass over the training data in mini-batches of
  * batch_size, in a fresh order per epoch drawn from (seed, epoch). A step is
  * one optimizer update: with accumulate_steps k, the gradients of k
- * micro-batches are averaged first (a partial group at the end of training
- * is flushed). Per update u (0-based) the learning rate is
+ * micro-batches are averaged first (a partial group at the end of an epoch
+ * is applied then, averaged over its own micro-batches). Per update u (0-based) the learning rate is
  * lr_schedule_fp(u) or learning_rate, and Adam's bias corrections use t = u+1.
  * The progress sink, early stopping (norm + delta < best improves; stop after
  * `patience` updates without improvement) and fit_until's predicate run
@@ -170,18 +170,21 @@ static hm_status run_batch(loop *L, const int32_t *idx, size_t b) {
   return HM_OK;
 }
 
-/* The partial accumulation group at the end of training. */
+/* The partial accumulation group at the end of an epoch: one update,
+ * averaged over its own micro-batches. */
 static hm_status flush(loop *L) {
   if (L->micro == 0) return HM_OK;
   double scalars[N_SLOTS];
   float sumsq = 0;
+  double t0 = hm__now();
   fill_scalars(L->o, L->st->step, (double)L->micro, scalars);
   HM_RETURN_IF_ERROR(hm__session_step(L->s, PROG_APPLY, NULL, 0, scalars, NULL, &sumsq));
+  L->st->train_seconds += hm__now() - t0;
   float mean_loss = (float)(L->loss_sum / (double)L->micro);
   L->micro = 0;
-  int stopped = L->stop;
+  L->loss_sum = 0;
   after_update(L, mean_loss, sumsq, scalars[SLOT_LR]);
-  L->stop = stopped || L->stop;
+  if (L->o->checkpoint_every && L->st->step % L->o->checkpoint_every == 0) return checkpoint(L);
   return HM_OK;
 }
 
@@ -271,7 +274,12 @@ static hm_status fit_impl(hm_graph *g, const fit_limits *lim, const hm_policy *p
       break;
     }
     rc = run_epoch(&L, order);
-    if (rc != HM_OK || L.stop) break;
+    if (rc != HM_OK || L.stop) break; /* a stop comes after an update: no group is pending */
+    /* A partial accumulation group is applied at the end of its epoch, so a
+     * group never spans epochs and every checkpoint falls between updates:
+     * resuming from any of them continues exactly. */
+    rc = flush(&L);
+    if (rc != HM_OK) break;
     st->epoch++;
     st->position = 0;
     if (s->eval_count) {
@@ -286,7 +294,6 @@ static hm_status fit_impl(hm_graph *g, const fit_limits *lim, const hm_policy *p
       break;
     }
   }
-  if (rc == HM_OK) rc = flush(&L);
   if (rc == HM_OK) rc = checkpoint(&L);
   st->elapsed = hm__now() - st->start_time;
   st->best_norm = L.best_norm;
