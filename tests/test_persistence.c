@@ -247,6 +247,10 @@ static void resume_is_bit_identical(void) {
     hm_cycle_state *sd = NULL;
     HM_CHECK_EQ(hm_graph_fit(d.g, 6, NULL, &bad, &sd), HM_STATUS_INVALID_ARGUMENT);
     HM_CHECK_STR_CONTAINS(hm_last_error(), "resume: batch_size is 32 but the checkpoint was trained with 16");
+    /* ... and so is another policy (a hardware checkpoint resumed at bits:3). */
+    hm_policy bits3 = hm_make_max_bits_policy(3);
+    HM_CHECK_EQ(hm_graph_fit(d.g, 6, &bits3, &oc, &sd), HM_STATUS_INVALID_ARGUMENT);
+    HM_CHECK_STR_CONTAINS(hm_last_error(), "resume: the policy is bits:3 but the checkpoint was trained with hardware");
     hm_graph *other = parse("producer x {6}; producer t {3}; layer o; cycle { x -> o; o <-(cross_entropy)- t; }");
     HM_CHECK_OK(hm_graph_bind_producer(other, "x", d.x));
     HM_CHECK_OK(hm_graph_bind_producer(other, "t", d.t));

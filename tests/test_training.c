@@ -172,6 +172,32 @@ static void accumulation_averages_and_flushes(void) {
   HM_CHECK_EQ(steps, 4);
 }
 
+static float negative_rate(size_t step, const hm_lr_schedule *self) {
+  (void)step, (void)self;
+  return -0.5f;
+}
+static float nan_at_3(size_t step, const hm_lr_schedule *self) {
+  (void)self;
+  return step == 3 ? NAN : 0.01f;
+}
+
+/* Every rate a schedule returns must be finite and >= 0; the run stops
+ * naming the update. */
+static void schedule_output_is_checked(void) {
+  float (*fns[2])(size_t, const hm_lr_schedule *) = {negative_rate, nan_at_3};
+  const char *expect[2] = {"returned -0.5 for update 0", "returned nan for update 3"};
+  for (int i = 0; i < 2; i++) {
+    bias_fixture f = bias_graph();
+    hm_fit_options o = base_opts(HM_OPTIMIZER_SGD, 0.01f);
+    o.lr_schedule_fp.fn = fns[i];
+    hm_cycle_state *st = NULL;
+    HM_CHECK_EQ(hm_graph_fit(f.g, 10, NULL, &o, &st), HM_STATUS_INVALID_ARGUMENT);
+    HM_CHECK_STR_CONTAINS(hm_last_error(), expect[i]);
+    HM_CHECK(st == NULL);
+    bias_free(&f);
+  }
+}
+
 /* Accumulating 2 micro-batches of 4 equals one batch of 8. */
 static void accumulation_equals_one_big_batch(void) {
   const char *text = "producer x {3}; producer t {2}; layer h {4}; layer o;"
@@ -613,6 +639,7 @@ CASE(optimizers_follow_the_worked_examples)
 CASE(grad_clip_clamps_elements)
 CASE(schedule_and_progress)
 CASE(accumulation_averages_and_flushes)
+CASE(schedule_output_is_checked)
 CASE(accumulation_equals_one_big_batch)
 CASE(early_stop_counts_non_improving_updates)
 CASE(fit_until_and_fit_for)
@@ -628,6 +655,7 @@ static const hm_test_case cases[] = {
     HM_TEST_CASE_P(run_, grad_clip_clamps_elements),
     HM_TEST_CASE_P(run_, schedule_and_progress),
     HM_TEST_CASE_P(run_, accumulation_averages_and_flushes),
+    HM_TEST_CASE_P(run_, schedule_output_is_checked),
     HM_TEST_CASE_P(run_, accumulation_equals_one_big_batch),
     HM_TEST_CASE_P(run_, early_stop_counts_non_improving_updates),
     HM_TEST_CASE_P(run_, fit_until_and_fit_for),

@@ -55,6 +55,22 @@ static hm_status check_resume(const hm_fit_options *o, const hm_cycle_state *r) 
   return hm__trajectory_compare(o, hm__schedule_kind(&o->lr_schedule_fp), &r->opts, r->schedule_kind);
 }
 
+/* The precision policy shapes the trajectory too (quantization-aware steps). */
+static hm_status check_resume_policy(const hm_policy *policy, const hm_cycle_state *r) {
+  hm_policy now = policy ? *policy : hm_make_hardware_policy();
+  const hm_policy *then = &r->policy;
+  int same = now.kind == then->kind && (now.kind != HM_POLICY_MAX_BITS || now.bits == then->bits) &&
+             (now.kind != HM_POLICY_LAYER_BITS ||
+              (now.n_layer_bits == then->n_layer_bits &&
+               memcmp(now.layer_bits, then->layer_bits, now.n_layer_bits * sizeof now.layer_bits[0]) == 0));
+  if (same) return HM_OK;
+  char a[160], b[160];
+  hm_policy_format(&now, a, sizeof a);
+  hm_policy_format(then, b, sizeof b);
+  return hm__fail(HM_STATUS_INVALID_ARGUMENT,
+                  "resume: the policy is %s but the checkpoint was trained with %s (use hm_cycle_state_fit_options)", a, b);
+}
+
 typedef enum fit_mode { MODE_EPOCHS, MODE_SECONDS, MODE_UNTIL } fit_mode;
 
 typedef struct fit_limits {
@@ -81,12 +97,19 @@ static float lr_for(const hm_fit_options *o, size_t update) {
   return o->lr_schedule_fp.fn ? o->lr_schedule_fp.fn(update, &o->lr_schedule_fp) : o->learning_rate;
 }
 
-static void fill_scalars(const hm_fit_options *o, size_t update, double count, double scalars[N_SLOTS]) {
+static hm_status fill_scalars(const hm_fit_options *o, size_t update, double count, double scalars[N_SLOTS]) {
   double t = (double)update + 1.0;
-  scalars[SLOT_LR] = lr_for(o, update);
+  float lr = lr_for(o, update);
+  /* A negative rate would ascend the loss, a NaN would poison the weights. */
+  if (!(lr >= 0.0f) || !isfinite(lr))
+    return hm__fail(HM_STATUS_INVALID_ARGUMENT,
+                    "the learning-rate schedule returned %g for update %zu: a rate must be finite and >= 0",
+                    (double)lr, update);
+  scalars[SLOT_LR] = lr;
   scalars[SLOT_BC1] = 1.0 - pow((double)o->beta1, t);
   scalars[SLOT_BC2] = 1.0 - pow((double)o->beta2, t);
   scalars[SLOT_GRAD_SCALE] = 1.0 / count;
+  return HM_OK;
 }
 
 static hm_status checkpoint(loop *L) {
@@ -139,7 +162,7 @@ static hm_status run_batch(loop *L, const int32_t *idx, size_t b) {
   float loss = 0, sumsq = 0;
   double t0 = hm__now();
   if (o->accumulate_steps == 1) {
-    fill_scalars(o, L->st->step, 1.0, scalars);
+    HM_RETURN_IF_ERROR(fill_scalars(o, L->st->step, 1.0, scalars));
     HM_RETURN_IF_ERROR(hm__session_step(s, PROG_TRAIN, idx, b, scalars, &loss, &sumsq));
     L->st->train_seconds += hm__now() - t0;
     L->st->samples += b;
@@ -148,7 +171,7 @@ static hm_status run_batch(loop *L, const int32_t *idx, size_t b) {
     if (o->checkpoint_every && L->st->step % o->checkpoint_every == 0) return checkpoint(L);
     return HM_OK;
   }
-  fill_scalars(o, L->st->step, 1.0, scalars);
+  HM_RETURN_IF_ERROR(fill_scalars(o, L->st->step, 1.0, scalars));
   HM_RETURN_IF_ERROR(
       hm__session_step(s, L->micro == 0 ? PROG_MICRO_FIRST : PROG_MICRO_ACC, idx, b, scalars, &loss, NULL));
   L->micro++;
@@ -159,7 +182,7 @@ static hm_status run_batch(loop *L, const int32_t *idx, size_t b) {
     L->st->train_seconds += hm__now() - t0;
     return HM_OK;
   }
-  fill_scalars(o, L->st->step, (double)L->micro, scalars);
+  HM_RETURN_IF_ERROR(fill_scalars(o, L->st->step, (double)L->micro, scalars));
   HM_RETURN_IF_ERROR(hm__session_step(s, PROG_APPLY, NULL, 0, scalars, NULL, &sumsq));
   L->st->train_seconds += hm__now() - t0;
   float mean_loss = (float)(L->loss_sum / (double)L->micro);
@@ -177,7 +200,7 @@ static hm_status flush(loop *L) {
   double scalars[N_SLOTS];
   float sumsq = 0;
   double t0 = hm__now();
-  fill_scalars(L->o, L->st->step, (double)L->micro, scalars);
+  HM_RETURN_IF_ERROR(fill_scalars(L->o, L->st->step, (double)L->micro, scalars));
   HM_RETURN_IF_ERROR(hm__session_step(L->s, PROG_APPLY, NULL, 0, scalars, NULL, &sumsq));
   L->st->train_seconds += hm__now() - t0;
   float mean_loss = (float)(L->loss_sum / (double)L->micro);
@@ -226,6 +249,7 @@ static hm_status fit_impl(hm_graph *g, const fit_limits *lim, const hm_policy *p
   const hm_cycle_state *resume = o.resume;
   if (resume) {
     HM_RETURN_IF_ERROR(check_resume(&o, resume));
+    HM_RETURN_IF_ERROR(check_resume_policy(policy, resume));
     if (resume->graph_fingerprint != hm__graph_fingerprint(g))
       return hm__fail(HM_STATUS_INVALID_ARGUMENT, "resume: the checkpoint was written for a different graph than '%s'", g->name);
     if (!resume->weights || !resume->opt_state)
