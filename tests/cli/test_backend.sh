@@ -36,7 +36,8 @@ if [[ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz && -z "$
 fi
 
 "$bin" conform "$plugin" --json >"$work/conform.json" 2>"$work/conform.txt"
-check "harmonics conform finds $backend conformant: $(tail -3 "$work/conform.txt")" test $? -eq 0
+rc=$?
+check "harmonics conform finds $backend conformant: $(tail -3 "$work/conform.txt")" test "$rc" -eq 0
 check "packed kernels pass" python3 - "$work/conform.json" <<'PY'
 import json, sys
 j = json.load(open(sys.argv[1]))
@@ -52,7 +53,8 @@ common=(--dataset fashion-mnist --limit-train 4000 --limit-eval 2000 --epochs 2 
 acc() { python3 -c 'import json,sys; print(json.loads(sys.stdin.read().strip().splitlines()[-1])["test_accuracy"])'; }
 cpu_acc=$("$bin" train "$src/examples/fashion_mnist.hmx" "${common[@]}" --backend cpu 2>"$work/err" | acc)
 dev_out=$("$bin" train "$src/examples/fashion_mnist.hmx" "${common[@]}" --backend "$backend" "${config[@]}" 2>"$work/err")
-check "training on $backend exits 0: $(tail -3 "$work/err")" test $? -eq 0
+rc=$?
+check "training on $backend exits 0: $(tail -3 "$work/err")" test "$rc" -eq 0
 dev_acc=$(acc <<<"$dev_out")
 echo "accuracy on the subset: cpu $cpu_acc, $backend $dev_acc"
 check "$backend is within 0.5 points of the CPU ($dev_acc vs $cpu_acc)" \
@@ -61,6 +63,7 @@ check "the run says which backend" grep -q "\"backend\":\"$backend:0\"" <<<"$dev
 
 q=$("$bin" train "$src/examples/fashion_mnist.hmx" --dataset fashion-mnist --limit-train 2000 --limit-eval 500 --epochs 1 \
      --optimizer adam --lr 0.002 --batch 64 --backend "$backend" "${config[@]}" --policy bits:3 2>"$work/err")
-check "bits:3 on $backend exits 0: $(tail -3 "$work/err")" test $? -eq 0
+rc=$?
+check "bits:3 on $backend exits 0: $(tail -3 "$work/err")" test "$rc" -eq 0
 check "bits:3 runs int3_matmul on $backend" grep -q "^layer pixels->hidden: int3 (int3_matmul)$" <<<"$q"
 exit $fail

@@ -42,7 +42,8 @@ check "infer reproduces the training run's accuracy ($acc%): $inf" grep -q "accu
 
 "$bin" train "$model" --dataset fashion-mnist --limit-train 500 --limit-eval 200 --init-weights "$work/w.safetensors" \
   --epochs 1 --optimizer sgd --lr 0.01 >/dev/null 2>&1
-check "--init-weights continues from saved weights" test $? -eq 0
+rc=$?
+check "--init-weights continues from saved weights" test "$rc" -eq 0
 
 # Checkpoint after one epoch, resume to two: the same bytes as two epochs at once.
 common=(--dataset fashion-mnist --limit-train 2000 --limit-eval 500 --optimizer adamw --lr 0.002 --batch 50 --seed 4 --threads 2)
@@ -70,23 +71,27 @@ msg=$("$bin" train "$model" --dataset fashion-mnist --limit-train 100 --resume "
 check "a truncated checkpoint is refused by name: $msg" grep -q "cut.hck: .*truncated" <<<"$msg"
 
 msg=$(HARMONICS_FASHION_MNIST_DIR=/nonexistent "$bin" train "$model" --dataset fashion-mnist 2>&1)
-check "missing dataset files exit 1" test $? -eq 1
+rc=$?
+check "missing dataset files exit 1" test "$rc" -eq 1
 check "missing dataset names the file: $msg" grep -q "/nonexistent/train-images-idx3-ubyte.gz" <<<"$msg"
 
 printf 'producer x {4};\nlayer y\n' >"$work/bad.hmx"
 msg=$("$bin" train "$work/bad.hmx" 2>&1)
-check "bad model exits 1" test $? -eq 1
+rc=$?
+check "bad model exits 1" test "$rc" -eq 1
 check "bad model names file:line:column: $msg" grep -q "bad.hmx:3:1: expected ';', got end of input" <<<"$msg"
 
 msg=$("$bin" train "$model" --dataset fashion-mnist --limit-train 100 --backend nosuch 2>&1)
-check "unknown backend exits 1" test $? -eq 1
+rc=$?
+check "unknown backend exits 1" test "$rc" -eq 1
 check "unknown backend says why: $msg" grep -q "backend 'nosuch' is not available" <<<"$msg"
 
 # Quantization-aware training at 3 bits, then inference from packed weights.
 out=$("$bin" train "$model" --dataset fashion-mnist --limit-train 3000 --limit-eval 1000 --epochs 2 \
       --optimizer adam --lr 0.002 --batch 32 --seed 1 --threads 1 --policy bits:3 \
       --save-weights "$work/w3.safetensors" --json 2>"$work/err")
-check "bits:3 training exits 0: $(cat "$work/err")" test $? -eq 0
+rc=$?
+check "bits:3 training exits 0: $(cat "$work/err")" test "$rc" -eq 0
 check "the layer lines name int3_matmul" grep -q "^layer pixels->hidden: int3 (int3_matmul)$" <<<"$out"
 check "bits:3 JSON" python3 - "$(tail -n 1 <<<"$out")" <<'PY'
 import json, sys
@@ -111,9 +116,12 @@ msg=$("$bin" train "$model" --dataset fashion-mnist --limit-train 100 --policy b
 check "a width without kernels is refused: $msg" grep -q "policy bits:5: the packed widths are 8, 4 and 3 bits" <<<"$msg"
 
 "$bin" train "$model" --epochz 3 >/dev/null 2>&1
-check "unknown option exits 2" test $? -eq 2
+rc=$?
+check "unknown option exits 2" test "$rc" -eq 2
 "$bin" nosuchcommand >/dev/null 2>&1
-check "unknown command exits 2" test $? -eq 2
+rc=$?
+check "unknown command exits 2" test "$rc" -eq 2
 "$bin" --version | grep -q "harmonics .* (plugin ABI 1.0"
-check "--version" test $? -eq 0
+rc=$?
+check "--version" test "$rc" -eq 0
 exit $fail
