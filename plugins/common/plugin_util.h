@@ -23,6 +23,22 @@ extern "C" {
 int32_t hm_plugin_answer_query(const hm_abi_query *query, hm_abi_plugin *out, const hm_abi_plugin *table,
                                uint32_t plugin_min);
 
+/* The entry table of a plugin whose entry points are named PREFIX_init,
+ * PREFIX_shutdown, ..., PREFIX_device_synchronize (the versions are filled in
+ * by hm_plugin_answer_query):
+ *   static const hm_abi_plugin plugin_table = HM_PLUGIN_TABLE(cpu, "cpu", "1.0", HM_BUILD_ID); */
+#define HM_PLUGIN_TABLE(prefix, backend, plugin_version, build)                              \
+  {                                                                                          \
+    .name = (backend), .vendor = "Harmonics", .version = (plugin_version), .build_id = (build), \
+    .init = prefix##_init, .shutdown = prefix##_shutdown, .device_count = prefix##_device_count, \
+    .device_describe = prefix##_device_describe, .device_open = prefix##_device_open,          \
+    .device_close = prefix##_device_close, .buffer_alloc = prefix##_buffer_alloc,              \
+    .buffer_free = prefix##_buffer_free, .buffer_write = prefix##_buffer_write,                \
+    .buffer_read = prefix##_buffer_read, .buffer_copy = prefix##_buffer_copy,                  \
+    .program_create = prefix##_program_create, .program_free = prefix##_program_free,          \
+    .program_run = prefix##_program_run, .device_synchronize = prefix##_device_synchronize,    \
+  }
+
 /* Copies |src| into |dst| (capacity |cap|), truncating, always terminated. */
 void hm_copy_text(char *dst, size_t cap, const char *src);
 

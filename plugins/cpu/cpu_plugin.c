@@ -260,27 +260,7 @@ static int32_t cpu_device_synchronize(hm_abi_device *dev) {
 /* ===== Query ===== */
 
 /* The plugin's entries: the versions are filled in by hm_plugin_answer_query. */
-static const hm_abi_plugin plugin_table = {
-    .name = "cpu",
-    .vendor = "Harmonics",
-    .version = HM_CPU_PLUGIN_VERSION,
-    .build_id = HM_BUILD_ID,
-    .init = cpu_init,
-    .shutdown = cpu_shutdown,
-    .device_count = cpu_device_count,
-    .device_describe = cpu_device_describe,
-    .device_open = cpu_device_open,
-    .device_close = cpu_device_close,
-    .buffer_alloc = cpu_buffer_alloc,
-    .buffer_free = cpu_buffer_free,
-    .buffer_write = cpu_buffer_write,
-    .buffer_read = cpu_buffer_read,
-    .buffer_copy = cpu_buffer_copy,
-    .program_create = cpu_program_create,
-    .program_free = cpu_program_free,
-    .program_run = cpu_program_run,
-    .device_synchronize = cpu_device_synchronize,
-};
+static const hm_abi_plugin plugin_table = HM_PLUGIN_TABLE(cpu, "cpu", HM_CPU_PLUGIN_VERSION, HM_BUILD_ID);
 
 HM_ABI_EXPORT int32_t hm_plugin_query(const hm_abi_query *query, hm_abi_plugin *out) {
   return hm_plugin_answer_query(query, out, &plugin_table, PLUGIN_MIN_ABI);

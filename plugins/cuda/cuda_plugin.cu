@@ -801,27 +801,7 @@ static int32_t cu_device_synchronize(hm_abi_device *dev) {
 /* ===== Query ===== */
 
 /* The plugin's entries: the versions are filled in by hm_plugin_answer_query. */
-static const hm_abi_plugin plugin_table = {
-    .name = "cuda",
-    .vendor = "Harmonics",
-    .version = HM_PLUGIN_VERSION,
-    .build_id = HM_BUILD_ID,
-    .init = cu_init,
-    .shutdown = cu_shutdown,
-    .device_count = cu_device_count,
-    .device_describe = cu_device_describe,
-    .device_open = cu_device_open,
-    .device_close = cu_device_close,
-    .buffer_alloc = cu_buffer_alloc,
-    .buffer_free = cu_buffer_free,
-    .buffer_write = cu_buffer_write,
-    .buffer_read = cu_buffer_read,
-    .buffer_copy = cu_buffer_copy,
-    .program_create = cu_program_create,
-    .program_free = cu_program_free,
-    .program_run = cu_program_run,
-    .device_synchronize = cu_device_synchronize,
-};
+static const hm_abi_plugin plugin_table = HM_PLUGIN_TABLE(cu, "cuda", HM_PLUGIN_VERSION, HM_BUILD_ID);
 
 extern "C" HM_ABI_EXPORT int32_t hm_plugin_query(const hm_abi_query *query, hm_abi_plugin *out) {
   return hm_plugin_answer_query(query, out, &plugin_table, PLUGIN_MIN_ABI);

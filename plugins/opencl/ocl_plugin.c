@@ -574,27 +574,7 @@ static int32_t ocl_device_synchronize(hm_abi_device *dev) {
 /* ===== Query ===== */
 
 /* The plugin's entries: the versions are filled in by hm_plugin_answer_query. */
-static const hm_abi_plugin plugin_table = {
-    .name = "opencl",
-    .vendor = "Harmonics",
-    .version = HM_PLUGIN_VERSION,
-    .build_id = HM_BUILD_ID,
-    .init = ocl_init,
-    .shutdown = ocl_shutdown,
-    .device_count = ocl_device_count,
-    .device_describe = ocl_device_describe,
-    .device_open = ocl_device_open,
-    .device_close = ocl_device_close,
-    .buffer_alloc = ocl_buffer_alloc,
-    .buffer_free = ocl_buffer_free,
-    .buffer_write = ocl_buffer_write,
-    .buffer_read = ocl_buffer_read,
-    .buffer_copy = ocl_buffer_copy,
-    .program_create = ocl_program_create,
-    .program_free = ocl_program_free,
-    .program_run = ocl_program_run,
-    .device_synchronize = ocl_device_synchronize,
-};
+static const hm_abi_plugin plugin_table = HM_PLUGIN_TABLE(ocl, "opencl", HM_PLUGIN_VERSION, HM_BUILD_ID);
 
 HM_ABI_EXPORT int32_t hm_plugin_query(const hm_abi_query *query, hm_abi_plugin *out) {
   return hm_plugin_answer_query(query, out, &plugin_table, PLUGIN_MIN_ABI);

@@ -693,27 +693,7 @@ static int32_t vk_device_synchronize(hm_abi_device *dev) { return dev ? wait_idl
 /* ===== Query ===== */
 
 /* The plugin's entries: the versions are filled in by hm_plugin_answer_query. */
-static const hm_abi_plugin plugin_table = {
-    .name = "vulkan",
-    .vendor = "Harmonics",
-    .version = HM_PLUGIN_VERSION,
-    .build_id = HM_BUILD_ID,
-    .init = vk_init,
-    .shutdown = vk_shutdown,
-    .device_count = vk_device_count,
-    .device_describe = vk_device_describe,
-    .device_open = vk_device_open,
-    .device_close = vk_device_close,
-    .buffer_alloc = vk_buffer_alloc,
-    .buffer_free = vk_buffer_free,
-    .buffer_write = vk_buffer_write,
-    .buffer_read = vk_buffer_read,
-    .buffer_copy = vk_buffer_copy,
-    .program_create = vk_program_create,
-    .program_free = vk_program_free,
-    .program_run = vk_program_run,
-    .device_synchronize = vk_device_synchronize,
-};
+static const hm_abi_plugin plugin_table = HM_PLUGIN_TABLE(vk, "vulkan", HM_PLUGIN_VERSION, HM_BUILD_ID);
 
 HM_ABI_EXPORT int32_t hm_plugin_query(const hm_abi_query *query, hm_abi_plugin *out) {
   return hm_plugin_answer_query(query, out, &plugin_table, PLUGIN_MIN_ABI);
