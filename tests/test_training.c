@@ -298,6 +298,140 @@ static void fit_until_and_fit_for(void) {
   bias_free(&f);
 }
 
+/* ===== A diverging run stops ===== */
+
+typedef struct linear_fixture {
+  hm_graph *g;
+  hm_producer *x, *t;
+} linear_fixture;
+
+/* The audit's reproduction: a linear model, MSE, 8 samples of 4 inputs. */
+static linear_fixture linear_graph(void) {
+  linear_fixture f = {parse("producer x {4}; producer t {1}; layer o {1}; cycle { x -> o; o <-(mse)- t; }"), NULL,
+                      NULL};
+  float x[8 * 4], t[8];
+  unsigned long long seed = 11;
+  for (int i = 0; i < 32; i++) x[i] = hm_test_uniform(&seed, -2, 2);
+  for (int i = 0; i < 8; i++) t[i] = hm_test_uniform(&seed, -1, 1);
+  HM_CHECK_OK(hm_producer_from_floats(x, 8, 4, &f.x));
+  HM_CHECK_OK(hm_producer_from_floats(t, 8, 1, &f.t));
+  HM_CHECK_OK(hm_graph_bind_producer(f.g, "x", f.x));
+  HM_CHECK_OK(hm_graph_bind_producer(f.g, "t", f.t));
+  return f;
+}
+
+static void linear_free(linear_fixture *f) {
+  hm_graph_free(f->g);
+  hm_producer_free(f->x);
+  hm_producer_free(f->t);
+}
+
+static int all_finite(const hm_weights *w) {
+  for (size_t i = 0; w && i < hm_weights_count(w); i++) {
+    hm_tensor t;
+    if (hm_weights_at(w, i, &t) != HM_OK) return 0;
+    for (size_t k = 0; k < t.bytes / 4; k++)
+      if (!isfinite(((float *)t.data)[k])) return 0;
+  }
+  return w != NULL;
+}
+
+static int same_weights(const hm_weights *a, const hm_weights *b) {
+  if (!a || !b || hm_weights_count(a) != hm_weights_count(b)) return 0;
+  for (size_t i = 0; i < hm_weights_count(a); i++) {
+    hm_tensor x, y;
+    if (hm_weights_at(a, i, &x) != HM_OK || hm_weights_find(b, x.name, &y) != HM_OK || x.bytes != y.bytes ||
+        memcmp(x.data, y.data, x.bytes) != 0)
+      return 0;
+  }
+  return 1;
+}
+
+static int stop_at_step(const hm_cycle_state *st, void *user) {
+  return hm_cycle_state_step(st) >= *(size_t *)user;
+}
+
+/* lr 10 on MSE diverges within a few epochs; fit returns DIVERGED naming the
+ * step, the loss and the rate, never reports the bad update, and leaves the
+ * graph (and the checkpoint) with the weights after the last finite step,
+ * bit-identical to a run stopped there. */
+static void divergence_stops_with_the_last_finite_weights(void) {
+  const char *ck = "test_training_diverged.hck";
+  for (int variant = 0; variant < 3; variant++) {
+    linear_fixture f = linear_graph();
+    hm_fit_options o = base_opts(variant == 2 ? HM_OPTIMIZER_ADAM : HM_OPTIMIZER_SGD, variant == 2 ? 1e30f : 10.0f);
+    o.seed = 4;
+    o.accumulate_steps = variant == 1 ? 3 : 1; /* groups of 3, 3, 2 per epoch */
+    o.early_stop_patience = 1000;               /* NaN norms must not read as "no improvement" */
+    o.checkpoint_path = ck;
+    progress_log log = {0};
+    o.progress.fn = record;
+    o.progress.user = &log;
+    hm_cycle_state *st = NULL;
+    remove(ck);
+    HM_CHECK_EQ(hm_graph_fit(f.g, 60, NULL, &o, &st), HM_STATUS_DIVERGED);
+    HM_CHECK(st == NULL);
+    const char *msg = hm_last_error();
+    HM_CHECK_STR_CONTAINS(msg, "training diverged at step ");
+    size_t bad = 0, kept = 0;
+    const char *at = strstr(msg, "at step ");
+    if (at) bad = strtoull(at + 8, NULL, 10);
+    const char *after = strstr(msg, "weights after step ");
+    if (after) kept = strtoull(after + 19, NULL, 10);
+    fprintf(stderr, "  variant %d: %s\n", variant, msg);
+    HM_CHECK_MSG((variant == 2 || bad > 8) && bad < 480, "diverged at step %zu: expected after the first epoch", bad);
+    HM_CHECK(kept >= 1 && kept < bad);
+    HM_CHECK_STR_CONTAINS(msg, variant == 2 ? "learning rate 1e+30" : "learning rate 10");
+    HM_CHECK_EQ(log.n, bad - 1); /* the sink saw every finite update and not the bad one */
+    HM_CHECK(all_finite(hm_graph_weights(f.g)));
+    /* The checkpoint holds the same state. */
+    hm_cycle_state *saved = NULL;
+    HM_CHECK_OK(hm_cycle_state_load(ck, &saved));
+    if (saved) {
+      HM_CHECK_EQ(hm_cycle_state_step(saved), kept);
+      HM_CHECK(same_weights(hm_cycle_state_weights(saved), hm_graph_weights(f.g)));
+    }
+    hm_cycle_state_free(saved);
+    /* A run stopped at |kept| reaches exactly these weights. */
+    linear_fixture r = linear_graph();
+    o.progress.fn = NULL;
+    o.checkpoint_path = NULL;
+    HM_CHECK_OK(hm_graph_fit_until(r.g, stop_at_step, &kept, NULL, &o, &st));
+    HM_CHECK_EQ(hm_cycle_state_step(st), kept);
+    HM_CHECK(same_weights(hm_graph_weights(r.g), hm_graph_weights(f.g)));
+    hm_cycle_state_free(st);
+    linear_free(&r);
+    linear_free(&f);
+  }
+  remove(ck);
+  /* A finite update can still overflow a weight: x = [1], MSE against 100
+   * gives g = -200 and lr 1e37 makes the first update's weights inf while
+   * its loss (1e4) and norm are finite. The graph keeps the initial weights. */
+  hm_graph *g = parse("producer x {1}; producer t {1}; layer l {1}; cycle { x -> l; l <-(mse)- t; }");
+  float one = 1.0f, target = 100.0f, w0 = 0.5f, b0 = 0.0f;
+  hm_producer *px = NULL, *pt = NULL;
+  hm_weights *w = NULL;
+  uint64_t s2[2] = {1, 1}, s1[1] = {1};
+  HM_CHECK_OK(hm_producer_from_floats(&one, 1, 1, &px));
+  HM_CHECK_OK(hm_producer_from_floats(&target, 1, 1, &pt));
+  HM_CHECK_OK(hm_graph_bind_producer(g, "x", px));
+  HM_CHECK_OK(hm_graph_bind_producer(g, "t", pt));
+  HM_CHECK_OK(hm_weights_create(&w));
+  HM_CHECK_OK(hm_weights_set(w, "x->l.weight", HM_ABI_DTYPE_F32, 2, s2, &w0));
+  HM_CHECK_OK(hm_weights_set(w, "x->l.bias", HM_ABI_DTYPE_F32, 1, s1, &b0));
+  HM_CHECK_OK(hm_graph_set_weights(g, w));
+  hm_fit_options o = base_opts(HM_OPTIMIZER_SGD, 1e37f);
+  hm_cycle_state *st = NULL;
+  HM_CHECK_EQ(hm_graph_fit(g, 5, NULL, &o, &st), HM_STATUS_DIVERGED);
+  HM_CHECK_STR_CONTAINS(hm_last_error(), "diverged at step 2 (epoch 1): loss inf");
+  HM_CHECK_STR_CONTAINS(hm_last_error(), "keeps the weights after step 0");
+  HM_CHECK(same_weights(hm_graph_weights(g), w));
+  hm_weights_free(w);
+  hm_graph_free(g);
+  hm_producer_free(px);
+  hm_producer_free(pt);
+}
+
 /* ===== Gradients of whole graphs against finite differences ===== */
 
 typedef struct grad_case {
@@ -643,6 +777,7 @@ CASE(schedule_output_is_checked)
 CASE(accumulation_equals_one_big_batch)
 CASE(early_stop_counts_non_improving_updates)
 CASE(fit_until_and_fit_for)
+CASE(divergence_stops_with_the_last_finite_weights)
 CASE(gradients_of_every_activation)
 CASE(gradients_of_every_loss)
 CASE(gradients_of_a_branching_graph)
@@ -659,6 +794,7 @@ static const hm_test_case cases[] = {
     HM_TEST_CASE_P(run_, accumulation_equals_one_big_batch),
     HM_TEST_CASE_P(run_, early_stop_counts_non_improving_updates),
     HM_TEST_CASE_P(run_, fit_until_and_fit_for),
+    HM_TEST_CASE_P(run_, divergence_stops_with_the_last_finite_weights),
     HM_TEST_CASE_P(run_, gradients_of_every_activation),
     HM_TEST_CASE_P(run_, gradients_of_every_loss),
     HM_TEST_CASE_P(run_, gradients_of_a_branching_graph),

@@ -115,6 +115,34 @@ PY
 msg=$("$bin" train "$model" --dataset fashion-mnist --limit-train 100 --policy bits:5 2>&1)
 check "a width without kernels is refused: $msg" grep -q "policy bits:5: the packed widths are 8, 4 and 3 bits" <<<"$msg"
 
+# A diverging run (the audit's reproduction: linear, MSE, lr 10) stops with exit 3 and keeps finite weights.
+python3 - "$work" <<'PY'
+import random, sys
+random.seed(1)
+with open(sys.argv[1] + "/x.csv", "w") as f:
+    for _ in range(48): f.write(",".join("%.3f" % random.uniform(-2, 2) for _ in range(4)) + "\n")
+with open(sys.argv[1] + "/t.csv", "w") as f:
+    for _ in range(48): f.write("%.3f\n" % random.uniform(-1, 1))
+PY
+echo 'producer x {4}; producer t {1}; layer o {1}; cycle { x -> o; o <-(mse)- t; }' >"$work/lin.hmx"
+"$bin" train "$work/lin.hmx" --data x=csv:"$work/x.csv" --data t=csv:"$work/t.csv" --lr 10 --batch 1 --epochs 10 \
+  --save-weights "$work/dv.safetensors" --checkpoint "$work/dv.hck" >"$work/dv.out" 2>"$work/dv.err"
+rc=$?
+check "a diverging run exits 3 (rc=$rc)" test "$rc" -eq 3
+check "it names the step, loss and rate: $(cat "$work/dv.err")" \
+  grep -q "training diverged at step 13 (epoch 0): loss inf, gradient norm inf, learning rate 10; the graph keeps the weights after step 12" "$work/dv.err"
+check "no final loss is printed for it" test ! -s "$work/dv.out"
+check "the saved weights are the last finite ones" python3 - "$work/dv.safetensors" <<'PY'
+import json, math, struct, sys
+data = open(sys.argv[1], "rb").read()
+n = struct.unpack("<Q", data[:8])[0]
+values = struct.unpack("<%df" % ((len(data) - 8 - n) // 4), data[8 + n:])
+assert len(values) == 5 and all(math.isfinite(v) for v in values), values
+PY
+"$bin" train "$work/lin.hmx" --data x=csv:"$work/x.csv" --data t=csv:"$work/t.csv" --threads 1 --epochs 1 \
+  --resume "$work/dv.hck" >/dev/null 2>"$work/dv2.err"
+check "the checkpoint holds step 12: $(cat "$work/dv2.err")" grep -q "resuming .*dv.hck at epoch 0, step 12" "$work/dv2.err"
+
 "$bin" train "$model" --epochz 3 >/dev/null 2>&1
 rc=$?
 check "unknown option exits 2" test "$rc" -eq 2

@@ -18,7 +18,8 @@ int cmd_convert(int argc, char **argv);
 int cmd_dashboard(int argc, char **argv);
 
 /* Exit statuses shared by subcommands. */
-enum { CLI_OK = 0, CLI_FAILED = 1, CLI_USAGE = 2 };
+/* CLI_DIVERGED: training stopped at a non-finite loss or gradient norm. */
+enum { CLI_OK = 0, CLI_FAILED = 1, CLI_USAGE = 2, CLI_DIVERGED = 3 };
 
 /* Registry initialisation shared by every subcommand that loads plugins:
  * applies --config FILE and --backend NAME if given (NULL otherwise). */

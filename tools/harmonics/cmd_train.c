@@ -45,7 +45,10 @@ static void train_usage(FILE *f) {
           "  --dashboard ws://HOST:PORT/trainer   stream every update to a dashboard\n"
           "                                       (harmonics dashboard, or examples/training_dashboard)\n"
           "output:\n"
-          "  --json              a last line of JSON with the results\n",
+          "  --json              a last line of JSON with the results\n"
+          "exit status: 0 trained, 1 failed, 2 bad usage, 3 diverged (a loss or gradient norm\n"
+          "  was not finite: the run stops there; --save-weights and --checkpoint keep the\n"
+          "  weights after the last finite step)\n",
           optimizers);
 }
 
@@ -397,11 +400,20 @@ int cmd_train(int argc, char **argv) {
     t.o.on_epoch_user = &ui;
     size_t per_step = t.o.batch_size * t.o.accumulate_steps;
     ui.steps_per_epoch = (src.train_samples + per_step - 1) / per_step;
-    rc = hm_graph_fit(g, t.epochs, &t.policy, &t.o, &st) == HM_OK ? CLI_OK : cli_fail("training failed");
+    hm_status fs = hm_graph_fit(g, t.epochs, &t.policy, &t.o, &st);
+    if (fs == HM_STATUS_DIVERGED) {
+      cli_fail(NULL);
+      rc = CLI_DIVERGED;
+    } else if (fs != HM_OK) {
+      rc = cli_fail("training failed");
+    }
   }
   close_dashboard(&ui);
-  if (rc == CLI_OK && t.save_weights && hm_weights_save_safetensors(hm_graph_weights(g), t.save_weights) != HM_OK)
-    rc = cli_fail("--save-weights");
+  /* A diverged run still saves: the graph holds its last finite weights. */
+  if ((rc == CLI_OK || rc == CLI_DIVERGED) && t.save_weights) {
+    if (hm_weights_save_safetensors(hm_graph_weights(g), t.save_weights) != HM_OK) rc = cli_fail("--save-weights");
+    else if (rc == CLI_DIVERGED) fprintf(stderr, "harmonics: saved the last finite weights to %s\n", t.save_weights);
+  }
   if (rc == CLI_OK) print_results(st);
   if (rc == CLI_OK && t.json) print_json(&t, st);
   hm_cycle_state_free(st);

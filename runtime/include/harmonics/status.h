@@ -36,7 +36,8 @@ typedef enum hm_status {
   HM_STATUS_NOT_FOUND = 10,         /* a named file, tensor, node or backend does not exist */
   HM_STATUS_IO_ERROR = 11,          /* the operating system refused a read or write */
   HM_STATUS_PARSE_ERROR = 12,       /* a DSL, CSV, JSON or config text is malformed */
-  HM_STATUS_CANCELLED = 13          /* stopped on request */
+  HM_STATUS_CANCELLED = 13,         /* stopped on request */
+  HM_STATUS_DIVERGED = 14           /* training produced a non-finite loss or gradient norm */
 } hm_status;
 
 /* The last error of the calling thread: valid until the next failing call on

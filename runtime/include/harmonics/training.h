@@ -120,7 +120,10 @@ HM_API hm_fit_options hm_fit_options_default(void);
 
 /* Trains for |epochs| passes. NULL policy = hm_make_hardware_policy().
  * On success *out_state holds the final state (caller frees with
- * hm_cycle_state_free) and the graph's weights are the trained ones. */
+ * hm_cycle_state_free) and the graph's weights are the trained ones.
+ * HM_STATUS_DIVERGED: an update's loss or gradient norm was not finite; the
+ * graph (and the checkpoint, if any) holds the weights after the last finite
+ * update (docs/training.md). */
 HM_API HM_MUST_USE hm_status hm_graph_fit(hm_graph *g, size_t epochs, const hm_policy *policy,
                                           const hm_fit_options *opts, hm_cycle_state **out_state);
 /* Trains until |seconds| of wall time have passed (checked after each

@@ -47,6 +47,7 @@ const char *hm_status_name(hm_status s) {
     case HM_STATUS_IO_ERROR: return "IO_ERROR";
     case HM_STATUS_PARSE_ERROR: return "PARSE_ERROR";
     case HM_STATUS_CANCELLED: return "CANCELLED";
+    case HM_STATUS_DIVERGED: return "DIVERGED";
   }
   return "UNKNOWN";
 }

@@ -313,6 +313,11 @@ hm_status hm__session_upload_weights(hm_session *s) {
   hm_graph *g = s->g;
   if (!g->weights) HM_RETURN_IF_ERROR(hm_graph_init_weights(g, s->opts.seed));
   HM_RETURN_IF_ERROR(hm__graph_check_weights(g, g->weights, "the graph's weights"));
+  return hm__session_write_weights(s, g->weights);
+}
+
+hm_status hm__session_write_weights(hm_session *s, const hm_weights *w) {
+  hm_graph *g = s->g;
   for (size_t e = 0; e < g->n_edges; e++) {
     const hm_edge *ed = &g->edges[e];
     if (!hm__edge_has_weights(g, ed)) continue;
@@ -320,8 +325,8 @@ hm_status hm__session_upload_weights(hm_session *s) {
     hm__edge_weight_name(g, ed, wn, sizeof wn);
     hm__edge_bias_name(g, ed, bn, sizeof bn);
     hm_tensor tw, tb;
-    HM_RETURN_IF_ERROR(hm_weights_find(g->weights, wn, &tw));
-    HM_RETURN_IF_ERROR(hm_weights_find(g->weights, bn, &tb));
+    HM_RETURN_IF_ERROR(hm_weights_find(w, wn, &tw));
+    HM_RETURN_IF_ERROR(hm_weights_find(w, bn, &tb));
     HM_RETURN_IF_ERROR(hm_device_buffer_write(s->dev, s->bufs.edges[e].w, 0, tw.data, tw.bytes));
     HM_RETURN_IF_ERROR(hm_device_buffer_write(s->dev, s->bufs.edges[e].b, 0, tb.data, tb.bytes));
   }

@@ -42,6 +42,8 @@ void hm__session_free(hm_session *s);
 /* Uploads the graph's weights (initialising them from opts.seed first when
  * the graph has none) and zeroes optimizer state. */
 hm_status hm__session_upload_weights(hm_session *s);
+/* Writes a set of parameters with the graph's names and shapes to the device. */
+hm_status hm__session_write_weights(hm_session *s, const hm_weights *w);
 /* Inference: packs the weights of packed-precision connections once on the
  * device and frees their f32 copies. */
 hm_status hm__session_pack_weights(hm_session *s);

@@ -10,6 +10,13 @@
  * The progress sink, early stopping (norm + delta < best improves; stop after
  * `patience` updates without improvement) and fit_until's predicate run
  * after each update, in that order.
+ *
+ * An update whose loss or gradient norm is not finite ends fit with
+ * HM_STATUS_DIVERGED. By then the fused step has already written it into
+ * the weights, so the loop keeps the state of the latest epoch start whose
+ * weights are finite and replays from there to the last finite update
+ * (training is deterministic): the graph and the final checkpoint hold those
+ * weights, and the fast path pays one download per epoch for it.
  */
 #include <math.h>
 #include <stdio.h>
@@ -81,6 +88,23 @@ typedef struct fit_limits {
   void *user;
 } fit_limits;
 
+/* The loop's counters at the start of an epoch, with the device's weights. */
+typedef struct snapshot {
+  hm_weights *params, *opt_state;
+  size_t step, epoch, position, samples, stall;
+  float best_norm, loss, grad_norm, lr, eval_loss, eval_accuracy;
+  double train_seconds;
+} snapshot;
+
+/* The first update that was not finite. */
+typedef struct divergence {
+  int found;
+  size_t step; /* 1-based, as the progress sink numbers steps */
+  size_t epoch;
+  float loss, grad_norm;
+  double lr;
+} divergence;
+
 typedef struct loop {
   hm_session *s;
   hm_cycle_state *st;
@@ -91,6 +115,9 @@ typedef struct loop {
   float best_norm;
   size_t stall;
   int stop;
+  size_t replaying;  /* re-running updates after a divergence up to this step: no callbacks */
+  snapshot snap;
+  divergence bad;
 } loop;
 
 static float lr_for(const hm_fit_options *o, size_t update) {
@@ -122,17 +149,38 @@ static hm_status checkpoint(loop *L) {
   return st;
 }
 
+/* A checkpoint_every checkpoint, after a finite update outside a replay. */
+static hm_status checkpoint_due(loop *L) {
+  if (L->bad.found || L->replaying || !L->o->checkpoint_every || L->st->step % L->o->checkpoint_every) return HM_OK;
+  return checkpoint(L);
+}
+
 /* After an update: bookkeeping, progress, early stop, predicate. */
 static void after_update(loop *L, float loss, float sumsq, double lr) {
   hm_cycle_state *st = L->st;
   const hm_fit_options *o = L->o;
   float norm = sqrtf(sumsq);
+  if (!isfinite(loss) || !isfinite(norm)) {
+    if (!L->replaying) L->bad = (divergence){1, st->step + 1, st->epoch, loss, norm, lr};
+    L->stop = 1;
+    return;
+  }
   st->step++;
   st->loss = loss;
   st->grad_norm = norm;
   st->lr = (float)lr;
   st->weights_stale = 1;
   st->elapsed = hm__now() - st->start_time;
+  if (L->replaying) { /* the updates are known; early stopping's counters are replayed too */
+    if (o->early_stop_patience > 0 && norm + o->early_stop_delta < L->best_norm) {
+      L->best_norm = norm;
+      L->stall = 0;
+    } else if (o->early_stop_patience > 0) {
+      L->stall++;
+    }
+    L->stop = st->step >= L->replaying;
+    return;
+  }
   if (o->progress.fn) o->progress.fn(o->progress.user, st->step, norm, loss, (float)lr);
   if (o->early_stop_patience > 0) {
     if (norm + o->early_stop_delta < L->best_norm) {
@@ -168,8 +216,7 @@ static hm_status run_batch(loop *L, const int32_t *idx, size_t b) {
     L->st->samples += b;
     L->st->position += b;
     after_update(L, loss, sumsq, scalars[SLOT_LR]);
-    if (o->checkpoint_every && L->st->step % o->checkpoint_every == 0) return checkpoint(L);
-    return HM_OK;
+    return checkpoint_due(L);
   }
   HM_RETURN_IF_ERROR(fill_scalars(o, L->st->step, 1.0, scalars));
   HM_RETURN_IF_ERROR(
@@ -189,8 +236,7 @@ static hm_status run_batch(loop *L, const int32_t *idx, size_t b) {
   L->micro = 0;
   L->loss_sum = 0;
   after_update(L, mean_loss, sumsq, scalars[SLOT_LR]);
-  if (o->checkpoint_every && L->st->step % o->checkpoint_every == 0) return checkpoint(L);
-  return HM_OK;
+  return checkpoint_due(L);
 }
 
 /* The partial accumulation group at the end of an epoch: one update,
@@ -207,28 +253,154 @@ static hm_status flush(loop *L) {
   L->micro = 0;
   L->loss_sum = 0;
   after_update(L, mean_loss, sumsq, scalars[SLOT_LR]);
-  if (L->o->checkpoint_every && L->st->step % L->o->checkpoint_every == 0) return checkpoint(L);
-  return HM_OK;
+  return checkpoint_due(L);
 }
 
-static hm_status run_epoch(loop *L, int32_t *order) {
-  hm_session *s = L->s;
-  const hm_fit_options *o = L->o;
-  size_t n = s->train_count;
-  if (o->shuffle) {
+static void epoch_order(loop *L, int32_t *order) {
+  size_t n = L->s->train_count;
+  if (L->o->shuffle) {
     hm_rng rng;
     /* The order of epoch e depends only on (seed, e): resumable. */
-    hm__rng_seed(&rng, o->seed ^ (0x5bd1e9955bd1e995ull * (L->st->epoch + 1)));
+    hm__rng_seed(&rng, L->o->seed ^ (0x5bd1e9955bd1e995ull * (L->st->epoch + 1)));
     hm__rng_permutation(&rng, order, n);
   } else {
     for (size_t i = 0; i < n; i++) order[i] = (int32_t)i;
   }
+}
+
+/* The batches of the epoch from the current position. */
+static hm_status run_batches(loop *L, const int32_t *order) {
+  size_t n = L->s->train_count, bs = L->o->batch_size;
   /* A resumed epoch starts where the checkpoint stopped. */
-  for (size_t pos = L->st->position; pos < n && !L->stop; pos += o->batch_size) {
-    size_t b = n - pos < o->batch_size ? n - pos : o->batch_size;
+  for (size_t pos = L->st->position; pos < n && !L->stop; pos += bs) {
+    size_t b = n - pos < bs ? n - pos : bs;
     HM_RETURN_IF_ERROR(run_batch(L, order + pos, b));
   }
   return HM_OK;
+}
+
+static void snapshot_clear(snapshot *p) {
+  hm_weights_free(p->params);
+  hm_weights_free(p->opt_state);
+  p->params = p->opt_state = NULL;
+}
+
+static int weights_finite(const hm_weights *w) {
+  for (size_t i = 0; i < hm_weights_count(w); i++) {
+    hm_tensor t;
+    if (hm_weights_at(w, i, &t) != HM_OK) return 0;
+    const float *v = t.data;
+    for (size_t k = 0; k < t.bytes / sizeof *v; k++)
+      if (!isfinite(v[k])) return 0;
+  }
+  return 1;
+}
+
+/* The state at the start of an epoch, for a replay after a divergence. A
+ * finite update can still overflow a weight; such a state is not kept (the
+ * previous one stays), and the next update diverges. */
+static hm_status snapshot_take(loop *L) {
+  const hm_cycle_state *st = L->st;
+  snapshot p = {0};
+  HM_RETURN_IF_ERROR(hm__session_download(L->s, &p.params, &p.opt_state));
+  if (!weights_finite(p.params)) {
+    snapshot_clear(&p);
+    return HM_OK;
+  }
+  snapshot_clear(&L->snap);
+  p.step = st->step;
+  p.epoch = st->epoch;
+  p.position = st->position;
+  p.samples = st->samples;
+  p.stall = L->stall;
+  p.best_norm = L->best_norm;
+  p.loss = st->loss;
+  p.grad_norm = st->grad_norm;
+  p.lr = st->lr;
+  p.eval_loss = st->eval_loss;
+  p.eval_accuracy = st->eval_accuracy;
+  p.train_seconds = st->train_seconds;
+  L->snap = p;
+  return HM_OK;
+}
+
+static void snapshot_restore(loop *L) {
+  hm_cycle_state *st = L->st;
+  const snapshot *p = &L->snap;
+  st->step = p->step;
+  st->epoch = p->epoch;
+  st->position = p->position;
+  st->samples = p->samples;
+  st->loss = p->loss;
+  st->grad_norm = p->grad_norm;
+  st->lr = p->lr;
+  st->eval_loss = p->eval_loss;
+  st->eval_accuracy = p->eval_accuracy;
+  st->train_seconds = p->train_seconds;
+  L->stall = p->stall;
+  L->best_norm = p->best_norm;
+  L->micro = 0;
+  L->loss_sum = 0;
+  L->stop = 0;
+}
+
+/* Epochs until a limit, a stop or a divergence. Outside a replay each epoch
+ * starts with a snapshot and ends with a checkpoint and on_epoch. */
+static hm_status run_epochs(loop *L, int32_t *order) {
+  hm_session *s = L->s;
+  hm_cycle_state *st = L->st;
+  const hm_fit_options *o = L->o;
+  while (!L->stop) {
+    if (L->lim->mode == MODE_EPOCHS && st->epoch >= L->lim->epochs) {
+      st->stop_reason = HM_STOP_EPOCHS;
+      break;
+    }
+    epoch_order(L, order);
+    if (!L->replaying) HM_RETURN_IF_ERROR(snapshot_take(L));
+    HM_RETURN_IF_ERROR(run_batches(L, order));
+    if (L->stop) break; /* a stop comes after an update: no group is pending */
+    /* A partial accumulation group is applied at the end of its epoch, so a
+     * group never spans epochs and every checkpoint falls between updates:
+     * resuming from any of them continues exactly. */
+    HM_RETURN_IF_ERROR(flush(L));
+    if (L->bad.found && !L->replaying) break;
+    st->epoch++;
+    st->position = 0;
+    if (s->eval_count) {
+      hm_eval_result r;
+      HM_RETURN_IF_ERROR(hm__session_evaluate(s, 1, 0, &r));
+      st->eval_loss = r.loss;
+      st->eval_accuracy = r.accuracy;
+    }
+    if (L->replaying) continue;
+    if (!o->checkpoint_every) HM_RETURN_IF_ERROR(checkpoint(L));
+    if (o->on_epoch && o->on_epoch(o->on_epoch_user, st)) {
+      st->stop_reason = HM_STOP_EPOCH_CALLBACK;
+      break;
+    }
+  }
+  return HM_OK;
+}
+
+/* Back to the last finite update: restore the latest finite epoch-start
+ * snapshot and replay to step bad.step - 1; if that update left a
+ * non-finite weight, to the one before. */
+static hm_status replay_to_last_finite(loop *L, int32_t *order) {
+  hm_cycle_state *st = L->st;
+  for (size_t target = L->bad.step - 1;; target--) {
+    snapshot_restore(L);
+    HM_RETURN_IF_ERROR(hm__session_write_weights(L->s, L->snap.params));
+    HM_RETURN_IF_ERROR(hm__session_upload_opt_state(L->s, L->snap.opt_state));
+    L->replaying = target;
+    hm_status rc = target > L->snap.step ? run_epochs(L, order) : HM_OK;
+    L->replaying = 0;
+    HM_RETURN_IF_ERROR(rc);
+    if (st->step != target)
+      return hm__fail(HM_STATUS_INTERNAL, "replay after a divergence reached step %zu, not %zu", st->step, target);
+    st->weights_stale = 1;
+    HM_RETURN_IF_ERROR(hm__cycle_state_sync(st));
+    if (target == L->snap.step || weights_finite(st->weights)) return HM_OK;
+  }
 }
 
 /* The cycle state's view of the device while fit runs (cycle_state.h). */
@@ -274,7 +446,7 @@ static hm_status fit_impl(hm_graph *g, const fit_limits *lim, const hm_policy *p
     rc = hm__fail(HM_STATUS_RESOURCE_EXHAUSTED, "out of memory");
   if (rc == HM_OK && resume) rc = hm__session_upload_opt_state(s, resume->opt_state);
   if (rc == HM_OK) rc = hm__cycle_state_describe(st, s->plan, s->dev);
-  loop L = {s, st, &o, lim, 0, 0.0, INFINITY, 0, 0};
+  loop L = {s, st, &o, lim, 0, 0.0, INFINITY, 0, 0, 0, {0}, {0}};
   if (resume) {
     st->step = resume->step;
     st->epoch = resume->epoch;
@@ -292,32 +464,9 @@ static hm_status fit_impl(hm_graph *g, const fit_limits *lim, const hm_policy *p
   }
   hm__cycle_state_go_live(st, fetch_weights, s);
   st->start_time = hm__now();
-  while (rc == HM_OK && !L.stop) {
-    if (lim->mode == MODE_EPOCHS && st->epoch >= lim->epochs) {
-      st->stop_reason = HM_STOP_EPOCHS;
-      break;
-    }
-    rc = run_epoch(&L, order);
-    if (rc != HM_OK || L.stop) break; /* a stop comes after an update: no group is pending */
-    /* A partial accumulation group is applied at the end of its epoch, so a
-     * group never spans epochs and every checkpoint falls between updates:
-     * resuming from any of them continues exactly. */
-    rc = flush(&L);
-    if (rc != HM_OK) break;
-    st->epoch++;
-    st->position = 0;
-    if (s->eval_count) {
-      hm_eval_result r;
-      rc = hm__session_evaluate(s, 1, 0, &r);
-      st->eval_loss = r.loss;
-      st->eval_accuracy = r.accuracy;
-    }
-    if (rc == HM_OK && !o.checkpoint_every) rc = checkpoint(&L);
-    if (rc == HM_OK && o.on_epoch && o.on_epoch(o.on_epoch_user, st)) {
-      st->stop_reason = HM_STOP_EPOCH_CALLBACK;
-      break;
-    }
-  }
+  if (rc == HM_OK) rc = run_epochs(&L, order);
+  if (rc == HM_OK && L.bad.found) rc = replay_to_last_finite(&L, order);
+  snapshot_clear(&L.snap);
   if (rc == HM_OK) rc = checkpoint(&L);
   st->elapsed = hm__now() - st->start_time;
   st->best_norm = L.best_norm;
@@ -330,6 +479,14 @@ static hm_status fit_impl(hm_graph *g, const fit_limits *lim, const hm_policy *p
   }
   free(order);
   hm__session_free(s);
+  if (rc == HM_OK && L.bad.found) {
+    size_t kept = st->step;
+    hm_cycle_state_free(st);
+    return hm__fail(HM_STATUS_DIVERGED,
+                    "training diverged at step %zu (epoch %zu): loss %g, gradient norm %g, learning rate %g; "
+                    "the graph keeps the weights after step %zu, the last finite ones",
+                    L.bad.step, L.bad.epoch, (double)L.bad.loss, (double)L.bad.grad_norm, L.bad.lr, kept);
+  }
   if (rc != HM_OK) {
     hm_cycle_state_free(st);
     return rc;
