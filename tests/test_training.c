@@ -9,6 +9,7 @@
  * the bias sees g = -1 every step and the weight sees 0.
  */
 #include <math.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -196,6 +197,47 @@ static void schedule_output_is_checked(void) {
     HM_CHECK(st == NULL);
     bias_free(&f);
   }
+}
+
+/* An option the chosen optimizer does not read is refused, naming it; the
+ * optimizers that read it accept it. */
+static void options_unused_by_the_optimizer_are_refused(void) {
+  struct {
+    const char *field;
+    size_t offset;
+    float value;
+    unsigned users; /* bit per hm_optimizer */
+  } cases[] = {
+      {"momentum", offsetof(hm_fit_options, momentum), 0.9f, 1u << HM_OPTIMIZER_SGD},
+      {"weight_decay", offsetof(hm_fit_options, weight_decay), 0.5f, 1u << HM_OPTIMIZER_ADAMW | 1u << HM_OPTIMIZER_LAMB},
+      {"beta1", offsetof(hm_fit_options, beta1), 0.8f, 1u << HM_OPTIMIZER_ADAM | 1u << HM_OPTIMIZER_ADAMW | 1u << HM_OPTIMIZER_LAMB},
+      {"beta2", offsetof(hm_fit_options, beta2), 0.99f, 1u << HM_OPTIMIZER_ADAM | 1u << HM_OPTIMIZER_ADAMW | 1u << HM_OPTIMIZER_LAMB},
+      {"epsilon", offsetof(hm_fit_options, epsilon), 1e-6f, 0x1fu & ~(1u << HM_OPTIMIZER_SGD)},
+      {"rho", offsetof(hm_fit_options, rho), 0.5f, 1u << HM_OPTIMIZER_RMSPROP},
+  };
+  size_t refused = 0;
+  for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+    for (int opt = 0; opt < HM_OPTIMIZER_COUNT; opt++) {
+      bias_fixture f = bias_graph();
+      hm_fit_options o = base_opts((hm_optimizer)opt, 0.01f);
+      memcpy((char *)&o + cases[c].offset, &cases[c].value, sizeof(float));
+      hm_cycle_state *st = NULL;
+      hm_status s = hm_graph_fit(f.g, 1, NULL, &o, &st);
+      if (cases[c].users & (1u << opt)) {
+        HM_CHECK_MSG(s == HM_OK, "%s with %s: %s", cases[c].field, hm_optimizer_name((uint32_t)opt), hm_last_error());
+      } else {
+        char expect[160];
+        snprintf(expect, sizeof expect, "hm_fit_options.%s is %g but optimizer %s does not use it", cases[c].field,
+                 (double)cases[c].value, hm_optimizer_name((uint32_t)opt));
+        HM_CHECK_EQ(s, HM_STATUS_INVALID_ARGUMENT);
+        HM_CHECK_STR_CONTAINS(hm_last_error(), expect);
+        refused++;
+      }
+      hm_cycle_state_free(st);
+      bias_free(&f);
+    }
+  }
+  HM_CHECK_EQ(refused, 4 + 3 + 2 + 2 + 1 + 4);
 }
 
 /* Accumulating 2 micro-batches of 4 equals one batch of 8. */
@@ -774,6 +816,7 @@ CASE(grad_clip_clamps_elements)
 CASE(schedule_and_progress)
 CASE(accumulation_averages_and_flushes)
 CASE(schedule_output_is_checked)
+CASE(options_unused_by_the_optimizer_are_refused)
 CASE(accumulation_equals_one_big_batch)
 CASE(early_stop_counts_non_improving_updates)
 CASE(fit_until_and_fit_for)
@@ -791,6 +834,7 @@ static const hm_test_case cases[] = {
     HM_TEST_CASE_P(run_, schedule_and_progress),
     HM_TEST_CASE_P(run_, accumulation_averages_and_flushes),
     HM_TEST_CASE_P(run_, schedule_output_is_checked),
+    HM_TEST_CASE_P(run_, options_unused_by_the_optimizer_are_refused),
     HM_TEST_CASE_P(run_, accumulation_equals_one_big_batch),
     HM_TEST_CASE_P(run_, early_stop_counts_non_improving_updates),
     HM_TEST_CASE_P(run_, fit_until_and_fit_for),

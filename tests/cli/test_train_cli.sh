@@ -143,6 +143,11 @@ PY
   --resume "$work/dv.hck" >/dev/null 2>"$work/dv2.err"
 check "the checkpoint holds step 12: $(cat "$work/dv2.err")" grep -q "resuming .*dv.hck at epoch 0, step 12" "$work/dv2.err"
 
+msg=$("$bin" train "$model" --dataset fashion-mnist --limit-train 100 --optimizer adam --weight-decay 0.5 --momentum 0.9 2>&1)
+rc=$?
+check "an option the optimizer ignores exits 1 (rc=$rc)" test "$rc" -eq 1
+check "... naming it: $msg" grep -q "momentum is 0.9 but optimizer adam does not use it (momentum is for SGD" <<<"$msg"
+
 "$bin" train "$model" --epochz 3 >/dev/null 2>&1
 rc=$?
 check "unknown option exits 2" test "$rc" -eq 2

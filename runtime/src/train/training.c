@@ -52,7 +52,8 @@ static hm_status check_options(const hm_fit_options *o) {
   if (o->struct_size != sizeof *o)
     return hm__fail(HM_STATUS_INVALID_ARGUMENT, "hm_fit_options.struct_size is %zu, expected %zu (use hm_fit_options_default)",
                     o->struct_size, sizeof *o);
-  return hm__trajectory_check(o);
+  HM_RETURN_IF_ERROR(hm__trajectory_check(o));
+  return hm__trajectory_check_optimizer_fields(o);
 }
 
 /* The options that shape a training trajectory must match when resuming. */

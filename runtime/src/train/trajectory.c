@@ -2,7 +2,10 @@
  * fields, all expanded from HM_TRAJECTORY_FIELDS (trajectory.h). */
 #include "train/trajectory.h"
 
+#include "harmonics/names.h"
+
 #include <math.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -127,6 +130,42 @@ hm_status hm__trajectory_check(const hm_fit_options *o) {
   }
   HM_TRAJECTORY_FIELDS(CHECK)
 #undef CHECK
+  return HM_OK;
+}
+
+/* Which optimizers read each optimizer-specific field (abi/SPEC.md §7). A
+ * value other than the default for an optimizer that ignores it would pass
+ * silently, so it is refused. */
+#define USERS(o) (1u << HM_OPTIMIZER_##o)
+static const struct {
+  const char *field;
+  size_t offset;
+  unsigned users;
+  const char *who;
+} optimizer_fields[] = {
+    {"momentum", offsetof(hm_fit_options, momentum), USERS(SGD), "SGD"},
+    {"weight_decay", offsetof(hm_fit_options, weight_decay), USERS(ADAMW) | USERS(LAMB), "AdamW and LAMB"},
+    {"beta1", offsetof(hm_fit_options, beta1), USERS(ADAM) | USERS(ADAMW) | USERS(LAMB), "Adam, AdamW and LAMB"},
+    {"beta2", offsetof(hm_fit_options, beta2), USERS(ADAM) | USERS(ADAMW) | USERS(LAMB), "Adam, AdamW and LAMB"},
+    {"epsilon", offsetof(hm_fit_options, epsilon), USERS(ADAM) | USERS(RMSPROP) | USERS(ADAMW) | USERS(LAMB),
+     "Adam, RMSProp, AdamW and LAMB"},
+    {"rho", offsetof(hm_fit_options, rho), USERS(RMSPROP), "RMSProp"},
+};
+#undef USERS
+
+hm_status hm__trajectory_check_optimizer_fields(const hm_fit_options *o) {
+  hm_fit_options d = hm_fit_options_default();
+  for (size_t i = 0; i < sizeof optimizer_fields / sizeof optimizer_fields[0]; i++) {
+    if (optimizer_fields[i].users & (1u << o->optimizer)) continue;
+    float v, dv;
+    memcpy(&v, (const char *)o + optimizer_fields[i].offset, sizeof v);
+    memcpy(&dv, (const char *)&d + optimizer_fields[i].offset, sizeof dv);
+    if (v != dv)
+      return hm__fail(HM_STATUS_INVALID_ARGUMENT,
+                      "hm_fit_options.%s is %g but optimizer %s does not use it (%s is for %s; leave it at %g)",
+                      optimizer_fields[i].field, (double)v, hm_optimizer_name(o->optimizer), optimizer_fields[i].field,
+                      optimizer_fields[i].who, (double)dv);
+  }
   return HM_OK;
 }
 

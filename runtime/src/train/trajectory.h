@@ -41,6 +41,10 @@ int hm__schedule_valid(const hm_lr_schedule *s);
 
 /* INVALID_ARGUMENT naming the first field outside its rule. */
 hm_status hm__trajectory_check(const hm_fit_options *o);
+/* INVALID_ARGUMENT naming an optimizer-specific field (momentum,
+ * weight_decay, beta1, beta2, epsilon, rho) set away from its default for
+ * an optimizer that does not read it. */
+hm_status hm__trajectory_check_optimizer_fields(const hm_fit_options *o);
 void hm__trajectory_encode(const hm_fit_options *o, int schedule_kind, hm_bytes *b);
 /* Reads every field into |o| (a default-initialised struct), then checks
  * them; a bad value is a reader failure naming the field. */
