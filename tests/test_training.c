@@ -269,6 +269,50 @@ static void options_unused_by_the_optimizer_are_refused(void) {
   HM_CHECK_EQ(refused, 4 + 3 + 2 + 2 + 1 + 4);
 }
 
+/* Buffers are sized per use: training at batch 4 on 8 samples without
+ * evaluation data holds 4-row activations and gradients, not
+ * eval_batch_size (1000) rows. The bytes, counted by hand:
+ *   data x 8x3 + t 8x2 floats: 96 + 64; batch index 4 + stats 4 floats: 16 + 16;
+ *   batches x 4x3, t 4x2: 48 + 32; gradients h 4x4, o 4x2: 64 + 32;
+ *   x->h: W 48, b 16, z 64, tanh(z) 64, dW 48, db 16, dz 64;
+ *   h->o: W 32, b 8, z 32 (identity: a = z), dW 32, db 8 (dz = o's gradient).
+ * With 6 evaluation samples, activations take 6 rows (eval_batch_size capped
+ * by the data) while gradients keep 4. */
+static void buffers_are_sized_per_use(void) {
+  const char *text = "producer x {3}; producer t {2}; layer h {4}; layer o;"
+                     " cycle { x -(tanh)-> h -> o; o <-(mse)- t; }";
+  float x[8 * 3] = {0}, t[8 * 2] = {0};
+  for (int with_eval = 0; with_eval < 2; with_eval++) {
+    hm_graph *g = parse(text);
+    hm_producer *px = NULL, *pt = NULL, *ex = NULL, *et = NULL;
+    HM_CHECK_OK(hm_producer_from_floats(x, 8, 3, &px));
+    HM_CHECK_OK(hm_producer_from_floats(t, 8, 2, &pt));
+    HM_CHECK_OK(hm_graph_bind_producer(g, "x", px));
+    HM_CHECK_OK(hm_graph_bind_producer(g, "t", pt));
+    if (with_eval) {
+      HM_CHECK_OK(hm_producer_from_floats(x, 6, 3, &ex));
+      HM_CHECK_OK(hm_producer_from_floats(t, 6, 2, &et));
+      HM_CHECK_OK(hm_graph_bind_eval(g, "x", ex));
+      HM_CHECK_OK(hm_graph_bind_eval(g, "t", et));
+    }
+    hm_fit_options o = base_opts(HM_OPTIMIZER_SGD, 0.01f);
+    o.batch_size = 4;
+    hm_cycle_state *st = NULL;
+    HM_CHECK_OK(hm_graph_fit(g, 1, NULL, &o, &st));
+    size_t train_only = 96 + 64 + 16 + 16 + 48 + 32 + 64 + 32 + (48 + 16 + 64 + 64 + 48 + 16 + 64) + (32 + 8 + 32 + 32 + 8);
+    /* Evaluation: its data (6x3 + 6x2 floats), and 6 rows instead of 4 for the
+     * batch index, the two producer batches, z and tanh(z) of x->h, z of h->o. */
+    size_t eval_extra = 72 + 48 + 2 * 4 + 2 * (12 + 8) + 2 * (16 + 16) + 2 * 8;
+    HM_CHECK_EQ(hm_cycle_state_device_bytes(st), with_eval ? train_only + eval_extra : train_only);
+    hm_cycle_state_free(st);
+    hm_graph_free(g);
+    hm_producer_free(px);
+    hm_producer_free(pt);
+    hm_producer_free(ex);
+    hm_producer_free(et);
+  }
+}
+
 /* Accumulating 2 micro-batches of 4 equals one batch of 8. */
 static void accumulation_equals_one_big_batch(void) {
   const char *text = "producer x {3}; producer t {2}; layer h {4}; layer o;"
@@ -971,6 +1015,7 @@ CASE(accumulation_averages_and_flushes)
 CASE(schedule_output_is_checked)
 CASE(options_unused_by_the_optimizer_are_refused)
 CASE(accumulation_equals_one_big_batch)
+CASE(buffers_are_sized_per_use)
 CASE(early_stop_counts_non_improving_updates)
 CASE(fit_until_and_fit_for)
 CASE(divergence_stops_with_the_last_finite_weights)
@@ -989,6 +1034,7 @@ static const hm_test_case cases[] = {
     HM_TEST_CASE_P(run_, schedule_output_is_checked),
     HM_TEST_CASE_P(run_, options_unused_by_the_optimizer_are_refused),
     HM_TEST_CASE_P(run_, accumulation_equals_one_big_batch),
+    HM_TEST_CASE_P(run_, buffers_are_sized_per_use),
     HM_TEST_CASE_P(run_, early_stop_counts_non_improving_updates),
     HM_TEST_CASE_P(run_, fit_until_and_fit_for),
     HM_TEST_CASE_P(run_, divergence_stops_with_the_last_finite_weights),

@@ -34,6 +34,11 @@ assert j["epochs"] == 2 and j["steps"] == 2 * 94, j
 assert 0.6 < j["test_accuracy"] <= 1.0, j
 assert j["train_samples_per_s"] > 0 and j["backend"] == "cpu:0" and j["policy"] == "hardware", j
 assert j["layers"][0] == {"layer": "pixels->hidden", "precision": "f32", "kernel": "gemm", "note": ""}, j
+# The u8 pixels and i32 labels of 3000 + 1000 samples and the evaluation's
+# 1000-row f32 pixel batch are on the device; the rest (weights, Adam state,
+# the other 1000-row activations) is under 3 MB.
+data = (3000 + 1000) * (784 + 4) + 1000 * 784 * 4
+assert data < j["peak_device_bytes"] < data + 3000000, j
 PY
 acc=$(python3 -c 'import json,sys; print("%.2f" % (100*json.loads(sys.argv[1])["test_accuracy"]))' "$json")
 

@@ -336,6 +336,7 @@ static void print_json(const train_args *t, const hm_cycle_state *st) {
   json_number(stdout, hm_cycle_state_elapsed(st));
   printf(",\"backend\":");
   json_string(stdout, hm_cycle_state_backend(st));
+  printf(",\"peak_device_bytes\":%zu", hm_cycle_state_device_bytes(st));
   printf(",\"policy\":");
   json_string(stdout, t->policy_text);
   printf(",\"optimizer\":\"%s\",\"lr\":", hm_optimizer_name(t->o.optimizer));

@@ -172,6 +172,10 @@ HM_API HM_MUST_USE hm_status hm_cycle_state_layer_precision(const hm_cycle_state
 HM_API const char *hm_cycle_state_layer_note(const hm_cycle_state *s, size_t i);
 /* The backend that ran the fit ("cpu:0"). */
 HM_API const char *hm_cycle_state_backend(const hm_cycle_state *s);
+/* Peak bytes of device buffers the fit held (data, parameters, activations,
+ * gradients, optimizer state; a plugin's own scratch is not counted). 0 for
+ * a state loaded from a checkpoint. */
+HM_API size_t hm_cycle_state_device_bytes(const hm_cycle_state *s);
 
 /* ===== Inference and evaluation ===== */
 

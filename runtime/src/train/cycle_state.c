@@ -110,6 +110,7 @@ float hm_cycle_state_eval_accuracy(const hm_cycle_state *s) { return s ? s->eval
 hm_stop_reason hm_cycle_state_stop(const hm_cycle_state *s) { return s ? s->stop_reason : HM_STOP_EPOCHS; }
 const char *hm_cycle_state_stop_reason(const hm_cycle_state *s) { return s ? hm_stop_reason_name(s->stop_reason) : NULL; }
 const char *hm_cycle_state_backend(const hm_cycle_state *s) { return s ? s->backend : NULL; }
+size_t hm_cycle_state_device_bytes(const hm_cycle_state *s) { return s ? s->device_bytes : 0; }
 size_t hm_cycle_state_layer_count(const hm_cycle_state *s) { return s ? s->n_layers : 0; }
 
 const hm_weights *hm_cycle_state_weights(const hm_cycle_state *s) {

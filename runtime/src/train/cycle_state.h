@@ -21,6 +21,7 @@ struct hm_cycle_state {
   hm_weights_fetch_fn fetch;
   void *fetch_ctx;
   char backend[48];
+  size_t device_bytes;      /* peak bytes of the session's device buffers */
   size_t n_layers;
   char **layer_names, **precisions, **kernels, **notes;
   /* What a checkpoint needs to resume bit-identically. */

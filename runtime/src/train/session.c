@@ -11,8 +11,13 @@
 
 #include "weights/weights.h"
 
+/* Every device buffer of the session comes from here, so its footprint is known. */
 static hm_status alloc_buffer(hm_session *s, size_t bytes, hm_abi_buffer **out) {
-  return hm_device_buffer_alloc(s->dev, bytes ? bytes : 4, out);
+  bytes = bytes ? bytes : 4;
+  HM_RETURN_IF_ERROR(hm_device_buffer_alloc(s->dev, bytes, out));
+  s->device_bytes += bytes;
+  if (s->device_bytes > s->peak_device_bytes) s->peak_device_bytes = s->device_bytes;
+  return HM_OK;
 }
 
 static hm_status alloc_zeroed(hm_session *s, size_t bytes, hm_abi_buffer **out) {
@@ -97,8 +102,9 @@ static hm_status upload_all_data(hm_session *s, int train, int eval) {
   return st;
 }
 
-/* Batches, values and gradients of the nodes (|batch| rows each). */
-static hm_status alloc_node_buffers(hm_session *s, size_t batch, int train) {
+/* Batches and values of the nodes (|batch| rows each), gradients
+ * (|grad_rows| rows). */
+static hm_status alloc_node_buffers(hm_session *s, size_t batch, size_t grad_rows, int train) {
   const hm_graph *g = s->g;
   hm_status st = HM_OK;
   for (size_t i = 0; i < g->n_nodes && st == HM_OK; i++) {
@@ -117,14 +123,14 @@ static hm_status alloc_node_buffers(hm_session *s, size_t batch, int train) {
       continue;
     }
     if (pn->n_inputs > 1) st = alloc_buffer(s, batch * rowbytes, &nb->sum);
-    if (st == HM_OK && train && pn->needs_grad) st = alloc_buffer(s, batch * rowbytes, &nb->grad);
+    if (st == HM_OK && train && pn->needs_grad) st = alloc_buffer(s, grad_rows * rowbytes, &nb->grad);
   }
   return st;
 }
 
-/* Parameters, activations, packed copies, gradients and optimizer state of
- * the connections. */
-static hm_status alloc_edge_buffers(hm_session *s, size_t batch) {
+/* Parameters, activations (|batch| rows), packed copies, gradients
+ * (|grad_rows| rows) and optimizer state of the connections. */
+static hm_status alloc_edge_buffers(hm_session *s, size_t batch, size_t grad_rows) {
   const hm_graph *g = s->g;
   const hm_fit_options *opts = &s->opts;
   hm_status st = HM_OK;
@@ -146,14 +152,14 @@ static hm_status alloc_edge_buffers(hm_session *s, size_t batch) {
       st = alloc_buffer(s, hm__packed_bytes(q, outw, in), &es->wq);
       if (st == HM_OK) st = alloc_buffer(s, hm__packed_bytes(q, batch, in), &es->xq);
       if (st == HM_OK && pe->trainable) st = alloc_buffer(s, in * outw * 4, &es->wdq);
-      if (st == HM_OK && pe->trainable) st = alloc_buffer(s, batch * in * 4, &es->xdq);
+      if (st == HM_OK && pe->trainable) st = alloc_buffer(s, grad_rows * in * 4, &es->xdq);
     }
     if (st != HM_OK || !pe->trainable) continue;
     st = alloc_buffer(s, in * outw * 4, &es->dw);
     if (st == HM_OK) st = alloc_buffer(s, outw * 4, &es->db);
     if (st == HM_OK) {
       if (ed->activation == HM_ABI_ACT_IDENTITY) es->dz = s->bufs.nodes[ed->dst].grad;
-      else st = alloc_buffer(s, batch * outw * 4, &es->dz);
+      else st = alloc_buffer(s, grad_rows * outw * 4, &es->dz);
     }
     hm_optimizer o = opts->optimizer;
     int two = o == HM_OPTIMIZER_ADAM || o == HM_OPTIMIZER_ADAMW || o == HM_OPTIMIZER_LAMB;
@@ -184,14 +190,24 @@ hm_status hm__session_create(hm_graph *g, const hm_fit_options *opts, const hm_p
   if (st == HM_OK) st = open_device(s, opts);
   if (st == HM_OK) st = hm__plan_create(g, policy, s->dev, train, &s->plan);
   if (st == HM_OK) st = upload_all_data(s, train, eval);
-  size_t batch = opts->batch_size > opts->eval_batch_size ? opts->batch_size : opts->eval_batch_size;
+  /* Rows as used: training steps take batch_size rows (gradients only those),
+   * evaluation eval_batch_size, neither more than the data holds. */
+  size_t train_rows = 0, eval_rows = 0;
+  if (st == HM_OK && train) train_rows = opts->batch_size < s->train_count ? opts->batch_size : s->train_count;
+  if (st == HM_OK) {
+    size_t count = train ? s->eval_count : eval ? s->eval_count : s->train_count;
+    eval_rows = opts->eval_batch_size < count ? opts->eval_batch_size : count;
+  }
+  size_t batch = train_rows > eval_rows ? train_rows : eval_rows;
+  batch = batch ? batch : 1;
   s->max_batch = batch;
+  s->train_rows = train_rows;
   if (st == HM_OK) st = alloc_buffer(s, batch * 4, &s->bufs.idx);
   if (st == HM_OK) st = alloc_zeroed(s, 16, &s->bufs.stats);
   if (st == HM_OK && !(s->idx_host = malloc(batch * sizeof *s->idx_host)))
     st = hm__fail(HM_STATUS_RESOURCE_EXHAUSTED, "out of memory");
-  if (st == HM_OK) st = alloc_node_buffers(s, batch, train);
-  if (st == HM_OK) st = alloc_edge_buffers(s, batch);
+  if (st == HM_OK) st = alloc_node_buffers(s, batch, train_rows, train);
+  if (st == HM_OK) st = alloc_edge_buffers(s, batch, train_rows);
   /* Host copies are only kept for the accuracy tap's targets. */
   for (size_t i = 0; s->host[DATA_EVAL] && s->plan && i < g->n_nodes; i++) {
     int keep = s->plan->accuracy_tap >= 0 && g->taps[s->plan->accuracy_tap].target == i;
@@ -245,8 +261,8 @@ hm_status hm__session_program(hm_session *s, program_kind kind, size_t batch, hm
       *out = s->programs[kind][j].prog;
       return HM_OK;
     }
-  if (batch > s->max_batch)
-    return hm__fail(HM_STATUS_INTERNAL, "batch %zu exceeds the session's %zu rows", batch, s->max_batch);
+  size_t rows = kind == PROG_TRAIN || kind == PROG_MICRO_FIRST || kind == PROG_MICRO_ACC ? s->train_rows : s->max_batch;
+  if (batch > rows) return hm__fail(HM_STATUS_INTERNAL, "batch %zu exceeds the session's %zu rows", batch, rows);
   hm_abi_op *ops = NULL;
   size_t n = 0;
   HM_RETURN_IF_ERROR(hm__lower_step(s->plan, &s->bufs, &s->opts, kind, batch, &ops, &n));
@@ -292,6 +308,7 @@ hm_status hm__session_pack_weights(hm_session *s) {
     if (!es->wq || !es->w || s->plan->edges[e].trainable) continue;
     hm_device_buffer_free(s->dev, es->w); /* only the packed weights remain */
     es->w = NULL;
+    s->device_bytes -= s->plan->nodes[g->edges[e].dst].width * s->plan->nodes[g->edges[e].src].width * 4;
   }
   return HM_OK;
 }

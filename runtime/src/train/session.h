@@ -25,6 +25,9 @@ typedef struct hm_session {
   size_t train_count;           /* samples in the training data */
   size_t eval_count;            /* samples in the evaluation data (0: none) */
   size_t max_batch;             /* activation buffers hold this many rows */
+  size_t train_rows;            /* gradient buffers hold this many rows (0: no training) */
+  size_t device_bytes;          /* bytes of device buffers the session holds now */
+  size_t peak_device_bytes;     /* ... and at most so far */
   int32_t *idx_host;
   struct {
     hm_abi_program *prog;

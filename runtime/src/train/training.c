@@ -478,6 +478,7 @@ static hm_status fit_impl(hm_graph *g, const fit_limits *lim, const hm_policy *p
     hm_weights_free(g->weights);
     g->weights = hm__weights_share(st->weights);
   }
+  if (s) st->device_bytes = s->peak_device_bytes;
   free(order);
   hm__session_free(s);
   if (rc == HM_OK && L.bad.found) {
