@@ -29,21 +29,32 @@ typedef struct bias_fixture {
   hm_producer *x, *t;
 } bias_fixture;
 
-static bias_fixture bias_graph(void) {
-  bias_fixture f = {parse("producer x {1}; producer t {1}; layer l {1}; cycle { x -> l; l <-(mae)- t; }"), NULL, NULL};
-  float zero = 0.0f, target = 100.0f;
-  if (hm_producer_from_floats(&zero, 1, 1, &f.x) || hm_producer_from_floats(&target, 1, 1, &f.t) ||
-      hm_graph_bind_producer(f.g, "x", f.x) || hm_graph_bind_producer(f.g, "t", f.t))
-    fprintf(stderr, "  fixture: %s\n", hm_last_error());
+/* The weights of the one connection x->l: weight [1, 1] and bias [1]. */
+static hm_weights *scalar_weights(float weight, float bias) {
   hm_weights *w = NULL;
   uint64_t s2[2] = {1, 1}, s1[1] = {1};
-  float half = 0.5f, zero_b = 0.0f;
-  if (hm_weights_create(&w) || hm_weights_set(w, "x->l.weight", HM_ABI_DTYPE_F32, 2, s2, &half) ||
-      hm_weights_set(w, "x->l.bias", HM_ABI_DTYPE_F32, 1, s1, &zero_b) || hm_graph_set_weights(f.g, w))
+  if (hm_weights_create(&w) || hm_weights_set(w, "x->l.weight", HM_ABI_DTYPE_F32, 2, s2, &weight) ||
+      hm_weights_set(w, "x->l.bias", HM_ABI_DTYPE_F32, 1, s1, &bias))
     fprintf(stderr, "  fixture weights: %s\n", hm_last_error());
+  return w;
+}
+
+/* x = [x0] -> l {1}, |loss| against t = [100], weights (w0, b0). */
+static bias_fixture bias_graph_with(const char *loss, float x0, float w0, float b0) {
+  char text[160];
+  snprintf(text, sizeof text, "producer x {1}; producer t {1}; layer l {1}; cycle { x -> l; l <-(%s)- t; }", loss);
+  bias_fixture f = {parse(text), NULL, NULL};
+  float target = 100.0f;
+  if (hm_producer_from_floats(&x0, 1, 1, &f.x) || hm_producer_from_floats(&target, 1, 1, &f.t) ||
+      hm_graph_bind_producer(f.g, "x", f.x) || hm_graph_bind_producer(f.g, "t", f.t))
+    fprintf(stderr, "  fixture: %s\n", hm_last_error());
+  hm_weights *w = scalar_weights(w0, b0);
+  if (hm_graph_set_weights(f.g, w)) fprintf(stderr, "  fixture weights: %s\n", hm_last_error());
   hm_weights_free(w);
   return f;
 }
+
+static bias_fixture bias_graph(void) { return bias_graph_with("mae", 0.0f, 0.5f, 0.0f); }
 
 static void bias_free(bias_fixture *f) {
   hm_graph_free(f->g);
@@ -106,15 +117,7 @@ static float run_bias(hm_optimizer o, float lr, size_t epochs, hm_fit_options *o
  * 4.925). For the weight (g = 0): u = 0.1 w, trust = 10, w -= 0.1 w:
  * w = 0.5, 0.45, 0.405. A trust of 1 would give b = 3.07, 3.137. */
 static void lamb_scales_the_step_by_trust(void) {
-  bias_fixture f = bias_graph();
-  hm_weights *w = NULL;
-  uint64_t s2[2] = {1, 1}, s1[1] = {1};
-  float w0 = 0.5f, b0 = 3.0f;
-  HM_CHECK_OK(hm_weights_create(&w));
-  HM_CHECK_OK(hm_weights_set(w, "x->l.weight", HM_ABI_DTYPE_F32, 2, s2, &w0));
-  HM_CHECK_OK(hm_weights_set(w, "x->l.bias", HM_ABI_DTYPE_F32, 1, s1, &b0));
-  HM_CHECK_OK(hm_graph_set_weights(f.g, w));
-  hm_weights_free(w);
+  bias_fixture f = bias_graph_with("mae", 0.0f, 0.5f, 3.0f);
   hm_fit_options o = base_opts(HM_OPTIMIZER_LAMB, 0.1f);
   o.weight_decay = 0.1f;
   hm_cycle_state *st = NULL;
@@ -522,29 +525,16 @@ static void divergence_stops_with_the_last_finite_weights(void) {
   /* A finite update can still overflow a weight: x = [1], MSE against 100
    * gives g = -200 and lr 1e37 makes the first update's weights inf while
    * its loss (1e4) and norm are finite. The graph keeps the initial weights. */
-  hm_graph *g = parse("producer x {1}; producer t {1}; layer l {1}; cycle { x -> l; l <-(mse)- t; }");
-  float one = 1.0f, target = 100.0f, w0 = 0.5f, b0 = 0.0f;
-  hm_producer *px = NULL, *pt = NULL;
-  hm_weights *w = NULL;
-  uint64_t s2[2] = {1, 1}, s1[1] = {1};
-  HM_CHECK_OK(hm_producer_from_floats(&one, 1, 1, &px));
-  HM_CHECK_OK(hm_producer_from_floats(&target, 1, 1, &pt));
-  HM_CHECK_OK(hm_graph_bind_producer(g, "x", px));
-  HM_CHECK_OK(hm_graph_bind_producer(g, "t", pt));
-  HM_CHECK_OK(hm_weights_create(&w));
-  HM_CHECK_OK(hm_weights_set(w, "x->l.weight", HM_ABI_DTYPE_F32, 2, s2, &w0));
-  HM_CHECK_OK(hm_weights_set(w, "x->l.bias", HM_ABI_DTYPE_F32, 1, s1, &b0));
-  HM_CHECK_OK(hm_graph_set_weights(g, w));
+  bias_fixture f = bias_graph_with("mse", 1.0f, 0.5f, 0.0f);
+  hm_weights *w = scalar_weights(0.5f, 0.0f);
   hm_fit_options o = base_opts(HM_OPTIMIZER_SGD, 1e37f);
   hm_cycle_state *st = NULL;
-  HM_CHECK_EQ(hm_graph_fit(g, 5, NULL, &o, &st), HM_STATUS_DIVERGED);
+  HM_CHECK_EQ(hm_graph_fit(f.g, 5, NULL, &o, &st), HM_STATUS_DIVERGED);
   HM_CHECK_STR_CONTAINS(hm_last_error(), "diverged at step 2 (epoch 1): loss inf");
   HM_CHECK_STR_CONTAINS(hm_last_error(), "keeps the weights after step 0");
-  HM_CHECK(same_weights(hm_graph_weights(g), w));
+  HM_CHECK(same_weights(hm_graph_weights(f.g), w));
   hm_weights_free(w);
-  hm_graph_free(g);
-  hm_producer_free(px);
-  hm_producer_free(pt);
+  bias_free(&f);
 }
 
 /* ===== Gradients of whole graphs against a float64 reference ===== */

@@ -92,10 +92,24 @@ typedef struct fit_limits {
 /* The loop's counters at the start of an epoch, with the device's weights. */
 typedef struct snapshot {
   hm_weights *params, *opt_state;
-  size_t step, epoch, position, samples, stall;
-  float best_norm, loss, grad_norm, lr, eval_loss, eval_accuracy;
-  double train_seconds;
+  hm_cycle_state at; /* only the fields copy_progress copies */
 } snapshot;
+
+/* Where a run stands: what a resume or a replay restores. */
+static void copy_progress(hm_cycle_state *dst, const hm_cycle_state *src) {
+  dst->step = src->step;
+  dst->epoch = src->epoch;
+  dst->position = src->position;
+  dst->samples = src->samples;
+  dst->train_seconds = src->train_seconds;
+  dst->loss = src->loss;
+  dst->grad_norm = src->grad_norm;
+  dst->lr = src->lr;
+  dst->eval_loss = src->eval_loss;
+  dst->eval_accuracy = src->eval_accuracy;
+  dst->best_norm = src->best_norm;
+  dst->stall = src->stall;
+}
 
 /* The first update that was not finite. */
 typedef struct divergence {
@@ -309,37 +323,17 @@ static hm_status snapshot_take(loop *L) {
     return HM_OK;
   }
   snapshot_clear(&L->snap);
-  p.step = st->step;
-  p.epoch = st->epoch;
-  p.position = st->position;
-  p.samples = st->samples;
-  p.stall = L->stall;
-  p.best_norm = L->best_norm;
-  p.loss = st->loss;
-  p.grad_norm = st->grad_norm;
-  p.lr = st->lr;
-  p.eval_loss = st->eval_loss;
-  p.eval_accuracy = st->eval_accuracy;
-  p.train_seconds = st->train_seconds;
+  copy_progress(&p.at, st);
+  p.at.best_norm = L->best_norm; /* the loop holds the live early-stop counters */
+  p.at.stall = L->stall;
   L->snap = p;
   return HM_OK;
 }
 
 static void snapshot_restore(loop *L) {
-  hm_cycle_state *st = L->st;
-  const snapshot *p = &L->snap;
-  st->step = p->step;
-  st->epoch = p->epoch;
-  st->position = p->position;
-  st->samples = p->samples;
-  st->loss = p->loss;
-  st->grad_norm = p->grad_norm;
-  st->lr = p->lr;
-  st->eval_loss = p->eval_loss;
-  st->eval_accuracy = p->eval_accuracy;
-  st->train_seconds = p->train_seconds;
-  L->stall = p->stall;
-  L->best_norm = p->best_norm;
+  copy_progress(L->st, &L->snap.at);
+  L->stall = L->snap.at.stall;
+  L->best_norm = L->snap.at.best_norm;
   L->micro = 0;
   L->loss_sum = 0;
   L->stop = 0;
@@ -393,14 +387,14 @@ static hm_status replay_to_last_finite(loop *L, int32_t *order) {
     HM_RETURN_IF_ERROR(hm__session_write_weights(L->s, L->snap.params));
     HM_RETURN_IF_ERROR(hm__session_upload_opt_state(L->s, L->snap.opt_state));
     L->replaying = target;
-    hm_status rc = target > L->snap.step ? run_epochs(L, order) : HM_OK;
+    hm_status rc = target > L->snap.at.step ? run_epochs(L, order) : HM_OK;
     L->replaying = 0;
     HM_RETURN_IF_ERROR(rc);
     if (st->step != target)
       return hm__fail(HM_STATUS_INTERNAL, "replay after a divergence reached step %zu, not %zu", st->step, target);
     st->weights_stale = 1;
     HM_RETURN_IF_ERROR(hm__cycle_state_sync(st));
-    if (target == L->snap.step || weights_finite(st->weights)) return HM_OK;
+    if (target == L->snap.at.step || weights_finite(st->weights)) return HM_OK;
   }
 }
 
@@ -449,16 +443,7 @@ static hm_status fit_impl(hm_graph *g, const fit_limits *lim, const hm_policy *p
   if (rc == HM_OK) rc = hm__cycle_state_describe(st, s->plan, s->dev);
   loop L = {s, st, &o, lim, 0, 0.0, INFINITY, 0, 0, 0, {0}, {0}};
   if (resume) {
-    st->step = resume->step;
-    st->epoch = resume->epoch;
-    st->position = resume->position;
-    st->samples = resume->samples;
-    st->train_seconds = resume->train_seconds;
-    st->loss = resume->loss;
-    st->grad_norm = resume->grad_norm;
-    st->lr = resume->lr;
-    st->eval_loss = resume->eval_loss;
-    st->eval_accuracy = resume->eval_accuracy;
+    copy_progress(st, resume);
     L.best_norm = resume->best_norm;
     L.stall = resume->stall;
     if (s && st->position > s->train_count) rc = hm__fail(HM_STATUS_INVALID_ARGUMENT, "resume: position %zu beyond the %zu training samples", st->position, s->train_count);
