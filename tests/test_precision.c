@@ -97,11 +97,18 @@ static hm_cycle_state *train(hm_device *dev, const hm_policy *pol, const char *p
 static void parsing_and_validation(void) {
   hm_policy p;
   char text[64];
-  HM_CHECK_OK(hm_policy_parse("layers:8,4,3", &p));
-  HM_CHECK_EQ(p.kind, HM_POLICY_LAYER_BITS);
-  HM_CHECK_EQ(p.n_layer_bits, 3);
+  HM_CHECK_OK(hm_policy_parse("connections:8,4,3", &p));
+  HM_CHECK_EQ(p.kind, HM_POLICY_CONNECTION_BITS);
+  HM_CHECK_EQ(p.n_connection_bits, 3);
+  HM_CHECK_EQ(p.connection_bits[2], 3);
   hm_policy_format(&p, text, sizeof text);
-  HM_CHECK(strcmp(text, "layers:8,4,3") == 0);
+  HM_CHECK(strcmp(text, "connections:8,4,3") == 0);
+  /* DESIGN.md's spelling is the same policy. */
+  HM_CHECK_OK(hm_policy_parse("layers:8,4", &p));
+  HM_CHECK_EQ(p.kind, HM_POLICY_CONNECTION_BITS);
+  HM_CHECK_EQ(p.n_connection_bits, 2);
+  HM_CHECK_EQ(hm_policy_parse("connections:", &p), HM_STATUS_PARSE_ERROR);
+  HM_CHECK_EQ(hm_policy_parse("connections:8,,3", &p), HM_STATUS_PARSE_ERROR);
   HM_CHECK_OK(hm_policy_parse("bits:3", &p));
   HM_CHECK_EQ(p.bits, 3);
   HM_CHECK_EQ(hm_policy_parse("bits:x", &p), HM_STATUS_PARSE_ERROR);
@@ -118,7 +125,59 @@ static void parsing_and_validation(void) {
   HM_CHECK_EQ(hm_graph_fit(pr.g, 1, &layers, &o, &st), HM_STATUS_INVALID_ARGUMENT);
   HM_CHECK_STR_CONTAINS(hm_last_error(), "entry 2 is 16 bits");
   HM_CHECK(st == NULL);
+  /* One width per connection with weights (x->h, h->o): a list of another
+   * length is refused with the connections it should cover, for fit and
+   * for inference, instead of repeating the last entry or ignoring extras. */
+  int one[1] = {3}, three[3] = {8, 4, 3};
+  hm_policy short_list = hm_make_connection_bits_policy(one, 1), long_list = hm_make_connection_bits_policy(three, 3);
+  HM_CHECK_EQ(hm_graph_fit(pr.g, 1, &short_list, &o, &st), HM_STATUS_INVALID_ARGUMENT);
+  HM_CHECK_STR_CONTAINS(hm_last_error(),
+                        "policy connections:3 gives 1 bit width but graph 'graph' has 2 connections with weights (x->h, "
+                        "h->o); give one width per connection, in this order");
+  HM_CHECK(st == NULL);
+  HM_CHECK_EQ(hm_graph_fit(pr.g, 1, &long_list, &o, &st), HM_STATUS_INVALID_ARGUMENT);
+  HM_CHECK_STR_CONTAINS(hm_last_error(), "policy connections:8,4,3 gives 3 bit widths but graph 'graph' has 2");
+  hm_eval_result r;
+  HM_CHECK_EQ(hm_graph_inference(pr.g, &long_list, &o, 1, &r), HM_STATUS_INVALID_ARGUMENT);
+  HM_CHECK_STR_CONTAINS(hm_last_error(), "gives 3 bit widths");
+  /* More entries than a policy holds are refused, not dropped. */
+  int many[HM_POLICY_MAX_CONNECTIONS + 1];
+  for (size_t i = 0; i < HM_POLICY_MAX_CONNECTIONS + 1; i++) many[i] = 8;
+  hm_policy too_many = hm_make_connection_bits_policy(many, HM_POLICY_MAX_CONNECTIONS + 1);
+  HM_CHECK_EQ(hm_graph_fit(pr.g, 1, &too_many, &o, &st), HM_STATUS_INVALID_ARGUMENT);
+  HM_CHECK_STR_CONTAINS(hm_last_error(), "65 bit widths; give 1 to 64");
   problem_free(&pr);
+}
+
+/* The cost of a packed weight, as docs/precision.md states it: 8.25, 4.25 or
+ * 3.25 bits times the padding factor 64 * ceil(k / 64) / k of the k inputs. */
+static void bits_per_weight_follow_the_block_rule(void) {
+  HM_CHECK_EQ(hm_policy_matrix_bytes(3, 1, 64), 26);
+  HM_CHECK_EQ(hm_policy_matrix_bytes(4, 1, 64), 34);
+  HM_CHECK_EQ(hm_policy_matrix_bytes(8, 1, 64), 66);
+  HM_CHECK_EQ(hm_policy_matrix_bytes(32, 2, 3), 24);
+  HM_CHECK_EQ(hm_policy_matrix_bytes(5, 1, 64), 0);
+  HM_CHECK_EQ(hm_policy_matrix_bytes(16, 1, 64), 0);
+  /* 65 inputs take two blocks: 6.4 bits per weight, not "at most 3.5". */
+  HM_CHECK_EQ(hm_policy_matrix_bytes(3, 1, 65), 52);
+  /* The Fashion-MNIST example: 784 inputs padded to 832 (13 blocks). */
+  HM_CHECK_EQ(hm_policy_matrix_bytes(3, 128, 784), 128 * 13 * 26);
+  HM_CHECK_EQ(hm_policy_matrix_bytes(3, 10, 128), 10 * 2 * 26);
+  /* The documented rule: int3 stays at or under 3.5 bits per weight exactly
+   * when k >= 208 * ceil(k / 64) / 3.5, which holds for every k >= 773 and
+   * for a multiple of 64; k = 772 (13 blocks for 772 values) costs 3.503. */
+  for (size_t k = 1; k <= 4096; k++) {
+    size_t blocks = (k + 63) / 64;
+    double bits = 8.0 * (double)hm_policy_matrix_bytes(3, 1, k) / (double)k;
+    HM_CHECK_NEAR(bits, 3.25 * 64.0 * (double)blocks / (double)k, 1e-12);
+    HM_CHECK_NEAR(8.0 * (double)hm_policy_matrix_bytes(4, 1, k) / (double)k, 4.25 * 64.0 * (double)blocks / (double)k,
+                  1e-12);
+    HM_CHECK_NEAR(8.0 * (double)hm_policy_matrix_bytes(8, 1, k) / (double)k, 8.25 * 64.0 * (double)blocks / (double)k,
+                  1e-12);
+    if (k >= 773 || k % 64 == 0) HM_CHECK_MSG(bits <= 3.5, "k = %zu costs %.4f bits", k, bits);
+  }
+  HM_CHECK(8.0 * (double)hm_policy_matrix_bytes(3, 1, 772) / 772.0 > 3.5);
+  HM_CHECK(8.0 * (double)hm_policy_matrix_bytes(3, 1, 832) / 832.0 == 3.25);
 }
 
 static void cpu_runs_every_width(void) {
@@ -127,7 +186,7 @@ static void cpu_runs_every_width(void) {
   hm_policy hw = hm_make_hardware_policy(), au = hm_make_auto_policy();
   hm_policy b8 = hm_make_max_bits_policy(8), b4 = hm_make_max_bits_policy(4), b3 = hm_make_max_bits_policy(3);
   int mix[2] = {8, 3};
-  hm_policy lb = hm_make_layer_bits_policy(mix, 2);
+  hm_policy lb = hm_make_layer_bits_policy(mix, 2); /* DESIGN.md's name */
   hm_cycle_state_free(train(dev, &hw, "f32", "gemm", "f32", "gemm", NULL));
   hm_cycle_state_free(train(dev, &b8, "int8", "int8_matmul", "int8", "int8_matmul", NULL));
   hm_cycle_state_free(train(dev, &b4, "int4", "int4_matmul", "int4", "int4_matmul", NULL));
@@ -278,7 +337,17 @@ static void packed_inference_bytes(void) {
   if (!dev) return;
   hm_policy b3 = hm_make_max_bits_policy(3);
   problem p;
-  hm_cycle_state_free(train(dev, &b3, "int3", "int3_matmul", "int3", "int3_matmul", &p));
+  hm_cycle_state *st = train(dev, &b3, "int3", "int3_matmul", "int3", "int3_matmul", &p);
+  /* The training state reports the packed matrices its matmuls read. */
+  size_t bytes = 0, count = 0;
+  HM_CHECK_OK(hm_cycle_state_layer_weight_bytes(st, 0, &bytes, &count));
+  HM_CHECK_EQ(bytes, 8 * 26);
+  HM_CHECK_EQ(count, 16);
+  HM_CHECK_OK(hm_cycle_state_layer_weight_bytes(st, 1, &bytes, &count));
+  HM_CHECK_EQ(bytes, 2 * 26);
+  HM_CHECK_EQ(count, 16);
+  HM_CHECK_EQ(hm_cycle_state_layer_weight_bytes(st, 2, &bytes, &count), HM_STATUS_OUT_OF_RANGE);
+  hm_cycle_state_free(st);
   hm_fit_options o = hm_fit_options_default();
   o.device = dev;
   hm_eval_result r;
@@ -288,6 +357,27 @@ static void packed_inference_bytes(void) {
   HM_CHECK_EQ(r.weight_count, 2 * 8 + 8 * 2);
   HM_CHECK_EQ(r.bias_bytes, (8 + 2) * 4);
   HM_CHECK(r.accuracy >= 0.9f);
+  /* Per connection with weights: x->h (connection 0) and h->o (1); o->y
+   * feeds a consumer and has none. */
+  HM_CHECK_EQ(r.n_connections, 2);
+  HM_CHECK_EQ(r.connections[0].connection, 0);
+  HM_CHECK(strcmp(r.connections[0].precision, "int3") == 0);
+  HM_CHECK_EQ(r.connections[0].inputs, 2);
+  HM_CHECK_EQ(r.connections[0].outputs, 8);
+  HM_CHECK_EQ(r.connections[0].weight_bytes, 8 * 26);
+  HM_CHECK_EQ(r.connections[1].connection, 1);
+  HM_CHECK_EQ(r.connections[1].inputs, 8);
+  HM_CHECK_EQ(r.connections[1].outputs, 2);
+  HM_CHECK_EQ(r.connections[1].weight_bytes, 2 * 26);
+  /* Mixed widths per connection: int8 then f32. */
+  int mix[2] = {8, 32};
+  hm_policy per = hm_make_connection_bits_policy(mix, 2);
+  HM_CHECK_OK(hm_graph_inference(p.g, &per, &o, 1, &r));
+  HM_CHECK(strcmp(r.connections[0].precision, "int8") == 0);
+  HM_CHECK_EQ(r.connections[0].weight_bytes, 8 * 66);
+  HM_CHECK(strcmp(r.connections[1].precision, "f32") == 0);
+  HM_CHECK_EQ(r.connections[1].weight_bytes, 8 * 2 * 4);
+  HM_CHECK_EQ(r.weight_bytes, 8 * 66 + 8 * 2 * 4);
   hm_policy hw = hm_make_hardware_policy();
   HM_CHECK_OK(hm_graph_inference(p.g, &hw, &o, 1, &r));
   HM_CHECK_EQ(r.weight_bytes, (2 * 8 + 8 * 2) * 4);
@@ -309,6 +399,7 @@ int main(int argc, char **argv) {
   setup();
   static const hm_test_case cases[] = {
       HM_TEST_CASE(parsing_and_validation),
+      HM_TEST_CASE(bits_per_weight_follow_the_block_rule),
       HM_TEST_CASE(cpu_runs_every_width),
       HM_TEST_CASE(devices_without_kernels),
       HM_TEST_CASE(lowering_matches_the_reference),

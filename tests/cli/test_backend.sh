@@ -65,5 +65,5 @@ q=$("$bin" train "$src/examples/fashion_mnist.hmx" --dataset fashion-mnist --lim
      --optimizer adam --lr 0.002 --batch 64 --backend "$backend" "${config[@]}" --policy bits:3 2>"$work/err")
 rc=$?
 check "bits:3 on $backend exits 0: $(tail -3 "$work/err")" test "$rc" -eq 0
-check "bits:3 runs int3_matmul on $backend" grep -q "^layer pixels->hidden: int3 (int3_matmul)$" <<<"$q"
+check "bits:3 runs int3_matmul on $backend" grep -q "^layer pixels->hidden: int3 (int3_matmul), 3.449 bits per weight$" <<<"$q"
 exit $fail

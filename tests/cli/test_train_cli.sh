@@ -33,7 +33,8 @@ for k in ["test_accuracy", "final_loss", "epochs", "steps", "train_samples_per_s
 assert j["epochs"] == 2 and j["steps"] == 2 * 94, j
 assert 0.6 < j["test_accuracy"] <= 1.0, j
 assert j["train_samples_per_s"] > 0 and j["backend"] == "cpu:0" and j["policy"] == "hardware", j
-assert j["layers"][0] == {"layer": "pixels->hidden", "precision": "f32", "kernel": "gemm", "note": ""}, j
+assert j["layers"][0] == {"layer": "pixels->hidden", "precision": "f32", "kernel": "gemm", "note": "",
+                          "weight_bytes": 784 * 128 * 4, "weight_count": 784 * 128, "bits_per_weight": 32}, j
 # The u8 pixels and i32 labels of 3000 + 1000 samples and the evaluation's
 # 1000-row f32 pixel batch are on the device; the rest (weights, Adam state,
 # the other 1000-row activations) is under 3 MB.
@@ -97,28 +98,46 @@ out=$("$bin" train "$model" --dataset fashion-mnist --limit-train 3000 --limit-e
       --save-weights "$work/w3.safetensors" --json 2>"$work/err")
 rc=$?
 check "bits:3 training exits 0: $(cat "$work/err")" test "$rc" -eq 0
-check "the layer lines name int3_matmul" grep -q "^layer pixels->hidden: int3 (int3_matmul)$" <<<"$out"
+check "the layer lines name int3_matmul and the bits per weight" \
+  grep -q "^layer pixels->hidden: int3 (int3_matmul), 3.449 bits per weight$" <<<"$out"
+check "128 inputs fill whole blocks: 3.25 bits" \
+  grep -q "^layer hidden->logits: int3 (int3_matmul), 3.250 bits per weight$" <<<"$out"
 check "bits:3 JSON" python3 - "$(tail -n 1 <<<"$out")" <<'PY'
 import json, sys
 j = json.loads(sys.argv[1])
 assert j["policy"] == "bits:3", j
 assert [l["kernel"] for l in j["layers"]] == ["int3_matmul", "int3_matmul"], j
+assert [l["weight_bytes"] for l in j["layers"]] == [128 * 13 * 26, 10 * 2 * 26], j
+assert [l["weight_count"] for l in j["layers"]] == [784 * 128, 128 * 10], j
 assert 0.6 < j["test_accuracy"] <= 1.0, j
 PY
 acc3=$(python3 -c 'import json,sys; print("%.2f" % (100*json.loads(sys.argv[1])["test_accuracy"]))' "$(tail -n 1 <<<"$out")")
 inf=$("$bin" infer "$model" --weights "$work/w3.safetensors" --dataset fashion-mnist --limit 1000 --policy bits:3 --json 2>&1)
 check "packed inference reproduces the training accuracy ($acc3): $inf" grep -q "^accuracy: $acc3% (1000 samples)" <<<"$inf"
-check "packed weights cost at most 3.5 bits each" python3 - "$(tail -n 1 <<<"$inf")" <<'PY'
+check "inference prints each connection's bits per weight and the padding" grep -q \
+  "^connection pixels->hidden: int3, 43264 bytes for 100352 weights = 3.449 bits per weight (784 inputs padded to 832)$" \
+  <<<"$inf"
+check "packed weights cost 3.25 bits times the padding of each connection" python3 - "$(tail -n 1 <<<"$inf")" <<'PY'
 import json, sys
 j = json.loads(sys.argv[1])
 # 784-128-10: 128 rows x 13 blocks + 10 rows x 2 blocks, 26 bytes a block.
 assert j["weight_bytes"] == (128 * 13 + 10 * 2) * 26, j
 assert j["weight_count"] == 784 * 128 + 128 * 10, j
-assert j["bits_per_weight"] <= 3.5, j
+assert abs(j["bits_per_weight"] - 8 * j["weight_bytes"] / j["weight_count"]) < 1e-6, j
 assert j["precision"] == "pixels->hidden int3/int3_matmul; hidden->logits int3/int3_matmul", j
+c = j["connections"]
+assert [x["connection"] for x in c] == ["pixels->hidden", "hidden->logits"], c
+assert [(x["inputs"], x["outputs"], x["weight_bytes"]) for x in c] == [(784, 128, 43264), (128, 10, 520)], c
+assert abs(c[0]["bits_per_weight"] - 3.25 * 832 / 784) < 1e-6 and c[1]["bits_per_weight"] == 3.25, c
 PY
 msg=$("$bin" train "$model" --dataset fashion-mnist --limit-train 100 --policy bits:5 2>&1)
 check "a width without kernels is refused: $msg" grep -q "policy bits:5: the packed widths are 8, 4 and 3 bits" <<<"$msg"
+msg=$("$bin" train "$model" --dataset fashion-mnist --limit-train 100 --policy layers:8,4,3 2>&1)
+rc=$?
+check "a per-connection list of the wrong length exits 1" test "$rc" -eq 1
+check "... and names the connections: $msg" grep -q \
+  "policy connections:8,4,3 gives 3 bit widths but graph 'fashion_mnist' has 2 connections with weights (pixels->hidden, hidden->logits)" \
+  <<<"$msg"
 
 # A diverging run (the audit's reproduction: linear, MSE, lr 10) stops with exit 3 and keeps finite weights.
 python3 - "$work" <<'PY'

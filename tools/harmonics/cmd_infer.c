@@ -16,8 +16,13 @@ static void infer_usage(FILE *f) {
           "  --data NAME=SPEC          input (and target) data; SPEC = idx:PATH | csv:PATH | labels:PATH\n"
           "  --limit N                 use the first N samples\n"
           "  --batch N (1000)  --backend NAME[:N]  --threads N  --config FILE  --json\n"
-          "  --policy hardware|auto|bits:8|bits:4|bits:3|layers:B,...   packed widths run from weights\n"
-          "                            packed once on the device (weight_bytes in the output)\n");
+          "  --policy hardware|auto|bits:8|bits:4|bits:3|connections:B,...   packed widths run from\n"
+          "                            weights packed once on the device; the output gives each\n"
+          "                            connection's bytes and bits per weight\n");
+}
+
+static double bits_per_weight(size_t bytes, size_t weights) {
+  return weights ? 8.0 * (double)bytes / (double)weights : 0.0;
 }
 
 int cmd_infer(int argc, char **argv) {
@@ -89,8 +94,19 @@ int cmd_infer(int argc, char **argv) {
     if (!isnan(r.accuracy)) printf("accuracy: %.2f%% (%zu samples)\n", 100.0 * r.accuracy, r.samples);
     if (!isnan(r.loss)) printf("loss: %.6f\n", (double)r.loss);
     printf("precision: %s\n", r.precision);
+    for (size_t i = 0; i < r.n_connections && i < HM_POLICY_MAX_CONNECTIONS; i++) {
+      const hm_connection_cost *c = &r.connections[i];
+      const char *from = "?", *to = "?";
+      if (hm_graph_connection(g, c->connection, &from, &to, NULL) != HM_OK) continue;
+      size_t padded = (c->inputs + 63) / 64 * 64;
+      printf("connection %s->%s: %s, %zu bytes for %zu weights = %.3f bits per weight", from, to, c->precision,
+             c->weight_bytes, c->inputs * c->outputs, bits_per_weight(c->weight_bytes, c->inputs * c->outputs));
+      if (strncmp(c->precision, "int", 3) == 0 && padded != c->inputs)
+        printf(" (%zu inputs padded to %zu)", c->inputs, padded);
+      printf("\n");
+    }
     printf("weights: %zu bytes for %zu matrix weights (%.3f bits each) + %zu bytes of f32 biases\n", r.weight_bytes,
-           r.weight_count, r.weight_count ? 8.0 * (double)r.weight_bytes / (double)r.weight_count : 0.0, r.bias_bytes);
+           r.weight_count, bits_per_weight(r.weight_bytes, r.weight_count), r.bias_bytes);
     if (json) {
       printf("{\"model\":");
       json_string(stdout, model);
@@ -103,8 +119,24 @@ int cmd_infer(int argc, char **argv) {
       printf(",\"precision\":");
       json_string(stdout, r.precision);
       printf(",\"weight_bytes\":%zu,\"weight_count\":%zu,\"bits_per_weight\":", r.weight_bytes, r.weight_count);
-      json_number(stdout, r.weight_count ? 8.0 * (double)r.weight_bytes / (double)r.weight_count : 0.0);
-      printf(",\"bias_bytes\":%zu}\n", r.bias_bytes);
+      json_number(stdout, bits_per_weight(r.weight_bytes, r.weight_count));
+      printf(",\"bias_bytes\":%zu,\"connections\":[", r.bias_bytes);
+      for (size_t i = 0; i < r.n_connections && i < HM_POLICY_MAX_CONNECTIONS; i++) {
+        const hm_connection_cost *c = &r.connections[i];
+        const char *from = "?", *to = "?";
+        if (hm_graph_connection(g, c->connection, &from, &to, NULL) != HM_OK) continue;
+        char name[520];
+        snprintf(name, sizeof name, "%s->%s", from, to);
+        printf("%s{\"connection\":", i ? "," : "");
+        json_string(stdout, name);
+        printf(",\"precision\":");
+        json_string(stdout, c->precision);
+        printf(",\"inputs\":%zu,\"outputs\":%zu,\"weight_bytes\":%zu,\"bits_per_weight\":", c->inputs, c->outputs,
+               c->weight_bytes);
+        json_number(stdout, bits_per_weight(c->weight_bytes, c->inputs * c->outputs));
+        printf("}");
+      }
+      printf("]}\n");
     }
   }
   hm_graph_free(g);

@@ -31,8 +31,9 @@ static void train_usage(FILE *f) {
           "  --momentum X  --weight-decay X  --grad-clip X  --accumulate N\n"
           "  --early-stop N  --early-stop-delta X  --lr-decay RATE:STEPS[:MIN]\n"
           "  --policy P                  hardware (f32, default) | auto | bits:8 | bits:4 | bits:3 |\n"
-          "                              layers:B,B,... (per connection in graph order; 32, 8, 4, 3;\n"
-          "                              the last repeats). Packed widths train quantization-aware.\n"
+          "                              connections:B,B,... (one width per connection with weights,\n"
+          "                              in graph order: 32, 8, 4 or 3; a different count is an error;\n"
+          "                              also spelled layers:). Packed widths train quantization-aware.\n"
           "weights and checkpoints:\n"
           "  --init-weights FILE.safetensors   start from these weights\n"
           "  --save-weights FILE.safetensors   write the trained weights\n"
@@ -312,7 +313,10 @@ static void print_results(const hm_cycle_state *st) {
   for (size_t i = 0; i < hm_cycle_state_layer_count(st); i++) {
     const char *layer, *prec, *kernel, *note = hm_cycle_state_layer_note(st, i);
     if (hm_cycle_state_layer_precision(st, i, &layer, &prec, &kernel) != HM_OK) continue;
-    printf("layer %s: %s (%s)%s%s\n", layer, prec, kernel, note[0] ? ": " : "", note);
+    size_t bytes = 0, count = 0;
+    if (hm_cycle_state_layer_weight_bytes(st, i, &bytes, &count) != HM_OK || !count) continue;
+    printf("layer %s: %s (%s), %.3f bits per weight%s%s\n", layer, prec, kernel, 8.0 * (double)bytes / (double)count,
+           note[0] ? ": " : "", note);
   }
   if (!isnan(acc)) printf("test accuracy: %.2f%%\n", 100.0 * acc);
   else printf("final loss: %.6f\n", (double)hm_cycle_state_loss(st));
@@ -356,6 +360,11 @@ static void print_json(const train_args *t, const hm_cycle_state *st) {
     json_string(stdout, kernel);
     printf(",\"note\":");
     json_string(stdout, hm_cycle_state_layer_note(st, i));
+    size_t bytes = 0, count = 0;
+    if (hm_cycle_state_layer_weight_bytes(st, i, &bytes, &count) == HM_OK && count) {
+      printf(",\"weight_bytes\":%zu,\"weight_count\":%zu,\"bits_per_weight\":", bytes, count);
+      json_number(stdout, 8.0 * (double)bytes / (double)count);
+    }
     printf("}");
   }
   printf("]}\n");

@@ -167,6 +167,11 @@ HM_API const hm_weights *hm_cycle_state_optimizer_state(const hm_cycle_state *s)
 HM_API size_t hm_cycle_state_layer_count(const hm_cycle_state *s);
 HM_API HM_MUST_USE hm_status hm_cycle_state_layer_precision(const hm_cycle_state *s, size_t i, const char **layer,
                                                             const char **precision, const char **kernel);
+/* The device bytes of connection |i|'s weight matrix as its matmul reads it
+ * (the packed blocks under a bits policy; 4 bytes a weight otherwise) and its
+ * number of weights: *bytes * 8 / *count is its cost in bits per weight. */
+HM_API HM_MUST_USE hm_status hm_cycle_state_layer_weight_bytes(const hm_cycle_state *s, size_t i, size_t *bytes,
+                                                               size_t *count);
 /* Why connection |i| runs at another precision than the policy asked (the
  * device lacks a kernel, or what auto found); "" when it runs as asked. */
 HM_API const char *hm_cycle_state_layer_note(const hm_cycle_state *s, size_t i);
@@ -178,6 +183,18 @@ HM_API const char *hm_cycle_state_backend(const hm_cycle_state *s);
 HM_API size_t hm_cycle_state_device_bytes(const hm_cycle_state *s);
 
 /* ===== Inference and evaluation ===== */
+
+/* What the weight matrix of one connection costs as it ran. */
+typedef struct hm_connection_cost {
+  size_t connection;    /* its index for hm_graph_connection */
+  char precision[8];    /* "f32", "bf16", "f16", "int8", "int4", "int3" */
+  size_t inputs, outputs;
+  /* Device bytes of the matrix: packed QUANT.md blocks (each row padded to
+   * whole 64-value blocks, one f16 scale a block) or 4 bytes a weight.
+   * weight_bytes * 8 / (inputs * outputs) is its cost in bits per weight;
+   * see hm_policy_matrix_bytes for the rule. */
+  size_t weight_bytes;
+} hm_connection_cost;
 
 typedef struct hm_eval_result {
   size_t samples;
@@ -191,6 +208,10 @@ typedef struct hm_eval_result {
   /* The precision each connection ran at: "in->hidden int3/int3_matmul;
    * hidden->out int4/int4_matmul (why)", truncated with "..." if long. */
   char precision[512];
+  /* The same per connection with weights, in graph order (the first
+   * HM_POLICY_MAX_CONNECTIONS of them; n_connections counts them all). */
+  size_t n_connections;
+  hm_connection_cost connections[HM_POLICY_MAX_CONNECTIONS];
 } hm_eval_result;
 
 /* Runs the graph forward over its bound producers (the eval bindings when

@@ -1,6 +1,6 @@
 /*
  * Precision policies as plain values, and their text form for the CLI
- * ("hardware", "auto", "bits:N", "layers:a,b,..."). What a policy means on a
+ * ("hardware", "auto", "bits:N", "connections:a,b,..."). What a policy means on a
  * device is decided by the precision plan (precision.c).
  */
 #include <errno.h>
@@ -28,13 +28,16 @@ hm_policy hm_make_max_bits_policy(int bits) {
   return p;
 }
 
-hm_policy hm_make_layer_bits_policy(const int *bits, size_t n) {
-  hm_policy p = base(HM_POLICY_LAYER_BITS);
-  if (n > HM_POLICY_MAX_LAYERS) n = HM_POLICY_MAX_LAYERS;
-  for (size_t i = 0; bits && i < n; i++) p.layer_bits[i] = bits[i];
-  p.n_layer_bits = bits ? n : 0;
+hm_policy hm_make_connection_bits_policy(const int *bits, size_t n) {
+  hm_policy p = base(HM_POLICY_CONNECTION_BITS);
+  /* Keeps the count as given so that the policy check can refuse too many
+   * entries instead of dropping them. */
+  for (size_t i = 0; bits && i < n && i < HM_POLICY_MAX_CONNECTIONS; i++) p.connection_bits[i] = bits[i];
+  p.n_connection_bits = bits ? n : 0;
   return p;
 }
+
+hm_policy hm_make_layer_bits_policy(const int *bits, size_t n) { return hm_make_connection_bits_policy(bits, n); }
 
 static int parse_bits(const char *s, char **end) {
   errno = 0;
@@ -60,24 +63,26 @@ hm_status hm_policy_parse(const char *text, hm_policy *out) {
     *out = hm_make_max_bits_policy(b);
     return HM_OK;
   }
-  if (strncmp(text, "layers:", 7) == 0) {
-    int bits[HM_POLICY_MAX_LAYERS];
+  size_t prefix = strncmp(text, "connections:", 12) == 0 ? 12 : strncmp(text, "layers:", 7) == 0 ? 7 : 0;
+  if (prefix) {
+    int bits[HM_POLICY_MAX_CONNECTIONS];
     size_t n = 0;
-    const char *p = text + 7;
+    const char *p = text + prefix;
     for (;;) {
-      if (n == HM_POLICY_MAX_LAYERS)
-        return hm__fail(HM_STATUS_PARSE_ERROR, "policy '%s': more than %d layers", text, HM_POLICY_MAX_LAYERS);
+      if (n == HM_POLICY_MAX_CONNECTIONS)
+        return hm__fail(HM_STATUS_PARSE_ERROR, "policy '%s': more than %d connections", text,
+                        HM_POLICY_MAX_CONNECTIONS);
       int b = parse_bits(p, &end);
-      if (b < 0) return hm__fail(HM_STATUS_PARSE_ERROR, "policy '%s': expected layers:B,B,...", text);
+      if (b < 0) return hm__fail(HM_STATUS_PARSE_ERROR, "policy '%s': expected connections:B,B,...", text);
       bits[n++] = b;
       if (*end == '\0') break;
       if (*end != ',') return hm__fail(HM_STATUS_PARSE_ERROR, "policy '%s': expected ',' between bit widths", text);
       p = end + 1;
     }
-    *out = hm_make_layer_bits_policy(bits, n);
+    *out = hm_make_connection_bits_policy(bits, n);
     return HM_OK;
   }
-  return hm__fail(HM_STATUS_PARSE_ERROR, "unknown policy '%s' (hardware, auto, bits:8|4|3, layers:8,4,3)", text);
+  return hm__fail(HM_STATUS_PARSE_ERROR, "unknown policy '%s' (hardware, auto, bits:8|4|3, connections:8,4,3)", text);
 }
 
 void hm_policy_format(const hm_policy *p, char *buf, size_t cap) {
@@ -86,10 +91,10 @@ void hm_policy_format(const hm_policy *p, char *buf, size_t cap) {
     case HM_POLICY_HARDWARE: snprintf(buf, cap, "hardware"); return;
     case HM_POLICY_AUTO: snprintf(buf, cap, "auto"); return;
     case HM_POLICY_MAX_BITS: snprintf(buf, cap, "bits:%d", p->bits); return;
-    case HM_POLICY_LAYER_BITS: {
-      size_t len = (size_t)snprintf(buf, cap, "layers:");
-      for (size_t i = 0; i < p->n_layer_bits && len < cap; i++)
-        len += (size_t)snprintf(buf + len, cap - len, "%s%d", i ? "," : "", p->layer_bits[i]);
+    case HM_POLICY_CONNECTION_BITS: {
+      size_t len = (size_t)snprintf(buf, cap, "connections:");
+      for (size_t i = 0; i < p->n_connection_bits && i < HM_POLICY_MAX_CONNECTIONS && len < cap; i++)
+        len += (size_t)snprintf(buf + len, cap - len, "%s%d", i ? "," : "", p->connection_bits[i]);
       return;
     }
   }

@@ -34,17 +34,26 @@ const char *hm__precision_kernel(uint32_t d) {
   }
 }
 
+static uint32_t dtype_of_bits(int bits) {
+  return bits == 8 ? HM_ABI_DTYPE_Q8 : bits == 4 ? HM_ABI_DTYPE_Q4 : bits == 3 ? HM_ABI_DTYPE_Q3 : HM_ABI_DTYPE_F32;
+}
+
 uint32_t hm__precision_gemm_op(uint32_t d) {
   return d == HM_ABI_DTYPE_Q8 ? HM_ABI_OP_GEMM_Q8 : d == HM_ABI_DTYPE_Q4 ? HM_ABI_OP_GEMM_Q4 : HM_ABI_OP_GEMM_Q3;
+}
+
+size_t hm__matrix_bytes(uint32_t d, size_t rows, size_t k) {
+  return hm__precision_is_packed(d) ? hm__packed_bytes(d, rows, k) : rows * k * 4;
+}
+
+size_t hm_policy_matrix_bytes(int bits, size_t outputs, size_t inputs) {
+  if (bits != 32 && bits != 8 && bits != 4 && bits != 3) return 0;
+  return hm__matrix_bytes(dtype_of_bits(bits), outputs, inputs);
 }
 
 size_t hm__packed_bytes(uint32_t d, size_t rows, size_t k) {
   size_t bb = d == HM_ABI_DTYPE_Q8 ? HM_ABI_Q8_BLOCK_BYTES : d == HM_ABI_DTYPE_Q4 ? HM_ABI_Q4_BLOCK_BYTES : HM_ABI_Q3_BLOCK_BYTES;
   return rows * ((k + HM_ABI_QUANT_BLOCK_VALUES - 1) / HM_ABI_QUANT_BLOCK_VALUES) * bb;
-}
-
-static uint32_t dtype_of_bits(int bits) {
-  return bits == 8 ? HM_ABI_DTYPE_Q8 : bits == 4 ? HM_ABI_DTYPE_Q4 : bits == 3 ? HM_ABI_DTYPE_Q3 : HM_ABI_DTYPE_F32;
 }
 
 hm_status hm__policy_check(const hm_policy *p) {
@@ -56,14 +65,15 @@ hm_status hm__policy_check(const hm_policy *p) {
       if (p->bits != 8 && p->bits != 4 && p->bits != 3)
         return hm__fail(HM_STATUS_INVALID_ARGUMENT, "policy bits:%d: the packed widths are 8, 4 and 3 bits", p->bits);
       return HM_OK;
-    case HM_POLICY_LAYER_BITS:
-      if (p->n_layer_bits == 0 || p->n_layer_bits > HM_POLICY_MAX_LAYERS)
-        return hm__fail(HM_STATUS_INVALID_ARGUMENT, "layer-bits policy: give 1 to %d bit widths", HM_POLICY_MAX_LAYERS);
-      for (size_t i = 0; i < p->n_layer_bits; i++) {
-        int b = p->layer_bits[i];
+    case HM_POLICY_CONNECTION_BITS:
+      if (p->n_connection_bits == 0 || p->n_connection_bits > HM_POLICY_MAX_CONNECTIONS)
+        return hm__fail(HM_STATUS_INVALID_ARGUMENT, "connection-bits policy: %zu bit widths; give 1 to %d",
+                        p->n_connection_bits, HM_POLICY_MAX_CONNECTIONS);
+      for (size_t i = 0; i < p->n_connection_bits; i++) {
+        int b = p->connection_bits[i];
         if (b != 32 && b != 8 && b != 4 && b != 3)
           return hm__fail(HM_STATUS_INVALID_ARGUMENT,
-                          "layer-bits policy: entry %zu is %d bits; use 32 (f32), 8, 4 or 3", i + 1, b);
+                          "connection-bits policy: entry %zu is %d bits; use 32 (f32), 8, 4 or 3", i + 1, b);
       }
       return HM_OK;
   }
@@ -115,9 +125,34 @@ static void plan_auto(hm_device *dev, hm_edge_precision *e) {
              hm__precision_name(pick), (double)best, (double)f32);
 }
 
+/* A connection-bits policy gives exactly one width per connection with
+ * weights: a shorter list would leave connections to a guess, a longer one
+ * would hide a model/policy mismatch. */
+static hm_status check_connection_count(const hm_policy *p, const hm_graph *g) {
+  size_t n = 0;
+  for (size_t e = 0; e < g->n_edges; e++) n += hm__edge_has_weights(g, &g->edges[e]) != 0;
+  if (n == p->n_connection_bits) return HM_OK;
+  char names[400] = "";
+  size_t len = 0;
+  for (size_t e = 0; e < g->n_edges && len < sizeof names; e++) {
+    const hm_edge *ed = &g->edges[e];
+    if (!hm__edge_has_weights(g, ed)) continue;
+    len += (size_t)snprintf(names + len, sizeof names - len, "%s%s->%s", len ? ", " : "", g->nodes[ed->src].name,
+                            g->nodes[ed->dst].name);
+  }
+  char text[300];
+  hm_policy_format(p, text, sizeof text);
+  return hm__fail(HM_STATUS_INVALID_ARGUMENT,
+                  "policy %s gives %zu bit width%s but graph '%s' has %zu connection%s with weights (%s); give "
+                  "one width per connection, in this order",
+                  text, p->n_connection_bits, p->n_connection_bits == 1 ? "" : "s", g->name, n, n == 1 ? "" : "s",
+                  names);
+}
+
 hm_status hm__precision_plan(const hm_policy *p, hm_device *dev, const hm_graph *g, int training, hm_edge_precision *out) {
   HM_RETURN_IF_ERROR(hm__policy_check(p));
-  size_t layer = 0;
+  if (p && p->kind == HM_POLICY_CONNECTION_BITS) HM_RETURN_IF_ERROR(check_connection_count(p, g));
+  size_t connection = 0;
   for (size_t e = 0; e < g->n_edges; e++) {
     hm_edge_precision *ep = &out[e];
     memset(ep, 0, sizeof *ep);
@@ -128,9 +163,7 @@ hm_status hm__precision_plan(const hm_policy *p, hm_device *dev, const hm_graph 
       plan_auto(dev, ep);
       continue;
     }
-    int bits = p->kind == HM_POLICY_MAX_BITS ? p->bits
-                                             : p->layer_bits[layer < p->n_layer_bits ? layer : p->n_layer_bits - 1];
-    layer++;
+    int bits = p->kind == HM_POLICY_MAX_BITS ? p->bits : p->connection_bits[connection++];
     if (bits == 32) continue;
     /* The requested width, or the nearest wider one the device runs. */
     static const int widths[] = {3, 4, 8};

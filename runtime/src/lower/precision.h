@@ -18,8 +18,9 @@ typedef struct hm_edge_precision {
   char note[200];      /* why the precision differs from the request; "" when it does not */
 } hm_edge_precision;
 
-/* Validates |p| (NULL = hardware) without a device: bit widths 8, 4, 3 (and
- * 32 in per-layer lists). */
+/* Validates |p| (NULL = hardware) without a device or graph: bit widths 8,
+ * 4, 3 (and 32 in per-connection lists), 1 to 64 entries. The plan checks
+ * that a per-connection list has one entry per connection with weights. */
 hm_status hm__policy_check(const hm_policy *p);
 
 /* Fills out[e] for every edge of |g|. |training| also requires what the
@@ -35,5 +36,8 @@ uint32_t hm__precision_gemm_op(uint32_t dtype);
 int hm__precision_is_packed(uint32_t dtype);
 /* Bytes of |rows| packed rows of |k| values (QUANT.md Q1). */
 size_t hm__packed_bytes(uint32_t dtype, size_t rows, size_t k);
+/* Bytes of a rows x k weight matrix as the matmul at |dtype| reads it: the
+ * packed blocks, or f32 (16-bit GEMMs round f32 master weights per call). */
+size_t hm__matrix_bytes(uint32_t dtype, size_t rows, size_t k);
 
 #endif /* HM_LOWER_PRECISION_H_ */

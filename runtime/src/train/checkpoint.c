@@ -52,8 +52,8 @@ static void encode(const hm_cycle_state *s, hm_bytes *b) {
   hm__trajectory_encode(o, s->schedule_kind, b);
   hm__bytes_u32(b, (uint32_t)s->policy.kind);
   hm__bytes_i32(b, s->policy.bits);
-  hm__bytes_u32(b, (uint32_t)s->policy.n_layer_bits);
-  for (size_t i = 0; i < s->policy.n_layer_bits; i++) hm__bytes_i32(b, s->policy.layer_bits[i]);
+  hm__bytes_u32(b, (uint32_t)s->policy.n_connection_bits);
+  for (size_t i = 0; i < s->policy.n_connection_bits; i++) hm__bytes_i32(b, s->policy.connection_bits[i]);
   hm__bytes_str(b, s->backend);
   hm__weights_encode(s->weights, b);
   hm__weights_encode(s->opt_state, b);
@@ -108,13 +108,13 @@ static hm_status decode(hm_reader *r, hm_cycle_state *s) {
   HM_RETURN_IF_ERROR(hm__trajectory_decode(r, o, &s->schedule_kind));
   uint32_t kind = hm__read_u32(r, "policy kind");
   int32_t bits = hm__read_i32(r, "policy bits");
-  size_t n_bits = hm__read_count(r, 4, HM_POLICY_MAX_LAYERS, "policy layer count");
-  int layer_bits[HM_POLICY_MAX_LAYERS];
-  for (size_t i = 0; i < n_bits && r->status == HM_OK; i++) layer_bits[i] = hm__read_i32(r, "policy layer bits");
-  need(r, kind <= HM_POLICY_LAYER_BITS, "policy kind");
+  size_t n_bits = hm__read_count(r, 4, HM_POLICY_MAX_CONNECTIONS, "policy connection count");
+  int connection_bits[HM_POLICY_MAX_CONNECTIONS];
+  for (size_t i = 0; i < n_bits && r->status == HM_OK; i++) connection_bits[i] = hm__read_i32(r, "policy connection bits");
+  need(r, kind <= HM_POLICY_CONNECTION_BITS, "policy kind");
   need(r, s->position <= ((size_t)1 << 40), "position");
   if (r->status != HM_OK) return r->status;
-  s->policy = kind == HM_POLICY_LAYER_BITS ? hm_make_layer_bits_policy(layer_bits, n_bits)
+  s->policy = kind == HM_POLICY_CONNECTION_BITS ? hm_make_connection_bits_policy(connection_bits, n_bits)
               : kind == HM_POLICY_MAX_BITS ? hm_make_max_bits_policy(bits)
               : kind == HM_POLICY_AUTO     ? hm_make_auto_policy()
                                            : hm_make_hardware_policy();

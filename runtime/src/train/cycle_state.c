@@ -36,6 +36,8 @@ void hm_cycle_state_free(hm_cycle_state *st) {
   free(st->layer_names);
   free(st->precisions);
   free(st->kernels);
+  free(st->matrix_bytes);
+  free(st->matrix_weights);
   free(st);
 }
 
@@ -48,7 +50,10 @@ hm_status hm__cycle_state_describe(hm_cycle_state *st, const hm_plan *plan, hm_d
   st->precisions = calloc(n ? n : 1, sizeof(char *));
   st->kernels = calloc(n ? n : 1, sizeof(char *));
   st->notes = calloc(n ? n : 1, sizeof(char *));
-  if (!st->layer_names || !st->precisions || !st->kernels || !st->notes) return hm__fail(HM_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+  st->matrix_bytes = calloc(n ? n : 1, sizeof(size_t));
+  st->matrix_weights = calloc(n ? n : 1, sizeof(size_t));
+  if (!st->layer_names || !st->precisions || !st->kernels || !st->notes || !st->matrix_bytes || !st->matrix_weights)
+    return hm__fail(HM_STATUS_RESOURCE_EXHAUSTED, "out of memory");
   for (size_t e = 0; e < g->n_edges; e++) {
     if (!plan->edges[e].has_weights) continue;
     const hm_edge_precision *p = &plan->edges[e].prec;
@@ -57,6 +62,9 @@ hm_status hm__cycle_state_describe(hm_cycle_state *st, const hm_plan *plan, hm_d
     st->precisions[i] = hm__strdup(hm__precision_name(p->dtype));
     st->kernels[i] = hm__strdup(hm__precision_kernel(p->dtype));
     st->notes[i] = hm__strdup(p->note);
+    size_t in = plan->nodes[g->edges[e].src].width, out = plan->nodes[g->edges[e].dst].width;
+    st->matrix_bytes[i] = hm__matrix_bytes(p->dtype, out, in);
+    st->matrix_weights[i] = in * out;
     if (!st->layer_names[i] || !st->precisions[i] || !st->kernels[i] || !st->notes[i])
       return hm__fail(HM_STATUS_RESOURCE_EXHAUSTED, "out of memory");
   }
@@ -129,6 +137,13 @@ const hm_weights *hm_cycle_state_optimizer_state(const hm_cycle_state *s) {
 
 const char *hm_cycle_state_layer_note(const hm_cycle_state *s, size_t i) {
   return s && i < s->n_layers && s->notes && s->notes[i] ? s->notes[i] : "";
+}
+
+hm_status hm_cycle_state_layer_weight_bytes(const hm_cycle_state *s, size_t i, size_t *bytes, size_t *count) {
+  if (!s || i >= s->n_layers) return hm__fail(HM_STATUS_OUT_OF_RANGE, "layer index %zu out of range", i);
+  if (bytes) *bytes = s->matrix_bytes[i];
+  if (count) *count = s->matrix_weights[i];
+  return HM_OK;
 }
 
 hm_status hm_cycle_state_layer_precision(const hm_cycle_state *s, size_t i, const char **layer, const char **precision,

@@ -24,6 +24,7 @@ struct hm_cycle_state {
   size_t device_bytes;      /* peak bytes of the session's device buffers */
   size_t n_layers;
   char **layer_names, **precisions, **kernels, **notes;
+  size_t *matrix_bytes, *matrix_weights; /* per connection, as its matmul reads it */
   /* What a checkpoint needs to resume bit-identically. */
   int has_options;
   hm_fit_options opts;      /* pointers (device, backend, callbacks, resume) cleared */

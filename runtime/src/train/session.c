@@ -313,16 +313,26 @@ hm_status hm__session_pack_weights(hm_session *s) {
   return HM_OK;
 }
 
-void hm__session_weight_bytes(const hm_session *s, size_t *matrix_bytes, size_t *bias_bytes, size_t *weights) {
+void hm__session_weight_costs(const hm_session *s, hm_eval_result *out) {
   const hm_graph *g = s->g;
-  *matrix_bytes = *bias_bytes = *weights = 0;
+  out->weight_bytes = out->bias_bytes = out->weight_count = out->n_connections = 0;
   for (size_t e = 0; e < g->n_edges; e++) {
     if (!s->plan->edges[e].prec.matmul) continue;
-    size_t in = s->plan->nodes[g->edges[e].src].width, out = s->plan->nodes[g->edges[e].dst].width;
-    uint32_t q = s->plan->edges[e].prec.dtype;
-    *matrix_bytes += hm__precision_is_packed(q) ? hm__packed_bytes(q, out, in) : in * out * 4;
-    *bias_bytes += out * 4;
-    *weights += in * out;
+    size_t in = s->plan->nodes[g->edges[e].src].width, out_w = s->plan->nodes[g->edges[e].dst].width;
+    uint32_t dtype = s->plan->edges[e].prec.dtype;
+    size_t bytes = hm__matrix_bytes(dtype, out_w, in);
+    out->weight_bytes += bytes;
+    out->bias_bytes += out_w * 4;
+    out->weight_count += in * out_w;
+    size_t i = out->n_connections++;
+    if (i >= HM_POLICY_MAX_CONNECTIONS) continue;
+    hm_connection_cost *c = &out->connections[i];
+    memset(c, 0, sizeof *c);
+    c->connection = e;
+    snprintf(c->precision, sizeof c->precision, "%s", hm__precision_name(dtype));
+    c->inputs = in;
+    c->outputs = out_w;
+    c->weight_bytes = bytes;
   }
 }
 

@@ -50,9 +50,10 @@ hm_status hm__session_write_weights(hm_session *s, const hm_weights *w);
 /* Inference: packs the weights of packed-precision connections once on the
  * device and frees their f32 copies. */
 hm_status hm__session_pack_weights(hm_session *s);
-/* Device bytes of the weight matrices as they run (packed where packed), of
- * the biases, and the number of matrix weights. */
-void hm__session_weight_bytes(const hm_session *s, size_t *matrix_bytes, size_t *bias_bytes, size_t *weights);
+/* Fills weight_bytes, bias_bytes, weight_count and connections of |out|:
+ * device bytes of the weight matrices as they run (packed where packed), of
+ * the biases, and the number of matrix weights, in total and per connection. */
+void hm__session_weight_costs(const hm_session *s, hm_eval_result *out);
 /* "a->b int3/int3_matmul; ..." with notes in parentheses (hm_eval_result). */
 void hm__session_precision_summary(const hm_session *s, char *buf, size_t cap);
 /* Writes optimizer state tensors ("<param>.m", ...) into the session. */

@@ -68,9 +68,10 @@ static hm_status check_resume_policy(const hm_policy *policy, const hm_cycle_sta
   hm_policy now = policy ? *policy : hm_make_hardware_policy();
   const hm_policy *then = &r->policy;
   int same = now.kind == then->kind && (now.kind != HM_POLICY_MAX_BITS || now.bits == then->bits) &&
-             (now.kind != HM_POLICY_LAYER_BITS ||
-              (now.n_layer_bits == then->n_layer_bits &&
-               memcmp(now.layer_bits, then->layer_bits, now.n_layer_bits * sizeof now.layer_bits[0]) == 0));
+             (now.kind != HM_POLICY_CONNECTION_BITS ||
+              (now.n_connection_bits == then->n_connection_bits && now.n_connection_bits <= HM_POLICY_MAX_CONNECTIONS &&
+               memcmp(now.connection_bits, then->connection_bits,
+                      now.n_connection_bits * sizeof now.connection_bits[0]) == 0));
   if (same) return HM_OK;
   char a[160], b[160];
   hm_policy_format(&now, a, sizeof a);
@@ -517,7 +518,7 @@ hm_status hm_graph_inference(hm_graph *g, const hm_policy *policy, const hm_fit_
   if (rc == HM_OK) rc = hm__session_pack_weights(s);
   if (rc == HM_OK) rc = hm__session_evaluate(s, use_eval_data, 1, out);
   if (rc == HM_OK) {
-    hm__session_weight_bytes(s, &out->weight_bytes, &out->bias_bytes, &out->weight_count);
+    hm__session_weight_costs(s, out);
     hm__session_precision_summary(s, out->precision, sizeof out->precision);
   }
   hm__session_free(s);
