@@ -5,13 +5,19 @@
 // server keeps the frames it has seen (up to --history) and replays them to
 // each browser that connects, so a page opened mid-run shows the whole run.
 //
-//   npm install && node server.js [--port 8080] [--host 0.0.0.0] [--history 1000000]
+//   node server.js [--port 8080] [--host 0.0.0.0] [--history 1000000]
+// It needs the ws package: Debian's node-ws (scripts/install-deps) or npm install.
 'use strict';
 
 const fs = require('fs');
 const http = require('http');
 const path = require('path');
-const { WebSocketServer } = require('ws');
+const ws = require('./find_ws')();
+if (!ws) {
+  console.error('server.js needs the ws package: apt-get install node-ws (or npm install here)');
+  process.exit(1);
+}
+const { WebSocketServer } = ws;
 
 const FRAME = 32;
 

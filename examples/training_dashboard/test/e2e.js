@@ -6,7 +6,9 @@
 //      trainer reconnects and delivers every update, the page reconnects.
 //
 //   node test/e2e.js --server node|c --harmonics BIN --model MODEL.hmx [--screenshot OUT.png]
-// Exit status 0 = passed, 1 = failed, 77 = Chromium or playwright-core missing.
+// Chromium is driven over the DevTools protocol (test/cdp.js): Node.js >= 18
+// and the ws package (Debian's node-ws) are all it needs.
+// Exit status 0 = passed, 1 = failed, 77 = Chromium or ws missing.
 'use strict';
 
 const { spawn } = require('child_process');
@@ -15,16 +17,13 @@ const http = require('http');
 const net = require('net');
 const os = require('os');
 const path = require('path');
+const cdp = require('./cdp');
 
 const args = {};
 for (let i = 2; i < process.argv.length; i += 2) args[process.argv[i].replace(/^--/, '')] = process.argv[i + 1];
 const CHROMIUM = process.env.HARMONICS_CHROMIUM || '/usr/bin/chromium';
-let playwright;
-try { playwright = require('playwright-core'); } catch (e) {
-  console.log('playwright-core is not installed (npm install in examples/training_dashboard)'); process.exit(77);
-}
-let WebSocket;
-try { WebSocket = require('ws'); } catch (e) { console.log('ws is not installed'); process.exit(77); }
+const WebSocket = cdp.requireWs();
+if (!WebSocket) { console.log('the ws package is missing (scripts/install-deps installs node-ws)'); process.exit(77); }
 if (!fs.existsSync(CHROMIUM)) { console.log(`no Chromium at ${CHROMIUM}`); process.exit(77); }
 const FMNIST = process.env.HARMONICS_FASHION_MNIST_DIR || '/usr/share/datasets/fashion-mnist';
 if (!fs.existsSync(path.join(FMNIST, 'train-images-idx3-ubyte.gz'))) {
@@ -89,15 +88,11 @@ async function stopServer(child) {
 }
 
 async function waitFor(page, fn, arg, what, timeout = 20000) {
-  try {
-    await page.waitForFunction(fn, arg, { timeout, polling: 50 });
-    return true;
-  } catch (e) {
-    const state = await page.evaluate(() => ({ points: window.dashboard.points(), pending: window.dashboard.pending(),
-      state: document.getElementById('state').textContent }));
-    console.log(`timed out waiting for ${what}: ${JSON.stringify(state)}`);
-    return false;
-  }
+  if (await page.waitForFunction(fn, arg, { timeout, polling: 50 })) return true;
+  const state = await page.evaluate(() => ({ points: window.dashboard.points(), pending: window.dashboard.pending(),
+    state: document.getElementById('state').textContent }));
+  console.log(`timed out waiting for ${what}: ${JSON.stringify(state)}`);
+  return false;
 }
 
 function train(port, extra) {
@@ -113,14 +108,12 @@ function trainerSummary(child) {
 async function main() {
   const port = await freePort();
   let server = await startServer(port);
-  const browser = await playwright.chromium.launch({
-    executablePath: CHROMIUM,
-    args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking',
-           '--disable-component-update', '--disable-sync'],
-  });
+  const browser = await cdp.launch(CHROMIUM, ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+    '--disable-background-networking', '--disable-component-update', '--disable-sync', '--hide-scrollbars',
+    '--mute-audio']);
   try {
-    const page = await browser.newPage({ viewport: { width: 1160, height: 740 } });
-    page.on('pageerror', (e) => { console.log(`page error: ${e.message}`); failures++; });
+    const page = await browser.newPage({ width: 1160, height: 740 });
+    page.onError = (text) => { console.log(`page error: ${text}`); failures++; };
     await page.goto(`http://127.0.0.1:${port}/`);
     check(await waitFor(page, () => document.getElementById('state').textContent === 'live', null, 'the page to connect'),
           'the page connects to /browser');
@@ -144,7 +137,7 @@ async function main() {
           `the last loss shown is the run's final loss (${series.losses[steps - 1]} vs ${j1.final_loss})`);
     await sleep(300); // let a frame render
     if (args.screenshot) {
-      await page.screenshot({ path: args.screenshot });
+      await page.screenshot(args.screenshot);
       check(fs.statSync(args.screenshot).size > 10000, `screenshot saved to ${args.screenshot}`);
     }
 
