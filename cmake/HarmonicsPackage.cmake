@@ -10,5 +10,14 @@ write_basic_package_version_file(${CMAKE_BINARY_DIR}/HarmonicsConfigVersion.cmak
   VERSION ${PROJECT_VERSION} COMPATIBILITY SameMajorVersion)
 install(FILES ${CMAKE_BINARY_DIR}/HarmonicsConfig.cmake ${CMAKE_BINARY_DIR}/HarmonicsConfigVersion.cmake
   ${PROJECT_SOURCE_DIR}/cmake/HarmonicsPlugin.cmake DESTINATION ${HM_CMAKE_DIR})
+# harmonics.pc names its prefix relative to its own directory (${pcfiledir}),
+# so `cmake --install --prefix ANY` gives a working file, not one that points
+# at the prefix chosen at configure time.
+if(IS_ABSOLUTE "${CMAKE_INSTALL_LIBDIR}" OR IS_ABSOLUTE "${CMAKE_INSTALL_INCLUDEDIR}")
+  message(FATAL_ERROR "harmonics.pc is relocatable: give CMAKE_INSTALL_LIBDIR and CMAKE_INSTALL_INCLUDEDIR "
+    "relative to the prefix (got ${CMAKE_INSTALL_LIBDIR}, ${CMAKE_INSTALL_INCLUDEDIR})")
+endif()
+file(RELATIVE_PATH HM_PC_PREFIX_FROM_PCDIR "/${CMAKE_INSTALL_LIBDIR}/pkgconfig" "/")
+string(REGEX REPLACE "/$" "" HM_PC_PREFIX_FROM_PCDIR "${HM_PC_PREFIX_FROM_PCDIR}")
 configure_file(${PROJECT_SOURCE_DIR}/cmake/harmonics.pc.in ${CMAKE_BINARY_DIR}/harmonics.pc @ONLY)
 install(FILES ${CMAKE_BINARY_DIR}/harmonics.pc DESTINATION ${CMAKE_INSTALL_LIBDIR}/pkgconfig)

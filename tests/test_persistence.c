@@ -27,21 +27,26 @@ static const char *tmp(const char *name) {
   return buf[k];
 }
 
+/* The file's bytes (NULL and *len = 0 when it cannot be read). */
 static unsigned char *slurp(const char *path, size_t *len) {
+  *len = 0;
   FILE *f = fopen(path, "rb");
   if (!f) return NULL;
   fseek(f, 0, SEEK_END);
   long n = ftell(f);
   fseek(f, 0, SEEK_SET);
-  unsigned char *d = malloc((size_t)n + 1);
-  *len = fread(d, 1, (size_t)n, f);
+  unsigned char *d = n >= 0 ? malloc((size_t)n + 1) : NULL;
+  if (d) *len = fread(d, 1, (size_t)n, f);
   fclose(f);
+  HM_CHECK_MSG(d != NULL, "cannot read %s", path);
   return d;
 }
 
 static void spit(const char *path, const void *d, size_t n) {
   FILE *f = fopen(path, "wb");
-  fwrite(d, 1, n, f);
+  HM_CHECK_MSG(f != NULL, "cannot write %s", path);
+  if (!f) return;
+  HM_CHECK_EQ(fwrite(d, 1, n, f), n);
   fclose(f);
 }
 

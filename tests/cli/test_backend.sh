@@ -12,11 +12,7 @@ plugin=$4
 extra=${5:-}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-fail=0
-check() { # check "description" command...
-  local what=$1; shift
-  if ! "$@"; then echo "FAIL: $what"; fail=1; fi
-}
+source "$(dirname "$0")/check.sh"
 if [[ ! -f "$plugin" ]]; then echo "the $backend plugin was not built"; exit 77; fi
 "$bin" plugins --json >"$work/plugins.json" 2>&1
 loaded=$(python3 - "$work/plugins.json" "$backend" <<'PY'

@@ -8,11 +8,7 @@ bin=$1
 src=$2
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-fail=0
-check() { # check "description" command...
-  local what=$1; shift
-  if ! "$@"; then echo "FAIL: $what"; fail=1; fi
-}
+source "$(dirname "$0")/check.sh"
 if [[ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz && -z "${HARMONICS_FASHION_MNIST_DIR:-}" ]]; then
   echo "Fashion-MNIST is not installed (scripts/install-deps installs dataset-fashion-mnist)"
   exit 77

@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# An installed Harmonics serves both consumer routes from any prefix:
+# examples/train_fashion_mnist.c built with pkg-config and with
+# find_package(Harmonics), warning-free, then run; and harmonics.pc still
+# resolves after the prefix is moved (it names no absolute prefix).
+#   test_install_consumers.sh BUILD_DIR SOURCE_DIR
+set -u
+build=$1
+src=$2
+source "$(dirname "$0")/check.sh"
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+
+cmake --install "$build" --prefix "$work/prefix" >"$work/install.log" 2>&1
+rc=$?
+check "cmake --install to a temporary prefix: $(tail -3 "$work/install.log")" test "$rc" -eq 0
+export PKG_CONFIG_PATH="$work/prefix/lib/pkgconfig"
+flags=$(pkg-config --cflags --libs harmonics)
+rc=$?
+check "pkg-config finds harmonics" test "$rc" -eq 0
+inc=$(pkg-config --variable=includedir harmonics)
+lib=$(pkg-config --variable=libdir harmonics)
+check "includedir is inside the prefix ($inc)" test "$(realpath "$inc")" = "$(realpath "$work/prefix/include")"
+check "libdir is inside the prefix ($lib)" test "$(realpath "$lib")" = "$(realpath "$work/prefix/lib")"
+
+# Route 1: pkg-config.
+# shellcheck disable=SC2086
+cc -std=c11 -Wall -Wextra -Wpedantic -Werror "$src/examples/train_fashion_mnist.c" $flags -Wl,-rpath,"$lib" \
+  -o "$work/app_pkgconfig" 2>"$work/cc.log"
+rc=$?
+check "the example compiles warning-free with pkg-config: $(cat "$work/cc.log")" test "$rc" -eq 0
+out=$("$work/app_pkgconfig" --epochs 1 --limit 2000 --save "$work/w.safetensors" 2>&1)
+rc=$?
+check "the pkg-config build runs: $out" test "$rc" -eq 0
+check "it trains 32 steps and reports the test accuracy" \
+  grep -Eq "^trained 32 steps on cpu:0; test accuracy [0-9.]+% over 2000 samples" <<<"$out"
+check "it saves the weights" test -s "$work/w.safetensors"
+acc=$(sed -n 's/^epoch 1: test accuracy \([0-9.]*\)%$/\1/p' <<<"$out")
+check "the epoch callback reports the accuracy ($acc%)" \
+  python3 -c "import sys; sys.exit(0 if 50 < float(sys.argv[1]) <= 100 else 1)" "${acc:-0}"
+
+# Route 2: find_package(Harmonics) from the same prefix.
+cmake -S "$src/examples" -B "$work/cm" -DCMAKE_PREFIX_PATH="$work/prefix" \
+  -DCMAKE_C_FLAGS="-Wall -Wextra -Wpedantic -Werror" >"$work/cm.log" 2>&1 &&
+  cmake --build "$work/cm" >>"$work/cm.log" 2>&1
+rc=$?
+check "the example builds with find_package(Harmonics): $(tail -5 "$work/cm.log")" test "$rc" -eq 0
+out2=$("$work/cm/train_fashion_mnist" --epochs 1 --limit 2000 2>&1)
+rc=$?
+check "the find_package build runs" test "$rc" -eq 0
+check "both builds train identically" test "$(grep '^trained' <<<"$out2")" = "$(grep '^trained' <<<"$out")"
+
+# The installed tree is relocatable: move it and build again.
+mv "$work/prefix" "$work/moved"
+export PKG_CONFIG_PATH="$work/moved/lib/pkgconfig"
+check "after a move, includedir follows the prefix" \
+  test "$(realpath "$(pkg-config --variable=includedir harmonics)")" = "$(realpath "$work/moved/include")"
+# shellcheck disable=SC2046
+cc -std=c11 -Werror "$src/examples/train_fashion_mnist.c" $(pkg-config --cflags --libs harmonics) \
+  -Wl,-rpath,"$work/moved/lib" -o "$work/app_moved" 2>"$work/cc2.log"
+rc=$?
+check "the example builds against the moved prefix: $(cat "$work/cc2.log")" test "$rc" -eq 0
+"$work/app_moved" --epochs 1 --limit 500 >"$work/moved.log" 2>&1
+rc=$?
+check "and runs from it: $(tail -2 "$work/moved.log")" test "$rc" -eq 0
+exit "$fail"
