@@ -106,7 +106,7 @@ static int train(const char *backend, const char *model, size_t samples, double 
 int main(int argc, char **argv) {
   size_t sizes[8] = {128, 256, 512}, n_sizes = 3, samples = 4000;
   double seconds = 0.5;
-  const char *model = "examples/fashion_mnist.hmx";
+  const char *model = HM_EXAMPLES_DIR "/fashion_mnist.hmx"; /* from any directory */
   for (int i = 1; i + 1 < argc; i += 2) {
     if (!strcmp(argv[i], "--sizes")) {
       n_sizes = 0;
