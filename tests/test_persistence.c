@@ -5,6 +5,7 @@
  * weights that do not fit the graph), and a writer killed at random points
  * that never destroys the previous file.
  */
+#include <math.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -241,6 +242,8 @@ static void resume_is_bit_identical(void) {
                    "accumulate %d: resumed weights differ from uninterrupted training", accumulate);
       HM_CHECK(weights_equal(hm_cycle_state_optimizer_state(sa), hm_cycle_state_optimizer_state(sc)));
       HM_CHECK(hm_cycle_state_loss(sa) == hm_cycle_state_loss(sc));
+      /* The epoch's running loss sum is in the checkpoint too. */
+      HM_CHECK(hm_cycle_state_epoch_loss(sa) == hm_cycle_state_epoch_loss(sc));
     }
     hm_cycle_state_free(sa);
     hm_cycle_state_free(sb);
@@ -268,6 +271,92 @@ static void resume_is_bit_identical(void) {
     free_fixture(&b);
     free_fixture(&c);
   }
+}
+
+typedef struct loss_log {
+  float step_loss[64];
+  size_t steps;
+  float epoch_loss[8];
+  size_t epochs;
+} loss_log;
+
+static void log_step(void *user, size_t step, float grad_norm, float loss, float lr) {
+  loss_log *l = user;
+  (void)grad_norm;
+  (void)lr;
+  if (step <= 64) l->step_loss[step - 1] = loss;
+  l->steps = step;
+}
+
+static int log_epoch(void *user, const hm_cycle_state *s) {
+  loss_log *l = user;
+  if (l->epochs < 8) l->epoch_loss[l->epochs++] = hm_cycle_state_epoch_loss(s);
+  return 0;
+}
+
+/* The epoch loss is the mean over the epoch's samples: each batch's loss
+ * weighted by its rows (9 batches of 16 and one of 6 per epoch). */
+static void epoch_loss_is_the_mean_over_the_epoch(void) {
+  fixture f = make_fixture();
+  hm_fit_options o = train_opts();
+  loss_log log;
+  memset(&log, 0, sizeof log);
+  o.progress.fn = log_step;
+  o.progress.user = &log;
+  o.on_epoch = log_epoch;
+  o.on_epoch_user = &log;
+  hm_cycle_state *st = NULL;
+  HM_CHECK(isnan(hm_cycle_state_epoch_loss(NULL)));
+  HM_CHECK_OK(hm_graph_fit(f.g, 2, NULL, &o, &st));
+  HM_CHECK_EQ(log.steps, 20);
+  HM_CHECK_EQ(log.epochs, 2);
+  for (size_t e = 0; e < 2; e++) {
+    double sum = 0;
+    for (size_t k = 0; k < 10; k++) sum += (double)log.step_loss[10 * e + k] * (k < 9 ? 16 : 6);
+    HM_CHECK_NEAR(log.epoch_loss[e], sum / 150.0, 1e-6 * fabs(sum / 150.0));
+  }
+  HM_CHECK(hm_cycle_state_epoch_loss(st) == log.epoch_loss[1]);
+  /* Not the last batch's loss, which is what the epoch line printed before. */
+  HM_CHECK(hm_cycle_state_epoch_loss(st) != hm_cycle_state_loss(st));
+  hm_cycle_state_free(st);
+  free_fixture(&f);
+}
+
+/* A version 1 checkpoint (no epoch-loss fields) still loads: the fields
+ * after early stopping's counters are what version 2 added. */
+static void version_1_checkpoints_still_load(void) {
+  fixture f = make_fixture();
+  hm_fit_options o = train_opts();
+  o.checkpoint_path = tmp("v2.hck");
+  hm_cycle_state *st = NULL;
+  HM_CHECK_OK(hm_graph_fit(f.g, 1, NULL, &o, &st));
+  hm_cycle_state_free(st);
+  size_t n;
+  unsigned char *d = slurp(tmp("v2.hck"), &n);
+  /* Payload: fingerprint 4, u64 x 4, f64 x 2, f32 x 5, f32 + u64; then
+   * f32 epoch_loss, f64 sum, u64 rows (20 bytes) to drop. */
+  size_t at = 32 + 4 + 32 + 16 + 20 + 12, cut = 20;
+  if (d && n > at + cut) {
+    memmove(d + at, d + at + cut, n - at - cut);
+    n -= cut;
+    put32(d + 8, 1);
+    put32(d + 16, (uint32_t)(n - 32));
+    put32(d + 20, 0);
+    reseal(d, n);
+    spit(tmp("v1.hck"), d, n);
+    hm_cycle_state *v1 = NULL;
+    HM_CHECK_OK(hm_cycle_state_load(tmp("v1.hck"), &v1));
+    HM_CHECK_EQ(hm_cycle_state_step(v1), 10);
+    HM_CHECK(isnan(hm_cycle_state_epoch_loss(v1)));
+    hm_cycle_state *v2 = NULL;
+    HM_CHECK_OK(hm_cycle_state_load(tmp("v2.hck"), &v2));
+    HM_CHECK(!isnan(hm_cycle_state_epoch_loss(v2)));
+    HM_CHECK(weights_equal(hm_cycle_state_weights(v1), hm_cycle_state_weights(v2)));
+    hm_cycle_state_free(v1);
+    hm_cycle_state_free(v2);
+  }
+  free(d);
+  free_fixture(&f);
 }
 
 static int stop_at_step(const hm_cycle_state *s, void *user) { return hm_cycle_state_step(s) >= *(const size_t *)user; }
@@ -405,7 +494,7 @@ static void every_bad_input_class_is_refused(void) {
     spit(tmp("bad"), d, n);
     HM_CHECK_EQ(load_any(kind, tmp("bad")), HM_STATUS_INCOMPATIBLE);
     HM_CHECK_STR_CONTAINS(hm_last_error(), "format version 7 is newer");
-    HM_CHECK_STR_CONTAINS(hm_last_error(), "(up to 1)");
+    HM_CHECK_STR_CONTAINS(hm_last_error(), kind == 2 ? "(up to 2)" : "(up to 1)"); /* checkpoints are at 2 */
     /* Trailing bytes. */
     memcpy(d, good, n);
     d[n] = 0;
@@ -520,6 +609,8 @@ WRAP(graph_round_trip)
 WRAP(weights_round_trip)
 WRAP(resume_is_bit_identical)
 WRAP(resume_matrix)
+WRAP(epoch_loss_is_the_mean_over_the_epoch)
+WRAP(version_1_checkpoints_still_load)
 WRAP(every_bad_input_class_is_refused)
 WRAP(weights_that_do_not_fit_the_graph)
 WRAP(killed_save_leaves_previous_file)
@@ -529,6 +620,8 @@ static const hm_test_case cases[] = {
     HM_TEST_CASE_P(run_, weights_round_trip),
     HM_TEST_CASE_P(run_, resume_is_bit_identical),
     HM_TEST_CASE_P(run_, resume_matrix),
+    HM_TEST_CASE_P(run_, epoch_loss_is_the_mean_over_the_epoch),
+    HM_TEST_CASE_P(run_, version_1_checkpoints_still_load),
     HM_TEST_CASE_P(run_, every_bad_input_class_is_refused),
     HM_TEST_CASE_P(run_, weights_that_do_not_fit_the_graph),
     HM_TEST_CASE_P(run_, killed_save_leaves_previous_file),

@@ -19,7 +19,8 @@ out=$("$bin" train "$model" --dataset fashion-mnist --limit-train 3000 --limit-e
       --optimizer adam --lr 0.002 --batch 32 --seed 1 --threads 1 --save-weights "$work/w.safetensors" --json 2>"$work/err")
 rc=$?
 check "train exits 0 (rc=$rc): $(cat "$work/err")" test $rc -eq 0
-check "one line per epoch without a terminal" grep -q "^epoch 2/2: loss [0-9.]*, test loss [0-9.]*, test accuracy [0-9.]*%" <<<"$out"
+check "one line per epoch without a terminal, with the epoch's mean loss" \
+  grep -q "^epoch 2/2: mean loss [0-9.]*, test loss [0-9.]*, test accuracy [0-9.]*%" <<<"$out"
 json=$(tail -n 1 <<<"$out")
 check "JSON fields" python3 - "$json" <<'PY'
 import json, sys
@@ -177,4 +178,41 @@ check "unknown command exits 2" test "$rc" -eq 2
 "$bin" --version | grep -q "harmonics .* (plugin ABI 1.0"
 rc=$?
 check "--version" test "$rc" -eq 0
+# Every format the CLI writes, it reads, recognised by content: a compiled
+# .hgr trains, .hnwt and .hck weights run inference, and the wrong kind of
+# file is named as what it is.
+"$bin" compile "$model" -o "$work/fm.hgr" >/dev/null 2>&1
+rc=$?
+check "compile writes a .hgr" test "$rc" -eq 0
+fm=(--dataset fashion-mnist --limit-train 1000 --limit-eval 500 --epochs 1 --seed 3 --threads 1)
+out=$("$bin" train "$work/fm.hgr" "${fm[@]}" --save-weights "$work/fm.safetensors" --checkpoint "$work/fm.hck" 2>&1)
+rc=$?
+check "train reads the .hgr it compiled: $out" test "$rc" -eq 0
+acc=$(sed -n 's/^test accuracy: \(.*\)$/\1/p' <<<"$out")
+"$bin" convert "$work/fm.safetensors" "$work/fm.hnwt" >/dev/null 2>&1
+rc=$?
+check "convert safetensors -> .hnwt" test "$rc" -eq 0
+for w in fm.safetensors fm.hnwt fm.hck; do
+  out=$("$bin" infer "$work/fm.hgr" --weights "$work/$w" --dataset fashion-mnist --limit 500 2>&1)
+  rc=$?
+  check "infer reads --weights $w: $out" test "$rc" -eq 0
+  check "... with the training's accuracy ($acc)" grep -q "^accuracy: $acc (500 samples)" <<<"$out"
+done
+"$bin" convert "$work/fm.hck" "$work/from_ck.safetensors" >/dev/null 2>&1
+rc=$?
+check "convert takes a checkpoint's weights" test "$rc" -eq 0
+check "... the same bytes as the saved weights" cmp -s "$work/from_ck.safetensors" "$work/fm.safetensors"
+msg=$("$bin" infer "$work/fm.hnwt" --weights "$work/fm.hck" --dataset fashion-mnist 2>&1)
+rc=$?
+check "weights given as the model exit 1" test "$rc" -eq 1
+check "... and say what the file is: $msg" grep -q "fm.hnwt is a weights file (.hnwt), not a model" <<<"$msg"
+msg=$("$bin" infer "$model" --weights "$work/fm.hgr" --dataset fashion-mnist 2>&1)
+check "a graph given as weights says so: $msg" grep -q "fm.hgr is a binary graph (.hgr), not weights" <<<"$msg"
+for sub in compile convert; do
+  "$bin" "$sub" --help >"$work/help.txt" 2>&1
+  rc=$?
+  check "$sub --help exits 0" test "$rc" -eq 0
+  check "$sub --help prints its usage" grep -q "^usage: harmonics $sub" "$work/help.txt"
+done
+
 exit $fail

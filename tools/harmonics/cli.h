@@ -53,6 +53,24 @@ int cli_bind_spec(hm_graph *g, const char *spec, int eval, size_t limit, cli_sou
  * evaluation set. */
 int cli_bind_dataset(hm_graph *g, const char *dataset, size_t limit_train, size_t limit_eval, cli_sources *src);
 
+/* ===== Files (cli_files.c): formats recognised by their first bytes ===== */
+
+typedef enum cli_file_kind {
+  CLI_FILE_TEXT,        /* anything else: a .hmx model is text */
+  CLI_FILE_GRAPH,       /* .hgr */
+  CLI_FILE_WEIGHTS,     /* .hnwt */
+  CLI_FILE_CHECKPOINT,  /* .hck */
+  CLI_FILE_SAFETENSORS,
+  CLI_FILE_UNREADABLE
+} cli_file_kind;
+
+cli_file_kind cli_file_kind_of(const char *path);
+const char *cli_file_kind_name(cli_file_kind kind);
+/* A model from DSL text or a binary graph; prints the error and returns CLI_FAILED otherwise. */
+int cli_load_model(const char *path, hm_graph **out);
+/* Weights from safetensors, .hnwt or a checkpoint (its weights). */
+int cli_load_weights(const char *path, hm_weights **out);
+
 /* Parses an unsigned integer option value; prints an error and returns nonzero on failure. */
 int cli_parse_size(const char *opt, const char *text, size_t *out);
 int cli_parse_float(const char *opt, const char *text, float *out);

@@ -1,8 +1,9 @@
 /*
- * harmonics compile MODEL.hmx [-o MODEL.hgr]: parses, resolves what it can
- * and writes the binary graph.
- * harmonics convert IN OUT: weights between safetensors (.safetensors) and
- * Harmonics' named weights (.hnwt), chosen by file extension.
+ * harmonics compile MODEL [-o MODEL.hgr]: parses, resolves what it can and
+ * writes the binary graph.
+ * harmonics convert IN OUT: weights from any format the CLI reads
+ * (safetensors, .hnwt, a checkpoint's weights; recognised by content) to
+ * safetensors or .hnwt (chosen by OUT's extension).
  */
 #include <string.h>
 
@@ -13,21 +14,46 @@ static int has_ext(const char *path, const char *ext) {
   return n >= m && strcmp(path + n - m, ext) == 0;
 }
 
+static int is_help(const char *a) { return strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0; }
+
+static void compile_usage(FILE *f) {
+  fprintf(f,
+          "usage: harmonics compile MODEL.hmx [-o MODEL.hgr]\n"
+          "  Parses the model, resolves the widths it can without data, and writes the\n"
+          "  binary graph (default graph.hgr). train and infer read .hgr as well as .hmx.\n");
+}
+
+static void convert_usage(FILE *f) {
+  fprintf(f,
+          "usage: harmonics convert IN OUT\n"
+          "  IN: weights as .safetensors, .hnwt or a .hck checkpoint (recognised by content)\n"
+          "  OUT: .safetensors or .hnwt, chosen by its extension\n");
+}
+
 int cmd_compile(int argc, char **argv) {
   const char *in = NULL, *out = "graph.hgr";
   for (int i = 0; i < argc; i++) {
+    if (is_help(argv[i])) {
+      compile_usage(stdout);
+      return CLI_OK;
+    }
     if ((!strcmp(argv[i], "-o") || !strcmp(argv[i], "--output")) && i + 1 < argc) out = argv[++i];
-    else if (argv[i][0] == '-' || in) {
-      fprintf(stderr, "usage: harmonics compile MODEL.hmx [-o MODEL.hgr]\n");
+    else if (argv[i][0] == '-') {
+      fprintf(stderr, "harmonics compile: unknown option '%s'\n", argv[i]);
+      compile_usage(stderr);
+      return CLI_USAGE;
+    } else if (in) {
+      fprintf(stderr, "harmonics compile: unexpected argument '%s' (one model at a time)\n", argv[i]);
       return CLI_USAGE;
     } else in = argv[i];
   }
   if (!in) {
-    fprintf(stderr, "usage: harmonics compile MODEL.hmx [-o MODEL.hgr]\n");
+    fprintf(stderr, "harmonics compile: no model given\n");
+    compile_usage(stderr);
     return CLI_USAGE;
   }
   hm_graph *g = NULL;
-  if (hm_graph_load_dsl(in, &g) != HM_OK) return cli_fail(NULL);
+  if (cli_load_model(in, &g) != CLI_OK) return CLI_FAILED;
   /* Widths that need data stay unresolved; that is not an error here. */
   hm_status st = hm_graph_resolve(g);
   if (st != HM_OK) fprintf(stderr, "harmonics: note: %s\n", hm_last_error());
@@ -38,26 +64,23 @@ int cmd_compile(int argc, char **argv) {
 }
 
 int cmd_convert(int argc, char **argv) {
+  if (argc >= 1 && is_help(argv[0])) {
+    convert_usage(stdout);
+    return CLI_OK;
+  }
   if (argc != 2) {
-    fprintf(stderr, "usage: harmonics convert IN OUT   (.safetensors <-> .hnwt, by extension)\n");
+    fprintf(stderr, "harmonics convert: expected IN and OUT, got %d argument%s\n", argc, argc == 1 ? "" : "s");
+    convert_usage(stderr);
+    return CLI_USAGE;
+  }
+  int to_safetensors = has_ext(argv[1], ".safetensors");
+  if (!to_safetensors && !has_ext(argv[1], ".hnwt")) {
+    fprintf(stderr, "harmonics convert: %s: unknown extension for the output (.safetensors or .hnwt)\n", argv[1]);
     return CLI_USAGE;
   }
   hm_weights *w = NULL;
-  hm_status st;
-  if (has_ext(argv[0], ".safetensors")) st = hm_weights_load_safetensors(argv[0], &w);
-  else if (has_ext(argv[0], ".hnwt")) st = hm_load_weights_file(argv[0], &w);
-  else {
-    fprintf(stderr, "harmonics convert: %s: unknown extension (.safetensors or .hnwt)\n", argv[0]);
-    return CLI_USAGE;
-  }
-  if (st != HM_OK) return cli_fail(NULL);
-  if (has_ext(argv[1], ".safetensors")) st = hm_weights_save_safetensors(w, argv[1]);
-  else if (has_ext(argv[1], ".hnwt")) st = hm_save_weights_file(w, argv[1]);
-  else {
-    hm_weights_free(w);
-    fprintf(stderr, "harmonics convert: %s: unknown extension (.safetensors or .hnwt)\n", argv[1]);
-    return CLI_USAGE;
-  }
+  if (cli_load_weights(argv[0], &w) != CLI_OK) return CLI_FAILED;
+  hm_status st = to_safetensors ? hm_weights_save_safetensors(w, argv[1]) : hm_save_weights_file(w, argv[1]);
   hm_weights_free(w);
   if (st != HM_OK) return cli_fail(NULL);
   printf("wrote %s\n", argv[1]);

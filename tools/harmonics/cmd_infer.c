@@ -79,14 +79,14 @@ int cmd_infer(int argc, char **argv) {
   o.threads = (unsigned)threads;
   if (cli_registry_init(config, NULL) != CLI_OK) return CLI_FAILED;
   hm_graph *g = NULL;
-  if (hm_graph_load_dsl(model, &g) != HM_OK) return cli_fail(NULL);
+  if (cli_load_model(model, &g) != CLI_OK) return CLI_FAILED;
   cli_sources src = {{0}, 0, 0};
   int rc = CLI_OK, use_eval = dataset != NULL;
   if (dataset) rc = cli_bind_dataset(g, dataset, 1, limit, &src);
   for (size_t i = 0; i < n_data && rc == CLI_OK; i++) rc = cli_bind_spec(g, data_specs[i], 0, limit, &src);
   hm_weights *w = NULL;
-  if (rc == CLI_OK && (hm_weights_load_safetensors(weights, &w) != HM_OK || hm_graph_set_weights(g, w) != HM_OK))
-    rc = cli_fail("--weights");
+  if (rc == CLI_OK) rc = cli_load_weights(weights, &w);
+  if (rc == CLI_OK && hm_graph_set_weights(g, w) != HM_OK) rc = cli_fail("--weights");
   hm_weights_free(w);
   hm_eval_result r;
   if (rc == CLI_OK && hm_graph_inference(g, &policy, &o, use_eval, &r) != HM_OK) rc = cli_fail("inference failed");

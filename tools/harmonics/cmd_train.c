@@ -118,7 +118,9 @@ static int on_epoch(void *user, const hm_cycle_state *st) {
   float acc = hm_cycle_state_eval_accuracy(st), eloss = hm_cycle_state_eval_loss(st);
   if (ui->tty) fprintf(stderr, "\n");
   FILE *out = ui->tty ? stderr : stdout;
-  fprintf(out, "epoch %zu/%zu: loss %.4f", hm_cycle_state_epoch(st), ui->epochs, (double)hm_cycle_state_loss(st));
+  /* The epoch's mean training loss: one batch's loss jumps around. */
+  fprintf(out, "epoch %zu/%zu: mean loss %.4f", hm_cycle_state_epoch(st), ui->epochs,
+          (double)hm_cycle_state_epoch_loss(st));
   if (!isnan(eloss)) fprintf(out, ", test loss %.4f", (double)eloss);
   if (!isnan(acc)) fprintf(out, ", test accuracy %.2f%%", 100.0 * acc);
   fprintf(out, ", %.0f samples/s\n", sps);
@@ -283,9 +285,8 @@ static int apply_start(hm_graph *g, train_args *t, hm_cycle_state **resume_state
   }
   if (t->init_weights) {
     hm_weights *w = NULL;
-    int rc = hm_weights_load_safetensors(t->init_weights, &w) != HM_OK || hm_graph_set_weights(g, w) != HM_OK
-                 ? cli_fail("--init-weights")
-                 : CLI_OK;
+    int rc = cli_load_weights(t->init_weights, &w);
+    if (rc == CLI_OK && hm_graph_set_weights(g, w) != HM_OK) rc = cli_fail("--init-weights");
     hm_weights_free(w);
     if (rc != CLI_OK) return rc;
   }
@@ -319,7 +320,9 @@ static void print_results(const hm_cycle_state *st) {
            note[0] ? ": " : "", note);
   }
   if (!isnan(acc)) printf("test accuracy: %.2f%%\n", 100.0 * acc);
-  else printf("final loss: %.6f\n", (double)hm_cycle_state_loss(st));
+  else
+    printf("mean loss of the last epoch: %.6f (last update: %.6f)\n", (double)hm_cycle_state_epoch_loss(st),
+           (double)hm_cycle_state_loss(st));
 }
 
 static void print_json(const train_args *t, const hm_cycle_state *st) {
@@ -329,7 +332,9 @@ static void print_json(const train_args *t, const hm_cycle_state *st) {
   json_number(stdout, hm_cycle_state_eval_accuracy(st));
   printf(",\"test_loss\":");
   json_number(stdout, hm_cycle_state_eval_loss(st));
-  printf(",\"final_loss\":");
+  printf(",\"train_loss\":"); /* mean over the last epoch's samples */
+  json_number(stdout, hm_cycle_state_epoch_loss(st));
+  printf(",\"final_loss\":"); /* the last update's mini-batch */
   json_number(stdout, hm_cycle_state_loss(st));
   printf(",\"epochs\":%zu,\"steps\":%zu,\"samples\":%zu,\"train_samples_per_s\":", hm_cycle_state_epoch(st),
          hm_cycle_state_step(st), hm_cycle_state_samples(st));
@@ -372,12 +377,12 @@ static void print_json(const train_args *t, const hm_cycle_state *st) {
 
 /* Loads the model and binds its data. */
 static int load_model(const train_args *t, hm_graph **g, cli_sources *src) {
-  if (hm_graph_load_dsl(t->model, g) != HM_OK) return cli_fail(NULL);
+  if (cli_load_model(t->model, g) != CLI_OK) return CLI_FAILED;
   int rc = CLI_OK;
   if (t->dataset) rc = cli_bind_dataset(*g, t->dataset, t->limit_train, t->limit_eval, src);
   for (size_t i = 0; i < t->n_data && rc == CLI_OK; i++) rc = cli_bind_spec(*g, t->data_specs[i], 0, t->limit_train, src);
   for (size_t i = 0; i < t->n_eval && rc == CLI_OK; i++) rc = cli_bind_spec(*g, t->eval_specs[i], 1, t->limit_eval, src);
-  if (rc == CLI_OK && hm_graph_resolve(*g) != HM_OK) rc = cli_fail(t->model);
+  if (rc == CLI_OK && hm_graph_resolve(*g) != HM_OK) rc = cli_fail(NULL); /* the message names the file */
   if (rc == CLI_OK && hm_graph_warnings(*g)[0]) fprintf(stderr, "harmonics: warning: %s", hm_graph_warnings(*g));
   return rc;
 }

@@ -24,7 +24,7 @@ extern "C" {
 
 #define HM_GRAPH_FORMAT_VERSION 1
 #define HM_WEIGHTS_FORMAT_VERSION 1
-#define HM_CHECKPOINT_FORMAT_VERSION 1
+#define HM_CHECKPOINT_FORMAT_VERSION 2
 
 /* The graph with declared and resolved widths, activations, losses,
  * producers and consumers; bindings and weights are not stored. */

@@ -143,6 +143,10 @@ HM_API void hm_cycle_state_free(hm_cycle_state *s);
 HM_API size_t hm_cycle_state_step(const hm_cycle_state *s);   /* updates done */
 HM_API size_t hm_cycle_state_epoch(const hm_cycle_state *s);  /* epochs completed */
 HM_API float hm_cycle_state_loss(const hm_cycle_state *s);    /* last update's loss */
+/* The mean training loss over the last completed epoch: every mini-batch's
+ * mean loss weighted by its rows (so the loss of the epoch's samples as the
+ * weights were when each batch ran). NaN before the first epoch ends. */
+HM_API float hm_cycle_state_epoch_loss(const hm_cycle_state *s);
 HM_API float hm_cycle_state_grad_norm(const hm_cycle_state *s);
 HM_API float hm_cycle_state_learning_rate(const hm_cycle_state *s);
 HM_API double hm_cycle_state_elapsed(const hm_cycle_state *s);       /* seconds since fit started */

@@ -1,11 +1,13 @@
 /*
  * .hck checkpoints: a cycle state in the binary envelope (container.h).
- * Payload, version 1 (docs/formats.md):
+ * Payload, version 2 (docs/formats.md; version 1 lacks the epoch-loss fields):
  *   u32 graph fingerprint
  *   u64 step, epoch, position (samples consumed in the current epoch), samples
  *   f64 train_seconds, elapsed
  *   f32 loss, grad_norm, lr, eval_loss, eval_accuracy
  *   f32 best_norm, u64 stall                              (early stopping)
+ *   version 2: f32 epoch_loss, f64 epoch_loss_sum, u64 epoch_loss_rows
+ *     (the last epoch's mean training loss, the current epoch's running sum)
  *   options: HM_TRAJECTORY_FIELDS in order (trajectory.h): f32 learning_rate,
  *     u32 optimizer, f32 grad_clip, u64 early_stop_patience, f32 early_stop_delta,
  *     f32 weight_decay, u64 accumulate_steps, u32 schedule kind (0 none,
@@ -49,6 +51,9 @@ static void encode(const hm_cycle_state *s, hm_bytes *b) {
   hm__bytes_f32(b, s->eval_accuracy);
   hm__bytes_f32(b, s->best_norm);
   hm__bytes_u64(b, s->stall);
+  hm__bytes_f32(b, s->epoch_loss);
+  hm__bytes_f64(b, s->epoch_loss_sum);
+  hm__bytes_u64(b, s->epoch_loss_rows);
   hm__trajectory_encode(o, s->schedule_kind, b);
   hm__bytes_u32(b, (uint32_t)s->policy.kind);
   hm__bytes_i32(b, s->policy.bits);
@@ -88,7 +93,7 @@ static void need(hm_reader *r, int ok, const char *field) {
   if (r->status == HM_OK && !ok) hm__reader_fail(r, "%s has an impossible value", field);
 }
 
-static hm_status decode(hm_reader *r, hm_cycle_state *s) {
+static hm_status decode(hm_reader *r, uint32_t version, hm_cycle_state *s) {
   hm_fit_options *o = &s->opts;
   *o = hm_fit_options_default();
   s->graph_fingerprint = hm__read_u32(r, "graph fingerprint");
@@ -105,6 +110,13 @@ static hm_status decode(hm_reader *r, hm_cycle_state *s) {
   s->eval_accuracy = hm__read_f32(r, "eval_accuracy");
   s->best_norm = hm__read_f32(r, "best_norm");
   s->stall = (size_t)hm__read_u64(r, "stall");
+  if (version >= 2) {
+    s->epoch_loss = hm__read_f32(r, "epoch_loss");
+    s->epoch_loss_sum = hm__read_f64(r, "epoch_loss_sum");
+    s->epoch_loss_rows = (size_t)hm__read_u64(r, "epoch_loss_rows");
+    need(r, isfinite(s->epoch_loss_sum), "epoch_loss_sum");
+    need(r, s->epoch_loss_rows <= ((size_t)1 << 40), "epoch_loss_rows");
+  }
   HM_RETURN_IF_ERROR(hm__trajectory_decode(r, o, &s->schedule_kind));
   uint32_t kind = hm__read_u32(r, "policy kind");
   int32_t bits = hm__read_i32(r, "policy bits");
@@ -132,10 +144,11 @@ static hm_status decode(hm_reader *r, hm_cycle_state *s) {
 
 hm_status hm__cycle_state_decode(const unsigned char *data, size_t len, const char *what, hm_cycle_state **out) {
   hm_reader r;
-  HM_RETURN_IF_ERROR(hm__container_open(data, len, CHECKPOINT_MAGIC, HM_CHECKPOINT_FORMAT_VERSION, what, &r, NULL));
+  uint32_t version = 0;
+  HM_RETURN_IF_ERROR(hm__container_open(data, len, CHECKPOINT_MAGIC, HM_CHECKPOINT_FORMAT_VERSION, what, &r, &version));
   hm_cycle_state *s = NULL;
   HM_RETURN_IF_ERROR(hm__cycle_state_create(&s));
-  hm_status st = decode(&r, s);
+  hm_status st = decode(&r, version, s);
   if (st != HM_OK) {
     hm_cycle_state_free(s);
     return st;

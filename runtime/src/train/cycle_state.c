@@ -18,6 +18,7 @@ hm_status hm__cycle_state_create(hm_cycle_state **out) {
   st->grad_norm = NAN;
   st->stop_reason = HM_STOP_EPOCHS;
   st->best_norm = INFINITY;
+  st->epoch_loss = NAN;
   *out = st;
   return HM_OK;
 }
@@ -108,6 +109,7 @@ hm_status hm__cycle_state_sync(hm_cycle_state *st) {
 size_t hm_cycle_state_step(const hm_cycle_state *s) { return s ? s->step : 0; }
 size_t hm_cycle_state_epoch(const hm_cycle_state *s) { return s ? s->epoch : 0; }
 float hm_cycle_state_loss(const hm_cycle_state *s) { return s ? s->loss : NAN; }
+float hm_cycle_state_epoch_loss(const hm_cycle_state *s) { return s ? s->epoch_loss : NAN; }
 float hm_cycle_state_grad_norm(const hm_cycle_state *s) { return s ? s->grad_norm : NAN; }
 float hm_cycle_state_learning_rate(const hm_cycle_state *s) { return s ? s->lr : NAN; }
 double hm_cycle_state_elapsed(const hm_cycle_state *s) { return s ? s->elapsed : 0; }

@@ -11,6 +11,11 @@ typedef hm_status (*hm_weights_fetch_fn)(void *ctx, hm_weights **params, hm_weig
 struct hm_cycle_state {
   size_t step, epoch, samples;
   float loss, grad_norm, lr;
+  /* The mean training loss of the last completed epoch (NaN before one), and
+   * the running sum (loss x rows) and rows of the current epoch. */
+  float epoch_loss;
+  double epoch_loss_sum;
+  size_t epoch_loss_rows;
   double start_time, elapsed, train_seconds;
   float eval_loss, eval_accuracy;
   hm_stop_reason stop_reason;

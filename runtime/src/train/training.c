@@ -104,6 +104,9 @@ static void copy_progress(hm_cycle_state *dst, const hm_cycle_state *src) {
   dst->samples = src->samples;
   dst->train_seconds = src->train_seconds;
   dst->loss = src->loss;
+  dst->epoch_loss = src->epoch_loss;
+  dst->epoch_loss_sum = src->epoch_loss_sum;
+  dst->epoch_loss_rows = src->epoch_loss_rows;
   dst->grad_norm = src->grad_norm;
   dst->lr = src->lr;
   dst->eval_loss = src->eval_loss;
@@ -231,6 +234,8 @@ static hm_status run_batch(loop *L, const int32_t *idx, size_t b) {
     L->st->train_seconds += hm__now() - t0;
     L->st->samples += b;
     L->st->position += b;
+    L->st->epoch_loss_sum += (double)loss * (double)b;
+    L->st->epoch_loss_rows += b;
     after_update(L, loss, sumsq, scalars[SLOT_LR]);
     return checkpoint_due(L);
   }
@@ -241,6 +246,8 @@ static hm_status run_batch(loop *L, const int32_t *idx, size_t b) {
   L->loss_sum += loss;
   L->st->samples += b;
   L->st->position += b;
+  L->st->epoch_loss_sum += (double)loss * (double)b;
+  L->st->epoch_loss_rows += b;
   if (L->micro < o->accumulate_steps) {
     L->st->train_seconds += hm__now() - t0;
     return HM_OK;
@@ -362,6 +369,9 @@ static hm_status run_epochs(loop *L, int32_t *order) {
     if (L->bad.found && !L->replaying) break;
     st->epoch++;
     st->position = 0;
+    st->epoch_loss = st->epoch_loss_rows ? (float)(st->epoch_loss_sum / (double)st->epoch_loss_rows) : NAN;
+    st->epoch_loss_sum = 0;
+    st->epoch_loss_rows = 0;
     if (s->eval_count) {
       hm_eval_result r;
       HM_RETURN_IF_ERROR(hm__session_evaluate(s, 1, 0, &r));
