@@ -196,6 +196,25 @@ static void widths_resolve(void) {
   HM_CHECK_EQ(hm_graph_bind_producer(g, "b", px), HM_STATUS_INVALID_ARGUMENT);
   HM_CHECK_EQ(hm_graph_bind_producer(g, "zz", px), HM_STATUS_NOT_FOUND);
   hm_graph_free(g);
+  /* Class-index labels declared {1} (one index per sample, as in the
+   * original system's examples) take the number of classes; {1} for float
+   * data and another width for indices are still refused. */
+  g = parse("producer a {4}; producer t {1}; layer b; cycle { a -> b; b <-(cross_entropy)- t; }");
+  HM_CHECK_OK(hm_graph_bind_producer(g, "a", px));
+  HM_CHECK_OK(hm_graph_bind_producer(g, "t", pt));
+  HM_CHECK_OK(hm_graph_bind_eval(g, "t", pt));
+  HM_CHECK_OK(hm_graph_resolve(g));
+  HM_CHECK_EQ(width_of(g, "t"), 3);
+  HM_CHECK_EQ(width_of(g, "b"), 3);
+  HM_CHECK_OK(hm_graph_bind_eval(g, "t", bad));
+  HM_CHECK_EQ(hm_graph_resolve(g), HM_STATUS_INVALID_ARGUMENT);
+  HM_CHECK_STR_CONTAINS(hm_last_error(), "producer 't': training and evaluation data differ in width (3 vs 7)");
+  hm_graph_free(g);
+  g = parse("producer a {1}; layer b {2}; cycle { a -> b; }");
+  HM_CHECK_OK(hm_graph_bind_producer(g, "a", px));
+  HM_CHECK_EQ(hm_graph_resolve(g), HM_STATUS_INVALID_ARGUMENT);
+  HM_CHECK_STR_CONTAINS(hm_last_error(), "producer 'a' is declared {1} but its training data has 4 values per sample");
+  hm_graph_free(g);
   hm_producer_free(px);
   hm_producer_free(pt);
   hm_producer_free(bad);

@@ -20,7 +20,6 @@ static size_t data_width(const hm_producer_info *info) {
 static hm_status producer_width(hm_graph *g, hm_node *n) {
   char where[300];
   hm__graph_where(g, n->line, n->col, where, sizeof where);
-  size_t w = n->declared_width;
   hm_producer *sources[2] = {n->train, n->eval};
   const char *what[2] = {"training", "evaluation"};
   size_t seen = 0;
@@ -36,21 +35,24 @@ static hm_status producer_width(hm_graph *g, hm_node *n) {
     if (dw == 0 || dw > HM_MAX_WIDTH)
       return hm__fail(HM_STATUS_INVALID_ARGUMENT, "producer '%s': its %s data has an invalid width %zu", n->name,
                       what[i], dw);
-    if (w && dw != w) {
+    /* Class indices are one value per sample, so the original system's
+     * examples declare them {1}: the same as {number of classes}. */
+    size_t declared = info.dtype == HM_ABI_DTYPE_I32 && n->declared_width == 1 ? 0 : n->declared_width;
+    if (declared && dw != declared) {
       if (info.dtype == HM_ABI_DTYPE_I32)
         return hm__fail(HM_STATUS_INVALID_ARGUMENT,
-                        "%sproducer '%s' is declared {%zu} but its %s data are class indices of %zu classes", where,
-                        n->name, w, what[i], info.num_classes);
+                        "%sproducer '%s' is declared {%zu} but its %s data are class indices of %zu classes (declare "
+                        "{%zu} or {1})",
+                        where, n->name, declared, what[i], info.num_classes, info.num_classes);
       return hm__fail(HM_STATUS_INVALID_ARGUMENT, "%sproducer '%s' is declared {%zu} but its %s data has %zu values per sample",
-                      where, n->name, w, what[i], dw);
+                      where, n->name, declared, what[i], dw);
     }
     if (seen && dw != seen)
       return hm__fail(HM_STATUS_INVALID_ARGUMENT, "producer '%s': training and evaluation data differ in width (%zu vs %zu)",
                       n->name, seen, dw);
     seen = dw;
-    w = dw;
   }
-  n->width = w;
+  n->width = seen ? seen : n->declared_width;
   return HM_OK;
 }
 
