@@ -12,7 +12,8 @@
 static void infer_usage(FILE *f) {
   fprintf(f,
           "usage: harmonics infer MODEL.hmx --weights FILE.safetensors [options]\n"
-          "  --dataset fashion-mnist   evaluate on the 10k test split\n"
+          "  --dataset fashion-mnist   evaluate on the 10k test split (from $HARMONICS_FASHION_MNIST_DIR,\n"
+          "                            else /usr/share/datasets/fashion-mnist)\n"
           "  --data NAME=SPEC          input (and target) data; SPEC = idx:PATH | csv:PATH | labels:PATH\n"
           "  --limit N                 use the first N samples\n"
           "  --batch N (1000)  --backend NAME[:N]  --threads N  --config FILE  --json\n"

@@ -26,7 +26,8 @@ static void usage(FILE *f) {
           "  --version            version and build\n"
           "\n"
           "environment: HARMONICS_PLUGIN_PATH, HARMONICS_BACKEND, HARMONICS_CONFIG,\n"
-          "HARMONICS_DEBUG=1 (see docs/plugins.md)\n");
+          "HARMONICS_DEBUG=1 (see docs/plugins.md); HARMONICS_FASHION_MNIST_DIR (where\n"
+          "--dataset fashion-mnist reads its IDX files; default /usr/share/datasets/fashion-mnist)\n");
 }
 
 int cli_fail(const char *what) {
