@@ -246,7 +246,7 @@ typedef struct hm_abi_device_desc {
   char name[64];
   char vendor[64];
   uint32_t kind; /* hm_abi_device_kind */
-  uint32_t compute_units;
+  uint32_t compute_units; /* 0: the device's API does not say (Vulkan) */
   uint64_t memory_bytes;
   uint64_t max_buffer_bytes;
   /* Space-separated facts, "key=value" or flags, for people and policies

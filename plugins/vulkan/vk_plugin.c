@@ -108,6 +108,28 @@ static int32_t status_of(VkResult r) {
 
 /* ===== Context ===== */
 
+/* PCI vendor IDs, and the Khronos IDs (VkVendorId) of vendors without one. */
+static const char *vendor_name(uint32_t id) {
+  switch (id) {
+    case 0x1002: return "AMD";
+    case 0x10DE: return "NVIDIA";
+    case 0x8086: return "Intel";
+    case 0x13B5: return "ARM";
+    case 0x5143: return "Qualcomm";
+    case 0x1010: return "Imagination";
+    case 0x106B: return "Apple";
+    case 0x1AE0: return "Google";
+    case 0x10001: return "Vivante";
+    case 0x10002: return "VeriSilicon";
+    case 0x10003: return "Kazan";
+    case 0x10004: return "Codeplay";
+    case 0x10005: return "Mesa";
+    case 0x10006: return "PoCL";
+    case 0x10007: return "Mobileye";
+    default: return "vendor";
+  }
+}
+
 static void describe(vk_device_info *di) {
   VkPhysicalDeviceProperties props;
   vkGetPhysicalDeviceProperties(di->phys, &props);
@@ -141,7 +163,7 @@ static void describe(vk_device_info *di) {
   d->struct_size = sizeof *d;
   d->abi_version = HM_ABI_VERSION;
   hm_copy_text(d->name, sizeof d->name, props.deviceName);
-  snprintf(d->vendor, sizeof d->vendor, "vendor 0x%04x", props.vendorID);
+  snprintf(d->vendor, sizeof d->vendor, "%s (0x%04x)", vendor_name(props.vendorID), props.vendorID);
   d->kind = props.deviceType == VK_PHYSICAL_DEVICE_TYPE_CPU ? HM_ABI_DEVICE_CPU : HM_ABI_DEVICE_GPU;
   d->compute_units = 0;
   d->memory_bytes = local;

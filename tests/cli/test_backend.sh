@@ -27,6 +27,9 @@ else:
 PY
 )
 if [[ "$loaded" != yes ]]; then echo "$backend is not available here ($loaded)"; exit 77; fi
+# The device line names a vendor and never claims 0 compute units.
+dev_line=$("$bin" plugins 2>&1 | grep "^  device $backend:0:")
+check "the $backend device line names its vendor: $dev_line" test -z "$(grep -E "vendor vendor|, 0 compute units" <<<"$dev_line")"
 if [[ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz && -z "${HARMONICS_FASHION_MNIST_DIR:-}" ]]; then
   echo "Fashion-MNIST is not installed"; exit 77
 fi

@@ -215,4 +215,28 @@ for sub in compile convert; do
   check "$sub --help prints its usage" grep -q "^usage: harmonics $sub" "$work/help.txt"
 done
 
+# The way a new user meets the program: help for a command, errors that say
+# what is missing, each message once, and which backend ran.
+out=$("$bin" help train 2>&1)
+rc=$?
+check "help train exits 0" test "$rc" -eq 0
+check "help train prints train's usage" grep -q "^usage: harmonics train MODEL.hmx" <<<"$out"
+msg=$("$bin" infer "$model" --dataset fashion-mnist 2>&1)
+rc=$?
+check "infer without --weights exits 2" test "$rc" -eq 2
+check "... and says what is missing: $msg" grep -q "^harmonics infer: --weights FILE is missing" <<<"$msg"
+printf '0.1,0.2\n' >"$work/two.csv"
+msg=$("$bin" train "$model" --data "pixels=$work/two.csv" 2>&1)
+check "a data spec without a kind is one line: $msg" test "$(wc -l <<<"$msg")" -eq 1
+check "... naming the kinds" grep -q "must be idx:PATH, csv:PATH or labels:PATH" <<<"$msg"
+printf 'producer x {3};\nlayer y {2};\ncycle { x -> y; y <-(mse)- x; }\n' >"$work/wrongwidth.hmx"
+msg=$("$bin" train "$work/wrongwidth.hmx" --dataset fashion-mnist --limit-train 10 2>&1)
+check "a width error names the file once: $msg" test "$(grep -o "wrongwidth.hmx" <<<"$msg" | wc -l)" -eq 1
+msg=$("$bin" train "$model" --dataset fashion-mnist --limit-train 10 --backend tpu 2>&1)
+check "an unknown backend lists the ones there are: $msg" grep -q "no plugin named 'tpu' was found; available: cpu" <<<"$msg"
+out=$("$bin" train "$model" --dataset fashion-mnist --limit-train 200 --limit-eval 100 2>&1)
+check "train says which backend ran" grep -q "^backend: cpu:0$" <<<"$out"
+out=$("$bin" infer "$model" --weights "$work/fm.safetensors" --dataset fashion-mnist --limit 100 2>&1)
+check "infer says which backend ran" grep -q "^backend: cpu:0$" <<<"$out"
+
 exit $fail

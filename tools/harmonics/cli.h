@@ -44,8 +44,9 @@ typedef struct cli_sources {
 
 void cli_sources_keep(cli_sources *s, hm_producer *p);
 void cli_sources_free(cli_sources *s);
-/* idx:PATH, csv:PATH (floats) or labels:PATH (CSV of class indices). */
-hm_status cli_open_source(const char *spec, hm_producer **out);
+/* idx:PATH, csv:PATH (floats) or labels:PATH (CSV of class indices); prints
+ * what is wrong and returns CLI_USAGE / CLI_FAILED otherwise. */
+int cli_open_source(const char *spec, hm_producer **out);
 /* --data NAME=SPEC (eval = --eval-data), keeping the first |limit| samples if set. */
 int cli_bind_spec(hm_graph *g, const char *spec, int eval, size_t limit, cli_sources *src);
 /* --dataset fashion-mnist: the first input producer gets the pixels (scaled to

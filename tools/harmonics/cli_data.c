@@ -11,49 +11,59 @@
 #define FASHION_DIR "/usr/share/datasets/fashion-mnist"
 
 /* A CSV of integer class indices (one per line). */
-static hm_status open_labels_csv(const char *path, hm_producer **out) {
+/* labels:PATH — a one-column CSV of class indices. Prints what is wrong
+ * (its own message, or the library's) and returns CLI_FAILED. */
+static int open_labels_csv(const char *path, hm_producer **out) {
   hm_producer *csv = NULL;
-  hm_status st = hm_producer_open_csv(path, &csv);
-  if (st != HM_OK) return st;
+  if (hm_producer_open_csv(path, &csv) != HM_OK) return cli_fail(NULL);
   hm_producer_info info;
-  st = hm_producer_info_get(csv, &info);
   float *values = NULL;
   int32_t *labels = NULL;
-  if (st == HM_OK && info.width != 1) {
-    hm_producer_free(csv);
+  int rc = hm_producer_info_get(csv, &info) == HM_OK ? CLI_OK : cli_fail(NULL);
+  if (rc == CLI_OK && info.width != 1) {
     fprintf(stderr, "harmonics: %s: a labels file has one column, this one has %zu\n", path, info.width);
-    return HM_STATUS_INVALID_ARGUMENT;
+    rc = CLI_FAILED;
   }
-  if (st == HM_OK) {
+  if (rc == CLI_OK) {
     values = malloc(info.count * sizeof *values);
     labels = malloc(info.count * sizeof *labels);
     size_t rows = 0;
-    st = values && labels ? hm_producer_next_batch(csv, info.count, values, &rows) : HM_STATUS_RESOURCE_EXHAUSTED;
+    if (!values || !labels) {
+      fprintf(stderr, "harmonics: %s: out of memory for %zu labels\n", path, info.count);
+      rc = CLI_FAILED;
+    } else if (hm_producer_next_batch(csv, info.count, values, &rows) != HM_OK) {
+      rc = cli_fail(NULL);
+    }
   }
   size_t classes = 0;
-  for (size_t i = 0; st == HM_OK && i < info.count; i++) {
+  for (size_t i = 0; rc == CLI_OK && i < info.count; i++) {
     float v = values[i];
     if (v < 0 || v != floorf(v) || v > 1e6f) {
       fprintf(stderr, "harmonics: %s: row %zu holds %g, not a class index\n", path, i + 1, (double)v);
-      st = HM_STATUS_INVALID_ARGUMENT;
+      rc = CLI_FAILED;
       break;
     }
     labels[i] = (int32_t)v;
     if ((size_t)v + 1 > classes) classes = (size_t)v + 1;
   }
-  if (st == HM_OK) st = hm_producer_from_labels(labels, info.count, classes, out);
+  if (rc == CLI_OK && hm_producer_from_labels(labels, info.count, classes, out) != HM_OK) rc = cli_fail(NULL);
   free(values);
   free(labels);
   hm_producer_free(csv);
-  return st;
+  return rc;
 }
 
-hm_status cli_open_source(const char *spec, hm_producer **out) {
-  if (strncmp(spec, "idx:", 4) == 0) return hm_producer_open_idx(spec + 4, out);
-  if (strncmp(spec, "csv:", 4) == 0) return hm_producer_open_csv(spec + 4, out);
+int cli_open_source(const char *spec, hm_producer **out) {
+  hm_status st;
   if (strncmp(spec, "labels:", 7) == 0) return open_labels_csv(spec + 7, out);
-  fprintf(stderr, "harmonics: data source '%s' must be idx:PATH, csv:PATH or labels:PATH\n", spec);
-  return HM_STATUS_INVALID_ARGUMENT;
+  if (strncmp(spec, "idx:", 4) == 0) st = hm_producer_open_idx(spec + 4, out);
+  else if (strncmp(spec, "csv:", 4) == 0) st = hm_producer_open_csv(spec + 4, out);
+  else {
+    /* Our own message: there is no library error to print after it. */
+    fprintf(stderr, "harmonics: data source '%s' must be idx:PATH, csv:PATH or labels:PATH\n", spec);
+    return CLI_USAGE;
+  }
+  return st == HM_OK ? CLI_OK : cli_fail(NULL);
 }
 
 static void note_train(cli_sources *src, hm_producer *p) {
@@ -138,7 +148,8 @@ int cli_bind_spec(hm_graph *g, const char *spec, int eval, size_t limit, cli_sou
   char name[256];
   snprintf(name, sizeof name, "%.*s", (int)(eq - spec), spec);
   hm_producer *p = NULL;
-  if (cli_open_source(eq + 1, &p) != HM_OK) return cli_fail(NULL);
+  int rc = cli_open_source(eq + 1, &p);
+  if (rc != CLI_OK) return rc;
   cli_sources_keep(src, p);
   if (limit) {
     hm_producer *lim = NULL;

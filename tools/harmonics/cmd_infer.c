@@ -74,6 +74,10 @@ int cmd_infer(int argc, char **argv) {
     }
   }
   if (!model || !weights || (!dataset && !n_data)) {
+    fprintf(stderr, "harmonics infer: %s\n",
+            !model     ? "no model given (MODEL.hmx or MODEL.hgr)"
+            : !weights ? "--weights FILE is missing (the trained weights: .safetensors, .hnwt or .hck)"
+                       : "no data: give --dataset fashion-mnist or --data NAME=SPEC");
     infer_usage(stderr);
     return CLI_USAGE;
   }
@@ -94,6 +98,7 @@ int cmd_infer(int argc, char **argv) {
   if (rc == CLI_OK) {
     if (!isnan(r.accuracy)) printf("accuracy: %.2f%% (%zu samples)\n", 100.0 * r.accuracy, r.samples);
     if (!isnan(r.loss)) printf("loss: %.6f\n", (double)r.loss);
+    printf("backend: %s\n", r.backend);
     printf("precision: %s\n", r.precision);
     for (size_t i = 0; i < r.n_connections && i < HM_POLICY_MAX_CONNECTIONS; i++) {
       const hm_connection_cost *c = &r.connections[i];
@@ -115,6 +120,8 @@ int cmd_infer(int argc, char **argv) {
       json_number(stdout, r.accuracy);
       printf(",\"loss\":");
       json_number(stdout, r.loss);
+      printf(",\"backend\":");
+      json_string(stdout, r.backend);
       printf(",\"policy\":");
       json_string(stdout, policy_text);
       printf(",\"precision\":");

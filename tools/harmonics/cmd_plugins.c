@@ -55,9 +55,10 @@ static void print_text(void) {
     for (size_t d = 0; d < r.device_count; d++) {
       hm_abi_device_desc desc;
       if (hm_plugin_device_describe(i, d, &desc) != HM_OK) continue;
-      printf("  device %s:%zu: %s (%s, vendor %s), %u compute units, %.1f GiB\n", r.name, d, desc.name,
-             hm_device_kind_name(desc.kind), desc.vendor, desc.compute_units,
-             (double)desc.memory_bytes / (1024.0 * 1024.0 * 1024.0));
+      char units[32] = "compute units not reported";
+      if (desc.compute_units) snprintf(units, sizeof units, "%u compute units", desc.compute_units);
+      printf("  device %s:%zu: %s (%s, vendor %s), %s, %.1f GiB\n", r.name, d, desc.name,
+             hm_device_kind_name(desc.kind), desc.vendor, units, (double)desc.memory_bytes / (1024.0 * 1024.0 * 1024.0));
       printf("    features: %s\n", desc.features);
       print_caps_text(&desc);
     }

@@ -313,6 +313,7 @@ static void close_dashboard(progress_ui *ui) {
 
 static void print_results(const hm_cycle_state *st) {
   float acc = hm_cycle_state_eval_accuracy(st);
+  printf("backend: %s\n", hm_cycle_state_backend(st));
   for (size_t i = 0; i < hm_cycle_state_layer_count(st); i++) {
     const char *layer, *prec, *kernel, *note = hm_cycle_state_layer_note(st, i);
     if (hm_cycle_state_layer_precision(st, i, &layer, &prec, &kernel) != HM_OK) continue;

@@ -83,6 +83,20 @@ void json_string(FILE *f, const char *s) {
   fputc('"', f);
 }
 
+typedef int (*command_fn)(int argc, char **argv);
+
+static command_fn find_command(const char *name) {
+  static const struct {
+    const char *name;
+    command_fn fn;
+  } commands[] = {{"plugins", cmd_plugins}, {"train", cmd_train},         {"infer", cmd_infer},
+                  {"conform", cmd_conform}, {"dashboard", cmd_dashboard}, {"compile", cmd_compile},
+                  {"convert", cmd_convert}};
+  for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+    if (strcmp(commands[i].name, name) == 0) return commands[i].fn;
+  return NULL;
+}
+
 int main(int argc, char **argv) {
   if (argc < 2) {
     usage(stderr);
@@ -95,16 +109,23 @@ int main(int argc, char **argv) {
     return CLI_OK;
   }
   if (strcmp(cmd, "help") == 0 || strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0) {
-    usage(stdout);
-    return CLI_OK;
+    if (argc < 3) {
+      usage(stdout);
+      return CLI_OK;
+    }
+    /* harmonics help COMMAND is COMMAND --help. */
+    command_fn fn = find_command(argv[2]);
+    if (fn) {
+      char help[] = "--help";
+      char *args[] = {help, NULL};
+      return fn(1, args);
+    }
+    fprintf(stderr, "harmonics: no command '%s' to help with\n\n", argv[2]);
+    usage(stderr);
+    return CLI_USAGE;
   }
-  if (strcmp(cmd, "plugins") == 0) return cmd_plugins(argc - 2, argv + 2);
-  if (strcmp(cmd, "train") == 0) return cmd_train(argc - 2, argv + 2);
-  if (strcmp(cmd, "infer") == 0) return cmd_infer(argc - 2, argv + 2);
-  if (strcmp(cmd, "conform") == 0) return cmd_conform(argc - 2, argv + 2);
-  if (strcmp(cmd, "dashboard") == 0) return cmd_dashboard(argc - 2, argv + 2);
-  if (strcmp(cmd, "compile") == 0) return cmd_compile(argc - 2, argv + 2);
-  if (strcmp(cmd, "convert") == 0) return cmd_convert(argc - 2, argv + 2);
+  command_fn fn = find_command(cmd);
+  if (fn) return fn(argc - 2, argv + 2);
   fprintf(stderr, "harmonics: unknown command '%s'\n\n", cmd);
   usage(stderr);
   return CLI_USAGE;

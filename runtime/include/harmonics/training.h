@@ -212,6 +212,7 @@ typedef struct hm_eval_result {
   /* The precision each connection ran at: "in->hidden int3/int3_matmul;
    * hidden->out int4/int4_matmul (why)", truncated with "..." if long. */
   char precision[512];
+  char backend[48]; /* the device that ran it: "cpu:0", "vulkan:1" */
   /* The same per connection with weights, in graph order (the first
    * HM_POLICY_MAX_CONNECTIONS of them; n_connections counts them all). */
   size_t n_connections;

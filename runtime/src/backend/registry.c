@@ -395,8 +395,21 @@ static hm_status unavailable(const char *name) {
       return hm__fail(HM_STATUS_UNAVAILABLE, "backend '%s' is not available: %s", name,
                       r->reason ? r->reason : "skipped");
   }
-  return hm__fail(HM_STATUS_NOT_FOUND, "backend '%s' is not available: no plugin named '%s' was found (searched: %s)",
-                  name, name, reg.search_path ? reg.search_path : "");
+  /* Say what there is, so a typo or a missing driver is plain. */
+  char have[512] = "", skipped[512] = "";
+  size_t hl = 0, sl = 0;
+  for (size_t i = 0; i < reg.records.len; i++) {
+    const plugin_record *r = reg.records.items[i];
+    if (!r->name) continue;
+    if (r->plugin && hl < sizeof have)
+      hl += (size_t)snprintf(have + hl, sizeof have - hl, "%s%s", hl ? ", " : "", r->name);
+    else if (!r->plugin && sl < sizeof skipped)
+      sl += (size_t)snprintf(skipped + sl, sizeof skipped - sl, "%s%s", sl ? ", " : "", r->name);
+  }
+  return hm__fail(HM_STATUS_NOT_FOUND,
+                  "backend '%s' is not available: no plugin named '%s' was found; available: %s%s%s%s (searched: %s)",
+                  name, name, hl ? have : "none", sl ? "; skipped: " : "", skipped,
+                  sl ? " (harmonics plugins says why)" : "", reg.search_path ? reg.search_path : "");
 }
 
 static hm_status parse_spec(const char *spec, char *name, size_t cap, long *index) {

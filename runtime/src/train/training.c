@@ -530,6 +530,7 @@ hm_status hm_graph_inference(hm_graph *g, const hm_policy *policy, const hm_fit_
   if (rc == HM_OK) {
     hm__session_weight_costs(s, out);
     hm__session_precision_summary(s, out->precision, sizeof out->precision);
+    snprintf(out->backend, sizeof out->backend, "%s:%u", hm_device_backend(s->dev), hm_device_index(s->dev));
   }
   hm__session_free(s);
   return rc;
