@@ -5,8 +5,9 @@ function(hm_add_plugin name)
   cmake_parse_arguments(P "NO_INSTALL" "OUTPUT_DIR" "SOURCES;LIBS;INCLUDES" ${ARGN})
   set(target hm_plugin_${name})
   add_library(${target} MODULE ${P_SOURCES})
+  # No RUNPATH: a plugin links only system libraries (its ABI is the header).
   set_target_properties(${target} PROPERTIES PREFIX "" OUTPUT_NAME "hm_${name}"
-    C_VISIBILITY_PRESET hidden)
+    C_VISIBILITY_PRESET hidden INSTALL_RPATH "" SKIP_BUILD_RPATH TRUE)
   if(P_OUTPUT_DIR)
     set_target_properties(${target} PROPERTIES LIBRARY_OUTPUT_DIRECTORY ${P_OUTPUT_DIR})
   else()
