@@ -24,7 +24,7 @@ static double now(void) {
 }
 
 static dash_server *start_server(void) {
-  dash_server_options o = {"127.0.0.1", port, 100000};
+  dash_server_options o = {"127.0.0.1", port, 100000, NULL};
   char err[256];
   dash_server *s = NULL;
   for (int tries = 0; tries < 50 && !s; tries++) { /* the port may linger a moment after a stop */

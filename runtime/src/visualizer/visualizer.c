@@ -49,6 +49,7 @@ static void encode_frame(unsigned char out[FRAME_BYTES], size_t step, float norm
 
 typedef struct visualizer {
   char host[256], path[512];
+  char host_header[300]; /* "host:port", as a browser would send it */
   int port;
   hm_visualizer_options opts;
   pthread_t thread;
@@ -80,8 +81,8 @@ static void connect_now(lws_sorted_usec_list_t *sul) {
   ci.address = v->host;
   ci.port = v->port;
   ci.path = v->path;
-  ci.host = v->host;
-  ci.origin = v->host;
+  ci.host = v->host_header;
+  ci.origin = NULL; /* not a browser page: servers refuse foreign origins, and we have none */
   ci.local_protocol_name = "hm-progress";
   ci.pwsi = &v->wsi;
   if (!lws_client_connect_via_info(&ci)) {
@@ -252,6 +253,7 @@ hm_status hm_websocket_visualizer_create_ex(const char *host, int port, const ch
   }
   snprintf(v->host, sizeof v->host, "%s", host);
   snprintf(v->path, sizeof v->path, "%s", path);
+  snprintf(v->host_header, sizeof v->host_header, strchr(host, ':') ? "[%s]:%d" : "%s:%d", host, port);
   v->port = port;
   v->opts = o;
   v->cap = o.queue_capacity;

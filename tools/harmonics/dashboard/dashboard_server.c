@@ -6,8 +6,15 @@
  */
 #include "dashboard_server.h"
 
+#include <arpa/inet.h>
+#include <dirent.h>
+#include <netdb.h>
+#include <netinet/in.h>
 #include <pthread.h>
 #include <signal.h>
+#include <strings.h>
+#include <sys/socket.h>
+#include <unistd.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -22,6 +29,11 @@ enum { FRAME = 32, BATCH_FRAMES = 2048, HTTP_CHUNK = 4096 };
 
 struct dash_server {
   dash_server_options opts;
+  char address[INET6_ADDRSTRLEN]; /* numeric, what the listening socket is bound to */
+  char token[130];
+  /* Host header values that name this server (with and without the port). */
+  char hosts[12][300];
+  size_t n_hosts;
   pthread_t thread;
   pthread_mutex_t mu;
   atomic_int stop;
@@ -56,6 +68,52 @@ static void append_frame(dash_server *s, const unsigned char *f) {
   if (s->total - s->base > s->cap) s->base = s->total - s->cap;
   s->stats.frames++;
   pthread_mutex_unlock(&s->mu);
+}
+
+/* ===== Who may talk to the server ===== */
+
+static void allow_host(dash_server *s, const char *name) {
+  if (!name || !*name || s->n_hosts + 2 > sizeof s->hosts / sizeof s->hosts[0]) return;
+  int v6 = strchr(name, ':') != NULL && name[0] != '[';
+  snprintf(s->hosts[s->n_hosts++], sizeof s->hosts[0], v6 ? "[%s]" : "%s", name);
+  snprintf(s->hosts[s->n_hosts++], sizeof s->hosts[0], v6 ? "[%s]:%d" : "%s:%d", name, s->opts.port);
+}
+
+static int is_loopback(const char *address) { return !strcmp(address, "127.0.0.1") || !strcmp(address, "::1"); }
+
+/* The Host header names this server: a page under another name (DNS
+ * rebinding) gets nothing. */
+static int host_ok(dash_server *s, struct lws *wsi, char *host, size_t cap) {
+  host[0] = '\0';
+  if (lws_hdr_total_length(wsi, WSI_TOKEN_HOST) >= (int)cap || lws_hdr_copy(wsi, host, (int)cap, WSI_TOKEN_HOST) <= 0)
+    return 0;
+  for (size_t i = 0; i < s->n_hosts; i++)
+    if (!strcasecmp(host, s->hosts[i])) return 1;
+  return 0;
+}
+
+/* A WebSocket upgrade: a browser (it always sends Origin) only from our own
+ * page under one of our names; a trainer (no Origin) needs the token when
+ * there is one. */
+static int upgrade_ok(dash_server *s, struct lws *wsi) {
+  char uri[128] = "", origin[320] = "", host[300] = "";
+  if (lws_hdr_copy(wsi, uri, sizeof uri, WSI_TOKEN_GET_URI) <= 0) return 0;
+  int trainer = !strcmp(uri, "/trainer") || !strcmp(uri, "/metrics");
+  if (!trainer && strcmp(uri, "/browser") != 0) return 0;
+  if (lws_hdr_total_length(wsi, WSI_TOKEN_ORIGIN) > 0) {
+    if (lws_hdr_total_length(wsi, WSI_TOKEN_ORIGIN) >= (int)sizeof origin ||
+        lws_hdr_copy(wsi, origin, sizeof origin, WSI_TOKEN_ORIGIN) <= 0 || !host_ok(s, wsi, host, sizeof host))
+      return 0;
+    char own[320];
+    snprintf(own, sizeof own, "http://%s", host);
+    if (strcasecmp(origin, own) != 0) return 0;
+  }
+  if (trainer && s->token[0]) {
+    char buf[200];
+    const char *t = lws_get_urlarg_by_name(wsi, "token=", buf, sizeof buf);
+    if (!t || strcmp(t, s->token) != 0) return 0;
+  }
+  return 1;
 }
 
 static int http_begin(struct lws *wsi, session *ss, const char *uri) {
@@ -110,13 +168,21 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
   dash_server *s = ctx ? lws_context_user(ctx) : NULL;
   session *ss = user;
   switch (reason) {
-    case LWS_CALLBACK_HTTP: return http_begin(wsi, ss, in);
+    case LWS_CALLBACK_HTTP: {
+      char host[300];
+      if (!host_ok(s, wsi, host, sizeof host)) {
+        if (lws_return_http_status(wsi, HTTP_STATUS_FORBIDDEN, NULL)) return -1;
+        return lws_http_transaction_completed(wsi) ? -1 : 0;
+      }
+      return http_begin(wsi, ss, in);
+    }
+    case LWS_CALLBACK_FILTER_PROTOCOL_CONNECTION: return upgrade_ok(s, wsi) ? 0 : 1;
     case LWS_CALLBACK_HTTP_WRITEABLE: return http_more(wsi, ss);
     case LWS_CALLBACK_ESTABLISHED: {
       char uri[128] = "";
       if (lws_hdr_copy(wsi, uri, sizeof uri, WSI_TOKEN_GET_URI) < 0) uri[0] = '\0';
       memset(ss, 0, sizeof *ss);
-      if (!strcmp(uri, "/trainer")) ss->role = 1;
+      if (!strcmp(uri, "/trainer") || !strcmp(uri, "/metrics")) ss->role = 1;
       else if (!strcmp(uri, "/browser")) ss->role = 2;
       else return -1; /* trainers and browsers are told apart by path */
       pthread_mutex_lock(&s->mu);
@@ -176,6 +242,66 @@ static void *service_main(void *arg) {
   return NULL;
 }
 
+/* The numeric address |host| (an address or a name) stands for. */
+static int resolve_host(const char *host, char *out, size_t out_cap, int *family, char *err, size_t cap) {
+  struct addrinfo hints, *res = NULL;
+  memset(&hints, 0, sizeof hints);
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_ADDRCONFIG;
+  int rc = getaddrinfo(host, NULL, &hints, &res);
+  if (rc != 0 || !res) {
+    snprintf(err, cap, "--host '%s' does not resolve: %s", host, rc ? gai_strerror(rc) : "no address");
+    return 1;
+  }
+  /* A name with both families: the first, as a client would pick. */
+  rc = getnameinfo(res->ai_addr, res->ai_addrlen, out, (socklen_t)out_cap, NULL, 0, NI_NUMERICHOST);
+  *family = res->ai_family;
+  freeaddrinfo(res);
+  if (rc != 0) {
+    snprintf(err, cap, "--host '%s': %s", host, gai_strerror(rc));
+    return 1;
+  }
+  return 0;
+}
+
+/* Reads back what the listening socket of our port is bound to: exactly the
+ * address asked for, or the start fails (never a wildcard by surprise). */
+static int check_bound(dash_server *s, char *err, size_t cap) {
+  DIR *d = opendir("/proc/self/fd");
+  if (!d) {
+    snprintf(err, cap, "cannot check the listening socket: /proc/self/fd: unreadable");
+    return 1;
+  }
+  int found = 0;
+  char wrong[INET6_ADDRSTRLEN] = "";
+  struct dirent *e;
+  while ((e = readdir(d)) != NULL) {
+    int fd = atoi(e->d_name), listening = 0;
+    socklen_t len = sizeof listening;
+    if (e->d_name[0] == '.' || fd == dirfd(d)) continue;
+    if (getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &len) != 0 || !listening) continue;
+    struct sockaddr_storage sa;
+    socklen_t sl = sizeof sa;
+    if (getsockname(fd, (struct sockaddr *)&sa, &sl) != 0) continue;
+    int port = sa.ss_family == AF_INET    ? ntohs(((struct sockaddr_in *)&sa)->sin_port)
+               : sa.ss_family == AF_INET6 ? ntohs(((struct sockaddr_in6 *)&sa)->sin6_port)
+                                          : -1;
+    if (port != s->opts.port) continue;
+    char addr[INET6_ADDRSTRLEN] = "";
+    if (getnameinfo((struct sockaddr *)&sa, sl, addr, sizeof addr, NULL, 0, NI_NUMERICHOST) != 0) continue;
+    found++;
+    if (strcmp(addr, s->address) != 0) snprintf(wrong, sizeof wrong, "%s", addr);
+  }
+  closedir(d);
+  if (!found) snprintf(err, cap, "listening on %s:%d failed: no listening socket", s->address, s->opts.port);
+  else if (wrong[0])
+    snprintf(err, cap, "asked to listen on %s:%d but the socket is bound to %s", s->address, s->opts.port, wrong);
+  return !found || wrong[0];
+}
+
+const char *dash_server_address(const dash_server *s) { return s->address; }
+
 dash_server *dash_server_start(const dash_server_options *o, char *err, size_t cap) {
   dash_server *s = calloc(1, sizeof *s);
   if (!s) {
@@ -192,21 +318,43 @@ dash_server *dash_server_start(const dash_server_options *o, char *err, size_t c
     dash_server_stop(s);
     return NULL;
   }
+  int family = 0;
+  if (resolve_host(o->host ? o->host : "127.0.0.1", s->address, sizeof s->address, &family, err, cap)) {
+    dash_server_stop(s);
+    return NULL;
+  }
+  snprintf(s->token, sizeof s->token, "%s", o->token ? o->token : "");
+  allow_host(s, "localhost");
+  allow_host(s, "127.0.0.1");
+  allow_host(s, "::1");
+  allow_host(s, s->address);
+  allow_host(s, o->host);
+  if (!is_loopback(s->address)) {
+    char name[256];
+    if (gethostname(name, sizeof name) == 0) allow_host(s, name);
+  }
   lws_set_log_level(LLL_ERR, quiet_log);
   struct lws_context_creation_info info;
   memset(&info, 0, sizeof info);
   info.port = o->port;
-  info.iface = o->host;
+  info.iface = s->address;
   info.protocols = protocols;
   info.user = s;
   info.gid = -1;
   info.uid = -1;
   /* The page's scripts and styles are files, so the strict headers fit. */
   info.options = LWS_SERVER_OPTION_HTTP_HEADERS_SECURITY_BEST_PRACTICES_ENFORCE;
+  /* lws binds the IPv6 wildcard for an IPv4 address unless told not to. */
+  if (family == AF_INET) info.options |= LWS_SERVER_OPTION_DISABLE_IPV6;
   s->ctx = lws_create_context(&info);
   if (!s->ctx) {
-    snprintf(err, cap, "cannot listen on %s:%d (in use, or not an address of this host)", o->host ? o->host : "*",
-             o->port);
+    snprintf(err, cap, "cannot listen on %s:%d (in use, or not an address of this host)", s->address, o->port);
+    dash_server_stop(s);
+    return NULL;
+  }
+  if (check_bound(s, err, cap)) {
+    lws_context_destroy(s->ctx);
+    s->ctx = NULL;
     dash_server_stop(s);
     return NULL;
   }
@@ -265,5 +413,9 @@ size_t dash_server_copy_frames(dash_server *s, size_t first, unsigned char *out,
   return 0;
 }
 void dash_server_stop(dash_server *s) { (void)s; }
+const char *dash_server_address(const dash_server *s) {
+  (void)s;
+  return "";
+}
 
 #endif
