@@ -146,7 +146,15 @@ static void csv_files(void) {
   HM_CHECK_STR_CONTAINS(hm_last_error(), "ragged.csv:2: expected 2 fields, got 1");
   write_text("text.csv", "1,2\n3,x\n");
   HM_CHECK_EQ(hm_producer_open_csv(path_of("text.csv"), &p), HM_STATUS_PARSE_ERROR);
-  HM_CHECK_STR_CONTAINS(hm_last_error(), "text.csv:2: a field is not a finite number");
+  HM_CHECK_STR_CONTAINS(hm_last_error(), "text.csv:2: column 2 ('x') is not a finite number");
+  /* A first row with one bad field is not a header (it was taken as one and
+   * dropped): a header holds no numbers at all. */
+  write_text("typo.csv", "1,2,3x\n4,5,6\n");
+  HM_CHECK_EQ(hm_producer_open_csv(path_of("typo.csv"), &p), HM_STATUS_PARSE_ERROR);
+  HM_CHECK_STR_CONTAINS(hm_last_error(),
+                        "typo.csv:1: column 3 ('3x') is not a finite number (a header row holds no numbers; this row "
+                        "mixes both)");
+  HM_CHECK(p == NULL);
   write_text("nan.csv", "1,nan\n");
   HM_CHECK_EQ(hm_producer_open_csv(path_of("nan.csv"), &p), HM_STATUS_PARSE_ERROR);
   write_text("empty.csv", "x,y\n");

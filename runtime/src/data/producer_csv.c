@@ -1,4 +1,6 @@
-/* CSV files of numbers, with an optional header row. */
+/* CSV files of numbers, with an optional header row: a first row none of
+ * whose fields is a number. Any other row with a field that is not a finite
+ * number is an error naming its line and column. */
 #include <ctype.h>
 #include <errno.h>
 #include <math.h>
@@ -43,14 +45,21 @@ hm_status hm_producer_open_csv(const char *path, hm_producer **out) {
     while (k < lend && isspace((unsigned char)text[k])) k++;
     if (k < lend) {
       /* Split the line. */
-      size_t fields = 0, start = pos;
+      size_t fields = 0, start = pos, numeric_fields = 0, bad_column = 0;
       int numeric = 1;
+      char bad[24] = "";
       size_t mark = n_values;
       for (size_t i = pos; i <= lend && st == HM_OK; i++) {
         if (i < lend && text[i] != ',') continue;
         float v;
-        if (!parse_field(text + start, i - start, &v)) numeric = 0;
-        else {
+        if (!parse_field(text + start, i - start, &v)) {
+          if (numeric) { /* the first bad field, for the message */
+            bad_column = fields + 1;
+            snprintf(bad, sizeof bad, "%.*s", (int)(i - start < 20 ? i - start : 20), text + start);
+          }
+          numeric = 0;
+        } else {
+          numeric_fields++;
           if (n_values == cap) {
             size_t ncap = cap ? cap * 2 : 1024;
             float *nv = realloc(values, ncap * sizeof *nv);
@@ -68,10 +77,12 @@ hm_status hm_producer_open_csv(const char *path, hm_producer **out) {
       if (st != HM_OK) break;
       if (!numeric) {
         n_values = mark;
-        if (rows == 0 && width == 0) {
+        if (rows == 0 && width == 0 && numeric_fields == 0) {
           width = fields; /* a header line fixes the width too */
         } else {
-          st = hm__fail(HM_STATUS_PARSE_ERROR, "%s:%d: a field is not a finite number", path, line);
+          st = hm__fail(HM_STATUS_PARSE_ERROR, "%s:%d: column %zu ('%s') is not a finite number%s", path, line,
+                        bad_column, bad,
+                        rows == 0 && width == 0 ? " (a header row holds no numbers; this row mixes both)" : "");
           break;
         }
       } else {
