@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <sys/resource.h>
 #include <zlib.h>
 
 #include "harmonics/harmonics.h"
@@ -121,7 +122,24 @@ static void idx_bad_files(void) {
   unsigned char zero[] = {0, 0, 8, 1, 0, 0, 0, 0};
   expect_idx_error(zero, sizeof zero, HM_STATUS_DATA_LOSS, "dimension 0 is zero");
   expect_idx_error(img, 2, HM_STATUS_DATA_LOSS, "truncated");
+  /* A gzip bomb: a header for 10 labels, then 64 MiB of zeros (64 KiB
+   * compressed). Inflation stops one byte past what the header needs: the
+   * process does not grow by the bomb's size. */
+  const char *bomb = path_of("bomb-idx1-ubyte.gz");
+  gzFile gz = gzopen(bomb, "wb9");
+  unsigned char head[8] = {0, 0, 8, 1, 0, 0, 0, 10}, *zeros = calloc(1, 1 << 20);
+  gzwrite(gz, head, sizeof head);
+  for (int i = 0; zeros && i < 64; i++) gzwrite(gz, zeros, 1 << 20);
+  gzclose(gz);
+  free(zeros);
+  struct rusage before, after;
+  getrusage(RUSAGE_SELF, &before);
   hm_producer *p = NULL;
+  HM_CHECK_EQ(hm_producer_open_idx(bomb, &p), HM_STATUS_DATA_LOSS);
+  HM_CHECK_STR_CONTAINS(hm_last_error(), "10 bytes of data expected after the header, but the file has more");
+  getrusage(RUSAGE_SELF, &after);
+  HM_CHECK_MSG(after.ru_maxrss - before.ru_maxrss < 16 * 1024, "opening the bomb grew the process by %ld KiB",
+               after.ru_maxrss - before.ru_maxrss);
   HM_CHECK_EQ(hm_producer_open_idx("/nonexistent/train-images-idx3-ubyte.gz", &p), HM_STATUS_NOT_FOUND);
   HM_CHECK_STR_CONTAINS(hm_last_error(), "/nonexistent/train-images-idx3-ubyte.gz");
 }
