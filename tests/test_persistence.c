@@ -10,6 +10,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -589,12 +590,31 @@ static void killed_save_leaves_previous_file(void) {
     }
   }
   HM_CHECK_EQ(kills, 15);
+  /* A killed writer leaves nothing behind that the next save does not
+   * clean: plant the debris of a dead writer (its pid no longer exists)
+   * next to a live process's, save, and only the live one's remains. */
+  pid_t dead = fork();
+  if (dead == 0) _exit(0);
+  waitpid(dead, NULL, 0);
+  char stale[600], live[600];
+  snprintf(stale, sizeof stale, "%s.tmp.%ld.0", target, (long)dead);
+  snprintf(live, sizeof live, "%s.tmp.%ld.99", target, (long)getppid());
+  spit(stale, "x", 1);
+  spit(live, "x", 1);
+  mode_t old_mask = umask(027);
+  HM_CHECK_OK(hm_save_weights_file(w[0], target));
+  umask(old_mask);
+  HM_CHECK_MSG(access(stale, F_OK) != 0, "a dead writer's temporary %s survived the next save", stale);
+  HM_CHECK_MSG(access(live, F_OK) == 0, "a live process's temporary was removed");
+  unlink(live);
+  char cmd[700];
+  snprintf(cmd, sizeof cmd, "ls %s.tmp.* 2>/dev/null | grep -q .", target);
+  HM_CHECK_MSG(system(cmd) != 0, "temporary files of %s remain after the kills and a clean save", target);
+  /* The saved file has the umask's permissions (0666 & ~027), set when it is created. */
+  struct stat sb;
+  HM_CHECK(stat(target, &sb) == 0 && (sb.st_mode & 0777) == 0640);
   hm_weights_free(w[0]);
   hm_weights_free(w[1]);
-  /* Leftover temporary files from killed writers are the only debris. */
-  char cmd[600];
-  snprintf(cmd, sizeof cmd, "rm -f %s.tmp.*", target);
-  HM_CHECK(system(cmd) == 0);
 }
 
 static void setup(void) {
