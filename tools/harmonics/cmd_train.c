@@ -306,8 +306,10 @@ static void close_dashboard(progress_ui *ui) {
   if (hm_websocket_visualizer_flush(&ui->dashboard, 2.0) != HM_OK) fprintf(stderr, "harmonics: %s\n", hm_last_error());
   hm_websocket_visualizer_stats(&ui->dashboard, &vstats);
   hm_websocket_visualizer_free(&ui->dashboard);
-  fprintf(stderr, "dashboard: %llu updates, %llu sent, %llu dropped, %llu not delivered, %llu connection(s)\n",
-          (unsigned long long)vstats.queued, (unsigned long long)vstats.sent, (unsigned long long)vstats.dropped,
+  fprintf(stderr,
+          "dashboard: %llu updates, %llu written to the socket (delivery is not acknowledged), %llu dropped, %llu "
+          "not written, %llu connection(s)\n",
+          (unsigned long long)vstats.queued, (unsigned long long)vstats.written, (unsigned long long)vstats.dropped,
           (unsigned long long)vstats.pending, (unsigned long long)vstats.connects);
 }
 

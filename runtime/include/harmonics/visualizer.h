@@ -52,9 +52,12 @@ HM_API HM_MUST_USE hm_status hm_websocket_visualizer_open_url(const char *url, c
 
 typedef struct hm_visualizer_stats {
   uint64_t queued;      /* updates given to the sink */
-  uint64_t sent;        /* frames written to a connection */
+  /* Frames written to the connection's socket. The protocol has no
+   * acknowledgement, so this is not proof of delivery: a server that closes
+   * or never reads still counts here until the socket reports the failure. */
+  uint64_t written;
   uint64_t dropped;     /* frames dropped because the queue was full */
-  uint64_t pending;     /* frames waiting in the queue */
+  uint64_t pending;     /* frames waiting in the queue (never written) */
   uint64_t connects;    /* successful connections */
   uint64_t disconnects; /* connections lost */
   int connected;

@@ -117,6 +117,14 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
       hm__log(HM_LOG_TRAIN, "visualizer: connected to ws://%s:%d%s", v->host, v->port, v->path);
       if (more) lws_callback_on_writable(wsi);
       break;
+    case LWS_CALLBACK_CLIENT_RECEIVE:
+      /* The protocol only sends: any data from the server is a violation,
+       * so the first receive buffer of it closes the connection and a
+       * hostile server cannot make training parse an endless stream. (Not
+       * reading at all, with rx flow control, would also hide the server's
+       * close, and the next frames would go into a dead socket.) */
+      hm__log(HM_LOG_TRAIN, "visualizer: the server sent %zu bytes; closing (trainers only send)", len);
+      return -1;
     case LWS_CALLBACK_CLIENT_WRITEABLE: {
       pthread_mutex_lock(&v->mu);
       int have = v->count > 0;
@@ -133,7 +141,7 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
         v->count--;
         v->head_seq++;
       }
-      v->stats.sent++;
+      v->stats.written++;
       more = v->count > 0;
       if (!more) pthread_cond_broadcast(&v->cv);
       pthread_mutex_unlock(&v->mu);
@@ -312,7 +320,7 @@ hm_status hm_websocket_visualizer_flush(const hm_progress_sink *sink, double sec
   if (!sink || sink->fn != sink_fn || !sink->user)
     return hm__fail(HM_STATUS_INVALID_ARGUMENT, "visualizer: not a WebSocket visualizer sink");
   size_t left = wait_drained(sink->user, seconds);
-  if (left) return hm__fail(HM_STATUS_UNAVAILABLE, "visualizer: %zu frames not delivered (is the server running?)", left);
+  if (left) return hm__fail(HM_STATUS_UNAVAILABLE, "visualizer: %zu frames not written (is the server running?)", left);
   return HM_OK;
 }
 
