@@ -258,6 +258,54 @@ static void every_error_path_names_the_place(void) {
   hm_graph_free(g);
 }
 
+/* Large graphs: every layer of 600 feeds every later one (179,700
+ * connections, the audit's hostile file). Lookups are hashed, so the
+ * duplicate and consumer checks still hold at this size; past the cap of
+ * connections the builder refuses with a clear message. */
+static void large_graphs_and_the_connection_cap(void) {
+  size_t layers = 600, cap = 64 + layers * 24 + layers * layers * 20, n = 0;
+  char *t = malloc(cap);
+  HM_CHECK(t != NULL);
+  if (!t) return;
+  n += (size_t)snprintf(t + n, cap - n, "producer x {4}; consumer y;");
+  for (size_t i = 0; i < layers; i++) n += (size_t)snprintf(t + n, cap - n, " layer l%zu {4};", i);
+  n += (size_t)snprintf(t + n, cap - n, " cycle { x -> l0; l0 -> y;");
+  for (size_t i = 0; i < layers; i++)
+    for (size_t j = i + 1; j < layers; j++) n += (size_t)snprintf(t + n, cap - n, " l%zu -> l%zu;", i, j);
+  size_t body = n;
+  n += (size_t)snprintf(t + n, cap - n, " }");
+  hm_graph *g = NULL;
+  HM_CHECK_OK(hm_graph_parse(t, n, "big.hmx", &g));
+  HM_CHECK_EQ(hm_graph_connection_count(g), 2 + layers * (layers - 1) / 2);
+  hm_graph_free(g);
+  g = NULL;
+  n = body + (size_t)snprintf(t + body, cap - body, " l17 -> l400; }");
+  HM_CHECK_EQ(hm_graph_parse(t, n, "big.hmx", &g), HM_STATUS_INVALID_ARGUMENT);
+  HM_CHECK_STR_CONTAINS(hm_last_error(), "the connection l17 -> l400 appears twice");
+  n = body + (size_t)snprintf(t + body, cap - body, " l599 -> y; }");
+  HM_CHECK_EQ(hm_graph_parse(t, n, "big.hmx", &g), HM_STATUS_INVALID_ARGUMENT);
+  HM_CHECK_STR_CONTAINS(hm_last_error(), "consumer 'y' is already fed by 'l0'");
+  free(t);
+  /* 725 layers all feeding each other exceed 262,144 connections. */
+  HM_CHECK_OK(hm_graph_create("cap", &g));
+  char a[16], b[16];
+  for (int i = 0; i < 725; i++) {
+    snprintf(a, sizeof a, "l%d", i);
+    HM_CHECK_OK(hm_graph_add_layer(g, a, 2));
+  }
+  hm_status st = HM_OK;
+  for (int i = 0; i < 725 && st == HM_OK; i++)
+    for (int j = i + 1; j < 725 && st == HM_OK; j++) {
+      snprintf(a, sizeof a, "l%d", i);
+      snprintf(b, sizeof b, "l%d", j);
+      st = hm_graph_connect(g, a, b, "id");
+    }
+  HM_CHECK_EQ(st, HM_STATUS_OUT_OF_RANGE);
+  HM_CHECK_STR_CONTAINS(hm_last_error(), "more than 262144 connections");
+  HM_CHECK_EQ(hm_graph_connection_count(g), 262144);
+  hm_graph_free(g);
+}
+
 static void load_dsl_file_errors(void) {
   hm_graph *g = NULL;
   HM_CHECK_EQ(hm_graph_load_dsl("/nonexistent/model.hmx", &g), HM_STATUS_NOT_FOUND);
@@ -279,6 +327,7 @@ static const hm_test_case cases[] = {
     HM_TEST_CASE(builder_makes_the_same_graph),
     HM_TEST_CASE(widths_resolve),
     HM_TEST_CASE(every_error_path_names_the_place),
+    HM_TEST_CASE(large_graphs_and_the_connection_cap),
     HM_TEST_CASE(load_dsl_file_errors),
 };
 HM_TEST_MAIN(cases)

@@ -32,6 +32,8 @@ void hm_graph_free(hm_graph *g) {
   }
   free(g->nodes);
   free(g->edges);
+  hm__hash_free(&g->node_index);
+  hm__hash_free(&g->edge_index);
   free(g->taps);
   hm_weights_free(g->weights);
   hm__sb_free(&g->warnings);
@@ -40,10 +42,35 @@ void hm_graph_free(hm_graph *g) {
   free(g);
 }
 
+typedef struct name_key {
+  const hm_graph *g;
+  const char *name;
+} name_key;
+
+static int same_node(const void *ctx, size_t i) {
+  const name_key *k = ctx;
+  return strcmp(k->g->nodes[i].name, k->name) == 0;
+}
+
 long hm__graph_find(const hm_graph *g, const char *name) {
-  for (size_t i = 0; i < g->n_nodes; i++)
-    if (strcmp(g->nodes[i].name, name) == 0) return (long)i;
-  return -1;
+  name_key k = {g, name};
+  size_t i = hm__hash_find(&g->node_index, hm__hash_str(name), same_node, &k);
+  return i == HM_HASH_NONE ? -1 : (long)i;
+}
+
+typedef struct edge_key {
+  const hm_graph *g;
+  size_t src, dst;
+} edge_key;
+
+static uint64_t edge_hash(size_t src, size_t dst) {
+  size_t k[2] = {src, dst};
+  return hm__hash_bytes(k, sizeof k);
+}
+
+static int same_edge(const void *ctx, size_t i) {
+  const edge_key *k = ctx;
+  return k->g->edges[i].src == k->src && k->g->edges[i].dst == k->dst;
 }
 
 static int valid_name(const char *s) {
@@ -92,6 +119,10 @@ hm_status hm__graph_add_node(hm_graph *g, const char *name, hm_node_kind kind, s
   n->declared_width = width;
   n->line = line;
   n->col = col;
+  if (hm__hash_add(&g->node_index, hm__hash_str(name), g->n_nodes) != HM_OK) {
+    free(n->name);
+    return HM_STATUS_RESOURCE_EXHAUSTED;
+  }
   g->n_nodes++;
   hm_weights_free(g->weights); /* the parameter set no longer fits */
   g->weights = NULL;
@@ -109,17 +140,21 @@ hm_status hm__graph_add_edge(hm_graph *g, size_t src, size_t dst, uint32_t activ
     return hm__fail(HM_STATUS_INVALID_ARGUMENT, "%s'%s' is a producer: only layers and consumers receive connections",
                     where, d->name);
   if (src == dst) return hm__fail(HM_STATUS_INVALID_ARGUMENT, "%s'%s' cannot feed itself", where, s->name);
-  for (size_t i = 0; i < g->n_edges; i++) {
-    if (g->edges[i].src == src && g->edges[i].dst == dst)
-      return hm__fail(HM_STATUS_INVALID_ARGUMENT, "%sthe connection %s -> %s appears twice", where, s->name, d->name);
-    if (d->kind == HM_NODE_CONSUMER && g->edges[i].dst == dst)
-      return hm__fail(HM_STATUS_INVALID_ARGUMENT, "%sconsumer '%s' is already fed by '%s'", where, d->name,
-                      g->nodes[g->edges[i].src].name);
-  }
+  edge_key k = {g, src, dst};
+  uint64_t h = edge_hash(src, dst);
+  if (hm__hash_find(&g->edge_index, h, same_edge, &k) != HM_HASH_NONE)
+    return hm__fail(HM_STATUS_INVALID_ARGUMENT, "%sthe connection %s -> %s appears twice", where, s->name, d->name);
+  if (d->kind == HM_NODE_CONSUMER && d->fed_by)
+    return hm__fail(HM_STATUS_INVALID_ARGUMENT, "%sconsumer '%s' is already fed by '%s'", where, d->name,
+                    g->nodes[g->edges[d->fed_by - 1].src].name);
+  if (g->n_edges >= HM_MAX_EDGES)
+    return hm__fail(HM_STATUS_OUT_OF_RANGE, "%smore than %d connections", where, HM_MAX_EDGES);
   if (activation >= HM_ABI_ACT_COUNT) return hm__fail(HM_STATUS_INVALID_ARGUMENT, "%sunknown activation %u", where, activation);
   hm_edge *edges = grow(g->edges, &g->cap_edges, g->n_edges, sizeof *edges);
   if (!edges) return hm__fail(HM_STATUS_RESOURCE_EXHAUSTED, "out of memory");
   g->edges = edges;
+  HM_RETURN_IF_ERROR(hm__hash_add(&g->edge_index, h, g->n_edges));
+  if (d->kind == HM_NODE_CONSUMER) g->nodes[dst].fed_by = g->n_edges + 1;
   edges[g->n_edges++] = (hm_edge){src, dst, activation, line, col};
   hm_weights_free(g->weights);
   g->weights = NULL;
@@ -140,6 +175,9 @@ hm_status hm__graph_add_tap(hm_graph *g, size_t layer, size_t target, uint32_t l
     if (g->taps[i].layer == layer && g->taps[i].target == target)
       return hm__fail(HM_STATUS_INVALID_ARGUMENT, "%sthe loss %s <- %s appears twice", where, l->name, t->name);
   if (loss >= HM_ABI_LOSS_COUNT) return hm__fail(HM_STATUS_INVALID_ARGUMENT, "%sunknown loss %u", where, loss);
+  /* At most one loss per layer and target pair, and (with the cap) a
+   * bounded duplicate check. */
+  if (g->n_taps >= HM_MAX_NODES) return hm__fail(HM_STATUS_OUT_OF_RANGE, "%smore than %d losses", where, HM_MAX_NODES);
   hm_tap *taps = grow(g->taps, &g->cap_taps, g->n_taps, sizeof *taps);
   if (!taps) return hm__fail(HM_STATUS_RESOURCE_EXHAUSTED, "out of memory");
   g->taps = taps;

@@ -13,9 +13,13 @@
 #include "harmonics/graph.h"
 #include "base/base.h"
 #include "base/container.h"
+#include "base/hash_index.h"
 #include "weights/weights.h"
 
 #define HM_MAX_NODES 4096
+/* Connections: far beyond real models (each is a weight matrix), small
+ * enough that a hostile file loads in well under a second. */
+#define HM_MAX_EDGES 262144
 
 typedef struct hm_node {
   char *name;
@@ -29,6 +33,7 @@ typedef struct hm_node {
   hm_producer *train;    /* bindings (borrowed) */
   hm_producer *eval;
   hm_consumer *consumer;
+  size_t fed_by;         /* consumers: 1 + the connection feeding it; 0 while none */
 } hm_node;
 
 /* src -(activation)-> dst */
@@ -56,6 +61,9 @@ struct hm_graph {
   size_t n_taps, cap_taps;
   hm_weights *weights;
   hm_strbuf warnings;
+  /* Lookups by name and by (src, dst), so building a graph of n
+   * connections costs O(n), whatever a file declares. */
+  hm_hash_index node_index, edge_index;
 };
 
 /* Index of the node named |name|, or -1. */

@@ -109,7 +109,7 @@ hm_status hm__graph_decode(hm_reader *r, hm_graph **out) {
   for (size_t i = 0; i < g->n_nodes && r->status == HM_OK; i++)
     if (g->nodes[i].has_ratio && hm__graph_find(g, g->nodes[i].ratio_ref) < 0)
       hm__reader_fail(r, "the ratio of '%s' refers to unknown node '%s'", g->nodes[i].name, g->nodes[i].ratio_ref);
-  size_t ne = hm__read_count(r, 12, (size_t)HM_MAX_NODES * HM_MAX_NODES, "connection count");
+  size_t ne = hm__read_count(r, 12, HM_MAX_EDGES, "connection count");
   for (size_t i = 0; i < ne && r->status == HM_OK; i++) {
     uint32_t s = hm__read_u32(r, "connection source"), d = hm__read_u32(r, "connection target"),
              a = hm__read_u32(r, "activation");
@@ -117,7 +117,7 @@ hm_status hm__graph_decode(hm_reader *r, hm_graph **out) {
     if (s >= g->n_nodes || d >= g->n_nodes) hm__reader_fail(r, "connection %zu refers to node %u of %zu", i, s >= g->n_nodes ? s : d, g->n_nodes);
     else if (hm__graph_add_edge(g, s, d, a, 0, 0) != HM_OK) hm__reader_fail(r, "connection %zu: %s", i, hm_last_error());
   }
-  size_t nt = hm__read_count(r, 12, (size_t)HM_MAX_NODES * HM_MAX_NODES, "loss count");
+  size_t nt = hm__read_count(r, 12, HM_MAX_NODES, "loss count");
   for (size_t i = 0; i < nt && r->status == HM_OK; i++) {
     uint32_t l = hm__read_u32(r, "loss layer"), t = hm__read_u32(r, "loss target"), k = hm__read_u32(r, "loss kind");
     if (r->status != HM_OK) break;

@@ -6,12 +6,14 @@
 
 #include "harmonics/weights.h"
 #include "base/base.h"
+#include "base/hash_index.h"
 #include "weights/weights.h"
 
 struct hm_weights {
   hm_tensor *items;
   size_t len, cap;
-  size_t refs; /* owners beyond the first (hm__weights_share) */
+  size_t refs;        /* owners beyond the first (hm__weights_share) */
+  hm_hash_index by_name; /* O(1) lookups: a file of n tensors loads in O(n) */
 };
 
 size_t hm__dtype_size(uint32_t dtype) {
@@ -64,13 +66,24 @@ void hm_weights_free(hm_weights *w) {
     free(w->items[i].data);
   }
   free(w->items);
+  hm__hash_free(&w->by_name);
   free(w);
 }
 
+typedef struct name_key {
+  const hm_weights *w;
+  const char *name;
+} name_key;
+
+static int same_name(const void *ctx, size_t i) {
+  const name_key *k = ctx;
+  return strcmp(k->w->items[i].name, k->name) == 0;
+}
+
 static long find_index(const hm_weights *w, const char *name) {
-  for (size_t i = 0; i < w->len; i++)
-    if (strcmp(w->items[i].name, name) == 0) return (long)i;
-  return -1;
+  name_key k = {w, name};
+  size_t i = hm__hash_find(&w->by_name, hm__hash_str(name), same_name, &k);
+  return i == HM_HASH_NONE ? -1 : (long)i;
 }
 
 hm_status hm_weights_set(hm_weights *w, const char *name, uint32_t dtype, uint32_t rank, const uint64_t *shape,
@@ -101,6 +114,11 @@ hm_status hm_weights_set(hm_weights *w, const char *name, uint32_t dtype, uint32
       }
       w->items = items;
       w->cap = cap;
+    }
+    if (hm__hash_add(&w->by_name, hm__hash_str(name), w->len) != HM_OK) {
+      free(copy);
+      free(ncopy);
+      return HM_STATUS_RESOURCE_EXHAUSTED;
     }
     at = (long)w->len++;
   } else {
