@@ -142,6 +142,30 @@ static void preference_list_picks_first_available(void) {
   HM_CHECK_OK(hm_registry_shutdown());
 }
 
+/* Only the selected backends are initialised: a CPU run never starts the
+ * others (tp_init_fail's init would fail; it is not called at all). */
+static void only_selected_backends_are_initialised(void) {
+  HM_CHECK_OK(init_with_test_plugins("cpu"));
+  expect_skipped("hm_tp_init_fail.so", HM_STATUS_UNAVAILABLE, "not initialised: the backend selection is 'cpu'");
+  expect_skipped("hm_tp_ok.so", HM_STATUS_UNAVAILABLE, "not initialised: the backend selection is 'cpu'");
+  hm_device *dev = NULL;
+  HM_CHECK_OK(hm_device_open(NULL, NULL, &dev));
+  if (dev) {
+    HM_CHECK(strcmp(hm_device_backend(dev), "cpu") == 0);
+    hm_device_close(dev);
+  }
+  HM_CHECK_EQ(hm_device_open("tp_ok", NULL, &dev), HM_STATUS_UNAVAILABLE);
+  HM_CHECK_STR_CONTAINS(hm_last_error(), "backend 'tp_ok' is not available: ");
+  HM_CHECK_STR_CONTAINS(hm_last_error(), "hm_tp_ok.so: not initialised: the backend selection is 'cpu'");
+  HM_CHECK_OK(hm_registry_shutdown());
+  /* A preference list initialises each of its entries. */
+  HM_CHECK_OK(init_with_test_plugins("tp_ok:0, cpu"));
+  hm_plugin_report r;
+  HM_CHECK(find_report("hm_tp_ok.so", &r) && r.loaded);
+  expect_skipped("hm_tp_init_fail.so", HM_STATUS_UNAVAILABLE, "not initialised");
+  HM_CHECK_OK(hm_registry_shutdown());
+}
+
 static void negotiation_across_host_versions(void) {
   hm_plugin_open_options o = hm_plugin_open_options_default();
   hm_loaded_plugin *p = NULL;
@@ -251,6 +275,7 @@ static const hm_test_case cases[] = {
     HM_TEST_CASE(loader_skips_each_broken_plugin_with_reason),
     HM_TEST_CASE(selection_errors_name_the_reason),
     HM_TEST_CASE(preference_list_picks_first_available),
+    HM_TEST_CASE(only_selected_backends_are_initialised),
     HM_TEST_CASE(negotiation_across_host_versions),
     HM_TEST_CASE(unknown_plugin_option_is_an_error),
     HM_TEST_CASE(config_file_is_read_and_validated),

@@ -233,7 +233,7 @@ printf 'producer x {3};\nlayer y {2};\ncycle { x -> y; y <-(mse)- x; }\n' >"$wor
 msg=$("$bin" train "$work/wrongwidth.hmx" --dataset fashion-mnist --limit-train 10 2>&1)
 check "a width error names the file once: $msg" test "$(grep -o "wrongwidth.hmx" <<<"$msg" | wc -l)" -eq 1
 msg=$("$bin" train "$model" --dataset fashion-mnist --limit-train 10 --backend tpu 2>&1)
-check "an unknown backend lists the ones there are: $msg" grep -q "no plugin named 'tpu' was found; available: cpu" <<<"$msg"
+check "an unknown backend lists the ones there are: $msg" grep -q "no plugin named 'tpu' was found; the plugins found are cpu" <<<"$msg"
 out=$("$bin" train "$model" --dataset fashion-mnist --limit-train 200 --limit-eval 100 2>&1)
 check "train says which backend ran" grep -q "^backend: cpu:0$" <<<"$out"
 out=$("$bin" infer "$model" --weights "$work/fm.safetensors" --dataset fashion-mnist --limit 100 2>&1)

@@ -82,7 +82,7 @@ int cmd_infer(int argc, char **argv) {
     return CLI_USAGE;
   }
   o.threads = (unsigned)threads;
-  if (cli_registry_init(config, NULL) != CLI_OK) return CLI_FAILED;
+  if (cli_registry_init(config, o.backend) != CLI_OK) return CLI_FAILED;
   hm_graph *g = NULL;
   if (cli_load_model(model, &g) != CLI_OK) return CLI_FAILED;
   cli_sources src = {{0}, 0, 0};

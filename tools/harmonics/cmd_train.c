@@ -397,7 +397,8 @@ int cmd_train(int argc, char **argv) {
   int done = 0;
   int rc = parse_args(argc, argv, &t, &done);
   if (rc != CLI_OK || done) return rc;
-  if (cli_registry_init(t.config, NULL) != CLI_OK) return CLI_FAILED;
+  /* The chosen backend alone is initialised (no CUDA start-up for a CPU run). */
+  if (cli_registry_init(t.config, t.o.backend) != CLI_OK) return CLI_FAILED;
   hm_graph *g = NULL;
   cli_sources src = {{0}, 0, 0};
   hm_cycle_state *resume_state = NULL, *st = NULL;

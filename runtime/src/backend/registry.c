@@ -89,6 +89,21 @@ static void skip(plugin_record *r, hm_status status, const char *reason) {
   hm__log(HM_LOG_LOADER, "skipped %s: %s", r->path, reason);
 }
 
+/* Whether backend |name| is in the configured selection (a name, name:N, a
+ * preference list of them, or none/"auto": every backend). Only selected
+ * backends are initialised, so a run on the CPU never starts CUDA. */
+static int selected(const char *name) {
+  const char *sel = reg.config.backend;
+  if (!sel || !*sel) return 1;
+  for (const char *p = sel; *p;) {
+    while (*p == ' ' || *p == ',') p++;
+    size_t n = strcspn(p, ":,");
+    if ((n == 4 && !strncmp(p, "auto", 4)) || (n == strlen(name) && !strncmp(p, name, n))) return 1;
+    p += strcspn(p, ",");
+  }
+  return 0;
+}
+
 /* Loads one file and records the outcome. */
 static void consider_file(const char *path) {
   char real[PATH_MAX];
@@ -125,6 +140,12 @@ static void consider_file(const char *path) {
     char msg[PATH_MAX + 128];
     snprintf(msg, sizeof msg, "shadowed: backend '%s' is already loaded from %s", r->name, prev->path);
     skip(r, HM_STATUS_FAILED_PRECONDITION, msg);
+    return;
+  }
+  if (!selected(r->name)) {
+    char msg[PATH_MAX + 300];
+    snprintf(msg, sizeof msg, "%s: not initialised: the backend selection is '%s'", path, reg.config.backend);
+    skip(r, HM_STATUS_UNAVAILABLE, msg);
     return;
   }
   hm_loaded_plugin *p = NULL;
@@ -396,20 +417,18 @@ static hm_status unavailable(const char *name) {
                       r->reason ? r->reason : "skipped");
   }
   /* Say what there is, so a typo or a missing driver is plain. */
-  char have[512] = "", skipped[512] = "";
-  size_t hl = 0, sl = 0;
+  char found[512] = "";
+  size_t fl = 0;
   for (size_t i = 0; i < reg.records.len; i++) {
     const plugin_record *r = reg.records.items[i];
-    if (!r->name) continue;
-    if (r->plugin && hl < sizeof have)
-      hl += (size_t)snprintf(have + hl, sizeof have - hl, "%s%s", hl ? ", " : "", r->name);
-    else if (!r->plugin && sl < sizeof skipped)
-      sl += (size_t)snprintf(skipped + sl, sizeof skipped - sl, "%s%s", sl ? ", " : "", r->name);
+    if (r->name && fl < sizeof found)
+      fl += (size_t)snprintf(found + fl, sizeof found - fl, "%s%s", fl ? ", " : "", r->name);
   }
   return hm__fail(HM_STATUS_NOT_FOUND,
-                  "backend '%s' is not available: no plugin named '%s' was found; available: %s%s%s%s (searched: %s)",
-                  name, name, hl ? have : "none", sl ? "; skipped: " : "", skipped,
-                  sl ? " (harmonics plugins says why)" : "", reg.search_path ? reg.search_path : "");
+                  "backend '%s' is not available: no plugin named '%s' was found; the plugins found are %s%s "
+                  "(searched: %s)",
+                  name, name, fl ? found : "none", fl ? " (harmonics plugins shows their state)" : "",
+                  reg.search_path ? reg.search_path : "");
 }
 
 static hm_status parse_spec(const char *spec, char *name, size_t cap, long *index) {
