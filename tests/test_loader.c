@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "harmonics/harmonics.h"
@@ -220,6 +221,75 @@ static char *write_temp(const char *text) {
   return path;
 }
 
+/* Registry over exactly |path| (a file or a directory). */
+static hm_status init_with_path(const char *path, const char *config, int allow_insecure) {
+  const char *paths[] = {path};
+  hm_registry_options o = hm_registry_options_default();
+  o.plugin_paths = path ? paths : NULL;
+  o.n_plugin_paths = path ? 1 : 0;
+  o.use_environment = 0;
+  o.search_default_dir = 0;
+  o.config_file = config;
+  o.allow_insecure_plugins = allow_insecure;
+  return hm_registry_init(&o);
+}
+
+static int copy_file(const char *from, const char *to) {
+  char cmd[4096];
+  snprintf(cmd, sizeof cmd, "cp '%s' '%s'", from, to);
+  return system(cmd);
+}
+
+/* Plugins another user could have written are refused with the reason
+ * (as ssh refuses such key files) unless allowed; a plugin the
+ * configuration names that does not exist is reported. */
+static void insecure_and_missing_plugins_are_reported(void) {
+  char dir[] = "/tmp/hm_test_perm_XXXXXX";
+  HM_CHECK(mkdtemp(dir) != NULL);
+  chmod(dir, 0755);
+  char src[1024], dst[1100];
+  snprintf(src, sizeof src, "%s/hm_tp_ok.so", tp_dir);
+  snprintf(dst, sizeof dst, "%s/hm_tp_ok.so", dir);
+  HM_CHECK_EQ(copy_file(src, dst), 0);
+  chmod(dst, 0757);
+  HM_CHECK_OK(init_with_path(dst, NULL, 0));
+  expect_skipped("hm_tp_ok.so", HM_STATUS_FAILED_PRECONDITION, "not loaded: it is writable by every user");
+  HM_CHECK_OK(hm_registry_shutdown());
+  HM_CHECK_OK(init_with_path(dst, NULL, 1));
+  hm_plugin_report r;
+  HM_CHECK(find_report("hm_tp_ok.so", &r) && r.loaded);
+  HM_CHECK_OK(hm_registry_shutdown());
+  /* A safe file in a directory anyone can write (no sticky bit). */
+  chmod(dst, 0755);
+  chmod(dir, 0777);
+  HM_CHECK_OK(init_with_path(dst, NULL, 0));
+  expect_skipped("hm_tp_ok.so", HM_STATUS_FAILED_PRECONDITION, "its directory");
+  HM_CHECK_OK(hm_registry_shutdown());
+  HM_CHECK_OK(init_with_path(dir, NULL, 0)); /* ... and as a search directory */
+  HM_CHECK_EQ(hm_plugin_count(), 1);
+  HM_CHECK(hm_plugin_describe(0, &r) == HM_OK && !r.loaded);
+  HM_CHECK_STR_CONTAINS(r.reason, "not searched: it is writable by every user");
+  HM_CHECK_OK(hm_registry_shutdown());
+  chmod(dir, 0755);
+  if (geteuid() == 0) { /* a file owned by another user */
+    HM_CHECK_EQ(chown(dst, 65534, 65534), 0);
+    HM_CHECK_OK(init_with_path(dst, NULL, 0));
+    expect_skipped("hm_tp_ok.so", HM_STATUS_FAILED_PRECONDITION, "it is owned by another user");
+    HM_CHECK_OK(hm_registry_shutdown());
+  }
+  /* plugin = PATH in the configuration, and the file is not there. */
+  char *conf = write_temp("plugin = /nonexistent/hm_vendor.so\n");
+  HM_CHECK_OK(init_with_path(NULL, conf, 0));
+  HM_CHECK(find_report("hm_vendor.so", &r) && !r.loaded);
+  HM_CHECK_EQ(r.status, HM_STATUS_NOT_FOUND);
+  HM_CHECK_STR_CONTAINS(r.reason, "/nonexistent/hm_vendor.so: No such file or directory (named in ");
+  HM_CHECK_OK(hm_registry_shutdown());
+  unlink(conf);
+  free(conf);
+  unlink(dst);
+  rmdir(dir);
+}
+
 static void config_file_is_read_and_validated(void) {
   char *good = write_temp("# comment\nbackend = nosuch,cpu   # trailing comment\ncpu.threads = 1\n");
   hm_registry_options o = hm_registry_options_default();
@@ -276,6 +346,7 @@ static const hm_test_case cases[] = {
     HM_TEST_CASE(selection_errors_name_the_reason),
     HM_TEST_CASE(preference_list_picks_first_available),
     HM_TEST_CASE(only_selected_backends_are_initialised),
+    HM_TEST_CASE(insecure_and_missing_plugins_are_reported),
     HM_TEST_CASE(negotiation_across_host_versions),
     HM_TEST_CASE(unknown_plugin_option_is_an_error),
     HM_TEST_CASE(config_file_is_read_and_validated),

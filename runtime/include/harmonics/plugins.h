@@ -46,6 +46,12 @@ typedef struct hm_registry_options {
   /* Debug categories ("1", "all", "loader,plugin,policy,train"); overrides
    * HARMONICS_DEBUG. NULL: not set here. */
   const char *debug;
+  /* Load plugin files (and search directories) that other users could have
+   * written: world-writable, in a world-writable directory without the
+   * sticky bit, or owned by another user than root or us. Default 0: they
+   * are skipped with the reason (HARMONICS_ALLOW_INSECURE_PLUGINS=1 also
+   * allows them when use_environment). */
+  int allow_insecure_plugins;
   void *reserved[8];
 } hm_registry_options;
 

@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "backend/device.h"
 #include "base/base.h"
@@ -41,7 +42,8 @@ static struct {
   hm_config config;  /* backend preference, device options */
   char *search_path; /* for messages */
   int open_devices;
-} reg = {PTHREAD_MUTEX_INITIALIZER, 0, {0}, {0}, NULL, 0};
+  int allow_insecure; /* load what other users could have written */
+} reg = {PTHREAD_MUTEX_INITIALIZER, 0, {0}, {0}, NULL, 0, 0};
 
 hm_registry_options hm_registry_options_default(void) {
   hm_registry_options o;
@@ -104,11 +106,64 @@ static int selected(const char *name) {
   return 0;
 }
 
+/* Why another user could have written |path| (a file or a directory, as
+ * ssh judges key files), or NULL when only root and we could. */
+static const char *insecure_reason(const struct stat *st, int is_dir) {
+  if (st->st_uid != 0 && st->st_uid != (uid_t)geteuid()) return "it is owned by another user";
+  if ((st->st_mode & S_IWOTH) && !(is_dir && (st->st_mode & S_ISVTX))) return "it is writable by every user";
+  return NULL;
+}
+
+/* A new record for |path| that is skipped with |status| and |reason|. */
+static void record_skipped(const char *path, hm_status status, const char *reason) {
+  plugin_record *r = calloc(1, sizeof *r);
+  if (!r) return;
+  r->path = hm__strdup(path);
+  if (!r->path || hm__ptrvec_push(&reg.records, r)) {
+    record_free(r);
+    return;
+  }
+  skip(r, status, reason);
+}
+
+/* Refuses |path| (and the directory holding it) when another user could
+ * have written it; records why. Returns nonzero when refused. */
+static int refuse_insecure(const char *path, int is_dir) {
+  if (reg.allow_insecure) return 0;
+  struct stat st;
+  if (stat(path, &st) != 0) return 0; /* the load reports it */
+  const char *why = insecure_reason(&st, is_dir);
+  char dir[PATH_MAX];
+  if (!why && !is_dir) {
+    snprintf(dir, sizeof dir, "%s", path);
+    char *slash = strrchr(dir, '/');
+    if (slash) *slash = '\0';
+    else snprintf(dir, sizeof dir, ".");
+    struct stat ds;
+    if (stat(dir[0] ? dir : "/", &ds) == 0 && (why = insecure_reason(&ds, 1)) != NULL) {
+      char msg[PATH_MAX * 2 + 200];
+      snprintf(msg, sizeof msg,
+               "%s: not loaded: its directory %s: %s, so anyone could replace the plugin "
+               "(fix the permissions, or set HARMONICS_ALLOW_INSECURE_PLUGINS=1)",
+               path, dir, why);
+      record_skipped(path, HM_STATUS_FAILED_PRECONDITION, msg);
+      return 1;
+    }
+  }
+  if (!why) return 0;
+  char msg[PATH_MAX + 300];
+  snprintf(msg, sizeof msg, "%s: not %s: %s (fix the permissions, or set HARMONICS_ALLOW_INSECURE_PLUGINS=1)", path,
+           is_dir ? "searched" : "loaded", why);
+  record_skipped(path, HM_STATUS_FAILED_PRECONDITION, msg);
+  return 1;
+}
+
 /* Loads one file and records the outcome. */
 static void consider_file(const char *path) {
   char real[PATH_MAX];
   if (!realpath(path, real)) snprintf(real, sizeof real, "%s", path);
   if (already_considered(real)) return;
+  if (refuse_insecure(path, 0)) return;
   plugin_record *r = calloc(1, sizeof *r);
   if (!r) return;
   r->path = hm__strdup(path);
@@ -203,18 +258,26 @@ static int cmp_str(const void *a, const void *b) {
 
 /* Considers |path|: a plugin file, or a directory whose *.so files are
  * considered in name order (not recursively). */
-static void consider_path(const char *path, hm_strbuf *searched) {
+/* |named|: the path was given explicitly (options, configuration,
+ * HARMONICS_PLUGIN_PATH), so its absence is reported, not just logged. */
+static void consider_path(const char *path, hm_strbuf *searched, const char *named) {
   struct stat stbuf;
   if (searched->len) hm__sb_append(searched, ":");
   hm__sb_append(searched, path);
   if (stat(path, &stbuf) != 0) {
     hm__log(HM_LOG_LOADER, "%s: %s", path, strerror(errno));
+    if (named) {
+      char msg[PATH_MAX + 200];
+      snprintf(msg, sizeof msg, "%s: %s (named in %s)", path, strerror(errno), named);
+      record_skipped(path, errno == ENOENT ? HM_STATUS_NOT_FOUND : HM_STATUS_IO_ERROR, msg);
+    }
     return;
   }
   if (!S_ISDIR(stbuf.st_mode)) {
     consider_file(path);
     return;
   }
+  if (refuse_insecure(path, 1)) return;
   DIR *d = opendir(path);
   if (!d) return;
   hm_ptrvec names = {0};
@@ -266,23 +329,26 @@ static hm_status registry_init_locked(const hm_registry_options *opts) {
     reg.config.backend = hm__strdup(backend);
   }
 
+  const char *insecure = o.use_environment ? getenv("HARMONICS_ALLOW_INSECURE_PLUGINS") : NULL;
+  reg.allow_insecure = o.allow_insecure_plugins || (insecure && strcmp(insecure, "1") == 0);
   hm_strbuf searched;
   hm__sb_init(&searched);
   for (size_t i = 0; i < o.n_plugin_paths; i++)
-    if (o.plugin_paths[i] && *o.plugin_paths[i]) consider_path(o.plugin_paths[i], &searched);
-  for (size_t i = 0; i < reg.config.plugin_paths.len; i++) consider_path(reg.config.plugin_paths.items[i], &searched);
+    if (o.plugin_paths[i] && *o.plugin_paths[i]) consider_path(o.plugin_paths[i], &searched, "the registry options");
+  for (size_t i = 0; i < reg.config.plugin_paths.len; i++)
+    consider_path(reg.config.plugin_paths.items[i], &searched, cfg_path);
   const char *env_path = o.use_environment ? getenv("HARMONICS_PLUGIN_PATH") : NULL;
   if (env_path && *env_path) {
     char *copy = hm__strdup(env_path);
     for (char *tok = copy ? strtok(copy, ":") : NULL; tok; tok = strtok(NULL, ":"))
-      if (*tok) consider_path(tok, &searched);
+      if (*tok) consider_path(tok, &searched, "HARMONICS_PLUGIN_PATH");
     free(copy);
   }
   if (o.search_default_dir) {
     char *dir = default_plugin_dir();
-    if (dir) consider_path(dir, &searched);
+    if (dir) consider_path(dir, &searched, NULL);
     if (HM_INSTALL_PLUGIN_DIR[0] && (!dir || strcmp(dir, HM_INSTALL_PLUGIN_DIR) != 0))
-      consider_path(HM_INSTALL_PLUGIN_DIR, &searched);
+      consider_path(HM_INSTALL_PLUGIN_DIR, &searched, NULL);
     free(dir);
   }
   reg.search_path = hm__sb_take(&searched);
