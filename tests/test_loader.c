@@ -167,6 +167,51 @@ static void only_selected_backends_are_initialised(void) {
   HM_CHECK_OK(hm_registry_shutdown());
 }
 
+/* A plugin that crashes in its query or hangs in its init is probed in a
+ * child process: the program survives, the plugin is skipped with the
+ * signal or the timeout, the others load, and the verdict is cached per
+ * file (the second start does not run the plugin at all). */
+#if defined(__SANITIZE_ADDRESS__)
+/* AddressSanitizer catches the SIGSEGV in the child and exits it with 1. */
+#define CRASH_REASON "exited the process with status 1 during discovery"
+#else
+#define CRASH_REASON "crashed with signal 11 (Segmentation fault) during discovery"
+#endif
+
+static void crashing_and_hanging_plugins_are_skipped(void) {
+  char cache[] = "/tmp/hm_test_probe_XXXXXX";
+  HM_CHECK(mkdtemp(cache) != NULL);
+  const char *saved = getenv("HARMONICS_CACHE_DIR");
+  char *old = saved ? strdup(saved) : NULL;
+  setenv("HARMONICS_CACHE_DIR", cache, 1);
+  setenv("HARMONICS_PROBE_TIMEOUT", "1", 1);
+  for (int round = 0; round < 2; round++) {
+    HM_CHECK_OK(init_with_test_plugins(NULL));
+    expect_skipped("hm_tp_query_crash.so", HM_STATUS_UNAVAILABLE, CRASH_REASON);
+    expect_skipped("hm_tp_init_hang.so", HM_STATUS_UNAVAILABLE, "hung for more than 1 s during discovery");
+    hm_plugin_report r;
+    HM_CHECK(find_report("hm_tp_ok.so", &r) && r.loaded);
+    if (round == 1) {
+      HM_CHECK(find_report("hm_tp_query_crash.so", &r));
+      HM_CHECK_STR_CONTAINS(r.reason, "a cached verdict");
+    }
+    HM_CHECK_OK(hm_registry_shutdown());
+  }
+  /* Selecting the CPU: the crashing query is still caught (queries always run). */
+  HM_CHECK_OK(init_with_test_plugins("cpu"));
+  expect_skipped("hm_tp_query_crash.so", HM_STATUS_UNAVAILABLE, CRASH_REASON);
+  hm_device *dev = NULL;
+  HM_CHECK_OK(hm_device_open(NULL, NULL, &dev));
+  if (dev) hm_device_close(dev);
+  HM_CHECK_OK(hm_registry_shutdown());
+  if (old) setenv("HARMONICS_CACHE_DIR", old, 1);
+  else unsetenv("HARMONICS_CACHE_DIR");
+  free(old);
+  char cmd[128];
+  snprintf(cmd, sizeof cmd, "rm -rf %s", cache);
+  HM_CHECK_EQ(system(cmd), 0);
+}
+
 static void negotiation_across_host_versions(void) {
   hm_plugin_open_options o = hm_plugin_open_options_default();
   hm_loaded_plugin *p = NULL;
@@ -347,6 +392,7 @@ static const hm_test_case cases[] = {
     HM_TEST_CASE(preference_list_picks_first_available),
     HM_TEST_CASE(only_selected_backends_are_initialised),
     HM_TEST_CASE(insecure_and_missing_plugins_are_reported),
+    HM_TEST_CASE(crashing_and_hanging_plugins_are_skipped),
     HM_TEST_CASE(negotiation_across_host_versions),
     HM_TEST_CASE(unknown_plugin_option_is_an_error),
     HM_TEST_CASE(config_file_is_read_and_validated),

@@ -239,4 +239,18 @@ check "train says which backend ran" grep -q "^backend: cpu:0$" <<<"$out"
 out=$("$bin" infer "$model" --weights "$work/fm.safetensors" --dataset fashion-mnist --limit 100 2>&1)
 check "infer says which backend ran" grep -q "^backend: cpu:0$" <<<"$out"
 
+# A plugin that crashes in its query no longer takes every run down.
+tp="$(dirname "$bin")/../tests/plugins/hm_tp_query_crash.so"
+if [[ -f "$tp" ]]; then
+  out=$(HARMONICS_CACHE_DIR="$work/cache" HARMONICS_PLUGIN_PATH="$tp" "$bin" train "$model" --dataset fashion-mnist \
+        --limit-train 200 --limit-eval 100 --backend cpu 2>&1)
+  rc=$?
+  check "train --backend cpu survives a crashing plugin (exit $rc): $(tail -2 <<<"$out")" test "$rc" -eq 0
+  out=$(HARMONICS_CACHE_DIR="$work/cache" HARMONICS_PLUGIN_PATH="$tp" "$bin" plugins 2>&1)
+  rc=$?
+  check "harmonics plugins survives it too (exit $rc)" test "$rc" -eq 0
+  # (under AddressSanitizer the crashing child exits with 1 instead of the signal)
+  check "... and says why it was skipped" grep -Eq "hm_tp_query_crash.so: (crashed with signal 11|exited the process with status 1)" <<<"$out"
+fi
+
 exit $fail

@@ -8,11 +8,16 @@
  *   TP_INIT_FAIL      init reports UNAVAILABLE with a message
  *   TP_RESERVED       sets a reserved descriptor field
  *   TP_MISSING_DEP    needs a shared library that is not on the search path
+ *   TP_QUERY_CRASH    dereferences NULL in hm_plugin_query
+ *   TP_INIT_HANG      never returns from init
  * Without a flag it is a working one-device plugin named TP_NAME whose only
  * op is FILL.
  */
 #include <stdlib.h>
 #include <string.h>
+#ifdef TP_INIT_HANG
+#include <unistd.h>
+#endif
 
 #include "harmonics_abi.h"
 
@@ -44,6 +49,9 @@ static const hm_abi_capability caps[] = {
 };
 
 static int32_t tp_init(const hm_abi_init_args *args, hm_abi_context **out) {
+#ifdef TP_INIT_HANG
+  for (;;) pause();
+#endif
 #ifdef TP_INIT_FAIL
   args->host->report(args->host->host_ctx, HM_ABI_LOG_ERROR, HM_ABI_STATUS_UNAVAILABLE,
                      TP_NAME ": simulated device failure (no hardware)");
@@ -151,6 +159,10 @@ HM_ABI_EXPORT int32_t hm_plugin_query(const hm_abi_query *q, hm_abi_plugin *out)
   uint32_t pmin = HM_ABI_MAKE_VERSION(1, 0), pmax = HM_ABI_MAKE_VERSION(1, 7);
 #else
   uint32_t pmin = HM_ABI_MAKE_VERSION(1, 0), pmax = HM_ABI_VERSION;
+#endif
+#ifdef TP_QUERY_CRASH
+  volatile int *nowhere = NULL;
+  *nowhere = 1;
 #endif
   uint32_t hi = q->host_max_abi < pmax ? q->host_max_abi : pmax;
   uint32_t lo = q->host_min_abi > pmin ? q->host_min_abi : pmin;

@@ -11,7 +11,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
+#include <signal.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "backend/device.h"
@@ -158,12 +161,167 @@ static int refuse_insecure(const char *path, int is_dir) {
   return 1;
 }
 
+/* Runs what discovery will run — the query, and for a selected backend its
+ * init and device enumeration — in a child process first, so a plugin that
+ * crashes or hangs there is skipped with the signal instead of taking the
+ * program down. Fills |why| and returns nonzero when the child did not
+ * finish cleanly. (A failure the plugin reports is not judged here: the
+ * real load reports it.) */
+/* ===== The probe's verdict cache =====
+ * One line per verdict, appended (one write, so concurrent processes do not
+ * interleave): "<dev> <ino> <size> <mtime_ns> <selection> <ok|bad> <reason>".
+ * A file whose identity, size or time changed is probed again, and so is
+ * one under another backend selection (which decides what the child
+ * initialises). */
+static char *cache_path(void) {
+  const char *dir = getenv("HARMONICS_CACHE_DIR"), *xdg = getenv("XDG_CACHE_HOME"), *home = getenv("HOME");
+  char *d = dir && *dir   ? hm__strdup(dir)
+            : xdg && *xdg ? hm__asprintf("%s/harmonics", xdg)
+            : home && *home ? hm__asprintf("%s/.cache/harmonics", home)
+                            : NULL;
+  if (!d) return NULL;
+  if (mkdir(d, 0700) != 0 && errno != EEXIST) {
+    hm__log(HM_LOG_LOADER, "no probe cache: %s: %s", d, strerror(errno));
+    free(d);
+    return NULL;
+  }
+  char *p = hm__asprintf("%s/plugin-probes", d);
+  free(d);
+  return p;
+}
+
+static void file_key(const struct stat *st, char *key, size_t cap) {
+  char sel[96];
+  snprintf(sel, sizeof sel, "%s", reg.config.backend && *reg.config.backend ? reg.config.backend : "*");
+  for (char *c = sel; *c; c++)
+    if (*c == ' ' || *c == '\n' || *c == '\t') *c = '_';
+  snprintf(key, cap, "%llu %llu %lld %lld%09ld %s", (unsigned long long)st->st_dev, (unsigned long long)st->st_ino,
+           (long long)st->st_size, (long long)st->st_mtim.tv_sec, st->st_mtim.tv_nsec, sel);
+}
+
+/* The cached verdict for |key|: 1 ok, -1 bad (reason in |why|), 0 none. */
+static int cache_lookup(const char *cache, const char *key, char *why, size_t cap) {
+  FILE *f = cache ? fopen(cache, "r") : NULL;
+  if (!f) return 0;
+  char line[PATH_MAX + 512];
+  size_t klen = strlen(key);
+  int verdict = 0;
+  while (fgets(line, sizeof line, f)) {
+    if (strncmp(line, key, klen) != 0 || line[klen] != ' ') continue;
+    line[strcspn(line, "\n")] = '\0';
+    if (!strncmp(line + klen + 1, "ok", 2)) verdict = 1;
+    else if (!strncmp(line + klen + 1, "bad ", 4)) {
+      verdict = -1;
+      snprintf(why, cap, "%s (a cached verdict: the file has not changed since)", line + klen + 5);
+    }
+  }
+  fclose(f);
+  return verdict;
+}
+
+static void cache_store(const char *cache, const char *key, const char *why) {
+  if (!cache) return;
+  int fd = open(cache, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+  if (fd < 0) return;
+  char line[PATH_MAX + 512];
+  int n = snprintf(line, sizeof line, "%s %s%s\n", key, why ? "bad " : "ok", why ? why : "");
+  if (n > 0 && (size_t)n < sizeof line && write(fd, line, (size_t)n) != n)
+    hm__log(HM_LOG_LOADER, "probe cache %s: write failed", cache);
+  close(fd);
+}
+
+static int probe_in_child(const char *path, char *why, size_t cap);
+
+/* The probe, through the cache: a plugin is run in a child only the first
+ * time it is seen (per file, size and modification time, and selection), so
+ * start-up stays fast. */
+static int probe_fails(const char *path, char *why, size_t cap) {
+  struct stat st;
+  if (stat(path, &st) != 0) return 0; /* the load reports it */
+  char key[256];
+  file_key(&st, key, sizeof key);
+  char *cache = cache_path();
+  int verdict = cache_lookup(cache, key, why, cap);
+  if (verdict == 0) {
+    verdict = probe_in_child(path, why, cap) ? -1 : 1;
+    cache_store(cache, key, verdict < 0 ? why : NULL);
+  }
+  free(cache);
+  return verdict < 0;
+}
+
+static int probe_in_child(const char *path, char *why, size_t cap) {
+  double timeout = 10.0;
+  const char *t = getenv("HARMONICS_PROBE_TIMEOUT");
+  if (t && atof(t) > 0) timeout = atof(t);
+  fflush(NULL);
+  pid_t pid = fork();
+  if (pid < 0) {
+    hm__log(HM_LOG_LOADER, "%s: cannot fork to probe it (%s); loading it directly", path, strerror(errno));
+    return 0;
+  }
+  if (pid == 0) {
+    /* A crash must end the child with its signal, not in a handler the
+     * application (or a sanitizer) installed. */
+    const int fatal[] = {SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGABRT};
+    for (size_t i = 0; i < sizeof fatal / sizeof fatal[0]; i++) signal(fatal[i], SIG_DFL);
+    hm_plugin_open_options o = hm_plugin_open_options_default();
+    o.skip_init = 1;
+    hm_loaded_plugin *p = NULL;
+    if (hm_plugin_open(path, &o, &p) != HM_OK) _exit(0);
+    int init = selected(hm_loaded_plugin_table(p)->name);
+    hm_plugin_close(p);
+    if (init && hm_plugin_open(path, NULL, &p) == HM_OK) {
+      const hm_abi_plugin *pt = hm_loaded_plugin_table(p);
+      uint32_t n = pt->device_count(hm_loaded_plugin_context(p));
+      for (uint32_t i = 0; i < n && i < 1024; i++) {
+        hm_abi_device_desc d;
+        memset(&d, 0, sizeof d);
+        d.struct_size = sizeof d;
+        (void)pt->device_describe(hm_loaded_plugin_context(p), i, &d);
+      }
+    }
+    _exit(0); /* no destructors, no shutdown: the parent does it for real */
+  }
+  int status = 0;
+  double waited = 0;
+  pid_t done = 0;
+  while ((done = waitpid(pid, &status, WNOHANG)) == 0 && waited < timeout) {
+    usleep(5000);
+    waited += 0.005;
+  }
+  if (done == 0) {
+    kill(pid, SIGKILL);
+    waitpid(pid, &status, 0);
+    snprintf(why, cap, "%s: hung for more than %.0f s during discovery (probed in a child process; not loaded)", path,
+             timeout);
+    return 1;
+  }
+  if (done < 0) return 0;
+  if (WIFSIGNALED(status)) {
+    snprintf(why, cap, "%s: crashed with signal %d (%s) during discovery (probed in a child process; not loaded)",
+             path, WTERMSIG(status), strsignal(WTERMSIG(status)));
+    return 1;
+  }
+  if (WIFEXITED(status) && WEXITSTATUS(status) != 0) {
+    snprintf(why, cap, "%s: exited the process with status %d during discovery (probed in a child; not loaded)",
+             path, WEXITSTATUS(status));
+    return 1;
+  }
+  return 0;
+}
+
 /* Loads one file and records the outcome. */
 static void consider_file(const char *path) {
   char real[PATH_MAX];
   if (!realpath(path, real)) snprintf(real, sizeof real, "%s", path);
   if (already_considered(real)) return;
   if (refuse_insecure(path, 0)) return;
+  char crashed[PATH_MAX + 300];
+  if (probe_fails(path, crashed, sizeof crashed)) {
+    record_skipped(path, HM_STATUS_UNAVAILABLE, crashed);
+    return;
+  }
   plugin_record *r = calloc(1, sizeof *r);
   if (!r) return;
   r->path = hm__strdup(path);
