@@ -67,6 +67,7 @@ typedef struct visualizer {
   struct lws *wsi;
   lws_sorted_usec_list_t sul;
   unsigned backoff_ms;
+  unsigned backoff_before; /* the backoff when the current connection was made */
   unsigned char buf[LWS_PRE + FRAME_BYTES]; /* lws masks it in place */
 } visualizer;
 
@@ -113,6 +114,7 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
       v->stats.connects++;
       more = v->count > 0;
       pthread_mutex_unlock(&v->mu);
+      v->backoff_before = v->backoff_ms;
       v->backoff_ms = v->opts.backoff_min_ms;
       hm__log(HM_LOG_TRAIN, "visualizer: connected to ws://%s:%d%s", v->host, v->port, v->path);
       if (more) lws_callback_on_writable(wsi);
@@ -124,6 +126,8 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
        * reading at all, with rx flow control, would also hide the server's
        * close, and the next frames would go into a dead socket.) */
       hm__log(HM_LOG_TRAIN, "visualizer: the server sent %zu bytes; closing (trainers only send)", len);
+      /* Such a server does not earn a fresh backoff: keep growing it. */
+      v->backoff_ms = v->backoff_before;
       return -1;
     case LWS_CALLBACK_CLIENT_WRITEABLE: {
       pthread_mutex_lock(&v->mu);
