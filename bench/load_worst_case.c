@@ -22,6 +22,17 @@ static double now(void) {
   return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
 }
 
+static long file_size(const char *path) {
+  FILE *f = fopen(path, "rb");
+  long size = 0;
+  if (f) {
+    fseek(f, 0, SEEK_END);
+    size = ftell(f);
+    fclose(f);
+  }
+  return size;
+}
+
 /* producer x {4}; layers l0..l(n-1) {4}; x feeds l0, every l_i feeds every l_j, j > i. */
 static char *dense_dag(size_t layers, size_t *edges, size_t *len) {
   size_t cap = 64 + layers * 32 + layers * layers * 24, n = 0;
@@ -65,13 +76,7 @@ static void bench_graphs(size_t max_layers, const char *dir) {
     t0 = now();
     st = hm_load_graph_file(path, &h);
     double t_hgr = now() - t0;
-    FILE *f = fopen(path, "rb");
-    long size = 0;
-    if (f) {
-      fseek(f, 0, SEEK_END);
-      size = ftell(f);
-      fclose(f);
-    }
+    long size = file_size(path);
     if (st != HM_OK) printf("load .hgr: %s\n", hm_last_error());
     else printf("%-12s %10zu %10zu %12ld %12.4f\n", ".hgr", layers, edges, size, t_hgr);
     hm_graph_free(h);
@@ -111,13 +116,7 @@ static void bench_weights(size_t max_tensors, const char *dir) {
       t0 = now();
       st = k ? hm_weights_load_safetensors(path, &r) : hm_load_weights_file(path, &r);
       double t_load = now() - t0;
-      FILE *f = fopen(path, "rb");
-      long size = 0;
-      if (f) {
-        fseek(f, 0, SEEK_END);
-        size = ftell(f);
-        fclose(f);
-      }
+      long size = file_size(path);
       if (st != HM_OK) printf("load %s: %s\n", kinds[k], hm_last_error());
       else printf("%-12s %10zu %12ld %12.4f %12.4f\n", kinds[k], n, size, t_build, t_load);
       hm_weights_free(r);

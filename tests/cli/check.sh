@@ -8,3 +8,12 @@ check() {
   local what=$1; shift
   if ! "$@"; then echo "FAIL: $what"; fail=1; fi
 }
+
+# install_harmonics BUILD_DIR PREFIX: cmake --install into PREFIX (checked)
+# and point pkg-config at it.
+install_harmonics() {
+  cmake --install "$1" --prefix "$2" >"$2.install.log" 2>&1
+  local rc=$?
+  check "cmake --install to $2: $(tail -3 "$2.install.log")" test "$rc" -eq 0
+  export PKG_CONFIG_PATH="$2/lib/pkgconfig"
+}

@@ -9,10 +9,7 @@ src=$2
 source "$(dirname "$0")/check.sh"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-cmake --install "$build" --prefix "$work/prefix" >"$work/install.log" 2>&1
-rc=$?
-check "cmake --install: $(tail -3 "$work/install.log")" test "$rc" -eq 0
-export PKG_CONFIG_PATH="$work/prefix/lib/pkgconfig"
+install_harmonics "$build" "$work/prefix"
 ln -s "$src/examples" "$work/examples"
 n=0
 for doc in "$src"/docs/*.md; do
