@@ -30,7 +30,7 @@ static int valid_key_char(char c) {
 static hm_status push_copy(hm_ptrvec *v, const char *s, const char *path, int line) {
   char *d = hm__strdup(s);
   if (!d || hm__ptrvec_push(v, d)) {
-    free(d);
+    hm__free(d);
     return hm__fail(HM_STATUS_RESOURCE_EXHAUSTED, "%s:%d: out of memory", path, line);
   }
   return HM_OK;
@@ -38,15 +38,15 @@ static hm_status push_copy(hm_ptrvec *v, const char *s, const char *path, int li
 
 /* "<backend>.<key>" = value; the key has a '.' that is neither first nor last. */
 static hm_status push_device_option(hm_config *cfg, const char *key, const char *value, const char *path, int line) {
-  hm_config_option *grown = realloc(cfg->device_options, (cfg->n_device_options + 1) * sizeof *grown);
+  hm_config_option *grown = hm__realloc(cfg->device_options, (cfg->n_device_options + 1) * sizeof *grown);
   if (!grown) return hm__fail(HM_STATUS_RESOURCE_EXHAUSTED, "%s:%d: out of memory", path, line);
   cfg->device_options = grown;
   const char *dot = strchr(key, '.');
   hm_config_option o = {hm__strndup(key, (size_t)(dot - key)), hm__strdup(dot + 1), hm__strdup(value)};
   if (!o.backend || !o.key || !o.value) {
-    free(o.backend);
-    free(o.key);
-    free(o.value);
+    hm__free(o.backend);
+    hm__free(o.key);
+    hm__free(o.value);
     return hm__fail(HM_STATUS_RESOURCE_EXHAUSTED, "%s:%d: out of memory", path, line);
   }
   cfg->device_options[cfg->n_device_options++] = o;
@@ -88,10 +88,10 @@ hm_status hm__config_load(const char *path, hm_config *cfg) {
     if (!*key) {
       st = hm__fail(HM_STATUS_PARSE_ERROR, "%s:%d: empty key", path, line);
     } else if (strcmp(key, "backend") == 0) {
-      free(cfg->backend);
+      hm__free(cfg->backend);
       cfg->backend = hm__strdup(value);
     } else if (strcmp(key, "debug") == 0) {
-      free(cfg->debug);
+      hm__free(cfg->debug);
       cfg->debug = hm__strdup(value);
     } else if (strcmp(key, "plugin") == 0) {
       st = push_copy(&cfg->plugin_paths, value, path, line);
@@ -99,7 +99,7 @@ hm_status hm__config_load(const char *path, hm_config *cfg) {
       char *copy = hm__strdup(value);
       for (char *tok = copy ? strtok(copy, ":") : NULL; tok && st == HM_OK; tok = strtok(NULL, ":"))
         st = push_copy(&cfg->plugin_paths, tok, path, line);
-      free(copy);
+      hm__free(copy);
     } else if (strchr(key, '.') && key[0] != '.' && strchr(key, '.')[1] != '\0') {
       st = push_device_option(cfg, key, value, path, line);
     } else {
@@ -114,15 +114,15 @@ hm_status hm__config_load(const char *path, hm_config *cfg) {
 }
 
 void hm__config_free(hm_config *cfg) {
-  free(cfg->backend);
-  free(cfg->debug);
-  for (size_t i = 0; i < cfg->plugin_paths.len; i++) free(cfg->plugin_paths.items[i]);
+  hm__free(cfg->backend);
+  hm__free(cfg->debug);
+  for (size_t i = 0; i < cfg->plugin_paths.len; i++) hm__free(cfg->plugin_paths.items[i]);
   for (size_t i = 0; i < cfg->n_device_options; i++) {
-    free(cfg->device_options[i].backend);
-    free(cfg->device_options[i].key);
-    free(cfg->device_options[i].value);
+    hm__free(cfg->device_options[i].backend);
+    hm__free(cfg->device_options[i].key);
+    hm__free(cfg->device_options[i].value);
   }
-  free(cfg->device_options);
+  hm__free(cfg->device_options);
   hm__ptrvec_free(&cfg->plugin_paths);
   memset(cfg, 0, sizeof *cfg);
 }

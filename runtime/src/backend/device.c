@@ -28,7 +28,7 @@ hm_status hm__device_desc_check(const char *backend, uint32_t index, const hm_ab
 hm_status hm__device_create(hm_loaded_plugin *plugin, const char *backend, uint32_t index,
                             const hm_abi_device_desc *desc, const hm_abi_option *options, uint32_t n_options,
                             hm_device **out) {
-  hm_device *d = calloc(1, sizeof *d);
+  hm_device *d = hm__calloc(1, sizeof *d);
   if (!d) return hm__fail(HM_STATUS_RESOURCE_EXHAUSTED, "out of memory");
   d->plugin = plugin;
   d->table = hm_loaded_plugin_table(plugin);
@@ -41,7 +41,7 @@ hm_status hm__device_create(hm_loaded_plugin *plugin, const char *backend, uint3
   hm_status st = hm_plugin_status(plugin, s, what);
   if (st == HM_OK && !d->dev) st = hm__fail(HM_STATUS_INTERNAL, "%s: device_open returned no device", backend);
   if (st != HM_OK) {
-    free(d);
+    hm__free(d);
     return st;
   }
   hm__log(HM_LOG_LOADER, "opened %s:%u (%s)", backend, index, d->desc.name);
@@ -52,7 +52,7 @@ hm_status hm__device_create(hm_loaded_plugin *plugin, const char *backend, uint3
 void hm__device_destroy(hm_device *d) {
   if (!d) return;
   d->table->device_close(d->dev);
-  free(d);
+  hm__free(d);
 }
 
 const char *hm_device_backend(const hm_device *d) { return d ? d->backend : NULL; }

@@ -135,7 +135,7 @@ hm_status hm_plugin_open(const char *path, const hm_plugin_open_options *options
   uint32_t host_min = o.host_min_abi ? o.host_min_abi : HOST_MIN_ABI;
   uint32_t host_max = o.host_max_abi ? o.host_max_abi : HOST_MAX_ABI;
 
-  hm_loaded_plugin *p = calloc(1, sizeof *p);
+  hm_loaded_plugin *p = hm__calloc(1, sizeof *p);
   if (!p) return hm__fail(HM_STATUS_RESOURCE_EXHAUSTED, "%s: out of memory", path);
   p->path = hm__strdup(path);
   dlerror();
@@ -230,9 +230,9 @@ void hm_plugin_close(hm_loaded_plugin *p) {
   if (!p) return;
   if (p->ctx) p->table.shutdown(p->ctx);
   if (p->handle) dlclose(p->handle);
-  free(p->name);
-  free(p->path);
-  free(p);
+  hm__free(p->name);
+  hm__free(p->path);
+  hm__free(p);
 }
 
 const hm_abi_plugin *hm_loaded_plugin_table(const hm_loaded_plugin *p) { return p ? &p->table : NULL; }

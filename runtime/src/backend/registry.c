@@ -60,14 +60,14 @@ hm_registry_options hm_registry_options_default(void) {
 static void record_free(plugin_record *r) {
   if (!r) return;
   hm_plugin_close(r->plugin);
-  free(r->path);
-  free(r->reason);
-  free(r->name);
-  free(r->vendor);
-  free(r->version);
-  free(r->build_id);
-  free(r->devices);
-  free(r);
+  hm__free(r->path);
+  hm__free(r->reason);
+  hm__free(r->name);
+  hm__free(r->vendor);
+  hm__free(r->version);
+  hm__free(r->build_id);
+  hm__free(r->devices);
+  hm__free(r);
 }
 
 static plugin_record *find_loaded(const char *name) {
@@ -89,7 +89,7 @@ static int already_considered(const char *real) {
 
 static void skip(plugin_record *r, hm_status status, const char *reason) {
   r->status = status;
-  free(r->reason);
+  hm__free(r->reason);
   r->reason = hm__strdup(reason);
   hm__log(HM_LOG_LOADER, "skipped %s: %s", r->path, reason);
 }
@@ -119,7 +119,7 @@ static const char *insecure_reason(const struct stat *st, int is_dir) {
 
 /* A new record for |path| that is skipped with |status| and |reason|. */
 static void record_skipped(const char *path, hm_status status, const char *reason) {
-  plugin_record *r = calloc(1, sizeof *r);
+  plugin_record *r = hm__calloc(1, sizeof *r);
   if (!r) return;
   r->path = hm__strdup(path);
   if (!r->path || hm__ptrvec_push(&reg.records, r)) {
@@ -182,11 +182,11 @@ static char *cache_path(void) {
   if (!d) return NULL;
   if (mkdir(d, 0700) != 0 && errno != EEXIST) {
     hm__log(HM_LOG_LOADER, "no probe cache: %s: %s", d, strerror(errno));
-    free(d);
+    hm__free(d);
     return NULL;
   }
   char *p = hm__asprintf("%s/plugin-probes", d);
-  free(d);
+  hm__free(d);
   return p;
 }
 
@@ -246,7 +246,7 @@ static int probe_fails(const char *path, char *why, size_t cap) {
     verdict = probe_in_child(path, why, cap) ? -1 : 1;
     cache_store(cache, key, verdict < 0 ? why : NULL);
   }
-  free(cache);
+  hm__free(cache);
   return verdict < 0;
 }
 
@@ -322,7 +322,7 @@ static void consider_file(const char *path) {
     record_skipped(path, HM_STATUS_UNAVAILABLE, crashed);
     return;
   }
-  plugin_record *r = calloc(1, sizeof *r);
+  plugin_record *r = hm__calloc(1, sizeof *r);
   if (!r) return;
   r->path = hm__strdup(path);
   if (hm__ptrvec_push(&reg.records, r)) {
@@ -377,7 +377,7 @@ static void consider_file(const char *path) {
     skip(r, HM_STATUS_INVALID_ARGUMENT, msg);
     return;
   }
-  r->devices = n ? calloc(n, sizeof *r->devices) : NULL;
+  r->devices = n ? hm__calloc(n, sizeof *r->devices) : NULL;
   if (n && !r->devices) {
     hm_plugin_close(p);
     skip(r, HM_STATUS_RESOURCE_EXHAUSTED, "out of memory");
@@ -393,7 +393,7 @@ static void consider_file(const char *path) {
       char msg[1200];
       snprintf(msg, sizeof msg, "device %u: %s", i, hm_last_error());
       hm_plugin_close(p);
-      free(r->devices);
+      hm__free(r->devices);
       r->devices = NULL;
       skip(r, s2, msg);
       return;
@@ -443,13 +443,13 @@ static void consider_path(const char *path, hm_strbuf *searched, const char *nam
   while ((e = readdir(d)) != NULL) {
     if (e->d_name[0] == '.' || !has_suffix(e->d_name, ".so")) continue;
     char *full = hm__asprintf("%s/%s", path, e->d_name);
-    if (full && hm__ptrvec_push(&names, full)) free(full);
+    if (full && hm__ptrvec_push(&names, full)) hm__free(full);
   }
   closedir(d);
   if (names.len) qsort(names.items, names.len, sizeof(void *), cmp_str);
   for (size_t i = 0; i < names.len; i++) {
     consider_file(names.items[i]);
-    free(names.items[i]);
+    hm__free(names.items[i]);
   }
   hm__ptrvec_free(&names);
 }
@@ -483,7 +483,7 @@ static hm_status registry_init_locked(const hm_registry_options *opts) {
   const char *backend = o.backend;
   if (!backend && o.use_environment) backend = getenv("HARMONICS_BACKEND");
   if (backend && *backend) {
-    free(reg.config.backend);
+    hm__free(reg.config.backend);
     reg.config.backend = hm__strdup(backend);
   }
 
@@ -500,14 +500,14 @@ static hm_status registry_init_locked(const hm_registry_options *opts) {
     char *copy = hm__strdup(env_path);
     for (char *tok = copy ? strtok(copy, ":") : NULL; tok; tok = strtok(NULL, ":"))
       if (*tok) consider_path(tok, &searched, "HARMONICS_PLUGIN_PATH");
-    free(copy);
+    hm__free(copy);
   }
   if (o.search_default_dir) {
     char *dir = default_plugin_dir();
     if (dir) consider_path(dir, &searched, NULL);
     if (HM_INSTALL_PLUGIN_DIR[0] && (!dir || strcmp(dir, HM_INSTALL_PLUGIN_DIR) != 0))
       consider_path(HM_INSTALL_PLUGIN_DIR, &searched, NULL);
-    free(dir);
+    hm__free(dir);
   }
   reg.search_path = hm__sb_take(&searched);
   reg.initialized = 1;
@@ -518,7 +518,7 @@ static void registry_clear_locked(void) {
   for (size_t i = 0; i < reg.records.len; i++) record_free(reg.records.items[i]);
   hm__ptrvec_free(&reg.records);
   hm__config_free(&reg.config);
-  free(reg.search_path);
+  hm__free(reg.search_path);
   reg.search_path = NULL;
   reg.initialized = 0;
 }
@@ -697,15 +697,16 @@ static hm_status select_device(const char *spec, plugin_record **out_r, uint32_t
   if (reg.config.backend && *reg.config.backend) {
     /* The preference list: the first entry that works, else every reason. */
     char *copy = hm__strdup(reg.config.backend);
+    if (!copy) return hm__fail(HM_STATUS_RESOURCE_EXHAUSTED, "out of memory");
     hm_strbuf why;
     hm__sb_init(&why);
     hm_status last = HM_STATUS_UNAVAILABLE;
-    for (char *tok = copy ? strtok(copy, ",") : NULL; tok; tok = strtok(NULL, ",")) {
+    for (char *tok = strtok(copy, ","); tok; tok = strtok(NULL, ",")) {
       while (*tok == ' ') tok++;
       if (!*tok) continue;
       hm_status st = select_device(tok, out_r, out_i);
       if (st == HM_OK) {
-        free(copy);
+        hm__free(copy);
         hm__sb_free(&why);
         return HM_OK;
       }
@@ -714,7 +715,7 @@ static hm_status select_device(const char *spec, plugin_record **out_r, uint32_t
     }
     hm_status st = hm__fail(last, "no backend of the preference list '%s' is available: %s", reg.config.backend,
                             why.data ? why.data : "");
-    free(copy);
+    hm__free(copy);
     hm__sb_free(&why);
     return st;
   }
@@ -763,8 +764,8 @@ hm_status hm_device_open(const char *spec, const hm_device_options *options, hm_
   char threads[24];
   if (st == HM_OK) {
     size_t cap = reg.config.n_device_options + o.n_options + 1;
-    kv = calloc(cap, sizeof *kv);
-    owned = calloc(o.n_options ? o.n_options : 1, sizeof *owned);
+    kv = hm__calloc(cap, sizeof *kv);
+    owned = hm__calloc(o.n_options ? o.n_options : 1, sizeof *owned);
     if (!kv || !owned) st = hm__fail(HM_STATUS_RESOURCE_EXHAUSTED, "out of memory");
   }
   for (size_t i = 0; st == HM_OK && i < reg.config.n_device_options; i++) {
@@ -795,9 +796,9 @@ hm_status hm_device_open(const char *spec, const hm_device_options *options, hm_
     st = hm__device_create(r->plugin, r->name, index, &r->devices[index], kv, n, out);
     if (st == HM_OK) reg.open_devices++;
   }
-  for (uint32_t i = 0; i < n_owned; i++) free(owned[i]);
-  free(owned);
-  free(kv);
+  for (uint32_t i = 0; i < n_owned; i++) hm__free(owned[i]);
+  hm__free(owned);
+  hm__free(kv);
   pthread_mutex_unlock(&reg.lock);
   return st;
 }

@@ -48,6 +48,23 @@ void hm__log(unsigned category, const char *fmt, ...) __attribute__((format(prin
 
 /* ===== Memory and strings ===== */
 
+/* The runtime's heap (base/alloc.c): malloc/calloc/realloc/free, except that
+ * a size of 0 asks for 1 byte (NULL always means out of memory). Runtime
+ * sources call only these (the build refuses raw malloc there). */
+void *hm__malloc(size_t n);
+void *hm__calloc(size_t count, size_t size);
+void *hm__realloc(void *p, size_t n);
+void hm__free(void *p);
+
+#ifdef HM_ALLOC_FAILURE_HOOK
+/* Test builds only (the hm_runtime_failing_alloc library): from the |nth|
+ * allocation on (counting from the arm, 1-based; 0 = never) every one fails. */
+void hm__alloc_hook_arm(long nth);
+long hm__alloc_hook_attempts(void); /* since the last arm */
+long hm__alloc_hook_failures(void); /* refused since the last arm */
+long hm__alloc_hook_live(void);     /* blocks not yet freed */
+#endif
+
 /* Checked arithmetic: nonzero on overflow. */
 static inline int hm__mul_size(size_t a, size_t b, size_t *out) { return __builtin_mul_overflow(a, b, out); }
 static inline int hm__add_size(size_t a, size_t b, size_t *out) { return __builtin_add_overflow(a, b, out); }

@@ -43,7 +43,7 @@ static int reserve(hm_bytes *b, size_t n) {
   if (b->len + n <= b->cap) return 1;
   size_t cap = b->cap ? b->cap : 256;
   while (cap < b->len + n) cap *= 2;
-  unsigned char *d = realloc(b->data, cap);
+  unsigned char *d = hm__realloc(b->data, cap);
   if (!d) {
     b->failed = 1;
     return 0;
@@ -89,7 +89,7 @@ void hm__bytes_str(hm_bytes *b, const char *s) {
 }
 
 void hm__bytes_free(hm_bytes *b) {
-  free(b->data);
+  hm__free(b->data);
   memset(b, 0, sizeof *b);
 }
 
@@ -100,9 +100,9 @@ hm_status hm__container_write(FILE *f, const char magic[8], uint32_t version, co
   hm__bytes_u32(&h, version);
   hm__bytes_u32(&h, 0);
   hm__bytes_u64(&h, payload->len);
-  hm__bytes_u32(&h, hm__crc32c(0, h.data, 24));
-  hm__bytes_u32(&h, hm__crc32c(0, payload->data, payload->len));
-  hm_status st = h.failed ? hm__fail(HM_STATUS_RESOURCE_EXHAUSTED, "out of memory") : HM_OK;
+  if (!h.failed) hm__bytes_u32(&h, hm__crc32c(0, h.data, 24));
+  if (!h.failed) hm__bytes_u32(&h, hm__crc32c(0, payload->data, payload->len));
+  hm_status st = h.failed ? hm__fail(HM_STATUS_RESOURCE_EXHAUSTED, "%s: out of memory while encoding", what) : HM_OK;
   if (st == HM_OK && fwrite(h.data, 1, h.len, f) != h.len)
     st = hm__fail(HM_STATUS_IO_ERROR, "%s: write failed: %s", what, strerror(errno));
   if (st == HM_OK && payload->len && fwrite(payload->data, 1, payload->len, f) != payload->len)
@@ -119,15 +119,29 @@ static uint64_t get_le(const unsigned char *p, int n) {
   return v;
 }
 
-hm_status hm__reader_fail(hm_reader *r, const char *fmt, ...) {
+static hm_status reader_vfail(hm_reader *r, hm_status status, const char *fmt, va_list ap) {
   if (r->status != HM_OK) return r->status;
   char msg[400];
+  vsnprintf(msg, sizeof msg, fmt, ap);
+  r->status = hm__fail(status, "%s: offset %zu: %s", r->what, r->base + r->pos, msg);
+  return r->status;
+}
+
+hm_status hm__reader_fail(hm_reader *r, const char *fmt, ...) {
   va_list ap;
   va_start(ap, fmt);
-  vsnprintf(msg, sizeof msg, fmt, ap);
+  hm_status st = reader_vfail(r, HM_STATUS_DATA_LOSS, fmt, ap);
   va_end(ap);
-  r->status = hm__fail(HM_STATUS_DATA_LOSS, "%s: offset %zu: %s", r->what, r->base + r->pos, msg);
-  return r->status;
+  return st;
+}
+
+hm_status hm__reader_fail_from(hm_reader *r, hm_status inner, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  hm_status st =
+      reader_vfail(r, inner == HM_STATUS_RESOURCE_EXHAUSTED ? HM_STATUS_RESOURCE_EXHAUSTED : HM_STATUS_DATA_LOSS, fmt, ap);
+  va_end(ap);
+  return st;
 }
 
 static const unsigned char *take(hm_reader *r, size_t n, const char *field) {
@@ -259,14 +273,14 @@ hm_status hm__container_read(FILE *f, const char magic[8], uint32_t max_version,
   for (;;) {
     if (len == cap) {
       if (cap >= max_bytes) {
-        free(buf);
+        hm__free(buf);
         return hm__fail(HM_STATUS_OUT_OF_RANGE, "%s: larger than the %zu-byte limit", what, max_bytes);
       }
       size_t ncap = cap ? cap * 2 : 65536;
       if (ncap > max_bytes) ncap = max_bytes;
-      unsigned char *nb = realloc(buf, ncap + 1);
+      unsigned char *nb = hm__realloc(buf, ncap + 1);
       if (!nb) {
-        free(buf);
+        hm__free(buf);
         return hm__fail(HM_STATUS_RESOURCE_EXHAUSTED, "%s: out of memory", what);
       }
       buf = nb;
@@ -277,12 +291,12 @@ hm_status hm__container_read(FILE *f, const char magic[8], uint32_t max_version,
     if (got == 0) break;
   }
   if (ferror(f)) {
-    free(buf);
+    hm__free(buf);
     return hm__fail(HM_STATUS_IO_ERROR, "%s: read error", what);
   }
   hm_status st = hm__container_open(buf, len, magic, max_version, what, r, version);
   if (st != HM_OK) {
-    free(buf);
+    hm__free(buf);
     return st;
   }
   *owned = buf;

@@ -83,6 +83,10 @@ char *hm__read_str(hm_reader *r, size_t max_len, const char *field);
 size_t hm__read_count(hm_reader *r, size_t min_item_bytes, size_t limit, const char *field);
 /* Records a DATA_LOSS at the current offset ("file: offset N: <message>"). */
 hm_status hm__reader_fail(hm_reader *r, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* The same for a step that failed with |inner| (its hm_last_error() is
+ * usually in the message): out of memory stays RESOURCE_EXHAUSTED, since
+ * the file is not at fault; anything else is DATA_LOSS. */
+hm_status hm__reader_fail_from(hm_reader *r, hm_status inner, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 /* Fails unless the whole payload was consumed. */
 hm_status hm__reader_finish(hm_reader *r);
 

@@ -40,7 +40,7 @@ static void remove_stale_temporaries(const char *dir, const char *base) {
     if (kill((pid_t)pid, 0) == 0 || errno != ESRCH) continue; /* alive, or not ours to judge */
     char *full = hm__asprintf("%s/%s", dir, n);
     if (full) unlink(full);
-    free(full);
+    hm__free(full);
   }
   closedir(d);
 }
@@ -64,9 +64,9 @@ hm_status hm__atomic_write(const char *path, hm_write_fn write, void *ctx) {
   char *dcopy = hm__strdup(path), *bcopy = hm__strdup(path);
   char *tmpname = hm__asprintf("%s.tmp.%ld.%u", path, (long)getpid(), atomic_fetch_add(&temp_counter, 1));
   if (!dcopy || !bcopy || !tmpname) {
-    free(dcopy);
-    free(bcopy);
-    free(tmpname);
+    hm__free(dcopy);
+    hm__free(bcopy);
+    hm__free(tmpname);
     return hm__fail(HM_STATUS_RESOURCE_EXHAUSTED, "out of memory");
   }
   const char *dir = dirname(dcopy), *base = basename(bcopy);
@@ -108,9 +108,9 @@ hm_status hm__atomic_write(const char *path, hm_write_fn write, void *ctx) {
       close(dfd);
     }
   }
-  free(dcopy);
-  free(bcopy);
-  free(tmpname);
+  hm__free(dcopy);
+  hm__free(bcopy);
+  hm__free(tmpname);
   return st;
 }
 
@@ -130,7 +130,7 @@ hm_status hm__read_file(const char *path, size_t max_bytes, char **out, size_t *
                     max_bytes);
   }
   size_t n = (size_t)st.st_size;
-  char *buf = malloc(n + 1);
+  char *buf = hm__malloc(n + 1);
   if (!buf) {
     fclose(f);
     return hm__fail(HM_STATUS_RESOURCE_EXHAUSTED, "out of memory reading %s", path);
@@ -139,7 +139,7 @@ hm_status hm__read_file(const char *path, size_t max_bytes, char **out, size_t *
   int err = ferror(f);
   fclose(f);
   if (got != n || err) {
-    free(buf);
+    hm__free(buf);
     return hm__fail(HM_STATUS_IO_ERROR, "%s: read %zu of %zu bytes", path, got, n);
   }
   buf[n] = '\0';

@@ -34,17 +34,17 @@ static void put(uint64_t *hashes, size_t *positions, size_t cap, uint64_t hash, 
 hm_status hm__hash_add(hm_hash_index *ix, uint64_t hash, size_t position) {
   if ((ix->len + 1) * 2 > ix->cap) {
     size_t cap = ix->cap ? ix->cap * 2 : 64;
-    uint64_t *hashes = calloc(cap, sizeof *hashes);
-    size_t *positions = malloc(cap * sizeof *positions);
+    uint64_t *hashes = hm__calloc(cap, sizeof *hashes);
+    size_t *positions = hm__malloc(cap * sizeof *positions);
     if (!hashes || !positions) {
-      free(hashes);
-      free(positions);
+      hm__free(hashes);
+      hm__free(positions);
       return hm__fail(HM_STATUS_RESOURCE_EXHAUSTED, "out of memory for an index of %zu entries", ix->len + 1);
     }
     for (size_t i = 0; i < ix->cap; i++)
       if (ix->hashes[i]) put(hashes, positions, cap, ix->hashes[i], ix->positions[i]);
-    free(ix->hashes);
-    free(ix->positions);
+    hm__free(ix->hashes);
+    hm__free(ix->positions);
     ix->hashes = hashes;
     ix->positions = positions;
     ix->cap = cap;
@@ -55,7 +55,7 @@ hm_status hm__hash_add(hm_hash_index *ix, uint64_t hash, size_t position) {
 }
 
 void hm__hash_free(hm_hash_index *ix) {
-  free(ix->hashes);
-  free(ix->positions);
+  hm__free(ix->hashes);
+  hm__free(ix->positions);
   memset(ix, 0, sizeof *ix);
 }

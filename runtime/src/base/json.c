@@ -20,11 +20,17 @@ typedef struct parser {
   char *err;
   size_t err_cap;
   int failed;
+  int out_of_memory; /* the failure is ours, not the text's */
 } parser;
 
 static void fail(parser *p, const char *what) {
   if (!p->failed) snprintf(p->err, p->err_cap, "offset %zu: %s", p->pos, what);
   p->failed = 1;
+}
+
+static void fail_out_of_memory(parser *p) {
+  if (!p->failed) p->out_of_memory = 1;
+  fail(p, "out of memory");
 }
 
 static void skip_ws(parser *p) {
@@ -84,9 +90,9 @@ static char *parse_string(parser *p) {
     fail(p, "unterminated string");
     return NULL;
   }
-  char *buf = malloc(end - start + 1);
+  char *buf = hm__malloc(end - start + 1);
   if (!buf) {
-    fail(p, "out of memory");
+    fail_out_of_memory(p);
     return NULL;
   }
   size_t n = 0;
@@ -94,7 +100,7 @@ static char *parse_string(parser *p) {
     unsigned char c = (unsigned char)p->s[p->pos];
     if (c < 0x20) {
       fail(p, "control character in string");
-      free(buf);
+      hm__free(buf);
       return NULL;
     }
     if (c != '\\') {
@@ -118,7 +124,7 @@ static char *parse_string(parser *p) {
         unsigned cp;
         if (!hex4(p, &cp)) {
           fail(p, "bad \\u escape");
-          free(buf);
+          hm__free(buf);
           return NULL;
         }
         if (cp >= 0xd800 && cp < 0xdc00 && p->len - p->pos >= 6 && p->s[p->pos] == '\\' && p->s[p->pos + 1] == 'u') {
@@ -126,14 +132,14 @@ static char *parse_string(parser *p) {
           p->pos += 2;
           if (!hex4(p, &lo) || lo < 0xdc00 || lo > 0xdfff) {
             fail(p, "bad surrogate pair");
-            free(buf);
+            hm__free(buf);
             return NULL;
           }
           cp = 0x10000 + ((cp - 0xd800) << 10) + (lo - 0xdc00);
         }
         if (cp == 0) {
           fail(p, "NUL character in string");
-          free(buf);
+          hm__free(buf);
           return NULL;
         }
         put_utf8(buf, &n, cp);
@@ -141,13 +147,13 @@ static char *parse_string(parser *p) {
       }
       default:
         fail(p, "bad escape");
-        free(buf);
+        hm__free(buf);
         return NULL;
     }
   }
   if (p->pos >= p->len) {
     fail(p, "unterminated string");
-    free(buf);
+    hm__free(buf);
     return NULL;
   }
   p->pos++; /* closing quote */
@@ -226,16 +232,16 @@ static hm_json *grow(parser *p, hm_json *arr, size_t *cap, char ***keys) {
       fail(p, "too many items");
       return NULL;
     }
-    hm_json *items = realloc(arr->items, ncap * sizeof *items);
+    hm_json *items = hm__realloc(arr->items, ncap * sizeof *items);
     if (!items) {
-      fail(p, "out of memory");
+      fail_out_of_memory(p);
       return NULL;
     }
     arr->items = items;
     if (keys) {
-      char **k = realloc(*keys, ncap * sizeof *k);
+      char **k = hm__realloc(*keys, ncap * sizeof *k);
       if (!k) {
-        fail(p, "out of memory");
+        fail_out_of_memory(p);
         return NULL;
       }
       *keys = k;
@@ -265,7 +271,7 @@ static int parse_container(parser *p, hm_json *out, int depth, int object) {
       if (!key) return 0;
       skip_ws(p);
       if (p->pos >= p->len || p->s[p->pos] != ':') {
-        free(key);
+        hm__free(key);
         fail(p, "expected ':'");
         return 0;
       }
@@ -273,7 +279,7 @@ static int parse_container(parser *p, hm_json *out, int depth, int object) {
     }
     hm_json *slot = grow(p, out, &cap, object ? &out->keys : NULL);
     if (!slot) {
-      free(key);
+      hm__free(key);
       return 0;
     }
     if (object) out->keys[out->count] = key;
@@ -327,31 +333,34 @@ static int parse_value(parser *p, hm_json *out, int depth) {
 
 static void json_clear(hm_json *j) {
   if (!j) return;
-  free(j->string);
+  hm__free(j->string);
   for (size_t i = 0; i < j->count; i++) {
     json_clear(&j->items[i]);
-    if (j->keys) free(j->keys[i]);
+    if (j->keys) hm__free(j->keys[i]);
   }
-  free(j->items);
-  free(j->keys);
+  hm__free(j->items);
+  hm__free(j->keys);
 }
 
 void hm__json_free(hm_json *j) {
   json_clear(j);
-  free(j);
+  hm__free(j);
 }
 
 hm_status hm__json_parse(const char *text, size_t len, hm_json **out, char *err, size_t err_cap) {
-  parser p = {text, len, 0, err, err_cap, 0};
-  hm_json *root = calloc(1, sizeof *root);
-  if (!root) return hm__fail(HM_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+  parser p = {text, len, 0, err, err_cap, 0, 0};
+  hm_json *root = hm__calloc(1, sizeof *root);
+  if (!root) {
+    snprintf(err, err_cap, "out of memory");
+    return hm__fail(HM_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+  }
   if (parse_value(&p, root, 0)) {
     skip_ws(&p);
     if (p.pos != p.len) fail(&p, "trailing characters after the value");
   }
   if (p.failed) {
     hm__json_free(root);
-    return HM_STATUS_PARSE_ERROR;
+    return p.out_of_memory ? HM_STATUS_RESOURCE_EXHAUSTED : HM_STATUS_PARSE_ERROR;
   }
   *out = root;
   return HM_OK;

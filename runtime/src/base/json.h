@@ -31,8 +31,9 @@ typedef struct hm_json {
   char **keys;    /* OBJECT: one key per item */
 } hm_json;
 
-/* Parses |len| bytes. On error returns PARSE_ERROR and writes "offset N:
- * reason" into |err|. Caller frees with hm__json_free. */
+/* Parses |len| bytes. On error returns PARSE_ERROR (RESOURCE_EXHAUSTED when
+ * memory ran out) and writes "offset N: reason" into |err|. Caller frees
+ * with hm__json_free. */
 hm_status hm__json_parse(const char *text, size_t len, hm_json **out, char *err, size_t err_cap);
 void hm__json_free(hm_json *j);
 /* The member |key| of an object, or NULL. */

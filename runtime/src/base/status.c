@@ -53,10 +53,13 @@ const char *hm_status_name(hm_status s) {
 }
 
 hm_status hm__fail(hm_status status, const char *fmt, ...) {
+  /* Through a copy: an argument may be hm_last_error() itself. */
+  char message[ERROR_CAP];
   va_list ap;
   va_start(ap, fmt);
-  vsnprintf(last_error, sizeof last_error, fmt, ap);
+  vsnprintf(message, sizeof message, fmt, ap);
   va_end(ap);
+  memcpy(last_error, message, strlen(message) + 1);
   return status;
 }
 

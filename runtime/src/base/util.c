@@ -11,7 +11,7 @@
 char *hm__strdup(const char *s) { return s ? hm__strndup(s, strlen(s)) : NULL; }
 
 char *hm__strndup(const char *s, size_t n) {
-  char *d = malloc(n + 1);
+  char *d = hm__malloc(n + 1);
   if (!d) return NULL;
   memcpy(d, s, n);
   d[n] = '\0';
@@ -24,7 +24,7 @@ char *hm__asprintf(const char *fmt, ...) {
   va_copy(ap2, ap);
   int n = vsnprintf(NULL, 0, fmt, ap);
   va_end(ap);
-  char *out = n >= 0 ? malloc((size_t)n + 1) : NULL;
+  char *out = n >= 0 ? hm__malloc((size_t)n + 1) : NULL;
   if (out) vsnprintf(out, (size_t)n + 1, fmt, ap2);
   va_end(ap2);
   return out;
@@ -33,7 +33,7 @@ char *hm__asprintf(const char *fmt, ...) {
 void hm__sb_init(hm_strbuf *sb) { memset(sb, 0, sizeof *sb); }
 
 void hm__sb_free(hm_strbuf *sb) {
-  free(sb->data);
+  hm__free(sb->data);
   memset(sb, 0, sizeof *sb);
 }
 
@@ -47,7 +47,7 @@ static int sb_reserve(hm_strbuf *sb, size_t extra) {
   if (need <= sb->cap) return 1;
   size_t cap = sb->cap ? sb->cap : 64;
   while (cap < need) cap *= 2;
-  char *d = realloc(sb->data, cap);
+  char *d = hm__realloc(sb->data, cap);
   if (!d) {
     sb->failed = 1;
     return 0;
@@ -109,7 +109,7 @@ char *hm__sb_take(hm_strbuf *sb) {
 int hm__ptrvec_push(hm_ptrvec *v, void *item) {
   if (v->len == v->cap) {
     size_t cap = v->cap ? v->cap * 2 : 8;
-    void **items = realloc(v->items, cap * sizeof *items);
+    void **items = hm__realloc(v->items, cap * sizeof *items);
     if (!items) return 1;
     v->items = items;
     v->cap = cap;
@@ -119,7 +119,7 @@ int hm__ptrvec_push(hm_ptrvec *v, void *item) {
 }
 
 void hm__ptrvec_free(hm_ptrvec *v) {
-  free(v->items);
+  hm__free(v->items);
   memset(v, 0, sizeof *v);
 }
 

@@ -13,7 +13,7 @@ struct hm_consumer {
 hm_status hm_consumer_create(const hm_consumer_vtable *vt, void *self, hm_consumer **out) {
   if (!vt || !out || vt->struct_size < sizeof *vt || !vt->push)
     return hm__fail(HM_STATUS_INVALID_ARGUMENT, "hm_consumer_create: vtable needs struct_size and push");
-  hm_consumer *c = calloc(1, sizeof *c);
+  hm_consumer *c = hm__calloc(1, sizeof *c);
   if (!c) return hm__fail(HM_STATUS_RESOURCE_EXHAUSTED, "out of memory");
   c->vt = vt;
   c->self = self;
@@ -24,7 +24,7 @@ hm_status hm_consumer_create(const hm_consumer_vtable *vt, void *self, hm_consum
 void hm_consumer_free(hm_consumer *c) {
   if (!c) return;
   if (c->vt->destroy) c->vt->destroy(c->self);
-  free(c);
+  hm__free(c);
 }
 
 hm_status hm_consumer_push(hm_consumer *c, const float *values, size_t rows, size_t width) {
@@ -45,7 +45,7 @@ static hm_status array_push(void *self, const float *values, size_t rows, size_t
   if (need > a->cap) {
     size_t cap = a->cap ? a->cap : 1024;
     while (cap < need) cap *= 2;
-    float *nv = realloc(a->values, cap * sizeof *nv);
+    float *nv = hm__realloc(a->values, cap * sizeof *nv);
     if (!nv) return hm__fail(HM_STATUS_RESOURCE_EXHAUSTED, "out of memory");
     a->values = nv;
     a->cap = cap;
@@ -59,17 +59,17 @@ static hm_status array_push(void *self, const float *values, size_t rows, size_t
 static void array_destroy(void *self) {
   array_consumer *a = self;
   if (!a) return;
-  free(a->values);
-  free(a);
+  hm__free(a->values);
+  hm__free(a);
 }
 
 static const hm_consumer_vtable array_vtable = {sizeof(hm_consumer_vtable), array_push, array_destroy};
 
 hm_status hm_consumer_create_array(hm_consumer **out) {
-  array_consumer *a = calloc(1, sizeof *a);
+  array_consumer *a = hm__calloc(1, sizeof *a);
   if (!a) return hm__fail(HM_STATUS_RESOURCE_EXHAUSTED, "out of memory");
   hm_status st = hm_consumer_create(&array_vtable, a, out);
-  if (st != HM_OK) free(a);
+  if (st != HM_OK) hm__free(a);
   return st;
 }
 

@@ -18,7 +18,7 @@ struct hm_producer {
 hm_status hm_producer_create(const hm_producer_vtable *vt, void *self, hm_producer **out) {
   if (!vt || !out || vt->struct_size < sizeof *vt || !vt->info || !vt->next_batch || !vt->reset)
     return hm__fail(HM_STATUS_INVALID_ARGUMENT, "hm_producer_create: vtable needs struct_size, info, next_batch, reset");
-  hm_producer *p = calloc(1, sizeof *p);
+  hm_producer *p = hm__calloc(1, sizeof *p);
   if (!p) return hm__fail(HM_STATUS_RESOURCE_EXHAUSTED, "out of memory");
   p->vt = vt;
   p->self = self;
@@ -29,7 +29,7 @@ hm_status hm_producer_create(const hm_producer_vtable *vt, void *self, hm_produc
 void hm_producer_free(hm_producer *p) {
   if (!p) return;
   if (p->vt->destroy) p->vt->destroy(p->self);
-  free(p);
+  hm__free(p);
 }
 
 hm_status hm_producer_info_get(hm_producer *p, hm_producer_info *out) {
@@ -64,7 +64,7 @@ hm_status hm__producer_read_all(hm_producer *p, const char *node_name, hm_bound_
   if (hm__mul_size(info.count, info.width, &bytes) || hm__mul_size(bytes, es, &bytes) || bytes > HM_MAX_DATASET_BYTES)
     return hm__fail(HM_STATUS_OUT_OF_RANGE, "producer '%s': %zu samples of width %zu exceed %zu bytes", node_name,
                     info.count, info.width, HM_MAX_DATASET_BYTES);
-  unsigned char *values = malloc(bytes);
+  unsigned char *values = hm__malloc(bytes);
   if (!values) return hm__fail(HM_STATUS_RESOURCE_EXHAUSTED, "out of memory for %zu bytes of '%s'", bytes, node_name);
   hm_status st = hm_producer_reset(p);
   size_t got = 0;
@@ -93,7 +93,7 @@ hm_status hm__producer_read_all(hm_producer *p, const char *node_name, hm_bound_
                       i / info.width);
   }
   if (st != HM_OK) {
-    free(values);
+    hm__free(values);
     return st;
   }
   data->info = info;
@@ -132,15 +132,15 @@ static hm_status limit_reset(void *self) {
   return hm_producer_reset(l->base);
 }
 
-static const hm_producer_vtable limit_vtable = {sizeof(hm_producer_vtable), limit_info, limit_next, limit_reset, free};
+static const hm_producer_vtable limit_vtable = {sizeof(hm_producer_vtable), limit_info, limit_next, limit_reset, hm__free};
 
 hm_status hm_producer_limit(hm_producer *base, size_t limit, hm_producer **out) {
   if (!base || !out || limit == 0) return hm__fail(HM_STATUS_INVALID_ARGUMENT, "hm_producer_limit: need a base and limit > 0");
-  limit_producer *l = calloc(1, sizeof *l);
+  limit_producer *l = hm__calloc(1, sizeof *l);
   if (!l) return hm__fail(HM_STATUS_RESOURCE_EXHAUSTED, "out of memory");
   l->base = base;
   l->limit = limit;
   hm_status st = hm_producer_create(&limit_vtable, l, out);
-  if (st != HM_OK) free(l);
+  if (st != HM_OK) hm__free(l);
   return st;
 }

@@ -37,17 +37,17 @@ static hm_status mem_reset(void *self) {
 static void mem_destroy(void *self) {
   mem_producer *m = self;
   if (!m) return;
-  free(m->values);
-  free(m);
+  hm__free(m->values);
+  hm__free(m);
 }
 
 static const hm_producer_vtable mem_vtable = {sizeof(hm_producer_vtable), mem_info, mem_next, mem_reset, mem_destroy};
 
 /* Takes ownership of |values| (freed on failure too). */
 hm_status hm__producer_from_memory(hm_producer_info info, void *values, hm_producer **out) {
-  mem_producer *m = calloc(1, sizeof *m);
+  mem_producer *m = hm__calloc(1, sizeof *m);
   if (!m) {
-    free(values);
+    hm__free(values);
     return hm__fail(HM_STATUS_RESOURCE_EXHAUSTED, "out of memory");
   }
   m->info = info;
@@ -64,7 +64,7 @@ hm_status hm_producer_from_floats(const float *data, size_t rows, size_t width, 
   size_t n;
   if (hm__mul_size(rows, width, &n) || hm__mul_size(n, 4, &n) || n > HM_MAX_DATASET_BYTES)
     return hm__fail(HM_STATUS_OUT_OF_RANGE, "hm_producer_from_floats: too large");
-  void *copy = malloc(n);
+  void *copy = hm__malloc(n);
   if (!copy) return hm__fail(HM_STATUS_RESOURCE_EXHAUSTED, "out of memory");
   memcpy(copy, data, n);
   hm_producer_info info = {width, rows, HM_ABI_DTYPE_F32, 1.0f, 0};
@@ -78,7 +78,7 @@ hm_status hm_producer_from_labels(const int32_t *labels, size_t count, size_t nu
     if (labels[i] < 0 || (size_t)labels[i] >= num_classes)
       return hm__fail(HM_STATUS_INVALID_ARGUMENT, "label %zu is %d, outside [0, %zu)", i, labels[i], num_classes);
   if (count > HM_MAX_DATASET_BYTES / 4) return hm__fail(HM_STATUS_OUT_OF_RANGE, "too many labels");
-  void *copy = malloc(count * 4);
+  void *copy = hm__malloc(count * 4);
   if (!copy) return hm__fail(HM_STATUS_RESOURCE_EXHAUSTED, "out of memory");
   memcpy(copy, labels, count * 4);
   hm_producer_info info = {1, count, HM_ABI_DTYPE_I32, 1.0f, num_classes};

@@ -62,7 +62,7 @@ hm_status hm_producer_open_csv(const char *path, hm_producer **out) {
           numeric_fields++;
           if (n_values == cap) {
             size_t ncap = cap ? cap * 2 : 1024;
-            float *nv = realloc(values, ncap * sizeof *nv);
+            float *nv = hm__realloc(values, ncap * sizeof *nv);
             if (!nv) st = hm__fail(HM_STATUS_RESOURCE_EXHAUSTED, "out of memory reading %s", path);
             else {
               values = nv;
@@ -96,11 +96,11 @@ hm_status hm_producer_open_csv(const char *path, hm_producer **out) {
     }
     pos = end + 1;
   }
-  free(text);
+  hm__free(text);
   if (st == HM_OK && rows == 0) st = hm__fail(HM_STATUS_PARSE_ERROR, "%s: no data rows", path);
   if (st == HM_OK && width > HM_MAX_WIDTH) st = hm__fail(HM_STATUS_OUT_OF_RANGE, "%s: %zu fields per row", path, width);
   if (st != HM_OK) {
-    free(values);
+    hm__free(values);
     return st;
   }
   hm_producer_info info = {width, rows, HM_ABI_DTYPE_F32, 1.0f, 0};

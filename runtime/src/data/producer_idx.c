@@ -128,7 +128,7 @@ hm_status hm_producer_open_idx(const char *path, hm_producer **out) {
         size_t ncap = cap ? cap * 2 : (8u << 20);
         if (ncap > total) ncap = total;
         if (ncap < got + want) ncap = got + want;
-        unsigned char *nb = realloc(bytes, ncap);
+        unsigned char *nb = hm__realloc(bytes, ncap);
         if (!nb) {
           st = hm__fail(HM_STATUS_RESOURCE_EXHAUSTED, "out of memory reading %s", path);
           break;
@@ -147,14 +147,14 @@ hm_status hm_producer_open_idx(const char *path, hm_producer **out) {
   }
   stream_close(f);
   if (st != HM_OK) {
-    free(bytes);
+    hm__free(bytes);
     return st;
   }
   if (ndims == 1) {
     /* Labels: class indices, classes = largest label + 1. */
-    int32_t *labels = malloc(count * sizeof *labels);
+    int32_t *labels = hm__malloc(count * sizeof *labels);
     if (!labels) {
-      free(bytes);
+      hm__free(bytes);
       return hm__fail(HM_STATUS_RESOURCE_EXHAUSTED, "out of memory");
     }
     size_t classes = 0;
@@ -162,7 +162,7 @@ hm_status hm_producer_open_idx(const char *path, hm_producer **out) {
       labels[i] = bytes[i];
       if ((size_t)bytes[i] + 1 > classes) classes = (size_t)bytes[i] + 1;
     }
-    free(bytes);
+    hm__free(bytes);
     hm_producer_info info = {1, count, HM_ABI_DTYPE_I32, 1.0f, classes};
     return hm__producer_from_memory(info, labels, out);
   }

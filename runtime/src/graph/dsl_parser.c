@@ -69,7 +69,7 @@ static hm_status take_ident(parser *p, char **out, int *line, int *col) {
   if (col) *col = p->tok.col;
   hm_status st = next(p);
   if (st != HM_OK) {
-    free(*out);
+    hm__free(*out);
     *out = NULL;
   }
   return st;
@@ -122,7 +122,7 @@ static hm_status parse_declaration(parser *p) {
   HM_RETURN_IF_ERROR(take_ident(p, &name, &line, &col));
   hm_node_kind nk = kind == TOK_PRODUCER ? HM_NODE_PRODUCER : kind == TOK_CONSUMER ? HM_NODE_CONSUMER : HM_NODE_LAYER;
   hm_status st = hm__graph_add_node(p->g, name, nk, 0, line, col);
-  free(name);
+  hm__free(name);
   if (st != HM_OK) {
     if (st == HM_STATUS_INVALID_ARGUMENT) hm__error_prefix("%s:%d:%d: ", p->lx.filename, line, col);
     return st;
@@ -134,7 +134,7 @@ static hm_status parse_declaration(parser *p) {
     if (kind == TOK_LAYER && n->declared_width)
       return error_at(p, &p->tok, "a layer has either a width {n} or a ratio, not both%s", "");
     HM_RETURN_IF_ERROR(parse_ratio(p, n));
-    size_t *r = realloc(p->ratio_nodes, (p->n_ratio + 1) * sizeof *r);
+    size_t *r = hm__realloc(p->ratio_nodes, (p->n_ratio + 1) * sizeof *r);
     if (!r) return hm__fail(HM_STATUS_RESOURCE_EXHAUSTED, "out of memory");
     p->ratio_nodes = r;
     r[p->n_ratio++] = p->g->n_nodes - 1;
@@ -147,7 +147,7 @@ static hm_status add_arrow(parser *p, const char *src, const char *dst, const ch
                            int col) {
   if (p->n_arrows == p->cap_arrows) {
     size_t cap = p->cap_arrows ? p->cap_arrows * 2 : 16;
-    pending_arrow *a = realloc(p->arrows, cap * sizeof *a);
+    pending_arrow *a = hm__realloc(p->arrows, cap * sizeof *a);
     if (!a) return hm__fail(HM_STATUS_RESOURCE_EXHAUSTED, "out of memory");
     p->arrows = a;
     p->cap_arrows = cap;
@@ -160,9 +160,9 @@ static hm_status add_arrow(parser *p, const char *src, const char *dst, const ch
   a->line = line;
   a->col = col;
   if (!a->src || !a->dst || (func && !a->func)) {
-    free(a->src);
-    free(a->dst);
-    free(a->func);
+    hm__free(a->src);
+    hm__free(a->dst);
+    hm__free(a->func);
     return hm__fail(HM_STATUS_RESOURCE_EXHAUSTED, "out of memory");
   }
   p->n_arrows++;
@@ -208,7 +208,7 @@ static hm_status parse_flow_line(parser *p, char **last_src) {
   char *source = NULL;
   if (p->tok.kind == TOK_IDENT) {
     HM_RETURN_IF_ERROR(take_ident(p, &source, NULL, NULL));
-    free(*last_src);
+    hm__free(*last_src);
     *last_src = hm__strdup(source);
   } else if (is_arrow_start(p->tok.kind)) {
     if (!*last_src) return error_at(p, &p->tok, "this flow line has no source node%s", "");
@@ -233,12 +233,12 @@ static hm_status parse_flow_line(parser *p, char **last_src) {
     if (st == HM_OK) st = add_arrow(p, current, target, func, backward, line, col);
     arrows++;
     if (st == HM_OK && !backward) {
-      free(current);
+      hm__free(current);
       current = target;
       target = NULL;
     }
-    free(func);
-    free(target);
+    hm__free(func);
+    hm__free(target);
     if (st != HM_OK) break;
     if (p->tok.kind == TOK_PIPE) {
       st = next(p);
@@ -247,12 +247,12 @@ static hm_status parse_flow_line(parser *p, char **last_src) {
         st = expected(p, "an arrow after '|'");
         break;
       }
-      free(current);
+      hm__free(current);
       current = hm__strdup(source);
     }
   }
-  free(current);
-  free(source);
+  hm__free(current);
+  hm__free(source);
   return st;
 }
 
@@ -272,7 +272,7 @@ static hm_status parse_cycle(parser *p) {
     }
     st = parse_flow_line(p, &last_src);
   }
-  free(last_src);
+  hm__free(last_src);
   if (st != HM_OK) return st;
   return next(p); /* '}' */
 }
@@ -361,7 +361,7 @@ hm_status hm_graph_parse(const char *text, size_t length, const char *filename, 
     char *name = NULL;
     if (st == HM_OK) st = take_ident(&p, &name, NULL, NULL);
     if (st == HM_OK) {
-      free(p.g->name);
+      hm__free(p.g->name);
       p.g->name = name;
       st = expect(&p, TOK_LBRACE);
     }
@@ -373,12 +373,12 @@ hm_status hm_graph_parse(const char *text, size_t length, const char *filename, 
   }
   if (st == HM_OK) st = resolve_arrows(&p);
   for (size_t i = 0; i < p.n_arrows; i++) {
-    free(p.arrows[i].src);
-    free(p.arrows[i].dst);
-    free(p.arrows[i].func);
+    hm__free(p.arrows[i].src);
+    hm__free(p.arrows[i].dst);
+    hm__free(p.arrows[i].func);
   }
-  free(p.arrows);
-  free(p.ratio_nodes);
+  hm__free(p.arrows);
+  hm__free(p.ratio_nodes);
   if (st != HM_OK) {
     hm_graph_free(p.g);
     return st;
@@ -393,6 +393,6 @@ hm_status hm_graph_load_dsl(const char *path, hm_graph **out) {
   size_t len = 0;
   HM_RETURN_IF_ERROR(hm__read_file(path, MAX_DSL_BYTES, &text, &len));
   hm_status st = hm_graph_parse(text, len, path, out);
-  free(text);
+  hm__free(text);
   return st;
 }

@@ -16,7 +16,7 @@ void hm__graph_where(const hm_graph *g, int line, int col, char *buf, size_t cap
 
 hm_status hm_graph_create(const char *name, hm_graph **out) {
   if (!out) return hm__fail(HM_STATUS_INVALID_ARGUMENT, "hm_graph_create: NULL output");
-  hm_graph *g = calloc(1, sizeof *g);
+  hm_graph *g = hm__calloc(1, sizeof *g);
   if (!g) return hm__fail(HM_STATUS_RESOURCE_EXHAUSTED, "out of memory");
   g->name = hm__strdup(name ? name : "graph");
   hm__sb_init(&g->warnings);
@@ -27,19 +27,19 @@ hm_status hm_graph_create(const char *name, hm_graph **out) {
 void hm_graph_free(hm_graph *g) {
   if (!g) return;
   for (size_t i = 0; i < g->n_nodes; i++) {
-    free(g->nodes[i].name);
-    free(g->nodes[i].ratio_ref);
+    hm__free(g->nodes[i].name);
+    hm__free(g->nodes[i].ratio_ref);
   }
-  free(g->nodes);
-  free(g->edges);
+  hm__free(g->nodes);
+  hm__free(g->edges);
   hm__hash_free(&g->node_index);
   hm__hash_free(&g->edge_index);
-  free(g->taps);
+  hm__free(g->taps);
   hm_weights_free(g->weights);
   hm__sb_free(&g->warnings);
-  free(g->name);
-  free(g->filename);
-  free(g);
+  hm__free(g->name);
+  hm__free(g->filename);
+  hm__free(g);
 }
 
 typedef struct name_key {
@@ -88,7 +88,7 @@ static const char *kind_name(hm_node_kind k) {
 static void *grow(void *items, size_t *cap, size_t len, size_t size) {
   if (len < *cap) return items;
   size_t ncap = *cap ? *cap * 2 : 8;
-  void *n = realloc(items, ncap * size);
+  void *n = hm__realloc(items, ncap * size);
   if (n) *cap = ncap;
   return n;
 }
@@ -120,7 +120,7 @@ hm_status hm__graph_add_node(hm_graph *g, const char *name, hm_node_kind kind, s
   n->line = line;
   n->col = col;
   if (hm__hash_add(&g->node_index, hm__hash_str(name), g->n_nodes) != HM_OK) {
-    free(n->name);
+    hm__free(n->name);
     return HM_STATUS_RESOURCE_EXHAUSTED;
   }
   g->n_nodes++;
@@ -326,10 +326,10 @@ hm_status hm_graph_bind_consumer(hm_graph *g, const char *name, hm_consumer *c) 
 
 hm_status hm__graph_topo_layers(const hm_graph *g, size_t **out, size_t *n_out) {
   size_t n = g->n_nodes;
-  size_t *indeg = calloc(n ? n : 1, sizeof *indeg), *order = calloc(n ? n : 1, sizeof *order);
+  size_t *indeg = hm__calloc(n ? n : 1, sizeof *indeg), *order = hm__calloc(n ? n : 1, sizeof *order);
   if (!indeg || !order) {
-    free(indeg);
-    free(order);
+    hm__free(indeg);
+    hm__free(order);
     return hm__fail(HM_STATUS_RESOURCE_EXHAUSTED, "out of memory");
   }
   for (size_t e = 0; e < g->n_edges; e++)
@@ -339,10 +339,10 @@ hm_status hm__graph_topo_layers(const hm_graph *g, size_t **out, size_t *n_out) 
   /* Kahn's algorithm, taking ready layers in declaration order. */
   for (size_t i = 0; i < n; i++) layers += g->nodes[i].kind == HM_NODE_LAYER;
   int progress = 1;
-  char *done = calloc(n ? n : 1, 1);
+  char *done = hm__calloc(n ? n : 1, 1);
   if (!done) {
-    free(indeg);
-    free(order);
+    hm__free(indeg);
+    hm__free(order);
     return hm__fail(HM_STATUS_RESOURCE_EXHAUSTED, "out of memory");
   }
   while (progress && count < layers) {
@@ -368,10 +368,10 @@ hm_status hm__graph_topo_layers(const hm_graph *g, size_t **out, size_t *n_out) 
         break;
       }
   }
-  free(indeg);
-  free(done);
+  hm__free(indeg);
+  hm__free(done);
   if (st != HM_OK) {
-    free(order);
+    hm__free(order);
     return st;
   }
   *out = order;

@@ -66,7 +66,7 @@ hm_status hm__graph_decode(hm_reader *r, hm_graph **out) {
   if (r->status != HM_OK) return r->status;
   hm_graph *g = NULL;
   hm_status st = hm_graph_create(name && *name ? name : "graph", &g);
-  free(name);
+  hm__free(name);
   if (st != HM_OK) return st;
   size_t n = hm__read_count(r, 22, HM_MAX_NODES, "node count");
   for (size_t i = 0; i < n && r->status == HM_OK; i++) {
@@ -91,8 +91,9 @@ hm_status hm__graph_decode(hm_reader *r, hm_graph **out) {
         hm__reader_fail(r, "node '%s' has an invalid ratio %d/%d", nm, num, den);
     }
     if (r->status == HM_OK) {
-      if (hm__graph_add_node(g, nm, (hm_node_kind)kind, declared, 0, 0) != HM_OK)
-        hm__reader_fail(r, "node %zu: %s", i, hm_last_error());
+      hm_status added = hm__graph_add_node(g, nm, (hm_node_kind)kind, declared, 0, 0);
+      if (added != HM_OK)
+        hm__reader_fail_from(r, added, "node %zu: %s", i, hm_last_error());
       else {
         hm_node *node = &g->nodes[g->n_nodes - 1];
         node->width = (size_t)resolved;
@@ -103,8 +104,8 @@ hm_status hm__graph_decode(hm_reader *r, hm_graph **out) {
         ref = NULL;
       }
     }
-    free(nm);
-    free(ref);
+    hm__free(nm);
+    hm__free(ref);
   }
   for (size_t i = 0; i < g->n_nodes && r->status == HM_OK; i++)
     if (g->nodes[i].has_ratio && hm__graph_find(g, g->nodes[i].ratio_ref) < 0)
@@ -115,14 +116,20 @@ hm_status hm__graph_decode(hm_reader *r, hm_graph **out) {
              a = hm__read_u32(r, "activation");
     if (r->status != HM_OK) break;
     if (s >= g->n_nodes || d >= g->n_nodes) hm__reader_fail(r, "connection %zu refers to node %u of %zu", i, s >= g->n_nodes ? s : d, g->n_nodes);
-    else if (hm__graph_add_edge(g, s, d, a, 0, 0) != HM_OK) hm__reader_fail(r, "connection %zu: %s", i, hm_last_error());
+    else {
+      hm_status added = hm__graph_add_edge(g, s, d, a, 0, 0);
+      if (added != HM_OK) hm__reader_fail_from(r, added, "connection %zu: %s", i, hm_last_error());
+    }
   }
   size_t nt = hm__read_count(r, 12, HM_MAX_NODES, "loss count");
   for (size_t i = 0; i < nt && r->status == HM_OK; i++) {
     uint32_t l = hm__read_u32(r, "loss layer"), t = hm__read_u32(r, "loss target"), k = hm__read_u32(r, "loss kind");
     if (r->status != HM_OK) break;
     if (l >= g->n_nodes || t >= g->n_nodes) hm__reader_fail(r, "loss %zu refers to node %u of %zu", i, l >= g->n_nodes ? l : t, g->n_nodes);
-    else if (hm__graph_add_tap(g, l, t, k, 0, 0) != HM_OK) hm__reader_fail(r, "loss %zu: %s", i, hm_last_error());
+    else {
+      hm_status added = hm__graph_add_tap(g, l, t, k, 0, 0);
+      if (added != HM_OK) hm__reader_fail_from(r, added, "loss %zu: %s", i, hm_last_error());
+    }
   }
   hm__reader_finish(r);
   if (r->status != HM_OK) {
@@ -147,7 +154,7 @@ static hm_status load_graph(FILE *f, const char *what, hm_graph **out) {
   hm_reader r;
   HM_RETURN_IF_ERROR(hm__container_read(f, GRAPH_MAGIC, HM_GRAPH_FORMAT_VERSION, MAX_GRAPH_FILE, what, &buf, &r, NULL));
   hm_status st = hm__graph_decode(&r, out);
-  free(buf);
+  hm__free(buf);
   return st;
 }
 

@@ -28,7 +28,7 @@ typedef struct op_list {
 static hm_abi_op *push(op_list *l, uint32_t code) {
   if (l->n == l->cap) {
     size_t cap = l->cap ? l->cap * 2 : 64;
-    hm_abi_op *ops = realloc(l->ops, cap * sizeof *ops);
+    hm_abi_op *ops = hm__realloc(l->ops, cap * sizeof *ops);
     if (!ops) {
       l->failed = 1;
       return NULL;
@@ -380,7 +380,7 @@ hm_status hm__lower_step(const hm_plan *p, const hm_step_buffers *b, const hm_fi
   const lowering ctx = {p, p->g, b, o}, *s = &ctx;
   op_list l = {0};
   hm_status st = HM_OK;
-  char *grad_init = calloc(s->g->n_nodes ? s->g->n_nodes : 1, 1);
+  char *grad_init = hm__calloc(s->g->n_nodes ? s->g->n_nodes : 1, 1);
   if (!grad_init) return hm__fail(HM_STATUS_RESOURCE_EXHAUSTED, "out of memory");
   if (kind != PROG_APPLY) {
     emit_gathers(s, &l, kind, batch, &st);
@@ -393,10 +393,10 @@ hm_status hm__lower_step(const hm_plan *p, const hm_step_buffers *b, const hm_fi
     if (is_training(kind)) emit_backward(s, &l, batch, kind == PROG_MICRO_ACC, grad_init);
   }
   if (kind == PROG_TRAIN || kind == PROG_APPLY) emit_apply(s, &l, kind == PROG_APPLY);
-  free(grad_init);
+  hm__free(grad_init);
   if (l.failed && st == HM_OK) st = hm__fail(HM_STATUS_RESOURCE_EXHAUSTED, "out of memory building a program");
   if (st != HM_OK) {
-    free(l.ops);
+    hm__free(l.ops);
     return st;
   }
   hm__log(HM_LOG_TRAIN, "program kind %d batch %zu: %zu ops", (int)kind, batch, l.n);

@@ -4,15 +4,15 @@
 #include <stdlib.h>
 
 hm_status hm__plan_create(const hm_graph *g, const hm_policy *policy, hm_device *dev, int training, hm_plan **out) {
-  hm_plan *p = calloc(1, sizeof *p);
+  hm_plan *p = hm__calloc(1, sizeof *p);
   if (!p) return hm__fail(HM_STATUS_RESOURCE_EXHAUSTED, "out of memory");
   p->g = g;
   p->training = training;
   p->accuracy_tap = -1;
   hm_status st = hm__graph_topo_layers(g, &p->order, &p->n_order);
   if (st == HM_OK) {
-    p->nodes = calloc(g->n_nodes ? g->n_nodes : 1, sizeof *p->nodes);
-    p->edges = calloc(g->n_edges ? g->n_edges : 1, sizeof *p->edges);
+    p->nodes = hm__calloc(g->n_nodes ? g->n_nodes : 1, sizeof *p->nodes);
+    p->edges = hm__calloc(g->n_edges ? g->n_edges : 1, sizeof *p->edges);
     if (!p->nodes || !p->edges) st = hm__fail(HM_STATUS_RESOURCE_EXHAUSTED, "out of memory");
   }
   if (st != HM_OK) {
@@ -56,11 +56,11 @@ hm_status hm__plan_create(const hm_graph *g, const hm_policy *policy, hm_device 
   for (size_t t = 0; t < g->n_taps && p->accuracy_tap < 0; t++)
     if (g->taps[t].loss == HM_ABI_LOSS_CROSS_ENTROPY) p->accuracy_tap = (long)t;
   if (st == HM_OK) {
-    hm_edge_precision *prec = calloc(g->n_edges ? g->n_edges : 1, sizeof *prec);
+    hm_edge_precision *prec = hm__calloc(g->n_edges ? g->n_edges : 1, sizeof *prec);
     if (!prec) st = hm__fail(HM_STATUS_RESOURCE_EXHAUSTED, "out of memory");
     if (st == HM_OK) st = hm__precision_plan(policy, dev, g, training, prec);
     for (size_t e = 0; st == HM_OK && e < g->n_edges; e++) p->edges[e].prec = prec[e];
-    free(prec);
+    hm__free(prec);
   }
   if (st != HM_OK) {
     hm__plan_free(p);
@@ -72,8 +72,8 @@ hm_status hm__plan_create(const hm_graph *g, const hm_policy *policy, hm_device 
 
 void hm__plan_free(hm_plan *p) {
   if (!p) return;
-  free(p->order);
-  free(p->nodes);
-  free(p->edges);
-  free(p);
+  hm__free(p->order);
+  hm__free(p->nodes);
+  hm__free(p->edges);
+  hm__free(p);
 }

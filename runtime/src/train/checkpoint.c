@@ -133,7 +133,7 @@ static hm_status decode(hm_reader *r, uint32_t version, hm_cycle_state *s) {
   char *backend = hm__read_str(r, sizeof s->backend - 1, "backend");
   if (backend) {
     snprintf(s->backend, sizeof s->backend, "%s", backend);
-    free(backend);
+    hm__free(backend);
   }
   if (r->status != HM_OK) return r->status;
   HM_RETURN_IF_ERROR(hm__weights_decode_part(r, &s->weights));
@@ -164,7 +164,7 @@ static hm_status read_stream(FILE *f, const char *what, hm_cycle_state **out) {
   HM_RETURN_IF_ERROR(
       hm__container_read(f, CHECKPOINT_MAGIC, HM_CHECKPOINT_FORMAT_VERSION, MAX_CHECKPOINT_FILE, what, &buf, &r, NULL));
   hm_status st = hm__cycle_state_decode(buf, r.len + HM_CONTAINER_HEADER, what, out);
-  free(buf);
+  hm__free(buf);
   return st;
 }
 

@@ -10,7 +10,7 @@
 #include "harmonics/names.h"
 
 hm_status hm__cycle_state_create(hm_cycle_state **out) {
-  hm_cycle_state *st = calloc(1, sizeof *st);
+  hm_cycle_state *st = hm__calloc(1, sizeof *st);
   if (!st) return hm__fail(HM_STATUS_RESOURCE_EXHAUSTED, "out of memory");
   st->eval_loss = NAN;
   st->eval_accuracy = NAN;
@@ -28,18 +28,18 @@ void hm_cycle_state_free(hm_cycle_state *st) {
   hm_weights_free(st->weights);
   hm_weights_free(st->opt_state);
   for (size_t i = 0; i < st->n_layers; i++) {
-    free(st->layer_names[i]);
-    free(st->precisions[i]);
-    free(st->kernels[i]);
-    free(st->notes[i]);
+    hm__free(st->layer_names[i]);
+    hm__free(st->precisions[i]);
+    hm__free(st->kernels[i]);
+    hm__free(st->notes[i]);
   }
-  free(st->notes);
-  free(st->layer_names);
-  free(st->precisions);
-  free(st->kernels);
-  free(st->matrix_bytes);
-  free(st->matrix_weights);
-  free(st);
+  hm__free(st->notes);
+  hm__free(st->layer_names);
+  hm__free(st->precisions);
+  hm__free(st->kernels);
+  hm__free(st->matrix_bytes);
+  hm__free(st->matrix_weights);
+  hm__free(st);
 }
 
 hm_status hm__cycle_state_describe(hm_cycle_state *st, const hm_plan *plan, hm_device *dev) {
@@ -47,12 +47,12 @@ hm_status hm__cycle_state_describe(hm_cycle_state *st, const hm_plan *plan, hm_d
   snprintf(st->backend, sizeof st->backend, "%s:%u", hm_device_backend(dev), hm_device_index(dev));
   size_t n = 0;
   for (size_t e = 0; e < g->n_edges; e++) n += plan->edges[e].has_weights;
-  st->layer_names = calloc(n ? n : 1, sizeof(char *));
-  st->precisions = calloc(n ? n : 1, sizeof(char *));
-  st->kernels = calloc(n ? n : 1, sizeof(char *));
-  st->notes = calloc(n ? n : 1, sizeof(char *));
-  st->matrix_bytes = calloc(n ? n : 1, sizeof(size_t));
-  st->matrix_weights = calloc(n ? n : 1, sizeof(size_t));
+  st->layer_names = hm__calloc(n ? n : 1, sizeof(char *));
+  st->precisions = hm__calloc(n ? n : 1, sizeof(char *));
+  st->kernels = hm__calloc(n ? n : 1, sizeof(char *));
+  st->notes = hm__calloc(n ? n : 1, sizeof(char *));
+  st->matrix_bytes = hm__calloc(n ? n : 1, sizeof(size_t));
+  st->matrix_weights = hm__calloc(n ? n : 1, sizeof(size_t));
   if (!st->layer_names || !st->precisions || !st->kernels || !st->notes || !st->matrix_bytes || !st->matrix_weights)
     return hm__fail(HM_STATUS_RESOURCE_EXHAUSTED, "out of memory");
   for (size_t e = 0; e < g->n_edges; e++) {

@@ -22,10 +22,10 @@ static hm_status alloc_buffer(hm_session *s, size_t bytes, hm_abi_buffer **out) 
 
 static hm_status alloc_zeroed(hm_session *s, size_t bytes, hm_abi_buffer **out) {
   HM_RETURN_IF_ERROR(alloc_buffer(s, bytes, out));
-  void *zeros = calloc(1, bytes ? bytes : 4);
+  void *zeros = hm__calloc(1, bytes ? bytes : 4);
   if (!zeros) return hm__fail(HM_STATUS_RESOURCE_EXHAUSTED, "out of memory");
   hm_status st = hm_device_buffer_write(s->dev, *out, 0, zeros, bytes ? bytes : 4);
-  free(zeros);
+  hm__free(zeros);
   return st;
 }
 
@@ -174,16 +174,16 @@ static hm_status alloc_edge_buffers(hm_session *s, size_t batch, size_t grad_row
 
 hm_status hm__session_create(hm_graph *g, const hm_fit_options *opts, const hm_policy *policy, int train, int eval,
                              hm_session **out) {
-  hm_session *s = calloc(1, sizeof *s);
+  hm_session *s = hm__calloc(1, sizeof *s);
   if (!s) return hm__fail(HM_STATUS_RESOURCE_EXHAUSTED, "out of memory");
   s->g = g;
   s->opts = *opts;
   s->with_optimizer = train;
   size_t n_nodes = g->n_nodes ? g->n_nodes : 1;
-  s->bufs.nodes = calloc(n_nodes, sizeof *s->bufs.nodes);
-  s->bufs.edges = calloc(g->n_edges ? g->n_edges : 1, sizeof *s->bufs.edges);
-  s->host[DATA_TRAIN] = calloc(n_nodes, sizeof *s->host[DATA_TRAIN]);
-  s->host[DATA_EVAL] = calloc(n_nodes, sizeof *s->host[DATA_EVAL]);
+  s->bufs.nodes = hm__calloc(n_nodes, sizeof *s->bufs.nodes);
+  s->bufs.edges = hm__calloc(g->n_edges ? g->n_edges : 1, sizeof *s->bufs.edges);
+  s->host[DATA_TRAIN] = hm__calloc(n_nodes, sizeof *s->host[DATA_TRAIN]);
+  s->host[DATA_EVAL] = hm__calloc(n_nodes, sizeof *s->host[DATA_EVAL]);
   hm_status st = HM_OK;
   if (!s->bufs.nodes || !s->bufs.edges || !s->host[DATA_TRAIN] || !s->host[DATA_EVAL])
     st = hm__fail(HM_STATUS_RESOURCE_EXHAUSTED, "out of memory");
@@ -204,7 +204,7 @@ hm_status hm__session_create(hm_graph *g, const hm_fit_options *opts, const hm_p
   s->train_rows = train_rows;
   if (st == HM_OK) st = alloc_buffer(s, batch * 4, &s->bufs.idx);
   if (st == HM_OK) st = alloc_zeroed(s, 16, &s->bufs.stats);
-  if (st == HM_OK && !(s->idx_host = malloc(batch * sizeof *s->idx_host)))
+  if (st == HM_OK && !(s->idx_host = hm__malloc(batch * sizeof *s->idx_host)))
     st = hm__fail(HM_STATUS_RESOURCE_EXHAUSTED, "out of memory");
   if (st == HM_OK) st = alloc_node_buffers(s, batch, train_rows, train);
   if (st == HM_OK) st = alloc_edge_buffers(s, batch, train_rows);
@@ -212,7 +212,7 @@ hm_status hm__session_create(hm_graph *g, const hm_fit_options *opts, const hm_p
   for (size_t i = 0; s->host[DATA_EVAL] && s->plan && i < g->n_nodes; i++) {
     int keep = s->plan->accuracy_tap >= 0 && g->taps[s->plan->accuracy_tap].target == i;
     for (int w = 0; w < 2 && !keep; w++) {
-      free(s->host[w][i].values);
+      hm__free(s->host[w][i].values);
       s->host[w][i].values = NULL;
     }
   }
@@ -242,17 +242,17 @@ void hm__session_free(hm_session *s) {
     if (es->dz && es->dz != s->bufs.nodes[s->g->edges[e].dst].grad) hm_device_buffer_free(s->dev, es->dz);
   }
   for (int w = 0; w < 2; w++)
-    for (size_t i = 0; s->host[w] && i < s->g->n_nodes; i++) free(s->host[w][i].values);
+    for (size_t i = 0; s->host[w] && i < s->g->n_nodes; i++) hm__free(s->host[w][i].values);
   hm_device_buffer_free(s->dev, s->bufs.idx);
   hm_device_buffer_free(s->dev, s->bufs.stats);
   if (s->owns_device) hm_device_close(s->dev);
   hm__plan_free(s->plan);
-  free(s->idx_host);
-  free(s->bufs.nodes);
-  free(s->bufs.edges);
-  free(s->host[DATA_TRAIN]);
-  free(s->host[DATA_EVAL]);
-  free(s);
+  hm__free(s->idx_host);
+  hm__free(s->bufs.nodes);
+  hm__free(s->bufs.edges);
+  hm__free(s->host[DATA_TRAIN]);
+  hm__free(s->host[DATA_EVAL]);
+  hm__free(s);
 }
 
 hm_status hm__session_program(hm_session *s, program_kind kind, size_t batch, hm_abi_program **out) {
@@ -269,7 +269,7 @@ hm_status hm__session_program(hm_session *s, program_kind kind, size_t batch, hm
   hm_abi_program *p = NULL;
   hm_status st = n > UINT32_MAX ? hm__fail(HM_STATUS_OUT_OF_RANGE, "program too large")
                                 : hm_device_program_create(s->dev, ops, (uint32_t)n, N_SLOTS, &p);
-  free(ops);
+  hm__free(ops);
   if (st != HM_OK) return st;
   /* Two sizes per kind cover a full batch and the last partial one. */
   int slot = s->programs[kind][0].prog ? 1 : 0;
@@ -282,7 +282,7 @@ hm_status hm__session_program(hm_session *s, program_kind kind, size_t batch, hm
 
 hm_status hm__session_pack_weights(hm_session *s) {
   const hm_graph *g = s->g;
-  hm_abi_op *ops = calloc(g->n_edges ? g->n_edges : 1, sizeof *ops);
+  hm_abi_op *ops = hm__calloc(g->n_edges ? g->n_edges : 1, sizeof *ops);
   if (!ops) return hm__fail(HM_STATUS_RESOURCE_EXHAUSTED, "out of memory");
   uint32_t n = 0;
   for (size_t e = 0; e < g->n_edges; e++) {
@@ -301,7 +301,7 @@ hm_status hm__session_pack_weights(hm_session *s) {
   hm_status st = n ? hm_device_program_create(s->dev, ops, n, 0, &p) : HM_OK;
   if (st == HM_OK && n) st = hm_device_program_run(s->dev, p, NULL, 0);
   hm_device_program_free(s->dev, p);
-  free(ops);
+  hm__free(ops);
   if (st != HM_OK) return st;
   for (size_t e = 0; e < g->n_edges; e++) {
     hm_edge_buffers *es = &s->bufs.edges[e];
@@ -484,7 +484,7 @@ hm_status hm__session_evaluate(hm_session *s, int use_eval, int push, hm_eval_re
     acc_data = &s->host[use_eval ? DATA_EVAL : DATA_TRAIN][target];
     acc_width = s->plan->nodes[g->taps[s->plan->accuracy_tap].layer].width;
     if (!acc_data->values) acc_data = NULL;
-    else if (!(logits = malloc(s->opts.eval_batch_size * acc_width * sizeof *logits)))
+    else if (!(logits = hm__malloc(s->opts.eval_batch_size * acc_width * sizeof *logits)))
       return hm__fail(HM_STATUS_RESOURCE_EXHAUSTED, "out of memory");
   }
   float *outbuf = NULL;
@@ -513,7 +513,7 @@ hm_status hm__session_evaluate(hm_session *s, int use_eval, int push, hm_eval_re
     for (size_t i = 0; push && i < g->n_nodes && st == HM_OK; i++) {
       if (g->nodes[i].kind != HM_NODE_CONSUMER || !g->nodes[i].consumer) continue;
       size_t w = s->plan->nodes[i].width;
-      float *nb = realloc(outbuf, b * w * sizeof *outbuf);
+      float *nb = hm__realloc(outbuf, b * w * sizeof *outbuf);
       if (!nb) {
         st = hm__fail(HM_STATUS_RESOURCE_EXHAUSTED, "out of memory");
         break;
@@ -524,8 +524,8 @@ hm_status hm__session_evaluate(hm_session *s, int use_eval, int push, hm_eval_re
       if (st != HM_OK) hm__error_prefix("consumer '%s': ", g->nodes[i].name);
     }
   }
-  free(logits);
-  free(outbuf);
+  hm__free(logits);
+  hm__free(outbuf);
   if (st != HM_OK) return st;
   if (has_targets) out->loss = (float)(loss_sum / (double)count);
   if (acc_data) out->accuracy = (float)((double)correct / (double)count);

@@ -448,7 +448,7 @@ static hm_status fit_impl(hm_graph *g, const fit_limits *lim, const hm_policy *p
   hm_status rc = hm__session_create(g, &o, policy, 1, eval, &s);
   if (rc == HM_OK) rc = hm__session_upload_weights(s);
   int32_t *order = NULL;
-  if (rc == HM_OK && !(order = malloc(s->train_count * sizeof *order)))
+  if (rc == HM_OK && !(order = hm__malloc(s->train_count * sizeof *order)))
     rc = hm__fail(HM_STATUS_RESOURCE_EXHAUSTED, "out of memory");
   if (rc == HM_OK && resume) rc = hm__session_upload_opt_state(s, resume->opt_state);
   if (rc == HM_OK) rc = hm__cycle_state_describe(st, s->plan, s->dev);
@@ -475,7 +475,7 @@ static hm_status fit_impl(hm_graph *g, const fit_limits *lim, const hm_policy *p
     g->weights = hm__weights_share(st->weights);
   }
   if (s) st->device_bytes = s->peak_device_bytes;
-  free(order);
+  hm__free(order);
   hm__session_free(s);
   if (rc == HM_OK && L.bad.found) {
     size_t kept = st->step;

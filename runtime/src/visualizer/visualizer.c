@@ -237,8 +237,8 @@ static void sink_fn(void *user, size_t step, float grad_norm, float loss, float 
 static void visualizer_destroy(visualizer *v) {
   pthread_mutex_destroy(&v->mu);
   pthread_cond_destroy(&v->cv);
-  free(v->ring);
-  free(v);
+  hm__free(v->ring);
+  hm__free(v);
 }
 
 hm_status hm_websocket_visualizer_create_ex(const char *host, int port, const char *path,
@@ -256,11 +256,11 @@ hm_status hm_websocket_visualizer_create_ex(const char *host, int port, const ch
                     o.backoff_max_ms);
   if (!(o.flush_seconds >= 0.0 && o.flush_seconds <= 3600.0))
     return hm__fail(HM_STATUS_INVALID_ARGUMENT, "visualizer: flush_seconds must be in [0, 3600]");
-  visualizer *v = calloc(1, sizeof *v);
+  visualizer *v = hm__calloc(1, sizeof *v);
   if (!v) return hm__fail(HM_STATUS_RESOURCE_EXHAUSTED, "out of memory");
-  v->ring = malloc(o.queue_capacity * FRAME_BYTES);
+  v->ring = hm__malloc(o.queue_capacity * FRAME_BYTES);
   if (!v->ring) {
-    free(v);
+    hm__free(v);
     return hm__fail(HM_STATUS_RESOURCE_EXHAUSTED, "visualizer: out of memory for %zu frames", o.queue_capacity);
   }
   snprintf(v->host, sizeof v->host, "%s", host);

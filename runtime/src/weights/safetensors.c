@@ -80,7 +80,7 @@ static hm_status write_safetensors(FILE *f, void *arg) {
     offset += t.bytes;
   }
   hm__sb_append(&h, "}");
-  while (h.len % 8) hm__sb_append(&h, " ");
+  while (!h.failed && h.len % 8) hm__sb_append(&h, " ");
   if (h.failed) {
     hm__sb_free(&h);
     return hm__fail(HM_STATUS_RESOURCE_EXHAUSTED, "out of memory writing %s", c->path);
@@ -149,16 +149,20 @@ static hm_status load_stream(FILE *f, const char *path, hm_weights **out) {
                     "%s: header length %llu at offset 0 is impossible for a file of %llu bytes (limit %u)", path,
                     (unsigned long long)hl, (unsigned long long)file_size, MAX_HEADER);
   }
-  char *header = malloc((size_t)hl);
-  if (!header || fread(header, 1, (size_t)hl, f) != hl) {
-    free(header);
+  char *header = hm__malloc((size_t)hl);
+  if (!header)
+    return hm__fail(HM_STATUS_RESOURCE_EXHAUSTED, "%s: out of memory for the %llu-byte header", path,
+                    (unsigned long long)hl);
+  if (fread(header, 1, (size_t)hl, f) != hl) {
+    hm__free(header);
     return hm__fail(HM_STATUS_DATA_LOSS, "%s: cannot read the %llu-byte header", path, (unsigned long long)hl);
   }
   uint64_t data_size = file_size - 8 - hl;
   hm_json *root = NULL;
   char err[160];
   hm_status st = hm__json_parse(header, (size_t)hl, &root, err, sizeof err);
-  free(header);
+  hm__free(header);
+  if (st == HM_STATUS_RESOURCE_EXHAUSTED) return hm__fail(st, "%s: out of memory reading the header", path);
   if (st != HM_OK) {
     return hm__fail(HM_STATUS_DATA_LOSS, "%s: header is not valid JSON (%s, counted from byte 8)", path, err);
   }
@@ -173,7 +177,7 @@ static hm_status load_stream(FILE *f, const char *path, hm_weights **out) {
                   MAX_TENSORS);
     goto done;
   }
-  spans = calloc(root->count ? root->count : 1, sizeof *spans);
+  spans = hm__calloc(root->count ? root->count : 1, sizeof *spans);
   st = spans ? hm_weights_create(&w) : hm__fail(HM_STATUS_RESOURCE_EXHAUSTED, "out of memory");
   size_t n_spans = 0;
   for (size_t i = 0; i < root->count && st == HM_OK; i++) {
@@ -259,7 +263,7 @@ static hm_status load_stream(FILE *f, const char *path, hm_weights **out) {
       st = corrupt(path, "cannot read the data of tensor '%s'", name);
   }
 done:
-  free(spans);
+  hm__free(spans);
   hm__json_free(root);
   if (st != HM_OK) {
     hm_weights_free(w);

@@ -47,7 +47,7 @@ hm_status hm__tensor_bytes(uint32_t dtype, uint32_t rank, const uint64_t *shape,
 
 hm_status hm_weights_create(hm_weights **out) {
   if (!out) return hm__fail(HM_STATUS_INVALID_ARGUMENT, "hm_weights_create: NULL output");
-  hm_weights *w = calloc(1, sizeof *w);
+  hm_weights *w = hm__calloc(1, sizeof *w);
   if (!w) return hm__fail(HM_STATUS_RESOURCE_EXHAUSTED, "out of memory");
   *out = w;
   return HM_OK;
@@ -62,12 +62,12 @@ void hm_weights_free(hm_weights *w) {
   if (!w) return;
   if (__atomic_fetch_sub(&w->refs, 1, __ATOMIC_ACQ_REL) > 0) return; /* other owners remain */
   for (size_t i = 0; i < w->len; i++) {
-    free((char *)w->items[i].name);
-    free(w->items[i].data);
+    hm__free((char *)w->items[i].name);
+    hm__free(w->items[i].data);
   }
-  free(w->items);
+  hm__free(w->items);
   hm__hash_free(&w->by_name);
-  free(w);
+  hm__free(w);
 }
 
 typedef struct name_key {
@@ -93,11 +93,11 @@ hm_status hm_weights_set(hm_weights *w, const char *name, uint32_t dtype, uint32
   if (nlen == 0 || nlen > 1024) return hm__fail(HM_STATUS_INVALID_ARGUMENT, "tensor name must have 1-1024 characters");
   size_t bytes;
   HM_RETURN_IF_ERROR(hm__tensor_bytes(dtype, rank, shape, &bytes));
-  void *copy = malloc(bytes ? bytes : 1);
+  void *copy = hm__malloc(bytes ? bytes : 1);
   char *ncopy = hm__strdup(name);
   if (!copy || !ncopy) {
-    free(copy);
-    free(ncopy);
+    hm__free(copy);
+    hm__free(ncopy);
     return hm__fail(HM_STATUS_RESOURCE_EXHAUSTED, "out of memory for tensor '%s' (%zu bytes)", name, bytes);
   }
   if (data) memcpy(copy, data, bytes);
@@ -106,24 +106,24 @@ hm_status hm_weights_set(hm_weights *w, const char *name, uint32_t dtype, uint32
   if (at < 0) {
     if (w->len == w->cap) {
       size_t cap = w->cap ? w->cap * 2 : 16;
-      hm_tensor *items = realloc(w->items, cap * sizeof *items);
+      hm_tensor *items = hm__realloc(w->items, cap * sizeof *items);
       if (!items) {
-        free(copy);
-        free(ncopy);
+        hm__free(copy);
+        hm__free(ncopy);
         return hm__fail(HM_STATUS_RESOURCE_EXHAUSTED, "out of memory");
       }
       w->items = items;
       w->cap = cap;
     }
     if (hm__hash_add(&w->by_name, hm__hash_str(name), w->len) != HM_OK) {
-      free(copy);
-      free(ncopy);
+      hm__free(copy);
+      hm__free(ncopy);
       return HM_STATUS_RESOURCE_EXHAUSTED;
     }
     at = (long)w->len++;
   } else {
-    free((char *)w->items[at].name);
-    free(w->items[at].data);
+    hm__free((char *)w->items[at].name);
+    hm__free(w->items[at].data);
   }
   hm_tensor *t = &w->items[at];
   memset(t, 0, sizeof *t);

@@ -57,10 +57,11 @@ hm_status hm__weights_decode_part(hm_reader *r, hm_weights **out) {
     if (r->status == HM_OK) {
       /* Allocation is bounded by the bytes just checked to exist. */
       size_t before = hm_weights_count(w);
-      if (hm_weights_set(w, name, dtype, rank, dims, data) != HM_OK) r->status = hm__fail(HM_STATUS_RESOURCE_EXHAUSTED, "%s", hm_last_error());
+      hm_status set = hm_weights_set(w, name, dtype, rank, dims, data);
+      if (set != HM_OK) hm__reader_fail_from(r, set, "tensor '%s': %s", name, hm_last_error());
       else if (hm_weights_count(w) == before) hm__reader_fail(r, "tensor '%s' appears twice", name);
     }
-    free(name);
+    hm__free(name);
   }
   if (r->status != HM_OK) {
     hm_weights_free(w);
@@ -94,7 +95,7 @@ static hm_status load_weights(FILE *f, const char *what, hm_weights **out) {
   hm_reader r;
   HM_RETURN_IF_ERROR(hm__container_read(f, WEIGHTS_MAGIC, HM_WEIGHTS_FORMAT_VERSION, MAX_WEIGHTS_FILE, what, &buf, &r, NULL));
   hm_status st = hm__weights_decode(&r, out);
-  free(buf);
+  hm__free(buf);
   return st;
 }
 
