@@ -380,6 +380,27 @@ static void early_stop_counts_non_improving_updates(void) {
   HM_CHECK_EQ(steps, 10);
 }
 
+static int cancel_on_fourth_call(void *user) { return ++*(int *)user == 4; }
+
+static void cancel_stops_after_the_update_it_follows(void) {
+  hm_fit_options o = base_opts(HM_OPTIMIZER_SGD, 0.01f);
+  int calls = 0;
+  o.cancel = cancel_on_fourth_call;
+  o.cancel_user = &calls;
+  bias_fixture f = bias_graph();
+  hm_cycle_state *st = NULL;
+  HM_CHECK_OK(hm_graph_fit(f.g, 10, NULL, &o, &st));
+  HM_CHECK_EQ(calls, 4);
+  HM_CHECK_EQ(hm_cycle_state_step(st), 4);
+  HM_CHECK_EQ(hm_cycle_state_stop(st), HM_STOP_CANCELLED);
+  HM_CHECK(strcmp(hm_cycle_state_stop_reason(st), "cancelled") == 0);
+  hm_tensor t;
+  HM_CHECK_OK(hm_weights_find(hm_graph_weights(f.g), "x->l.bias", &t));
+  HM_CHECK_NEAR(((float *)t.data)[0], 0.04f, 1e-6); /* four updates of lr * 1 */
+  hm_cycle_state_free(st);
+  bias_free(&f);
+}
+
 typedef struct until_ctx {
   size_t calls;
   float last_bias;
@@ -1007,6 +1028,7 @@ CASE(options_unused_by_the_optimizer_are_refused)
 CASE(accumulation_equals_one_big_batch)
 CASE(buffers_are_sized_per_use)
 CASE(early_stop_counts_non_improving_updates)
+CASE(cancel_stops_after_the_update_it_follows)
 CASE(fit_until_and_fit_for)
 CASE(divergence_stops_with_the_last_finite_weights)
 CASE(gradients_of_every_activation)
@@ -1026,6 +1048,7 @@ static const hm_test_case cases[] = {
     HM_TEST_CASE_P(run_, accumulation_equals_one_big_batch),
     HM_TEST_CASE_P(run_, buffers_are_sized_per_use),
     HM_TEST_CASE_P(run_, early_stop_counts_non_improving_updates),
+    HM_TEST_CASE_P(run_, cancel_stops_after_the_update_it_follows),
     HM_TEST_CASE_P(run_, fit_until_and_fit_for),
     HM_TEST_CASE_P(run_, divergence_stops_with_the_last_finite_weights),
     HM_TEST_CASE_P(run_, gradients_of_every_activation),

@@ -40,10 +40,11 @@ typedef enum hm_optimizer { HM_OPTIMIZERS(HM_OPTIMIZER_ENUM_) HM_OPTIMIZER_COUNT
   X(PREDICATE, 2, "predicate")              \
   X(EARLY_STOP, 3, "early_stop")            \
   X(EPOCH_CALLBACK, 4, "epoch_callback")    \
-  X(CHECKPOINT, 5, "checkpoint")
+  X(CHECKPOINT, 5, "checkpoint")            \
+  X(CANCELLED, 6, "cancelled")
 
 #define HM_STOP_ENUM_(name, value, text) HM_STOP_##name = value,
-typedef enum hm_stop_reason { HM_STOP_REASONS(HM_STOP_ENUM_) HM_STOP_COUNT = 6 } hm_stop_reason;
+typedef enum hm_stop_reason { HM_STOP_REASONS(HM_STOP_ENUM_) HM_STOP_COUNT = 7 } hm_stop_reason;
 #undef HM_STOP_ENUM_
 
 /* A learning-rate schedule: fn(update_index, self) is called with update
@@ -113,7 +114,13 @@ typedef struct hm_fit_options {
    * |checkpoint_every| updates when nonzero, and when training ends. */
   const char *checkpoint_path;
   size_t checkpoint_every;
-  void *reserved[5];
+  /* Asked after every update (after progress): nonzero stops the fit there
+   * with stop reason "cancelled" (HM_OK; the state and the graph hold the
+   * weights of that update). For a signal handler's flag or a callback
+   * that failed (the C++ layer stops this way when a callback throws). */
+  int (*cancel)(void *user);
+  void *cancel_user;
+  void *reserved[3];
 } hm_fit_options;
 
 HM_API hm_fit_options hm_fit_options_default(void);
@@ -157,7 +164,8 @@ HM_API size_t hm_cycle_state_samples(const hm_cycle_state *s);       /* training
 HM_API float hm_cycle_state_eval_loss(const hm_cycle_state *s);
 HM_API float hm_cycle_state_eval_accuracy(const hm_cycle_state *s);
 /* Why the loop stopped, and its name (hm_stop_reason_name): "epochs", "time",
- * "predicate", "early_stop", "epoch_callback"; "checkpoint" for a loaded state. */
+ * "predicate", "early_stop", "epoch_callback", "cancelled"; "checkpoint" for
+ * a loaded state. */
 HM_API hm_stop_reason hm_cycle_state_stop(const hm_cycle_state *s);
 HM_API const char *hm_cycle_state_stop_reason(const hm_cycle_state *s);
 /* The learned weights (during fit_until's predicate: fetched from the device

@@ -201,6 +201,11 @@ static void after_update(loop *L, float loss, float sumsq, double lr) {
     return;
   }
   if (o->progress.fn) o->progress.fn(o->progress.user, st->step, norm, loss, (float)lr);
+  if (o->cancel && o->cancel(o->cancel_user)) {
+    st->stop_reason = HM_STOP_CANCELLED;
+    L->stop = 1;
+    return;
+  }
   if (o->early_stop_patience > 0) {
     if (norm + o->early_stop_delta < L->best_norm) {
       L->best_norm = norm;
