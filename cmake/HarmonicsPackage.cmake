@@ -1,5 +1,6 @@
-# Installs the CMake package (find_package(Harmonics) -> Harmonics::harmonics)
-# and harmonics.pc.
+# Installs the CMake package (find_package(Harmonics) -> Harmonics::harmonics,
+# and Harmonics::harmonics_cpp for the C++17 headers), harmonics.pc and
+# harmonics-cpp.pc.
 include(CMakePackageConfigHelpers)
 set(HM_CMAKE_DIR ${CMAKE_INSTALL_LIBDIR}/cmake/Harmonics)
 install(EXPORT HarmonicsTargets NAMESPACE Harmonics:: DESTINATION ${HM_CMAKE_DIR})
@@ -20,4 +21,6 @@ endif()
 file(RELATIVE_PATH HM_PC_PREFIX_FROM_PCDIR "/${CMAKE_INSTALL_LIBDIR}/pkgconfig" "/")
 string(REGEX REPLACE "/$" "" HM_PC_PREFIX_FROM_PCDIR "${HM_PC_PREFIX_FROM_PCDIR}")
 configure_file(${PROJECT_SOURCE_DIR}/cmake/harmonics.pc.in ${CMAKE_BINARY_DIR}/harmonics.pc @ONLY)
-install(FILES ${CMAKE_BINARY_DIR}/harmonics.pc DESTINATION ${CMAKE_INSTALL_LIBDIR}/pkgconfig)
+configure_file(${PROJECT_SOURCE_DIR}/cmake/harmonics-cpp.pc.in ${CMAKE_BINARY_DIR}/harmonics-cpp.pc @ONLY)
+install(FILES ${CMAKE_BINARY_DIR}/harmonics.pc ${CMAKE_BINARY_DIR}/harmonics-cpp.pc
+  DESTINATION ${CMAKE_INSTALL_LIBDIR}/pkgconfig)

@@ -11,6 +11,7 @@ function(hm_target_warnings target)
     endif()
     # C only: a target may also hold CUDA sources (nvcc takes other flags).
     target_compile_options(${target} PRIVATE $<$<COMPILE_LANGUAGE:C>:-Wall -Wextra -Wpedantic ${_werror}
-      -Wshadow -Wstrict-prototypes -Wmissing-prototypes -Wno-unused-parameter>)
+      -Wshadow -Wstrict-prototypes -Wmissing-prototypes -Wno-unused-parameter>
+      $<$<COMPILE_LANGUAGE:CXX>:-Wall -Wextra -Wpedantic ${_werror} -Wshadow>)
   endif()
 endfunction()

@@ -16,6 +16,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 typedef struct hm_test_case {
   const char *name;
   void (*fn)(void);
@@ -99,6 +103,10 @@ extern void (*hm_test_cleanup)(void);
   } while (0)
 
 int hm_test_main(int argc, char **argv, const hm_test_case *cases, size_t n);
+
+#ifdef __cplusplus
+}
+#endif
 
 #define HM_TEST_MAIN(cases) \
   int main(int argc, char **argv) { return hm_test_main(argc, argv, cases, sizeof cases / sizeof cases[0]); }

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Every C block in docs/*.md is a complete program: it compiles warning-free
-# against an installed Harmonics and runs (from a directory where
-# examples/ is the repository's), exiting 0 with some output.
+# Every C and C++ block in docs/*.md (```c, ```cpp) is a complete program: it
+# compiles warning-free against an installed Harmonics (C11 through
+# harmonics.pc, C++17 through harmonics-cpp.pc) and runs (from a directory
+# where examples/ is the repository's), exiting 0 with some output.
 #   test_doc_snippets.sh BUILD_DIR SOURCE_DIR
 set -u
 build=$1
@@ -13,23 +14,24 @@ install_harmonics "$build" "$work/prefix"
 ln -s "$src/examples" "$work/examples"
 n=0
 for doc in "$src"/docs/*.md; do
-  # Writes block K of $doc to $work/<doc>_<K>.c; prints the file names.
+  # Writes block K of $doc to $work/<doc>_<K>.c or .cpp; prints the file names.
   files=$(python3 - "$doc" "$work" <<'PY'
 import os, re, sys
 doc, out = sys.argv[1], sys.argv[2]
 text = open(doc).read()
 base = os.path.splitext(os.path.basename(doc))[0]
-for k, m in enumerate(re.finditer(r"^```c\n(.*?)^```", text, re.S | re.M)):
-    path = os.path.join(out, "%s_%d.c" % (base, k))
-    open(path, "w").write(m.group(1))
+for k, m in enumerate(re.finditer(r"^```(c|cpp)\n(.*?)^```", text, re.S | re.M)):
+    path = os.path.join(out, "%s_%d.%s" % (base, k, m.group(1)))
+    open(path, "w").write(m.group(2))
     print(path)
 PY
 )
   for c in $files; do
     n=$((n + 1))
-    name=$(basename "$c" .c)
+    name=$(basename "$c"); name=${name%.*}
+    if [[ $c == *.cpp ]]; then compile=(c++ -std=c++17) pc=harmonics-cpp; else compile=(cc -std=c11) pc=harmonics; fi
     # shellcheck disable=SC2046
-    cc -std=c11 -Wall -Wextra -Wpedantic -Werror "$c" $(pkg-config --cflags --libs harmonics) \
+    "${compile[@]}" -Wall -Wextra -Wpedantic -Werror "$c" $(pkg-config --cflags --libs $pc) \
       -Wl,-rpath,"$work/prefix/lib" -o "$work/$name" 2>"$work/$name.cc"
     rc=$?
     check "$(basename "$doc") block $name compiles warning-free: $(cat "$work/$name.cc")" test "$rc" -eq 0
@@ -41,5 +43,5 @@ PY
     echo "$name: $(tail -1 "$work/$name.out")"
   done
 done
-check "docs/ holds C blocks ($n)" test "$n" -ge 1
+check "docs/ holds C and C++ blocks ($n)" test "$n" -ge 2
 exit "$fail"
