@@ -12,6 +12,9 @@
 #include <unistd.h>
 
 #include "cli.h"
+#if HM_HAVE_MPI
+#include "harmonics/mpi.h"
+#endif
 
 static void train_usage(FILE *f) {
   char optimizers[96];
@@ -45,6 +48,9 @@ static void train_usage(FILE *f) {
           "                                    policy apply; --epochs is the total to reach)\n"
           "where:\n"
           "  --backend NAME[:N]  --threads N  --config FILE\n"
+          "  --distributed mpi|none   data parallel over MPI; the default is mpi when started by\n"
+          "                           mpirun (mpirun -np N harmonics train ...), else none.\n"
+          "                           --batch is the global batch; rank 0 prints and saves\n"
           "  --dashboard ws://HOST:PORT/trainer   stream every update to a dashboard\n"
           "                                       (harmonics dashboard, or examples/training_dashboard)\n"
           "output:\n"
@@ -132,7 +138,7 @@ static int on_epoch(void *user, const hm_cycle_state *st) {
 
 /* Everything the command line says. */
 typedef struct train_args {
-  const char *model, *dataset, *config, *init_weights, *save_weights, *checkpoint, *resume, *dashboard;
+  const char *model, *dataset, *config, *init_weights, *save_weights, *checkpoint, *resume, *dashboard, *distributed;
   size_t checkpoint_every;
   const char *data_specs[16], *eval_specs[16];
   size_t n_data, n_eval, epochs, limit_train, limit_eval, threads;
@@ -208,6 +214,13 @@ static int parse_valued(const char *a, const char *v, train_args *t) {
   else if (OPT("--checkpoint")) t->checkpoint = v;
   else if (OPT("--checkpoint-every")) return cli_parse_size(a, v, &t->checkpoint_every) ? CLI_USAGE : CLI_OK;
   else if (OPT("--resume")) t->resume = v;
+  else if (OPT("--distributed")) {
+    if (strcmp(v, "mpi") != 0 && strcmp(v, "none") != 0) {
+      fprintf(stderr, "harmonics train: --distributed is mpi or none, not '%s'\n", v);
+      return CLI_USAGE;
+    }
+    t->distributed = v;
+  }
   else if (missing) {
     fprintf(stderr, "harmonics train: %s needs a value\n", a);
     return CLI_USAGE;
@@ -330,7 +343,7 @@ static void print_results(const hm_cycle_state *st) {
            (double)hm_cycle_state_loss(st));
 }
 
-static void print_json(const train_args *t, const hm_cycle_state *st) {
+static void print_json(const train_args *t, const hm_cycle_state *st, int ranks) {
   printf("{\"model\":");
   json_string(stdout, t->model);
   printf(",\"test_accuracy\":");
@@ -350,7 +363,7 @@ static void print_json(const train_args *t, const hm_cycle_state *st) {
   json_number(stdout, hm_cycle_state_elapsed(st));
   printf(",\"backend\":");
   json_string(stdout, hm_cycle_state_backend(st));
-  printf(",\"peak_device_bytes\":%zu", hm_cycle_state_device_bytes(st));
+  printf(",\"peak_device_bytes\":%zu,\"ranks\":%d", hm_cycle_state_device_bytes(st), ranks);
   printf(",\"policy\":");
   json_string(stdout, t->policy_text);
   printf(",\"optimizer\":\"%s\",\"lr\":", hm_optimizer_name(t->o.optimizer));
@@ -392,11 +405,56 @@ static int load_model(const train_args *t, hm_graph **g, cli_sources *src) {
   return rc;
 }
 
+/* --distributed: MPI when asked, or when an MPI launcher started us. */
+static int open_distributed(const train_args *t, hm_collectives **out) {
+  *out = NULL;
+#if HM_HAVE_MPI
+  int want = t->distributed ? strcmp(t->distributed, "mpi") == 0 : hm_mpi_launched();
+  if (!want) return CLI_OK;
+  if (hm_mpi_open(NULL, out) != HM_OK) return cli_fail("--distributed mpi");
+  return CLI_OK;
+#else
+  if (t->distributed && strcmp(t->distributed, "mpi") == 0) {
+    fprintf(stderr, "harmonics train: --distributed mpi: this build has no MPI (install libopenmpi-dev and rebuild)\n");
+    return CLI_USAGE;
+  }
+  return CLI_OK;
+#endif
+}
+
+static void close_distributed(hm_collectives *c) {
+#if HM_HAVE_MPI
+  hm_mpi_close(c);
+#else
+  (void)c;
+#endif
+}
+
+static int train_run(train_args *t, const hm_collectives *dist);
+
 int cmd_train(int argc, char **argv) {
   train_args t;
   int done = 0;
   int rc = parse_args(argc, argv, &t, &done);
   if (rc != CLI_OK || done) return rc;
+  hm_collectives *dist = NULL;
+  rc = open_distributed(&t, &dist);
+  if (rc != CLI_OK) return rc;
+  rc = train_run(&t, dist);
+  close_distributed(dist);
+  return rc;
+}
+
+/* One rank's run (or the only one's): rank 0 prints, saves and streams. */
+static int train_run(train_args *t_in, const hm_collectives *dist) {
+  train_args t = *t_in;
+  int rc = CLI_OK;
+  int root = !dist || dist->rank == 0;
+  if (!root) {
+    t.dashboard = NULL;
+    t.save_weights = NULL;
+    t.json = 0;
+  }
   /* The chosen backend alone is initialised (no CUDA start-up for a CPU run). */
   if (cli_registry_init(t.config, t.o.backend) != CLI_OK) return CLI_FAILED;
   hm_graph *g = NULL;
@@ -406,7 +464,7 @@ int cmd_train(int argc, char **argv) {
   if (rc == CLI_OK) rc = apply_start(g, &t, &resume_state);
   progress_ui ui;
   memset(&ui, 0, sizeof ui);
-  ui.tty = isatty(2) && !t.json;
+  ui.tty = isatty(2) && !t.json && root;
   ui.epochs = t.epochs;
   ui.batch = t.o.batch_size;
   ui.start = now_s();
@@ -421,6 +479,7 @@ int cmd_train(int argc, char **argv) {
     t.o.on_epoch_user = &ui;
     size_t per_step = t.o.batch_size * t.o.accumulate_steps;
     ui.steps_per_epoch = (src.train_samples + per_step - 1) / per_step;
+    t.o.collectives = dist; /* after --resume replaced the options */
     hm_status fs = hm_graph_fit(g, t.epochs, &t.policy, &t.o, &st);
     if (fs == HM_STATUS_DIVERGED) {
       cli_fail(NULL);
@@ -435,8 +494,8 @@ int cmd_train(int argc, char **argv) {
     if (hm_weights_save_safetensors(hm_graph_weights(g), t.save_weights) != HM_OK) rc = cli_fail("--save-weights");
     else if (rc == CLI_DIVERGED) fprintf(stderr, "harmonics: saved the last finite weights to %s\n", t.save_weights);
   }
-  if (rc == CLI_OK) print_results(st);
-  if (rc == CLI_OK && t.json) print_json(&t, st);
+  if (rc == CLI_OK && root) print_results(st);
+  if (rc == CLI_OK && t.json) print_json(&t, st, dist ? dist->size : 1);
   hm_cycle_state_free(st);
   hm_cycle_state_free(resume_state);
   hm_graph_free(g);

@@ -16,6 +16,7 @@
 #ifndef HARMONICS_H_
 #define HARMONICS_H_
 
+#include "harmonics/collectives.h"
 #include "harmonics/data.h"
 #include "harmonics/graph.h"
 #include "harmonics/names.h"

@@ -47,6 +47,14 @@ HM_API const char *hm_last_error(void);
 HM_API const char *hm_status_name(hm_status status);
 /* Clears the calling thread's last error. */
 HM_API void hm_clear_error(void);
+/* Records a formatted sentence as the calling thread's last error and
+ * returns |status|: for code that implements one of the library's
+ * interfaces (a collectives backend, a producer) to report what failed. */
+HM_API hm_status hm_set_error(hm_status status, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 2, 3)))
+#endif
+    ;
 
 #ifdef __cplusplus
 }

@@ -9,6 +9,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "harmonics/collectives.h"
 #include "harmonics/graph.h"
 #include "harmonics/plugins.h"
 #include "harmonics/policy.h"
@@ -120,7 +121,14 @@ typedef struct hm_fit_options {
    * that failed (the C++ layer stops this way when a callback throws). */
   int (*cancel)(void *user);
   void *cancel_user;
-  void *reserved[3];
+  /* ===== data parallel (docs/distributed.md) ===== */
+  /* NULL: one process. Else this process is rank |rank| of |size|: each
+   * global batch of batch_size rows is split over the ranks, gradients are
+   * summed in one all-reduce per update, metrics are reduced, evaluation is
+   * sharded, rank 0 decides every stop, runs progress, on_epoch and the
+   * predicate, and writes checkpoints. Borrowed. */
+  const hm_collectives *collectives;
+  void *reserved[2];
 } hm_fit_options;
 
 HM_API hm_fit_options hm_fit_options_default(void);

@@ -63,6 +63,16 @@ hm_status hm__fail(hm_status status, const char *fmt, ...) {
   return status;
 }
 
+hm_status hm_set_error(hm_status status, const char *fmt, ...) {
+  char message[ERROR_CAP];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(message, sizeof message, fmt, ap);
+  va_end(ap);
+  memcpy(last_error, message, strlen(message) + 1);
+  return status;
+}
+
 void hm__error_prefix(const char *fmt, ...) {
   char prefix[256];
   va_list ap;

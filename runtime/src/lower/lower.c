@@ -228,6 +228,7 @@ static void emit_losses(const lowering *s, op_list *l, size_t b, int grads, char
     op->in[1] = OPD(target->batch);
     op->out[0] = OPD(s->b->stats);
     if (grads) {
+      op->dyn[0] = SLOT_LOSS_SCALE;
       op->out[1] = OPD(s->b->nodes[tap->layer].grad);
       grad_init[tap->layer] = 1;
     }

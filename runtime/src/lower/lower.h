@@ -11,7 +11,10 @@
 #include "lower/plan.h"
 
 /* Dynamic scalar slots of every program. */
-enum { SLOT_LR = 0, SLOT_BC1 = 1, SLOT_BC2 = 2, SLOT_GRAD_SCALE = 3, N_SLOTS = 4 };
+/* SLOT_LOSS_SCALE multiplies the loss gradient of a training program: 1 in
+ * one process; a data-parallel rank's share of the global batch (rows/B),
+ * so that the ranks' gradients sum to the global batch mean. */
+enum { SLOT_LR = 0, SLOT_BC1 = 1, SLOT_BC2 = 2, SLOT_GRAD_SCALE = 3, SLOT_LOSS_SCALE = 4, N_SLOTS = 5 };
 
 typedef enum program_kind {
   PROG_TRAIN = 0,   /* forward, loss, backward, norm, clip, optimizer (accumulate_steps == 1) */

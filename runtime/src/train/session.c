@@ -464,13 +464,23 @@ static long target_class(const hm_bound_data *d, size_t i) {
 }
 
 hm_status hm__session_evaluate(hm_session *s, int use_eval, int push, hm_eval_result *out) {
-  hm_graph *g = s->g;
   size_t count = use_eval ? s->eval_count : s->train_count;
-  program_kind kind = use_eval ? PROG_EVAL : PROG_INFER;
   out->samples = count;
   out->loss = NAN;
   out->accuracy = NAN;
   if (count == 0) return hm__fail(HM_STATUS_FAILED_PRECONDITION, "no %s data is bound", use_eval ? "evaluation" : "input");
+  hm_eval_sums sums;
+  HM_RETURN_IF_ERROR(hm__session_evaluate_range(s, use_eval, push, 0, count, &sums));
+  if (sums.has_loss) out->loss = (float)(sums.loss_sum / (double)count);
+  if (sums.has_accuracy) out->accuracy = (float)((double)sums.correct / (double)count);
+  return HM_OK;
+}
+
+hm_status hm__session_evaluate_range(hm_session *s, int use_eval, int push, size_t begin, size_t end,
+                                     hm_eval_sums *out) {
+  hm_graph *g = s->g;
+  program_kind kind = use_eval ? PROG_EVAL : PROG_INFER;
+  memset(out, 0, sizeof *out);
   int has_targets = g->n_taps > 0;
   for (size_t t = 0; t < g->n_taps; t++) {
     size_t target = g->taps[t].target;
@@ -491,9 +501,9 @@ hm_status hm__session_evaluate(hm_session *s, int use_eval, int push, hm_eval_re
   double loss_sum = 0.0;
   size_t correct = 0;
   hm_status st = HM_OK;
-  double scalars[N_SLOTS] = {0, 1, 1, 1};
-  for (size_t pos = 0; pos < count && st == HM_OK; pos += s->opts.eval_batch_size) {
-    size_t b = count - pos < s->opts.eval_batch_size ? count - pos : s->opts.eval_batch_size;
+  double scalars[N_SLOTS] = {0, 1, 1, 1, 1};
+  for (size_t pos = begin; pos < end && st == HM_OK; pos += s->opts.eval_batch_size) {
+    size_t b = end - pos < s->opts.eval_batch_size ? end - pos : s->opts.eval_batch_size;
     for (size_t i = 0; i < b; i++) s->idx_host[i] = (int32_t)(pos + i);
     float loss = 0;
     st = hm__session_step(s, kind, s->idx_host, b, scalars, has_targets ? &loss : NULL, NULL);
@@ -527,9 +537,47 @@ hm_status hm__session_evaluate(hm_session *s, int use_eval, int push, hm_eval_re
   hm__free(logits);
   hm__free(outbuf);
   if (st != HM_OK) return st;
-  if (has_targets) out->loss = (float)(loss_sum / (double)count);
-  if (acc_data) out->accuracy = (float)((double)correct / (double)count);
+  out->has_loss = has_targets;
+  out->has_accuracy = acc_data != NULL;
+  out->loss_sum = loss_sum;
+  out->correct = correct;
   return HM_OK;
+}
+
+size_t hm__session_grad_count(const hm_session *s) {
+  const hm_graph *g = s->g;
+  size_t n = 0;
+  for (size_t e = 0; e < g->n_edges; e++)
+    if (s->plan->edges[e].trainable) {
+      size_t out_w = s->plan->nodes[g->edges[e].dst].width;
+      n += out_w * s->plan->nodes[g->edges[e].src].width + out_w;
+    }
+  return n;
+}
+
+/* The arena's tensors in order: per trainable connection dW, then db. */
+static hm_status grads_transfer(hm_session *s, float *arena, int write) {
+  const hm_graph *g = s->g;
+  size_t at = 0;
+  for (size_t e = 0; e < g->n_edges; e++) {
+    if (!s->plan->edges[e].trainable) continue;
+    const hm_edge_buffers *es = &s->bufs.edges[e];
+    size_t out_w = s->plan->nodes[g->edges[e].dst].width, n[2] = {out_w * s->plan->nodes[g->edges[e].src].width, out_w};
+    hm_abi_buffer *bufs[2] = {es->dw, es->db};
+    for (int k = 0; k < 2; k++) {
+      hm_status st = write ? hm_device_buffer_write(s->dev, bufs[k], 0, arena + at, n[k] * sizeof *arena)
+                           : hm_device_buffer_read(s->dev, bufs[k], 0, arena + at, n[k] * sizeof *arena);
+      if (st != HM_OK) return st;
+      at += n[k];
+    }
+  }
+  return HM_OK;
+}
+
+hm_status hm__session_grads_read(hm_session *s, float *arena) { return grads_transfer(s, arena, 0); }
+
+hm_status hm__session_grads_write(hm_session *s, const float *arena) {
+  return grads_transfer(s, (float *)arena, 1); /* only read from when writing */
 }
 
 void hm__session_precision_summary(const hm_session *s, char *buf, size_t cap) {

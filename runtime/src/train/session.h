@@ -72,5 +72,20 @@ static inline hm_abi_buffer *hm__session_value(const hm_session *s, size_t node)
 /* Evaluates over the evaluation data (or the training data when !use_eval):
  * mean loss and accuracy; pushes consumer outputs when |push| is set. */
 hm_status hm__session_evaluate(hm_session *s, int use_eval, int push, hm_eval_result *out);
+/* The sums of an evaluation over samples [begin, end) (a data-parallel
+ * rank's shard): loss * rows summed over batches, and correct predictions. */
+typedef struct hm_eval_sums {
+  int has_loss, has_accuracy;
+  double loss_sum;
+  size_t correct;
+} hm_eval_sums;
+hm_status hm__session_evaluate_range(hm_session *s, int use_eval, int push, size_t begin, size_t end,
+                                     hm_eval_sums *out);
+/* The gradient arena: every trainable connection's dW then db, in graph
+ * order, as one array of hm__session_grad_count floats; read from and
+ * written to the device buffers the micro and apply programs use. */
+size_t hm__session_grad_count(const hm_session *s);
+hm_status hm__session_grads_read(hm_session *s, float *arena);
+hm_status hm__session_grads_write(hm_session *s, const float *arena);
 
 #endif /* HM_TRAIN_SESSION_H_ */

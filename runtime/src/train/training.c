@@ -27,6 +27,7 @@
 #include "harmonics/serialization.h"
 #include "harmonics/training.h"
 #include "train/cycle_state.h"
+#include "train/data_parallel.h"
 #include "train/session.h"
 #include "train/trajectory.h"
 
@@ -137,6 +138,8 @@ typedef struct loop {
   size_t replaying;  /* re-running updates after a divergence up to this step: no callbacks */
   snapshot snap;
   divergence bad;
+  hm_dp *dp;          /* data parallel: this rank's part (NULL: one process) */
+  size_t group_rows;  /* data parallel: global rows of the current group */
 } loop;
 
 static float lr_for(const hm_fit_options *o, size_t update) {
@@ -155,11 +158,12 @@ static hm_status fill_scalars(const hm_fit_options *o, size_t update, double cou
   scalars[SLOT_BC1] = 1.0 - pow((double)o->beta1, t);
   scalars[SLOT_BC2] = 1.0 - pow((double)o->beta2, t);
   scalars[SLOT_GRAD_SCALE] = 1.0 / count;
+  scalars[SLOT_LOSS_SCALE] = 1.0;
   return HM_OK;
 }
 
 static hm_status checkpoint(loop *L) {
-  if (!L->o->checkpoint_path) return HM_OK;
+  if (!L->o->checkpoint_path || !hm__dp_is_root(L->dp)) return HM_OK; /* rank 0 writes */
   L->st->best_norm = L->best_norm;
   L->st->stall = L->stall;
   L->st->elapsed = hm__now() - L->st->start_time;
@@ -200,6 +204,7 @@ static void after_update(loop *L, float loss, float sumsq, double lr) {
     L->stop = st->step >= L->replaying;
     return;
   }
+  if (!hm__dp_is_root(L->dp)) return; /* rank 0 decides; apply_group() broadcasts it */
   if (o->progress.fn) o->progress.fn(o->progress.user, st->step, norm, loss, (float)lr);
   if (o->cancel && o->cancel(o->cancel_user)) {
     st->stop_reason = HM_STOP_CANCELLED;
@@ -226,6 +231,56 @@ static void after_update(loop *L, float loss, float sumsq, double lr) {
   }
 }
 
+/* Data parallel: the summed gradients of a group of micro-batches become
+ * one update on every rank, and rank 0's stop decision everyone's. */
+static hm_status apply_group(loop *L) {
+  double scalars[N_SLOTS], loss_mean = 0, loss_rows = 0;
+  float sumsq = 0;
+  double t0 = hm__now();
+  HM_RETURN_IF_ERROR(hm__dp_reduce_group(L->dp, L->s, &loss_mean, &loss_rows));
+  HM_RETURN_IF_ERROR(fill_scalars(L->o, L->st->step, (double)L->micro, scalars));
+  HM_RETURN_IF_ERROR(hm__session_step(L->s, PROG_APPLY, NULL, 0, scalars, NULL, &sumsq));
+  L->st->train_seconds += hm__now() - t0;
+  L->st->epoch_loss_sum += loss_rows;
+  L->st->epoch_loss_rows += L->group_rows;
+  float mean_loss = (float)(loss_mean / (double)L->micro);
+  L->micro = 0;
+  L->group_rows = 0;
+  after_update(L, mean_loss, sumsq, scalars[SLOT_LR]);
+  int stop = L->stop;
+  hm_stop_reason reason = L->st->stop_reason;
+  HM_RETURN_IF_ERROR(hm__dp_agree_stop(L->dp, &stop, &reason));
+  L->stop = stop;
+  L->st->stop_reason = reason;
+  return checkpoint_due(L);
+}
+
+/* Data parallel: this rank's share of one global (micro-)batch. */
+static hm_status run_batch_dp(loop *L, const int32_t *idx, size_t b) {
+  hm_dp *dp = L->dp;
+  size_t begin, rows;
+  hm__dp_share(dp, b, &begin, &rows);
+  double scalars[N_SLOTS];
+  double t0 = hm__now();
+  if (rows) {
+    float loss = 0;
+    HM_RETURN_IF_ERROR(fill_scalars(L->o, L->st->step, 1.0, scalars));
+    scalars[SLOT_LOSS_SCALE] = (double)rows / (double)b;
+    HM_RETURN_IF_ERROR(hm__session_step(L->s, dp->grads_live ? PROG_MICRO_ACC : PROG_MICRO_FIRST, idx + begin, rows,
+                                        scalars, &loss, NULL));
+    dp->grads_live = 1;
+    dp->loss_mean += (double)loss * (double)rows / (double)b;
+    dp->loss_rows += (double)loss * (double)rows;
+  }
+  L->st->train_seconds += hm__now() - t0;
+  L->micro++;
+  L->group_rows += b;
+  L->st->samples += b;
+  L->st->position += b;
+  if (L->micro < L->o->accumulate_steps) return HM_OK;
+  return apply_group(L);
+}
+
 /* One mini-batch: a whole step, or one micro-batch of a group. */
 static hm_status run_batch(loop *L, const int32_t *idx, size_t b) {
   hm_session *s = L->s;
@@ -233,6 +288,7 @@ static hm_status run_batch(loop *L, const int32_t *idx, size_t b) {
   double scalars[N_SLOTS];
   float loss = 0, sumsq = 0;
   double t0 = hm__now();
+  if (L->dp) return run_batch_dp(L, idx, b);
   if (o->accumulate_steps == 1) {
     HM_RETURN_IF_ERROR(fill_scalars(o, L->st->step, 1.0, scalars));
     HM_RETURN_IF_ERROR(hm__session_step(s, PROG_TRAIN, idx, b, scalars, &loss, &sumsq));
@@ -271,6 +327,7 @@ static hm_status run_batch(loop *L, const int32_t *idx, size_t b) {
  * averaged over its own micro-batches. */
 static hm_status flush(loop *L) {
   if (L->micro == 0) return HM_OK;
+  if (L->dp) return apply_group(L);
   double scalars[N_SLOTS];
   float sumsq = 0;
   double t0 = hm__now();
@@ -377,7 +434,9 @@ static hm_status run_epochs(loop *L, int32_t *order) {
     st->epoch_loss = st->epoch_loss_rows ? (float)(st->epoch_loss_sum / (double)st->epoch_loss_rows) : NAN;
     st->epoch_loss_sum = 0;
     st->epoch_loss_rows = 0;
-    if (s->eval_count) {
+    if (s->eval_count && L->dp) {
+      HM_RETURN_IF_ERROR(hm__dp_evaluate(L->dp, s, &st->eval_loss, &st->eval_accuracy));
+    } else if (s->eval_count) {
       hm_eval_result r;
       HM_RETURN_IF_ERROR(hm__session_evaluate(s, 1, 0, &r));
       st->eval_loss = r.loss;
@@ -385,7 +444,12 @@ static hm_status run_epochs(loop *L, int32_t *order) {
     }
     if (L->replaying) continue;
     if (!o->checkpoint_every) HM_RETURN_IF_ERROR(checkpoint(L));
-    if (o->on_epoch && o->on_epoch(o->on_epoch_user, st)) {
+    int stop = o->on_epoch && hm__dp_is_root(L->dp) && o->on_epoch(o->on_epoch_user, st);
+    if (L->dp) {
+      hm_stop_reason reason = HM_STOP_EPOCH_CALLBACK;
+      HM_RETURN_IF_ERROR(hm__dp_agree_stop(L->dp, &stop, &reason));
+    }
+    if (stop) {
       st->stop_reason = HM_STOP_EPOCH_CALLBACK;
       break;
     }
@@ -457,7 +521,11 @@ static hm_status fit_impl(hm_graph *g, const fit_limits *lim, const hm_policy *p
     rc = hm__fail(HM_STATUS_RESOURCE_EXHAUSTED, "out of memory");
   if (rc == HM_OK && resume) rc = hm__session_upload_opt_state(s, resume->opt_state);
   if (rc == HM_OK) rc = hm__cycle_state_describe(st, s->plan, s->dev);
-  loop L = {s, st, &o, lim, 0, 0.0, INFINITY, 0, 0, 0, {0}, {0}};
+  loop L = {s, st, &o, lim, 0, 0.0, INFINITY, 0, 0, 0, {0}, {0}, NULL, 0};
+  if (rc == HM_OK && o.collectives) {
+    rc = hm__dp_create(o.collectives, s, &L.dp);
+    if (rc == HM_OK) rc = hm__dp_check_start(L.dp, g, policy, &o, hm__schedule_kind(&o.lr_schedule_fp));
+  }
   if (resume) {
     copy_progress(st, resume);
     L.best_norm = resume->best_norm;
@@ -481,6 +549,7 @@ static hm_status fit_impl(hm_graph *g, const fit_limits *lim, const hm_policy *p
   }
   if (s) st->device_bytes = s->peak_device_bytes;
   hm__free(order);
+  hm__dp_free(L.dp);
   hm__session_free(s);
   if (rc == HM_OK && L.bad.found) {
     size_t kept = st->step;

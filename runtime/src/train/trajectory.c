@@ -190,17 +190,25 @@ hm_status hm__trajectory_decode(hm_reader *r, hm_fit_options *o, int *schedule_k
   return HM_OK;
 }
 
-hm_status hm__trajectory_compare(const hm_fit_options *o, int kind, const hm_fit_options *saved, int saved_kind) {
-#define COMPARE(field, codec, valid, rule, compared)                                                     \
-  if ((compared) && !same_##codec(&o->field, kind, &saved->field, saved_kind)) {                         \
-    char now[96], then[96];                                                                              \
-    show_##codec(now, sizeof now, &o->field, kind);                                                      \
-    show_##codec(then, sizeof then, &saved->field, saved_kind);                                          \
-    return hm__fail(HM_STATUS_INVALID_ARGUMENT,                                                          \
-                    "resume: " #field " is %s but the checkpoint was trained with %s (use hm_cycle_state_fit_options)", \
-                    now, then);                                                                          \
+int hm__trajectory_difference(const hm_fit_options *o, int kind, const hm_fit_options *other, int other_kind,
+                               const char **field, char *mine, char *theirs, size_t cap) {
+#define COMPARE(f, codec, valid, rule, compared)                       \
+  if ((compared) && !same_##codec(&o->f, kind, &other->f, other_kind)) { \
+    *field = #f;                                                       \
+    show_##codec(mine, cap, &o->f, kind);                              \
+    show_##codec(theirs, cap, &other->f, other_kind);                  \
+    return 1;                                                          \
   }
   HM_TRAJECTORY_FIELDS(COMPARE)
 #undef COMPARE
-  return HM_OK;
+  return 0;
+}
+
+hm_status hm__trajectory_compare(const hm_fit_options *o, int kind, const hm_fit_options *saved, int saved_kind) {
+  const char *field = NULL;
+  char now[96], then[96];
+  if (!hm__trajectory_difference(o, kind, saved, saved_kind, &field, now, then, sizeof now)) return HM_OK;
+  return hm__fail(HM_STATUS_INVALID_ARGUMENT,
+                  "resume: %s is %s but the checkpoint was trained with %s (use hm_cycle_state_fit_options)", field, now,
+                  then);
 }

@@ -52,5 +52,8 @@ hm_status hm__trajectory_decode(hm_reader *r, hm_fit_options *o, int *schedule_k
 /* INVALID_ARGUMENT naming the first compared field where |o| differs from
  * the checkpoint's |saved|. */
 hm_status hm__trajectory_compare(const hm_fit_options *o, int kind, const hm_fit_options *saved, int saved_kind);
+/* 1 when a compared field differs: its name, and both values as text. */
+int hm__trajectory_difference(const hm_fit_options *o, int kind, const hm_fit_options *other, int other_kind,
+                              const char **field, char *mine, char *theirs, size_t cap);
 
 #endif /* HM_TRAIN_TRAJECTORY_H_ */

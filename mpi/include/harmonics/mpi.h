@@ -1,0 +1,45 @@
+/*
+ * libharmonics_mpi: hm_collectives over MPI (Open MPI 4.1 from Debian;
+ * docs/distributed.md). Optional: built when CMake finds MPI; libharmonics
+ * itself never links MPI.
+ *
+ *   hm_collectives *c = NULL;
+ *   if (hm_mpi_open(NULL, &c) != HM_OK) ...   (calls MPI_Init unless done)
+ *   opts.collectives = c;                     every rank calls fit alike
+ *   hm_mpi_close(c);                          (MPI_Finalize if we initialised)
+ *
+ * No call waits forever: each polls a non-blocking MPI operation and gives
+ * up after timeout_seconds with UNAVAILABLE naming the operation, so a rank
+ * that died or stopped answering is an error on the others. After such a
+ * failure hm_mpi_close aborts the job (MPI_Abort), so mpirun exits non-zero
+ * instead of waiting for the lost rank.
+ */
+#ifndef HARMONICS_MPI_H_
+#define HARMONICS_MPI_H_
+
+#include "harmonics/collectives.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct hm_mpi_options {
+  size_t struct_size;
+  double timeout_seconds; /* 60; HARMONICS_MPI_TIMEOUT overrides it when set */
+  void *reserved[4];
+} hm_mpi_options;
+
+HM_API hm_mpi_options hm_mpi_options_default(void);
+/* The collectives of MPI_COMM_WORLD. */
+HM_API HM_MUST_USE hm_status hm_mpi_open(const hm_mpi_options *options, hm_collectives **out);
+/* Finalizes MPI when hm_mpi_open initialised it; aborts the job instead
+ * when a collective failed (a peer is gone). Accepts NULL. */
+HM_API void hm_mpi_close(hm_collectives *c);
+/* Nonzero when this process was started by an MPI launcher (mpirun sets
+ * OMPI_COMM_WORLD_SIZE, PMIx/Hydra set PMIX_RANK or PMI_SIZE). */
+HM_API int hm_mpi_launched(void);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* HARMONICS_MPI_H_ */

@@ -1,0 +1,132 @@
+#!/usr/bin/env bash
+# `mpirun -np N harmonics train ...` (oversubscribed, as root when root):
+# -np 1 saves the very weights of a plain run; -np 2 and -np 3 report the
+# ranks and follow the plain run; a rank killed or stopped mid-run fails the
+# job within the timeout instead of hanging; Fashion-MNIST (the first 20000 training
+# images, 5 epochs) under -np 2 reaches the plain run's accuracy within 0.3
+# points.
+#   test_distributed_cli.sh HARMONICS_CLI SOURCE_DIR MPIEXEC
+set -u
+cli=$1 src=$2 mpirun=$3
+source "$src/tests/cli/check.sh"
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+run_mpi() { local np=$1; shift; "$mpirun" --allow-run-as-root --oversubscribe -np "$np" "$@"; }
+
+/usr/bin/python3 - "$work" <<'PY'
+import random, sys
+random.seed(1)
+d = sys.argv[1]
+with open(d + "/x.csv", "w") as f, open(d + "/y.csv", "w") as g:
+    for _ in range(53):
+        v = [random.random() for _ in range(4)]
+        f.write(",".join("%.4f" % a for a in v) + "\n")
+        g.write("%d\n" % (int(v[0] * 3) % 3))
+PY
+cat >"$work/net.hmx" <<'HMX'
+harmonic net {
+  producer x {4}; producer y {3};
+  layer h {16}; layer out;
+  cycle { x -(relu)-> h -> out; out <-(cross_entropy)- y; }
+}
+HMX
+args=("$work/net.hmx" --data "x=csv:$work/x.csv" --data "y=labels:$work/y.csv" --epochs 4 --batch 10
+  --optimizer adam --lr 0.01 --seed 3 --threads 1)
+
+"$cli" train "${args[@]}" --save-weights "$work/plain.st" --json >"$work/plain.out" 2>&1
+rc=$?
+check "the plain run trains: $(tail -2 "$work/plain.out")" test "$rc" -eq 0
+run_mpi 1 "$cli" train "${args[@]}" --save-weights "$work/np1.st" --json >"$work/np1.out" 2>&1
+rc=$?
+check "mpirun -np 1 trains: $(tail -2 "$work/np1.out")" test "$rc" -eq 0
+check "-np 1 saves the plain run's weights, byte for byte" cmp "$work/plain.st" "$work/np1.st"
+check "-np 1 reports one rank" grep -q '"ranks":1' "$work/np1.out"
+
+for np in 2 3; do
+  run_mpi "$np" "$cli" train "${args[@]}" --save-weights "$work/np$np.st" --json >"$work/np$np.out" 2>&1
+  rc=$?
+  check "mpirun -np $np trains: $(tail -3 "$work/np$np.out")" test "$rc" -eq 0
+  check "-np $np reports $np ranks in --json, once (rank 0)" test "$(grep -c "\"ranks\":$np" "$work/np$np.out")" -eq 1
+  check "-np $np prints its results once" test "$(grep -c '^backend:' "$work/np$np.out")" -eq 1
+  /usr/bin/python3 - "$work/plain.st" "$work/np$np.st" <<'PY' >"$work/cmp$np" 2>&1
+import json, struct, sys
+def load(p):
+    b = open(p, "rb").read(); n = struct.unpack("<Q", b[:8])[0]; h = json.loads(b[8:8 + n]); out = {}
+    for k, v in h.items():
+        if k == "__metadata__": continue
+        s, e = v["data_offsets"]; out[k] = struct.unpack("<%df" % ((e - s) // 4), b[8 + n + s:8 + n + e])
+    return out
+a, b = load(sys.argv[1]), load(sys.argv[2])
+worst = max(abs(x - y) / max(abs(x), 1e-2) for k in a for x, y in zip(a[k], b[k]))
+print("largest relative difference %.3g" % worst)
+sys.exit(0 if worst <= 1e-5 else 1)
+PY
+  rc=$?
+  check "-np $np follows the plain run: $(cat "$work/cmp$np")" test "$rc" -eq 0
+done
+
+# A rank killed or stopped mid-run.
+/usr/bin/python3 - "$work" <<'PY'
+import random, sys
+random.seed(2)
+with open(sys.argv[1] + "/big.csv", "w") as f, open(sys.argv[1] + "/bigy.csv", "w") as g:
+    for _ in range(4000):
+        v = [random.random() for _ in range(4)]
+        f.write(",".join("%.4f" % a for a in v) + "\n")
+        g.write("%d\n" % (int(v[0] * 3) % 3))
+PY
+# disrupt SIGNAL PATTERN: runs a long 2-rank job, sends SIGNAL to one rank
+# after 2 s, and checks the job ends non-zero within the timeout (10 s) with
+# a message matching PATTERN.
+disrupt() {
+  local sig=$1 pattern=$2 start job victim="" rc elapsed
+  start=$(date +%s)
+  HARMONICS_MPI_TIMEOUT=10 run_mpi 2 "$cli" train "$work/net.hmx" --data "x=csv:$work/big.csv" \
+    --data "y=labels:$work/bigy.csv" --epochs 100000 --batch 2 --threads 1 >"$work/$sig.out" 2>&1 &
+  job=$!
+  for _ in $(seq 100); do
+    [ "$(pgrep -fc "harmonics train $work/net.hmx")" -ge 2 ] && break
+    sleep 0.1
+  done
+  sleep 2
+  victim=$(pgrep -f "harmonics train $work/net.hmx" | sort -n | tail -1)
+  check "found a rank to $sig" test -n "$victim"
+  [ -n "$victim" ] && kill -"$sig" "$victim"
+  for _ in $(seq 600); do kill -0 $job 2>/dev/null || break; sleep 0.1; done
+  if kill -0 $job 2>/dev/null; then
+    check "the job ends after SIG$sig to a rank (it still runs after 60 s)" false
+    pkill -9 -f "harmonics train $work/net.hmx"
+  fi
+  wait $job
+  rc=$?
+  elapsed=$(($(date +%s) - start))
+  check "SIG$sig to a rank: the job exits non-zero (rc $rc)" test "$rc" -ne 0
+  check "SIG$sig to a rank: within the timeout ($elapsed s)" test "$elapsed" -le 40
+  check "SIG$sig to a rank: a message: $(grep -v '^epoch' "$work/$sig.out" | head -3)" grep -Eq "$pattern" "$work/$sig.out"
+  pkill -9 -f "harmonics train $work/net.hmx" 2>/dev/null
+}
+# Killed: mpirun notices and ends the job. Stopped (it never answers): the
+# other rank's collective times out with our message and aborts the job.
+disrupt KILL "exited on signal 9"
+disrupt STOP "no answer from the other ranks within 10 s"
+
+# Fashion-MNIST under -np 2 reaches the plain run's accuracy.
+data=${HARMONICS_FASHION_MNIST_DIR:-/usr/share/datasets/fashion-mnist}
+if [ -f "$data/train-images-idx3-ubyte.gz" ]; then
+  fm=("$src/examples/fashion_mnist.hmx" --dataset fashion-mnist --limit-train 20000 --epochs 5 --optimizer adam
+    --lr 0.001 --batch 64 --seed 0 --json)
+  "$cli" train "${fm[@]}" --threads 2 >"$work/fm1.out" 2>&1
+  rc1=$?
+  run_mpi 2 "$cli" train "${fm[@]}" --threads 1 >"$work/fm2.out" 2>&1
+  rc2=$?
+  check "Fashion-MNIST trains in one process and on 2 ranks" test "$rc1" -eq 0 -a "$rc2" -eq 0
+  a1=$(sed -n 's/.*"test_accuracy":\([0-9.]*\).*/\1/p' "$work/fm1.out")
+  a2=$(sed -n 's/.*"test_accuracy":\([0-9.]*\).*/\1/p' "$work/fm2.out")
+  echo "Fashion-MNIST test accuracy: one process $a1, 2 ranks $a2"
+  check "2 ranks reach the one-process accuracy within 0.3 points ($a1 vs $a2)" \
+    /usr/bin/python3 -c "import sys; sys.exit(0 if abs(float(sys.argv[1]) - float(sys.argv[2])) <= 0.003 else 1)" \
+    "${a1:-0}" "${a2:-1}"
+else
+  echo "no Fashion-MNIST in $data: its data-parallel run is not checked"
+fi
+exit "$fail"
