@@ -1,7 +1,8 @@
 /*
  * Out of memory at every step (SQLite's habit): each scenario — parsing a
  * DSL graph, building one from C, fitting (f32; int3 from a CSV file with
- * evaluation and a checkpoint), saving and loading — first runs
+ * evaluation and a checkpoint; data parallel on one rank), the trainer API,
+ * saving and loading — first runs
  * once untouched to count its allocations; then it runs again with the 1st,
  * the 2nd, ... the Nth allocation failing (and every one after it). Each run
  * must end in HM_OK with the right result, or in RESOURCE_EXHAUSTED with
@@ -161,6 +162,64 @@ static hm_status fit_packed_and_checkpoint(void) {
   return s;
 }
 
+/* One rank of one: every collective is the identity. */
+static hm_status solo_allreduce(void *self, float *data, size_t n) {
+  (void)self, (void)data, (void)n;
+  return HM_OK;
+}
+static hm_status solo_broadcast(void *self, void *data, size_t bytes, int root) {
+  (void)self, (void)data, (void)bytes, (void)root;
+  return HM_OK;
+}
+static hm_status solo_barrier(void *self) {
+  (void)self;
+  return HM_OK;
+}
+static const hm_collectives solo = {sizeof(hm_collectives), NULL, 0, 1, solo_allreduce, solo_broadcast, solo_barrier};
+
+/* The data-parallel fit (one rank) and the trainer API's calls. */
+static hm_status data_parallel_and_trainer(void) {
+  hm_graph *g = NULL;
+  hm_producer *x = NULL, *y = NULL;
+  hm_cycle_state *state = NULL;
+  hm_trainer *t = NULL;
+  hm_weights *grads = NULL, *w = NULL;
+  hm_status s = hm_graph_parse(graph_text, strlen(graph_text), "tiny.hmx", &g);
+  if (s == HM_OK) s = hm_producer_from_floats(xs, 4, 4, &x);
+  if (s == HM_OK) s = hm_producer_from_labels(ys, 4, 3, &y);
+  if (s == HM_OK) s = hm_graph_bind_producer(g, "x", x);
+  if (s == HM_OK) s = hm_graph_bind_producer(g, "y", y);
+  if (s == HM_OK) s = hm_graph_bind_eval(g, "x", x);
+  if (s == HM_OK) s = hm_graph_bind_eval(g, "y", y);
+  hm_fit_options opt = hm_fit_options_default();
+  opt.batch_size = 2;
+  opt.threads = 1;
+  opt.collectives = &solo;
+  if (s == HM_OK) s = hm_graph_fit(g, 2, NULL, &opt, &state);
+  opt.collectives = NULL;
+  if (s == HM_OK) s = hm_trainer_open(g, NULL, &opt, &t);
+  int32_t idx[2] = {0, 3};
+  if (s == HM_OK) s = hm_trainer_compute_gradients(t, idx, 2, NULL);
+  if (s == HM_OK) s = hm_trainer_gradients(t, &grads);
+  if (s == HM_OK) s = hm_trainer_set_gradients(t, grads);
+  if (s == HM_OK) s = hm_trainer_scale_gradients(t, 0.5f);
+  if (s == HM_OK) s = hm_trainer_apply(t, NULL);
+  if (s == HM_OK) s = hm_trainer_weights(t, &w);
+  if (s == HM_OK) s = hm_trainer_set_weights(t, w);
+  if (s == HM_OK) {
+    HM_CHECK_EQ(hm_cycle_state_step(state), 4);
+    HM_CHECK_EQ(hm_trainer_step(t), 1);
+  }
+  hm_trainer_close(t);
+  hm_weights_free(grads);
+  hm_weights_free(w);
+  hm_cycle_state_free(state);
+  hm_graph_free(g);
+  hm_producer_free(x);
+  hm_producer_free(y);
+  return s;
+}
+
 /* A graph with weights: saved as .hmx and as safetensors, loaded back. */
 static hm_graph *saved_graph;
 
@@ -246,12 +305,17 @@ static void every_allocation_of_a_packed_fit_and_checkpoint_fails_cleanly(void) 
   sweep("packed fit and checkpoint", fit_packed_and_checkpoint);
 }
 
+static void every_allocation_of_data_parallel_and_the_trainer_fails_cleanly(void) {
+  sweep("data parallel and trainer", data_parallel_and_trainer);
+}
+
 static const hm_test_case cases[] = {
     HM_TEST_CASE(every_allocation_of_parsing_fails_cleanly),
     HM_TEST_CASE(every_allocation_of_building_fails_cleanly),
     HM_TEST_CASE(every_allocation_of_fit_fails_cleanly),
     HM_TEST_CASE(every_allocation_of_a_packed_fit_and_checkpoint_fails_cleanly),
     HM_TEST_CASE(every_allocation_of_save_and_load_fails_cleanly),
+    HM_TEST_CASE(every_allocation_of_data_parallel_and_the_trainer_fails_cleanly),
 };
 
 int main(int argc, char **argv) {

@@ -380,6 +380,75 @@ static void early_stop_counts_non_improving_updates(void) {
   HM_CHECK_EQ(steps, 10);
 }
 
+/* Collectives of one rank; |fail_after| > 0 makes that all-reduce fail. */
+typedef struct solo_ranks {
+  int reduces, fail_after;
+} solo_ranks;
+static hm_status solo_allreduce(void *self, float *data, size_t n) {
+  solo_ranks *r = self;
+  (void)data, (void)n;
+  if (++r->reduces == r->fail_after) return hm_set_error(HM_STATUS_UNAVAILABLE, "rank 1 is gone");
+  return HM_OK;
+}
+static hm_status solo_broadcast(void *self, void *data, size_t bytes, int root) {
+  (void)self, (void)data, (void)bytes, (void)root;
+  return HM_OK;
+}
+static hm_status solo_barrier(void *self) {
+  (void)self;
+  return HM_OK;
+}
+
+static void data_parallel_on_one_rank_is_a_plain_fit(void) {
+  static const char text[] = "producer x {2}; producer y {1}; layer h {4}; layer o {1}; "
+                             "cycle { x -(relu)-> h -> o; o <-(mse)- y; }";
+  float x[14] = {0, 1, 1, 0, 1, 1, 2, 1, 1, 2, 0, 2, 2, 2}, y[7] = {2, 1, 3, 4, 5, 4, 6};
+  hm_producer *px = NULL, *py = NULL;
+  HM_CHECK_OK(hm_producer_from_floats(x, 7, 2, &px));
+  HM_CHECK_OK(hm_producer_from_floats(y, 7, 1, &py));
+  solo_ranks ranks = {0, 0};
+  hm_collectives solo = {sizeof solo, &ranks, 0, 1, solo_allreduce, solo_broadcast, solo_barrier};
+  hm_weights *w[2] = {NULL, NULL};
+  for (int k = 0; k < 2; k++) {
+    hm_graph *g = parse(text);
+    HM_CHECK_OK(hm_graph_bind_producer(g, "x", px));
+    HM_CHECK_OK(hm_graph_bind_producer(g, "y", py));
+    hm_fit_options o = base_opts(HM_OPTIMIZER_ADAM, 0.01f);
+    o.batch_size = 3;
+    o.accumulate_steps = 2;
+    o.collectives = k ? &solo : NULL;
+    hm_cycle_state *st = NULL;
+    HM_CHECK_OK(hm_graph_fit(g, 3, NULL, &o, &st));
+    HM_CHECK_OK(hm_weights_clone(hm_graph_weights(g), &w[k]));
+    hm_cycle_state_free(st);
+    hm_graph_free(g);
+  }
+  HM_CHECK(ranks.reduces > 6); /* the start check, then one per update */
+  for (size_t i = 0; w[0] && w[1] && i < hm_weights_count(w[0]); i++) {
+    hm_tensor a, b;
+    HM_CHECK_OK(hm_weights_at(w[0], i, &a));
+    HM_CHECK_OK(hm_weights_find(w[1], a.name, &b));
+    HM_CHECK_MSG(a.bytes == b.bytes && memcmp(a.data, b.data, a.bytes) == 0, "%s differs", a.name);
+  }
+  /* A collective that fails ends the fit with its message. */
+  hm_graph *g = parse(text);
+  HM_CHECK_OK(hm_graph_bind_producer(g, "x", px));
+  HM_CHECK_OK(hm_graph_bind_producer(g, "y", py));
+  ranks.reduces = 0;
+  ranks.fail_after = 3;
+  hm_fit_options o = base_opts(HM_OPTIMIZER_SGD, 0.01f);
+  o.collectives = &solo;
+  hm_cycle_state *st = NULL;
+  HM_CHECK_EQ(hm_graph_fit(g, 3, NULL, &o, &st), HM_STATUS_UNAVAILABLE);
+  HM_CHECK_STR_CONTAINS(hm_last_error(), "data parallel: summing the gradients: rank 1 is gone");
+  HM_CHECK(st == NULL);
+  hm_graph_free(g);
+  hm_weights_free(w[0]);
+  hm_weights_free(w[1]);
+  hm_producer_free(px);
+  hm_producer_free(py);
+}
+
 static int cancel_on_fourth_call(void *user) { return ++*(int *)user == 4; }
 
 static void cancel_stops_after_the_update_it_follows(void) {
@@ -1029,6 +1098,7 @@ CASE(accumulation_equals_one_big_batch)
 CASE(buffers_are_sized_per_use)
 CASE(early_stop_counts_non_improving_updates)
 CASE(cancel_stops_after_the_update_it_follows)
+CASE(data_parallel_on_one_rank_is_a_plain_fit)
 CASE(fit_until_and_fit_for)
 CASE(divergence_stops_with_the_last_finite_weights)
 CASE(gradients_of_every_activation)
@@ -1049,6 +1119,7 @@ static const hm_test_case cases[] = {
     HM_TEST_CASE_P(run_, buffers_are_sized_per_use),
     HM_TEST_CASE_P(run_, early_stop_counts_non_improving_updates),
     HM_TEST_CASE_P(run_, cancel_stops_after_the_update_it_follows),
+    HM_TEST_CASE_P(run_, data_parallel_on_one_rank_is_a_plain_fit),
     HM_TEST_CASE_P(run_, fit_until_and_fit_for),
     HM_TEST_CASE_P(run_, divergence_stops_with_the_last_finite_weights),
     HM_TEST_CASE_P(run_, gradients_of_every_activation),

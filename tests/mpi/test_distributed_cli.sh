@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `mpirun -np N harmonics train ...` (oversubscribed, as root when root):
 # -np 1 saves the very weights of a plain run; -np 2 and -np 3 report the
-# ranks and follow the plain run; a rank killed or stopped mid-run fails the
+# ranks and follow the plain run; a resumed -np 2 run equals the
+# uninterrupted one; a rank killed or stopped mid-run fails the
 # job within the timeout instead of hanging; Fashion-MNIST (the first 20000 training
 # images, 5 epochs) under -np 2 reaches the plain run's accuracy within 0.3
 # points.
@@ -64,6 +65,19 @@ PY
   rc=$?
   check "-np $np follows the plain run: $(cat "$work/cmp$np")" test "$rc" -eq 0
 done
+
+# Resume under -np 2 (rank 0 reads the checkpoint and broadcasts it) equals
+# the uninterrupted -np 2 run.
+half=("${args[@]}")
+half[${#half[@]}]=--epochs; half[${#half[@]}]=2
+run_mpi 2 "$cli" train "${half[@]}" --checkpoint "$work/half.hck" >"$work/half.out" 2>&1
+rc=$?
+check "-np 2 writes a checkpoint after 2 epochs: $(tail -2 "$work/half.out")" test "$rc" -eq 0 -a -s "$work/half.hck"
+run_mpi 2 "$cli" train "${args[@]}" --resume "$work/half.hck" --save-weights "$work/resumed.st" >"$work/resumed.out" 2>&1
+rc=$?
+check "-np 2 resumes it to 4 epochs: $(tail -2 "$work/resumed.out")" test "$rc" -eq 0
+check "the resumed -np 2 run saves the uninterrupted one's weights" cmp "$work/np2.st" "$work/resumed.st"
+check "it says once where it resumed" test "$(grep -c '^harmonics: resuming' "$work/resumed.out")" -eq 1
 
 # A rank killed or stopped mid-run.
 /usr/bin/python3 - "$work" <<'PY'

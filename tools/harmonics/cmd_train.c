@@ -278,16 +278,51 @@ static int parse_args(int argc, char **argv, train_args *t, int *done) {
   return CLI_OK;
 }
 
+/* Reads a checkpoint; under data parallel rank 0 reads the file and
+ * broadcasts its bytes, so the other ranks need not see it. */
+static hm_status load_checkpoint(const char *path, const hm_collectives *dist, hm_cycle_state **out) {
+  if (!dist) return hm_cycle_state_load(path, out);
+  unsigned char *bytes = NULL;
+  uint64_t size = 0;
+  hm_status st = HM_OK;
+  if (dist->rank == 0) {
+    FILE *f = fopen(path, "rb");
+    long n = -1;
+    if (f && fseek(f, 0, SEEK_END) == 0) n = ftell(f);
+    if (f && n > 0 && fseek(f, 0, SEEK_SET) == 0 && (bytes = malloc((size_t)n)) && fread(bytes, 1, (size_t)n, f) == (size_t)n)
+      size = (uint64_t)n;
+    if (f) fclose(f);
+  }
+  st = dist->broadcast(dist->self, &size, sizeof size, 0);
+  if (st == HM_OK && size == 0) {
+    free(bytes);
+    /* Rank 0 could not read it: let it say why, from the file itself. */
+    if (dist->rank == 0) return hm_cycle_state_load(path, out);
+    return hm_set_error(HM_STATUS_IO_ERROR, "%s: rank 0 could not read the checkpoint", path);
+  }
+  if (st == HM_OK && dist->rank != 0 && !(bytes = malloc((size_t)size)))
+    st = hm_set_error(HM_STATUS_RESOURCE_EXHAUSTED, "out of memory for a %llu-byte checkpoint", (unsigned long long)size);
+  if (st == HM_OK) st = dist->broadcast(dist->self, bytes, (size_t)size, 0);
+  FILE *m = st == HM_OK ? fmemopen(bytes, (size_t)size, "rb") : NULL;
+  if (st == HM_OK && !m) st = hm_set_error(HM_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+  if (m) {
+    st = hm_cycle_state_read(m, out);
+    fclose(m);
+  }
+  free(bytes);
+  return st;
+}
+
 /* --resume: the checkpoint decides everything that shapes the trajectory;
  * --init-weights: the starting weights. */
-static int apply_start(hm_graph *g, train_args *t, hm_cycle_state **resume_state) {
+static int apply_start(hm_graph *g, train_args *t, const hm_collectives *dist, hm_cycle_state **resume_state) {
   if (t->init_weights && t->resume) {
     fprintf(stderr, "harmonics train: --init-weights and --resume exclude each other\n");
     return CLI_USAGE;
   }
   if (t->resume) {
     hm_fit_options saved;
-    if (hm_cycle_state_load(t->resume, resume_state) != HM_OK ||
+    if (load_checkpoint(t->resume, dist, resume_state) != HM_OK ||
         hm_cycle_state_fit_options(*resume_state, &saved, &t->policy) != HM_OK)
       return cli_fail("--resume");
     saved.backend = t->o.backend;
@@ -295,8 +330,9 @@ static int apply_start(hm_graph *g, train_args *t, hm_cycle_state **resume_state
     t->o = saved;
     t->o.resume = *resume_state;
     hm_policy_format(&t->policy, t->policy_text, sizeof t->policy_text);
-    fprintf(stderr, "harmonics: resuming %s at epoch %zu, step %zu\n", t->resume, hm_cycle_state_epoch(*resume_state),
-            hm_cycle_state_step(*resume_state));
+    if (!dist || dist->rank == 0)
+      fprintf(stderr, "harmonics: resuming %s at epoch %zu, step %zu\n", t->resume,
+              hm_cycle_state_epoch(*resume_state), hm_cycle_state_step(*resume_state));
   }
   if (t->init_weights) {
     hm_weights *w = NULL;
@@ -461,7 +497,7 @@ static int train_run(train_args *t_in, const hm_collectives *dist) {
   cli_sources src = {{0}, 0, 0};
   hm_cycle_state *resume_state = NULL, *st = NULL;
   rc = load_model(&t, &g, &src);
-  if (rc == CLI_OK) rc = apply_start(g, &t, &resume_state);
+  if (rc == CLI_OK) rc = apply_start(g, &t, dist, &resume_state);
   progress_ui ui;
   memset(&ui, 0, sizeof ui);
   ui.tty = isatty(2) && !t.json && root;

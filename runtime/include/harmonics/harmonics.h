@@ -24,6 +24,7 @@
 #include "harmonics/policy.h"
 #include "harmonics/serialization.h"
 #include "harmonics/status.h"
+#include "harmonics/trainer.h"
 #include "harmonics/training.h"
 #include "harmonics/version.h"
 #include "harmonics/visualizer.h"

@@ -23,7 +23,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "base/rng.h"
 #include "harmonics/serialization.h"
 #include "harmonics/training.h"
 #include "train/cycle_state.h"
@@ -46,15 +45,6 @@ hm_fit_options hm_fit_options_default(void) {
   o.rho = 0.9f;
   o.eval_batch_size = 1000;
   return o;
-}
-
-/* Names the field that is out of range. */
-static hm_status check_options(const hm_fit_options *o) {
-  if (o->struct_size != sizeof *o)
-    return hm__fail(HM_STATUS_INVALID_ARGUMENT, "hm_fit_options.struct_size is %zu, expected %zu (use hm_fit_options_default)",
-                    o->struct_size, sizeof *o);
-  HM_RETURN_IF_ERROR(hm__trajectory_check(o));
-  return hm__trajectory_check_optimizer_fields(o);
 }
 
 /* The options that shape a training trajectory must match when resuming. */
@@ -142,25 +132,6 @@ typedef struct loop {
   size_t group_rows;  /* data parallel: global rows of the current group */
 } loop;
 
-static float lr_for(const hm_fit_options *o, size_t update) {
-  return o->lr_schedule_fp.fn ? o->lr_schedule_fp.fn(update, &o->lr_schedule_fp) : o->learning_rate;
-}
-
-static hm_status fill_scalars(const hm_fit_options *o, size_t update, double count, double scalars[N_SLOTS]) {
-  double t = (double)update + 1.0;
-  float lr = lr_for(o, update);
-  /* A negative rate would ascend the loss, a NaN would poison the weights. */
-  if (!(lr >= 0.0f) || !isfinite(lr))
-    return hm__fail(HM_STATUS_INVALID_ARGUMENT,
-                    "the learning-rate schedule returned %g for update %zu: a rate must be finite and >= 0",
-                    (double)lr, update);
-  scalars[SLOT_LR] = lr;
-  scalars[SLOT_BC1] = 1.0 - pow((double)o->beta1, t);
-  scalars[SLOT_BC2] = 1.0 - pow((double)o->beta2, t);
-  scalars[SLOT_GRAD_SCALE] = 1.0 / count;
-  scalars[SLOT_LOSS_SCALE] = 1.0;
-  return HM_OK;
-}
 
 static hm_status checkpoint(loop *L) {
   if (!L->o->checkpoint_path || !hm__dp_is_root(L->dp)) return HM_OK; /* rank 0 writes */
@@ -238,7 +209,7 @@ static hm_status apply_group(loop *L) {
   float sumsq = 0;
   double t0 = hm__now();
   HM_RETURN_IF_ERROR(hm__dp_reduce_group(L->dp, L->s, &loss_mean, &loss_rows));
-  HM_RETURN_IF_ERROR(fill_scalars(L->o, L->st->step, (double)L->micro, scalars));
+  HM_RETURN_IF_ERROR(hm__step_scalars(L->o, L->st->step, (double)L->micro, scalars));
   HM_RETURN_IF_ERROR(hm__session_step(L->s, PROG_APPLY, NULL, 0, scalars, NULL, &sumsq));
   L->st->train_seconds += hm__now() - t0;
   L->st->epoch_loss_sum += loss_rows;
@@ -264,7 +235,7 @@ static hm_status run_batch_dp(loop *L, const int32_t *idx, size_t b) {
   double t0 = hm__now();
   if (rows) {
     float loss = 0;
-    HM_RETURN_IF_ERROR(fill_scalars(L->o, L->st->step, 1.0, scalars));
+    HM_RETURN_IF_ERROR(hm__step_scalars(L->o, L->st->step, 1.0, scalars));
     scalars[SLOT_LOSS_SCALE] = (double)rows / (double)b;
     HM_RETURN_IF_ERROR(hm__session_step(L->s, dp->grads_live ? PROG_MICRO_ACC : PROG_MICRO_FIRST, idx + begin, rows,
                                         scalars, &loss, NULL));
@@ -290,7 +261,7 @@ static hm_status run_batch(loop *L, const int32_t *idx, size_t b) {
   double t0 = hm__now();
   if (L->dp) return run_batch_dp(L, idx, b);
   if (o->accumulate_steps == 1) {
-    HM_RETURN_IF_ERROR(fill_scalars(o, L->st->step, 1.0, scalars));
+    HM_RETURN_IF_ERROR(hm__step_scalars(o, L->st->step, 1.0, scalars));
     HM_RETURN_IF_ERROR(hm__session_step(s, PROG_TRAIN, idx, b, scalars, &loss, &sumsq));
     L->st->train_seconds += hm__now() - t0;
     L->st->samples += b;
@@ -300,7 +271,7 @@ static hm_status run_batch(loop *L, const int32_t *idx, size_t b) {
     after_update(L, loss, sumsq, scalars[SLOT_LR]);
     return checkpoint_due(L);
   }
-  HM_RETURN_IF_ERROR(fill_scalars(o, L->st->step, 1.0, scalars));
+  HM_RETURN_IF_ERROR(hm__step_scalars(o, L->st->step, 1.0, scalars));
   HM_RETURN_IF_ERROR(
       hm__session_step(s, L->micro == 0 ? PROG_MICRO_FIRST : PROG_MICRO_ACC, idx, b, scalars, &loss, NULL));
   L->micro++;
@@ -313,7 +284,7 @@ static hm_status run_batch(loop *L, const int32_t *idx, size_t b) {
     L->st->train_seconds += hm__now() - t0;
     return HM_OK;
   }
-  HM_RETURN_IF_ERROR(fill_scalars(o, L->st->step, (double)L->micro, scalars));
+  HM_RETURN_IF_ERROR(hm__step_scalars(o, L->st->step, (double)L->micro, scalars));
   HM_RETURN_IF_ERROR(hm__session_step(s, PROG_APPLY, NULL, 0, scalars, NULL, &sumsq));
   L->st->train_seconds += hm__now() - t0;
   float mean_loss = (float)(L->loss_sum / (double)L->micro);
@@ -331,7 +302,7 @@ static hm_status flush(loop *L) {
   double scalars[N_SLOTS];
   float sumsq = 0;
   double t0 = hm__now();
-  HM_RETURN_IF_ERROR(fill_scalars(L->o, L->st->step, (double)L->micro, scalars));
+  HM_RETURN_IF_ERROR(hm__step_scalars(L->o, L->st->step, (double)L->micro, scalars));
   HM_RETURN_IF_ERROR(hm__session_step(L->s, PROG_APPLY, NULL, 0, scalars, NULL, &sumsq));
   L->st->train_seconds += hm__now() - t0;
   float mean_loss = (float)(L->loss_sum / (double)L->micro);
@@ -341,17 +312,7 @@ static hm_status flush(loop *L) {
   return checkpoint_due(L);
 }
 
-static void epoch_order(loop *L, int32_t *order) {
-  size_t n = L->s->train_count;
-  if (L->o->shuffle) {
-    hm_rng rng;
-    /* The order of epoch e depends only on (seed, e): resumable. */
-    hm__rng_seed(&rng, L->o->seed ^ (0x5bd1e9955bd1e995ull * (L->st->epoch + 1)));
-    hm__rng_permutation(&rng, order, n);
-  } else {
-    for (size_t i = 0; i < n; i++) order[i] = (int32_t)i;
-  }
-}
+static void epoch_order(loop *L, int32_t *order) { hm__epoch_order(L->o, L->st->epoch, order, L->s->train_count); }
 
 /* The batches of the epoch from the current position. */
 static hm_status run_batches(loop *L, const int32_t *order) {
@@ -487,7 +448,7 @@ static hm_status fit_impl(hm_graph *g, const fit_limits *lim, const hm_policy *p
                           hm_cycle_state **out) {
   if (!g || !out) return hm__fail(HM_STATUS_INVALID_ARGUMENT, "fit: NULL graph or output");
   hm_fit_options o = opts ? *opts : hm_fit_options_default();
-  HM_RETURN_IF_ERROR(check_options(&o));
+  HM_RETURN_IF_ERROR(hm__fit_options_check(&o));
   HM_RETURN_IF_ERROR(hm__policy_check(policy));
   if (!hm_graph_has_training_taps(g))
     return hm__fail(HM_STATUS_FAILED_PRECONDITION,
@@ -592,7 +553,7 @@ hm_status hm_graph_inference(hm_graph *g, const hm_policy *policy, const hm_fit_
                              hm_eval_result *out) {
   if (!g || !out) return hm__fail(HM_STATUS_INVALID_ARGUMENT, "inference: NULL graph or output");
   hm_fit_options o = opts ? *opts : hm_fit_options_default();
-  HM_RETURN_IF_ERROR(check_options(&o));
+  HM_RETURN_IF_ERROR(hm__fit_options_check(&o));
   HM_RETURN_IF_ERROR(hm__policy_check(policy));
   HM_RETURN_IF_ERROR(hm_graph_resolve(g));
   o.batch_size = o.eval_batch_size;

@@ -2,6 +2,7 @@
  * fields, all expanded from HM_TRAJECTORY_FIELDS (trajectory.h). */
 #include "train/trajectory.h"
 
+#include "base/rng.h"
 #include "harmonics/names.h"
 
 #include <math.h>
@@ -85,6 +86,50 @@ SAME_SCALAR(flag)
 static int same_schedule(const hm_lr_schedule *a, int ka, const hm_lr_schedule *b, int kb) {
   if (ka != kb) return 0;
   return ka != 1 || (memcmp(a->params, b->params, sizeof a->params) == 0 && a->iparams[0] == b->iparams[0]);
+}
+
+/* ===== Options and per-update scalars ===== */
+
+/* Names the field that is out of range. */
+hm_status hm__fit_options_check(const hm_fit_options *o) {
+  if (o->struct_size != sizeof *o)
+    return hm__fail(HM_STATUS_INVALID_ARGUMENT, "hm_fit_options.struct_size is %zu, expected %zu (use hm_fit_options_default)",
+                    o->struct_size, sizeof *o);
+  HM_RETURN_IF_ERROR(hm__trajectory_check(o));
+  return hm__trajectory_check_optimizer_fields(o);
+}
+
+static float lr_for(const hm_fit_options *o, size_t update) {
+  return o->lr_schedule_fp.fn ? o->lr_schedule_fp.fn(update, &o->lr_schedule_fp) : o->learning_rate;
+}
+
+hm_status hm__step_scalars(const hm_fit_options *o, size_t update, double count, double *scalars) {
+  double t = (double)update + 1.0;
+  float lr = lr_for(o, update);
+  /* A negative rate would ascend the loss, a NaN would poison the weights. */
+  if (!(lr >= 0.0f) || !isfinite(lr))
+    return hm__fail(HM_STATUS_INVALID_ARGUMENT,
+                    "the learning-rate schedule returned %g for update %zu: a rate must be finite and >= 0",
+                    (double)lr, update);
+  scalars[SLOT_LR] = lr;
+  scalars[SLOT_BC1] = 1.0 - pow((double)o->beta1, t);
+  scalars[SLOT_BC2] = 1.0 - pow((double)o->beta2, t);
+  scalars[SLOT_GRAD_SCALE] = 1.0 / count;
+  scalars[SLOT_LOSS_SCALE] = 1.0;
+  return HM_OK;
+}
+
+/* ===== The order of the samples ===== */
+
+void hm__epoch_order(const hm_fit_options *o, size_t epoch, int32_t *order, size_t n) {
+  if (o->shuffle) {
+    hm_rng rng;
+    /* The order of epoch e depends only on (seed, e): resumable. */
+    hm__rng_seed(&rng, o->seed ^ (0x5bd1e9955bd1e995ull * (epoch + 1)));
+    hm__rng_permutation(&rng, order, n);
+  } else {
+    for (size_t i = 0; i < n; i++) order[i] = (int32_t)i;
+  }
 }
 
 /* ===== The schedule ===== */

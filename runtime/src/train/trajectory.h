@@ -10,6 +10,7 @@
 
 #include "base/container.h"
 #include "harmonics/training.h"
+#include "lower/lower.h"
 
 #define HM_MAX_BATCH ((size_t)1 << 20)
 
@@ -52,6 +53,16 @@ hm_status hm__trajectory_decode(hm_reader *r, hm_fit_options *o, int *schedule_k
 /* INVALID_ARGUMENT naming the first compared field where |o| differs from
  * the checkpoint's |saved|. */
 hm_status hm__trajectory_compare(const hm_fit_options *o, int kind, const hm_fit_options *saved, int saved_kind);
+/* Checks every field of fit options (struct_size, ranges, optimizer-specific
+ * fields); the message names the field. */
+hm_status hm__fit_options_check(const hm_fit_options *o);
+/* The dynamic scalars of update |update| (0-based) over |count| gradient
+ * batches: the learning rate (the schedule's, checked), Adam's bias
+ * corrections, the average 1/count, and a loss scale of 1. */
+hm_status hm__step_scalars(const hm_fit_options *o, size_t update, double count, double *scalars);
+/* The order of the |n| training samples in epoch |epoch| (0-based): a
+ * permutation drawn from (seed, epoch) when shuffling, else 0 .. n-1. */
+void hm__epoch_order(const hm_fit_options *o, size_t epoch, int32_t *order, size_t n);
 /* 1 when a compared field differs: its name, and both values as text. */
 int hm__trajectory_difference(const hm_fit_options *o, int kind, const hm_fit_options *other, int other_kind,
                               const char **field, char *mine, char *theirs, size_t cap);

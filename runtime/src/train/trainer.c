@@ -1,0 +1,206 @@
+/*
+ * The trainer (harmonics/trainer.h): fit's steps one at a time over a
+ * session. A batch runs the micro-batch program (the first after an update
+ * overwrites the gradients, later ones add to them); an update runs the
+ * apply program with fit's scalars (hm__step_scalars), so a loop of
+ * compute + apply computes exactly what fit's fused step does.
+ */
+#include <math.h>
+#include <string.h>
+
+#include "harmonics/trainer.h"
+#include "lower/precision.h"
+#include "train/session.h"
+#include "train/trajectory.h"
+
+struct hm_trainer {
+  hm_graph *g;
+  hm_session *s;
+  hm_fit_options o;
+  size_t step;
+  size_t pending; /* gradient batches since the last update */
+  float *arena;   /* hm__session_grad_count floats */
+};
+
+hm_status hm_trainer_open(hm_graph *g, const hm_policy *policy, const hm_fit_options *opts, hm_trainer **out) {
+  if (!g || !opts || !out) return hm__fail(HM_STATUS_INVALID_ARGUMENT, "hm_trainer_open: NULL argument");
+  hm_fit_options o = *opts;
+  HM_RETURN_IF_ERROR(hm__fit_options_check(&o));
+  HM_RETURN_IF_ERROR(hm__policy_check(policy));
+  if (!hm_graph_has_training_taps(g))
+    return hm__fail(HM_STATUS_FAILED_PRECONDITION, "graph '%s' has no loss tap: it cannot be trained", g->name);
+  HM_RETURN_IF_ERROR(hm_graph_resolve(g));
+  hm_trainer *t = hm__calloc(1, sizeof *t);
+  if (!t) return hm__fail(HM_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+  t->g = g;
+  t->o = o;
+  hm_status st = hm__session_create(g, &o, policy, 1, 0, &t->s);
+  if (st == HM_OK) st = hm__session_upload_weights(t->s);
+  size_t n = st == HM_OK ? hm__session_grad_count(t->s) : 0;
+  if (st == HM_OK && !(t->arena = hm__malloc((n ? n : 1) * sizeof *t->arena)))
+    st = hm__fail(HM_STATUS_RESOURCE_EXHAUSTED, "out of memory for %zu gradient values", n);
+  if (st != HM_OK) {
+    hm__session_free(t->s);
+    hm__free(t);
+    return st;
+  }
+  *out = t;
+  return HM_OK;
+}
+
+void hm_trainer_close(hm_trainer *t) {
+  if (!t) return;
+  hm_weights *w = NULL;
+  if (hm__session_download(t->s, &w, NULL) == HM_OK) { /* the graph keeps the trained weights */
+    hm_weights_free(t->g->weights);
+    t->g->weights = w;
+  }
+  hm__session_free(t->s);
+  hm__free(t->arena);
+  hm__free(t);
+}
+
+size_t hm_trainer_sample_count(const hm_trainer *t) { return t ? t->s->train_count : 0; }
+size_t hm_trainer_step(const hm_trainer *t) { return t ? t->step : 0; }
+
+hm_status hm_trainer_epoch_order(const hm_trainer *t, size_t epoch, int32_t *order, size_t n) {
+  if (!t || !order) return hm__fail(HM_STATUS_INVALID_ARGUMENT, "hm_trainer_epoch_order: NULL argument");
+  if (n != t->s->train_count)
+    return hm__fail(HM_STATUS_INVALID_ARGUMENT, "hm_trainer_epoch_order: n is %zu, the training data has %zu samples", n,
+                    t->s->train_count);
+  hm__epoch_order(&t->o, epoch, order, n);
+  return HM_OK;
+}
+
+hm_status hm_trainer_compute_gradients(hm_trainer *t, const int32_t *indices, size_t n, float *loss) {
+  if (!t || !indices) return hm__fail(HM_STATUS_INVALID_ARGUMENT, "hm_trainer_compute_gradients: NULL argument");
+  if (n == 0 || n > t->s->train_rows)
+    return hm__fail(HM_STATUS_INVALID_ARGUMENT, "hm_trainer_compute_gradients: %zu samples; a batch holds 1 to %zu", n,
+                    t->s->train_rows);
+  for (size_t i = 0; i < n; i++)
+    if (indices[i] < 0 || (size_t)indices[i] >= t->s->train_count)
+      return hm__fail(HM_STATUS_OUT_OF_RANGE, "hm_trainer_compute_gradients: index %d at %zu is outside the %zu samples",
+                      indices[i], i, t->s->train_count);
+  double scalars[N_SLOTS];
+  HM_RETURN_IF_ERROR(hm__step_scalars(&t->o, t->step, 1.0, scalars));
+  float l = 0;
+  HM_RETURN_IF_ERROR(
+      hm__session_step(t->s, t->pending ? PROG_MICRO_ACC : PROG_MICRO_FIRST, indices, n, scalars, &l, NULL));
+  t->pending++;
+  if (loss) *loss = l;
+  return HM_OK;
+}
+
+/* Each trainable connection's two gradient tensors: names and shapes. */
+typedef struct grad_tensor {
+  char name[600];
+  uint64_t shape[2];
+  uint32_t rank;
+  size_t count;
+} grad_tensor;
+
+static void grad_tensor_at(const hm_trainer *t, size_t e, int bias, grad_tensor *out) {
+  const hm_graph *g = t->g;
+  const hm_edge *ed = &g->edges[e];
+  size_t out_w = t->s->plan->nodes[ed->dst].width, in_w = t->s->plan->nodes[ed->src].width;
+  if (bias) hm__edge_bias_name(g, ed, out->name, sizeof out->name);
+  else hm__edge_weight_name(g, ed, out->name, sizeof out->name);
+  out->rank = bias ? 1 : 2;
+  out->shape[0] = out_w;
+  out->shape[1] = in_w;
+  out->count = bias ? out_w : out_w * in_w;
+}
+
+hm_status hm_trainer_gradients(hm_trainer *t, hm_weights **out) {
+  if (!t || !out) return hm__fail(HM_STATUS_INVALID_ARGUMENT, "hm_trainer_gradients: NULL argument");
+  if (!t->pending) return hm__fail(HM_STATUS_FAILED_PRECONDITION, "hm_trainer_gradients: no batch computed since the last update");
+  HM_RETURN_IF_ERROR(hm__session_grads_read(t->s, t->arena));
+  hm_weights *w = NULL;
+  HM_RETURN_IF_ERROR(hm_weights_create(&w));
+  const float *at = t->arena;
+  hm_status st = HM_OK;
+  for (size_t e = 0; e < t->g->n_edges && st == HM_OK; e++) {
+    if (!t->s->plan->edges[e].trainable) continue;
+    for (int bias = 0; bias < 2 && st == HM_OK; bias++) {
+      grad_tensor gt;
+      grad_tensor_at(t, e, bias, &gt);
+      st = hm_weights_set(w, gt.name, HM_ABI_DTYPE_F32, gt.rank, gt.shape, at);
+      at += gt.count;
+    }
+  }
+  if (st != HM_OK) {
+    hm_weights_free(w);
+    return st;
+  }
+  *out = w;
+  return HM_OK;
+}
+
+hm_status hm_trainer_set_gradients(hm_trainer *t, const hm_weights *gradients) {
+  if (!t || !gradients) return hm__fail(HM_STATUS_INVALID_ARGUMENT, "hm_trainer_set_gradients: NULL argument");
+  float *at = t->arena;
+  size_t expected = 0;
+  for (size_t e = 0; e < t->g->n_edges; e++) {
+    if (!t->s->plan->edges[e].trainable) continue;
+    for (int bias = 0; bias < 2; bias++) {
+      grad_tensor gt;
+      grad_tensor_at(t, e, bias, &gt);
+      hm_tensor v;
+      if (hm_weights_find(gradients, gt.name, &v) != HM_OK)
+        return hm__fail(HM_STATUS_INVALID_ARGUMENT, "hm_trainer_set_gradients: no gradient for '%s'", gt.name);
+      if (v.dtype != HM_ABI_DTYPE_F32 || v.rank != gt.rank || v.shape[0] != gt.shape[0] ||
+          (gt.rank == 2 && v.shape[1] != gt.shape[1]))
+        return hm__fail(HM_STATUS_INVALID_ARGUMENT,
+                        "hm_trainer_set_gradients: '%s' must be f32 of shape [%llu%s%llu]", gt.name,
+                        (unsigned long long)gt.shape[0], gt.rank == 2 ? ", " : "",
+                        gt.rank == 2 ? (unsigned long long)gt.shape[1] : 0ull);
+      memcpy(at, v.data, gt.count * sizeof *at);
+      at += gt.count;
+      expected++;
+    }
+  }
+  if (hm_weights_count(gradients) != expected)
+    return hm__fail(HM_STATUS_INVALID_ARGUMENT, "hm_trainer_set_gradients: %zu tensors given, the graph has %zu parameters",
+                    hm_weights_count(gradients), expected);
+  HM_RETURN_IF_ERROR(hm__session_grads_write(t->s, t->arena));
+  t->pending = 1;
+  return HM_OK;
+}
+
+hm_status hm_trainer_scale_gradients(hm_trainer *t, float factor) {
+  if (!t) return hm__fail(HM_STATUS_INVALID_ARGUMENT, "hm_trainer_scale_gradients: NULL trainer");
+  if (!isfinite(factor)) return hm__fail(HM_STATUS_INVALID_ARGUMENT, "hm_trainer_scale_gradients: factor %g", (double)factor);
+  if (!t->pending) return hm__fail(HM_STATUS_FAILED_PRECONDITION, "hm_trainer_scale_gradients: no batch computed since the last update");
+  HM_RETURN_IF_ERROR(hm__session_grads_read(t->s, t->arena));
+  size_t n = hm__session_grad_count(t->s);
+  for (size_t i = 0; i < n; i++) t->arena[i] *= factor;
+  return hm__session_grads_write(t->s, t->arena);
+}
+
+hm_status hm_trainer_apply(hm_trainer *t, float *grad_norm) {
+  if (!t) return hm__fail(HM_STATUS_INVALID_ARGUMENT, "hm_trainer_apply: NULL trainer");
+  if (!t->pending) return hm__fail(HM_STATUS_FAILED_PRECONDITION, "hm_trainer_apply: no batch computed since the last update");
+  double scalars[N_SLOTS];
+  HM_RETURN_IF_ERROR(hm__step_scalars(&t->o, t->step, (double)t->pending, scalars));
+  float sumsq = 0;
+  HM_RETURN_IF_ERROR(hm__session_step(t->s, PROG_APPLY, NULL, 0, scalars, NULL, &sumsq));
+  t->pending = 0;
+  t->step++;
+  float norm = sqrtf(sumsq);
+  if (grad_norm) *grad_norm = norm;
+  if (!isfinite(norm))
+    return hm__fail(HM_STATUS_DIVERGED, "update %zu: the gradient norm is %g (the update was applied)", t->step,
+                    (double)norm);
+  return HM_OK;
+}
+
+hm_status hm_trainer_weights(hm_trainer *t, hm_weights **out) {
+  if (!t || !out) return hm__fail(HM_STATUS_INVALID_ARGUMENT, "hm_trainer_weights: NULL argument");
+  return hm__session_download(t->s, out, NULL);
+}
+
+hm_status hm_trainer_set_weights(hm_trainer *t, const hm_weights *w) {
+  if (!t || !w) return hm__fail(HM_STATUS_INVALID_ARGUMENT, "hm_trainer_set_weights: NULL argument");
+  HM_RETURN_IF_ERROR(hm_graph_set_weights(t->g, w)); /* checks names, shapes and dtypes */
+  return hm__session_write_weights(t->s, w);
+}
