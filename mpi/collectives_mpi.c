@@ -5,6 +5,7 @@
  * operation is non-blocking and polled against a deadline.
  */
 #include <mpi.h>
+#include <sched.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -44,11 +45,12 @@ static hm_status mpi_error(mpi_state *m, int rc, const char *what) {
   return hm_set_error(HM_STATUS_UNAVAILABLE, "MPI %s failed on rank %d: %s", what, m->table.rank, text);
 }
 
-/* Polls |req| until it completes or the timeout passes. Sleeps between
- * polls (growing to 1 ms) so a waiting rank leaves the cores to the others. */
+/* Polls |req| until it completes or the timeout passes. Open MPI moves a
+ * non-blocking collective forward only inside MPI calls, so the first
+ * 200 ms poll back to back (yielding the core between polls, for
+ * oversubscribed ranks); a longer wait sleeps 50 us between polls. */
 static hm_status wait_for(mpi_state *m, MPI_Request *req, const char *what) {
-  double deadline = now() + m->timeout;
-  long pause_ns = 1000;
+  double start = now(), deadline = start + m->timeout;
   for (;;) {
     int done = 0;
     int rc = MPI_Test(req, &done, MPI_STATUS_IGNORE);
@@ -61,9 +63,12 @@ static hm_status wait_for(mpi_state *m, MPI_Request *req, const char *what) {
                           "answering; HARMONICS_MPI_TIMEOUT sets the limit)",
                           m->table.rank, m->table.size, what, m->timeout);
     }
-    struct timespec pause = {0, pause_ns};
-    nanosleep(&pause, NULL);
-    if (pause_ns < 1000000) pause_ns *= 2;
+    if (now() - start < 0.2) {
+      sched_yield();
+    } else {
+      struct timespec pause = {0, 50000};
+      nanosleep(&pause, NULL);
+    }
   }
 }
 
