@@ -5,6 +5,7 @@
  */
 #include <errno.h>
 #include <stdio.h>
+#include <sched.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -50,7 +51,11 @@ static int32_t cpu_init(const hm_abi_init_args *args, hm_abi_context **out_ctx) 
   if (!ctx) return HM_ABI_STATUS_RESOURCE_EXHAUSTED;
   ctx->host = *args->host;
   cpu_features_detect(&ctx->features);
+  /* The cores this process may run on (mpirun binds a rank to one, taskset
+   * to a few), not every core online: more threads than those only queue. */
   long cores = sysconf(_SC_NPROCESSORS_ONLN);
+  cpu_set_t allowed;
+  if (sched_getaffinity(0, sizeof allowed, &allowed) == 0 && CPU_COUNT(&allowed) > 0) cores = CPU_COUNT(&allowed);
   ctx->default_threads = cores > 0 ? (unsigned)(cores > MAX_THREADS ? MAX_THREADS : cores) : 1;
   long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
   ctx->memory_bytes = pages > 0 && page > 0 ? (uint64_t)pages * (uint64_t)page : 0;
