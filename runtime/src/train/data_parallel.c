@@ -26,8 +26,9 @@ hm_status hm__dp_create(const hm_collectives *c, hm_session *s, hm_dp **out) {
   dp->n_grads = hm__session_grad_count(s);
   size_t bytes;
   if (hm__mul_size(dp->n_grads + 2, sizeof *dp->arena, &bytes) || !(dp->arena = hm__malloc(bytes))) {
+    size_t n = dp->n_grads;
     hm__free(dp);
-    return hm__fail(HM_STATUS_RESOURCE_EXHAUSTED, "out of memory for a gradient arena of %zu floats", dp->n_grads);
+    return hm__fail(HM_STATUS_RESOURCE_EXHAUSTED, "out of memory for a gradient arena of %zu floats", n);
   }
   *out = dp;
   return HM_OK;
