@@ -434,6 +434,8 @@ struct FitOptions {
   std::string checkpoint_path;
   std::size_t checkpoint_every;
   const CycleState *resume = nullptr;
+  /* data parallel (docs/distributed.md): e.g. from hm_mpi_open; borrowed */
+  const hm_collectives *collectives = nullptr;
 
   FitOptions() {
     hm_fit_options d = hm_fit_options_default();
@@ -875,6 +877,7 @@ class HarmonicGraph {
     o.checkpoint_path = opt.checkpoint_path.empty() ? nullptr : opt.checkpoint_path.c_str();
     o.checkpoint_every = opt.checkpoint_every;
     o.resume = opt.resume ? opt.resume->c_state() : nullptr;
+    o.collectives = opt.collectives;
     if (opt.lr_schedule_fp.is_builtin()) o.lr_schedule_fp = opt.lr_schedule_fp.builtin();
     return o;
   }

@@ -126,7 +126,8 @@ typedef struct hm_fit_options {
    * global batch of batch_size rows is split over the ranks, gradients are
    * summed in one all-reduce per update, metrics are reduced, evaluation is
    * sharded, rank 0 decides every stop, runs progress, on_epoch and the
-   * predicate, and writes checkpoints. Borrowed. */
+   * predicate, and writes checkpoints. Every rank calls fit with the same
+   * graph, policy, options and resume state (compared at start). Borrowed. */
   const hm_collectives *collectives;
   void *reserved[2];
 } hm_fit_options;
