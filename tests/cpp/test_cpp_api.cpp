@@ -291,6 +291,51 @@ static void the_builder_makes_the_dsl_graph() {
   HM_CHECK(layers[0].layer == "x->h" && layers[0].precision == "int8");
 }
 
+// A loop of your own: the Trainer's steps give fit's weights bit for bit,
+// with a callable schedule and accumulation written out.
+static void a_trainer_loop_gives_fits_weights() {
+  FitOptions opt = small_options();
+  opt.optimizer = harmonics::Optimizer::Adam;
+  opt.accumulate_steps = 2;
+  opt.lr_schedule_fp = [](std::size_t step) { return 0.02f / static_cast<float>(1 + step); };
+  HarmonicGraph a = linear_graph(), b = linear_graph();
+  a.fit(3, harmonics::make_hardware_policy(), opt);
+  {
+    harmonics::Trainer t(b, harmonics::make_hardware_policy(), opt);
+    HM_CHECK_EQ(t.sample_count(), 8);
+    for (std::size_t epoch = 0; epoch < 3; epoch++) {
+      std::vector<int32_t> order = t.epoch_order(epoch);
+      t.compute_gradients(order, 0, 4);
+      t.compute_gradients(order, 4, 4);
+      HM_CHECK(t.apply() > 0.0f);
+    }
+    HM_CHECK_EQ(t.step(), 3);
+    HM_CHECK(t.weights().values("x->l.weight") == a.weights().values("x->l.weight"));
+  }
+  HM_CHECK(b.weights().values("x->l.weight") == a.weights().values("x->l.weight"));
+  HM_CHECK(b.weights().values("x->l.bias") == a.weights().values("x->l.bias"));
+}
+
+static void a_trainer_reports_misuse_and_a_throwing_schedule() {
+  HarmonicGraph g = linear_graph();
+  FitOptions opt = small_options();
+  opt.lr_schedule_fp = [](std::size_t) -> float { throw Boom(); };
+  harmonics::Trainer t(g, harmonics::make_hardware_policy(), opt);
+  std::string msg;
+  HM_CHECK_EQ(status_thrown([&] { t.apply(); }, &msg), HM_STATUS_FAILED_PRECONDITION);
+  HM_CHECK_STR_CONTAINS(msg.c_str(), "trainer: ");
+  HM_CHECK_EQ(status_thrown([&] { t.gradients(); }), HM_STATUS_FAILED_PRECONDITION);
+  std::vector<int32_t> idx = {0, 1};
+  HM_CHECK_EQ(status_thrown([&] { t.compute_gradients(idx, 1, 2); }), HM_STATUS_OUT_OF_RANGE);
+  bool caught = false;
+  try {
+    t.compute_gradients(idx); /* the first call of the schedule throws */
+  } catch (const Boom &) {
+    caught = true;
+  }
+  HM_CHECK(caught);
+}
+
 static const hm_test_case cases[] = {
     HM_TEST_CASE(errors_carry_the_status_and_the_message),
     HM_TEST_CASE(fit_equals_the_c_fit_with_the_same_options),
@@ -299,6 +344,8 @@ static const hm_test_case cases[] = {
     HM_TEST_CASE(inference_takes_inputs_and_returns_every_consumer),
     HM_TEST_CASE(weights_are_values_and_streams_round_trip),
     HM_TEST_CASE(the_builder_makes_the_dsl_graph),
+    HM_TEST_CASE(a_trainer_loop_gives_fits_weights),
+    HM_TEST_CASE(a_trainer_reports_misuse_and_a_throwing_schedule),
 };
 
 HM_TEST_MAIN(cases)

@@ -823,6 +823,7 @@ class HarmonicGraph {
   hm_graph *c_graph() const noexcept { return g_.get(); }
 
  private:
+  friend class Trainer;
   explicit HarmonicGraph(detail::GraphPtr g) : g_(std::move(g)) {}
 
   /* A consumer whose output goes to a C++ callable; an exception stops the
@@ -953,6 +954,82 @@ class HarmonicGraph {
   detail::GraphPtr g_;
   std::map<std::string, Producer> train_, eval_;
   std::map<std::string, std::shared_ptr<ConsumerSink>> consumers_;
+};
+
+/* ===== A loop of your own (<harmonics/trainer.h>) ===== */
+
+/* fit's steps one at a time: a loop of compute_gradients + apply over
+ * epoch_order gives fit's weights bit for bit. The options' schedule (a
+ * built-in or a callable) is used; progress, on_epoch and checkpoints are
+ * the loop's business. The graph must outlive the trainer, which writes its
+ * weights back into it when it goes. Move-only. */
+class Trainer {
+ public:
+  Trainer(HarmonicGraph &g, const PrecisionPolicy &policy = make_hardware_policy(), const FitOptions &opt = FitOptions())
+      : opt_(std::make_unique<FitOptions>(opt)), cb_(std::make_unique<HarmonicGraph::Callbacks>()) {
+    cb_->opt = opt_.get();
+    cb_->fallback_lr = opt_->learning_rate;
+    hm_fit_options o = HarmonicGraph::c_options(*opt_);
+    if (opt_->lr_schedule_fp && !opt_->lr_schedule_fp.is_builtin()) {
+      o.lr_schedule_fp = hm_lr_schedule{};
+      o.lr_schedule_fp.fn = &HarmonicGraph::Callbacks::schedule;
+      o.lr_schedule_fp.user = cb_.get();
+    }
+    hm_trainer *t = nullptr;
+    detail::check(hm_trainer_open(g.c_graph(), &policy.c_policy(), &o, &t), "trainer");
+    t_.reset(t);
+  }
+
+  std::size_t sample_count() const { return hm_trainer_sample_count(t_.get()); }
+  std::size_t step() const { return hm_trainer_step(t_.get()); }
+  std::vector<int32_t> epoch_order(std::size_t epoch) const {
+    std::vector<int32_t> order(sample_count());
+    detail::check(hm_trainer_epoch_order(t_.get(), epoch, order.data(), order.size()), "trainer");
+    return order;
+  }
+  /* The gradients of samples [first, first + n) of |order| are added. */
+  float compute_gradients(const std::vector<int32_t> &order, std::size_t first, std::size_t n) {
+    if (first > order.size() || n > order.size() - first)
+      throw Error(HM_STATUS_OUT_OF_RANGE, "trainer: samples " + std::to_string(first) + " + " + std::to_string(n) +
+                                              " are beyond the " + std::to_string(order.size()) + " given");
+    float loss = 0;
+    hm_status st = hm_trainer_compute_gradients(t_.get(), order.data() + first, n, &loss);
+    cb_->pending.rethrow(); /* a schedule that threw */
+    detail::check(st, "trainer");
+    return loss;
+  }
+  float compute_gradients(const std::vector<int32_t> &indices) { return compute_gradients(indices, 0, indices.size()); }
+  Weights gradients() const {
+    hm_weights *w = nullptr;
+    detail::check(hm_trainer_gradients(t_.get(), &w), "trainer");
+    return Weights::adopt(w);
+  }
+  void set_gradients(const Weights &g) { detail::check(hm_trainer_set_gradients(t_.get(), g.c_weights()), "trainer"); }
+  void scale_gradients(float factor) { detail::check(hm_trainer_scale_gradients(t_.get(), factor), "trainer"); }
+  /* One update; returns the gradient norm before clipping. */
+  float apply() {
+    float norm = 0;
+    hm_status st = hm_trainer_apply(t_.get(), &norm);
+    cb_->pending.rethrow(); /* a schedule that threw */
+    detail::check(st, "trainer");
+    return norm;
+  }
+  Weights weights() const {
+    hm_weights *w = nullptr;
+    detail::check(hm_trainer_weights(t_.get(), &w), "trainer");
+    return Weights::adopt(w);
+  }
+  void set_weights(const Weights &w) { detail::check(hm_trainer_set_weights(t_.get(), w.c_weights()), "trainer"); }
+
+  hm_trainer *c_trainer() const noexcept { return t_.get(); }
+
+ private:
+  struct Closer {
+    void operator()(hm_trainer *t) const noexcept { hm_trainer_close(t); }
+  };
+  std::unique_ptr<FitOptions> opt_;                 /* the schedule the C trainer calls back */
+  std::unique_ptr<HarmonicGraph::Callbacks> cb_;    /* stable addresses for the callbacks */
+  std::unique_ptr<hm_trainer, Closer> t_;           /* closed first */
 };
 
 }  // namespace harmonics
