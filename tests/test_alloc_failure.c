@@ -18,6 +18,7 @@
 #include "base/base.h"
 #include "harmonics/harmonics.h"
 #include "hm_test.h"
+#include "solo_collectives.h"
 
 static const char graph_text[] =
     "harmonic tiny {\n"
@@ -162,21 +163,6 @@ static hm_status fit_packed_and_checkpoint(void) {
   return s;
 }
 
-/* One rank of one: every collective is the identity. */
-static hm_status solo_allreduce(void *self, float *data, size_t n) {
-  (void)self, (void)data, (void)n;
-  return HM_OK;
-}
-static hm_status solo_broadcast(void *self, void *data, size_t bytes, int root) {
-  (void)self, (void)data, (void)bytes, (void)root;
-  return HM_OK;
-}
-static hm_status solo_barrier(void *self) {
-  (void)self;
-  return HM_OK;
-}
-static const hm_collectives solo = {sizeof(hm_collectives), NULL, 0, 1, solo_allreduce, solo_broadcast, solo_barrier};
-
 /* The data-parallel fit (one rank) and the trainer API's calls. */
 static hm_status data_parallel_and_trainer(void) {
   hm_graph *g = NULL;
@@ -194,6 +180,8 @@ static hm_status data_parallel_and_trainer(void) {
   hm_fit_options opt = hm_fit_options_default();
   opt.batch_size = 2;
   opt.threads = 1;
+  solo_ranks ranks = {0, 0};
+  hm_collectives solo = solo_collectives(&ranks);
   opt.collectives = &solo;
   if (s == HM_OK) s = hm_graph_fit(g, 2, NULL, &opt, &state);
   opt.collectives = NULL;

@@ -15,6 +15,7 @@
 
 #include "harmonics/harmonics.h"
 #include "hm_test.h"
+#include "solo_collectives.h"
 
 static hm_device *dev;
 
@@ -380,25 +381,6 @@ static void early_stop_counts_non_improving_updates(void) {
   HM_CHECK_EQ(steps, 10);
 }
 
-/* Collectives of one rank; |fail_after| > 0 makes that all-reduce fail. */
-typedef struct solo_ranks {
-  int reduces, fail_after;
-} solo_ranks;
-static hm_status solo_allreduce(void *self, float *data, size_t n) {
-  solo_ranks *r = self;
-  (void)data, (void)n;
-  if (++r->reduces == r->fail_after) return hm_set_error(HM_STATUS_UNAVAILABLE, "rank 1 is gone");
-  return HM_OK;
-}
-static hm_status solo_broadcast(void *self, void *data, size_t bytes, int root) {
-  (void)self, (void)data, (void)bytes, (void)root;
-  return HM_OK;
-}
-static hm_status solo_barrier(void *self) {
-  (void)self;
-  return HM_OK;
-}
-
 static void data_parallel_on_one_rank_is_a_plain_fit(void) {
   static const char text[] = "producer x {2}; producer y {1}; layer h {4}; layer o {1}; "
                              "cycle { x -(relu)-> h -> o; o <-(mse)- y; }";
@@ -407,7 +389,7 @@ static void data_parallel_on_one_rank_is_a_plain_fit(void) {
   HM_CHECK_OK(hm_producer_from_floats(x, 7, 2, &px));
   HM_CHECK_OK(hm_producer_from_floats(y, 7, 1, &py));
   solo_ranks ranks = {0, 0};
-  hm_collectives solo = {sizeof solo, &ranks, 0, 1, solo_allreduce, solo_broadcast, solo_barrier};
+  hm_collectives solo = solo_collectives(&ranks);
   hm_weights *w[2] = {NULL, NULL};
   for (int k = 0; k < 2; k++) {
     hm_graph *g = parse(text);

@@ -52,24 +52,27 @@ const char *hm_status_name(hm_status s) {
   return "UNKNOWN";
 }
 
-hm_status hm__fail(hm_status status, const char *fmt, ...) {
-  /* Through a copy: an argument may be hm_last_error() itself. */
+/* Through a copy: an argument may be hm_last_error() itself. */
+__attribute__((format(printf, 1, 0))) static void record(const char *fmt, va_list ap) {
   char message[ERROR_CAP];
+  vsnprintf(message, sizeof message, fmt, ap);
+  memcpy(last_error, message, strlen(message) + 1);
+}
+
+hm_status hm__fail(hm_status status, const char *fmt, ...) {
   va_list ap;
   va_start(ap, fmt);
-  vsnprintf(message, sizeof message, fmt, ap);
+  record(fmt, ap);
   va_end(ap);
-  memcpy(last_error, message, strlen(message) + 1);
   return status;
 }
 
+/* The public twin of hm__fail, for implementations of our interfaces. */
 hm_status hm_set_error(hm_status status, const char *fmt, ...) {
-  char message[ERROR_CAP];
   va_list ap;
   va_start(ap, fmt);
-  vsnprintf(message, sizeof message, fmt, ap);
+  record(fmt, ap);
   va_end(ap);
-  memcpy(last_error, message, strlen(message) + 1);
   return status;
 }
 

@@ -56,6 +56,13 @@ size_t hm__packed_bytes(uint32_t d, size_t rows, size_t k) {
   return rows * ((k + HM_ABI_QUANT_BLOCK_VALUES - 1) / HM_ABI_QUANT_BLOCK_VALUES) * bb;
 }
 
+int hm__policy_same(const hm_policy *a, const hm_policy *b) {
+  return a->kind == b->kind && (a->kind != HM_POLICY_MAX_BITS || a->bits == b->bits) &&
+         (a->kind != HM_POLICY_CONNECTION_BITS ||
+          (a->n_connection_bits == b->n_connection_bits && a->n_connection_bits <= HM_POLICY_MAX_CONNECTIONS &&
+           memcmp(a->connection_bits, b->connection_bits, a->n_connection_bits * sizeof a->connection_bits[0]) == 0));
+}
+
 hm_status hm__policy_check(const hm_policy *p) {
   if (!p) return HM_OK;
   switch (p->kind) {

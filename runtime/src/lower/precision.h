@@ -22,6 +22,9 @@ typedef struct hm_edge_precision {
  * 4, 3 (and 32 in per-connection lists), 1 to 64 entries. The plan checks
  * that a per-connection list has one entry per connection with weights. */
 hm_status hm__policy_check(const hm_policy *p);
+/* Nonzero when |a| and |b| ask for the same precisions (fields a kind does
+ * not use are ignored). */
+int hm__policy_same(const hm_policy *a, const hm_policy *b);
 
 /* Fills out[e] for every edge of |g|. |training| also requires what the
  * backward pass needs (DEQUANTIZE). */

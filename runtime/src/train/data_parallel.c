@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "base/container.h"
+#include "lower/precision.h"
 #include "train/data_parallel.h"
 #include "train/trajectory.h"
 
@@ -73,13 +74,6 @@ static uint32_t weights_crc(const hm_weights *w) {
   return crc;
 }
 
-static int same_policy(const hm_policy *a, const hm_policy *b) {
-  return a->kind == b->kind && (a->kind != HM_POLICY_MAX_BITS || a->bits == b->bits) &&
-         (a->kind != HM_POLICY_CONNECTION_BITS ||
-          (a->n_connection_bits == b->n_connection_bits && a->n_connection_bits <= HM_POLICY_MAX_CONNECTIONS &&
-           memcmp(a->connection_bits, b->connection_bits, a->n_connection_bits * sizeof a->connection_bits[0]) == 0));
-}
-
 hm_status hm__dp_check_start(hm_dp *dp, const hm_graph *g, const hm_policy *policy, const hm_fit_options *o,
                              int schedule_kind) {
   const hm_collectives *c = dp->c;
@@ -99,7 +93,7 @@ hm_status hm__dp_check_start(hm_dp *dp, const hm_graph *g, const hm_policy *poli
   if (mine.graph != root.graph)
     snprintf(why, sizeof why, "the graph '%s' differs from rank 0's (fingerprint %08x, rank 0 has %08x)", g->name,
              mine.graph, root.graph);
-  else if (!same_policy(&mine.policy, &root.policy)) {
+  else if (!hm__policy_same(&mine.policy, &root.policy)) {
     hm_policy_format(&mine.policy, here, sizeof here);
     hm_policy_format(&root.policy, there, sizeof there);
     snprintf(why, sizeof why, "the policy is %s here but %s on rank 0", here, there);

@@ -58,12 +58,7 @@ static hm_status check_resume(const hm_fit_options *o, const hm_cycle_state *r) 
 static hm_status check_resume_policy(const hm_policy *policy, const hm_cycle_state *r) {
   hm_policy now = policy ? *policy : hm_make_hardware_policy();
   const hm_policy *then = &r->policy;
-  int same = now.kind == then->kind && (now.kind != HM_POLICY_MAX_BITS || now.bits == then->bits) &&
-             (now.kind != HM_POLICY_CONNECTION_BITS ||
-              (now.n_connection_bits == then->n_connection_bits && now.n_connection_bits <= HM_POLICY_MAX_CONNECTIONS &&
-               memcmp(now.connection_bits, then->connection_bits,
-                      now.n_connection_bits * sizeof now.connection_bits[0]) == 0));
-  if (same) return HM_OK;
+  if (hm__policy_same(&now, then)) return HM_OK;
   char a[160], b[160];
   hm_policy_format(&now, a, sizeof a);
   hm_policy_format(then, b, sizeof b);
