@@ -20,6 +20,7 @@
 #include "harmonics/data.h"
 #include "harmonics/graph.h"
 #include "harmonics/names.h"
+#include "harmonics/pipeline.h"
 #include "harmonics/plugins.h"
 #include "harmonics/policy.h"
 #include "harmonics/serialization.h"

@@ -71,6 +71,7 @@ typedef struct hm_progress_sink {
 } hm_progress_sink;
 
 typedef struct hm_cycle_state hm_cycle_state;
+struct hm_pipeline_stage; /* harmonics/pipeline.h */
 
 /* Called after every epoch (after evaluation); return nonzero to stop. */
 typedef int (*hm_epoch_fn)(void *user, const hm_cycle_state *state);
@@ -129,7 +130,16 @@ typedef struct hm_fit_options {
    * predicate, and writes checkpoints. Every rank calls fit with the same
    * graph, policy, options and resume state (compared at start). Borrowed. */
   const hm_collectives *collectives;
-  void *reserved[2];
+  /* ===== pipeline (harmonics/pipeline.h) ===== */
+  /* NULL: the whole graph here. Else the graph is stage |stage| of a
+   * partition, trained in step with the other stages over |transport|: an
+   * update's accumulate_steps micro-batches of batch_size rows flow forward
+   * through every stage, then back. The last stage computes the loss and
+   * decides every stop, runs progress, on_epoch and the predicate; every
+   * stage checkpoints its own weights (hm_pipeline_checkpoint_path).
+   * Every stage passes the same options (compared at start). Borrowed. */
+  const struct hm_pipeline_stage *pipeline;
+  void *reserved[1];
 } hm_fit_options;
 
 HM_API hm_fit_options hm_fit_options_default(void);

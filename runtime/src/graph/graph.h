@@ -84,6 +84,12 @@ void hm__edge_bias_name(const hm_graph *g, const hm_edge *e, char *buf, size_t c
 /* Whether an edge carries weights (edges into consumers do not). */
 int hm__edge_has_weights(const hm_graph *g, const hm_edge *e);
 
+/* Adds edge |edge|'s initial parameters for |seed| to |w| under the given
+ * names, drawn as hm_graph_init_weights draws them (so a pipeline stage
+ * starts from the whole graph's values). */
+hm_status hm__graph_init_edge(const hm_graph *g, size_t edge, uint64_t seed, hm_weights *w, const char *weight_name,
+                              const char *bias_name);
+
 /* Checks that |w| holds exactly the graph's parameters with their shapes;
  * |source| names the origin in messages (a file name). */
 hm_status hm__graph_check_weights(const hm_graph *g, const hm_weights *w, const char *source);

@@ -27,6 +27,23 @@ static double init_bound(uint32_t act, size_t fan_in, size_t fan_out) {
   }
 }
 
+hm_status hm__graph_init_edge(const hm_graph *g, size_t edge, uint64_t seed, hm_weights *w, const char *weight_name,
+                              const char *bias_name) {
+  const hm_edge *e = &g->edges[edge];
+  size_t in = g->nodes[e->src].width, out = g->nodes[e->dst].width;
+  char wn[600];
+  hm__edge_weight_name(g, e, wn, sizeof wn);
+  uint64_t shape[2] = {out, in};
+  HM_RETURN_IF_ERROR(hm_weights_set(w, weight_name, HM_ABI_DTYPE_F32, 2, shape, NULL));
+  HM_RETURN_IF_ERROR(hm_weights_set(w, bias_name, HM_ABI_DTYPE_F32, 1, shape, NULL));
+  float *data = hm__weights_f32(w, weight_name);
+  hm_rng rng;
+  hm__rng_seed_named(&rng, seed, wn); /* the edge's own name: stages draw the whole graph's values */
+  double b = init_bound(e->activation, in, out);
+  for (size_t k = 0; k < in * out; k++) data[k] = (float)((2.0 * hm__rng_uniform(&rng) - 1.0) * b);
+  return HM_OK;
+}
+
 hm_status hm_graph_init_weights(hm_graph *g, uint64_t seed) {
   if (!g) return hm__fail(HM_STATUS_INVALID_ARGUMENT, "NULL graph");
   HM_RETURN_IF_ERROR(hm_graph_resolve(g));
@@ -36,19 +53,10 @@ hm_status hm_graph_init_weights(hm_graph *g, uint64_t seed) {
   for (size_t i = 0; i < g->n_edges && st == HM_OK; i++) {
     const hm_edge *e = &g->edges[i];
     if (!hm__edge_has_weights(g, e)) continue;
-    size_t in = g->nodes[e->src].width, out = g->nodes[e->dst].width;
     char wn[600], bn[600];
     hm__edge_weight_name(g, e, wn, sizeof wn);
     hm__edge_bias_name(g, e, bn, sizeof bn);
-    uint64_t shape[2] = {out, in};
-    st = hm_weights_set(w, wn, HM_ABI_DTYPE_F32, 2, shape, NULL);
-    if (st == HM_OK) st = hm_weights_set(w, bn, HM_ABI_DTYPE_F32, 1, shape, NULL);
-    if (st != HM_OK) break;
-    float *data = hm__weights_f32(w, wn);
-    hm_rng rng;
-    hm__rng_seed_named(&rng, seed, wn);
-    double b = init_bound(e->activation, in, out);
-    for (size_t k = 0; k < in * out; k++) data[k] = (float)((2.0 * hm__rng_uniform(&rng) - 1.0) * b);
+    st = hm__graph_init_edge(g, i, seed, w, wn, bn);
   }
   if (st != HM_OK) {
     hm_weights_free(w);

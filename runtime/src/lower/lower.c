@@ -63,13 +63,18 @@ hm_abi_buffer *hm__lower_value(const hm_plan *p, const hm_step_buffers *b, size_
 
 static hm_abi_buffer *value(const lowering *s, size_t node) { return hm__lower_value(s->p, s->b, node); }
 
-static int is_training(program_kind k) { return k == PROG_TRAIN || k == PROG_MICRO_FIRST || k == PROG_MICRO_ACC; }
+/* Programs whose backward pass follows (here or in a stage's backward program). */
+static int is_training(program_kind k) {
+  return k == PROG_TRAIN || k == PROG_MICRO_FIRST || k == PROG_MICRO_ACC || k == PROG_STAGE_FORWARD;
+}
+
+static int is_stage_backward(program_kind k) { return k == PROG_STAGE_BACKWARD_FIRST || k == PROG_STAGE_BACKWARD_ACC; }
 
 static void emit_gathers(const lowering *s, op_list *l, program_kind kind, size_t b, hm_status *st) {
   const hm_graph *g = s->g;
   int eval = kind == PROG_EVAL;
   for (size_t i = 0; i < g->n_nodes && *st == HM_OK; i++) {
-    if (g->nodes[i].kind != HM_NODE_PRODUCER) continue;
+    if (g->nodes[i].kind != HM_NODE_PRODUCER || s->p->nodes[i].boundary_in) continue; /* the host writes a boundary */
     const hm_node_buffers *nb = &s->b->nodes[i];
     hm_abi_buffer *src = nb->data[eval];
     const hm_producer_info *d = &nb->info[eval];
@@ -197,7 +202,7 @@ static void emit_consumers(const lowering *s, op_list *l, size_t b) {
   const hm_graph *g = s->g;
   for (size_t e = 0; e < g->n_edges; e++) {
     const hm_edge *ed = &g->edges[e];
-    if (g->nodes[ed->dst].kind != HM_NODE_CONSUMER) continue;
+    if (g->nodes[ed->dst].kind != HM_NODE_CONSUMER || s->p->nodes[ed->dst].boundary_out) continue;
     PUSH(act, l, HM_ABI_OP_ACT_FORWARD);
     act->variant = ed->activation;
     act->dims[0] = b;
@@ -282,7 +287,7 @@ static void emit_backward(const lowering *s, op_list *l, size_t b, int accumulat
       db->in[0] = OPD(es->dz);
       db->out[0] = OPD(es->db);
       size_t S = ed->src;
-      if (g->nodes[S].kind == HM_NODE_LAYER && s->p->nodes[S].needs_grad) {
+      if ((g->nodes[S].kind == HM_NODE_LAYER || s->p->nodes[S].boundary_in) && s->p->nodes[S].needs_grad) {
         PUSH(dx, l, HM_ABI_OP_GEMM);
         dx->dtype_in = din;
         dx->dims[0] = b;
@@ -383,15 +388,20 @@ hm_status hm__lower_step(const hm_plan *p, const hm_step_buffers *b, const hm_fi
   hm_status st = HM_OK;
   char *grad_init = hm__calloc(s->g->n_nodes ? s->g->n_nodes : 1, 1);
   if (!grad_init) return hm__fail(HM_STATUS_RESOURCE_EXHAUSTED, "out of memory");
-  if (kind != PROG_APPLY) {
+  if (is_stage_backward(kind)) {
+    /* The host has written the gradients the later stages sent. */
+    for (size_t i = 0; i < s->g->n_nodes; i++) grad_init[i] = (char)s->p->nodes[i].grad_from_host;
+    emit_backward(s, &l, batch, kind == PROG_STAGE_BACKWARD_ACC, grad_init);
+  } else if (kind != PROG_APPLY) {
     emit_gathers(s, &l, kind, batch, &st);
     emit_forward(s, &l, kind, batch);
     if (kind == PROG_EVAL || kind == PROG_INFER) emit_consumers(s, &l, batch);
-    int targets = s->g->n_taps > 0;
+    int targets = s->g->n_taps > 0 && kind != PROG_STAGE_FORWARD;
     for (size_t t = 0; t < s->g->n_taps; t++)
       if (!b->nodes[s->g->taps[t].target].data[kind == PROG_EVAL ? DATA_EVAL : DATA_TRAIN]) targets = 0;
     if (targets) emit_losses(s, &l, batch, is_training(kind), grad_init);
-    if (is_training(kind)) emit_backward(s, &l, batch, kind == PROG_MICRO_ACC, grad_init);
+    if (is_training(kind) && kind != PROG_STAGE_FORWARD)
+      emit_backward(s, &l, batch, kind == PROG_MICRO_ACC, grad_init);
   }
   if (kind == PROG_TRAIN || kind == PROG_APPLY) emit_apply(s, &l, kind == PROG_APPLY);
   hm__free(grad_init);

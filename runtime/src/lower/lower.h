@@ -23,6 +23,12 @@ typedef enum program_kind {
   PROG_APPLY,       /* average, norm, clip, optimizer */
   PROG_EVAL,        /* forward and loss on the evaluation data */
   PROG_INFER,       /* forward to consumers (and loss when targets exist) */
+  /* A pipeline stage before the last (train/pipeline.c) runs an update's
+   * micro-batches forward, keeping each one's activations in its own slot,
+   * then backward from the gradients the later stages sent. */
+  PROG_STAGE_FORWARD,        /* gather and forward, as a training step computes it */
+  PROG_STAGE_BACKWARD_FIRST, /* backward from the host's gradients, writing gradients */
+  PROG_STAGE_BACKWARD_ACC,   /* the same, adding to gradients */
   PROG_KINDS
 } program_kind;
 

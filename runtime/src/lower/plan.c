@@ -3,7 +3,8 @@
 
 #include <stdlib.h>
 
-hm_status hm__plan_create(const hm_graph *g, const hm_policy *policy, hm_device *dev, int training, hm_plan **out) {
+hm_status hm__plan_create(const hm_graph *g, const hm_policy *policy, hm_device *dev, int training,
+                          const hm_plan_boundaries *bounds, hm_plan **out) {
   hm_plan *p = hm__calloc(1, sizeof *p);
   if (!p) return hm__fail(HM_STATUS_RESOURCE_EXHAUSTED, "out of memory");
   p->g = g;
@@ -34,6 +35,15 @@ hm_status hm__plan_create(const hm_graph *g, const hm_policy *policy, hm_device 
     p->nodes[g->taps[t].target].is_target = 1;
     p->nodes[g->taps[t].layer].needs_grad = 1;
   }
+  /* A stage's boundary consumer brings its source layer a gradient from the
+   * later stages, as a loss would. */
+  for (size_t i = 0; bounds && i < g->n_nodes; i++) {
+    p->nodes[i].boundary_in = bounds->in && bounds->in[i];
+    p->nodes[i].boundary_out = bounds->out && bounds->out[i];
+  }
+  for (size_t e = 0; bounds && training && e < g->n_edges; e++)
+    if (p->nodes[g->edges[e].dst].boundary_out && g->nodes[g->edges[e].src].kind == HM_NODE_LAYER)
+      p->nodes[g->edges[e].src].needs_grad = p->nodes[g->edges[e].src].grad_from_host = 1;
   for (size_t i = 0; i < g->n_nodes && st == HM_OK; i++) {
     if (g->nodes[i].kind != HM_NODE_LAYER) continue;
     if (p->nodes[i].n_inputs > 1) p->nodes[i].single_input = -1;
@@ -51,6 +61,11 @@ hm_status hm__plan_create(const hm_graph *g, const hm_policy *policy, hm_device 
       if (g->edges[e].src == l && g->nodes[g->edges[e].dst].kind == HM_NODE_LAYER && p->nodes[g->edges[e].dst].needs_grad)
         p->nodes[l].needs_grad = 1;
   }
+  /* A boundary producer hands its gradient back to the stage it came from. */
+  for (size_t e = 0; e < g->n_edges; e++)
+    if (p->nodes[g->edges[e].src].boundary_in && g->nodes[g->edges[e].dst].kind == HM_NODE_LAYER &&
+        p->nodes[g->edges[e].dst].needs_grad)
+      p->nodes[g->edges[e].src].needs_grad = training;
   for (size_t e = 0; e < g->n_edges; e++)
     p->edges[e].trainable = training && p->edges[e].has_weights && p->nodes[g->edges[e].dst].needs_grad;
   for (size_t t = 0; t < g->n_taps && p->accuracy_tap < 0; t++)

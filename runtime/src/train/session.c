@@ -75,7 +75,7 @@ static hm_status upload_all_data(hm_session *s, int train, int eval) {
   const hm_graph *g = s->g;
   hm_status st = HM_OK;
   for (size_t i = 0; i < g->n_nodes && st == HM_OK; i++) {
-    if (g->nodes[i].kind != HM_NODE_PRODUCER || !hm__plan_producer_used(s->plan, i)) continue;
+    if (g->nodes[i].kind != HM_NODE_PRODUCER || !hm__plan_reads_data(s->plan, i)) continue;
     if (train || (!eval && g->nodes[i].train)) {
       if (!g->nodes[i].train) {
         char where[300];
@@ -94,7 +94,8 @@ static hm_status upload_all_data(hm_session *s, int train, int eval) {
     /* Evaluation needs every input producer; targets are optional (no loss then). */
     for (size_t e = 0; e < g->n_edges && st == HM_OK; e++) {
       size_t src = g->edges[e].src;
-      if (g->nodes[src].kind == HM_NODE_PRODUCER && !s->bufs.nodes[src].data[DATA_EVAL] && s->eval_count)
+      if (g->nodes[src].kind == HM_NODE_PRODUCER && !s->plan->nodes[src].boundary_in &&
+          !s->bufs.nodes[src].data[DATA_EVAL] && s->eval_count)
         st = hm__fail(HM_STATUS_FAILED_PRECONDITION, "producer '%s' has no evaluation data while others do",
                       g->nodes[src].name);
     }
@@ -115,11 +116,14 @@ static hm_status alloc_node_buffers(hm_session *s, size_t batch, size_t grad_row
       if (nb->data[DATA_TRAIN] || nb->data[DATA_EVAL]) {
         const hm_producer_info *d = nb->data[DATA_TRAIN] ? &nb->info[DATA_TRAIN] : &nb->info[DATA_EVAL];
         st = alloc_buffer(s, batch * (d->dtype == HM_ABI_DTYPE_I32 ? 4 : d->width * 4), &nb->batch);
+      } else if (pn->boundary_in) {
+        st = alloc_buffer(s, batch * rowbytes, &nb->batch);
+        if (st == HM_OK && train && pn->needs_grad) st = alloc_buffer(s, grad_rows * rowbytes, &nb->grad);
       }
       continue;
     }
     if (g->nodes[i].kind == HM_NODE_CONSUMER) {
-      st = alloc_buffer(s, batch * rowbytes, &nb->batch);
+      if (!pn->boundary_out) st = alloc_buffer(s, batch * rowbytes, &nb->batch); /* the host reads a boundary's source */
       continue;
     }
     if (pn->n_inputs > 1) st = alloc_buffer(s, batch * rowbytes, &nb->sum);
@@ -172,10 +176,73 @@ static hm_status alloc_edge_buffers(hm_session *s, size_t batch, size_t grad_row
   return st;
 }
 
+/* The activations of slot |k| (k >= 1): its own copies of the buffers a
+ * micro-batch's forward pass writes and its backward pass reads, |rows| rows
+ * each; the rest is slot 0's. */
+static hm_status alloc_slot(hm_session *s, size_t k, size_t rows) {
+  const hm_graph *g = s->g;
+  hm_step_buffers *sb = &s->slot_bufs[k];
+  *sb = s->bufs;
+  sb->nodes = hm__calloc(g->n_nodes ? g->n_nodes : 1, sizeof *sb->nodes);
+  sb->edges = hm__calloc(g->n_edges ? g->n_edges : 1, sizeof *sb->edges);
+  if (!sb->nodes || !sb->edges) return hm__fail(HM_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+  memcpy(sb->nodes, s->bufs.nodes, g->n_nodes * sizeof *sb->nodes);
+  memcpy(sb->edges, s->bufs.edges, g->n_edges * sizeof *sb->edges);
+  hm_status st = HM_OK;
+  for (size_t i = 0; i < g->n_nodes && st == HM_OK; i++) {
+    hm_node_buffers *nb = &sb->nodes[i];
+    size_t rowbytes = s->plan->nodes[i].width * 4;
+    nb->batch = nb->sum = NULL;
+    if (g->nodes[i].kind == HM_NODE_PRODUCER && s->bufs.nodes[i].batch) {
+      const hm_node_buffers *n0 = &s->bufs.nodes[i];
+      const hm_producer_info *d = n0->data[DATA_TRAIN] ? &n0->info[DATA_TRAIN] : NULL;
+      st = alloc_buffer(s, rows * (d ? (d->dtype == HM_ABI_DTYPE_I32 ? 4 : d->width * 4) : rowbytes), &nb->batch);
+    }
+    if (st == HM_OK && s->bufs.nodes[i].sum) st = alloc_buffer(s, rows * rowbytes, &nb->sum);
+  }
+  for (size_t e = 0; e < g->n_edges && st == HM_OK; e++) {
+    hm_edge_buffers *es = &sb->edges[e];
+    const hm_edge_buffers *e0 = &s->bufs.edges[e];
+    if (!e0->z) continue;
+    size_t in = s->plan->nodes[g->edges[e].src].width, outw = s->plan->nodes[g->edges[e].dst].width;
+    uint32_t q = s->plan->edges[e].prec.dtype;
+    es->z = es->a = es->xq = es->xdq = NULL;
+    st = alloc_buffer(s, rows * outw * 4, &es->z);
+    if (st == HM_OK) {
+      if (e0->a == e0->z) es->a = es->z;
+      else st = alloc_buffer(s, rows * outw * 4, &es->a);
+    }
+    if (st == HM_OK && e0->xq) st = alloc_buffer(s, hm__packed_bytes(q, rows, in), &es->xq);
+    if (st == HM_OK && e0->xdq) st = alloc_buffer(s, rows * in * 4, &es->xdq);
+  }
+  return st;
+}
+
+static void free_slot(hm_session *s, hm_step_buffers *sb) {
+  for (size_t i = 0; sb->nodes && i < s->g->n_nodes; i++) {
+    hm_device_buffer_free(s->dev, sb->nodes[i].batch);
+    hm_device_buffer_free(s->dev, sb->nodes[i].sum);
+  }
+  for (size_t e = 0; sb->edges && e < s->g->n_edges; e++) {
+    hm_edge_buffers *es = &sb->edges[e];
+    hm_abi_buffer *bufs[] = {es->z, es->xq, es->xdq};
+    for (size_t k = 0; k < sizeof bufs / sizeof bufs[0]; k++) hm_device_buffer_free(s->dev, bufs[k]);
+    if (es->a != es->z) hm_device_buffer_free(s->dev, es->a);
+  }
+  hm__free(sb->nodes);
+  hm__free(sb->edges);
+}
+
 hm_status hm__session_create(hm_graph *g, const hm_fit_options *opts, const hm_policy *policy, int train, int eval,
                              hm_session **out) {
+  return hm__session_create_stage(g, opts, policy, train, eval, NULL, 1, out);
+}
+
+hm_status hm__session_create_stage(hm_graph *g, const hm_fit_options *opts, const hm_policy *policy, int train,
+                                   int eval, const hm_plan_boundaries *bounds, size_t slots, hm_session **out) {
   hm_session *s = hm__calloc(1, sizeof *s);
   if (!s) return hm__fail(HM_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+  s->n_slots = slots ? slots : 1;
   s->g = g;
   s->opts = *opts;
   s->with_optimizer = train;
@@ -184,19 +251,24 @@ hm_status hm__session_create(hm_graph *g, const hm_fit_options *opts, const hm_p
   s->bufs.edges = hm__calloc(g->n_edges ? g->n_edges : 1, sizeof *s->bufs.edges);
   s->host[DATA_TRAIN] = hm__calloc(n_nodes, sizeof *s->host[DATA_TRAIN]);
   s->host[DATA_EVAL] = hm__calloc(n_nodes, sizeof *s->host[DATA_EVAL]);
+  s->slot_bufs = hm__calloc(s->n_slots, sizeof *s->slot_bufs);
+  s->programs = hm__calloc(PROG_KINDS * s->n_slots * 2, sizeof *s->programs);
   hm_status st = HM_OK;
-  if (!s->bufs.nodes || !s->bufs.edges || !s->host[DATA_TRAIN] || !s->host[DATA_EVAL])
+  if (!s->bufs.nodes || !s->bufs.edges || !s->host[DATA_TRAIN] || !s->host[DATA_EVAL] || !s->slot_bufs ||
+      !s->programs)
     st = hm__fail(HM_STATUS_RESOURCE_EXHAUSTED, "out of memory");
   if (st == HM_OK) st = open_device(s, opts);
-  if (st == HM_OK) st = hm__plan_create(g, policy, s->dev, train, &s->plan);
+  if (st == HM_OK) st = hm__plan_create(g, policy, s->dev, train, bounds, &s->plan);
   if (st == HM_OK) st = upload_all_data(s, train, eval);
   /* Rows as used: training steps take batch_size rows (gradients only those),
-   * evaluation eval_batch_size, neither more than the data holds. */
+   * evaluation eval_batch_size, neither more than the data holds. A stage
+   * without data of its own learns the counts from the first stage later. */
   size_t train_rows = 0, eval_rows = 0;
-  if (st == HM_OK && train) train_rows = opts->batch_size < s->train_count ? opts->batch_size : s->train_count;
+  if (st == HM_OK && train) train_rows = opts->batch_size < s->train_count || (bounds && !s->train_count)
+                                             ? opts->batch_size : s->train_count;
   if (st == HM_OK) {
     size_t count = train ? s->eval_count : eval ? s->eval_count : s->train_count;
-    eval_rows = opts->eval_batch_size < count ? opts->eval_batch_size : count;
+    eval_rows = opts->eval_batch_size < count || (bounds && !count) ? opts->eval_batch_size : count;
   }
   size_t batch = train_rows > eval_rows ? train_rows : eval_rows;
   batch = batch ? batch : 1;
@@ -208,6 +280,8 @@ hm_status hm__session_create(hm_graph *g, const hm_fit_options *opts, const hm_p
     st = hm__fail(HM_STATUS_RESOURCE_EXHAUSTED, "out of memory");
   if (st == HM_OK) st = alloc_node_buffers(s, batch, train_rows, train);
   if (st == HM_OK) st = alloc_edge_buffers(s, batch, train_rows);
+  if (s->slot_bufs) s->slot_bufs[0] = s->bufs;
+  for (size_t k = 1; k < s->n_slots && st == HM_OK; k++) st = alloc_slot(s, k, train_rows);
   /* Host copies are only kept for the accuracy tap's targets. */
   for (size_t i = 0; s->host[DATA_EVAL] && s->plan && i < g->n_nodes; i++) {
     int keep = s->plan->accuracy_tap >= 0 && g->taps[s->plan->accuracy_tap].target == i;
@@ -226,8 +300,9 @@ hm_status hm__session_create(hm_graph *g, const hm_fit_options *opts, const hm_p
 
 void hm__session_free(hm_session *s) {
   if (!s) return;
-  for (int k = 0; k < PROG_KINDS; k++)
-    for (int j = 0; j < 2; j++) hm_device_program_free(s->dev, s->programs[k][j].prog);
+  for (size_t k = 0; s->programs && k < PROG_KINDS * s->n_slots * 2; k++)
+    hm_device_program_free(s->dev, s->programs[k].prog);
+  for (size_t k = 1; s->slot_bufs && k < s->n_slots; k++) free_slot(s, &s->slot_bufs[k]);
   for (size_t i = 0; s->bufs.nodes && i < s->g->n_nodes; i++) {
     hm_node_buffers *nb = &s->bufs.nodes[i];
     hm_abi_buffer *bufs[] = {nb->data[DATA_TRAIN], nb->data[DATA_EVAL], nb->batch, nb->sum, nb->grad};
@@ -252,30 +327,35 @@ void hm__session_free(hm_session *s) {
   hm__free(s->bufs.edges);
   hm__free(s->host[DATA_TRAIN]);
   hm__free(s->host[DATA_EVAL]);
+  hm__free(s->slot_bufs);
+  hm__free(s->programs);
   hm__free(s);
 }
 
-hm_status hm__session_program(hm_session *s, program_kind kind, size_t batch, hm_abi_program **out) {
+hm_status hm__session_program(hm_session *s, program_kind kind, size_t slot, size_t batch, hm_abi_program **out) {
+  if (slot >= s->n_slots) return hm__fail(HM_STATUS_INTERNAL, "activation slot %zu of %zu", slot, s->n_slots);
+  struct hm_session_program *progs = &s->programs[((size_t)kind * s->n_slots + slot) * 2];
   for (int j = 0; j < 2; j++)
-    if (s->programs[kind][j].prog && s->programs[kind][j].batch == batch) {
-      *out = s->programs[kind][j].prog;
+    if (progs[j].prog && progs[j].batch == batch) {
+      *out = progs[j].prog;
       return HM_OK;
     }
-  size_t rows = kind == PROG_TRAIN || kind == PROG_MICRO_FIRST || kind == PROG_MICRO_ACC ? s->train_rows : s->max_batch;
+  int full = kind == PROG_EVAL || kind == PROG_INFER;
+  size_t rows = full ? s->max_batch : s->train_rows;
   if (batch > rows) return hm__fail(HM_STATUS_INTERNAL, "batch %zu exceeds the session's %zu rows", batch, rows);
   hm_abi_op *ops = NULL;
   size_t n = 0;
-  HM_RETURN_IF_ERROR(hm__lower_step(s->plan, &s->bufs, &s->opts, kind, batch, &ops, &n));
+  HM_RETURN_IF_ERROR(hm__lower_step(s->plan, &s->slot_bufs[slot], &s->opts, kind, batch, &ops, &n));
   hm_abi_program *p = NULL;
   hm_status st = n > UINT32_MAX ? hm__fail(HM_STATUS_OUT_OF_RANGE, "program too large")
                                 : hm_device_program_create(s->dev, ops, (uint32_t)n, N_SLOTS, &p);
   hm__free(ops);
   if (st != HM_OK) return st;
   /* Two sizes per kind cover a full batch and the last partial one. */
-  int slot = s->programs[kind][0].prog ? 1 : 0;
-  hm_device_program_free(s->dev, s->programs[kind][slot].prog);
-  s->programs[kind][slot].prog = p;
-  s->programs[kind][slot].batch = batch;
+  int j = progs[0].prog ? 1 : 0;
+  hm_device_program_free(s->dev, progs[j].prog);
+  progs[j].prog = p;
+  progs[j].batch = batch;
   *out = p;
   return HM_OK;
 }
@@ -441,8 +521,13 @@ hm_status hm__session_download(hm_session *s, hm_weights **params, hm_weights **
 
 hm_status hm__session_step(hm_session *s, program_kind kind, const int32_t *indices, size_t n,
                            const double scalars[N_SLOTS], float *loss, float *sumsq) {
+  return hm__session_step_slot(s, kind, 0, indices, n, scalars, loss, sumsq);
+}
+
+hm_status hm__session_step_slot(hm_session *s, program_kind kind, size_t slot, const int32_t *indices, size_t n,
+                                const double scalars[N_SLOTS], float *loss, float *sumsq) {
   hm_abi_program *prog = NULL;
-  HM_RETURN_IF_ERROR(hm__session_program(s, kind, n, &prog));
+  HM_RETURN_IF_ERROR(hm__session_program(s, kind, slot, n, &prog));
   if (indices) HM_RETURN_IF_ERROR(hm_device_buffer_write(s->dev, s->bufs.idx, 0, indices, n * sizeof *indices));
   HM_RETURN_IF_ERROR(hm_device_program_run(s->dev, prog, scalars, N_SLOTS));
   if (!loss && !sumsq) return HM_OK;
@@ -478,6 +563,11 @@ hm_status hm__session_evaluate(hm_session *s, int use_eval, int push, hm_eval_re
 
 hm_status hm__session_evaluate_range(hm_session *s, int use_eval, int push, size_t begin, size_t end,
                                      hm_eval_sums *out) {
+  return hm__session_evaluate_hooked(s, use_eval, push, begin, end, NULL, NULL, out);
+}
+
+hm_status hm__session_evaluate_hooked(hm_session *s, int use_eval, int push, size_t begin, size_t end,
+                                      hm_eval_batch_hook hook, void *ctx, hm_eval_sums *out) {
   hm_graph *g = s->g;
   program_kind kind = use_eval ? PROG_EVAL : PROG_INFER;
   memset(out, 0, sizeof *out);
@@ -506,7 +596,10 @@ hm_status hm__session_evaluate_range(hm_session *s, int use_eval, int push, size
     size_t b = end - pos < s->opts.eval_batch_size ? end - pos : s->opts.eval_batch_size;
     for (size_t i = 0; i < b; i++) s->idx_host[i] = (int32_t)(pos + i);
     float loss = 0;
-    st = hm__session_step(s, kind, s->idx_host, b, scalars, has_targets ? &loss : NULL, NULL);
+    size_t batch_index = (pos - begin) / s->opts.eval_batch_size;
+    if (hook) st = hook(ctx, 0, batch_index, b);
+    if (st == HM_OK) st = hm__session_step(s, kind, s->idx_host, b, scalars, has_targets ? &loss : NULL, NULL);
+    if (st == HM_OK && hook) st = hook(ctx, 1, batch_index, b);
     if (st != HM_OK) break;
     loss_sum += (double)loss * (double)b;
     if (acc_data) {

@@ -29,11 +29,18 @@ typedef struct hm_session {
   size_t device_bytes;          /* bytes of device buffers the session holds now */
   size_t peak_device_bytes;     /* ... and at most so far */
   int32_t *idx_host;
-  struct {
+  /* Programs per kind and activation slot: two batch sizes each (full and
+   * last partial), at programs[(kind * n_slots + slot) * 2 + j]. */
+  struct hm_session_program {
     hm_abi_program *prog;
     size_t batch;
-  } programs[PROG_KINDS][2];    /* per kind: two batch sizes (full and last partial) */
+  } *programs;
   int with_optimizer;           /* training buffers exist */
+  /* A pipeline stage keeps the activations of each micro-batch of an update
+   * until its backward pass: slot k's buffers are slot_bufs[k], which share
+   * everything but the activations with slot 0 (== bufs). */
+  size_t n_slots;
+  hm_step_buffers *slot_bufs;
 } hm_session;
 
 /* Opens a session for |g| (resolved) with |opts|. |train| uploads the
@@ -41,6 +48,11 @@ typedef struct hm_session {
  * the evaluation data. */
 hm_status hm__session_create(hm_graph *g, const hm_fit_options *opts, const hm_policy *policy, int train, int eval,
                              hm_session **out);
+/* The same for a pipeline stage: |bounds| marks its boundaries (their
+ * values and gradients pass through the host), |slots| sets of activation
+ * buffers. A stage without bound data sizes its buffers from the options. */
+hm_status hm__session_create_stage(hm_graph *g, const hm_fit_options *opts, const hm_policy *policy, int train,
+                                   int eval, const hm_plan_boundaries *bounds, size_t slots, hm_session **out);
 void hm__session_free(hm_session *s);
 /* Uploads the graph's weights (initialising them from opts.seed first when
  * the graph has none) and zeroes optimizer state. */
@@ -60,15 +72,26 @@ void hm__session_precision_summary(const hm_session *s, char *buf, size_t cap);
 hm_status hm__session_upload_opt_state(hm_session *s, const hm_weights *state);
 /* Reads parameters (and optimizer state when |opt_state| is non-NULL) back. */
 hm_status hm__session_download(hm_session *s, hm_weights **params, hm_weights **opt_state);
-/* The program of |kind| at batch size |batch| (built on first use). */
-hm_status hm__session_program(hm_session *s, program_kind kind, size_t batch, hm_abi_program **out);
+/* The program of |kind| at batch size |batch| over activation slot |slot|
+ * (built on first use). */
+hm_status hm__session_program(hm_session *s, program_kind kind, size_t slot, size_t batch, hm_abi_program **out);
 /* Runs |kind| over samples |indices| (batch = n) and reads the stats. */
 hm_status hm__session_step(hm_session *s, program_kind kind, const int32_t *indices, size_t n,
                            const double scalars[N_SLOTS], float *loss, float *sumsq);
+/* The same over activation slot |slot|; |indices| may be NULL (no gather). */
+hm_status hm__session_step_slot(hm_session *s, program_kind kind, size_t slot, const int32_t *indices, size_t n,
+                                const double scalars[N_SLOTS], float *loss, float *sumsq);
 /* The buffer holding a node's value for the current batch. */
 static inline hm_abi_buffer *hm__session_value(const hm_session *s, size_t node) {
   return hm__lower_value(s->plan, &s->bufs, node);
 }
+/* The same in activation slot |slot|. */
+static inline hm_abi_buffer *hm__session_slot_value(const hm_session *s, size_t slot, size_t node) {
+  return hm__lower_value(s->plan, &s->slot_bufs[slot], node);
+}
+/* Evaluation batches of a pipeline stage: called before each batch runs
+ * (to write the boundary values it receives) and after (to send its own). */
+typedef hm_status (*hm_eval_batch_hook)(void *ctx, int after, size_t batch_index, size_t rows);
 /* Evaluates over the evaluation data (or the training data when !use_eval):
  * mean loss and accuracy; pushes consumer outputs when |push| is set. */
 hm_status hm__session_evaluate(hm_session *s, int use_eval, int push, hm_eval_result *out);
@@ -81,6 +104,9 @@ typedef struct hm_eval_sums {
 } hm_eval_sums;
 hm_status hm__session_evaluate_range(hm_session *s, int use_eval, int push, size_t begin, size_t end,
                                      hm_eval_sums *out);
+/* evaluate_range with |hook| around every batch (NULL: none). */
+hm_status hm__session_evaluate_hooked(hm_session *s, int use_eval, int push, size_t begin, size_t end,
+                                      hm_eval_batch_hook hook, void *ctx, hm_eval_sums *out);
 /* The gradient arena: every trainable connection's dW then db, in graph
  * order, as one array of hm__session_grad_count floats; read from and
  * written to the device buffers the micro and apply programs use. */

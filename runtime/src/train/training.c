@@ -27,6 +27,7 @@
 #include "harmonics/training.h"
 #include "train/cycle_state.h"
 #include "train/data_parallel.h"
+#include "train/pipeline.h"
 #include "train/session.h"
 #include "train/trajectory.h"
 
@@ -124,16 +125,25 @@ typedef struct loop {
   snapshot snap;
   divergence bad;
   hm_dp *dp;          /* data parallel: this rank's part (NULL: one process) */
-  size_t group_rows;  /* data parallel: global rows of the current group */
+  size_t group_rows;  /* data parallel and pipeline: rows of the current group */
+  hm_pipe *pipe;      /* pipeline: this stage's part (NULL: the whole graph here) */
+  const int32_t **group_idx; /* pipeline: the current group's micro-batches */
+  size_t *group_n;
+  const char *checkpoint_path;
 } loop;
+
+/* Whether this process decides stops and runs the callbacks: rank 0 of a
+ * data-parallel fit, the last stage of a pipeline. */
+static int is_root(const loop *L) { return hm__dp_is_root(L->dp) && hm__pipe_is_root(L->pipe); }
 
 
 static hm_status checkpoint(loop *L) {
-  if (!L->o->checkpoint_path || !hm__dp_is_root(L->dp)) return HM_OK; /* rank 0 writes */
+  /* Rank 0 writes; every pipeline stage writes its own. */
+  if (!L->checkpoint_path || !hm__dp_is_root(L->dp)) return HM_OK;
   L->st->best_norm = L->best_norm;
   L->st->stall = L->stall;
   L->st->elapsed = hm__now() - L->st->start_time;
-  hm_status st = hm_cycle_state_save(L->st, L->o->checkpoint_path);
+  hm_status st = hm_cycle_state_save(L->st, L->checkpoint_path);
   if (st != HM_OK) hm__error_prefix("checkpoint: ");
   return st;
 }
@@ -170,7 +180,7 @@ static void after_update(loop *L, float loss, float sumsq, double lr) {
     L->stop = st->step >= L->replaying;
     return;
   }
-  if (!hm__dp_is_root(L->dp)) return; /* rank 0 decides; apply_group() broadcasts it */
+  if (!is_root(L)) return; /* rank 0 or the last stage decides; the others follow */
   if (o->progress.fn) o->progress.fn(o->progress.user, st->step, norm, loss, (float)lr);
   if (o->cancel && o->cancel(o->cancel_user)) {
     st->stop_reason = HM_STOP_CANCELLED;
@@ -221,6 +231,53 @@ static hm_status apply_group(loop *L) {
   return checkpoint_due(L);
 }
 
+/* Pipeline: a group's micro-batches through every stage, then the update,
+ * the global gradient norm and the last stage's decision on every stage. */
+static hm_status apply_group_pipe(loop *L) {
+  hm_cycle_state *st = L->st;
+  double scalars[N_SLOTS], loss_sum = 0, loss_rows = 0;
+  float sumsq = 0;
+  double t0 = hm__now();
+  HM_RETURN_IF_ERROR(hm__pipe_update(L->pipe, st->step, L->group_idx, L->group_n, L->micro, &loss_sum, &loss_rows));
+  HM_RETURN_IF_ERROR(hm__step_scalars(L->o, st->step, (double)L->micro, scalars));
+  HM_RETURN_IF_ERROR(hm__session_step(L->s, PROG_APPLY, NULL, 0, scalars, NULL, &sumsq));
+  HM_RETURN_IF_ERROR(hm__pipe_sum_squares(L->pipe, st->step, &sumsq));
+  st->train_seconds += hm__now() - t0;
+  hm_pipe_decision d = {0, 0, 0, 0, 0};
+  size_t step = st->step;
+  if (is_root(L)) {
+    d.loss = (float)(loss_sum / (double)L->micro);
+    d.sumsq = sumsq;
+    d.loss_rows = loss_rows;
+    after_update(L, (float)d.loss, sumsq, scalars[SLOT_LR]);
+    d.stop = L->stop;
+    d.reason = (int32_t)st->stop_reason;
+  }
+  HM_RETURN_IF_ERROR(hm__pipe_decide(L->pipe, step, &d));
+  if (!is_root(L)) {
+    after_update(L, (float)d.loss, (float)d.sumsq, scalars[SLOT_LR]);
+    L->stop = d.stop;
+    st->stop_reason = (hm_stop_reason)d.reason;
+  }
+  st->epoch_loss_sum += d.loss_rows;
+  st->epoch_loss_rows += L->group_rows;
+  L->micro = 0;
+  L->group_rows = 0;
+  return checkpoint_due(L);
+}
+
+/* Pipeline: one micro-batch joins the group; a full group is an update. */
+static hm_status run_batch_pipe(loop *L, const int32_t *idx, size_t b) {
+  L->group_idx[L->micro] = idx;
+  L->group_n[L->micro] = b;
+  L->micro++;
+  L->group_rows += b;
+  L->st->samples += b;
+  L->st->position += b;
+  if (L->micro < L->o->accumulate_steps) return HM_OK;
+  return apply_group_pipe(L);
+}
+
 /* Data parallel: this rank's share of one global (micro-)batch. */
 static hm_status run_batch_dp(loop *L, const int32_t *idx, size_t b) {
   hm_dp *dp = L->dp;
@@ -255,6 +312,7 @@ static hm_status run_batch(loop *L, const int32_t *idx, size_t b) {
   float loss = 0, sumsq = 0;
   double t0 = hm__now();
   if (L->dp) return run_batch_dp(L, idx, b);
+  if (L->pipe) return run_batch_pipe(L, idx, b);
   if (o->accumulate_steps == 1) {
     HM_RETURN_IF_ERROR(hm__step_scalars(o, L->st->step, 1.0, scalars));
     HM_RETURN_IF_ERROR(hm__session_step(s, PROG_TRAIN, idx, b, scalars, &loss, &sumsq));
@@ -294,6 +352,7 @@ static hm_status run_batch(loop *L, const int32_t *idx, size_t b) {
 static hm_status flush(loop *L) {
   if (L->micro == 0) return HM_OK;
   if (L->dp) return apply_group(L);
+  if (L->pipe) return apply_group_pipe(L);
   double scalars[N_SLOTS];
   float sumsq = 0;
   double t0 = hm__now();
@@ -392,6 +451,8 @@ static hm_status run_epochs(loop *L, int32_t *order) {
     st->epoch_loss_rows = 0;
     if (s->eval_count && L->dp) {
       HM_RETURN_IF_ERROR(hm__dp_evaluate(L->dp, s, &st->eval_loss, &st->eval_accuracy));
+    } else if (s->eval_count && L->pipe) {
+      HM_RETURN_IF_ERROR(hm__pipe_evaluate(L->pipe, st->step, &st->eval_loss, &st->eval_accuracy));
     } else if (s->eval_count) {
       hm_eval_result r;
       HM_RETURN_IF_ERROR(hm__session_evaluate(s, 1, 0, &r));
@@ -400,10 +461,15 @@ static hm_status run_epochs(loop *L, int32_t *order) {
     }
     if (L->replaying) continue;
     if (!o->checkpoint_every) HM_RETURN_IF_ERROR(checkpoint(L));
-    int stop = o->on_epoch && hm__dp_is_root(L->dp) && o->on_epoch(o->on_epoch_user, st);
+    int stop = o->on_epoch && is_root(L) && o->on_epoch(o->on_epoch_user, st);
     if (L->dp) {
       hm_stop_reason reason = HM_STOP_EPOCH_CALLBACK;
       HM_RETURN_IF_ERROR(hm__dp_agree_stop(L->dp, &stop, &reason));
+    }
+    if (L->pipe) {
+      hm_pipe_decision d = {0, 0, 0, stop, HM_STOP_EPOCH_CALLBACK};
+      HM_RETURN_IF_ERROR(hm__pipe_decide(L->pipe, st->step, &d));
+      stop = d.stop;
     }
     if (stop) {
       st->stop_reason = HM_STOP_EPOCH_CALLBACK;
@@ -439,15 +505,29 @@ static hm_status fetch_weights(void *session, hm_weights **params, hm_weights **
   return hm__session_download(session, params, opt_state);
 }
 
-static hm_status fit_impl(hm_graph *g, const fit_limits *lim, const hm_policy *policy, const hm_fit_options *opts,
-                          hm_cycle_state **out) {
+/* A pipeline stage that fails names itself and tells the others. */
+static void stage_failed(const hm_pipeline_stage *ps, hm_status rc) {
+  if (ps->struct_size != sizeof *ps) return;
+  char prefix[48];
+  snprintf(prefix, sizeof prefix, "pipeline stage %zu: ", ps->stage);
+  if (strncmp(hm_last_error(), prefix, strlen(prefix)) != 0) hm__error_prefix("%s", prefix);
+  if (rc != HM_STATUS_DIVERGED) hm__pipe_fail(ps, hm_last_error());
+}
+
+static hm_status fit_run(hm_graph *g, const fit_limits *lim, const hm_policy *policy, const hm_fit_options *opts,
+                         hm_cycle_state **out) {
   if (!g || !out) return hm__fail(HM_STATUS_INVALID_ARGUMENT, "fit: NULL graph or output");
   hm_fit_options o = opts ? *opts : hm_fit_options_default();
   HM_RETURN_IF_ERROR(hm__fit_options_check(&o));
   HM_RETURN_IF_ERROR(hm__policy_check(policy));
-  if (!hm_graph_has_training_taps(g))
+  const hm_pipeline_stage *ps = o.pipeline;
+  if (ps) {
+    hm_status pst = hm__pipe_check(ps, g, &o);
+    if (pst != HM_OK) return pst;
+  } else if (!hm_graph_has_training_taps(g)) {
     return hm__fail(HM_STATUS_FAILED_PRECONDITION,
                     "graph '%s' has no loss tap ('layer <-(loss)- target'): it can only run inference", g->name);
+  }
   HM_RETURN_IF_ERROR(hm_graph_resolve(g));
   const hm_cycle_state *resume = o.resume;
   if (resume) {
@@ -463,6 +543,8 @@ static hm_status fit_impl(hm_graph *g, const fit_limits *lim, const hm_policy *p
       return ws;
     }
   }
+  /* A stage starts from its share of the whole graph's initial weights. */
+  if (ps) HM_RETURN_IF_ERROR(hm__pipe_init_weights(ps, g, o.seed));
   hm_cycle_state *st = NULL;
   HM_RETURN_IF_ERROR(hm__cycle_state_create(&st));
   hm__cycle_state_set_options(st, &o, policy, hm__schedule_kind(&o.lr_schedule_fp));
@@ -470,14 +552,12 @@ static hm_status fit_impl(hm_graph *g, const fit_limits *lim, const hm_policy *p
   int eval = 0;
   for (size_t i = 0; i < g->n_nodes; i++) eval |= g->nodes[i].eval != NULL;
   hm_session *s = NULL;
-  hm_status rc = hm__session_create(g, &o, policy, 1, eval, &s);
+  hm_status rc = ps ? hm__pipe_open_session(ps, g, &o, policy, eval, &s) : hm__session_create(g, &o, policy, 1, eval, &s);
   if (rc == HM_OK) rc = hm__session_upload_weights(s);
-  int32_t *order = NULL;
-  if (rc == HM_OK && !(order = hm__malloc(s->train_count * sizeof *order)))
-    rc = hm__fail(HM_STATUS_RESOURCE_EXHAUSTED, "out of memory");
   if (rc == HM_OK && resume) rc = hm__session_upload_opt_state(s, resume->opt_state);
   if (rc == HM_OK) rc = hm__cycle_state_describe(st, s->plan, s->dev);
-  loop L = {s, st, &o, lim, 0, 0.0, INFINITY, 0, 0, 0, {0}, {0}, NULL, 0};
+  loop L = {s, st, &o, lim, 0, 0.0, INFINITY, 0, 0, 0, {0}, {0}, NULL, 0, NULL, NULL, NULL, o.checkpoint_path};
+  char stage_checkpoint[4096];
   if (rc == HM_OK && o.collectives) {
     rc = hm__dp_create(o.collectives, s, &L.dp);
     if (rc == HM_OK) rc = hm__dp_check_start(L.dp, g, policy, &o, hm__schedule_kind(&o.lr_schedule_fp));
@@ -486,8 +566,24 @@ static hm_status fit_impl(hm_graph *g, const fit_limits *lim, const hm_policy *p
     copy_progress(st, resume);
     L.best_norm = resume->best_norm;
     L.stall = resume->stall;
-    if (s && st->position > s->train_count) rc = hm__fail(HM_STATUS_INVALID_ARGUMENT, "resume: position %zu beyond the %zu training samples", st->position, s->train_count);
   }
+  if (rc == HM_OK && ps) {
+    rc = hm__pipe_create(ps, s, &L.pipe);
+    if (rc == HM_OK) rc = hm__pipe_check_start(L.pipe, policy, &o, hm__schedule_kind(&o.lr_schedule_fp), st);
+    L.group_idx = hm__calloc(o.accumulate_steps, sizeof *L.group_idx);
+    L.group_n = hm__calloc(o.accumulate_steps, sizeof *L.group_n);
+    if (rc == HM_OK && (!L.group_idx || !L.group_n)) rc = hm__fail(HM_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+    if (o.checkpoint_path) {
+      hm_pipeline_checkpoint_path(o.checkpoint_path, ps->stage, stage_checkpoint, sizeof stage_checkpoint);
+      L.checkpoint_path = stage_checkpoint;
+    }
+  }
+  if (rc == HM_OK && resume && st->position > s->train_count)
+    rc = hm__fail(HM_STATUS_INVALID_ARGUMENT, "resume: position %zu beyond the %zu training samples", st->position,
+                  s->train_count);
+  int32_t *order = NULL;
+  if (rc == HM_OK && !(order = hm__malloc(s->train_count * sizeof *order)))
+    rc = hm__fail(HM_STATUS_RESOURCE_EXHAUSTED, "out of memory");
   hm__cycle_state_go_live(st, fetch_weights, s);
   st->start_time = hm__now();
   if (rc == HM_OK) rc = run_epochs(&L, order);
@@ -506,6 +602,9 @@ static hm_status fit_impl(hm_graph *g, const fit_limits *lim, const hm_policy *p
   if (s) st->device_bytes = s->peak_device_bytes;
   hm__free(order);
   hm__dp_free(L.dp);
+  hm__pipe_free(L.pipe);
+  hm__free(L.group_idx);
+  hm__free(L.group_n);
   hm__session_free(s);
   if (rc == HM_OK && L.bad.found) {
     size_t kept = st->step;
@@ -521,6 +620,14 @@ static hm_status fit_impl(hm_graph *g, const fit_limits *lim, const hm_policy *p
   }
   *out = st;
   return HM_OK;
+}
+
+static hm_status fit_impl(hm_graph *g, const fit_limits *lim, const hm_policy *policy, const hm_fit_options *opts,
+                          hm_cycle_state **out) {
+  hm_status rc = fit_run(g, lim, policy, opts, out);
+  const hm_pipeline_stage *ps = opts && opts->struct_size == sizeof *opts ? opts->pipeline : NULL;
+  if (rc != HM_OK && ps) stage_failed(ps, rc);
+  return rc;
 }
 
 hm_status hm_graph_fit(hm_graph *g, size_t epochs, const hm_policy *policy, const hm_fit_options *opts,
