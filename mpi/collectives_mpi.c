@@ -10,14 +10,8 @@
 #include <string.h>
 #include <time.h>
 
-#include "harmonics/mpi.h"
+#include "mpi_state.h"
 
-typedef struct mpi_state {
-  hm_collectives table;
-  double timeout;
-  int we_initialised;
-  int failed; /* a collective timed out or failed: the job is broken */
-} mpi_state;
 
 hm_mpi_options hm_mpi_options_default(void) {
   hm_mpi_options o;
@@ -31,13 +25,13 @@ int hm_mpi_launched(void) {
   return getenv("OMPI_COMM_WORLD_SIZE") || getenv("PMIX_RANK") || getenv("PMI_SIZE");
 }
 
-static double now(void) {
+double hm_mpi__now(void) {
   struct timespec t;
   clock_gettime(CLOCK_MONOTONIC, &t);
   return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
 }
 
-static hm_status mpi_error(mpi_state *m, int rc, const char *what) {
+hm_status hm_mpi__error(mpi_state *m, int rc, const char *what) {
   char text[MPI_MAX_ERROR_STRING];
   int len = 0;
   if (MPI_Error_string(rc, text, &len) != MPI_SUCCESS) strcpy(text, "unknown MPI error");
@@ -49,26 +43,30 @@ static hm_status mpi_error(mpi_state *m, int rc, const char *what) {
  * non-blocking collective forward only inside MPI calls, so the first
  * 200 ms poll back to back (yielding the core between polls, for
  * oversubscribed ranks); a longer wait sleeps 50 us between polls. */
-static hm_status wait_for(mpi_state *m, MPI_Request *req, const char *what) {
-  double start = now(), deadline = start + m->timeout;
+hm_status hm_mpi__wait(mpi_state *m, MPI_Request *req, const char *what) {
+  double start = hm_mpi__now(), deadline = start + m->timeout;
   for (;;) {
     int done = 0;
     int rc = MPI_Test(req, &done, MPI_STATUS_IGNORE);
-    if (rc != MPI_SUCCESS) return mpi_error(m, rc, what);
+    if (rc != MPI_SUCCESS) return hm_mpi__error(m, rc, what);
     if (done) return HM_OK;
-    if (now() > deadline) {
+    if (hm_mpi__now() > deadline) {
       m->failed = 1;
       return hm_set_error(HM_STATUS_UNAVAILABLE,
                           "rank %d of %d: %s: no answer from the other ranks within %g s (a rank died or stopped "
                           "answering; HARMONICS_MPI_TIMEOUT sets the limit)",
                           m->table.rank, m->table.size, what, m->timeout);
     }
-    if (now() - start < 0.2) {
-      sched_yield();
-    } else {
-      struct timespec pause = {0, 50000};
-      nanosleep(&pause, NULL);
-    }
+    hm_mpi__pause(start);
+  }
+}
+
+void hm_mpi__pause(double since) {
+  if (hm_mpi__now() - since < 0.2) {
+    sched_yield();
+  } else {
+    struct timespec pause = {0, 50000};
+    nanosleep(&pause, NULL);
   }
 }
 
@@ -77,8 +75,8 @@ static hm_status mpi_broadcast(void *self, void *data, size_t bytes, int root) {
   if (bytes > (size_t)0x7fffffff) return hm_set_error(HM_STATUS_OUT_OF_RANGE, "MPI broadcast of %zu bytes", bytes);
   MPI_Request req;
   int rc = MPI_Ibcast(data, (int)bytes, MPI_BYTE, root, MPI_COMM_WORLD, &req);
-  if (rc != MPI_SUCCESS) return mpi_error(m, rc, "broadcast");
-  return wait_for(m, &req, "broadcast");
+  if (rc != MPI_SUCCESS) return hm_mpi__error(m, rc, "broadcast");
+  return hm_mpi__wait(m, &req, "broadcast");
 }
 
 static hm_status mpi_allreduce(void *self, float *data, size_t n) {
@@ -89,26 +87,26 @@ static hm_status mpi_allreduce(void *self, float *data, size_t n) {
     /* Two ranks: each element is one addition a + b, and IEEE addition
      * commutes, so MPI's own all-reduce gives both ranks the same bits. */
     int rc = MPI_Iallreduce(MPI_IN_PLACE, data, (int)n, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD, &req);
-    if (rc != MPI_SUCCESS) return mpi_error(m, rc, "all-reduce");
-    return wait_for(m, &req, "all-reduce (sum of the gradients)");
+    if (rc != MPI_SUCCESS) return hm_mpi__error(m, rc, "all-reduce");
+    return hm_mpi__wait(m, &req, "all-reduce (sum of the gradients)");
   }
   int root = m->table.rank == 0;
   int rc = MPI_Ireduce(root ? MPI_IN_PLACE : data, root ? data : NULL, (int)n, MPI_FLOAT, MPI_SUM, 0, MPI_COMM_WORLD,
                        &req);
-  if (rc != MPI_SUCCESS) return mpi_error(m, rc, "reduce");
-  hm_status st = wait_for(m, &req, "all-reduce (sum of the gradients at rank 0)");
+  if (rc != MPI_SUCCESS) return hm_mpi__error(m, rc, "reduce");
+  hm_status st = hm_mpi__wait(m, &req, "all-reduce (sum of the gradients at rank 0)");
   if (st != HM_OK) return st;
   rc = MPI_Ibcast(data, (int)n, MPI_FLOAT, 0, MPI_COMM_WORLD, &req);
-  if (rc != MPI_SUCCESS) return mpi_error(m, rc, "broadcast");
-  return wait_for(m, &req, "all-reduce (broadcast of the sum)");
+  if (rc != MPI_SUCCESS) return hm_mpi__error(m, rc, "broadcast");
+  return hm_mpi__wait(m, &req, "all-reduce (broadcast of the sum)");
 }
 
 static hm_status mpi_barrier(void *self) {
   mpi_state *m = self;
   MPI_Request req;
   int rc = MPI_Ibarrier(MPI_COMM_WORLD, &req);
-  if (rc != MPI_SUCCESS) return mpi_error(m, rc, "barrier");
-  return wait_for(m, &req, "barrier");
+  if (rc != MPI_SUCCESS) return hm_mpi__error(m, rc, "barrier");
+  return hm_mpi__wait(m, &req, "barrier");
 }
 
 hm_status hm_mpi_open(const hm_mpi_options *options, hm_collectives **out) {
@@ -157,7 +155,9 @@ hm_status hm_mpi_open(const hm_mpi_options *options, hm_collectives **out) {
 void hm_mpi_close(hm_collectives *c) {
   if (!c) return;
   mpi_state *m = c->self;
+  if (!m->failed) hm_mpi__pipeline_drain(m); /* sends still in flight complete first */
   if (m->failed) MPI_Abort(MPI_COMM_WORLD, 1); /* a peer is gone: finalize would wait for it */
+  hm_mpi__pipeline_free(m);
   if (m->we_initialised) MPI_Finalize();
   free(m);
 }

@@ -18,6 +18,7 @@
 #define HARMONICS_MPI_H_
 
 #include "harmonics/collectives.h"
+#include "harmonics/pipeline.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -35,6 +36,12 @@ HM_API HM_MUST_USE hm_status hm_mpi_open(const hm_mpi_options *options, hm_colle
 /* Finalizes MPI when hm_mpi_open initialised it; aborts the job instead
  * when a collective failed (a peer is gone). Accepts NULL. */
 HM_API void hm_mpi_close(hm_collectives *c);
+/* The pipeline transport over MPI point-to-point (harmonics/pipeline.h):
+ * stage k is rank k of MPI_COMM_WORLD; a receive waits at most the smaller
+ * of its timeout and the collectives' (HARMONICS_MPI_TIMEOUT). Owned by
+ * |c|: valid until hm_mpi_close, which first completes the sends still in
+ * flight (and aborts the job instead after a failure). */
+HM_API HM_MUST_USE hm_status hm_mpi_pipeline_transport(hm_collectives *c, const hm_pipeline_transport **out);
 /* Nonzero when this process was started by an MPI launcher (mpirun sets
  * OMPI_COMM_WORLD_SIZE, PMIx/Hydra set PMIX_RANK or PMI_SIZE). */
 HM_API int hm_mpi_launched(void);
