@@ -11,7 +11,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "cli.h"
+#include "cmd_train.h"
 #if HM_HAVE_MPI
 #include "harmonics/mpi.h"
 #endif
@@ -51,6 +51,12 @@ static void train_usage(FILE *f) {
           "  --distributed mpi|none   data parallel over MPI; the default is mpi when started by\n"
           "                           mpirun (mpirun -np N harmonics train ...), else none.\n"
           "                           --batch is the global batch; rank 0 prints and saves\n"
+          "  --pipeline LAYER[,LAYER...]  cut the model after these layers into stages that train\n"
+          "                           together (GPipe): stages on threads, or one stage per rank\n"
+          "                           under mpirun (-np = stages); bit-identical to one process with\n"
+          "                           --batch B/M --accumulate M\n"
+          "  --micro-batches M        (with --pipeline, 1) each update's --batch in M micro-batches\n"
+          "  --stage-backend K=NAME[,K=NAME...]   the backend of stage K (else --backend)\n"
           "  --dashboard ws://HOST:PORT/trainer   stream every update to a dashboard\n"
           "                                       (harmonics dashboard, or examples/training_dashboard)\n"
           "output:\n"
@@ -61,14 +67,6 @@ static void train_usage(FILE *f) {
           optimizers);
 }
 
-typedef struct progress_ui {
-  int tty;
-  hm_progress_sink dashboard; /* --dashboard: every update also goes here */
-  size_t epochs, steps_per_epoch, batch, total_samples;
-  double start, last_draw;
-  const hm_cycle_state *state;
-  size_t step_in_run;
-} progress_ui;
 
 static void fmt_duration(double s, char *buf, size_t cap) {
   if (!(s >= 0) || s > 1e7) {
@@ -80,18 +78,18 @@ static void fmt_duration(double s, char *buf, size_t cap) {
   else snprintf(buf, cap, "%ld:%02ld", t / 60, t % 60);
 }
 
-static double now_s(void) {
+double train_now(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
   return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
 /* Progress sink: redraws the bar at most 10 times a second. */
-static void on_progress(void *user, size_t step, float grad_norm, float loss, float lr) {
+void train_on_progress(void *user, size_t step, float grad_norm, float loss, float lr) {
   progress_ui *ui = user;
   if (ui->dashboard.fn) ui->dashboard.fn(ui->dashboard.user, step, grad_norm, loss, lr);
   if (!ui->tty) return;
-  double t = now_s();
+  double t = train_now();
   size_t total_steps = ui->epochs * ui->steps_per_epoch;
   if (t - ui->last_draw < 0.1 && step != total_steps) return;
   ui->last_draw = t;
@@ -119,7 +117,7 @@ static double samples_per_second(const hm_cycle_state *st) {
                                               : 0;
 }
 
-static int on_epoch(void *user, const hm_cycle_state *st) {
+int train_on_epoch(void *user, const hm_cycle_state *st) {
   progress_ui *ui = user;
   ui->state = st;
   double sps = samples_per_second(st);
@@ -136,19 +134,6 @@ static int on_epoch(void *user, const hm_cycle_state *st) {
   return 0;
 }
 
-/* Everything the command line says. */
-typedef struct train_args {
-  const char *model, *dataset, *config, *init_weights, *save_weights, *checkpoint, *resume, *dashboard, *distributed;
-  size_t checkpoint_every;
-  const char *data_specs[16], *eval_specs[16];
-  size_t n_data, n_eval, epochs, limit_train, limit_eval, threads;
-  int json;
-  hm_fit_options o;
-  hm_policy policy;
-  char policy_text[64];
-  float decay_rate, decay_min;
-  size_t decay_steps;
-} train_args;
 
 static int parse_lr_decay(const char *v, train_args *t) {
   char *end = NULL;
@@ -187,6 +172,9 @@ static int parse_valued(const char *a, const char *v, train_args *t) {
   else if (OPT("--limit-eval")) return cli_parse_size(a, v, &t->limit_eval) ? CLI_USAGE : CLI_OK;
   else if (OPT("--threads")) return cli_parse_size(a, v, &t->threads) ? CLI_USAGE : CLI_OK;
   else if (OPT("--accumulate")) return cli_parse_size(a, v, &o->accumulate_steps) ? CLI_USAGE : CLI_OK;
+  else if (OPT("--micro-batches")) return cli_parse_size(a, v, &t->micro_batches) ? CLI_USAGE : CLI_OK;
+  else if (OPT("--pipeline")) t->pipeline = v;
+  else if (OPT("--stage-backend")) t->stage_backends = v;
   else if (OPT("--early-stop")) return cli_parse_size(a, v, &o->early_stop_patience) ? CLI_USAGE : CLI_OK;
   else if (OPT("--lr")) return cli_parse_float(a, v, &o->learning_rate) ? CLI_USAGE : CLI_OK;
   else if (OPT("--momentum")) return cli_parse_float(a, v, &o->momentum) ? CLI_USAGE : CLI_OK;
@@ -272,6 +260,16 @@ static int parse_args(int argc, char **argv, train_args *t, int *done) {
     fprintf(stderr, "harmonics train: --epochs must be at least 1\n");
     return CLI_USAGE;
   }
+  if (!t->pipeline && (t->micro_batches || t->stage_backends)) {
+    fprintf(stderr, "harmonics train: %s needs --pipeline\n", t->micro_batches ? "--micro-batches" : "--stage-backend");
+    return CLI_USAGE;
+  }
+  if (t->pipeline && t->o.accumulate_steps != 1) {
+    fprintf(stderr, "harmonics train: a pipeline accumulates over its micro-batches: use --micro-batches, not "
+                    "--accumulate\n");
+    return CLI_USAGE;
+  }
+  if (t->pipeline && !t->micro_batches) t->micro_batches = 1;
   if (t->decay_rate > 0)
     t->o.lr_schedule_fp = hm_exponential_decay_schedule(t->o.learning_rate, t->decay_rate, t->decay_steps, t->decay_min);
   t->o.threads = (unsigned)t->threads;
@@ -280,7 +278,7 @@ static int parse_args(int argc, char **argv, train_args *t, int *done) {
 
 /* Reads a checkpoint; under data parallel rank 0 reads the file and
  * broadcasts its bytes, so the other ranks need not see it. */
-static hm_status load_checkpoint(const char *path, const hm_collectives *dist, hm_cycle_state **out) {
+hm_status train_load_checkpoint(const char *path, const hm_collectives *dist, hm_cycle_state **out) {
   if (!dist) return hm_cycle_state_load(path, out);
   unsigned char *bytes = NULL;
   uint64_t size = 0;
@@ -315,14 +313,14 @@ static hm_status load_checkpoint(const char *path, const hm_collectives *dist, h
 
 /* --resume: the checkpoint decides everything that shapes the trajectory;
  * --init-weights: the starting weights. */
-static int apply_start(hm_graph *g, train_args *t, const hm_collectives *dist, hm_cycle_state **resume_state) {
+int train_apply_start(hm_graph *g, train_args *t, const hm_collectives *dist, hm_cycle_state **resume_state) {
   if (t->init_weights && t->resume) {
     fprintf(stderr, "harmonics train: --init-weights and --resume exclude each other\n");
     return CLI_USAGE;
   }
   if (t->resume) {
     hm_fit_options saved;
-    if (load_checkpoint(t->resume, dist, resume_state) != HM_OK ||
+    if (train_load_checkpoint(t->resume, dist, resume_state) != HM_OK ||
         hm_cycle_state_fit_options(*resume_state, &saved, &t->policy) != HM_OK)
       return cli_fail("--resume");
     saved.backend = t->o.backend;
@@ -347,7 +345,7 @@ static int apply_start(hm_graph *g, train_args *t, const hm_collectives *dist, h
 }
 
 /* Flushes and closes the dashboard sink, with its counts. */
-static void close_dashboard(progress_ui *ui) {
+void train_close_dashboard(progress_ui *ui) {
   if (!ui->dashboard.fn) return;
   hm_visualizer_stats vstats;
   memset(&vstats, 0, sizeof vstats);
@@ -362,7 +360,7 @@ static void close_dashboard(progress_ui *ui) {
           (unsigned long long)vstats.pending, (unsigned long long)vstats.connects);
 }
 
-static void print_results(const hm_cycle_state *st) {
+void train_print_results(const hm_cycle_state *st) {
   float acc = hm_cycle_state_eval_accuracy(st);
   printf("backend: %s\n", hm_cycle_state_backend(st));
   for (size_t i = 0; i < hm_cycle_state_layer_count(st); i++) {
@@ -379,7 +377,7 @@ static void print_results(const hm_cycle_state *st) {
            (double)hm_cycle_state_loss(st));
 }
 
-static void print_json(const train_args *t, const hm_cycle_state *st, int ranks) {
+void train_print_json(const train_args *t, const hm_cycle_state *st, int ranks) {
   printf("{\"model\":");
   json_string(stdout, t->model);
   printf(",\"test_accuracy\":");
@@ -400,11 +398,17 @@ static void print_json(const train_args *t, const hm_cycle_state *st, int ranks)
   printf(",\"backend\":");
   json_string(stdout, hm_cycle_state_backend(st));
   printf(",\"peak_device_bytes\":%zu,\"ranks\":%d", hm_cycle_state_device_bytes(st), ranks);
+  if (t->stages) {
+    printf(",\"pipeline\":");
+    json_string(stdout, t->pipeline);
+    printf(",\"stages\":%zu,\"micro_batches\":%zu", t->stages, t->micro_batches);
+  }
   printf(",\"policy\":");
   json_string(stdout, t->policy_text);
   printf(",\"optimizer\":\"%s\",\"lr\":", hm_optimizer_name(t->o.optimizer));
   json_number(stdout, t->o.learning_rate);
-  printf(",\"batch\":%zu,\"seed\":%llu,\"threads\":%zu,\"stop_reason\":", t->o.batch_size,
+  printf(",\"batch\":%zu,\"seed\":%llu,\"threads\":%zu,\"stop_reason\":",
+         t->o.batch_size * (t->stages ? t->micro_batches : 1),
          (unsigned long long)t->o.seed, t->threads);
   json_string(stdout, hm_cycle_state_stop_reason(st));
   printf(",\"layers\":[");
@@ -430,7 +434,7 @@ static void print_json(const train_args *t, const hm_cycle_state *st, int ranks)
 }
 
 /* Loads the model and binds its data. */
-static int load_model(const train_args *t, hm_graph **g, cli_sources *src) {
+int train_load_model(const train_args *t, hm_graph **g, cli_sources *src) {
   if (cli_load_model(t->model, g) != CLI_OK) return CLI_FAILED;
   int rc = CLI_OK;
   if (t->dataset) rc = cli_bind_dataset(*g, t->dataset, t->limit_train, t->limit_eval, src);
@@ -476,7 +480,7 @@ int cmd_train(int argc, char **argv) {
   hm_collectives *dist = NULL;
   rc = open_distributed(&t, &dist);
   if (rc != CLI_OK) return rc;
-  rc = train_run(&t, dist);
+  rc = t.pipeline ? train_pipeline(&t, dist) : train_run(&t, dist);
   close_distributed(dist);
   return rc;
 }
@@ -496,22 +500,22 @@ static int train_run(train_args *t_in, const hm_collectives *dist) {
   hm_graph *g = NULL;
   cli_sources src = {{0}, 0, 0};
   hm_cycle_state *resume_state = NULL, *st = NULL;
-  rc = load_model(&t, &g, &src);
-  if (rc == CLI_OK) rc = apply_start(g, &t, dist, &resume_state);
+  rc = train_load_model(&t, &g, &src);
+  if (rc == CLI_OK) rc = train_apply_start(g, &t, dist, &resume_state);
   progress_ui ui;
   memset(&ui, 0, sizeof ui);
   ui.tty = isatty(2) && !t.json && root;
   ui.epochs = t.epochs;
   ui.batch = t.o.batch_size;
-  ui.start = now_s();
+  ui.start = train_now();
   hm_visualizer_options vopts = hm_visualizer_options_default();
   vopts.flush_seconds = 0; /* flushed explicitly below, once */
   if (rc == CLI_OK && t.dashboard && hm_websocket_visualizer_open_url(t.dashboard, &vopts, &ui.dashboard) != HM_OK)
     rc = cli_fail("--dashboard");
   if (rc == CLI_OK) {
-    t.o.progress.fn = on_progress;
+    t.o.progress.fn = train_on_progress;
     t.o.progress.user = &ui;
-    t.o.on_epoch = on_epoch;
+    t.o.on_epoch = train_on_epoch;
     t.o.on_epoch_user = &ui;
     size_t per_step = t.o.batch_size * t.o.accumulate_steps;
     ui.steps_per_epoch = (src.train_samples + per_step - 1) / per_step;
@@ -524,14 +528,14 @@ static int train_run(train_args *t_in, const hm_collectives *dist) {
       rc = cli_fail("training failed");
     }
   }
-  close_dashboard(&ui);
+  train_close_dashboard(&ui);
   /* A diverged run still saves: the graph holds its last finite weights. */
   if ((rc == CLI_OK || rc == CLI_DIVERGED) && t.save_weights) {
     if (hm_weights_save_safetensors(hm_graph_weights(g), t.save_weights) != HM_OK) rc = cli_fail("--save-weights");
     else if (rc == CLI_DIVERGED) fprintf(stderr, "harmonics: saved the last finite weights to %s\n", t.save_weights);
   }
-  if (rc == CLI_OK && root) print_results(st);
-  if (rc == CLI_OK && t.json) print_json(&t, st, dist ? dist->size : 1);
+  if (rc == CLI_OK && root) train_print_results(st);
+  if (rc == CLI_OK && t.json) train_print_json(&t, st, dist ? dist->size : 1);
   hm_cycle_state_free(st);
   hm_cycle_state_free(resume_state);
   hm_graph_free(g);

@@ -399,6 +399,21 @@ hm_status hm_partition_fit(hm_partition *p, size_t epochs, const hm_policy *poli
       hm_pipeline_local_transport(local, k)->fail(hm_pipeline_local_transport(local, k)->self, hm_last_error());
     }
   for (size_t k = 0; k < started; k++) pthread_join(threads[k], NULL);
+  /* Every stage diverged at the same update (they share the loss and norm):
+   * the whole graph keeps the stages' last finite weights. */
+  int diverged = st == HM_OK && started == K;
+  for (size_t k = 0; k < started && diverged; k++) diverged = runs[k].status == HM_STATUS_DIVERGED;
+  if (diverged) {
+    const hm_weights **sets = hm__calloc(K, sizeof *sets);
+    hm_weights *merged = NULL;
+    st = sets ? HM_OK : hm__fail(HM_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+    for (size_t k = 0; sets && k < K; k++) sets[k] = hm_graph_weights(p->stages[k]);
+    if (st == HM_OK) st = hm_partition_merge_weights(p, sets, &merged);
+    if (st == HM_OK) st = hm_graph_set_weights(p->whole, merged);
+    hm_weights_free(merged);
+    hm__free(sets);
+    if (st == HM_OK) st = hm__fail(HM_STATUS_DIVERGED, "%s", runs[K - 1].error);
+  }
   /* The stage that failed first says why; the others failed because of it. */
   if (st == HM_OK && local->failed) {
     stage_run *r = &runs[local->failed_stage];
