@@ -177,6 +177,11 @@ HM_API float hm_cycle_state_grad_norm(const hm_cycle_state *s);
 HM_API float hm_cycle_state_learning_rate(const hm_cycle_state *s);
 HM_API double hm_cycle_state_elapsed(const hm_cycle_state *s);       /* seconds since fit started */
 HM_API double hm_cycle_state_train_seconds(const hm_cycle_state *s); /* in update steps only */
+/* A pipeline stage (harmonics/pipeline.h): the part of train_seconds it
+ * spent waiting for the other stages' messages (the pipeline's bubble and
+ * imbalance, as this stage saw them); 0 outside a pipeline. Not kept in
+ * checkpoints. */
+HM_API double hm_cycle_state_wait_seconds(const hm_cycle_state *s);
 HM_API size_t hm_cycle_state_samples(const hm_cycle_state *s);       /* training samples processed */
 /* Held-out metrics of the last evaluation (NAN when none; accuracy only for
  * classification). */

@@ -114,6 +114,7 @@ float hm_cycle_state_grad_norm(const hm_cycle_state *s) { return s ? s->grad_nor
 float hm_cycle_state_learning_rate(const hm_cycle_state *s) { return s ? s->lr : NAN; }
 double hm_cycle_state_elapsed(const hm_cycle_state *s) { return s ? s->elapsed : 0; }
 double hm_cycle_state_train_seconds(const hm_cycle_state *s) { return s ? s->train_seconds : 0; }
+double hm_cycle_state_wait_seconds(const hm_cycle_state *s) { return s ? s->wait_seconds : 0; }
 size_t hm_cycle_state_samples(const hm_cycle_state *s) { return s ? s->samples : 0; }
 float hm_cycle_state_eval_loss(const hm_cycle_state *s) { return s ? s->eval_loss : NAN; }
 float hm_cycle_state_eval_accuracy(const hm_cycle_state *s) { return s ? s->eval_accuracy : NAN; }

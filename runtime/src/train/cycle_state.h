@@ -17,6 +17,7 @@ struct hm_cycle_state {
   double epoch_loss_sum;
   size_t epoch_loss_rows;
   double start_time, elapsed, train_seconds;
+  double wait_seconds;      /* a pipeline stage: of train_seconds, waiting for the other stages */
   float eval_loss, eval_accuracy;
   hm_stop_reason stop_reason;
   hm_weights *weights, *opt_state;

@@ -44,6 +44,7 @@ struct hm_pipe {
   float *buf, *acc; /* host staging of one boundary tensor */
   size_t buf_floats;
   double timeout;
+  double waited; /* seconds inside the transport's receive */
 };
 
 /* Subjects of control messages (the header's boundary field). */
@@ -156,6 +157,7 @@ void hm__pipe_free(hm_pipe *p) {
 }
 
 int hm__pipe_is_root(const hm_pipe *p) { return !p || p->stage == p->last; }
+double hm__pipe_waited(const hm_pipe *p) { return p->waited; }
 size_t hm__pipe_stage(const hm_pipe *p) { return p->stage; }
 
 void hm__pipe_fail(const hm_pipeline_stage *ps, const char *message) {
@@ -192,7 +194,9 @@ static hm_status recv_from(hm_pipe *p, size_t from, const hm_boundary_header *wa
   const hm_pipeline_transport *t = p->ps->transport;
   hm_boundary_header got;
   memset(&got, 0xff, sizeof got); /* a transport that failed before reading a header leaves this */
+  double t0 = hm__now();
   hm_status st = t->recv(t->self, from, &got, payload, (size_t)want->bytes, p->timeout);
+  p->waited += hm__now() - t0;
   char expected[160], received[160];
   hm_boundary_header_format(want, expected, sizeof expected);
   int have_header = got.kind != UINT32_MAX;

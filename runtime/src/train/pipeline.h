@@ -62,6 +62,9 @@ hm_status hm__pipe_decide(hm_pipe *p, size_t step, hm_pipe_decision *d);
  * stage gets the last stage's loss and accuracy. */
 hm_status hm__pipe_evaluate(hm_pipe *p, size_t step, float *loss, float *accuracy);
 
+/* Seconds this stage has spent waiting in the transport's receive. */
+double hm__pipe_waited(const hm_pipe *p);
+
 /* This stage failed with |message|: tells the others through the transport. */
 void hm__pipe_fail(const hm_pipeline_stage *ps, const char *message);
 

@@ -237,7 +237,7 @@ static hm_status apply_group_pipe(loop *L) {
   hm_cycle_state *st = L->st;
   double scalars[N_SLOTS], loss_sum = 0, loss_rows = 0;
   float sumsq = 0;
-  double t0 = hm__now();
+  double t0 = hm__now(), w0 = hm__pipe_waited(L->pipe);
   HM_RETURN_IF_ERROR(hm__pipe_update(L->pipe, st->step, L->group_idx, L->group_n, L->micro, &loss_sum, &loss_rows));
   HM_RETURN_IF_ERROR(hm__step_scalars(L->o, st->step, (double)L->micro, scalars));
   HM_RETURN_IF_ERROR(hm__session_step(L->s, PROG_APPLY, NULL, 0, scalars, NULL, &sumsq));
@@ -253,7 +253,10 @@ static hm_status apply_group_pipe(loop *L) {
     d.stop = L->stop;
     d.reason = (int32_t)st->stop_reason;
   }
+  double t1 = hm__now();
   HM_RETURN_IF_ERROR(hm__pipe_decide(L->pipe, step, &d));
+  st->train_seconds += hm__now() - t1; /* waiting for the decision is pipeline time too */
+  st->wait_seconds += hm__pipe_waited(L->pipe) - w0;
   if (!is_root(L)) {
     after_update(L, (float)d.loss, (float)d.sumsq, scalars[SLOT_LR]);
     L->stop = d.stop;
