@@ -1,4 +1,4 @@
-/* The .hmx parser and width resolution on arbitrary text. */
+/* The .hmx parser, width resolution and a declared partition on arbitrary text. */
 #include "harmonics/harmonics.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
@@ -8,6 +8,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     if (hm_graph_resolve(g) == HM_OK) {
       hm_status st = hm_graph_init_weights(g, 1);
       (void)st;
+      hm_partition *p = NULL;
+      if (hm_graph_partition_count(g) && hm_graph_partition_by_layer(g, NULL, 0, &p) == HM_OK) hm_partition_free(p);
     }
     hm_graph_free(g);
   }

@@ -1,4 +1,4 @@
-/* .hgr graph files, as given and with repaired checksums. */
+/* .hgr graph files (and the partition they declare), as given and with repaired checksums. */
 #include "fuzz_util.h"
 #include "harmonics/harmonics.h"
 
@@ -7,8 +7,10 @@ static void one(const uint8_t *data, size_t size) {
   if (!f) return;
   hm_graph *g = NULL;
   if (hm_load_graph(f, &g) == HM_OK) {
-    hm_status st = hm_graph_resolve(g);
-    (void)st;
+    hm_partition *p = NULL;
+    if (hm_graph_resolve(g) == HM_OK && hm_graph_partition_count(g) &&
+        hm_graph_partition_by_layer(g, NULL, 0, &p) == HM_OK)
+      hm_partition_free(p);
     hm_graph_free(g);
   }
   fclose(f);

@@ -321,7 +321,66 @@ static void load_dsl_file_errors(void) {
   hm_graph_free(g);
 }
 
+/* `partition by layer a, b;` declares where a pipeline cuts the graph; it
+ * survives .hgr (format 2); errors name the place. */
+static void a_partition_is_declared_and_kept(void) {
+  static const char text[] = "producer x {3}; producer y {2}; layer a {4}; layer b {4}; layer o;\n"
+                             "partition by layer a, b;\n"
+                             "cycle { x -> a -(relu)-> b -> o; o <-(mse)- y; }";
+  hm_graph *g = parse(text);
+  if (!g) return;
+  HM_CHECK_EQ(hm_graph_partition_count(g), 2);
+  HM_CHECK(strcmp(hm_graph_partition_cut(g, 0), "a") == 0 && strcmp(hm_graph_partition_cut(g, 1), "b") == 0);
+  HM_CHECK(hm_graph_partition_cut(g, 2) == NULL);
+  hm_partition *p = NULL;
+  HM_CHECK_OK(hm_graph_partition_by_layer(g, NULL, 0, &p));
+  HM_CHECK_EQ(hm_partition_stage_count(p), 3);
+  hm_partition_free(p);
+  /* The binary graph keeps it. */
+  FILE *f = tmpfile();
+  HM_CHECK(f != NULL);
+  hm_graph *back = NULL;
+  if (f) {
+    HM_CHECK_OK(hm_save_graph(g, f));
+    rewind(f);
+    HM_CHECK_OK(hm_load_graph(f, &back));
+    fclose(f);
+  }
+  HM_CHECK_EQ(hm_graph_partition_count(back), 2);
+  HM_CHECK(back && strcmp(hm_graph_partition_cut(back, 1), "b") == 0);
+  hm_graph_free(back);
+  /* The builder declares the same; a cut that is not a layer is refused. */
+  hm_graph *plain = parse("producer x {3}; producer y {2}; layer a {4}; layer b {4}; layer o;"
+                          "cycle { x -> a -(relu)-> b -> o; o <-(mse)- y; }");
+  const char *cuts[2] = {"a", "b"}, *bad[1] = {"x"};
+  HM_CHECK_OK(hm_graph_set_partition(plain, cuts, 2));
+  HM_CHECK_EQ(hm_graph_partition_count(plain), 2);
+  HM_CHECK_EQ(hm_graph_set_partition(plain, bad, 1), HM_STATUS_INVALID_ARGUMENT);
+  HM_CHECK_STR_CONTAINS(hm_last_error(), "partition: 'x' is a producer; a cut names a layer");
+  HM_CHECK_EQ(hm_graph_partition_count(plain), 2);
+  HM_CHECK_OK(hm_graph_set_partition(plain, NULL, 0));
+  HM_CHECK_EQ(hm_graph_partition_count(plain), 0);
+  hm_graph_free(plain);
+  hm_graph_free(g);
+  /* Errors name the place. */
+  expect_error("layer a {2};\npartition by layer q;", HM_STATUS_PARSE_ERROR, "t.hmx:2:20: partition: no layer named 'q'");
+  expect_error("producer x {2};\n partition by layer x;", HM_STATUS_PARSE_ERROR,
+               "t.hmx:2:21: partition: 'x' is a producer; a cut names a layer");
+  expect_error("layer a {2}; partition a;", HM_STATUS_PARSE_ERROR, "t.hmx:1:24: expected 'by layer' after 'partition'");
+  expect_error("layer a {2}; partition by layer a,;", HM_STATUS_PARSE_ERROR, "t.hmx:1:35: expected a name");
+  expect_error("layer a {2}; partition by layer a; partition by layer a;", HM_STATUS_PARSE_ERROR,
+               "t.hmx:1:36: the graph is already partitioned (line 1)");
+  expect_error("layer a {2}; partition by layer a", HM_STATUS_PARSE_ERROR, "expected ';'");
+  /* A partition the graph cannot take is reported where it was declared. */
+  hm_graph *late = parse("producer x {3}; producer y {2}; layer a {4}; layer o;\n"
+                         "cycle { x -> a -> o; o <-(mse)- y; }\n  partition by layer o;");
+  HM_CHECK_EQ(hm_graph_partition_by_layer(late, NULL, 0, &p), HM_STATUS_INVALID_ARGUMENT);
+  HM_CHECK_STR_CONTAINS(hm_last_error(), "t.hmx:3:3: partition: no layer follows the last cut 'o'");
+  hm_graph_free(late);
+}
+
 static const hm_test_case cases[] = {
+    HM_TEST_CASE(a_partition_is_declared_and_kept),
     HM_TEST_CASE(parses_declarations_and_flows),
     HM_TEST_CASE(continuation_line_uses_previous_source),
     HM_TEST_CASE(builder_makes_the_same_graph),

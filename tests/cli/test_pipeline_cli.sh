@@ -73,6 +73,28 @@ rc=$?
 check "--resume continues every stage: $(tail -2 "$work/resumed.out")" test "$rc" -eq 0
 check "the resumed pipeline saves the uninterrupted run's weights" cmp "$work/single4.st" "$work/resumed.st"
 
+# A model that declares its partition trains as that pipeline; --pipeline
+# none trains it whole; compile writes the stages.
+sed 's/^  cycle/  partition by layer h1, h2;\n  cycle/' "$work/net.hmx" >"$work/declared.hmx"
+declared=("$work/declared.hmx" "${common[@]:1}")
+"$cli" train "${declared[@]}" --batch 16 --micro-batches 4 --save-weights "$work/declared.st" --json >"$work/declared.out" 2>&1
+rc=$?
+check "a declared partition trains as a pipeline: $(tail -1 "$work/declared.out" | head -c 200)" test "$rc" -eq 0
+check "... of the declared cuts" grep -q '"pipeline":"h1,h2","stages":3' "$work/declared.out"
+check "... with one process's weights" cmp "$work/single4.st" "$work/declared.st"
+"$cli" train "${declared[@]}" --batch 4 --accumulate 4 --pipeline none --save-weights "$work/whole.st" >"$work/whole.out" 2>&1
+rc=$?
+check "--pipeline none trains the declared model whole: $(tail -1 "$work/whole.out")" test "$rc" -eq 0
+check "... as one process" cmp "$work/single4.st" "$work/whole.st"
+(cd "$work" && "$cli" compile "$work/declared.hmx" --stages -o "$work/net.hgr" >"$work/compile.out" 2>&1)
+rc=$?
+check "compile --stages writes every stage: $(cat "$work/compile.out")" \
+  test "$rc" -eq 0 -a -s "$work/net.stage0.hgr" -a -s "$work/net.stage1.hgr" -a -s "$work/net.stage2.hgr"
+check "... and says what crosses" grep -q '^  boundary1: h2 (12 values) to stage 2$' "$work/compile.out"
+"$cli" compile "$work/net.stage2.hgr" -o "$work/again.hgr" >/dev/null 2>&1
+rc=$?
+check "a stage's graph is an ordinary graph" test "$rc" -eq 0
+
 # Bad command lines.
 expect_fail() {
   local want=$1 pattern=$2; shift 2

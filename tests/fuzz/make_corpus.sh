@@ -28,6 +28,8 @@ printf 'producer x {4}; producer t {2}; layer h {3}; layer o; cycle { x -(tanh)-
   --optimizer adam --save-weights "$c/safetensors/tiny.safetensors" --checkpoint "$c/checkpoint/tiny.hck" >/dev/null
 "$bin" convert "$c/safetensors/tiny.safetensors" "$c/weights/tiny.hnwt" >/dev/null
 "$bin" compile "$work/m.hmx" -o "$c/graph/tiny.hgr" >/dev/null
+printf 'producer x {4}; producer t {2}; layer h {3}; layer o; partition by layer h;\ncycle { x -(tanh)-> h -> o; o <-(cross_entropy)- t; }\n' >"$c/dsl/partition.hmx"
+"$bin" compile "$c/dsl/partition.hmx" -o "$c/graph/partition.hgr" >/dev/null
 "$bin" compile "$c/dsl/tiny.hmx" -o "$c/graph/consumer_ratio.hgr" >/dev/null
 
 # IDX: 2 images of 2x3 bytes, 2 labels; raw and gzip'ed.

@@ -54,7 +54,8 @@ static void train_usage(FILE *f) {
           "  --pipeline LAYER[,LAYER...]  cut the model after these layers into stages that train\n"
           "                           together (GPipe): stages on threads, or one stage per rank\n"
           "                           under mpirun (-np = stages); bit-identical to one process with\n"
-          "                           --batch B/M --accumulate M\n"
+          "                           --batch B/M --accumulate M. A model that declares\n"
+          "                           `partition by layer ...;` is cut there; --pipeline none trains it whole\n"
           "  --micro-batches M        (with --pipeline, 1) each update's --batch in M micro-batches\n"
           "  --stage-backend K=NAME[,K=NAME...]   the backend of stage K (else --backend)\n"
           "  --dashboard ws://HOST:PORT/trainer   stream every update to a dashboard\n"
@@ -173,7 +174,10 @@ static int parse_valued(const char *a, const char *v, train_args *t) {
   else if (OPT("--threads")) return cli_parse_size(a, v, &t->threads) ? CLI_USAGE : CLI_OK;
   else if (OPT("--accumulate")) return cli_parse_size(a, v, &o->accumulate_steps) ? CLI_USAGE : CLI_OK;
   else if (OPT("--micro-batches")) return cli_parse_size(a, v, &t->micro_batches) ? CLI_USAGE : CLI_OK;
-  else if (OPT("--pipeline")) t->pipeline = v;
+  else if (OPT("--pipeline")) {
+    t->pipeline = strcmp(v, "none") ? v : NULL;
+    t->no_pipeline = !t->pipeline;
+  }
   else if (OPT("--stage-backend")) t->stage_backends = v;
   else if (OPT("--early-stop")) return cli_parse_size(a, v, &o->early_stop_patience) ? CLI_USAGE : CLI_OK;
   else if (OPT("--lr")) return cli_parse_float(a, v, &o->learning_rate) ? CLI_USAGE : CLI_OK;
@@ -260,16 +264,6 @@ static int parse_args(int argc, char **argv, train_args *t, int *done) {
     fprintf(stderr, "harmonics train: --epochs must be at least 1\n");
     return CLI_USAGE;
   }
-  if (!t->pipeline && (t->micro_batches || t->stage_backends)) {
-    fprintf(stderr, "harmonics train: %s needs --pipeline\n", t->micro_batches ? "--micro-batches" : "--stage-backend");
-    return CLI_USAGE;
-  }
-  if (t->pipeline && t->o.accumulate_steps != 1) {
-    fprintf(stderr, "harmonics train: a pipeline accumulates over its micro-batches: use --micro-batches, not "
-                    "--accumulate\n");
-    return CLI_USAGE;
-  }
-  if (t->pipeline && !t->micro_batches) t->micro_batches = 1;
   if (t->decay_rate > 0)
     t->o.lr_schedule_fp = hm_exponential_decay_schedule(t->o.learning_rate, t->decay_rate, t->decay_steps, t->decay_min);
   t->o.threads = (unsigned)t->threads;
@@ -472,11 +466,41 @@ static void close_distributed(hm_collectives *c) {
 
 static int train_run(train_args *t, const hm_collectives *dist);
 
+/* Whether the model declares `partition by layer ...;` (then it trains as a
+ * pipeline unless --pipeline none). A model that does not load says so later. */
+static int declares_partition(const char *model) {
+  hm_graph *g = NULL;
+  hm_status st = cli_file_kind_of(model) == CLI_FILE_GRAPH ? hm_load_graph_file(model, &g) : hm_graph_load_dsl(model, &g);
+  int yes = st == HM_OK && hm_graph_partition_count(g) > 0;
+  hm_graph_free(g);
+  hm_clear_error();
+  return yes;
+}
+
+/* The pipeline options go together. */
+static int check_pipeline_args(train_args *t) {
+  if (!t->pipeline && !t->no_pipeline && declares_partition(t->model)) t->pipeline = ""; /* the model's own cuts */
+  if (!t->pipeline && (t->micro_batches || t->stage_backends)) {
+    fprintf(stderr, "harmonics train: %s needs --pipeline (or a model that declares `partition by layer ...;`)\n",
+            t->micro_batches ? "--micro-batches" : "--stage-backend");
+    return CLI_USAGE;
+  }
+  if (t->pipeline && t->o.accumulate_steps != 1) {
+    fprintf(stderr, "harmonics train: a pipeline accumulates over its micro-batches: use --micro-batches, not "
+                    "--accumulate\n");
+    return CLI_USAGE;
+  }
+  if (t->pipeline && !t->micro_batches) t->micro_batches = 1;
+  return CLI_OK;
+}
+
 int cmd_train(int argc, char **argv) {
   train_args t;
   int done = 0;
   int rc = parse_args(argc, argv, &t, &done);
   if (rc != CLI_OK || done) return rc;
+  rc = check_pipeline_args(&t);
+  if (rc != CLI_OK) return rc;
   hm_collectives *dist = NULL;
   rc = open_distributed(&t, &dist);
   if (rc != CLI_OK) return rc;

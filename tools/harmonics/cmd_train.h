@@ -23,8 +23,9 @@ typedef struct train_args {
   /* --pipeline CUTS --micro-batches M --stage-backend K=NAME,...: a pipeline
    * of |stages| stages (set once the model is cut), each update of
    * o.batch_size * M rows in M micro-batches. */
-  const char *pipeline, *stage_backends;
+  const char *pipeline, *stage_backends; /* pipeline "": the model's declared partition */
   size_t micro_batches, stages;
+  int no_pipeline; /* --pipeline none: the whole model here, whatever it declares */
 } train_args;
 
 /* The progress bar (on a terminal) and the per-epoch lines. */

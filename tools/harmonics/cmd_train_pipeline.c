@@ -30,8 +30,10 @@ typedef struct pipeline_setup {
   char registry_backends[1200];     /* what the registry initialises */
 } pipeline_setup;
 
-/* "a,b" -> {"a", "b"}: the layers to cut after. */
+/* "a,b" -> {"a", "b"}: the layers to cut after ("" : the model's own). */
 static int split_cuts(const char *text, pipeline_setup *ps) {
+  ps->n_cuts = 0;
+  if (!*text) return CLI_OK;
   if (strlen(text) >= sizeof ps->cut_text) {
     fprintf(stderr, "harmonics train: --pipeline: the list is too long\n");
     return CLI_USAGE;
@@ -118,8 +120,16 @@ static int cut_model(train_args *t, pipeline_setup *ps, hm_graph **g, cli_source
     if (rc == CLI_OK && hm_graph_set_weights(*g, w) != HM_OK) rc = cli_fail("--init-weights");
     hm_weights_free(w);
   }
-  if (rc == CLI_OK && hm_graph_partition_by_layer(*g, ps->cuts, ps->n_cuts, p) != HM_OK) rc = cli_fail("--pipeline");
+  if (rc == CLI_OK && hm_graph_partition_by_layer(*g, ps->cuts, ps->n_cuts, p) != HM_OK)
+    rc = cli_fail(ps->n_cuts ? "--pipeline" : NULL);
   if (rc == CLI_OK) t->stages = hm_partition_stage_count(*p);
+  if (rc == CLI_OK && !ps->n_cuts) { /* the model's partition: name it as --pipeline would */
+    size_t len = 0;
+    for (size_t i = 0; i < hm_graph_partition_count(*g) && len < sizeof ps->cut_text; i++)
+      len += (size_t)snprintf(ps->cut_text + len, sizeof ps->cut_text - len, "%s%s", i ? "," : "",
+                              hm_graph_partition_cut(*g, i));
+    t->pipeline = ps->cut_text;
+  }
   return rc;
 }
 

@@ -56,6 +56,12 @@ HM_API HM_MUST_USE hm_status hm_graph_connect(hm_graph *g, const char *from, con
 /* layer <-(loss)- target. */
 HM_API HM_MUST_USE hm_status hm_graph_add_loss(hm_graph *g, const char *layer, const char *loss, const char *target);
 
+/* Declares where a pipeline cuts the graph by default (`partition by layer
+ * a, b;` in the DSL): after each of the |n| named layers, as
+ * hm_graph_partition_by_layer with no cuts of its own uses them. n = 0
+ * clears it. NOT_FOUND / INVALID_ARGUMENT for a name that is not a layer. */
+HM_API HM_MUST_USE hm_status hm_graph_set_partition(hm_graph *g, const char *const *cuts, size_t n);
+
 /* ===== Introspection ===== */
 
 HM_API const char *hm_graph_name(const hm_graph *g);
@@ -69,6 +75,9 @@ HM_API HM_MUST_USE hm_status hm_graph_connection(const hm_graph *g, size_t i, co
 HM_API size_t hm_graph_loss_count(const hm_graph *g);
 HM_API HM_MUST_USE hm_status hm_graph_loss(const hm_graph *g, size_t i, const char **layer, const char **loss,
                                            const char **target);
+/* The declared partition: how many cuts, and cut |i| (NULL out of range). */
+HM_API size_t hm_graph_partition_count(const hm_graph *g);
+HM_API const char *hm_graph_partition_cut(const hm_graph *g, size_t i);
 /* Nonzero when the graph has a loss tap (and so can be trained). */
 HM_API int hm_graph_has_training_taps(const hm_graph *g);
 /* Warnings from width resolution (e.g. a ratio overridden by a loss), one

@@ -58,6 +58,7 @@ const char *hm__tok_name(hm_tok_kind k) {
     case TOK_SEMI: return "';'";
     case TOK_SLASH: return "'/'";
     case TOK_PIPE: return "'|'";
+    case TOK_COMMA: return "','";
     case TOK_HYPHEN: return "'-'";
     case TOK_ARROW: return "'->'";
     case TOK_BACK: return "'<-'";
@@ -127,6 +128,7 @@ hm_status hm__lexer_next(hm_lexer *lx, hm_token *out) {
     case ';': k = TOK_SEMI; break;
     case '/': k = TOK_SLASH; break;
     case '|': k = TOK_PIPE; break;
+    case ',': k = TOK_COMMA; break;
     case '-': k = TOK_HYPHEN; break;
     default: {
       unsigned char uc = (unsigned char)c;

@@ -26,6 +26,7 @@ typedef enum hm_tok_kind {
   TOK_SEMI,
   TOK_SLASH,
   TOK_PIPE,
+  TOK_COMMA,
   TOK_HYPHEN,  /* - */
   TOK_ARROW,   /* -> */
   TOK_BACK     /* <- */

@@ -35,6 +35,11 @@ typedef struct parser {
   /* ratio references are checked after all declarations */
   size_t *ratio_nodes;
   size_t n_ratio;
+  /* `partition by layer a, b;`, checked after all declarations */
+  char *cuts[63];
+  int cut_line[63], cut_col[63];
+  size_t n_cuts;
+  int partition_line, partition_col;
 } parser;
 
 static hm_status next(parser *p) { return hm__lexer_next(&p->lx, &p->tok); }
@@ -277,6 +282,47 @@ static hm_status parse_cycle(parser *p) {
   return next(p); /* '}' */
 }
 
+/* partition by layer NAME (',' NAME)* ';' — where a pipeline cuts the graph. */
+static hm_status parse_partition(parser *p) {
+  hm_token at = p->tok;
+  if (p->partition_line)
+    return hm__fail(HM_STATUS_PARSE_ERROR, "%s:%d:%d: the graph is already partitioned (line %d)", p->lx.filename,
+                    at.line, at.col, p->partition_line);
+  p->partition_line = at.line;
+  p->partition_col = at.col;
+  HM_RETURN_IF_ERROR(next(p)); /* 'partition' */
+  if (p->tok.kind != TOK_IDENT || p->tok.len != 2 || memcmp(p->tok.text, "by", 2) != 0)
+    return expected(p, "'by layer' after 'partition'");
+  HM_RETURN_IF_ERROR(next(p));
+  HM_RETURN_IF_ERROR(expect(p, TOK_LAYER));
+  for (;;) {
+    if (p->n_cuts == sizeof p->cuts / sizeof p->cuts[0]) return error_at(p, &p->tok, "more than 63 cuts%s", "");
+    size_t i = p->n_cuts;
+    HM_RETURN_IF_ERROR(take_ident(p, &p->cuts[i], &p->cut_line[i], &p->cut_col[i]));
+    p->n_cuts++;
+    if (p->tok.kind != TOK_COMMA) break;
+    HM_RETURN_IF_ERROR(next(p));
+  }
+  return expect(p, TOK_SEMI);
+}
+
+/* The partition's names are layers; the graph records it. */
+static hm_status resolve_partition(parser *p) {
+  for (size_t i = 0; i < p->n_cuts; i++) {
+    long node = hm__graph_find(p->g, p->cuts[i]);
+    if (node < 0)
+      return hm__fail(HM_STATUS_PARSE_ERROR, "%s:%d:%d: partition: no layer named '%s'", p->lx.filename,
+                      p->cut_line[i], p->cut_col[i], p->cuts[i]);
+    if (p->g->nodes[node].kind != HM_NODE_LAYER)
+      return hm__fail(HM_STATUS_PARSE_ERROR, "%s:%d:%d: partition: '%s' is a %s; a cut names a layer", p->lx.filename,
+                      p->cut_line[i], p->cut_col[i], p->cuts[i],
+                      p->g->nodes[node].kind == HM_NODE_PRODUCER ? "producer" : "consumer");
+  }
+  return p->n_cuts ? hm__graph_set_cuts(p->g, (const char *const *)p->cuts, p->n_cuts, p->partition_line,
+                                        p->partition_col)
+                   : HM_OK;
+}
+
 static hm_status parse_body(parser *p, hm_tok_kind stop) {
   for (;;) {
     switch (p->tok.kind) {
@@ -287,12 +333,16 @@ static hm_status parse_body(parser *p, hm_tok_kind stop) {
       case TOK_IF:
       case TOK_ELSE: return error_at(p, &p->tok, "conditionals ('if'/'else') are not supported%s", "");
       case TOK_IDENT:
+        if (p->tok.len != 9 || memcmp(p->tok.text, "partition", 9) != 0)
+          return error_at(p, &p->tok, "flow lines belong inside 'cycle { ... }'%s", "");
+        HM_RETURN_IF_ERROR(parse_partition(p));
+        break;
       case TOK_ARROW:
       case TOK_HYPHEN:
       case TOK_BACK: return error_at(p, &p->tok, "flow lines belong inside 'cycle { ... }'%s", "");
       default:
         if (p->tok.kind == stop) return HM_OK;
-        return expected(p, "a declaration (producer, consumer, layer or cycle)");
+        return expected(p, "a declaration (producer, consumer, layer, cycle or partition)");
     }
   }
 }
@@ -372,6 +422,8 @@ hm_status hm_graph_parse(const char *text, size_t length, const char *filename, 
     st = parse_body(&p, TOK_END);
   }
   if (st == HM_OK) st = resolve_arrows(&p);
+  if (st == HM_OK) st = resolve_partition(&p);
+  for (size_t i = 0; i < p.n_cuts; i++) hm__free(p.cuts[i]);
   for (size_t i = 0; i < p.n_arrows; i++) {
     hm__free(p.arrows[i].src);
     hm__free(p.arrows[i].dst);

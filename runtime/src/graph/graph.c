@@ -35,6 +35,7 @@ void hm_graph_free(hm_graph *g) {
   hm__hash_free(&g->node_index);
   hm__hash_free(&g->edge_index);
   hm__free(g->taps);
+  hm__graph_set_cuts(g, NULL, 0, 0, 0);
   hm_weights_free(g->weights);
   hm__sb_free(&g->warnings);
   hm__free(g->name);
@@ -286,6 +287,41 @@ hm_status hm_graph_loss(const hm_graph *g, size_t i, const char **layer, const c
 }
 
 int hm_graph_has_training_taps(const hm_graph *g) { return g && g->n_taps > 0; }
+
+size_t hm_graph_partition_count(const hm_graph *g) { return g ? g->n_cuts : 0; }
+const char *hm_graph_partition_cut(const hm_graph *g, size_t i) { return g && i < g->n_cuts ? g->cuts[i] : NULL; }
+
+hm_status hm__graph_set_cuts(hm_graph *g, const char *const *cuts, size_t n, int line, int col) {
+  char **copy = n ? hm__calloc(n, sizeof *copy) : NULL;
+  if (n && !copy) return hm__fail(HM_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+  for (size_t i = 0; i < n; i++)
+    if (!(copy[i] = hm__strdup(cuts[i]))) {
+      for (size_t j = 0; j < i; j++) hm__free(copy[j]);
+      hm__free(copy);
+      return hm__fail(HM_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+    }
+  for (size_t i = 0; i < g->n_cuts; i++) hm__free(g->cuts[i]);
+  hm__free(g->cuts);
+  g->cuts = copy;
+  g->n_cuts = n;
+  g->cuts_line = line;
+  g->cuts_col = col;
+  return HM_OK;
+}
+
+hm_status hm_graph_set_partition(hm_graph *g, const char *const *cuts, size_t n) {
+  CHECK_GRAPH(g);
+  if (n && !cuts) return hm__fail(HM_STATUS_INVALID_ARGUMENT, "hm_graph_set_partition: NULL cuts");
+  if (n >= 64) return hm__fail(HM_STATUS_OUT_OF_RANGE, "a partition of %zu cuts (at most 63)", n);
+  for (size_t i = 0; i < n; i++) {
+    long node = cuts[i] ? hm__graph_find(g, cuts[i]) : -1;
+    if (node < 0) return hm__fail(HM_STATUS_NOT_FOUND, "partition: no layer named '%s'", cuts[i] ? cuts[i] : "(NULL)");
+    if (g->nodes[node].kind != HM_NODE_LAYER)
+      return hm__fail(HM_STATUS_INVALID_ARGUMENT, "partition: '%s' is a %s; a cut names a layer", cuts[i],
+                      kind_name(g->nodes[node].kind));
+  }
+  return hm__graph_set_cuts(g, cuts, n, 0, 0);
+}
 const char *hm_graph_warnings(const hm_graph *g) { return g && g->warnings.data ? g->warnings.data : ""; }
 
 /* ===== Bindings ===== */

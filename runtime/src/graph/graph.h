@@ -64,6 +64,10 @@ struct hm_graph {
   /* Lookups by name and by (src, dst), so building a graph of n
    * connections costs O(n), whatever a file declares. */
   hm_hash_index node_index, edge_index;
+  /* `partition by layer a, b;`: where a pipeline cuts the graph by default. */
+  char **cuts;
+  size_t n_cuts;
+  int cuts_line, cuts_col;
 };
 
 /* Index of the node named |name|, or -1. */
@@ -94,10 +98,15 @@ hm_status hm__graph_init_edge(const hm_graph *g, size_t edge, uint64_t seed, hm_
  * |source| names the origin in messages (a file name). */
 hm_status hm__graph_check_weights(const hm_graph *g, const hm_weights *w, const char *source);
 
+/* Records the graph's declared partition (|n| layer names; 0 clears it);
+ * |line|/|col| locate it in messages. */
+hm_status hm__graph_set_cuts(hm_graph *g, const char *const *cuts, size_t n, int line, int col);
+
 /* The structure's binary encoding (graph_io.c), shared by .hgr files and
- * checkpoints. */
+ * checkpoints. |with_name| encodes a file: the name, the resolved widths and
+ * (format 2) the declared partition; without it, what the fingerprint covers. */
 void hm__graph_encode(const hm_graph *g, hm_bytes *b, int with_name);
-hm_status hm__graph_decode(hm_reader *r, hm_graph **out);
+hm_status hm__graph_decode(hm_reader *r, uint32_t version, hm_graph **out);
 /* CRC32C of the graph's structure (no name, no resolved widths). */
 uint32_t hm__graph_fingerprint(const hm_graph *g);
 

@@ -7,6 +7,8 @@
  *     u8 has_ratio [i32 num, i32 den, str ref]
  *   u32 n_edges, then per edge: u32 src, u32 dst, u32 activation
  *   u32 n_taps, then per tap: u32 layer, u32 target, u32 loss
+ * Version 2 adds the declared partition (`partition by layer a, b;`):
+ *   u32 n_cuts, then per cut: str layer name
  * Decoding rebuilds the graph through the same checks as the builder (names,
  * kinds, indices, duplicates), so a hostile file cannot produce a graph the
  * DSL could not.
@@ -51,6 +53,9 @@ void hm__graph_encode(const hm_graph *g, hm_bytes *b, int with_name) {
     hm__bytes_u32(b, (uint32_t)g->taps[i].target);
     hm__bytes_u32(b, g->taps[i].loss);
   }
+  if (!with_name) return; /* the fingerprint: where a pipeline cuts is not what the graph computes */
+  hm__bytes_u32(b, (uint32_t)g->n_cuts);
+  for (size_t i = 0; i < g->n_cuts; i++) hm__bytes_str(b, g->cuts[i]);
 }
 
 uint32_t hm__graph_fingerprint(const hm_graph *g) {
@@ -61,7 +66,26 @@ uint32_t hm__graph_fingerprint(const hm_graph *g) {
   return crc;
 }
 
-hm_status hm__graph_decode(hm_reader *r, hm_graph **out) {
+/* Version 2's declared partition: layer names, at most 63. */
+static void decode_cuts(hm_reader *r, hm_graph *g) {
+  size_t n = hm__read_count(r, 4, 63, "partition cut count");
+  char *cuts[63];
+  size_t got = 0;
+  for (; got < n && r->status == HM_OK; got++) {
+    cuts[got] = hm__read_str(r, 256, "partition cut");
+    if (r->status != HM_OK) {
+      hm__free(cuts[got]);
+      break;
+    }
+  }
+  if (r->status == HM_OK) {
+    hm_status st = hm_graph_set_partition(g, (const char *const *)cuts, n);
+    if (st != HM_OK) hm__reader_fail_from(r, st, "%s", hm_last_error());
+  }
+  for (size_t i = 0; i < got; i++) hm__free(cuts[i]);
+}
+
+hm_status hm__graph_decode(hm_reader *r, uint32_t version, hm_graph **out) {
   char *name = hm__read_str(r, 4096, "graph name");
   if (r->status != HM_OK) return r->status;
   hm_graph *g = NULL;
@@ -131,6 +155,7 @@ hm_status hm__graph_decode(hm_reader *r, hm_graph **out) {
       if (added != HM_OK) hm__reader_fail_from(r, added, "loss %zu: %s", i, hm_last_error());
     }
   }
+  if (version >= 2 && r->status == HM_OK) decode_cuts(r, g);
   hm__reader_finish(r);
   if (r->status != HM_OK) {
     hm_graph_free(g);
@@ -152,8 +177,9 @@ hm_status hm_save_graph(const hm_graph *g, FILE *f) {
 static hm_status load_graph(FILE *f, const char *what, hm_graph **out) {
   unsigned char *buf = NULL;
   hm_reader r;
-  HM_RETURN_IF_ERROR(hm__container_read(f, GRAPH_MAGIC, HM_GRAPH_FORMAT_VERSION, MAX_GRAPH_FILE, what, &buf, &r, NULL));
-  hm_status st = hm__graph_decode(&r, out);
+  uint32_t version = 0;
+  HM_RETURN_IF_ERROR(hm__container_read(f, GRAPH_MAGIC, HM_GRAPH_FORMAT_VERSION, MAX_GRAPH_FILE, what, &buf, &r, &version));
+  hm_status st = hm__graph_decode(&r, version, out);
   hm__free(buf);
   return st;
 }

@@ -271,11 +271,24 @@ static hm_status build_stage(hm_partition *p, size_t k, size_t *local) {
   return st;
 }
 
+static hm_status partition(hm_graph *g, const char *const *cuts, size_t n_cuts, hm_partition **out);
+
 hm_status hm_graph_partition_by_layer(hm_graph *g, const char *const *cuts, size_t n_cuts, hm_partition **out) {
   if (!g || !out || (n_cuts && !cuts))
     return hm__fail(HM_STATUS_INVALID_ARGUMENT, "hm_graph_partition_by_layer: NULL graph, cuts or output");
-  if (n_cuts == 0)
-    return hm__fail(HM_STATUS_INVALID_ARGUMENT, "partition: no cut given (name the layer each stage ends with)");
+  if (n_cuts) return partition(g, cuts, n_cuts, out);
+  if (!g->n_cuts)
+    return hm__fail(HM_STATUS_INVALID_ARGUMENT,
+                    "partition: no cut given (name the layer each stage ends with, or declare `partition by layer "
+                    "a, b;` in the model)");
+  /* The model's own `partition by layer ...;`: errors point at it. */
+  hm_status st = partition(g, (const char *const *)g->cuts, g->n_cuts, out);
+  if (st != HM_OK && g->filename && g->cuts_line > 0 && strncmp(hm_last_error(), g->filename, strlen(g->filename)))
+    hm__error_prefix("%s:%d:%d: ", g->filename, g->cuts_line, g->cuts_col);
+  return st;
+}
+
+static hm_status partition(hm_graph *g, const char *const *cuts, size_t n_cuts, hm_partition **out) {
   if (n_cuts + 1 > HM_MAX_STAGES)
     return hm__fail(HM_STATUS_OUT_OF_RANGE, "partition: %zu cuts make more than %d stages", n_cuts, HM_MAX_STAGES);
   HM_RETURN_IF_ERROR(hm_graph_resolve(g));
