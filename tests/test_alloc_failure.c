@@ -208,6 +208,48 @@ static hm_status data_parallel_and_trainer(void) {
   return s;
 }
 
+/* A pipeline: the graph cut into two stages that train on two threads over
+ * the in-process transport (both stages read x: it is shared), evaluated
+ * through the stages, the weights gathered into the graph. */
+static float reference_pipeline_loss = -1.0f;
+
+static hm_status pipeline(void) {
+  static const char text[] = "producer x {4}; producer y {3}; layer h {5}; layer o;"
+                             "cycle { x -(tanh)-> h -> o; x -> o; o <-(cross_entropy)- y; }";
+  hm_graph *g = NULL;
+  hm_producer *x = NULL, *y = NULL;
+  hm_partition *p = NULL;
+  hm_cycle_state *states[2] = {NULL, NULL};
+  const char *cuts[1] = {"h"};
+  hm_status s = hm_graph_parse(text, strlen(text), "tiny.hmx", &g);
+  if (s == HM_OK) s = hm_producer_from_floats(xs, 4, 4, &x);
+  if (s == HM_OK) s = hm_producer_from_labels(ys, 4, 3, &y);
+  if (s == HM_OK) s = hm_graph_bind_producer(g, "x", x);
+  if (s == HM_OK) s = hm_graph_bind_producer(g, "y", y);
+  if (s == HM_OK) s = hm_graph_bind_eval(g, "x", x);
+  if (s == HM_OK) s = hm_graph_bind_eval(g, "y", y);
+  if (s == HM_OK) s = hm_graph_partition_by_layer(g, cuts, 1, &p);
+  hm_fit_options opt = hm_fit_options_default();
+  opt.batch_size = 1;
+  opt.accumulate_steps = 2;
+  opt.threads = 1;
+  opt.optimizer = HM_OPTIMIZER_ADAM;
+  if (s == HM_OK) s = hm_partition_fit(p, 2, NULL, &opt, NULL, states);
+  if (s == HM_OK) {
+    float loss = hm_cycle_state_loss(states[1]);
+    if (reference_pipeline_loss < 0) reference_pipeline_loss = loss;
+    HM_CHECK_EQ(hm_cycle_state_step(states[0]), 4);
+    HM_CHECK_MSG(loss == reference_pipeline_loss, "loss %.9g, untouched run %.9g", loss, reference_pipeline_loss);
+    HM_CHECK_EQ(hm_weights_count(hm_graph_weights(g)), 6);
+  }
+  for (int k = 0; k < 2; k++) hm_cycle_state_free(states[k]);
+  hm_partition_free(p);
+  hm_graph_free(g);
+  hm_producer_free(x);
+  hm_producer_free(y);
+  return s;
+}
+
 /* A graph with weights: saved as .hmx and as safetensors, loaded back. */
 static hm_graph *saved_graph;
 
@@ -297,7 +339,10 @@ static void every_allocation_of_data_parallel_and_the_trainer_fails_cleanly(void
   sweep("data parallel and trainer", data_parallel_and_trainer);
 }
 
+static void every_allocation_of_a_pipeline_fails_cleanly(void) { sweep("pipeline", pipeline); }
+
 static const hm_test_case cases[] = {
+    HM_TEST_CASE(every_allocation_of_a_pipeline_fails_cleanly),
     HM_TEST_CASE(every_allocation_of_parsing_fails_cleanly),
     HM_TEST_CASE(every_allocation_of_building_fails_cleanly),
     HM_TEST_CASE(every_allocation_of_fit_fails_cleanly),
