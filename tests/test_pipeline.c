@@ -442,6 +442,7 @@ static void run_stages(hm_partition *p, stage_thread *t, const hm_fit_options *o
   hm_pipeline_local *l = NULL;
   HM_CHECK_OK(hm_pipeline_local_open(K, &l));
   if (!l) return;
+  (void)hm_plugin_count(); /* plugins initialise here, as hm_partition_fit has them do */
   pthread_t th[3];
   for (size_t k = 0; k < K; k++) {
     memset(&t[k], 0, sizeof t[k]);
@@ -551,6 +552,7 @@ static void stages_that_disagree_stop_at_start(void) {
   stage_thread t[2];
   hm_pipeline_local *l = NULL;
   HM_CHECK_OK(hm_pipeline_local_open(2, &l));
+  (void)hm_plugin_count();
   pthread_t th[2];
   for (size_t k = 0; k < 2; k++) {
     memset(&t[k], 0, sizeof t[k]);
@@ -590,6 +592,12 @@ static void stages_that_disagree_stop_at_start(void) {
   ps.transport = hm_pipeline_local_transport(l, 1);
   HM_CHECK_EQ(hm_graph_fit(a.g, 1, NULL, &bad, &s), HM_STATUS_INVALID_ARGUMENT);
   HM_CHECK_STR_CONTAINS(hm_last_error(), "fit trains stage 1's graph (hm_partition_stage(p, 1)), not graph 'graph'");
+  hm_trainer *tr = NULL;
+  HM_CHECK_EQ(hm_trainer_open(hm_partition_stage(p, 1), NULL, &bad, &tr), HM_STATUS_UNIMPLEMENTED);
+  HM_CHECK_STR_CONTAINS(hm_last_error(), "a pipeline stage trains with hm_graph_fit");
+  hm_eval_result r;
+  HM_CHECK_EQ(hm_graph_inference(hm_partition_stage(p, 1), NULL, &bad, 0, &r), HM_STATUS_UNIMPLEMENTED);
+  HM_CHECK_STR_CONTAINS(hm_last_error(), "hm_partition_graph holds the trained weights");
   hm_pipeline_local_close(l);
   hm_partition_free(p);
   unmake(&a);

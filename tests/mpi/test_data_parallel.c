@@ -16,18 +16,8 @@
 
 #include "harmonics/harmonics.h"
 #include "harmonics/mpi.h"
+#include "mpi_check.h"
 
-static int failures, rank_ = -1;
-
-#define CHECK(cond, ...)                                                  \
-  do {                                                                    \
-    if (!(cond)) {                                                        \
-      fprintf(stderr, "rank %d: %s:%d: %s: ", rank_, __FILE__, __LINE__, #cond); \
-      fprintf(stderr, __VA_ARGS__);                                       \
-      fprintf(stderr, "\n");                                              \
-      failures++;                                                         \
-    }                                                                     \
-  } while (0)
 
 #define N 53
 static float xs[N * 4];

@@ -338,6 +338,33 @@ int train_apply_start(hm_graph *g, train_args *t, const hm_collectives *dist, hm
   return CLI_OK;
 }
 
+int train_open_progress(train_args *t, progress_ui *ui, int root, size_t train_samples) {
+  memset(ui, 0, sizeof *ui);
+  ui->tty = isatty(2) && !t->json && root;
+  ui->epochs = t->epochs;
+  ui->batch = t->o.batch_size * t->o.accumulate_steps;
+  ui->start = train_now();
+  if (!root) return CLI_OK;
+  hm_visualizer_options vopts = hm_visualizer_options_default();
+  vopts.flush_seconds = 0; /* flushed explicitly at the end, once */
+  if (t->dashboard && hm_websocket_visualizer_open_url(t->dashboard, &vopts, &ui->dashboard) != HM_OK)
+    return cli_fail("--dashboard");
+  t->o.progress.fn = train_on_progress;
+  t->o.progress.user = ui;
+  t->o.on_epoch = train_on_epoch;
+  t->o.on_epoch_user = ui;
+  ui->steps_per_epoch = (train_samples + ui->batch - 1) / ui->batch;
+  return CLI_OK;
+}
+
+int train_save_weights(const train_args *t, const hm_weights *w, int rc) {
+  if ((rc != CLI_OK && rc != CLI_DIVERGED) || !t->save_weights) return rc;
+  /* A diverged run still saves: it holds the last finite weights. */
+  if (!w || hm_weights_save_safetensors(w, t->save_weights) != HM_OK) return cli_fail("--save-weights");
+  if (rc == CLI_DIVERGED) fprintf(stderr, "harmonics: saved the last finite weights to %s\n", t->save_weights);
+  return rc;
+}
+
 /* Flushes and closes the dashboard sink, with its counts. */
 void train_close_dashboard(progress_ui *ui) {
   if (!ui->dashboard.fn) return;
@@ -528,21 +555,8 @@ static int train_run(train_args *t_in, const hm_collectives *dist) {
   if (rc == CLI_OK) rc = train_apply_start(g, &t, dist, &resume_state);
   progress_ui ui;
   memset(&ui, 0, sizeof ui);
-  ui.tty = isatty(2) && !t.json && root;
-  ui.epochs = t.epochs;
-  ui.batch = t.o.batch_size;
-  ui.start = train_now();
-  hm_visualizer_options vopts = hm_visualizer_options_default();
-  vopts.flush_seconds = 0; /* flushed explicitly below, once */
-  if (rc == CLI_OK && t.dashboard && hm_websocket_visualizer_open_url(t.dashboard, &vopts, &ui.dashboard) != HM_OK)
-    rc = cli_fail("--dashboard");
+  if (rc == CLI_OK) rc = train_open_progress(&t, &ui, root, src.train_samples);
   if (rc == CLI_OK) {
-    t.o.progress.fn = train_on_progress;
-    t.o.progress.user = &ui;
-    t.o.on_epoch = train_on_epoch;
-    t.o.on_epoch_user = &ui;
-    size_t per_step = t.o.batch_size * t.o.accumulate_steps;
-    ui.steps_per_epoch = (src.train_samples + per_step - 1) / per_step;
     t.o.collectives = dist; /* after --resume replaced the options */
     hm_status fs = hm_graph_fit(g, t.epochs, &t.policy, &t.o, &st);
     if (fs == HM_STATUS_DIVERGED) {
@@ -553,11 +567,7 @@ static int train_run(train_args *t_in, const hm_collectives *dist) {
     }
   }
   train_close_dashboard(&ui);
-  /* A diverged run still saves: the graph holds its last finite weights. */
-  if ((rc == CLI_OK || rc == CLI_DIVERGED) && t.save_weights) {
-    if (hm_weights_save_safetensors(hm_graph_weights(g), t.save_weights) != HM_OK) rc = cli_fail("--save-weights");
-    else if (rc == CLI_DIVERGED) fprintf(stderr, "harmonics: saved the last finite weights to %s\n", t.save_weights);
-  }
+  rc = train_save_weights(&t, hm_graph_weights(g), rc);
   if (rc == CLI_OK && root) train_print_results(st);
   if (rc == CLI_OK && t.json) train_print_json(&t, st, dist ? dist->size : 1);
   hm_cycle_state_free(st);

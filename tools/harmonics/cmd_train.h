@@ -42,6 +42,12 @@ double train_now(void);
 /* hm_fit_options.progress and .on_epoch over a progress_ui. */
 void train_on_progress(void *user, size_t step, float grad_norm, float loss, float lr);
 int train_on_epoch(void *user, const hm_cycle_state *st);
+/* The progress display (and --dashboard) of |t| on the process that
+ * reports (|root|), hooked into t->o. CLI_OK or CLI_FAILED after a message. */
+int train_open_progress(train_args *t, progress_ui *ui, int root, size_t train_samples);
+/* --save-weights after a run that ended with |rc| (OK or diverged: the last
+ * finite weights); returns the new exit status. */
+int train_save_weights(const train_args *t, const hm_weights *w, int rc);
 /* Flushes and closes the dashboard sink, with its counts. */
 void train_close_dashboard(progress_ui *ui);
 /* "backend: ...", a line per layer and the test accuracy. */

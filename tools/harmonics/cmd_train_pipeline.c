@@ -262,23 +262,7 @@ int train_pipeline(train_args *t_in, hm_collectives *mpi) {
   t.o.checkpoint_every = t.checkpoint_every;
   progress_ui ui;
   memset(&ui, 0, sizeof ui);
-  ui.tty = isatty(2) && !t.json && root;
-  ui.epochs = t.epochs;
-  ui.batch = t.o.batch_size * t.o.accumulate_steps;
-  ui.start = train_now();
-  hm_visualizer_options vopts = hm_visualizer_options_default();
-  vopts.flush_seconds = 0;
-  if (rc == CLI_OK && root && t.dashboard &&
-      hm_websocket_visualizer_open_url(t.dashboard, &vopts, &ui.dashboard) != HM_OK)
-    rc = cli_fail("--dashboard");
-  if (rc == CLI_OK && root) {
-    t.o.progress.fn = train_on_progress;
-    t.o.progress.user = &ui;
-    t.o.on_epoch = train_on_epoch;
-    t.o.on_epoch_user = &ui;
-    size_t per_step = t.o.batch_size * t.o.accumulate_steps;
-    ui.steps_per_epoch = (src.train_samples + per_step - 1) / per_step;
-  }
+  if (rc == CLI_OK) rc = train_open_progress(&t, &ui, root, src.train_samples);
   if (rc == CLI_OK && root && t.resume)
     fprintf(stderr, "harmonics: resuming %s.stage* at epoch %zu, step %zu\n", t.resume,
             hm_cycle_state_epoch(resume[mpi ? rank : 0]), hm_cycle_state_step(resume[mpi ? rank : 0]));
@@ -298,11 +282,7 @@ int train_pipeline(train_args *t_in, hm_collectives *mpi) {
     rc = cli_fail("training failed");
   }
   train_close_dashboard(&ui);
-  const hm_weights *whole = mpi ? gathered : hm_graph_weights(g);
-  if ((rc == CLI_OK || rc == CLI_DIVERGED) && root && t.save_weights) {
-    if (!whole || hm_weights_save_safetensors(whole, t.save_weights) != HM_OK) rc = cli_fail("--save-weights");
-    else if (rc == CLI_DIVERGED) fprintf(stderr, "harmonics: saved the last finite weights to %s\n", t.save_weights);
-  }
+  if (root) rc = train_save_weights(&t, mpi ? gathered : hm_graph_weights(g), rc);
   if (rc == CLI_OK && root) print_results(p, states, K);
   if (rc == CLI_OK && root && t.json) train_print_json(&t, states[K - 1], mpi ? mpi->size : 1);
   for (size_t k = 0; k < MAX_STAGES; k++) {

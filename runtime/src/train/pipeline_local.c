@@ -372,6 +372,10 @@ hm_status hm_partition_fit(hm_partition *p, size_t epochs, const hm_policy *poli
   sharing sh;
   memset(&sh, 0, sizeof sh);
   hm_status st = runs && threads ? HM_OK : hm__fail(HM_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+  /* The plugins initialise here, not in a stage thread that then exits:
+   * some leave per-thread state behind (PoCL's LLVM installs an alternate
+   * signal stack from the heap, which a sanitizer's thread exit trips on). */
+  (void)hm_plugin_count();
   if (st == HM_OK) st = hm_pipeline_local_open(K, &local);
   if (st == HM_OK) st = share_producers(p, &sh);
   unsigned share = cores_available() / (unsigned)K;

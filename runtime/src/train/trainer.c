@@ -27,6 +27,9 @@ hm_status hm_trainer_open(hm_graph *g, const hm_policy *policy, const hm_fit_opt
   hm_fit_options o = *opts;
   HM_RETURN_IF_ERROR(hm__fit_options_check(&o));
   HM_RETURN_IF_ERROR(hm__policy_check(policy));
+  if (o.pipeline)
+    return hm__fail(HM_STATUS_UNIMPLEMENTED, "hm_trainer_open: the trainer runs one process's loop; a pipeline "
+                                             "stage trains with hm_graph_fit and hm_fit_options.pipeline");
   if (!hm_graph_has_training_taps(g))
     return hm__fail(HM_STATUS_FAILED_PRECONDITION, "graph '%s' has no loss tap: it cannot be trained", g->name);
   HM_RETURN_IF_ERROR(hm_graph_resolve(g));

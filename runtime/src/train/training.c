@@ -660,6 +660,9 @@ hm_status hm_graph_inference(hm_graph *g, const hm_policy *policy, const hm_fit_
   hm_fit_options o = opts ? *opts : hm_fit_options_default();
   HM_RETURN_IF_ERROR(hm__fit_options_check(&o));
   HM_RETURN_IF_ERROR(hm__policy_check(policy));
+  if (o.pipeline)
+    return hm__fail(HM_STATUS_UNIMPLEMENTED, "inference: a pipeline evaluates while it trains; run the whole graph "
+                                             "(hm_partition_graph holds the trained weights)");
   HM_RETURN_IF_ERROR(hm_graph_resolve(g));
   o.batch_size = o.eval_batch_size;
   hm_session *s = NULL;
