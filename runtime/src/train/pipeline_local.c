@@ -5,7 +5,9 @@
  *
  * A stage that fails tells the transport; every wait of the other stages
  * then ends at once with that stage's message, so one failure never leaves
- * the others waiting for their timeout.
+ * the others waiting for their timeout. A wait also knows whether the stage
+ * it waits for is itself waiting: then that stage is alive, and the one
+ * that times out is the one next to the stage that stopped, which it names.
  */
 #include <errno.h>
 #include <pthread.h>
@@ -34,6 +36,8 @@ typedef struct endpoint {
   hm_pipeline_transport t;
   struct hm_pipeline_local *l;
   size_t stage;
+  int waiting;       /* inside recv (under the lock) */
+  size_t waiting_on; /* ... for this stage */
 } endpoint;
 
 struct hm_pipeline_local {
@@ -81,6 +85,16 @@ static hm_status local_send(void *self, size_t to, const hm_boundary_header *h, 
   return HM_OK;
 }
 
+static void add_seconds(struct timespec *t, double seconds) {
+  double whole = (double)(time_t)seconds;
+  t->tv_sec += (time_t)whole;
+  t->tv_nsec += (long)((seconds - whole) * 1e9);
+  if (t->tv_nsec >= 1000000000L) {
+    t->tv_sec++;
+    t->tv_nsec -= 1000000000L;
+  }
+}
+
 static hm_status local_recv(void *self, size_t from, hm_boundary_header *h, void *payload, size_t capacity,
                             double timeout) {
   endpoint *e = self;
@@ -90,18 +104,23 @@ static hm_status local_recv(void *self, size_t from, hm_boundary_header *h, void
                         e->stage, from);
   struct timespec deadline;
   clock_gettime(CLOCK_REALTIME, &deadline);
-  double whole = (double)(time_t)timeout;
-  deadline.tv_sec += (time_t)whole;
-  deadline.tv_nsec += (long)((timeout - whole) * 1e9);
-  if (deadline.tv_nsec >= 1000000000L) {
-    deadline.tv_sec++;
-    deadline.tv_nsec -= 1000000000L;
-  }
+  add_seconds(&deadline, timeout);
   queue *q = &l->queues[from * l->n + e->stage];
   pthread_mutex_lock(&l->lock);
+  e->waiting = 1;
+  e->waiting_on = from;
   int rc = 0;
-  while (!q->head && !(l->failed && l->failed_stage != e->stage) && rc != ETIMEDOUT)
-    rc = pthread_cond_timedwait(&l->arrived, &l->lock, &deadline);
+  /* While |from| waits for a third stage it is alive: wait longer (at most
+   * one timeout per other stage, so a cycle of waits still ends). */
+  for (size_t extended = 0;;) {
+    while (!q->head && !(l->failed && l->failed_stage != e->stage) && rc != ETIMEDOUT)
+      rc = pthread_cond_timedwait(&l->arrived, &l->lock, &deadline);
+    const endpoint *peer = &l->ends[from];
+    if (q->head || rc != ETIMEDOUT || !peer->waiting || peer->waiting_on == e->stage || ++extended >= l->n) break;
+    add_seconds(&deadline, timeout);
+    rc = 0;
+  }
+  e->waiting = 0;
   if (l->failed && l->failed_stage != e->stage) {
     hm_status st = hm_set_error(HM_STATUS_UNAVAILABLE, "stage %zu failed: %s", l->failed_stage, l->failure);
     pthread_mutex_unlock(&l->lock);
