@@ -158,7 +158,6 @@ void hm__pipe_free(hm_pipe *p) {
 
 int hm__pipe_is_root(const hm_pipe *p) { return !p || p->stage == p->last; }
 double hm__pipe_waited(const hm_pipe *p) { return p->waited; }
-size_t hm__pipe_stage(const hm_pipe *p) { return p->stage; }
 
 void hm__pipe_fail(const hm_pipeline_stage *ps, const char *message) {
   if (ps && ps->transport && ps->transport->fail) ps->transport->fail(ps->transport->self, message);
@@ -305,8 +304,10 @@ hm_status hm__pipe_check_start(hm_pipe *p, const hm_policy *policy, const hm_fit
     s->train_count = (size_t)root.train_count;
     s->eval_count = (size_t)root.eval_count;
   }
-  if (!s->eval_count && root.eval_count && p->stage == p->last)
-    s->eval_count = (size_t)root.eval_count; /* evaluated without targets: no loss, as in one process */
+  /* Every stage takes part in stage 0's evaluation; one without evaluation
+   * data of its own then runs without targets (no loss, as one process
+   * would) or, when a producer it reads lacks them, says which. */
+  if (!s->eval_count) s->eval_count = (size_t)root.eval_count;
   return HM_OK;
 }
 

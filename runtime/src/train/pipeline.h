@@ -26,7 +26,6 @@ hm_status hm__pipe_create(const hm_pipeline_stage *ps, hm_session *s, hm_pipe **
 void hm__pipe_free(hm_pipe *p);
 /* The last stage computes the loss and decides. */
 int hm__pipe_is_root(const hm_pipe *p);
-size_t hm__pipe_stage(const hm_pipe *p);
 
 /* Stage 0 tells the others what it runs (partition, options, policy, the
  * sample counts, the resume position); a stage that runs something else
