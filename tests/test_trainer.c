@@ -6,6 +6,7 @@
  * calls name what is wrong.
  */
 #include <string.h>
+#include <unistd.h>
 
 #include "harmonics/harmonics.h"
 #include "hm_test.h"
@@ -181,7 +182,96 @@ static void bad_calls_say_what_is_wrong(void) {
   unmake(&f);
 }
 
+/* A parameter server's trainer: no data bound, it applies the gradients it
+ * is given exactly as the trainer that computed them would. */
+static void a_trainer_without_data_applies_given_gradients(void) {
+  fixture f = make();
+  hm_fit_options o = opts(HM_OPTIMIZER_ADAM, 1);
+  hm_graph *bare = NULL;
+  HM_CHECK_OK(hm_graph_parse(text, strlen(text), "t.hmx", &bare));
+  hm_trainer *worker = NULL, *server = NULL;
+  HM_CHECK_OK(hm_trainer_open(f.g, NULL, &o, &worker));
+  HM_CHECK_OK(hm_trainer_open(bare, NULL, &o, &server));
+  if (!worker || !server) return;
+  HM_CHECK_EQ(hm_trainer_sample_count(server), 0);
+  int32_t idx[5] = {3, 1, 4, 1, 5};
+  HM_CHECK_EQ(hm_trainer_compute_gradients(server, idx, 5, NULL), HM_STATUS_FAILED_PRECONDITION);
+  HM_CHECK_STR_CONTAINS(hm_last_error(), "has no training data bound (this trainer applies the gradients it is given)");
+  for (int step = 0; step < 4; step++) {
+    hm_weights *g = NULL, *a = NULL, *b = NULL;
+    HM_CHECK_OK(hm_trainer_compute_gradients(worker, idx, 5, NULL));
+    HM_CHECK_OK(hm_trainer_gradients(worker, &g));
+    HM_CHECK_OK(hm_trainer_set_gradients(server, g));
+    HM_CHECK_OK(hm_trainer_apply(worker, NULL));
+    HM_CHECK_OK(hm_trainer_apply(server, NULL));
+    HM_CHECK_OK(hm_trainer_weights(worker, &a));
+    HM_CHECK_OK(hm_trainer_weights(server, &b));
+    HM_CHECK_MSG(same_weights(a, b), "update %d: the server's weights differ from the worker's", step + 1);
+    hm_weights_free(g);
+    hm_weights_free(a);
+    hm_weights_free(b);
+  }
+  hm_trainer_close(worker);
+  hm_trainer_close(server);
+  hm_graph_free(bare);
+  unmake(&f);
+}
+
+/* A trainer's checkpoint resumes a trainer bit-identically; a resume with
+ * other options is refused as fit refuses it. */
+static void trainer_checkpoints_resume(void) {
+  char path[] = "/tmp/hm_trainer_XXXXXX";
+  int fd = mkstemp(path);
+  HM_CHECK(fd >= 0);
+  if (fd < 0) return;
+  close(fd);
+  fixture a = make(), b = make();
+  hm_fit_options o = opts(HM_OPTIMIZER_LAMB, 1);
+  int32_t batches[3][5] = {{0, 1, 2, 3, 4}, {9, 8, 7, 6, 5}, {10, 12, 14, 16, 18}};
+  hm_trainer *straight = NULL, *first = NULL, *second = NULL;
+  HM_CHECK_OK(hm_trainer_open(a.g, NULL, &o, &straight));
+  HM_CHECK_OK(hm_trainer_open(b.g, NULL, &o, &first));
+  if (!straight || !first) return;
+  for (int i = 0; i < 3; i++) {
+    HM_CHECK_OK(hm_trainer_compute_gradients(straight, batches[i], 5, NULL));
+    HM_CHECK_OK(hm_trainer_apply(straight, NULL));
+  }
+  HM_CHECK_OK(hm_trainer_compute_gradients(first, batches[0], 5, NULL));
+  HM_CHECK_OK(hm_trainer_apply(first, NULL));
+  HM_CHECK_OK(hm_trainer_save_checkpoint(first, path));
+  hm_trainer_close(first);
+  hm_cycle_state *saved = NULL;
+  HM_CHECK_OK(hm_cycle_state_load(path, &saved));
+  HM_CHECK_EQ(hm_cycle_state_step(saved), 1);
+  hm_fit_options r = o;
+  r.resume = saved;
+  HM_CHECK_OK(hm_trainer_open(b.g, NULL, &r, &second));
+  HM_CHECK_EQ(hm_trainer_step(second), 1);
+  for (int i = 1; i < 3 && second; i++) {
+    HM_CHECK_OK(hm_trainer_compute_gradients(second, batches[i], 5, NULL));
+    HM_CHECK_OK(hm_trainer_apply(second, NULL));
+  }
+  hm_weights *x = NULL, *y = NULL;
+  HM_CHECK_OK(hm_trainer_weights(straight, &x));
+  if (second) HM_CHECK_OK(hm_trainer_weights(second, &y));
+  HM_CHECK_MSG(same_weights(x, y), "the resumed trainer's weights differ from the uninterrupted one's");
+  r.learning_rate *= 2;
+  hm_trainer *refused = NULL;
+  HM_CHECK_EQ(hm_trainer_open(b.g, NULL, &r, &refused), HM_STATUS_INVALID_ARGUMENT);
+  HM_CHECK_STR_CONTAINS(hm_last_error(), "learning_rate");
+  hm_weights_free(x);
+  hm_weights_free(y);
+  hm_trainer_close(straight);
+  hm_trainer_close(second);
+  hm_cycle_state_free(saved);
+  unlink(path);
+  unmake(&a);
+  unmake(&b);
+}
+
 static const hm_test_case cases[] = {
+    HM_TEST_CASE(a_trainer_without_data_applies_given_gradients),
+    HM_TEST_CASE(trainer_checkpoints_resume),
     HM_TEST_CASE(a_manual_loop_gives_fits_weights_bit_for_bit),
     HM_TEST_CASE(gradients_are_named_tensors_that_go_back),
     HM_TEST_CASE(bad_calls_say_what_is_wrong),

@@ -31,10 +31,15 @@ extern "C" {
 
 typedef struct hm_trainer hm_trainer;
 
-/* Lowers |g| (its training data bound) onto a device chosen as fit chooses
- * (opts.device, opts.backend, the registry). NULL policy = hardware. The
- * options' callbacks (progress, on_epoch, checkpoints, collectives) are not
- * used: the loop is the caller's. Caller closes. */
+/* Lowers |g| onto a device chosen as fit chooses (opts.device,
+ * opts.backend, the registry). NULL policy = hardware. The options'
+ * callbacks (progress, on_epoch, checkpoints, collectives) are not used: the
+ * loop is the caller's. With opts.resume (a checkpoint of fit or of
+ * hm_trainer_save_checkpoint) it continues from its weights, optimizer state
+ * and update count, after the same checks as fit's resume. A graph with no
+ * training data bound gives a trainer that applies the gradients it is
+ * given (hm_trainer_set_gradients), as a parameter server does; computing
+ * gradients on it is FAILED_PRECONDITION. Caller closes. */
 HM_API HM_MUST_USE hm_status hm_trainer_open(hm_graph *g, const hm_policy *policy, const hm_fit_options *opts,
                                              hm_trainer **out);
 /* Writes the current weights into the graph and frees the trainer. */
@@ -70,6 +75,11 @@ HM_API HM_MUST_USE hm_status hm_trainer_scale_gradients(hm_trainer *t, float fac
  * update was applied as fit's fused step applies it, so the weights may
  * now hold non-finite values (hm_trainer_set_weights puts good ones back). */
 HM_API HM_MUST_USE hm_status hm_trainer_apply(hm_trainer *t, float *grad_norm);
+
+/* Writes a checkpoint (atomically; the .hck format fit writes): the weights,
+ * the optimizer state, the update count, the options and the policy. A
+ * trainer opened with it as opts.resume continues bit-identically. */
+HM_API HM_MUST_USE hm_status hm_trainer_save_checkpoint(hm_trainer *t, const char *path);
 
 /* The current weights (a copy; caller frees), and new ones (checked as
  * hm_graph_set_weights checks them). */

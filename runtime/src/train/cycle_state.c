@@ -8,6 +8,8 @@
 
 #include "base/base.h"
 #include "harmonics/names.h"
+#include "lower/precision.h"
+#include "train/trajectory.h"
 
 hm_status hm__cycle_state_create(hm_cycle_state **out) {
   hm_cycle_state *st = hm__calloc(1, sizeof *st);
@@ -88,6 +90,10 @@ void hm__cycle_state_set_options(hm_cycle_state *st, const hm_fit_options *o, co
   st->opts.on_epoch_user = NULL;
   st->opts.resume = NULL;
   st->opts.checkpoint_path = NULL;
+  st->opts.cancel = NULL;
+  st->opts.cancel_user = NULL;
+  st->opts.collectives = NULL;
+  st->opts.pipeline = NULL;
   st->opts.lr_schedule_fp.user = NULL;
   if (schedule_kind != 1) st->opts.lr_schedule_fp.fn = NULL;
   st->schedule_kind = schedule_kind;
@@ -156,4 +162,31 @@ hm_status hm_cycle_state_layer_precision(const hm_cycle_state *s, size_t i, cons
   if (precision) *precision = s->precisions[i];
   if (kernel) *kernel = s->kernels[i];
   return HM_OK;
+}
+
+hm_status hm__cycle_state_resume_into(const hm_cycle_state *r, hm_graph *g, const hm_fit_options *o,
+                                      const hm_policy *policy) {
+  /* The options that shape a training trajectory must match when resuming. */
+  if (!r->has_options)
+    return hm__fail(HM_STATUS_INVALID_ARGUMENT,
+                    "resume: the state holds no fit options (it did not come from fit or a checkpoint)");
+  HM_RETURN_IF_ERROR(hm__trajectory_compare(o, hm__schedule_kind(&o->lr_schedule_fp), &r->opts, r->schedule_kind));
+  /* The precision policy shapes the trajectory too (quantization-aware steps). */
+  hm_policy now = policy ? *policy : hm_make_hardware_policy();
+  if (!hm__policy_same(&now, &r->policy)) {
+    char a[160], b[160];
+    hm_policy_format(&now, a, sizeof a);
+    hm_policy_format(&r->policy, b, sizeof b);
+    return hm__fail(HM_STATUS_INVALID_ARGUMENT,
+                    "resume: the policy is %s but the checkpoint was trained with %s (use hm_cycle_state_fit_options)",
+                    a, b);
+  }
+  if (r->graph_fingerprint != hm__graph_fingerprint(g))
+    return hm__fail(HM_STATUS_INVALID_ARGUMENT, "resume: the checkpoint was written for a different graph than '%s'",
+                    g->name);
+  if (!r->weights || !r->opt_state)
+    return hm__fail(HM_STATUS_INVALID_ARGUMENT, "resume: the state holds no weights or optimizer state");
+  hm_status ws = hm_graph_set_weights(g, r->weights);
+  if (ws != HM_OK) hm__error_prefix("resume: ");
+  return ws;
 }

@@ -51,6 +51,11 @@ void hm__cycle_state_go_live(hm_cycle_state *st, hm_weights_fetch_fn fetch, void
 void hm__cycle_state_set_options(hm_cycle_state *st, const hm_fit_options *o, const hm_policy *p, int schedule_kind);
 /* Decodes a whole .hck file image (checkpoint.c). */
 hm_status hm__cycle_state_decode(const unsigned char *data, size_t len, const char *what, hm_cycle_state **out);
+/* Checks that |r| can resume training |g| with |o| and |policy| — the
+ * options that shape the trajectory, the policy and the graph are those it
+ * was trained with — and gives |g| its weights (fit and the trainer). */
+hm_status hm__cycle_state_resume_into(const hm_cycle_state *r, hm_graph *g, const hm_fit_options *o,
+                                      const hm_policy *policy);
 /* Fetches weights and optimizer state through the live fetch if stale. */
 hm_status hm__cycle_state_sync(hm_cycle_state *st);
 

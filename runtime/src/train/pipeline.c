@@ -102,7 +102,8 @@ hm_status hm__pipe_open_session(const hm_pipeline_stage *ps, hm_graph *g, const 
   }
   /* Stages before the last keep every micro-batch's activations until its backward pass. */
   size_t slots = ps->stage + 1 < p->n_stages ? o->accumulate_steps : 1;
-  hm_status st = hm__session_create_stage(g, o, policy, 1, eval, &bounds, slots, out);
+  hm_session_spec spec = {1, eval, &bounds, slots, 0};
+  hm_status st = hm__session_open(g, o, policy, &spec, out);
   hm__free(marks);
   return st;
 }

@@ -235,14 +235,18 @@ static void free_slot(hm_session *s, hm_step_buffers *sb) {
 
 hm_status hm__session_create(hm_graph *g, const hm_fit_options *opts, const hm_policy *policy, int train, int eval,
                              hm_session **out) {
-  return hm__session_create_stage(g, opts, policy, train, eval, NULL, 1, out);
+  hm_session_spec spec = {train, eval, NULL, 1, 0};
+  return hm__session_open(g, opts, policy, &spec, out);
 }
 
-hm_status hm__session_create_stage(hm_graph *g, const hm_fit_options *opts, const hm_policy *policy, int train,
-                                   int eval, const hm_plan_boundaries *bounds, size_t slots, hm_session **out) {
+hm_status hm__session_open(hm_graph *g, const hm_fit_options *opts, const hm_policy *policy,
+                           const hm_session_spec *spec, hm_session **out) {
+  int train = spec->train, eval = spec->eval;
+  const hm_plan_boundaries *bounds = spec->bounds;
+  int sized_by_options = bounds || spec->no_data; /* a count of 0 may mean the data is elsewhere */
   hm_session *s = hm__calloc(1, sizeof *s);
   if (!s) return hm__fail(HM_STATUS_RESOURCE_EXHAUSTED, "out of memory");
-  s->n_slots = slots ? slots : 1;
+  s->n_slots = spec->slots ? spec->slots : 1;
   s->g = g;
   s->opts = *opts;
   s->with_optimizer = train;
@@ -259,13 +263,14 @@ hm_status hm__session_create_stage(hm_graph *g, const hm_fit_options *opts, cons
     st = hm__fail(HM_STATUS_RESOURCE_EXHAUSTED, "out of memory");
   if (st == HM_OK) st = open_device(s, opts);
   if (st == HM_OK) st = hm__plan_create(g, policy, s->dev, train, bounds, &s->plan);
-  if (st == HM_OK) st = upload_all_data(s, train, eval);
+  if (st == HM_OK && !spec->no_data) st = upload_all_data(s, train, eval);
   /* Rows as used: training steps take batch_size rows (gradients only those),
    * evaluation eval_batch_size, neither more than the data holds. A stage
    * without data of its own learns the counts from the first stage later. */
   size_t train_rows = 0, eval_rows = 0;
-  if (st == HM_OK && train) train_rows = opts->batch_size < s->train_count || (bounds && !s->train_count)
-                                             ? opts->batch_size : s->train_count;
+  if (st == HM_OK && train)
+    train_rows = opts->batch_size < s->train_count || (sized_by_options && !s->train_count) ? opts->batch_size
+                                                                                          : s->train_count;
   if (st == HM_OK) {
     size_t count = train ? s->eval_count : eval ? s->eval_count : s->train_count;
     eval_rows = opts->eval_batch_size < count || (bounds && !count) ? opts->eval_batch_size : count;

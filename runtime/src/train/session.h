@@ -48,11 +48,19 @@ typedef struct hm_session {
  * the evaluation data. */
 hm_status hm__session_create(hm_graph *g, const hm_fit_options *opts, const hm_policy *policy, int train, int eval,
                              hm_session **out);
-/* The same for a pipeline stage: |bounds| marks its boundaries (their
- * values and gradients pass through the host), |slots| sets of activation
- * buffers. A stage without bound data sizes its buffers from the options. */
-hm_status hm__session_create_stage(hm_graph *g, const hm_fit_options *opts, const hm_policy *policy, int train,
-                                   int eval, const hm_plan_boundaries *bounds, size_t slots, hm_session **out);
+/* What else a session may be. */
+typedef struct hm_session_spec {
+  int train, eval;                  /* as hm__session_create */
+  const hm_plan_boundaries *bounds; /* a pipeline stage's boundaries (their values and gradients pass
+                                     * through the host), or NULL */
+  size_t slots;                     /* sets of activation buffers (1; a stage: one per micro-batch) */
+  int no_data;                      /* training buffers without training data: the gradients come from
+                                     * elsewhere (a parameter server's trainer) */
+} hm_session_spec;
+/* A session as |spec| says; without bound data (a stage between others, or
+ * |no_data|) its buffers are sized from the options. */
+hm_status hm__session_open(hm_graph *g, const hm_fit_options *opts, const hm_policy *policy,
+                           const hm_session_spec *spec, hm_session **out);
 void hm__session_free(hm_session *s);
 /* Uploads the graph's weights (initialising them from opts.seed first when
  * the graph has none) and zeroes optimizer state. */

@@ -3,13 +3,17 @@
  * session. A batch runs the micro-batch program (the first after an update
  * overwrites the gradients, later ones add to them); an update runs the
  * apply program with fit's scalars (hm__step_scalars), so a loop of
- * compute + apply computes exactly what fit's fused step does.
+ * compute + apply computes exactly what fit's fused step does. A trainer on
+ * a graph without training data applies gradients it is given (a parameter
+ * server); its checkpoints are fit's (.hck), and it resumes from them.
  */
 #include <math.h>
 #include <string.h>
 
+#include "harmonics/serialization.h"
 #include "harmonics/trainer.h"
 #include "lower/precision.h"
+#include "train/cycle_state.h"
 #include "train/session.h"
 #include "train/trajectory.h"
 
@@ -17,6 +21,8 @@ struct hm_trainer {
   hm_graph *g;
   hm_session *s;
   hm_fit_options o;
+  hm_policy policy;
+  int no_data; /* no training data bound: gradients come from hm_trainer_set_gradients */
   size_t step;
   size_t pending; /* gradient batches since the last update */
   float *arena;   /* hm__session_grad_count floats */
@@ -33,12 +39,22 @@ hm_status hm_trainer_open(hm_graph *g, const hm_policy *policy, const hm_fit_opt
   if (!hm_graph_has_training_taps(g))
     return hm__fail(HM_STATUS_FAILED_PRECONDITION, "graph '%s' has no loss tap: it cannot be trained", g->name);
   HM_RETURN_IF_ERROR(hm_graph_resolve(g));
+  if (o.resume) HM_RETURN_IF_ERROR(hm__cycle_state_resume_into(o.resume, g, &o, policy));
+  int bound = 0;
+  for (size_t i = 0; i < g->n_nodes; i++) bound |= g->nodes[i].train != NULL;
   hm_trainer *t = hm__calloc(1, sizeof *t);
   if (!t) return hm__fail(HM_STATUS_RESOURCE_EXHAUSTED, "out of memory");
   t->g = g;
   t->o = o;
-  hm_status st = hm__session_create(g, &o, policy, 1, 0, &t->s);
+  t->policy = policy ? *policy : hm_make_hardware_policy();
+  t->no_data = !bound;
+  hm_session_spec spec = {1, 0, NULL, 1, t->no_data};
+  hm_status st = hm__session_open(g, &o, policy, &spec, &t->s);
   if (st == HM_OK) st = hm__session_upload_weights(t->s);
+  if (st == HM_OK && o.resume) {
+    st = hm__session_upload_opt_state(t->s, o.resume->opt_state);
+    t->step = o.resume->step;
+  }
   size_t n = st == HM_OK ? hm__session_grad_count(t->s) : 0;
   if (st == HM_OK && !(t->arena = hm__malloc((n ? n : 1) * sizeof *t->arena)))
     st = hm__fail(HM_STATUS_RESOURCE_EXHAUSTED, "out of memory for %zu gradient values", n);
@@ -77,6 +93,10 @@ hm_status hm_trainer_epoch_order(const hm_trainer *t, size_t epoch, int32_t *ord
 
 hm_status hm_trainer_compute_gradients(hm_trainer *t, const int32_t *indices, size_t n, float *loss) {
   if (!t || !indices) return hm__fail(HM_STATUS_INVALID_ARGUMENT, "hm_trainer_compute_gradients: NULL argument");
+  if (t->no_data)
+    return hm__fail(HM_STATUS_FAILED_PRECONDITION, "hm_trainer_compute_gradients: graph '%s' has no training data "
+                                                   "bound (this trainer applies the gradients it is given)",
+                    t->g->name);
   if (n == 0 || n > t->s->train_rows)
     return hm__fail(HM_STATUS_INVALID_ARGUMENT, "hm_trainer_compute_gradients: %zu samples; a batch holds 1 to %zu", n,
                     t->s->train_rows);
@@ -206,4 +226,19 @@ hm_status hm_trainer_set_weights(hm_trainer *t, const hm_weights *w) {
   if (!t || !w) return hm__fail(HM_STATUS_INVALID_ARGUMENT, "hm_trainer_set_weights: NULL argument");
   HM_RETURN_IF_ERROR(hm_graph_set_weights(t->g, w)); /* checks names, shapes and dtypes */
   return hm__session_write_weights(t->s, w);
+}
+
+hm_status hm_trainer_save_checkpoint(hm_trainer *t, const char *path) {
+  if (!t || !path) return hm__fail(HM_STATUS_INVALID_ARGUMENT, "hm_trainer_save_checkpoint: NULL argument");
+  hm_cycle_state *st = NULL;
+  HM_RETURN_IF_ERROR(hm__cycle_state_create(&st));
+  hm__cycle_state_set_options(st, &t->o, &t->policy, hm__schedule_kind(&t->o.lr_schedule_fp));
+  st->graph_fingerprint = hm__graph_fingerprint(t->g);
+  st->step = t->step;
+  st->stop_reason = HM_STOP_CHECKPOINT;
+  hm_status rc = hm__cycle_state_describe(st, t->s->plan, t->s->dev);
+  if (rc == HM_OK) rc = hm__session_download(t->s, &st->weights, &st->opt_state);
+  if (rc == HM_OK) rc = hm_cycle_state_save(st, path);
+  hm_cycle_state_free(st);
+  return rc;
 }

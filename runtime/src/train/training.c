@@ -48,25 +48,6 @@ hm_fit_options hm_fit_options_default(void) {
   return o;
 }
 
-/* The options that shape a training trajectory must match when resuming. */
-static hm_status check_resume(const hm_fit_options *o, const hm_cycle_state *r) {
-  if (!r->has_options)
-    return hm__fail(HM_STATUS_INVALID_ARGUMENT, "resume: the state holds no fit options (it did not come from fit or a checkpoint)");
-  return hm__trajectory_compare(o, hm__schedule_kind(&o->lr_schedule_fp), &r->opts, r->schedule_kind);
-}
-
-/* The precision policy shapes the trajectory too (quantization-aware steps). */
-static hm_status check_resume_policy(const hm_policy *policy, const hm_cycle_state *r) {
-  hm_policy now = policy ? *policy : hm_make_hardware_policy();
-  const hm_policy *then = &r->policy;
-  if (hm__policy_same(&now, then)) return HM_OK;
-  char a[160], b[160];
-  hm_policy_format(&now, a, sizeof a);
-  hm_policy_format(then, b, sizeof b);
-  return hm__fail(HM_STATUS_INVALID_ARGUMENT,
-                  "resume: the policy is %s but the checkpoint was trained with %s (use hm_cycle_state_fit_options)", a, b);
-}
-
 typedef enum fit_mode { MODE_EPOCHS, MODE_SECONDS, MODE_UNTIL } fit_mode;
 
 typedef struct fit_limits {
@@ -533,19 +514,7 @@ static hm_status fit_run(hm_graph *g, const fit_limits *lim, const hm_policy *po
   }
   HM_RETURN_IF_ERROR(hm_graph_resolve(g));
   const hm_cycle_state *resume = o.resume;
-  if (resume) {
-    HM_RETURN_IF_ERROR(check_resume(&o, resume));
-    HM_RETURN_IF_ERROR(check_resume_policy(policy, resume));
-    if (resume->graph_fingerprint != hm__graph_fingerprint(g))
-      return hm__fail(HM_STATUS_INVALID_ARGUMENT, "resume: the checkpoint was written for a different graph than '%s'", g->name);
-    if (!resume->weights || !resume->opt_state)
-      return hm__fail(HM_STATUS_INVALID_ARGUMENT, "resume: the state holds no weights or optimizer state");
-    hm_status ws = hm_graph_set_weights(g, resume->weights);
-    if (ws != HM_OK) {
-      hm__error_prefix("resume: ");
-      return ws;
-    }
-  }
+  if (resume) HM_RETURN_IF_ERROR(hm__cycle_state_resume_into(resume, g, &o, policy));
   /* A stage starts from its share of the whole graph's initial weights. */
   if (ps) HM_RETURN_IF_ERROR(hm__pipe_init_weights(ps, g, o.seed));
   hm_cycle_state *st = NULL;
