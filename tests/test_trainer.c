@@ -211,6 +211,17 @@ static void a_trainer_without_data_applies_given_gradients(void) {
     hm_weights_free(a);
     hm_weights_free(b);
   }
+  /* A worker that hands its gradients on clears them: the next batch starts a new sum. */
+  hm_weights *once = NULL, *again = NULL;
+  HM_CHECK_OK(hm_trainer_compute_gradients(worker, idx, 5, NULL));
+  HM_CHECK_OK(hm_trainer_gradients(worker, &once));
+  hm_trainer_clear_gradients(worker);
+  HM_CHECK_EQ(hm_trainer_apply(worker, NULL), HM_STATUS_FAILED_PRECONDITION);
+  HM_CHECK_OK(hm_trainer_compute_gradients(worker, idx, 5, NULL));
+  HM_CHECK_OK(hm_trainer_gradients(worker, &again));
+  HM_CHECK_MSG(same_weights(once, again), "a cleared trainer's next gradients are not the batch's alone");
+  hm_weights_free(once);
+  hm_weights_free(again);
   hm_trainer_close(worker);
   hm_trainer_close(server);
   hm_graph_free(bare);

@@ -1006,6 +1006,8 @@ class Trainer {
   }
   void set_gradients(const Weights &g) { detail::check(hm_trainer_set_gradients(t_.get(), g.c_weights()), "trainer"); }
   void scale_gradients(float factor) { detail::check(hm_trainer_scale_gradients(t_.get(), factor), "trainer"); }
+  /* The next batch starts a new sum (the gradients went elsewhere). */
+  void clear_gradients() noexcept { hm_trainer_clear_gradients(t_.get()); }
   /* One update; returns the gradient norm before clipping. */
   float apply() {
     float norm = 0;
@@ -1020,6 +1022,11 @@ class Trainer {
     return Weights::adopt(w);
   }
   void set_weights(const Weights &w) { detail::check(hm_trainer_set_weights(t_.get(), w.c_weights()), "trainer"); }
+  /* A checkpoint of the weights, the optimizer state and the update count
+   * (fit's .hck); FitOptions::resume with it continues this trainer. */
+  void save_checkpoint(const std::string &path) {
+    detail::check(hm_trainer_save_checkpoint(t_.get(), path.c_str()), "trainer");
+  }
 
   hm_trainer *c_trainer() const noexcept { return t_.get(); }
 

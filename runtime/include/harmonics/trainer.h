@@ -66,6 +66,10 @@ HM_API HM_MUST_USE hm_status hm_trainer_gradients(hm_trainer *t, hm_weights **ou
 /* Replaces the gradients: every parameter's tensor, f32, with its shape.
  * They then count as one batch for hm_trainer_apply's average. */
 HM_API HM_MUST_USE hm_status hm_trainer_set_gradients(hm_trainer *t, const hm_weights *gradients);
+/* Discards the gradients computed since the last update: the next batch
+ * starts a new sum (a worker that hands its gradients to a parameter
+ * server instead of applying them). */
+HM_API void hm_trainer_clear_gradients(hm_trainer *t);
 /* Multiplies the gradients by |factor|. */
 HM_API HM_MUST_USE hm_status hm_trainer_scale_gradients(hm_trainer *t, float factor);
 /* One update as fit makes it: the gradients averaged over the batches

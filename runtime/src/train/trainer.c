@@ -190,6 +190,10 @@ hm_status hm_trainer_set_gradients(hm_trainer *t, const hm_weights *gradients) {
   return HM_OK;
 }
 
+void hm_trainer_clear_gradients(hm_trainer *t) {
+  if (t) t->pending = 0;
+}
+
 hm_status hm_trainer_scale_gradients(hm_trainer *t, float factor) {
   if (!t) return hm__fail(HM_STATUS_INVALID_ARGUMENT, "hm_trainer_scale_gradients: NULL trainer");
   if (!isfinite(factor)) return hm__fail(HM_STATUS_INVALID_ARGUMENT, "hm_trainer_scale_gradients: factor %g", (double)factor);
