@@ -83,6 +83,10 @@ out3=$("$work/cm/train_fashion_mnist_cpp" --epochs 1 --limit 2000 2>&1)
 rc=$?
 check "the C++ example builds with find_package (Harmonics::harmonics_cpp) and runs: $out3" test "$rc" -eq 0
 check "and trains identically" test "$(grep '^trained' <<<"$out3")" = "$(grep '^trained' <<<"$out")"
+if pkg-config --exists grpc++ protobuf && command -v grpc_cpp_plugin >/dev/null; then
+  check "with gRPC C++ installed the parameter server example builds out of tree, warning-free" \
+    test -x "$work/cm/distributed_parameter_server_example"
+fi
 
 # The installed tree is relocatable: move it and build again.
 mv "$work/prefix" "$work/moved"
