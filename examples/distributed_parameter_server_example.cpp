@@ -277,9 +277,11 @@ class ParameterServer final : public ps::ParameterServer::Service {
       for (const Shard &s : shards_) delivered += s.delivered;
       if (delivered == 0) continue; /* nobody to go on with */
       for (std::size_t i = 0; i < shards_.size(); i++)
-        if (!shards_[i].delivered)
+        if (!shards_[i].delivered && !shards_[i].absent) {
+          shards_[i].absent = true;
           say("server", "shard " + std::to_string(i) + " gave no gradient for version " + std::to_string(version_) +
                             " within " + std::to_string(o_.worker_timeout) + " s: going on without it");
+        }
       apply_sync();
     }
     return finish_reason_;
@@ -307,10 +309,18 @@ class ParameterServer final : public ps::ParameterServer::Service {
   struct Shard {
     std::string worker;
     bool delivered = false;
+    bool absent = false;  /* --worker-timeout passed: updates go on without it until it delivers again */
     uint64_t rows = 0;
     double loss = 0;
     std::vector<float> grad;
   };
+
+  // Whether every shard has delivered this version's gradient or is absent (mu_ held).
+  bool version_complete() const {
+    for (const Shard &x : shards_)
+      if (!x.delivered && !x.absent) return false;
+    return true;
+  }
 
   // Checks a worker's hello and gives it its shard ("" when admitted).
   std::string admit(const ps::Hello &h) {
@@ -338,7 +348,7 @@ class ParameterServer final : public ps::ParameterServer::Service {
     Shard &s = shards_[h.shard()];
     if (!s.worker.empty()) say("server", "worker " + h.worker() + " replaces " + s.worker + " on shard " + std::to_string(h.shard()));
     s.worker = h.worker();
-    s.delivered = false;
+    s.delivered = false; /* it delivers the current version's gradient (an absent shard stays absent until then) */
     say("server", "worker " + h.worker() + " joined as shard " + std::to_string(h.shard()) + "/" +
                       std::to_string(shards_.size()) + " at version " + std::to_string(version_));
     cv_.notify_all();
@@ -374,13 +384,13 @@ class ParameterServer final : public ps::ParameterServer::Service {
     }
     if (g.version() != version_) return; /* computed from an older version: the update was made without it */
     Shard &s = shards_[g.shard()];
+    if (s.absent) say("server", "shard " + std::to_string(g.shard()) + " is back at version " + std::to_string(version_));
     s.delivered = true;
+    s.absent = false;
     s.rows = g.rows();
     s.loss = g.loss();
     s.grad = flat;
-    for (const Shard &x : shards_)
-      if (!x.delivered) return;
-    apply_sync();
+    if (version_complete()) apply_sync();
   }
 
   // The update of the gradients delivered for this version, weighted by
@@ -640,6 +650,10 @@ class Worker {
       ok = out.Write(g);
     });
     sent_ += ok;
+    uint64_t every = std::max<uint64_t>(1, config_.updates() / 10);
+    if (ok && sent_ % every == 0)
+      say("worker " + id_, "version " + std::to_string(version) + ": loss " + std::to_string(g.loss()) + ", " +
+                               std::to_string(sent_) + " gradients sent");
     return ok;
   }
 

@@ -148,6 +148,28 @@ grep -E 'left:|replaces|joined as shard 1/2' "$work/killed.out" # for the log
 check "exactly 2500 updates" test "$(grep -c '^server: update ' "$work/killed.out")" -eq 2500
 check "the killed and restarted run saves the uninterrupted run's weights" cmp "$work/straight.st" "$work/killed.st"
 
+# --worker-timeout: a shard whose worker is gone is waited for 1 s, then the others go on without it.
+p=$(port)
+serve timeout "$p" --workers 2 --model "$work/net.hmx" "${train[@]}" --worker-timeout 1
+worker t0 "$p" 0/2 "$work/net.hmx" big
+a=$worker_pid
+worker t1 "$p" 1/2 "$work/net.hmx" big
+for _ in $(seq 3000); do grep -q '^server: update 10/' "$work/timeout.out" && break; sleep 0.01; done
+kill_child "$worker_pid"
+wait "$worker_pid" 2>/dev/null
+wait "$a"
+rca=$?
+wait "$server_pid"
+rcs=$?
+check "with --worker-timeout one worker finishes alone: $(tail -1 "$work/t0.out")" test "$rca" -eq 0 -a "$rcs" -eq 0
+check "... after saying so: $(grep -m1 'going on without' "$work/timeout.out")" \
+  grep -q '^server: shard 1 gave no gradient for version [0-9]* within 1.0* s: going on without it$' "$work/timeout.out"
+check "... once" test "$(grep -c 'going on without' "$work/timeout.out")" -eq 1
+check "... with exactly 1250 updates" test "$(grep -c '^server: update ' "$work/timeout.out")" -eq 1250
+check "... the last ones by one worker" grep -q '^server: update 1250/1250: .*, 1 worker$' "$work/timeout.out"
+check "workers print their progress" grep -q '^worker shard0-pid[0-9]*: version [0-9]*: loss [0-9.]*, [0-9]* gradients sent$' \
+  "$work/t0.out"
+
 # The server killed (it checkpoints every update) and restarted from its checkpoint:
 # the workers reconnect and training ends where the uninterrupted run did.
 p=$(port)
