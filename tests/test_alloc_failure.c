@@ -250,6 +250,34 @@ static hm_status pipeline(void) {
   return s;
 }
 
+/* A parameter server's trainer: a graph without data applies given
+ * gradients, checkpoints, and a second trainer resumes from the checkpoint. */
+static hm_status server_trainer(void) {
+  hm_graph *g = NULL;
+  hm_trainer *t = NULL, *r = NULL;
+  hm_weights *w = NULL;
+  hm_cycle_state *saved = NULL;
+  hm_fit_options opt = hm_fit_options_default();
+  opt.threads = 1;
+  opt.optimizer = HM_OPTIMIZER_ADAM;
+  hm_status s = hm_graph_parse(graph_text, strlen(graph_text), "tiny.hmx", &g);
+  if (s == HM_OK) s = hm_trainer_open(g, NULL, &opt, &t);
+  if (s == HM_OK) s = hm_trainer_weights(t, &w); /* the weights' shapes: a gradient as large */
+  if (s == HM_OK) s = hm_trainer_set_gradients(t, w);
+  if (s == HM_OK) s = hm_trainer_apply(t, NULL);
+  if (s == HM_OK) s = hm_trainer_save_checkpoint(t, tmp_path("server.hck"));
+  if (s == HM_OK) s = hm_cycle_state_load(tmp_path("server.hck"), &saved);
+  opt.resume = saved;
+  if (s == HM_OK) s = hm_trainer_open(g, NULL, &opt, &r);
+  if (s == HM_OK) HM_CHECK_EQ(hm_trainer_step(r), 1);
+  hm_trainer_close(r);
+  hm_trainer_close(t);
+  hm_cycle_state_free(saved);
+  hm_weights_free(w);
+  hm_graph_free(g);
+  return s;
+}
+
 /* A graph with weights: saved as .hmx and as safetensors, loaded back. */
 static hm_graph *saved_graph;
 
@@ -341,8 +369,14 @@ static void every_allocation_of_data_parallel_and_the_trainer_fails_cleanly(void
 
 static void every_allocation_of_a_pipeline_fails_cleanly(void) { sweep("pipeline", pipeline); }
 
+static void every_allocation_of_a_server_trainer_fails_cleanly(void) {
+  make_tmpdir();
+  sweep("server trainer", server_trainer);
+}
+
 static const hm_test_case cases[] = {
     HM_TEST_CASE(every_allocation_of_a_pipeline_fails_cleanly),
+    HM_TEST_CASE(every_allocation_of_a_server_trainer_fails_cleanly),
     HM_TEST_CASE(every_allocation_of_parsing_fails_cleanly),
     HM_TEST_CASE(every_allocation_of_building_fails_cleanly),
     HM_TEST_CASE(every_allocation_of_fit_fails_cleanly),

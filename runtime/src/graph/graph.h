@@ -107,7 +107,9 @@ hm_status hm__graph_set_cuts(hm_graph *g, const char *const *cuts, size_t n, int
  * (format 2) the declared partition; without it, what the fingerprint covers. */
 void hm__graph_encode(const hm_graph *g, hm_bytes *b, int with_name);
 hm_status hm__graph_decode(hm_reader *r, uint32_t version, hm_graph **out);
-/* CRC32C of the graph's structure (no name, no resolved widths). */
-uint32_t hm__graph_fingerprint(const hm_graph *g);
+/* CRC32C of the graph's structure (no name, no resolved widths, no
+ * declared partition). RESOURCE_EXHAUSTED when the encoding's buffer
+ * cannot be had: a fingerprint of part of the graph would compare unequal. */
+hm_status hm__graph_fingerprint(const hm_graph *g, uint32_t *out);
 
 #endif /* HM_GRAPH_GRAPH_H_ */

@@ -58,12 +58,13 @@ void hm__graph_encode(const hm_graph *g, hm_bytes *b, int with_name) {
   for (size_t i = 0; i < g->n_cuts; i++) hm__bytes_str(b, g->cuts[i]);
 }
 
-uint32_t hm__graph_fingerprint(const hm_graph *g) {
+hm_status hm__graph_fingerprint(const hm_graph *g, uint32_t *out) {
   hm_bytes b = {0};
   hm__graph_encode(g, &b, 0);
-  uint32_t crc = hm__crc32c(0, b.data, b.len);
+  int failed = b.failed;
+  if (!failed) *out = hm__crc32c(0, b.data, b.len);
   hm__bytes_free(&b);
-  return crc;
+  return failed ? hm__fail(HM_STATUS_RESOURCE_EXHAUSTED, "out of memory") : HM_OK;
 }
 
 /* Version 2's declared partition: layer names, at most 63. */

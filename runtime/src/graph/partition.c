@@ -309,7 +309,12 @@ static hm_status partition(hm_graph *g, const char *const *cuts, size_t n_cuts, 
     hm_partition_free(p);
     return st;
   }
-  uint32_t crc = hm__graph_fingerprint(g);
+  uint32_t crc = 0;
+  st = hm__graph_fingerprint(g, &crc);
+  if (st != HM_OK) {
+    hm_partition_free(p);
+    return st;
+  }
   for (size_t c = 0; c < n_cuts; c++) crc = hm__crc32c(crc, cuts[c], strlen(cuts[c]) + 1);
   p->fingerprint = crc;
   *out = p;

@@ -181,7 +181,9 @@ hm_status hm__cycle_state_resume_into(const hm_cycle_state *r, hm_graph *g, cons
                     "resume: the policy is %s but the checkpoint was trained with %s (use hm_cycle_state_fit_options)",
                     a, b);
   }
-  if (r->graph_fingerprint != hm__graph_fingerprint(g))
+  uint32_t fingerprint = 0;
+  HM_RETURN_IF_ERROR(hm__graph_fingerprint(g, &fingerprint));
+  if (r->graph_fingerprint != fingerprint)
     return hm__fail(HM_STATUS_INVALID_ARGUMENT, "resume: the checkpoint was written for a different graph than '%s'",
                     g->name);
   if (!r->weights || !r->opt_state)

@@ -79,7 +79,7 @@ hm_status hm__dp_check_start(hm_dp *dp, const hm_graph *g, const hm_policy *poli
   const hm_collectives *c = dp->c;
   start_fingerprint mine, root;
   memset(&mine, 0, sizeof mine);
-  mine.graph = hm__graph_fingerprint(g);
+  HM_RETURN_IF_ERROR(hm__graph_fingerprint(g, &mine.graph));
   mine.weights = weights_crc(g->weights);
   mine.schedule_kind = schedule_kind;
   mine.policy = policy ? *policy : hm_make_hardware_policy();

@@ -237,10 +237,10 @@ hm_status hm_trainer_save_checkpoint(hm_trainer *t, const char *path) {
   hm_cycle_state *st = NULL;
   HM_RETURN_IF_ERROR(hm__cycle_state_create(&st));
   hm__cycle_state_set_options(st, &t->o, &t->policy, hm__schedule_kind(&t->o.lr_schedule_fp));
-  st->graph_fingerprint = hm__graph_fingerprint(t->g);
   st->step = t->step;
   st->stop_reason = HM_STOP_CHECKPOINT;
-  hm_status rc = hm__cycle_state_describe(st, t->s->plan, t->s->dev);
+  hm_status rc = hm__graph_fingerprint(t->g, &st->graph_fingerprint);
+  if (rc == HM_OK) rc = hm__cycle_state_describe(st, t->s->plan, t->s->dev);
   if (rc == HM_OK) rc = hm__session_download(t->s, &st->weights, &st->opt_state);
   if (rc == HM_OK) rc = hm_cycle_state_save(st, path);
   hm_cycle_state_free(st);

@@ -520,11 +520,12 @@ static hm_status fit_run(hm_graph *g, const fit_limits *lim, const hm_policy *po
   hm_cycle_state *st = NULL;
   HM_RETURN_IF_ERROR(hm__cycle_state_create(&st));
   hm__cycle_state_set_options(st, &o, policy, hm__schedule_kind(&o.lr_schedule_fp));
-  st->graph_fingerprint = hm__graph_fingerprint(g);
   int eval = 0;
   for (size_t i = 0; i < g->n_nodes; i++) eval |= g->nodes[i].eval != NULL;
   hm_session *s = NULL;
-  hm_status rc = ps ? hm__pipe_open_session(ps, g, &o, policy, eval, &s) : hm__session_create(g, &o, policy, 1, eval, &s);
+  hm_status rc = hm__graph_fingerprint(g, &st->graph_fingerprint);
+  if (rc == HM_OK)
+    rc = ps ? hm__pipe_open_session(ps, g, &o, policy, eval, &s) : hm__session_create(g, &o, policy, 1, eval, &s);
   if (rc == HM_OK) rc = hm__session_upload_weights(s);
   if (rc == HM_OK && resume) rc = hm__session_upload_opt_state(s, resume->opt_state);
   if (rc == HM_OK) rc = hm__cycle_state_describe(st, s->plan, s->dev);
