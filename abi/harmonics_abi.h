@@ -35,7 +35,7 @@ extern "C" {
 /* ===== Versions ===== */
 
 #define HM_ABI_VERSION_MAJOR 1
-#define HM_ABI_VERSION_MINOR 0
+#define HM_ABI_VERSION_MINOR 1
 #define HM_ABI_MAKE_VERSION(major, minor) ((((uint32_t)(major)) << 16) | ((uint32_t)(minor) & 0xffffu))
 #define HM_ABI_VERSION HM_ABI_MAKE_VERSION(HM_ABI_VERSION_MAJOR, HM_ABI_VERSION_MINOR)
 #define HM_ABI_VERSION_GET_MAJOR(v) ((uint32_t)(v) >> 16)
@@ -140,6 +140,13 @@ typedef enum hm_abi_op_code {
   HM_ABI_OP_GEMM_Q8 = 32,      /* int8_matmul */
   HM_ABI_OP_GEMM_Q4 = 33,      /* int4_matmul */
   HM_ABI_OP_GEMM_Q3 = 34,      /* int3_matmul */
+  /* 1.1: window ops over [batch, C, H, W] tensors (SPEC.md §7.5). */
+  HM_ABI_OP_CONV2D = 40,        /* Y = conv(X, W) + bias */
+  HM_ABI_OP_CONV2D_BWD_DATA = 41,   /* dX (+)= conv_transpose(dY, W) */
+  HM_ABI_OP_CONV2D_BWD_FILTER = 42, /* dW (+)= corr(X, dY), db (+)= sum dY */
+  HM_ABI_OP_POOL2D = 43,        /* Y = max/avg pool(X) (variant = hm_abi_pool) */
+  HM_ABI_OP_POOL2D_BWD = 44,    /* dX (+)= pool'(dY) */
+  HM_ABI_OP_DROPOUT = 45,       /* Y = keep(seed, step, i) ? X / (1 - rate) : 0 */
   HM_ABI_OP_MAX_ENUM = 0x7fffffff
 } hm_abi_op_code;
 
@@ -148,6 +155,24 @@ typedef enum hm_abi_op_code {
 #define HM_ABI_OP_FLAG_TRANS_B 0x2u /* GEMM: use B^T */
 /* LOSS: the target operand holds class indices (I32), else dense targets. */
 #define HM_ABI_OP_FLAG_CLASS_INDEX 0x4u
+/* 1.1, CONV2D_BWD_* and POOL2D_BWD: add to the outputs instead of
+ * overwriting them (their params hold geometry, so no beta). */
+#define HM_ABI_OP_FLAG_ACCUMULATE 0x8u
+
+/* 1.1: two 32-bit sizes in one dims[] word of a window op (SPEC.md §7.5):
+ * dims[1] = HM_ABI_PACK2(C_in, C_out), dims[2] = HM_ABI_PACK2(H, W). */
+#define HM_ABI_PACK2(hi, lo) ((((uint64_t)(uint32_t)(hi)) << 32) | (uint64_t)(uint32_t)(lo))
+#define HM_ABI_PACK2_HI(v) ((uint32_t)((uint64_t)(v) >> 32))
+#define HM_ABI_PACK2_LO(v) ((uint32_t)((uint64_t)(v) & 0xffffffffu))
+
+/* POOL2D variants. Average pooling divides by the whole window, padding
+ * included (PyTorch's count_include_pad=True). */
+typedef enum hm_abi_pool {
+  HM_ABI_POOL_MAX = 0,
+  HM_ABI_POOL_AVG = 1,
+  HM_ABI_POOL_COUNT = 2,
+  HM_ABI_POOL_MAX_ENUM = 0x7fffffff
+} hm_abi_pool;
 
 /* The activations and losses, one line each: X(NAME, value, "name",
  * "meaning"). The enums below, the runtime's names (harmonics/names.h) and the
@@ -335,6 +360,79 @@ typedef struct hm_abi_program_desc {
   uint32_t n_scalars;   /* length of the scalars array program_run receives */
   uint64_t reserved[4];
 } hm_abi_program_desc;
+
+/* ===== Window ops (1.1, SPEC.md §7.5) =====
+ * The geometry of CONV2D* and POOL2D*: dims[0] = batch, dims[1] =
+ * HM_ABI_PACK2(C_in, C_out) for convolutions and C for pooling, dims[2] =
+ * HM_ABI_PACK2(H, W), dims[3] = groups (convolutions; 0 for pooling);
+ * params 0-7 = kernel h, kernel w, stride h, stride w, padding h, padding w,
+ * dilation h, dilation w (convolutions; pooling has no dilation), each an
+ * integer held exactly in a float. hm_abi_window_decode checks and unpacks
+ * it, so every plugin reads the geometry the same way. */
+typedef struct hm_abi_window {
+  uint32_t n, c_in, c_out, h, w;  /* pooling: c_in == c_out == C */
+  uint32_t kh, kw, sh, sw, ph, pw, dh, dw, groups;
+  uint32_t ho, wo;                /* the output plane */
+} hm_abi_window;
+
+#define HM_ABI_WINDOW_MAX 65535u /* largest kernel, stride, padding or dilation */
+
+static inline int hm_abi_window_param_(float f, uint32_t lo, uint32_t *out) {
+  if (!(f >= (float)lo && f <= (float)HM_ABI_WINDOW_MAX) || (float)(uint32_t)f != f) return 1;
+  *out = (uint32_t)f;
+  return 0;
+}
+
+/* Fills |g| from a CONV2D* or POOL2D* op; returns 0, or 1 when the geometry
+ * is invalid (a zero size, a non-integer or out-of-range parameter, groups
+ * not dividing both channel counts, pooling padding above half the window,
+ * or an empty output). */
+static inline int hm_abi_window_decode(const hm_abi_op *op, hm_abi_window *g) {
+  int pool = op->code == HM_ABI_OP_POOL2D || op->code == HM_ABI_OP_POOL2D_BWD;
+  uint64_t ohw;
+  if (op->dims[0] == 0 || op->dims[0] > 0xffffffffu) return 1;
+  g->n = (uint32_t)op->dims[0];
+  if (pool) {
+    if (op->dims[1] == 0 || op->dims[1] > 0xffffffffu || op->dims[3] != 0) return 1;
+    g->c_in = g->c_out = (uint32_t)op->dims[1];
+    g->groups = 1;
+  } else {
+    g->c_in = HM_ABI_PACK2_HI(op->dims[1]);
+    g->c_out = HM_ABI_PACK2_LO(op->dims[1]);
+    if (op->dims[3] == 0 || op->dims[3] > 0xffffffffu) return 1;
+    g->groups = (uint32_t)op->dims[3];
+    if (g->c_in == 0 || g->c_out == 0 || g->c_in % g->groups || g->c_out % g->groups) return 1;
+  }
+  g->h = HM_ABI_PACK2_HI(op->dims[2]);
+  g->w = HM_ABI_PACK2_LO(op->dims[2]);
+  if (g->h == 0 || g->w == 0) return 1;
+  if (hm_abi_window_param_(op->params[0], 1, &g->kh) || hm_abi_window_param_(op->params[1], 1, &g->kw) ||
+      hm_abi_window_param_(op->params[2], 1, &g->sh) || hm_abi_window_param_(op->params[3], 1, &g->sw) ||
+      hm_abi_window_param_(op->params[4], 0, &g->ph) || hm_abi_window_param_(op->params[5], 0, &g->pw))
+    return 1;
+  if (pool) {
+    g->dh = g->dw = 1;
+    if (2 * g->ph > g->kh || 2 * g->pw > g->kw) return 1;
+  } else if (hm_abi_window_param_(op->params[6], 1, &g->dh) || hm_abi_window_param_(op->params[7], 1, &g->dw)) {
+    return 1;
+  }
+  uint64_t eh = (uint64_t)g->dh * (g->kh - 1) + 1, ew = (uint64_t)g->dw * (g->kw - 1) + 1;
+  uint64_t ih = (uint64_t)g->h + 2ull * g->ph, iw = (uint64_t)g->w + 2ull * g->pw;
+  if (eh > ih || ew > iw) return 1;
+  g->ho = (uint32_t)((ih - eh) / g->sh + 1);
+  g->wo = (uint32_t)((iw - ew) / g->sw + 1);
+  ohw = (uint64_t)g->ho * g->wo;
+  return ohw == 0;
+}
+
+/* DROPOUT's update step: params[1], or the dynamic scalar dyn[1] names,
+ * as an integer modulo 2^32 (a double holds every step a run reaches). */
+static inline uint32_t hm_abi_dropout_step(const hm_abi_op *op, const double *scalars, uint32_t n_scalars) {
+  double v = op->params[1];
+  if (op->dyn[1] >= 0 && (uint32_t)op->dyn[1] < n_scalars && scalars) v = scalars[op->dyn[1]];
+  if (!(v >= 0.0) || v >= 9007199254740992.0) return 0;
+  return (uint32_t)(uint64_t)v;
+}
 
 /* ===== The plugin descriptor ===== */
 

@@ -481,6 +481,32 @@ int32_t hm_ref_execute(const hm_abi_op *op, hm_ref_resolve_fn resolve, void *ctx
       hm_ref_gemm_q(want, d0, d1, d2, IN(0), IN(1), OUT(0));
       return HM_ABI_OK;
     }
+    case HM_ABI_OP_CONV2D:
+    case HM_ABI_OP_CONV2D_BWD_DATA:
+    case HM_ABI_OP_CONV2D_BWD_FILTER:
+    case HM_ABI_OP_POOL2D:
+    case HM_ABI_OP_POOL2D_BWD: {
+      hm_abi_window g;
+      if (hm_abi_window_decode(op, &g)) return HM_ABI_STATUS_INVALID_ARGUMENT;
+      int acc = (op->flags & HM_ABI_OP_FLAG_ACCUMULATE) != 0;
+      if ((op->code == HM_ABI_OP_POOL2D || op->code == HM_ABI_OP_POOL2D_BWD) && op->variant >= HM_ABI_POOL_COUNT)
+        return HM_ABI_STATUS_INVALID_ARGUMENT;
+      switch (op->code) {
+        case HM_ABI_OP_CONV2D: hm_ref_conv2d(&g, IN(0), IN(1), IN(2), OUT(0)); break;
+        case HM_ABI_OP_CONV2D_BWD_DATA: hm_ref_conv2d_bwd_data(&g, acc, IN(0), IN(1), OUT(0)); break;
+        case HM_ABI_OP_CONV2D_BWD_FILTER: hm_ref_conv2d_bwd_filter(&g, acc, IN(0), IN(1), OUT(0), OUT(1)); break;
+        case HM_ABI_OP_POOL2D: hm_ref_pool2d((int)op->variant, &g, IN(0), OUT(0), OUT(1)); break;
+        default: hm_ref_pool2d_bwd((int)op->variant, &g, acc, IN(0), IN(1), OUT(0)); break;
+      }
+      return HM_ABI_OK;
+    }
+    case HM_ABI_OP_DROPOUT: {
+      float rate = op->params[0];
+      if (!(rate >= 0.0f && rate < 1.0f)) return HM_ABI_STATUS_INVALID_ARGUMENT;
+      hm_ref_dropout(d0, op->dims[1], hm_abi_dropout_step(op, scalars, n_scalars), rate, op->params[2], IN(0),
+                     OUT(0));
+      return HM_ABI_OK;
+    }
     default: return HM_ABI_STATUS_UNIMPLEMENTED;
   }
 }

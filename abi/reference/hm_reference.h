@@ -87,6 +87,27 @@ void hm_ref_gemm_q(int dtype, size_t m, size_t n, size_t k, const uint8_t *a, co
  * BF16 to nearest even, F16 overflowing to infinity). */
 float hm_ref_round_to(int dtype, float x);
 
+/* ===== Window ops and dropout (SPEC.md §7.5), hm_reference_window.c ===== */
+
+/* CONV2D: y = conv(x, w) + bias (bias may be NULL). */
+void hm_ref_conv2d(const hm_abi_window *g, const float *x, const float *w, const float *bias, float *y);
+/* CONV2D_BWD_DATA: dx (+)= the gradient of conv with respect to x. */
+void hm_ref_conv2d_bwd_data(const hm_abi_window *g, int accumulate, const float *dy, const float *w, float *dx);
+/* CONV2D_BWD_FILTER: dw (+)= dLoss/dw, db (+)= sum of dy per channel (db may be NULL). */
+void hm_ref_conv2d_bwd_filter(const hm_abi_window *g, int accumulate, const float *x, const float *dy, float *dw,
+                              float *db);
+/* POOL2D: y = max or average pool of x; argmax (may be NULL; max only)
+ * receives each maximum's index in its input plane. */
+void hm_ref_pool2d(int variant, const hm_abi_window *g, const float *x, float *y, int32_t *argmax);
+/* POOL2D_BWD: dx (+)= the gradient through the pool (max uses argmax). */
+void hm_ref_pool2d_bwd(int variant, const hm_abi_window *g, int accumulate, const float *dy, const int32_t *argmax,
+                       float *dx);
+/* The dropout hash (lowbias32) and keep decision: element |index| of update
+ * |step| under |seed| survives |rate| (SPEC.md §7.5, bit-exact). */
+uint32_t hm_ref_hash32(uint32_t x);
+int hm_ref_dropout_keep(uint64_t seed, uint32_t step, uint32_t index, float rate);
+void hm_ref_dropout(size_t n, uint64_t seed, uint32_t step, float rate, float scale, const float *x, float *y);
+
 /* Element size in bytes of a plain dtype, 0 for block formats and NONE. */
 size_t hm_ref_dtype_size(int dtype);
 

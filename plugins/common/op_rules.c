@@ -145,13 +145,56 @@ int hm_op_requirements(const hm_abi_op *op, hm_operand_req in[4], hm_operand_req
       out[0] = (hm_operand_req){1, hm_extent(d0, d1, 1, 4)};
       return 0;
     }
+    case HM_ABI_OP_CONV2D:
+    case HM_ABI_OP_CONV2D_BWD_DATA:
+    case HM_ABI_OP_CONV2D_BWD_FILTER:
+    case HM_ABI_OP_POOL2D:
+    case HM_ABI_OP_POOL2D_BWD: {
+      hm_abi_window g;
+      if (hm_abi_window_decode(op, &g)) return 0; /* hm_check_op refuses the geometry; no extents */
+      hm_operand_req x = {1, hm_extent(g.n, g.c_in, (uint64_t)g.h * g.w, 4)};
+      hm_operand_req y = {1, hm_extent(g.n, g.c_out, (uint64_t)g.ho * g.wo, 4)};
+      hm_operand_req w = {1, hm_extent(g.c_out, g.c_in / g.groups, (uint64_t)g.kh * g.kw, 4)};
+      hm_operand_req b = {0, hm_extent(g.c_out, 1, 1, 4)};
+      int max = op->variant == HM_ABI_POOL_MAX;
+      switch (op->code) {
+        case HM_ABI_OP_CONV2D: in[0] = x, in[1] = w, in[2] = b, out[0] = y; break;
+        case HM_ABI_OP_CONV2D_BWD_DATA: in[0] = y, in[1] = w, out[0] = x; break;
+        case HM_ABI_OP_CONV2D_BWD_FILTER: in[0] = x, in[1] = y, out[0] = w, out[1] = b; break;
+        case HM_ABI_OP_POOL2D:
+          in[0] = x, out[0] = y;
+          if (max) out[1] = (hm_operand_req){0, y.bytes};
+          break;
+        default:
+          in[0] = y, out[0] = x;
+          if (max) in[1] = (hm_operand_req){1, y.bytes};
+          break;
+      }
+      return 0;
+    }
+    case HM_ABI_OP_DROPOUT:
+      in[0] = (hm_operand_req){1, hm_extent(d0, 1, 1, 4)};
+      out[0] = (hm_operand_req){1, hm_extent(d0, 1, 1, 4)};
+      return 0;
     default: return 1;
   }
 }
 
+int hm_op_is_window(uint32_t code) {
+  return code == HM_ABI_OP_CONV2D || code == HM_ABI_OP_CONV2D_BWD_DATA || code == HM_ABI_OP_CONV2D_BWD_FILTER ||
+         code == HM_ABI_OP_POOL2D || code == HM_ABI_OP_POOL2D_BWD;
+}
+
 
 int hm_op_has_variant(uint32_t code) {
-  return code == HM_ABI_OP_ACT_FORWARD || code == HM_ABI_OP_ACT_BACKWARD || code == HM_ABI_OP_LOSS;
+  return code == HM_ABI_OP_ACT_FORWARD || code == HM_ABI_OP_ACT_BACKWARD || code == HM_ABI_OP_LOSS ||
+         code == HM_ABI_OP_POOL2D || code == HM_ABI_OP_POOL2D_BWD;
+}
+
+static uint32_t variant_count(uint32_t code) {
+  if (code == HM_ABI_OP_LOSS) return HM_ABI_LOSS_COUNT;
+  if (code == HM_ABI_OP_POOL2D || code == HM_ABI_OP_POOL2D_BWD) return HM_ABI_POOL_COUNT;
+  return HM_ABI_ACT_COUNT;
 }
 
 int hm_caps_declares(const hm_abi_capability *caps, uint32_t n, uint32_t op, uint32_t din, uint32_t dout,
@@ -208,7 +251,7 @@ int32_t hm_check_op(const hm_abi_op *op, uint32_t index, uint32_t n_scalars, con
   if (op->code == HM_ABI_OP_FILL) din = dout;
   if (op->code == HM_ABI_OP_COPY) dout = din;
   int variant = hm_op_has_variant(op->code) ? (int)op->variant : -1;
-  if (variant >= 0 && (uint32_t)variant >= (op->code == HM_ABI_OP_LOSS ? HM_ABI_LOSS_COUNT : HM_ABI_ACT_COUNT)) {
+  if (variant >= 0 && (uint32_t)variant >= variant_count(op->code)) {
     snprintf(msg, cap, "op %u: variant %u out of range", index, op->variant);
     return HM_ABI_STATUS_INVALID_ARGUMENT;
   }
@@ -216,6 +259,15 @@ int32_t hm_check_op(const hm_abi_op *op, uint32_t index, uint32_t n_scalars, con
     snprintf(msg, cap, "op %u: op %u with dtype_in %u dtype_out %u variant %u is not declared", index, op->code, din,
              dout, op->variant);
     return HM_ABI_STATUS_UNIMPLEMENTED;
+  }
+  hm_abi_window geometry;
+  if (hm_op_is_window(op->code) && hm_abi_window_decode(op, &geometry)) {
+    snprintf(msg, cap, "op %u: invalid window geometry (SPEC.md 7.5)", index);
+    return HM_ABI_STATUS_INVALID_ARGUMENT;
+  }
+  if (op->code == HM_ABI_OP_DROPOUT && (!(op->params[0] >= 0.0f && op->params[0] < 1.0f) || op->dims[0] > UINT32_MAX)) {
+    snprintf(msg, cap, "op %u: dropout needs 0 <= rate < 1 and at most 2^32 elements", index);
+    return HM_ABI_STATUS_INVALID_ARGUMENT;
   }
   for (int i = 0; i < HM_ABI_MAX_DYN; i++)
     if (op->dyn[i] != HM_ABI_DYN_NONE && (op->dyn[i] < 0 || (uint32_t)op->dyn[i] >= n_scalars)) {
@@ -234,7 +286,8 @@ int32_t hm_check_op(const hm_abi_op *op, uint32_t index, uint32_t n_scalars, con
     return HM_ABI_STATUS_INVALID_ARGUMENT;
   }
   int matmul = op->code == HM_ABI_OP_GEMM || op->code == HM_ABI_OP_QUANTIZE || op->code == HM_ABI_OP_DEQUANTIZE ||
-               op->code == HM_ABI_OP_GEMM_Q8 || op->code == HM_ABI_OP_GEMM_Q4 || op->code == HM_ABI_OP_GEMM_Q3;
+               op->code == HM_ABI_OP_GEMM_Q8 || op->code == HM_ABI_OP_GEMM_Q4 || op->code == HM_ABI_OP_GEMM_Q3 ||
+               hm_op_is_window(op->code);
   if (matmul && (overlaps(&op->out[0], out[0].bytes, &op->in[0], in[0].bytes) ||
                  overlaps(&op->out[0], out[0].bytes, &op->in[1], in[1].bytes))) {
     snprintf(msg, cap, "op %u: output overlaps an input", index);

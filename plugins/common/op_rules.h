@@ -54,6 +54,16 @@ extern "C" {
   X(HM_ABI_OP_GEMM_Q4, HM_ABI_DTYPE_Q4, HM_ABI_DTYPE_I32, HM_ABI_DTYPE_F32, HM_ABI_NUMERICS_EXACT, 0) \
   X(HM_ABI_OP_GEMM_Q3, HM_ABI_DTYPE_Q3, HM_ABI_DTYPE_I32, HM_ABI_DTYPE_F32, HM_ABI_NUMERICS_EXACT, 0)
 
+/* The window ops and dropout (ABI 1.1). */
+#define HM_ABI_ALL_POOLS ((1ull << HM_ABI_POOL_COUNT) - 1)
+#define HM_WINDOW_CAPS(X) \
+  X(HM_ABI_OP_CONV2D, HM_ABI_DTYPE_F32, HM_ABI_DTYPE_F32, HM_ABI_DTYPE_F32, HM_ABI_NUMERICS_F32, 0) \
+  X(HM_ABI_OP_CONV2D_BWD_DATA, HM_ABI_DTYPE_F32, HM_ABI_DTYPE_F32, HM_ABI_DTYPE_F32, HM_ABI_NUMERICS_F32, 0) \
+  X(HM_ABI_OP_CONV2D_BWD_FILTER, HM_ABI_DTYPE_F32, HM_ABI_DTYPE_F32, HM_ABI_DTYPE_F32, HM_ABI_NUMERICS_F32, 0) \
+  X(HM_ABI_OP_POOL2D, HM_ABI_DTYPE_F32, HM_ABI_DTYPE_F32, HM_ABI_DTYPE_F32, HM_ABI_NUMERICS_F32, HM_ABI_ALL_POOLS) \
+  X(HM_ABI_OP_POOL2D_BWD, HM_ABI_DTYPE_F32, HM_ABI_DTYPE_F32, HM_ABI_DTYPE_F32, HM_ABI_NUMERICS_F32, HM_ABI_ALL_POOLS) \
+  X(HM_ABI_OP_DROPOUT, HM_ABI_DTYPE_F32, HM_ABI_DTYPE_F32, HM_ABI_DTYPE_F32, HM_ABI_NUMERICS_EXACT, 0)
+
 
 typedef struct hm_operand_req {
   int required;   /* 1 = must be set, 0 = optional */
@@ -72,8 +82,10 @@ int hm_op_requirements(const hm_abi_op *op, hm_operand_req in[4], hm_operand_req
  * for ops without variants. */
 int hm_caps_declares(const hm_abi_capability *caps, uint32_t n, uint32_t op, uint32_t din, uint32_t dout,
                      int variant);
-/* Nonzero for ops with a variant (activations, losses). */
+/* Nonzero for ops with a variant (activations, losses, pools). */
 int hm_op_has_variant(uint32_t code);
+/* Nonzero for CONV2D* and POOL2D* (their geometry: hm_abi_window_decode). */
+int hm_op_is_window(uint32_t code);
 
 /* Checks a program descriptor (SPEC.md HM-ABI-9): its struct_size, the op
  * array, at most |max_ops| ops, and one op stride — the first op's

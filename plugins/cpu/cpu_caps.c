@@ -16,6 +16,7 @@ static const hm_abi_capability caps[] = {
     {HM_ABI_OP_GEMM, HM_ABI_DTYPE_BF16, F32, F32, HM_ABI_NUMERICS_BF16, 0, 0, 0.5f, {0, 0, 0}},
 #define ROW(...) CAP(__VA_ARGS__),
     HM_PORTABLE_CAPS(ROW)
+    HM_WINDOW_CAPS(ROW)
 #undef ROW
 };
 

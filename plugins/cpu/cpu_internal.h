@@ -182,6 +182,15 @@ void cpu_kernel_optimizer(const cpu_exec *ex, const cpu_op *op);
 /* QUANTIZE and DEQUANTIZE; GEMM_Q8/Q4/Q3 (cpu_kernels_quant.c). */
 void cpu_kernel_quantize(const cpu_exec *ex, const cpu_op *op);
 void cpu_kernel_gemm_q(const cpu_exec *ex, const cpu_op *op);
+/* CONV2D*, POOL2D* and DROPOUT (cpu_kernels_window.c). */
+void cpu_kernel_conv2d(const cpu_exec *ex, const cpu_op *op);
+void cpu_kernel_pool2d(const cpu_exec *ex, const cpu_op *op);
+void cpu_kernel_dropout(const cpu_exec *ex, const cpu_op *op);
+uint64_t cpu_window_scratch_bytes(const cpu_device *dev, const hm_abi_op *op);
+/* One single-threaded row-major sgemm through OpenBLAS or, with
+ * gemm=reference, the plain loop (dimensions below 2^31). */
+void cpu_sgemm(const cpu_context *ctx, int trans_a, int trans_b, size_t m, size_t n, size_t k, float alpha,
+               const float *a, size_t lda, const float *b, size_t ldb, float beta, float *c, size_t ldc);
 /* Scratch bytes an op needs at run time (0 for most). */
 uint64_t cpu_quant_scratch_bytes(const cpu_device *dev, const hm_abi_op *op);
 uint64_t cpu_gemm_scratch_bytes(const hm_abi_op *op);

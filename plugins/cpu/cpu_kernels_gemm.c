@@ -36,6 +36,16 @@ static void reference_sgemm(int ta, int tb, size_t m, size_t n, size_t k, float 
   }
 }
 
+void cpu_sgemm(const cpu_context *ctx, int ta, int tb, size_t m, size_t n, size_t k, float alpha, const float *a,
+               size_t lda, const float *b, size_t ldb, float beta, float *c, size_t ldc) {
+  if (ctx->use_reference_gemm) {
+    reference_sgemm(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+    return;
+  }
+  ctx->blas.sgemm(ROW_MAJOR, ta ? TRANS : NO_TRANS, tb ? TRANS : NO_TRANS, (int)m, (int)n, (int)k, alpha, a, (int)lda,
+                  b, (int)ldb, beta, c, (int)ldc);
+}
+
 /* C[block] for rows [r0, r1) x cols [c0, c1). */
 static void gemm_block(const gemm_job *j, size_t r0, size_t r1, size_t c0, size_t c1) {
   size_t lda = j->ta ? j->m : j->k, ldb = j->tb ? j->k : j->n, ldc = j->n;

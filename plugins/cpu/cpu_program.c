@@ -73,7 +73,8 @@ int32_t cpu_program_create(hm_abi_device *dev, const hm_abi_program_desc *desc, 
   }
   uint64_t scratch = 0;
   for (uint32_t i = 0; i < desc->n_ops; i++) {
-    uint64_t need = cpu_quant_scratch_bytes(dev, &ops[i].op) + cpu_gemm_scratch_bytes(&ops[i].op);
+    uint64_t need = cpu_quant_scratch_bytes(dev, &ops[i].op) + cpu_gemm_scratch_bytes(&ops[i].op) +
+                    cpu_window_scratch_bytes(dev, &ops[i].op);
     scratch = need > scratch ? need : scratch;
   }
   if (scratch) {
@@ -137,6 +138,12 @@ int32_t cpu_program_run(hm_abi_program *p, const double *scalars, uint32_t n_sca
       case HM_ABI_OP_GEMM_Q8:
       case HM_ABI_OP_GEMM_Q4:
       case HM_ABI_OP_GEMM_Q3: cpu_kernel_gemm_q(&ex, op); break;
+      case HM_ABI_OP_CONV2D:
+      case HM_ABI_OP_CONV2D_BWD_DATA:
+      case HM_ABI_OP_CONV2D_BWD_FILTER: cpu_kernel_conv2d(&ex, op); break;
+      case HM_ABI_OP_POOL2D:
+      case HM_ABI_OP_POOL2D_BWD: cpu_kernel_pool2d(&ex, op); break;
+      case HM_ABI_OP_DROPOUT: cpu_kernel_dropout(&ex, op); break;
       default: cpu_kernel_optimizer(&ex, op); break;
     }
   }

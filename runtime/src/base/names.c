@@ -31,6 +31,12 @@ const char *hm_op_name(uint32_t op) {
     case HM_ABI_OP_GEMM_Q8: return "int8_matmul";
     case HM_ABI_OP_GEMM_Q4: return "int4_matmul";
     case HM_ABI_OP_GEMM_Q3: return "int3_matmul";
+    case HM_ABI_OP_CONV2D: return "conv2d";
+    case HM_ABI_OP_CONV2D_BWD_DATA: return "conv2d_backward_data";
+    case HM_ABI_OP_CONV2D_BWD_FILTER: return "conv2d_backward_filter";
+    case HM_ABI_OP_POOL2D: return "pool2d";
+    case HM_ABI_OP_POOL2D_BWD: return "pool2d_backward";
+    case HM_ABI_OP_DROPOUT: return "dropout";
     default: return "?";
   }
 }

@@ -64,6 +64,7 @@ void conform_build_tests(conform_suite *s);
 /* Test constructors per tier. */
 void conform_add_abi_tests(conform_suite *s);
 void conform_add_kernel_tests(conform_suite *s);
+void conform_add_window_tests(conform_suite *s);
 void conform_add_program_tests(conform_suite *s);
 void conform_add_robustness_tests(conform_suite *s);
 

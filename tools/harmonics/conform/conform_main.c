@@ -49,6 +49,7 @@ void conform_add(conform_suite *s, const char *group, conform_fn fn, const void 
 void conform_build_tests(conform_suite *s) {
   conform_add_abi_tests(s);
   conform_add_kernel_tests(s);
+  conform_add_window_tests(s);
   conform_add_program_tests(s);
   conform_add_robustness_tests(s);
   /* Keep each group contiguous (in order of first appearance): one child per group. */

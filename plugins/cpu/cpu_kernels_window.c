@@ -1,0 +1,331 @@
+/*
+ * Convolution, pooling and dropout on the CPU (SPEC.md §7.5).
+ *
+ * A convolution is im2col + sgemm per image and group: the image's patches
+ * become a [C_in/g * KH * KW, Ho * Wo] matrix, so W [C_out/g, K] times it
+ * is the output plane in [C, H, W] order with no transpose. Images are
+ * split into one contiguous range per thread; each thread has its own patch
+ * matrix and, for the filter gradient, its own partial sums, added in
+ * thread order afterwards — so results depend only on the thread count.
+ * Every buffer comes from the program's scratch (no allocation per step).
+ */
+#include <math.h>
+#include <string.h>
+
+#include "cpu_internal.h"
+
+/* Images [begin, end) of task |t| of |tasks|. */
+static void split(size_t n, size_t tasks, size_t t, size_t *begin, size_t *end) {
+  *begin = n * t / tasks;
+  *end = n * (t + 1) / tasks;
+}
+
+static size_t conv_tasks(const cpu_device *dev, const hm_abi_window *g) {
+  return dev->threads < g->n ? dev->threads : g->n;
+}
+
+static int is_pointwise(const hm_abi_window *g) {
+  return g->kh == 1 && g->kw == 1 && g->sh == 1 && g->sw == 1 && g->ph == 0 && g->pw == 0;
+}
+
+/* Floats of one task's scratch: the patch matrix, then (filter gradient)
+ * the partial dW and db. */
+static uint64_t conv_col_floats(const hm_abi_window *g) {
+  return is_pointwise(g) ? 0 : (uint64_t)(g->c_in / g->groups) * g->kh * g->kw * g->ho * g->wo;
+}
+
+static uint64_t conv_task_floats(const hm_abi_op *op, const hm_abi_window *g) {
+  uint64_t n = conv_col_floats(g);
+  if (op->code == HM_ABI_OP_CONV2D_BWD_FILTER) n += (uint64_t)g->c_out * (g->c_in / g->groups) * g->kh * g->kw + g->c_out;
+  return (n + 15) / 16 * 16; /* keep each task's block on 64 bytes */
+}
+
+uint64_t cpu_window_scratch_bytes(const cpu_device *dev, const hm_abi_op *op) {
+  hm_abi_window g;
+  if (op->code != HM_ABI_OP_CONV2D && op->code != HM_ABI_OP_CONV2D_BWD_DATA && op->code != HM_ABI_OP_CONV2D_BWD_FILTER)
+    return 0;
+  if (hm_abi_window_decode(op, &g)) return 0; /* refused by validation */
+  return conv_tasks(dev, &g) * conv_task_floats(op, &g) * 4 + 64;
+}
+
+/* The range of output columns o whose input column o*s - p + k*d lies in [0, size). */
+static void valid_range(uint32_t out, uint32_t s, uint32_t p, uint32_t k, uint32_t d, uint32_t size, uint32_t *o0,
+                        uint32_t *o1) {
+  long off = (long)k * d - (long)p; /* input = o*s + off */
+  long lo = off >= 0 ? 0 : (-off + (long)s - 1) / (long)s;
+  long hi = ((long)size - 1 - off) < 0 ? -1 : ((long)size - 1 - off) / (long)s; /* last valid o */
+  if (hi >= (long)out) hi = (long)out - 1;
+  *o0 = (uint32_t)(lo < (long)out ? lo : out);
+  *o1 = hi < lo ? *o0 : (uint32_t)hi + 1;
+}
+
+/* col[(ci*KH + ky)*KW + kx][oh*Wo + ow] = x[ci][ih][iw], zero in the padding. */
+static void im2col(const hm_abi_window *g, uint32_t channels, const float *x, float *col) {
+  size_t P = (size_t)g->ho * g->wo;
+  for (uint32_t ci = 0; ci < channels; ci++)
+    for (uint32_t ky = 0; ky < g->kh; ky++)
+      for (uint32_t kx = 0; kx < g->kw; kx++) {
+        float *row = col + (((size_t)ci * g->kh + ky) * g->kw + kx) * P;
+        uint32_t ow0, ow1;
+        valid_range(g->wo, g->sw, g->pw, kx, g->dw, g->w, &ow0, &ow1);
+        for (uint32_t oh = 0; oh < g->ho; oh++) {
+          float *r = row + (size_t)oh * g->wo;
+          long ih = (long)oh * g->sh - (long)g->ph + (long)ky * g->dh;
+          if (ih < 0 || ih >= (long)g->h) {
+            memset(r, 0, g->wo * sizeof *r);
+            continue;
+          }
+          const float *src = x + ((size_t)ci * g->h + (size_t)ih) * g->w;
+          long base = (long)kx * g->dw - (long)g->pw;
+          for (uint32_t ow = 0; ow < ow0; ow++) r[ow] = 0.0f;
+          if (g->sw == 1) {
+            memcpy(r + ow0, src + base + ow0, (ow1 - ow0) * sizeof *r);
+          } else {
+            for (uint32_t ow = ow0; ow < ow1; ow++) r[ow] = src[(long)ow * g->sw + base];
+          }
+          for (uint32_t ow = ow1; ow < g->wo; ow++) r[ow] = 0.0f;
+        }
+      }
+}
+
+/* dx[ci][ih][iw] += col[...]: im2col's adjoint. */
+static void col2im(const hm_abi_window *g, uint32_t channels, const float *col, float *dx) {
+  size_t P = (size_t)g->ho * g->wo;
+  for (uint32_t ci = 0; ci < channels; ci++)
+    for (uint32_t ky = 0; ky < g->kh; ky++)
+      for (uint32_t kx = 0; kx < g->kw; kx++) {
+        const float *row = col + (((size_t)ci * g->kh + ky) * g->kw + kx) * P;
+        uint32_t ow0, ow1;
+        valid_range(g->wo, g->sw, g->pw, kx, g->dw, g->w, &ow0, &ow1);
+        for (uint32_t oh = 0; oh < g->ho; oh++) {
+          long ih = (long)oh * g->sh - (long)g->ph + (long)ky * g->dh;
+          if (ih < 0 || ih >= (long)g->h) continue;
+          float *dst = dx + ((size_t)ci * g->h + (size_t)ih) * g->w + (long)kx * g->dw - (long)g->pw;
+          const float *r = row + (size_t)oh * g->wo;
+          for (uint32_t ow = ow0; ow < ow1; ow++) dst[(size_t)ow * g->sw] += r[ow];
+        }
+      }
+}
+
+typedef struct conv_job {
+  const cpu_exec *ex;
+  const cpu_op *op;
+  hm_abi_window g;
+  size_t tasks, task_floats;
+  int accumulate;
+} conv_job;
+
+static void conv_task(void *arg, size_t t) {
+  const conv_job *j = arg;
+  const hm_abi_window *g = &j->g;
+  const cpu_context *ctx = j->ex->device->ctx;
+  uint32_t cig = g->c_in / g->groups, cog = g->c_out / g->groups;
+  size_t P = (size_t)g->ho * g->wo, HW = (size_t)g->h * g->w, K = (size_t)cig * g->kh * g->kw;
+  float *col = (float *)j->ex->scratch + t * j->task_floats;
+  int pointwise = is_pointwise(g);
+  size_t b, e;
+  split(g->n, j->tasks, t, &b, &e);
+  uint32_t code = j->op->op.code;
+  float *pdw = NULL, *pdb = NULL; /* the filter gradient's partial sums, after the patches */
+  if (code == HM_ABI_OP_CONV2D_BWD_FILTER) {
+    pdw = col + conv_col_floats(g);
+    pdb = pdw + (size_t)g->c_out * K;
+    memset(pdw, 0, ((size_t)g->c_out * K + g->c_out) * sizeof *pdw);
+  }
+  for (size_t n = b; n < e; n++)
+    for (uint32_t gi = 0; gi < g->groups; gi++) {
+      const float *w = (const float *)j->op->in[1] + (size_t)gi * cog * K;
+      if (code == HM_ABI_OP_CONV2D) {
+        const float *x = (const float *)j->op->in[0] + ((size_t)n * g->c_in + (size_t)gi * cig) * HW;
+        float *y = (float *)j->op->out[0] + ((size_t)n * g->c_out + (size_t)gi * cog) * P;
+        const float *patches = x;
+        if (!pointwise) {
+          im2col(g, cig, x, col);
+          patches = col;
+        }
+        cpu_sgemm(ctx, 0, 0, cog, P, K, 1.0f, w, K, patches, P, 0.0f, y, P);
+        const float *bias = j->op->in[2];
+        if (bias)
+          for (uint32_t c = 0; c < cog; c++) {
+            float bv = bias[(size_t)gi * cog + c];
+            for (size_t p = 0; p < P; p++) y[(size_t)c * P + p] += bv;
+          }
+      } else if (code == HM_ABI_OP_CONV2D_BWD_DATA) {
+        const float *dy = (const float *)j->op->in[0] + ((size_t)n * g->c_out + (size_t)gi * cog) * P;
+        float *dx = (float *)j->op->out[0] + ((size_t)n * g->c_in + (size_t)gi * cig) * HW;
+        if (pointwise) {
+          cpu_sgemm(ctx, 1, 0, K, P, cog, 1.0f, w, K, dy, P, j->accumulate ? 1.0f : 0.0f, dx, P);
+          continue;
+        }
+        cpu_sgemm(ctx, 1, 0, K, P, cog, 1.0f, w, K, dy, P, 0.0f, col, P);
+        if (!j->accumulate) memset(dx, 0, (size_t)cig * HW * sizeof *dx);
+        col2im(g, cig, col, dx);
+      } else {
+        const float *x = (const float *)j->op->in[0] + ((size_t)n * g->c_in + (size_t)gi * cig) * HW;
+        const float *dy = (const float *)j->op->in[1] + ((size_t)n * g->c_out + (size_t)gi * cog) * P;
+        const float *patches = x;
+        if (!pointwise) {
+          im2col(g, cig, x, col);
+          patches = col;
+        }
+        cpu_sgemm(ctx, 0, 1, cog, K, P, 1.0f, dy, P, patches, P, 1.0f, pdw + (size_t)gi * cog * K, K);
+        for (uint32_t c = 0; c < cog; c++) {
+          float s = 0.0f;
+          for (size_t p = 0; p < P; p++) s += dy[(size_t)c * P + p];
+          pdb[(size_t)gi * cog + c] += s;
+        }
+      }
+    }
+}
+
+void cpu_kernel_conv2d(const cpu_exec *ex, const cpu_op *op) {
+  conv_job j = {ex, op, {0}, 0, 0, (op->op.flags & HM_ABI_OP_FLAG_ACCUMULATE) != 0};
+  (void)hm_abi_window_decode(&op->op, &j.g); /* validated at program_create */
+  j.tasks = conv_tasks(ex->device, &j.g);
+  j.task_floats = conv_task_floats(&op->op, &j.g);
+  if (j.tasks <= 1) conv_task(&j, 0);
+  else cpu_pool_run(ex->device->pool, j.tasks, conv_task, &j);
+  if (op->op.code != HM_ABI_OP_CONV2D_BWD_FILTER) return;
+  /* The tasks' partial sums, in task order. */
+  size_t nw = (size_t)j.g.c_out * (j.g.c_in / j.g.groups) * j.g.kh * j.g.kw, nb = j.g.c_out;
+  float *dw = op->out[0], *db = op->out[1];
+  const float *p0 = (const float *)ex->scratch + conv_col_floats(&j.g);
+  for (size_t i = 0; i < nw; i++) {
+    float s = j.accumulate ? dw[i] : 0.0f;
+    for (size_t t = 0; t < j.tasks; t++) s += p0[t * j.task_floats + i];
+    dw[i] = s;
+  }
+  if (!db) return;
+  for (size_t i = 0; i < nb; i++) {
+    float s = j.accumulate ? db[i] : 0.0f;
+    for (size_t t = 0; t < j.tasks; t++) s += p0[t * j.task_floats + nw + i];
+    db[i] = s;
+  }
+}
+
+/* ===== Pooling ===== */
+
+typedef struct pool_job {
+  const cpu_op *op;
+  hm_abi_window g;
+  int accumulate;
+} pool_job;
+
+static void pool_forward_planes(void *arg, size_t begin, size_t end, size_t chunk) {
+  (void)chunk;
+  const pool_job *j = arg;
+  const hm_abi_window *g = &j->g;
+  size_t HW = (size_t)g->h * g->w, P = (size_t)g->ho * g->wo;
+  int max = j->op->op.variant == HM_ABI_POOL_MAX;
+  float area = (float)g->kh * (float)g->kw;
+  for (size_t pl = begin; pl < end; pl++) {
+    const float *x = (const float *)j->op->in[0] + pl * HW;
+    float *y = (float *)j->op->out[0] + pl * P;
+    int32_t *am = j->op->out[1] ? (int32_t *)j->op->out[1] + pl * P : NULL;
+    for (uint32_t oh = 0; oh < g->ho; oh++) {
+      uint32_t kh0, kh1;
+      long ih0 = (long)oh * g->sh - (long)g->ph;
+      kh0 = ih0 < 0 ? (uint32_t)-ih0 : 0;
+      kh1 = ih0 + (long)g->kh > (long)g->h ? (uint32_t)((long)g->h - ih0) : g->kh;
+      for (uint32_t ow = 0; ow < g->wo; ow++) {
+        long iw0 = (long)ow * g->sw - (long)g->pw;
+        uint32_t kw0 = iw0 < 0 ? (uint32_t)-iw0 : 0;
+        uint32_t kw1 = iw0 + (long)g->kw > (long)g->w ? (uint32_t)((long)g->w - iw0) : g->kw;
+        if (max) {
+          long best = -1;
+          float bv = 0.0f;
+          for (uint32_t ky = kh0; ky < kh1; ky++)
+            for (uint32_t kx = kw0; kx < kw1; kx++) {
+              long at = (ih0 + ky) * (long)g->w + iw0 + kx;
+              float v = x[at];
+              if (best < 0 || (!isnan(bv) && (v > bv || isnan(v)))) {
+                best = at;
+                bv = v;
+              }
+            }
+          y[(size_t)oh * g->wo + ow] = bv;
+          if (am) am[(size_t)oh * g->wo + ow] = (int32_t)best;
+        } else {
+          float s = 0.0f;
+          for (uint32_t ky = kh0; ky < kh1; ky++)
+            for (uint32_t kx = kw0; kx < kw1; kx++) s += x[(ih0 + ky) * (long)g->w + iw0 + kx];
+          y[(size_t)oh * g->wo + ow] = s / area;
+        }
+      }
+    }
+  }
+}
+
+static void pool_backward_planes(void *arg, size_t begin, size_t end, size_t chunk) {
+  (void)chunk;
+  const pool_job *j = arg;
+  const hm_abi_window *g = &j->g;
+  size_t HW = (size_t)g->h * g->w, P = (size_t)g->ho * g->wo;
+  int max = j->op->op.variant == HM_ABI_POOL_MAX;
+  float area = (float)g->kh * (float)g->kw;
+  for (size_t pl = begin; pl < end; pl++) {
+    const float *dy = (const float *)j->op->in[0] + pl * P;
+    float *dx = (float *)j->op->out[0] + pl * HW;
+    if (!j->accumulate) memset(dx, 0, HW * sizeof *dx);
+    if (max) {
+      const int32_t *am = (const int32_t *)j->op->in[1] + pl * P;
+      for (size_t o = 0; o < P; o++)
+        if (am[o] >= 0 && (size_t)am[o] < HW) dx[am[o]] += dy[o];
+      continue;
+    }
+    for (uint32_t oh = 0; oh < g->ho; oh++)
+      for (uint32_t ow = 0; ow < g->wo; ow++) {
+        float d = dy[(size_t)oh * g->wo + ow] / area;
+        for (uint32_t ky = 0; ky < g->kh; ky++) {
+          long ih = (long)oh * g->sh - (long)g->ph + ky;
+          if (ih < 0 || ih >= (long)g->h) continue;
+          for (uint32_t kx = 0; kx < g->kw; kx++) {
+            long iw = (long)ow * g->sw - (long)g->pw + kx;
+            if (iw >= 0 && iw < (long)g->w) dx[ih * (long)g->w + iw] += d;
+          }
+        }
+      }
+  }
+}
+
+void cpu_kernel_pool2d(const cpu_exec *ex, const cpu_op *op) {
+  pool_job j = {op, {0}, (op->op.flags & HM_ABI_OP_FLAG_ACCUMULATE) != 0};
+  (void)hm_abi_window_decode(&op->op, &j.g);
+  size_t planes = (size_t)j.g.n * j.g.c_in;
+  cpu_parallel_range(ex->device, planes, 8,
+                     op->op.code == HM_ABI_OP_POOL2D ? pool_forward_planes : pool_backward_planes, &j);
+}
+
+/* ===== Dropout ===== */
+
+typedef struct dropout_job {
+  const cpu_op *op;
+  uint32_t key, step, threshold;
+  float scale;
+} dropout_job;
+
+static uint32_t hash32(uint32_t x) { /* lowbias32, as SPEC.md §7.5 */
+  x ^= x >> 16;
+  x *= 0x7feb352du;
+  x ^= x >> 15;
+  x *= 0x846ca68bu;
+  x ^= x >> 16;
+  return x;
+}
+
+static void dropout_range(void *arg, size_t begin, size_t end, size_t chunk) {
+  (void)chunk;
+  const dropout_job *j = arg;
+  const float *x = j->op->in[0];
+  float *y = j->op->out[0];
+  uint32_t base = hash32(j->key ^ j->step);
+  for (size_t i = begin; i < end; i++) y[i] = (hash32(base ^ (uint32_t)i) >> 8) >= j->threshold ? x[i] * j->scale : 0.0f;
+}
+
+void cpu_kernel_dropout(const cpu_exec *ex, const cpu_op *op) {
+  uint64_t seed = op->op.dims[1];
+  dropout_job j = {op, hash32((uint32_t)seed ^ hash32((uint32_t)(seed >> 32) ^ 0x9e3779b9u)),
+                   hm_abi_dropout_step(&op->op, ex->scalars, ex->n_scalars),
+                   (uint32_t)(op->op.params[0] * 16777216.0f), op->op.params[2]};
+  cpu_parallel_range(ex->device, (size_t)op->op.dims[0], 4096, dropout_range, &j);
+}
