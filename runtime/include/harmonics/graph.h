@@ -53,6 +53,38 @@ HM_API HM_MUST_USE hm_status hm_graph_add_layer(hm_graph *g, const char *name, s
 HM_API HM_MUST_USE hm_status hm_graph_add_layer_ratio(hm_graph *g, const char *name, int num, int den, const char *ref);
 /* from -(activation)-> to; activation names as in the DSL ("relu", "id"). */
 HM_API HM_MUST_USE hm_status hm_graph_connect(hm_graph *g, const char *from, const char *to, const char *activation);
+/* Connections beyond dense (docs/dsl.md, DESIGN.md §12). A connection reads
+ * its source as [C, H, W] images (a convolution or pooling needs a shaped
+ * source) or as a flat vector (dense: a shaped source is flattened). */
+typedef enum hm_connection_kind {
+  HM_CONNECTION_DENSE = 0,    /* b += f(W·a + bias) */
+  HM_CONNECTION_CONV2D = 1,   /* b += f(conv(a, W) + bias) */
+  HM_CONNECTION_MAX_POOL = 2, /* b += f(max_pool(a)) */
+  HM_CONNECTION_AVG_POOL = 3, /* b += f(avg_pool(a)) */
+  HM_CONNECTION_DROPOUT = 4   /* b += f(dropout(a)) while training; f(a) in evaluation and inference */
+} hm_connection_kind;
+
+typedef struct hm_connection_spec {
+  hm_connection_kind kind;
+  uint32_t out_channels; /* convolution */
+  uint32_t kernel[2];    /* convolution and pooling: height, width */
+  uint32_t stride[2];    /* 0: 1 for a convolution, the kernel for pooling */
+  uint32_t padding[2];   /* zeros around the image */
+  uint32_t dilation[2];  /* convolution; 0: 1 */
+  uint32_t groups;       /* convolution; 0: 1 */
+  int no_bias;           /* convolution: no bias tensor */
+  float rate;            /* dropout: the probability of dropping, [0, 1) */
+} hm_connection_spec;
+
+/* from -(activation)-> to through |spec| (NULL: dense). INVALID_ARGUMENT
+ * for a bad parameter, naming it. */
+HM_API HM_MUST_USE hm_status hm_graph_connect_spec(hm_graph *g, const char *from, const char *to, const char *activation,
+                                                   const hm_connection_spec *spec);
+/* A producer or layer of shape {channels x height x width}. */
+HM_API HM_MUST_USE hm_status hm_graph_add_producer_shape(hm_graph *g, const char *name, size_t channels, size_t height,
+                                                         size_t width);
+HM_API HM_MUST_USE hm_status hm_graph_add_layer_shape(hm_graph *g, const char *name, size_t channels, size_t height,
+                                                      size_t width);
 /* layer <-(loss)- target. */
 HM_API HM_MUST_USE hm_status hm_graph_add_loss(hm_graph *g, const char *layer, const char *loss, const char *target);
 
@@ -69,7 +101,12 @@ HM_API size_t hm_graph_node_count(const hm_graph *g);
 /* Node |i|: name, kind and width (0 while unresolved). */
 HM_API HM_MUST_USE hm_status hm_graph_node(const hm_graph *g, size_t i, const char **name, hm_node_kind *kind,
                                            size_t *width);
+/* Node |i|'s resolved shape: rank 3 ({C x H x W}) or 1 ({width});
+ * FAILED_PRECONDITION before hm_graph_resolve succeeded. */
+HM_API HM_MUST_USE hm_status hm_graph_node_shape(const hm_graph *g, size_t i, size_t shape[3], int *rank);
 HM_API size_t hm_graph_connection_count(const hm_graph *g);
+/* Connection |i|'s kind and parameters, defaults filled in. */
+HM_API HM_MUST_USE hm_status hm_graph_connection_spec(const hm_graph *g, size_t i, hm_connection_spec *out);
 HM_API HM_MUST_USE hm_status hm_graph_connection(const hm_graph *g, size_t i, const char **from, const char **to,
                                                  const char **activation);
 HM_API size_t hm_graph_loss_count(const hm_graph *g);

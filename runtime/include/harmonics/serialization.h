@@ -22,7 +22,7 @@
 extern "C" {
 #endif
 
-#define HM_GRAPH_FORMAT_VERSION 2 /* 2: the declared partition; 1 still loads */
+#define HM_GRAPH_FORMAT_VERSION 3 /* 3: shapes and window connections; 2: the declared partition; 1 and 2 still load */
 #define HM_WEIGHTS_FORMAT_VERSION 1
 #define HM_CHECKPOINT_FORMAT_VERSION 2
 

@@ -62,6 +62,8 @@ const char *hm__tok_name(hm_tok_kind k) {
     case TOK_HYPHEN: return "'-'";
     case TOK_ARROW: return "'->'";
     case TOK_BACK: return "'<-'";
+    case TOK_LBRACKET: return "'['";
+    case TOK_RBRACKET: return "']'";
   }
   return "?";
 }
@@ -100,6 +102,10 @@ hm_status hm__lexer_next(hm_lexer *lx, hm_token *out) {
   if (c >= '0' && c <= '9') {
     size_t start = lx->pos;
     while (lx->pos < lx->len && lx->src[lx->pos] >= '0' && lx->src[lx->pos] <= '9') advance(lx);
+    if (lx->pos + 1 < lx->len && lx->src[lx->pos] == '.' && lx->src[lx->pos + 1] >= '0' && lx->src[lx->pos + 1] <= '9') {
+      advance(lx); /* a decimal fraction (dropout rates) */
+      while (lx->pos < lx->len && lx->src[lx->pos] >= '0' && lx->src[lx->pos] <= '9') advance(lx);
+    }
     out->len = lx->pos - start;
     out->kind = TOK_NUMBER;
     return HM_OK;
@@ -129,6 +135,8 @@ hm_status hm__lexer_next(hm_lexer *lx, hm_token *out) {
     case '/': k = TOK_SLASH; break;
     case '|': k = TOK_PIPE; break;
     case ',': k = TOK_COMMA; break;
+    case '[': k = TOK_LBRACKET; break;
+    case ']': k = TOK_RBRACKET; break;
     case '-': k = TOK_HYPHEN; break;
     default: {
       unsigned char uc = (unsigned char)c;

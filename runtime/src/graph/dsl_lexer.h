@@ -11,7 +11,7 @@
 typedef enum hm_tok_kind {
   TOK_END,
   TOK_IDENT,
-  TOK_NUMBER,
+  TOK_NUMBER,  /* digits, or digits '.' digits */
   TOK_HARMONIC,
   TOK_PRODUCER,
   TOK_CONSUMER,
@@ -29,7 +29,9 @@ typedef enum hm_tok_kind {
   TOK_COMMA,
   TOK_HYPHEN,  /* - */
   TOK_ARROW,   /* -> */
-  TOK_BACK     /* <- */
+  TOK_BACK,    /* <- */
+  TOK_LBRACKET,
+  TOK_RBRACKET
 } hm_tok_kind;
 
 typedef struct hm_token {

@@ -24,6 +24,7 @@ typedef struct pending_arrow {
   char *src, *dst, *func;
   int backward;
   int line, col;
+  hm_connection_spec spec; /* -[conv 32 3x3]-> ; dense when none */
 } pending_arrow;
 
 typedef struct parser {
@@ -80,8 +81,11 @@ static hm_status take_ident(parser *p, char **out, int *line, int *col) {
   return st;
 }
 
+static int is_decimal(const hm_token *t) { return memchr(t->text, '.', t->len) != NULL; }
+
 static hm_status take_number(parser *p, size_t max, size_t *out) {
   if (p->tok.kind != TOK_NUMBER) return expected(p, "a number");
+  if (is_decimal(&p->tok)) return error_at(p, &p->tok, "expected a whole number%s", "");
   size_t v = 0;
   for (size_t i = 0; i < p->tok.len; i++) {
     v = v * 10 + (size_t)(p->tok.text[i] - '0');
@@ -95,12 +99,54 @@ static hm_status take_number(parser *p, size_t max, size_t *out) {
   return next(p);
 }
 
-/* '{' NUMBER '}' */
-static hm_status parse_shape(parser *p, size_t *width) {
+/* NUMBER ('x' NUMBER)* — "3x3" lexes as NUMBER 3 and IDENT "x3", "1x28x28"
+ * as NUMBER 1 and IDENT "x28x28". Up to |max| sizes, each at most |limit|. */
+static hm_status take_sizes(parser *p, size_t max, size_t limit, size_t *out, size_t *count) {
+  *count = 0;
+  HM_RETURN_IF_ERROR(take_number(p, limit, &out[(*count)++]));
+  while (p->tok.kind == TOK_IDENT && p->tok.text[0] == 'x') {
+    hm_token t = p->tok;
+    size_t i = 1;
+    if (t.len == 1) { /* "3 x 3" */
+      HM_RETURN_IF_ERROR(next(p));
+      if (*count == max) return error_at(p, &t, "too many sizes (at most %s)", max == 3 ? "3" : "2");
+      HM_RETURN_IF_ERROR(take_number(p, limit, &out[(*count)++]));
+      continue;
+    }
+    while (i < t.len) {
+      if (t.text[i] != 'x' && i > 1) return error_at(p, &t, "expected sizes like 3x3 or 1x28x28%s", "");
+      if (t.text[i] == 'x') i++;
+      size_t v = 0, digits = 0;
+      for (; i < t.len && t.text[i] >= '0' && t.text[i] <= '9'; i++, digits++) {
+        v = v * 10 + (size_t)(t.text[i] - '0');
+        if (v > limit) return error_at(p, &t, "size too large%s", "");
+      }
+      if (!digits) return error_at(p, &t, "expected sizes like 3x3 or 1x28x28%s", "");
+      if (*count == max) return error_at(p, &t, "too many sizes (at most %s)", max == 3 ? "3" : "2");
+      out[(*count)++] = v;
+    }
+    HM_RETURN_IF_ERROR(next(p));
+  }
+  return HM_OK;
+}
+
+/* '{' NUMBER '}' or '{' C 'x' H 'x' W '}' */
+static hm_status parse_shape(parser *p, hm_node *n, size_t index) {
   hm_token at = p->tok;
   HM_RETURN_IF_ERROR(expect(p, TOK_LBRACE));
-  HM_RETURN_IF_ERROR(take_number(p, HM_MAX_WIDTH, width));
-  if (*width == 0) return error_at(p, &at, "a width must be at least 1%s", "");
+  size_t sizes[3], count;
+  HM_RETURN_IF_ERROR(take_sizes(p, 3, HM_MAX_WIDTH, sizes, &count));
+  for (size_t i = 0; i < count; i++)
+    if (sizes[i] == 0) return error_at(p, &at, "a width must be at least 1%s", "");
+  if (count == 2) return error_at(p, &at, "a shape is {n} or {channels x height x width}%s", "");
+  if (count == 3) {
+    char where[300];
+    snprintf(where, sizeof where, "%s:%d:%d: ", p->lx.filename, at.line, at.col);
+    HM_RETURN_IF_ERROR(hm__graph_set_node_shape(p->g, index, sizes[0], sizes[1], sizes[2], where));
+  } else {
+    n->declared_width = sizes[0];
+    n->declared_rank = 1;
+  }
   return expect(p, TOK_RBRACE);
 }
 
@@ -133,7 +179,7 @@ static hm_status parse_declaration(parser *p) {
     return st;
   }
   hm_node *n = &p->g->nodes[p->g->n_nodes - 1];
-  if (p->tok.kind == TOK_LBRACE) HM_RETURN_IF_ERROR(parse_shape(p, &n->declared_width));
+  if (p->tok.kind == TOK_LBRACE) HM_RETURN_IF_ERROR(parse_shape(p, n, p->g->n_nodes - 1));
   if (p->tok.kind == TOK_NUMBER) {
     if (kind == TOK_CONSUMER) return error_at(p, &p->tok, "a consumer cannot have a ratio%s", "");
     if (kind == TOK_LAYER && n->declared_width)
@@ -149,7 +195,7 @@ static hm_status parse_declaration(parser *p) {
 }
 
 static hm_status add_arrow(parser *p, const char *src, const char *dst, const char *func, int backward, int line,
-                           int col) {
+                           int col, const hm_connection_spec *spec) {
   if (p->n_arrows == p->cap_arrows) {
     size_t cap = p->cap_arrows ? p->cap_arrows * 2 : 16;
     pending_arrow *a = hm__realloc(p->arrows, cap * sizeof *a);
@@ -164,6 +210,7 @@ static hm_status add_arrow(parser *p, const char *src, const char *dst, const ch
   a->backward = backward;
   a->line = line;
   a->col = col;
+  a->spec = *spec;
   if (!a->src || !a->dst || (func && !a->func)) {
     hm__free(a->src);
     hm__free(a->dst);
@@ -174,19 +221,110 @@ static hm_status add_arrow(parser *p, const char *src, const char *dst, const ch
   return HM_OK;
 }
 
+static int ident_is(const hm_token *t, const char *word) {
+  return t->kind == TOK_IDENT && strlen(word) == t->len && memcmp(t->text, word, t->len) == 0;
+}
+
+/* One or two sizes (N or NxM) into out[2]: N means NxN. */
+static hm_status take_pair(parser *p, size_t lo, uint32_t out[2]) {
+  size_t v[2], count;
+  hm_token at = p->tok;
+  HM_RETURN_IF_ERROR(take_sizes(p, 2, 65535, v, &count));
+  if (count == 1) v[1] = v[0];
+  if (v[0] < lo || v[1] < lo) return error_at(p, &at, "expected sizes of at least %s", lo ? "1" : "0");
+  out[0] = (uint32_t)v[0];
+  out[1] = (uint32_t)v[1];
+  return HM_OK;
+}
+
+/* '[' KIND arguments ']' (docs/dsl.md):
+ *   conv OUT KxK [stride S] [padding P] [dilation D] [groups G] [bias off]
+ *   max_pool KxK [stride S] [padding P]      avg_pool (the same)
+ *   dropout RATE                             dense */
+static hm_status parse_spec(parser *p, hm_connection_spec *c) {
+  memset(c, 0, sizeof *c);
+  HM_RETURN_IF_ERROR(expect(p, TOK_LBRACKET));
+  hm_token kind = p->tok;
+  if (ident_is(&kind, "conv")) c->kind = HM_CONNECTION_CONV2D;
+  else if (ident_is(&kind, "max_pool")) c->kind = HM_CONNECTION_MAX_POOL;
+  else if (ident_is(&kind, "avg_pool")) c->kind = HM_CONNECTION_AVG_POOL;
+  else if (ident_is(&kind, "dropout")) c->kind = HM_CONNECTION_DROPOUT;
+  else if (ident_is(&kind, "dense")) c->kind = HM_CONNECTION_DENSE;
+  else if (ident_is(&kind, "norm") || ident_is(&kind, "batch_norm") || ident_is(&kind, "layer_norm") ||
+           ident_is(&kind, "attention")) {
+    char word[32];
+    snprintf(word, sizeof word, "%.*s", (int)kind.len, kind.text);
+    return error_at(p, &kind, "'%s' is not supported yet (supported: conv, max_pool, avg_pool, dropout, dense)", word);
+  }
+  else return expected(p, "a connection kind (conv, max_pool, avg_pool, dropout or dense)");
+  HM_RETURN_IF_ERROR(next(p));
+  if (c->kind == HM_CONNECTION_CONV2D) {
+    size_t out;
+    HM_RETURN_IF_ERROR(take_number(p, 1u << 20, &out));
+    c->out_channels = (uint32_t)out;
+    if (!out) return error_at(p, &kind, "conv needs at least 1 output channel%s", "");
+  }
+  if (c->kind == HM_CONNECTION_CONV2D || c->kind == HM_CONNECTION_MAX_POOL || c->kind == HM_CONNECTION_AVG_POOL)
+    HM_RETURN_IF_ERROR(take_pair(p, 1, c->kernel));
+  if (c->kind == HM_CONNECTION_DROPOUT) {
+    if (p->tok.kind != TOK_NUMBER) return expected(p, "a dropout rate such as 0.25");
+    char text[32];
+    snprintf(text, sizeof text, "%.*s", (int)(p->tok.len < 31 ? p->tok.len : 31), p->tok.text);
+    double r = strtod(text, NULL);
+    if (!(r >= 0.0 && r < 1.0)) return error_at(p, &p->tok, "a dropout rate is at least 0 and below 1%s", "");
+    c->rate = (float)r;
+    HM_RETURN_IF_ERROR(next(p));
+  }
+  while (p->tok.kind == TOK_IDENT) {
+    hm_token opt = p->tok;
+    int window = c->kind == HM_CONNECTION_CONV2D || c->kind == HM_CONNECTION_MAX_POOL || c->kind == HM_CONNECTION_AVG_POOL;
+    HM_RETURN_IF_ERROR(next(p));
+    if (window && ident_is(&opt, "stride")) HM_RETURN_IF_ERROR(take_pair(p, 1, c->stride));
+    else if (window && ident_is(&opt, "padding")) HM_RETURN_IF_ERROR(take_pair(p, 0, c->padding));
+    else if (c->kind == HM_CONNECTION_CONV2D && ident_is(&opt, "dilation")) HM_RETURN_IF_ERROR(take_pair(p, 1, c->dilation));
+    else if (c->kind == HM_CONNECTION_CONV2D && ident_is(&opt, "groups")) {
+      size_t g;
+      HM_RETURN_IF_ERROR(take_number(p, 1u << 20, &g));
+      if (!g) return error_at(p, &opt, "groups must be at least 1%s", "");
+      c->groups = (uint32_t)g;
+    } else if (c->kind == HM_CONNECTION_CONV2D && ident_is(&opt, "bias")) {
+      if (!ident_is(&p->tok, "off") && !ident_is(&p->tok, "on")) return expected(p, "'on' or 'off' after 'bias'");
+      c->no_bias = ident_is(&p->tok, "off");
+      HM_RETURN_IF_ERROR(next(p));
+    } else {
+      char msg[160];
+      snprintf(msg, sizeof msg, "%s has no option '%.*s'", hm__connection_kind_name(c->kind), (int)(opt.len > 40 ? 40 : opt.len),
+               opt.text);
+      return error_at(p, &opt, "%s", msg);
+    }
+  }
+  if (p->tok.kind != TOK_RBRACKET) return expected(p, "']' to close the connection");
+  return next(p);
+}
+
 static int is_arrow_start(hm_tok_kind k) { return k == TOK_ARROW || k == TOK_HYPHEN || k == TOK_BACK; }
 
-/* One arrow and its target; |func| is set (caller frees) for -(f)-> and <-(f)-. */
-static hm_status parse_arrow(parser *p, int *backward, char **func, char **target, int *line, int *col) {
+/* One arrow and its target; |func| is set (caller frees) for -(f)-> and
+ * <-(f)-, |spec| for -[kind ...]-> and -[kind ...](f)->. */
+static hm_status parse_arrow(parser *p, int *backward, char **func, char **target, int *line, int *col,
+                             hm_connection_spec *spec) {
   *func = NULL;
   *line = p->tok.line;
   *col = p->tok.col;
+  memset(spec, 0, sizeof *spec);
   if (p->tok.kind == TOK_ARROW) {
     *backward = 0;
     HM_RETURN_IF_ERROR(next(p));
   } else if (p->tok.kind == TOK_HYPHEN) {
     *backward = 0;
     HM_RETURN_IF_ERROR(next(p));
+    if (p->tok.kind == TOK_LBRACKET) {
+      HM_RETURN_IF_ERROR(parse_spec(p, spec));
+      if (p->tok.kind == TOK_ARROW) {
+        HM_RETURN_IF_ERROR(next(p));
+        return take_ident(p, target, NULL, NULL);
+      }
+    }
     HM_RETURN_IF_ERROR(expect(p, TOK_LPAREN));
     HM_RETURN_IF_ERROR(take_ident(p, func, NULL, NULL));
     HM_RETURN_IF_ERROR(expect(p, TOK_RPAREN));
@@ -234,8 +372,9 @@ static hm_status parse_flow_line(parser *p, char **last_src) {
     }
     int backward, line, col;
     char *func = NULL, *target = NULL;
-    st = parse_arrow(p, &backward, &func, &target, &line, &col);
-    if (st == HM_OK) st = add_arrow(p, current, target, func, backward, line, col);
+    hm_connection_spec spec;
+    st = parse_arrow(p, &backward, &func, &target, &line, &col, &spec);
+    if (st == HM_OK) st = add_arrow(p, current, target, func, backward, line, col, &spec);
     arrows++;
     if (st == HM_OK && !backward) {
       hm__free(current);
@@ -387,7 +526,12 @@ static hm_status resolve_arrows(parser *p) {
         hm_activation_names(known, sizeof known, " ");
         return arrow_error(p, a, "unknown activation '%s' (known: id %s)", a->func, known);
       }
-      st = hm__graph_add_edge(g, (size_t)s, (size_t)d, act, a->line, a->col);
+      char where[300];
+      snprintf(where, sizeof where, "%s:%d:%d: ", p->lx.filename, a->line, a->col);
+      hm_connection_spec spec;
+      st = hm__edge_spec_check(g, (size_t)d, &a->spec, &spec, where);
+      if (st == HM_OK) st = hm__graph_add_edge(g, (size_t)s, (size_t)d, act, a->line, a->col);
+      if (st == HM_OK) g->edges[g->n_edges - 1].spec = spec;
     }
     if (st != HM_OK) return st;
   }

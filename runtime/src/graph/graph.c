@@ -156,7 +156,7 @@ hm_status hm__graph_add_edge(hm_graph *g, size_t src, size_t dst, uint32_t activ
   g->edges = edges;
   HM_RETURN_IF_ERROR(hm__hash_add(&g->edge_index, h, g->n_edges));
   if (d->kind == HM_NODE_CONSUMER) g->nodes[dst].fed_by = g->n_edges + 1;
-  edges[g->n_edges++] = (hm_edge){src, dst, activation, line, col};
+  edges[g->n_edges++] = (hm_edge){src, dst, activation, line, col, {0}};
   hm_weights_free(g->weights);
   g->weights = NULL;
   return HM_OK;
@@ -242,6 +242,39 @@ hm_status hm_graph_connect(hm_graph *g, const char *from, const char *to, const 
   return hm__graph_add_edge(g, (size_t)s, (size_t)d, act, 0, 0);
 }
 
+hm_status hm_graph_connect_spec(hm_graph *g, const char *from, const char *to, const char *activation,
+                                const hm_connection_spec *spec) {
+  CHECK_GRAPH(g);
+  long d = to ? hm__graph_find(g, to) : -1;
+  hm_connection_spec c = {0};
+  if (spec && d >= 0) {
+    char where[600];
+    snprintf(where, sizeof where, "%s -> %s: ", from ? from : "(NULL)", to);
+    HM_RETURN_IF_ERROR(hm__edge_spec_check(g, (size_t)d, spec, &c, where));
+  }
+  HM_RETURN_IF_ERROR(hm_graph_connect(g, from, to, activation));
+  g->edges[g->n_edges - 1].spec = c;
+  return HM_OK;
+}
+
+static hm_status add_shaped(hm_graph *g, const char *name, hm_node_kind kind, size_t c, size_t h, size_t w) {
+  CHECK_GRAPH(g);
+  if (c == 0 || h == 0 || w == 0 || c > HM_MAX_WIDTH || h > HM_MAX_WIDTH || w > HM_MAX_WIDTH ||
+      c * h > HM_MAX_WIDTH || c * h * w > HM_MAX_WIDTH)
+    return hm__fail(HM_STATUS_INVALID_ARGUMENT, "'%s': shape {%zux%zux%zu} must have sizes of at least 1 and at most %zu values",
+                    name ? name : "(NULL)", c, h, w, HM_MAX_WIDTH);
+  HM_RETURN_IF_ERROR(hm__graph_add_node(g, name, kind, 0, 0, 0));
+  return hm__graph_set_node_shape(g, g->n_nodes - 1, c, h, w, ""); /* checked above: cannot fail */
+}
+
+hm_status hm_graph_add_producer_shape(hm_graph *g, const char *name, size_t c, size_t h, size_t w) {
+  return add_shaped(g, name, HM_NODE_PRODUCER, c, h, w);
+}
+
+hm_status hm_graph_add_layer_shape(hm_graph *g, const char *name, size_t c, size_t h, size_t w) {
+  return add_shaped(g, name, HM_NODE_LAYER, c, h, w);
+}
+
 hm_status hm_graph_add_loss(hm_graph *g, const char *layer, const char *loss, const char *target) {
   CHECK_GRAPH(g);
   long l = layer ? hm__graph_find(g, layer) : -1, t = target ? hm__graph_find(g, target) : -1;
@@ -267,6 +300,23 @@ hm_status hm_graph_node(const hm_graph *g, size_t i, const char **name, hm_node_
 }
 
 size_t hm_graph_connection_count(const hm_graph *g) { return g ? g->n_edges : 0; }
+
+hm_status hm_graph_connection_spec(const hm_graph *g, size_t i, hm_connection_spec *out) {
+  if (!g || !out || i >= g->n_edges) return hm__fail(HM_STATUS_OUT_OF_RANGE, "connection index out of range");
+  *out = g->edges[i].spec;
+  return HM_OK;
+}
+
+hm_status hm_graph_node_shape(const hm_graph *g, size_t i, size_t shape[3], int *rank) {
+  if (!g || !shape || !rank || i >= g->n_nodes) return hm__fail(HM_STATUS_OUT_OF_RANGE, "node index out of range");
+  const hm_node *n = &g->nodes[i];
+  if (!n->width) return hm__fail(HM_STATUS_FAILED_PRECONDITION, "node '%s' has no resolved shape (resolve the graph first)", n->name);
+  *rank = n->rank == 3 ? 3 : 1;
+  shape[0] = n->rank == 3 ? n->shape[0] : n->width;
+  shape[1] = n->rank == 3 ? n->shape[1] : 1;
+  shape[2] = n->rank == 3 ? n->shape[2] : 1;
+  return HM_OK;
+}
 
 hm_status hm_graph_connection(const hm_graph *g, size_t i, const char **from, const char **to, const char **activation) {
   if (!g || i >= g->n_edges) return hm__fail(HM_STATUS_OUT_OF_RANGE, "connection index %zu out of range", i);
@@ -423,4 +473,131 @@ void hm__edge_bias_name(const hm_graph *g, const hm_edge *e, char *buf, size_t c
   snprintf(buf, cap, "%s->%s.bias", g->nodes[e->src].name, g->nodes[e->dst].name);
 }
 
-int hm__edge_has_weights(const hm_graph *g, const hm_edge *e) { return g->nodes[e->dst].kind == HM_NODE_LAYER; }
+int hm__edge_into_layer(const hm_graph *g, const hm_edge *e) { return g->nodes[e->dst].kind == HM_NODE_LAYER; }
+
+int hm__edge_has_weights(const hm_graph *g, const hm_edge *e) {
+  return hm__edge_into_layer(g, e) && (e->spec.kind == HM_CONNECTION_DENSE || e->spec.kind == HM_CONNECTION_CONV2D);
+}
+
+size_t hm__edge_params(const hm_graph *g, size_t e, hm_param_desc out[2]) {
+  const hm_edge *ed = &g->edges[e];
+  if (!hm__edge_has_weights(g, ed)) return 0;
+  memset(out, 0, 2 * sizeof *out);
+  hm__edge_weight_name(g, ed, out[0].name, sizeof out[0].name);
+  hm__edge_bias_name(g, ed, out[1].name, sizeof out[1].name);
+  const hm_node *src = &g->nodes[ed->src], *dst = &g->nodes[ed->dst];
+  if (ed->spec.kind == HM_CONNECTION_CONV2D) {
+    const hm_connection_spec *c = &ed->spec;
+    uint32_t cin = src->rank == 3 ? src->shape[0] : 0;
+    out[0].rank = 4;
+    out[0].shape[0] = c->out_channels;
+    out[0].shape[1] = cin / c->groups;
+    out[0].shape[2] = c->kernel[0];
+    out[0].shape[3] = c->kernel[1];
+    out[0].count = (size_t)c->out_channels * (cin / c->groups) * c->kernel[0] * c->kernel[1];
+    if (c->no_bias) return 1;
+    out[1].rank = 1;
+    out[1].shape[0] = c->out_channels;
+    out[1].count = c->out_channels;
+    return 2;
+  }
+  out[0].rank = 2;
+  out[0].shape[0] = dst->width;
+  out[0].shape[1] = src->width;
+  out[0].count = dst->width * src->width;
+  out[1].rank = 1;
+  out[1].shape[0] = dst->width;
+  out[1].count = dst->width;
+  return 2;
+}
+
+const char *hm__connection_kind_name(hm_connection_kind k) {
+  switch (k) {
+    case HM_CONNECTION_DENSE: return "dense";
+    case HM_CONNECTION_CONV2D: return "conv";
+    case HM_CONNECTION_MAX_POOL: return "max_pool";
+    case HM_CONNECTION_AVG_POOL: return "avg_pool";
+    case HM_CONNECTION_DROPOUT: return "dropout";
+  }
+  return "?";
+}
+
+void hm__node_shape_text(const hm_node *n, char *buf, size_t cap) {
+  if (n->rank == 3) snprintf(buf, cap, "{%ux%ux%u}", n->shape[0], n->shape[1], n->shape[2]);
+  else snprintf(buf, cap, "{%zu}", n->width);
+}
+
+#define WINDOW_MAX 65535u
+
+hm_status hm__edge_spec_check(const hm_graph *g, size_t dst, const hm_connection_spec *spec, hm_connection_spec *out,
+                              const char *where) {
+  hm_connection_spec c = *spec;
+  const char *kind = hm__connection_kind_name(c.kind);
+  if ((unsigned)c.kind > HM_CONNECTION_DROPOUT)
+    return hm__fail(HM_STATUS_INVALID_ARGUMENT, "%sunknown connection kind %u", where, (unsigned)c.kind);
+  int window = c.kind == HM_CONNECTION_CONV2D || c.kind == HM_CONNECTION_MAX_POOL || c.kind == HM_CONNECTION_AVG_POOL;
+  if (c.kind != HM_CONNECTION_DENSE && g->nodes[dst].kind != HM_NODE_LAYER)
+    return hm__fail(HM_STATUS_INVALID_ARGUMENT, "%sa %s connection feeds a layer, not %s '%s'", where, kind,
+                    g->nodes[dst].kind == HM_NODE_CONSUMER ? "consumer" : "producer", g->nodes[dst].name);
+  if (window) {
+    int pool = c.kind != HM_CONNECTION_CONV2D;
+    for (int i = 0; i < 2; i++) {
+      if (c.stride[i] == 0) c.stride[i] = pool ? c.kernel[i] : 1;
+      if (c.dilation[i] == 0) c.dilation[i] = 1;
+      if (c.kernel[i] == 0 || c.kernel[i] > WINDOW_MAX || c.stride[i] > WINDOW_MAX || c.padding[i] > WINDOW_MAX ||
+          c.dilation[i] > WINDOW_MAX)
+        return hm__fail(HM_STATUS_INVALID_ARGUMENT,
+                        "%s%s: kernel, stride and dilation must be 1 to %u and padding 0 to %u (got kernel %ux%u, "
+                        "stride %ux%u, padding %ux%u, dilation %ux%u)",
+                        where, kind, WINDOW_MAX, WINDOW_MAX, c.kernel[0], c.kernel[1], c.stride[0], c.stride[1],
+                        c.padding[0], c.padding[1], c.dilation[0], c.dilation[1]);
+      if (pool && c.dilation[i] != 1)
+        return hm__fail(HM_STATUS_INVALID_ARGUMENT, "%s%s has no dilation", where, kind);
+      if (pool && 2 * c.padding[i] > c.kernel[i])
+        return hm__fail(HM_STATUS_INVALID_ARGUMENT, "%s%s: padding %u is more than half the %u-wide window", where, kind,
+                        c.padding[i], c.kernel[i]);
+    }
+  } else if (c.kernel[0] || c.kernel[1] || c.stride[0] || c.stride[1] || c.padding[0] || c.padding[1] ||
+             c.dilation[0] || c.dilation[1]) {
+    return hm__fail(HM_STATUS_INVALID_ARGUMENT, "%sa %s connection has no kernel, stride, padding or dilation", where,
+                    kind);
+  }
+  if (c.kind == HM_CONNECTION_CONV2D) {
+    if (c.groups == 0) c.groups = 1;
+    if (c.out_channels == 0 || c.out_channels > (1u << 20))
+      return hm__fail(HM_STATUS_INVALID_ARGUMENT, "%sconv: the output channel count must be 1 to %u (got %u)", where,
+                      1u << 20, c.out_channels);
+    if (c.out_channels % c.groups)
+      return hm__fail(HM_STATUS_INVALID_ARGUMENT, "%sconv: groups %u does not divide the %u output channels", where,
+                      c.groups, c.out_channels);
+  } else if (c.out_channels || c.groups || c.no_bias) {
+    return hm__fail(HM_STATUS_INVALID_ARGUMENT, "%sa %s connection has no channels, groups or bias", where, kind);
+  }
+  if (c.kind == HM_CONNECTION_DROPOUT) {
+    if (!(c.rate >= 0.0f && c.rate < 1.0f))
+      return hm__fail(HM_STATUS_INVALID_ARGUMENT, "%sdropout: the rate must be at least 0 and below 1 (got %g)", where,
+                      (double)c.rate);
+  } else if (c.rate != 0.0f) {
+    return hm__fail(HM_STATUS_INVALID_ARGUMENT, "%sa %s connection has no rate", where, kind);
+  }
+  *out = c;
+  return HM_OK;
+}
+
+hm_status hm__graph_set_node_shape(hm_graph *g, size_t i, size_t c, size_t h, size_t w, const char *where) {
+  hm_node *n = &g->nodes[i];
+  if (n->kind == HM_NODE_CONSUMER)
+    return hm__fail(HM_STATUS_INVALID_ARGUMENT, "%sconsumer '%s': a consumer has a width {n}, not a shape", where, n->name);
+  if (c == 0 || h == 0 || w == 0 || c > HM_MAX_WIDTH || h > HM_MAX_WIDTH || w > HM_MAX_WIDTH ||
+      c * h > HM_MAX_WIDTH || c * h * w > HM_MAX_WIDTH)
+    return hm__fail(HM_STATUS_INVALID_ARGUMENT, "%s'%s': shape {%zux%zux%zu} must have sizes of at least 1 and at most %zu values",
+                    where, n->name, c, h, w, HM_MAX_WIDTH);
+  n->declared_rank = 3;
+  n->declared_shape[0] = (uint32_t)c;
+  n->declared_shape[1] = (uint32_t)h;
+  n->declared_shape[2] = (uint32_t)w;
+  n->declared_width = c * h * w;
+  hm_weights_free(g->weights);
+  g->weights = NULL;
+  return HM_OK;
+}

@@ -24,11 +24,15 @@
 typedef struct hm_node {
   char *name;
   hm_node_kind kind;
-  size_t declared_width; /* {n}, 0 if none */
+  size_t declared_width; /* {n} (or the product of {CxHxW}), 0 if none */
+  uint32_t declared_shape[3]; /* {C x H x W} when declared_rank == 3 */
+  int declared_rank;     /* 0: none, 1: {n}, 3: {C x H x W} */
   int has_ratio;
   int ratio_num, ratio_den;
   char *ratio_ref;
   size_t width;          /* resolved; 0 while unknown */
+  uint32_t shape[3];     /* resolved {C x H x W} when rank == 3 */
+  int rank;              /* 1 or 3 once resolved */
   int line, col;         /* where it was declared (0 for the builder) */
   hm_producer *train;    /* bindings (borrowed) */
   hm_producer *eval;
@@ -36,11 +40,12 @@ typedef struct hm_node {
   size_t fed_by;         /* consumers: 1 + the connection feeding it; 0 while none */
 } hm_node;
 
-/* src -(activation)-> dst */
+/* src -(activation)-> dst, through spec (dense unless said otherwise) */
 typedef struct hm_edge {
   size_t src, dst;
   uint32_t activation;
   int line, col;
+  hm_connection_spec spec; /* defaults filled in (hm__edge_spec_normalize) */
 } hm_edge;
 
 /* layer <-(loss)- target */
@@ -74,6 +79,16 @@ struct hm_graph {
 long hm__graph_find(const hm_graph *g, const char *name);
 hm_status hm__graph_add_node(hm_graph *g, const char *name, hm_node_kind kind, size_t width, int line, int col);
 hm_status hm__graph_add_edge(hm_graph *g, size_t src, size_t dst, uint32_t activation, int line, int col);
+/* Checks |spec| for a connection into node |dst| and writes it with its
+ * defaults filled in (messages start with |where|). */
+hm_status hm__edge_spec_check(const hm_graph *g, size_t dst, const hm_connection_spec *spec, hm_connection_spec *out,
+                              const char *where);
+/* Declares node |i|'s shape {c x h x w}. */
+hm_status hm__graph_set_node_shape(hm_graph *g, size_t i, size_t c, size_t h, size_t w, const char *where);
+/* The DSL and message name of a connection kind ("conv", "max_pool", ...). */
+const char *hm__connection_kind_name(hm_connection_kind k);
+/* "{1x28x28}" or "{784}" for node |i| (resolved shape). */
+void hm__node_shape_text(const hm_node *n, char *buf, size_t cap);
 hm_status hm__graph_add_tap(hm_graph *g, size_t layer, size_t target, uint32_t loss, int line, int col);
 /* "file:line:col: " or "" for built graphs. */
 void hm__graph_where(const hm_graph *g, int line, int col, char *buf, size_t cap);
@@ -85,8 +100,23 @@ hm_status hm__graph_topo_layers(const hm_graph *g, size_t **out, size_t *n);
 /* The names of an edge's tensors. */
 void hm__edge_weight_name(const hm_graph *g, const hm_edge *e, char *buf, size_t cap);
 void hm__edge_bias_name(const hm_graph *g, const hm_edge *e, char *buf, size_t cap);
-/* Whether an edge carries weights (edges into consumers do not). */
+/* Whether an edge carries weights (dense and convolution into a layer). */
 int hm__edge_has_weights(const hm_graph *g, const hm_edge *e);
+/* Whether an edge computes into a layer (has its own activations): every
+ * edge into a layer, with or without weights. */
+int hm__edge_into_layer(const hm_graph *g, const hm_edge *e);
+
+/* A parameter tensor of a connection, named and shaped (resolved graph). */
+typedef struct hm_param_desc {
+  char name[600];
+  uint32_t rank;
+  uint64_t shape[4];
+  size_t count;
+} hm_param_desc;
+/* Edge |e|'s parameter tensors: the weight ([out, in] dense, [C_out,
+ * C_in/groups, KH, KW] convolution), then the bias when it has one.
+ * Returns how many (0, 1 or 2). */
+size_t hm__edge_params(const hm_graph *g, size_t e, hm_param_desc out[2]);
 
 /* Adds edge |edge|'s initial parameters for |seed| to |w| under the given
  * names, drawn as hm_graph_init_weights draws them (so a pipeline stage

@@ -9,6 +9,11 @@
  *   u32 n_taps, then per tap: u32 layer, u32 target, u32 loss
  * Version 2 adds the declared partition (`partition by layer a, b;`):
  *   u32 n_cuts, then per cut: str layer name
+ * Version 3 adds shapes and connections beyond dense (docs/formats.md):
+ *   u32 n_shaped, then per node declared {C x H x W}: u32 node, u32 C, H, W
+ *   u32 n_special, then per non-dense connection: u32 connection, u32 kind,
+ *     u32 out_channels, kernel h, w, stride h, w, padding h, w, dilation h, w,
+ *     groups, u32 no_bias, f32 rate
  * Decoding rebuilds the graph through the same checks as the builder (names,
  * kinds, indices, duplicates), so a hostile file cannot produce a graph the
  * DSL could not.
@@ -24,6 +29,63 @@
 
 static const char GRAPH_MAGIC[8] = {'H', 'M', 'G', 'R', 'A', 'P', 'H', '1'};
 #define MAX_GRAPH_FILE ((size_t)64 << 20)
+
+/* Version 3's shapes and connection kinds; |always| writes empty lists too. */
+static void encode_windows(const hm_graph *g, hm_bytes *b, int always) {
+  uint32_t shaped = 0, special = 0;
+  for (size_t i = 0; i < g->n_nodes; i++) shaped += g->nodes[i].declared_rank == 3;
+  for (size_t i = 0; i < g->n_edges; i++) special += g->edges[i].spec.kind != HM_CONNECTION_DENSE;
+  if (!always && !shaped && !special) return; /* a dense graph's fingerprint is what it was before version 3 */
+  hm__bytes_u32(b, shaped);
+  for (size_t i = 0; i < g->n_nodes; i++) {
+    const hm_node *n = &g->nodes[i];
+    if (n->declared_rank != 3) continue;
+    hm__bytes_u32(b, (uint32_t)i);
+    for (int k = 0; k < 3; k++) hm__bytes_u32(b, n->declared_shape[k]);
+  }
+  hm__bytes_u32(b, special);
+  for (size_t i = 0; i < g->n_edges; i++) {
+    const hm_connection_spec *c = &g->edges[i].spec;
+    if (c->kind == HM_CONNECTION_DENSE) continue;
+    uint32_t v[13] = {(uint32_t)i, (uint32_t)c->kind, c->out_channels, c->kernel[0], c->kernel[1], c->stride[0],
+                      c->stride[1], c->padding[0], c->padding[1], c->dilation[0], c->dilation[1], c->groups,
+                      (uint32_t)c->no_bias};
+    for (int k = 0; k < 13; k++) hm__bytes_u32(b, v[k]);
+    hm__bytes_f32(b, c->rate);
+  }
+}
+
+static void decode_windows(hm_reader *r, hm_graph *g) {
+  size_t shaped = hm__read_count(r, 16, g->n_nodes, "shaped node count");
+  for (size_t i = 0; i < shaped && r->status == HM_OK; i++) {
+    uint32_t node = hm__read_u32(r, "shaped node"), c = hm__read_u32(r, "channels"), h = hm__read_u32(r, "height"),
+             w = hm__read_u32(r, "width");
+    if (r->status != HM_OK) break;
+    if (node >= g->n_nodes) {
+      hm__reader_fail(r, "shape %zu refers to node %u of %zu", i, node, g->n_nodes);
+      break;
+    }
+    hm_status st = hm__graph_set_node_shape(g, node, c, h, w, "");
+    if (st != HM_OK) hm__reader_fail_from(r, st, "node %u: %s", node, hm_last_error());
+  }
+  size_t special = hm__read_count(r, 56, g->n_edges, "window connection count");
+  for (size_t i = 0; i < special && r->status == HM_OK; i++) {
+    uint32_t v[13];
+    for (int k = 0; k < 13; k++) v[k] = hm__read_u32(r, "connection parameter");
+    float rate = hm__read_f32(r, "dropout rate");
+    if (r->status != HM_OK) break;
+    if (v[0] >= g->n_edges || v[1] == HM_CONNECTION_DENSE || v[1] > HM_CONNECTION_DROPOUT || v[12] > 1) {
+      hm__reader_fail(r, "window connection %zu: connection %u of %zu, kind %u, bias flag %u", i, v[0], g->n_edges,
+                      v[1], v[12]);
+      break;
+    }
+    hm_connection_spec c = {(hm_connection_kind)v[1], v[2], {v[3], v[4]}, {v[5], v[6]}, {v[7], v[8]},
+                            {v[9], v[10]}, v[11], (int)v[12], rate};
+    hm_edge *e = &g->edges[v[0]];
+    hm_status st = hm__edge_spec_check(g, e->dst, &c, &e->spec, "");
+    if (st != HM_OK) hm__reader_fail_from(r, st, "connection %u: %s", v[0], hm_last_error());
+  }
+}
 
 void hm__graph_encode(const hm_graph *g, hm_bytes *b, int with_name) {
   hm__bytes_str(b, with_name ? g->name : "");
@@ -53,9 +115,13 @@ void hm__graph_encode(const hm_graph *g, hm_bytes *b, int with_name) {
     hm__bytes_u32(b, (uint32_t)g->taps[i].target);
     hm__bytes_u32(b, g->taps[i].loss);
   }
-  if (!with_name) return; /* the fingerprint: where a pipeline cuts is not what the graph computes */
+  if (!with_name) { /* the fingerprint: where a pipeline cuts is not what the graph computes */
+    encode_windows(g, b, 0);
+    return;
+  }
   hm__bytes_u32(b, (uint32_t)g->n_cuts);
   for (size_t i = 0; i < g->n_cuts; i++) hm__bytes_str(b, g->cuts[i]);
+  encode_windows(g, b, 1);
 }
 
 hm_status hm__graph_fingerprint(const hm_graph *g, uint32_t *out) {
@@ -157,6 +223,7 @@ hm_status hm__graph_decode(hm_reader *r, uint32_t version, hm_graph **out) {
     }
   }
   if (version >= 2 && r->status == HM_OK) decode_cuts(r, g);
+  if (version >= 3 && r->status == HM_OK) decode_windows(r, g);
   hm__reader_finish(r);
   if (r->status != HM_OK) {
     hm_graph_free(g);

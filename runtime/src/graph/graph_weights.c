@@ -30,17 +30,20 @@ static double init_bound(uint32_t act, size_t fan_in, size_t fan_out) {
 hm_status hm__graph_init_edge(const hm_graph *g, size_t edge, uint64_t seed, hm_weights *w, const char *weight_name,
                               const char *bias_name) {
   const hm_edge *e = &g->edges[edge];
-  size_t in = g->nodes[e->src].width, out = g->nodes[e->dst].width;
-  char wn[600];
-  hm__edge_weight_name(g, e, wn, sizeof wn);
-  uint64_t shape[2] = {out, in};
-  HM_RETURN_IF_ERROR(hm_weights_set(w, weight_name, HM_ABI_DTYPE_F32, 2, shape, NULL));
-  HM_RETURN_IF_ERROR(hm_weights_set(w, bias_name, HM_ABI_DTYPE_F32, 1, shape, NULL));
+  hm_param_desc p[2];
+  size_t n = hm__edge_params(g, edge, p);
+  if (n == 0) return HM_OK;
+  HM_RETURN_IF_ERROR(hm_weights_set(w, weight_name, HM_ABI_DTYPE_F32, p[0].rank, p[0].shape, NULL));
+  if (n == 2) HM_RETURN_IF_ERROR(hm_weights_set(w, bias_name, HM_ABI_DTYPE_F32, p[1].rank, p[1].shape, NULL));
   float *data = hm__weights_f32(w, weight_name);
   hm_rng rng;
-  hm__rng_seed_named(&rng, seed, wn); /* the edge's own name: stages draw the whole graph's values */
-  double b = init_bound(e->activation, in, out);
-  for (size_t k = 0; k < in * out; k++) data[k] = (float)((2.0 * hm__rng_uniform(&rng) - 1.0) * b);
+  hm__rng_seed_named(&rng, seed, p[0].name); /* the edge's own name: stages draw the whole graph's values */
+  /* Fans as PyTorch counts them: a convolution's receptive field times its
+   * channels (per group). */
+  size_t fan_in = p[0].rank == 4 ? (size_t)(p[0].shape[1] * p[0].shape[2] * p[0].shape[3]) : g->nodes[e->src].width;
+  size_t fan_out = p[0].rank == 4 ? (size_t)(p[0].shape[0] * p[0].shape[2] * p[0].shape[3]) : g->nodes[e->dst].width;
+  double b = init_bound(e->activation, fan_in, fan_out);
+  for (size_t k = 0; k < p[0].count; k++) data[k] = (float)((2.0 * hm__rng_uniform(&rng) - 1.0) * b);
   return HM_OK;
 }
 
@@ -67,34 +70,33 @@ hm_status hm_graph_init_weights(hm_graph *g, uint64_t seed) {
   return HM_OK;
 }
 
+static void shape_text(uint32_t rank, const uint64_t *shape, char *buf, size_t cap) {
+  size_t len = 0;
+  buf[0] = '\0';
+  for (uint32_t d = 0; d < rank && len + 24 < cap; d++)
+    len += (size_t)snprintf(buf + len, cap - len, "%s%llu", d ? ", " : "", (unsigned long long)shape[d]);
+}
+
 hm_status hm__graph_check_weights(const hm_graph *g, const hm_weights *w, const char *source) {
   size_t expected = 0;
   for (size_t i = 0; i < g->n_edges; i++) {
-    const hm_edge *e = &g->edges[i];
-    if (!hm__edge_has_weights(g, e)) continue;
-    size_t in = g->nodes[e->src].width, out = g->nodes[e->dst].width;
-    char names[2][600];
-    hm__edge_weight_name(g, e, names[0], sizeof names[0]);
-    hm__edge_bias_name(g, e, names[1], sizeof names[1]);
-    for (int k = 0; k < 2; k++) {
+    hm_param_desc p[2];
+    size_t n = hm__edge_params(g, i, p);
+    for (size_t k = 0; k < n; k++) {
       hm_tensor t;
-      if (hm_weights_find(w, names[k], &t) != HM_OK)
-        return hm__fail(HM_STATUS_NOT_FOUND, "%s: tensor '%s' is missing", source, names[k]);
-      int ok = t.dtype == HM_ABI_DTYPE_F32 &&
-               (k == 0 ? (t.rank == 2 && t.shape[0] == out && t.shape[1] == in) : (t.rank == 1 && t.shape[0] == out));
+      if (hm_weights_find(w, p[k].name, &t) != HM_OK)
+        return hm__fail(HM_STATUS_NOT_FOUND, "%s: tensor '%s' is missing", source, p[k].name);
       if (t.dtype != HM_ABI_DTYPE_F32)
-        return hm__fail(HM_STATUS_INVALID_ARGUMENT, "%s: tensor '%s' has dtype %s, expected f32", source, names[k],
+        return hm__fail(HM_STATUS_INVALID_ARGUMENT, "%s: tensor '%s' has dtype %s, expected f32", source, p[k].name,
                         t.dtype == HM_ABI_DTYPE_F16 ? "f16" : t.dtype == HM_ABI_DTYPE_BF16 ? "bf16" : "other than f32");
+      int ok = t.rank == p[k].rank;
+      for (uint32_t d = 0; ok && d < t.rank; d++) ok = t.shape[d] == p[k].shape[d];
       if (!ok) {
-        char got[96] = "";
-        size_t len = 0;
-        for (uint32_t d = 0; d < t.rank && len < sizeof got - 24; d++)
-          len += (size_t)snprintf(got + len, sizeof got - len, "%s%llu", d ? ", " : "", (unsigned long long)t.shape[d]);
-        if (k == 0)
-          return hm__fail(HM_STATUS_INVALID_ARGUMENT, "%s: tensor '%s' has shape [%s], expected [%zu, %zu]", source,
-                          names[k], got, out, in);
-        return hm__fail(HM_STATUS_INVALID_ARGUMENT, "%s: tensor '%s' has shape [%s], expected [%zu]", source, names[k],
-                        got, out);
+        char got[96], want[96];
+        shape_text(t.rank, t.shape, got, sizeof got);
+        shape_text(p[k].rank, p[k].shape, want, sizeof want);
+        return hm__fail(HM_STATUS_INVALID_ARGUMENT, "%s: tensor '%s' has shape [%s], expected [%s]", source, p[k].name,
+                        got, want);
       }
       expected++;
     }
@@ -105,10 +107,9 @@ hm_status hm__graph_check_weights(const hm_graph *g, const hm_weights *w, const 
       if (hm_weights_at(w, i, &t) != HM_OK) continue;
       int known = 0;
       for (size_t k = 0; k < g->n_edges && !known; k++) {
-        char wn[600], bn[600];
-        hm__edge_weight_name(g, &g->edges[k], wn, sizeof wn);
-        hm__edge_bias_name(g, &g->edges[k], bn, sizeof bn);
-        known = strcmp(t.name, wn) == 0 || strcmp(t.name, bn) == 0;
+        hm_param_desc p[2];
+        size_t n = hm__edge_params(g, k, p);
+        for (size_t j = 0; j < n; j++) known |= strcmp(t.name, p[j].name) == 0;
       }
       if (!known)
         return hm__fail(HM_STATUS_INVALID_ARGUMENT, "%s: tensor '%s' does not belong to graph '%s'", source, t.name,

@@ -56,6 +56,76 @@ static hm_status producer_width(hm_graph *g, hm_node *n) {
   return HM_OK;
 }
 
+/* The shape a convolution, pooling or dropout connection gives its layer
+ * from its source's resolved shape; INVALID_ARGUMENT when it cannot. */
+static hm_status edge_output(const hm_graph *g, const hm_edge *e, uint32_t out[3], int *rank) {
+  const hm_node *s = &g->nodes[e->src];
+  const hm_connection_spec *c = &e->spec;
+  char where[300], shape[64];
+  hm__graph_where(g, e->line, e->col, where, sizeof where);
+  hm__node_shape_text(s, shape, sizeof shape);
+  const char *kind = hm__connection_kind_name(c->kind);
+  if (c->kind == HM_CONNECTION_DROPOUT) {
+    *rank = s->rank;
+    memcpy(out, s->shape, sizeof s->shape);
+    return HM_OK;
+  }
+  if (s->rank != 3)
+    return hm__fail(HM_STATUS_INVALID_ARGUMENT,
+                    "%s%s %s -> %s reads images {channels x height x width} but '%s' is %s: declare its shape (e.g. "
+                    "producer %s {1x28x28};)",
+                    where, kind, s->name, g->nodes[e->dst].name, s->name, shape, s->name);
+  if (c->kind == HM_CONNECTION_CONV2D && s->shape[0] % c->groups)
+    return hm__fail(HM_STATUS_INVALID_ARGUMENT, "%sconv %s -> %s: groups %u does not divide the %u input channels of %s",
+                    where, s->name, g->nodes[e->dst].name, c->groups, s->shape[0], shape);
+  for (int i = 0; i < 2; i++) {
+    uint64_t in = (uint64_t)s->shape[1 + i] + 2ull * c->padding[i];
+    uint64_t span = (uint64_t)c->dilation[i] * (c->kernel[i] - 1) + 1;
+    if (span > in)
+      return hm__fail(HM_STATUS_INVALID_ARGUMENT,
+                      "%s%s %s -> %s: the %ux%u window%s does not fit %s with padding %ux%u", where, kind, s->name,
+                      g->nodes[e->dst].name, c->kernel[0], c->kernel[1], c->dilation[0] > 1 || c->dilation[1] > 1 ? " (dilated)" : "",
+                      shape, c->padding[0], c->padding[1]);
+    out[1 + i] = (uint32_t)((in - span) / c->stride[i] + 1);
+  }
+  out[0] = c->kind == HM_CONNECTION_CONV2D ? c->out_channels : s->shape[0];
+  *rank = 3;
+  if ((uint64_t)out[0] * out[1] * out[2] > HM_MAX_WIDTH)
+    return hm__fail(HM_STATUS_INVALID_ARGUMENT, "%s%s %s -> %s gives {%ux%ux%u}, more than %zu values", where, kind,
+                    s->name, g->nodes[e->dst].name, out[0], out[1], out[2], HM_MAX_WIDTH);
+  return HM_OK;
+}
+
+/* Gives |d| the shape edge |e| computes, or checks the one it has. */
+static hm_status apply_edge_shape(hm_graph *g, const hm_edge *e, int *progress) {
+  hm_node *d = &g->nodes[e->dst];
+  uint32_t shape[3] = {0, 0, 0};
+  int rank = 1;
+  HM_RETURN_IF_ERROR(edge_output(g, e, shape, &rank));
+  size_t width = rank == 3 ? (size_t)shape[0] * shape[1] * shape[2] : g->nodes[e->src].width;
+  if (d->width == width && (d->rank == 3 || rank != 3)) {
+    if (rank == 3 && memcmp(d->shape, shape, sizeof shape) != 0) goto mismatch;
+    return HM_OK;
+  }
+  if (d->width && d->width != width) goto mismatch;
+  d->width = width;
+  d->rank = rank;
+  memcpy(d->shape, shape, sizeof shape);
+  *progress = 1;
+  return HM_OK;
+mismatch:;
+  char where[300], have[64], gives[64];
+  hm__graph_where(g, e->line, e->col, where, sizeof where);
+  hm__node_shape_text(d, have, sizeof have);
+  hm_node tmp = *d;
+  tmp.rank = rank;
+  tmp.width = width;
+  memcpy(tmp.shape, shape, sizeof shape);
+  hm__node_shape_text(&tmp, gives, sizeof gives);
+  return hm__fail(HM_STATUS_INVALID_ARGUMENT, "%s%s %s -> %s gives %s but '%s' is %s", where,
+                  hm__connection_kind_name(e->spec.kind), g->nodes[e->src].name, d->name, gives, d->name, have);
+}
+
 hm_status hm_graph_resolve(hm_graph *g) {
   if (!g) return hm__fail(HM_STATUS_INVALID_ARGUMENT, "NULL graph");
   hm__sb_free(&g->warnings);
@@ -63,6 +133,8 @@ hm_status hm_graph_resolve(hm_graph *g) {
   for (size_t i = 0; i < g->n_nodes; i++) {
     hm_node *n = &g->nodes[i];
     n->width = 0;
+    n->rank = n->declared_rank == 3 ? 3 : 1;
+    memcpy(n->shape, n->declared_shape, sizeof n->shape);
     if (n->kind == HM_NODE_PRODUCER) HM_RETURN_IF_ERROR(producer_width(g, n));
     else n->width = n->declared_width;
   }
@@ -111,6 +183,10 @@ hm_status hm_graph_resolve(hm_graph *g) {
     }
     for (size_t e = 0; e < g->n_edges; e++) {
       hm_node *s = &g->nodes[g->edges[e].src], *d = &g->nodes[g->edges[e].dst];
+      if (g->edges[e].spec.kind != HM_CONNECTION_DENSE) {
+        if (s->width && !d->has_ratio) HM_RETURN_IF_ERROR(apply_edge_shape(g, &g->edges[e], &progress));
+        continue;
+      }
       if (d->width || d->has_ratio || !s->width) continue;
       /* A layer fed directly by a producer, or a consumer, takes the source's width. */
       if ((d->kind == HM_NODE_LAYER && s->kind == HM_NODE_PRODUCER) || d->kind == HM_NODE_CONSUMER) {
@@ -134,6 +210,10 @@ hm_status hm_graph_resolve(hm_graph *g) {
     return hm__fail(HM_STATUS_INVALID_ARGUMENT,
                     "%sthe width of %s '%s' is unknown: give it {n} or a ratio, feed it from a producer, or attach a loss",
                     where, n->kind == HM_NODE_LAYER ? "layer" : "consumer", n->name);
+  }
+  for (size_t e = 0; e < g->n_edges; e++) {
+    int unused = 0;
+    if (g->edges[e].spec.kind != HM_CONNECTION_DENSE) HM_RETURN_IF_ERROR(apply_edge_shape(g, &g->edges[e], &unused));
   }
   for (size_t e = 0; e < g->n_edges; e++) {
     const hm_node *s = &g->nodes[g->edges[e].src], *d = &g->nodes[g->edges[e].dst];

@@ -182,6 +182,8 @@ static hm_status add_copy(hm_graph *sg, const hm_node *n, const char *name, hm_n
     return st;
   }
   *local = sg->n_nodes - 1;
+  if (n->rank == 3 && kind != HM_NODE_CONSUMER) /* images keep their shape across stages */
+    return hm__graph_set_node_shape(sg, *local, n->shape[0], n->shape[1], n->shape[2], "");
   return HM_OK;
 }
 
@@ -244,6 +246,7 @@ static hm_status build_stage(hm_partition *p, size_t k, size_t *local) {
     if (src == HM_NO_INDEX) src = boundary_into(p, ed->src, k)->in_node;
     hm_status st = hm__graph_add_edge(sg, src, local[ed->dst], ed->activation, ed->line, ed->col);
     if (st != HM_OK) return st;
+    sg->edges[sg->n_edges - 1].spec = ed->spec;
     origin[sg->n_edges - 1] = e;
   }
   for (size_t b = 0; b < p->n_bounds; b++) {

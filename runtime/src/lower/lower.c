@@ -10,6 +10,11 @@
  *   g_S (+)= dz_e · W_e  when S is a layer that influences a loss.
  * The first contribution to a gradient overwrites it (beta = 0), later ones
  * add (beta = 1), so no buffer needs clearing.
+ *
+ * A convolution, pooling or dropout connection replaces the matmul and bias
+ * with its op (SPEC.md §7.5) and its backward ops; the activation, the sum
+ * and the gradient bookkeeping are the same. Dropout is the identity in
+ * evaluation and inference programs.
  */
 #include <math.h>
 #include <stdlib.h>
@@ -160,6 +165,75 @@ static void emit_matmul(const lowering *s, op_list *l, program_kind kind, size_t
   }
 }
 
+/* The window geometry of edge |e| (convolution or pooling) over |b| images. */
+static void window_op(const lowering *s, hm_abi_op *op, size_t e, size_t b) {
+  const hm_edge *ed = &s->g->edges[e];
+  const hm_node *src = &s->g->nodes[ed->src];
+  const hm_connection_spec *c = &ed->spec;
+  int pool = c->kind != HM_CONNECTION_CONV2D;
+  op->dims[0] = b;
+  op->dims[1] = pool ? src->shape[0] : HM_ABI_PACK2(src->shape[0], c->out_channels);
+  op->dims[2] = HM_ABI_PACK2(src->shape[1], src->shape[2]);
+  op->dims[3] = pool ? 0 : c->groups;
+  float p[8] = {(float)c->kernel[0], (float)c->kernel[1], (float)c->stride[0], (float)c->stride[1],
+                (float)c->padding[0], (float)c->padding[1], pool ? 0.0f : (float)c->dilation[0],
+                pool ? 0.0f : (float)c->dilation[1]};
+  memcpy(op->params, p, sizeof p);
+  if (pool) op->variant = c->kind == HM_CONNECTION_MAX_POOL ? HM_ABI_POOL_MAX : HM_ABI_POOL_AVG;
+}
+
+/* Dropout of |n| values: the mask of this batch (SLOT_STEP) and connection. */
+static void dropout_op(const lowering *s, hm_abi_op *op, size_t e, size_t n) {
+  float rate = s->g->edges[e].spec.rate;
+  op->dims[0] = n;
+  op->dims[1] = s->o->seed ^ (0x9e3779b97f4a7c15ull * (uint64_t)(e + 1)); /* each connection its own mask */
+  op->params[0] = rate;
+  op->params[2] = 1.0f / (1.0f - rate);
+  op->dyn[1] = SLOT_STEP;
+}
+
+/* z = op(x) of a connection that is not dense. */
+static void emit_window_forward(const lowering *s, op_list *l, program_kind kind, size_t e, size_t b) {
+  const hm_edge *ed = &s->g->edges[e];
+  const hm_edge_buffers *es = &s->b->edges[e];
+  hm_abi_buffer *x = value(s, ed->src);
+  size_t n = b * s->p->nodes[ed->dst].width;
+  switch (ed->spec.kind) {
+    case HM_CONNECTION_CONV2D: {
+      PUSH(op, l, HM_ABI_OP_CONV2D);
+      window_op(s, op, e, b);
+      op->in[0] = OPD(x);
+      op->in[1] = OPD(es->w);
+      op->in[2] = OPD(es->b);
+      op->out[0] = OPD(es->z);
+      return;
+    }
+    case HM_CONNECTION_MAX_POOL:
+    case HM_CONNECTION_AVG_POOL: {
+      PUSH(op, l, HM_ABI_OP_POOL2D);
+      window_op(s, op, e, b);
+      op->in[0] = OPD(x);
+      op->out[0] = OPD(es->z);
+      if (is_training(kind) && s->p->edges[e].backprop) op->out[1] = OPD(es->argmax);
+      return;
+    }
+    default: {
+      if (!is_training(kind)) { /* evaluation and inference keep every value */
+        PUSH(cp, l, HM_ABI_OP_COPY);
+        cp->dims[0] = n;
+        cp->in[0] = OPD(x);
+        cp->out[0] = OPD(es->z);
+        return;
+      }
+      PUSH(op, l, HM_ABI_OP_DROPOUT);
+      dropout_op(s, op, e, n);
+      op->in[0] = OPD(x);
+      op->out[0] = OPD(es->z);
+      return;
+    }
+  }
+}
+
 static void emit_forward(const lowering *s, op_list *l, program_kind kind, size_t b) {
   const hm_graph *g = s->g;
   for (size_t k = 0; k < s->p->n_order; k++) {
@@ -170,13 +244,18 @@ static void emit_forward(const lowering *s, op_list *l, program_kind kind, size_
       const hm_edge *ed = &g->edges[e];
       if (ed->dst != L) continue;
       const hm_edge_buffers *es = &s->b->edges[e];
-      emit_matmul(s, l, kind, e, b);
+      if (ed->spec.kind != HM_CONNECTION_DENSE) {
+        emit_window_forward(s, l, kind, e, b);
+      } else {
+        emit_matmul(s, l, kind, e, b);
+        if (l->failed) return;
+        PUSH(bias, l, HM_ABI_OP_BIAS_ADD);
+        bias->dims[0] = b;
+        bias->dims[1] = wl;
+        bias->in[0] = OPD(es->b);
+        bias->out[0] = OPD(es->z);
+      }
       if (l->failed) return;
-      PUSH(bias, l, HM_ABI_OP_BIAS_ADD);
-      bias->dims[0] = b;
-      bias->dims[1] = wl;
-      bias->in[0] = OPD(es->b);
-      bias->out[0] = OPD(es->z);
       if (ed->activation != HM_ABI_ACT_IDENTITY) {
         PUSH(act, l, HM_ABI_OP_ACT_FORWARD);
         act->variant = ed->activation;
@@ -240,6 +319,66 @@ static void emit_losses(const lowering *s, op_list *l, size_t b, int grads, char
   }
 }
 
+/* The backward ops of a connection that is not dense, from dz. */
+static void emit_window_backward(const lowering *s, op_list *l, size_t e, size_t b, int accumulate, char *grad_init) {
+  const hm_graph *g = s->g;
+  const hm_edge *ed = &g->edges[e];
+  const hm_edge_buffers *es = &s->b->edges[e];
+  size_t S = ed->src;
+  int to_src = (g->nodes[S].kind == HM_NODE_LAYER || s->p->nodes[S].boundary_in) && s->p->nodes[S].needs_grad;
+  switch (ed->spec.kind) {
+    case HM_CONNECTION_CONV2D:
+      if (s->p->edges[e].trainable) {
+        PUSH(dw, l, HM_ABI_OP_CONV2D_BWD_FILTER);
+        window_op(s, dw, e, b);
+        dw->flags = accumulate ? HM_ABI_OP_FLAG_ACCUMULATE : 0;
+        dw->in[0] = OPD(value(s, S));
+        dw->in[1] = OPD(es->dz);
+        dw->out[0] = OPD(es->dw);
+        dw->out[1] = OPD(es->db);
+      }
+      if (!to_src) return;
+      {
+        PUSH(dx, l, HM_ABI_OP_CONV2D_BWD_DATA);
+        window_op(s, dx, e, b);
+        dx->flags = grad_init[S] ? HM_ABI_OP_FLAG_ACCUMULATE : 0;
+        dx->in[0] = OPD(es->dz);
+        dx->in[1] = OPD(es->w);
+        dx->out[0] = OPD(s->b->nodes[S].grad);
+      }
+      break;
+    case HM_CONNECTION_MAX_POOL:
+    case HM_CONNECTION_AVG_POOL: {
+      if (!to_src) return;
+      PUSH(dx, l, HM_ABI_OP_POOL2D_BWD);
+      window_op(s, dx, e, b);
+      dx->flags = grad_init[S] ? HM_ABI_OP_FLAG_ACCUMULATE : 0;
+      dx->in[0] = OPD(es->dz);
+      if (ed->spec.kind == HM_CONNECTION_MAX_POOL) dx->in[1] = OPD(es->argmax);
+      dx->out[0] = OPD(s->b->nodes[S].grad);
+      break;
+    }
+    default: {
+      if (!to_src) return;
+      /* The same mask on the gradient: into the connection's own buffer,
+       * then copied or added (dropout has no accumulate). */
+      size_t n = b * s->p->nodes[ed->dst].width;
+      hm_abi_buffer *in = ed->activation == HM_ABI_ACT_IDENTITY ? s->b->nodes[ed->dst].grad : es->dz;
+      PUSH(op, l, HM_ABI_OP_DROPOUT);
+      dropout_op(s, op, e, n);
+      op->in[0] = OPD(in);
+      op->out[0] = OPD(es->dz);
+      PUSH(sum, l, grad_init[S] ? HM_ABI_OP_AXPY : HM_ABI_OP_COPY);
+      sum->dims[0] = n;
+      sum->params[0] = 1.0f;
+      sum->in[0] = OPD(es->dz);
+      sum->out[0] = OPD(s->b->nodes[S].grad);
+      break;
+    }
+  }
+  grad_init[S] = 1;
+}
+
 static void emit_backward(const lowering *s, op_list *l, size_t b, int accumulate, char *grad_init) {
   const hm_graph *g = s->g;
   for (size_t k = s->p->n_order; k-- > 0;) {
@@ -248,7 +387,7 @@ static void emit_backward(const lowering *s, op_list *l, size_t b, int accumulat
     size_t wl = s->p->nodes[L].width;
     for (size_t e = 0; e < g->n_edges; e++) {
       const hm_edge *ed = &g->edges[e];
-      if (ed->dst != L || !s->p->edges[e].trainable) continue;
+      if (ed->dst != L || !s->p->edges[e].backprop) continue;
       const hm_edge_buffers *es = &s->b->edges[e];
       size_t ws = s->p->nodes[ed->src].width;
       if (ed->activation != HM_ABI_ACT_IDENTITY) {
@@ -262,6 +401,11 @@ static void emit_backward(const lowering *s, op_list *l, size_t b, int accumulat
         act->in[1] = OPD(es->a);
         act->in[2] = OPD(s->b->nodes[L].grad);
         act->out[0] = OPD(es->dz);
+      }
+      if (ed->spec.kind != HM_CONNECTION_DENSE) {
+        emit_window_backward(s, l, e, b, accumulate, grad_init);
+        if (l->failed) return;
+        continue;
       }
       /* Straight-through: the gradients of a packed matmul use the values it
        * multiplied (dequantized), and pass unchanged through the rounding. */
@@ -323,12 +467,12 @@ static void emit_apply(const lowering *s, op_list *l, int average) {
     for (size_t e = 0; e < g->n_edges; e++) {
       const hm_edge_buffers *es = &s->b->edges[e];
       if (!s->p->edges[e].trainable) continue;
-      size_t n_w = s->p->nodes[g->edges[e].src].width * s->p->nodes[g->edges[e].dst].width;
-      size_t n_b = s->p->nodes[g->edges[e].dst].width;
+      hm_param_desc pd[2];
+      size_t n_params = hm__edge_params(g, e, pd);
       hm_abi_buffer *grads[2] = {es->dw, es->db}, *params[2] = {es->w, es->b};
       hm_abi_buffer *s1[2] = {es->s1w, es->s1b}, *s2[2] = {es->s2w, es->s2b};
-      size_t n[2] = {n_w, n_b};
-      for (int k = 0; k < 2; k++) {
+      size_t n[2] = {pd[0].count, n_params > 1 ? pd[1].count : 0};
+      for (size_t k = 0; k < n_params; k++) {
         if (pass == 0 && average) {
           PUSH(sc, l, HM_ABI_OP_SCALE);
           sc->dims[0] = n[k];

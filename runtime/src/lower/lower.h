@@ -14,7 +14,9 @@
 /* SLOT_LOSS_SCALE multiplies the loss gradient of a training program: 1 in
  * one process; a data-parallel rank's share of the global batch (rows/B),
  * so that the ranks' gradients sum to the global batch mean. */
-enum { SLOT_LR = 0, SLOT_BC1 = 1, SLOT_BC2 = 2, SLOT_GRAD_SCALE = 3, SLOT_LOSS_SCALE = 4, N_SLOTS = 5 };
+/* SLOT_STEP numbers a training batch for dropout's mask (SPEC.md §7.5):
+ * update * accumulate_steps + the micro-batch's index in its update. */
+enum { SLOT_LR = 0, SLOT_BC1 = 1, SLOT_BC2 = 2, SLOT_GRAD_SCALE = 3, SLOT_LOSS_SCALE = 4, SLOT_STEP = 5, N_SLOTS = 6 };
 
 typedef enum program_kind {
   PROG_TRAIN = 0,   /* forward, loss, backward, norm, clip, optimizer (accumulate_steps == 1) */
@@ -54,6 +56,7 @@ typedef struct hm_edge_buffers {
    * straight-through backward pass. Inference packs the weights once and
    * frees |w|. */
   hm_abi_buffer *wq, *xq, *wdq, *xdq;
+  hm_abi_buffer *argmax;        /* max pooling: where each maximum came from (I32, batch x width(dst)) */
 } hm_edge_buffers;
 
 typedef struct hm_step_buffers {

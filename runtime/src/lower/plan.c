@@ -3,6 +3,45 @@
 
 #include <stdlib.h>
 
+#include "harmonics/names.h"
+#include "harmonics/plugins.h"
+
+/* The ops a non-dense connection needs on |dev|: UNIMPLEMENTED naming the
+ * first the device does not declare (an older or smaller plugin). */
+static hm_status check_window_ops(const hm_graph *g, const hm_plan *p, hm_device *dev) {
+  for (size_t e = 0; e < g->n_edges; e++) {
+    const hm_edge *ed = &g->edges[e];
+    if (ed->spec.kind == HM_CONNECTION_DENSE || !p->edges[e].into_layer) continue;
+    uint32_t ops[3] = {0, 0, 0}, variant = 0;
+    switch (ed->spec.kind) {
+      case HM_CONNECTION_CONV2D:
+        ops[0] = HM_ABI_OP_CONV2D;
+        if (p->edges[e].backprop) ops[1] = HM_ABI_OP_CONV2D_BWD_FILTER, ops[2] = HM_ABI_OP_CONV2D_BWD_DATA;
+        break;
+      case HM_CONNECTION_MAX_POOL:
+      case HM_CONNECTION_AVG_POOL:
+        variant = ed->spec.kind == HM_CONNECTION_MAX_POOL ? HM_ABI_POOL_MAX : HM_ABI_POOL_AVG;
+        ops[0] = HM_ABI_OP_POOL2D;
+        if (p->edges[e].backprop) ops[1] = HM_ABI_OP_POOL2D_BWD;
+        break;
+      default:
+        if (p->training) ops[0] = HM_ABI_OP_DROPOUT;
+        break;
+    }
+    for (int i = 0; i < 3; i++) {
+      if (!ops[i] || hm_device_supports(dev, ops[i], HM_ABI_DTYPE_F32, HM_ABI_DTYPE_F32, variant)) continue;
+      char where[300];
+      hm__graph_where(g, ed->line, ed->col, where, sizeof where);
+      return hm__fail(HM_STATUS_UNIMPLEMENTED,
+                      "%sbackend '%s' does not declare %s (ABI 1.1), which the %s connection %s -> %s needs; choose "
+                      "another backend",
+                      where, hm_device_backend(dev), hm_op_name(ops[i]), hm__connection_kind_name(ed->spec.kind),
+                      g->nodes[ed->src].name, g->nodes[ed->dst].name);
+    }
+  }
+  return HM_OK;
+}
+
 hm_status hm__plan_create(const hm_graph *g, const hm_policy *policy, hm_device *dev, int training,
                           const hm_plan_boundaries *bounds, hm_plan **out) {
   hm_plan *p = hm__calloc(1, sizeof *p);
@@ -30,6 +69,7 @@ hm_status hm__plan_create(const hm_graph *g, const hm_policy *policy, hm_device 
     p->nodes[ed->dst].n_inputs++;
     p->nodes[ed->dst].single_input = (long)e;
     p->edges[e].has_weights = hm__edge_has_weights(g, ed);
+    p->edges[e].into_layer = hm__edge_into_layer(g, ed);
   }
   for (size_t t = 0; t < g->n_taps; t++) {
     p->nodes[g->taps[t].target].is_target = 1;
@@ -66,8 +106,11 @@ hm_status hm__plan_create(const hm_graph *g, const hm_policy *policy, hm_device 
     if (p->nodes[g->edges[e].src].boundary_in && g->nodes[g->edges[e].dst].kind == HM_NODE_LAYER &&
         p->nodes[g->edges[e].dst].needs_grad)
       p->nodes[g->edges[e].src].needs_grad = training;
-  for (size_t e = 0; e < g->n_edges; e++)
-    p->edges[e].trainable = training && p->edges[e].has_weights && p->nodes[g->edges[e].dst].needs_grad;
+  for (size_t e = 0; e < g->n_edges; e++) {
+    p->edges[e].backprop = training && p->edges[e].into_layer && p->nodes[g->edges[e].dst].needs_grad;
+    p->edges[e].trainable = p->edges[e].backprop && p->edges[e].has_weights;
+  }
+  if (st == HM_OK && dev) st = check_window_ops(g, p, dev);
   for (size_t t = 0; t < g->n_taps && p->accuracy_tap < 0; t++)
     if (g->taps[t].loss == HM_ABI_LOSS_CROSS_ENTROPY) p->accuracy_tap = (long)t;
   if (st == HM_OK) {

@@ -26,8 +26,10 @@ typedef struct hm_plan_node {
 } hm_plan_node;
 
 typedef struct hm_plan_edge {
-  int has_weights;        /* a connection into a layer (not into a consumer) */
-  int trainable;          /* training, and its layer needs gradients */
+  int into_layer;         /* computes into a layer (has its own activations) */
+  int has_weights;        /* dense or convolution into a layer */
+  int backprop;           /* training, into a layer that needs gradients */
+  int trainable;          /* backprop, and it has weights */
   hm_edge_precision prec; /* the matmul's precision */
 } hm_plan_edge;
 

@@ -165,6 +165,18 @@ hm_status hm__precision_plan(const hm_policy *p, hm_device *dev, const hm_graph 
     memset(ep, 0, sizeof *ep);
     ep->dtype = HM_ABI_DTYPE_F32;
     ep->matmul = hm__edge_has_weights(g, &g->edges[e]);
+    if (ep->matmul && g->edges[e].spec.kind == HM_CONNECTION_CONV2D) {
+      /* Convolutions run f32: their packed (quantized im2col) form is not built yet. */
+      int bits = !p ? 32 : p->kind == HM_POLICY_MAX_BITS ? p->bits
+                         : p->kind == HM_POLICY_CONNECTION_BITS ? p->connection_bits[connection++] : 32;
+      if (bits != 32)
+        return hm__fail(HM_STATUS_UNIMPLEMENTED,
+                        "connection %s -> %s is a convolution: %d-bit convolutions are not supported yet; give it 32 "
+                        "bits (a connection-bits policy) or use the hardware or auto policy",
+                        g->nodes[g->edges[e].src].name, g->nodes[g->edges[e].dst].name, bits);
+      if (p && p->kind == HM_POLICY_AUTO) snprintf(ep->note, sizeof ep->note, "auto: convolutions run f32");
+      continue;
+    }
     if (!ep->matmul || !p || p->kind == HM_POLICY_HARDWARE) continue;
     if (p->kind == HM_POLICY_AUTO) {
       plan_auto(dev, ep);

@@ -66,8 +66,11 @@ hm_status hm__cycle_state_describe(hm_cycle_state *st, const hm_plan *plan, hm_d
     st->kernels[i] = hm__strdup(hm__precision_kernel(p->dtype));
     st->notes[i] = hm__strdup(p->note);
     size_t in = plan->nodes[g->edges[e].src].width, out = plan->nodes[g->edges[e].dst].width;
-    st->matrix_bytes[i] = hm__matrix_bytes(p->dtype, out, in);
-    st->matrix_weights[i] = in * out;
+    hm_param_desc pd[2];
+    (void)hm__edge_params(g, e, pd);
+    int conv = g->edges[e].spec.kind == HM_CONNECTION_CONV2D; /* f32 weights: precision.c refuses packed ones */
+    st->matrix_bytes[i] = conv ? pd[0].count * 4 : hm__matrix_bytes(p->dtype, out, in);
+    st->matrix_weights[i] = pd[0].count;
     if (!st->layer_names[i] || !st->precisions[i] || !st->kernels[i] || !st->notes[i])
       return hm__fail(HM_STATUS_RESOURCE_EXHAUSTED, "out of memory");
   }

@@ -385,6 +385,7 @@ hm_status hm__pipe_update(hm_pipe *p, size_t step, const int32_t *const *idx, co
   hm_session *s = p->s;
   double scalars[N_SLOTS];
   HM_RETURN_IF_ERROR(hm__step_scalars(&s->opts, step, 1.0, scalars));
+  double first_batch = scalars[SLOT_STEP]; /* micro-batch m is batch first_batch + m, as in one process */
   *loss_sum = 0;
   *loss_rows = 0;
   if (n > s->n_slots && p->stage != p->last)
@@ -393,6 +394,7 @@ hm_status hm__pipe_update(hm_pipe *p, size_t step, const int32_t *const *idx, co
     for (size_t m = 0; m < n; m++) {
       float loss = 0;
       HM_RETURN_IF_ERROR(receive_inputs(p, HM_PIPE_FORWARD, step, m, 0, rows[m]));
+      scalars[SLOT_STEP] = first_batch + (double)m;
       HM_RETURN_IF_ERROR(hm__session_step_slot(s, m == 0 ? PROG_MICRO_FIRST : PROG_MICRO_ACC, 0, idx[m], rows[m],
                                                scalars, &loss, NULL));
       *loss_sum += loss;
@@ -403,12 +405,14 @@ hm_status hm__pipe_update(hm_pipe *p, size_t step, const int32_t *const *idx, co
   }
   for (size_t m = 0; m < n; m++) {
     HM_RETURN_IF_ERROR(receive_inputs(p, HM_PIPE_FORWARD, step, m, m, rows[m]));
+    scalars[SLOT_STEP] = first_batch + (double)m;
     HM_RETURN_IF_ERROR(hm__session_step_slot(s, PROG_STAGE_FORWARD, m, idx[m], rows[m], scalars, NULL, NULL));
     HM_RETURN_IF_ERROR(send_outputs(p, HM_PIPE_FORWARD, step, m, m, rows[m]));
   }
   for (size_t m = 0; m < n; m++) {
     HM_RETURN_IF_ERROR(receive_output_gradients(p, step, m, rows[m]));
     program_kind kind = m == 0 ? PROG_STAGE_BACKWARD_FIRST : PROG_STAGE_BACKWARD_ACC;
+    scalars[SLOT_STEP] = first_batch + (double)m;
     HM_RETURN_IF_ERROR(hm__session_step_slot(s, kind, m, NULL, rows[m], scalars, NULL, NULL));
     HM_RETURN_IF_ERROR(send_input_gradients(p, step, m, rows[m]));
   }
@@ -475,25 +479,26 @@ hm_status hm__pipe_evaluate(hm_pipe *p, size_t step, float *loss, float *accurac
 /* ===== After training ===== */
 
 /* Stage |k|'s tensors in their canonical order: per weighted connection,
- * the weight then the bias. */
+ * the weight then the bias (when it has one). */
 static size_t stage_tensor_count(const hm_graph *g) {
   size_t n = 0;
-  for (size_t e = 0; e < g->n_edges; e++) n += 2 * (size_t)hm__edge_has_weights(g, &g->edges[e]);
+  hm_param_desc pd[2];
+  for (size_t e = 0; e < g->n_edges; e++) n += hm__edge_params(g, e, pd);
   return n;
 }
 
-static void stage_tensor(const hm_graph *g, size_t i, char *name, size_t cap, uint64_t shape[2]) {
+/* Tensor |i|; it travels as rows = its first dimension, cols = the rest. */
+static void stage_tensor(const hm_graph *g, size_t i, hm_param_desc *out, uint64_t rows_cols[2]) {
   for (size_t e = 0; e < g->n_edges; e++) {
-    const hm_edge *ed = &g->edges[e];
-    if (!hm__edge_has_weights(g, ed)) continue;
-    if (i < 2) {
-      if (i == 0) hm__edge_weight_name(g, ed, name, cap);
-      else hm__edge_bias_name(g, ed, name, cap);
-      shape[0] = g->nodes[ed->dst].width;
-      shape[1] = i == 0 ? g->nodes[ed->src].width : 1;
+    hm_param_desc pd[2];
+    size_t n = hm__edge_params(g, e, pd);
+    if (i < n) {
+      *out = pd[i];
+      rows_cols[0] = pd[i].shape[0];
+      rows_cols[1] = pd[i].count / pd[i].shape[0];
       return;
     }
-    i -= 2;
+    i -= n;
   }
 }
 
@@ -510,12 +515,13 @@ hm_status hm_pipeline_gather_weights(const hm_pipeline_stage *ps, const hm_weigh
   p.stage = ps->stage;
   p.last = part->n_stages - 1;
   p.timeout = ps->timeout_seconds > 0 ? ps->timeout_seconds : 60.0;
-  char name[600];
+  hm_param_desc pd;
+  const char *name = pd.name;
   uint64_t shape[2];
   if (p.stage != p.last) {
     const hm_graph *g = part->stages[p.stage];
     for (size_t i = 0; i < stage_tensor_count(g); i++) {
-      stage_tensor(g, i, name, sizeof name, shape);
+      stage_tensor(g, i, &pd, shape);
       hm_tensor t;
       if (hm_weights_find(stage_weights, name, &t) != HM_OK || t.dtype != HM_ABI_DTYPE_F32 ||
           t.bytes != shape[0] * shape[1] * 4)
@@ -536,7 +542,7 @@ hm_status hm_pipeline_gather_weights(const hm_pipeline_stage *ps, const hm_weigh
     sets[k] = w;
     const hm_graph *g = part->stages[k];
     for (size_t i = 0; i < stage_tensor_count(g) && st == HM_OK; i++) {
-      stage_tensor(g, i, name, sizeof name, shape);
+      stage_tensor(g, i, &pd, shape);
       size_t bytes = (size_t)(shape[0] * shape[1] * 4);
       float *grown = hm__realloc(data, bytes);
       if (!grown) {
@@ -546,7 +552,7 @@ hm_status hm_pipeline_gather_weights(const hm_pipeline_stage *ps, const hm_weigh
       data = grown;
       hm_boundary_header want = {HM_PIPE_WEIGHTS, (uint32_t)i, 0, 0, HM_ABI_DTYPE_F32, shape[0], shape[1], bytes};
       st = recv_from(&p, k, &want, data);
-      if (st == HM_OK) st = hm_weights_set(w, name, HM_ABI_DTYPE_F32, i % 2 ? 1 : 2, shape, data);
+      if (st == HM_OK) st = hm_weights_set(w, name, HM_ABI_DTYPE_F32, pd.rank, pd.shape, data);
     }
   }
   sets[p.last] = stage_weights;

@@ -142,15 +142,20 @@ static hm_status alloc_edge_buffers(hm_session *s, size_t batch, size_t grad_row
     const hm_edge *ed = &g->edges[e];
     const hm_plan_edge *pe = &s->plan->edges[e];
     hm_edge_buffers *es = &s->bufs.edges[e];
-    if (!pe->has_weights) continue;
+    if (!pe->into_layer) continue;
     size_t in = s->plan->nodes[ed->src].width, outw = s->plan->nodes[ed->dst].width;
-    st = alloc_buffer(s, in * outw * 4, &es->w);
-    if (st == HM_OK) st = alloc_buffer(s, outw * 4, &es->b);
+    hm_param_desc pd[2];
+    size_t n_params = hm__edge_params(g, e, pd);
+    size_t n_w = n_params ? pd[0].count : 0, n_b = n_params > 1 ? pd[1].count : 0;
+    if (n_w) st = alloc_buffer(s, n_w * 4, &es->w);
+    if (st == HM_OK && n_b) st = alloc_buffer(s, n_b * 4, &es->b);
     if (st == HM_OK) st = alloc_buffer(s, batch * outw * 4, &es->z);
     if (st == HM_OK) {
       if (ed->activation == HM_ABI_ACT_IDENTITY) es->a = es->z;
       else st = alloc_buffer(s, batch * outw * 4, &es->a);
     }
+    if (st == HM_OK && pe->backprop && ed->spec.kind == HM_CONNECTION_MAX_POOL)
+      st = alloc_buffer(s, grad_rows * outw * 4, &es->argmax);
     uint32_t q = pe->prec.dtype;
     if (st == HM_OK && hm__precision_is_packed(q)) {
       st = alloc_buffer(s, hm__packed_bytes(q, outw, in), &es->wq);
@@ -158,20 +163,22 @@ static hm_status alloc_edge_buffers(hm_session *s, size_t batch, size_t grad_row
       if (st == HM_OK && pe->trainable) st = alloc_buffer(s, in * outw * 4, &es->wdq);
       if (st == HM_OK && pe->trainable) st = alloc_buffer(s, grad_rows * in * 4, &es->xdq);
     }
-    if (st != HM_OK || !pe->trainable) continue;
-    st = alloc_buffer(s, in * outw * 4, &es->dw);
-    if (st == HM_OK) st = alloc_buffer(s, outw * 4, &es->db);
-    if (st == HM_OK) {
-      if (ed->activation == HM_ABI_ACT_IDENTITY) es->dz = s->bufs.nodes[ed->dst].grad;
+    if (st != HM_OK || !pe->backprop) continue;
+    if (st == HM_OK) { /* dropout masks the gradient into a buffer of its own */
+      if (ed->activation == HM_ABI_ACT_IDENTITY && ed->spec.kind != HM_CONNECTION_DROPOUT)
+        es->dz = s->bufs.nodes[ed->dst].grad;
       else st = alloc_buffer(s, grad_rows * outw * 4, &es->dz);
     }
+    if (st != HM_OK || !pe->trainable) continue;
+    st = alloc_buffer(s, n_w * 4, &es->dw);
+    if (st == HM_OK && n_b) st = alloc_buffer(s, n_b * 4, &es->db);
     hm_optimizer o = opts->optimizer;
     int two = o == HM_OPTIMIZER_ADAM || o == HM_OPTIMIZER_ADAMW || o == HM_OPTIMIZER_LAMB;
     int one = two || o == HM_OPTIMIZER_RMSPROP || (o == HM_OPTIMIZER_SGD && opts->momentum != 0.0f);
-    if (st == HM_OK && one) st = alloc_zeroed(s, in * outw * 4, &es->s1w);
-    if (st == HM_OK && one) st = alloc_zeroed(s, outw * 4, &es->s1b);
-    if (st == HM_OK && two) st = alloc_zeroed(s, in * outw * 4, &es->s2w);
-    if (st == HM_OK && two) st = alloc_zeroed(s, outw * 4, &es->s2b);
+    if (st == HM_OK && one) st = alloc_zeroed(s, n_w * 4, &es->s1w);
+    if (st == HM_OK && one && n_b) st = alloc_zeroed(s, n_b * 4, &es->s1b);
+    if (st == HM_OK && two) st = alloc_zeroed(s, n_w * 4, &es->s2w);
+    if (st == HM_OK && two && n_b) st = alloc_zeroed(s, n_b * 4, &es->s2b);
   }
   return st;
 }
@@ -206,8 +213,9 @@ static hm_status alloc_slot(hm_session *s, size_t k, size_t rows) {
     if (!e0->z) continue;
     size_t in = s->plan->nodes[g->edges[e].src].width, outw = s->plan->nodes[g->edges[e].dst].width;
     uint32_t q = s->plan->edges[e].prec.dtype;
-    es->z = es->a = es->xq = es->xdq = NULL;
+    es->z = es->a = es->xq = es->xdq = es->argmax = NULL;
     st = alloc_buffer(s, rows * outw * 4, &es->z);
+    if (st == HM_OK && e0->argmax) st = alloc_buffer(s, rows * outw * 4, &es->argmax);
     if (st == HM_OK) {
       if (e0->a == e0->z) es->a = es->z;
       else st = alloc_buffer(s, rows * outw * 4, &es->a);
@@ -225,7 +233,7 @@ static void free_slot(hm_session *s, hm_step_buffers *sb) {
   }
   for (size_t e = 0; sb->edges && e < s->g->n_edges; e++) {
     hm_edge_buffers *es = &sb->edges[e];
-    hm_abi_buffer *bufs[] = {es->z, es->xq, es->xdq};
+    hm_abi_buffer *bufs[] = {es->z, es->xq, es->xdq, es->argmax};
     for (size_t k = 0; k < sizeof bufs / sizeof bufs[0]; k++) hm_device_buffer_free(s->dev, bufs[k]);
     if (es->a != es->z) hm_device_buffer_free(s->dev, es->a);
   }
@@ -316,7 +324,7 @@ void hm__session_free(hm_session *s) {
   for (size_t e = 0; s->bufs.edges && e < s->g->n_edges; e++) {
     hm_edge_buffers *es = &s->bufs.edges[e];
     hm_abi_buffer *bufs[] = {es->w,   es->b,   es->dw, es->db, es->s1w, es->s2w, es->s1b,
-                             es->s2b, es->z,   es->wq, es->xq, es->wdq, es->xdq};
+                             es->s2b, es->z,   es->wq, es->xq, es->wdq, es->xdq, es->argmax};
     for (size_t k = 0; k < sizeof bufs / sizeof bufs[0]; k++) hm_device_buffer_free(s->dev, bufs[k]);
     if (es->a != es->z) hm_device_buffer_free(s->dev, es->a);
     if (es->dz && es->dz != s->bufs.nodes[s->g->edges[e].dst].grad) hm_device_buffer_free(s->dev, es->dz);
@@ -405,10 +413,13 @@ void hm__session_weight_costs(const hm_session *s, hm_eval_result *out) {
     if (!s->plan->edges[e].prec.matmul) continue;
     size_t in = s->plan->nodes[g->edges[e].src].width, out_w = s->plan->nodes[g->edges[e].dst].width;
     uint32_t dtype = s->plan->edges[e].prec.dtype;
-    size_t bytes = hm__matrix_bytes(dtype, out_w, in);
+    hm_param_desc pd[2];
+    size_t n_params = hm__edge_params(g, e, pd);
+    /* A convolution's weights are f32 (precision.c refuses packed ones). */
+    size_t bytes = g->edges[e].spec.kind == HM_CONNECTION_CONV2D ? pd[0].count * 4 : hm__matrix_bytes(dtype, out_w, in);
     out->weight_bytes += bytes;
-    out->bias_bytes += out_w * 4;
-    out->weight_count += in * out_w;
+    out->bias_bytes += n_params > 1 ? pd[1].count * 4 : 0;
+    out->weight_count += pd[0].count;
     size_t i = out->n_connections++;
     if (i >= HM_POLICY_MAX_CONNECTIONS) continue;
     hm_connection_cost *c = &out->connections[i];
@@ -431,16 +442,14 @@ hm_status hm__session_upload_weights(hm_session *s) {
 hm_status hm__session_write_weights(hm_session *s, const hm_weights *w) {
   hm_graph *g = s->g;
   for (size_t e = 0; e < g->n_edges; e++) {
-    const hm_edge *ed = &g->edges[e];
-    if (!hm__edge_has_weights(g, ed)) continue;
-    char wn[600], bn[600];
-    hm__edge_weight_name(g, ed, wn, sizeof wn);
-    hm__edge_bias_name(g, ed, bn, sizeof bn);
-    hm_tensor tw, tb;
-    HM_RETURN_IF_ERROR(hm_weights_find(w, wn, &tw));
-    HM_RETURN_IF_ERROR(hm_weights_find(w, bn, &tb));
-    HM_RETURN_IF_ERROR(hm_device_buffer_write(s->dev, s->bufs.edges[e].w, 0, tw.data, tw.bytes));
-    HM_RETURN_IF_ERROR(hm_device_buffer_write(s->dev, s->bufs.edges[e].b, 0, tb.data, tb.bytes));
+    hm_param_desc pd[2];
+    size_t n_params = hm__edge_params(g, e, pd);
+    hm_abi_buffer *bufs[2] = {s->bufs.edges[e].w, s->bufs.edges[e].b};
+    for (size_t k = 0; k < n_params; k++) {
+      hm_tensor t;
+      HM_RETURN_IF_ERROR(hm_weights_find(w, pd[k].name, &t));
+      HM_RETURN_IF_ERROR(hm_device_buffer_write(s->dev, bufs[k], 0, t.data, t.bytes));
+    }
   }
   return HM_OK;
 }
@@ -466,16 +475,15 @@ hm_status hm__session_upload_opt_state(hm_session *s, const hm_weights *state) {
     const hm_edge *ed = &g->edges[e];
     const hm_edge_buffers *es = &s->bufs.edges[e];
     if (!s->plan->edges[e].trainable) continue;
-    char wn[600], bn[600], name[700];
-    hm__edge_weight_name(g, ed, wn, sizeof wn);
-    hm__edge_bias_name(g, ed, bn, sizeof bn);
+    (void)ed;
+    char name[700];
+    hm_param_desc pd[2];
+    size_t n_params = hm__edge_params(g, e, pd);
     hm_abi_buffer *bufs[4] = {es->s1w, es->s2w, es->s1b, es->s2b};
-    size_t count[4] = {s->plan->nodes[ed->dst].width * s->plan->nodes[ed->src].width, 0, s->plan->nodes[ed->dst].width, 0};
-    count[1] = count[0];
-    count[3] = count[2];
+    size_t count[4] = {pd[0].count, pd[0].count, n_params > 1 ? pd[1].count : 0, n_params > 1 ? pd[1].count : 0};
     for (int k = 0; k < 4; k++) {
       if (!bufs[k]) continue;
-      snprintf(name, sizeof name, "%s.%s", k < 2 ? wn : bn, state_suffix(s->opts.optimizer, k % 2));
+      snprintf(name, sizeof name, "%s.%s", pd[k / 2].name, state_suffix(s->opts.optimizer, k % 2));
       hm_tensor t;
       if (hm_weights_find(state, name, &t) != HM_OK)
         return hm__fail(HM_STATUS_INVALID_ARGUMENT, "resume: the optimizer state has no tensor '%s'", name);
@@ -495,23 +503,23 @@ hm_status hm__session_download(hm_session *s, hm_weights **params, hm_weights **
   for (size_t e = 0; e < g->n_edges && st == HM_OK; e++) {
     const hm_edge *ed = &g->edges[e];
     const hm_edge_buffers *es = &s->bufs.edges[e];
-    if (!hm__edge_has_weights(g, ed)) continue;
-    char wn[600], bn[600], name[700];
-    hm__edge_weight_name(g, ed, wn, sizeof wn);
-    hm__edge_bias_name(g, ed, bn, sizeof bn);
-    uint64_t shape[2] = {s->plan->nodes[ed->dst].width, s->plan->nodes[ed->src].width};
+    (void)ed;
+    char name[700];
+    hm_param_desc pd[2];
+    size_t n_params = hm__edge_params(g, e, pd);
+    if (!n_params) continue;
     if (!es->w) {
-      st = hm__fail(HM_STATUS_FAILED_PRECONDITION, "'%s' is held only in packed form on the device", wn);
+      st = hm__fail(HM_STATUS_FAILED_PRECONDITION, "'%s' is held only in packed form on the device", pd[0].name);
       break;
     }
-    st = download_tensor(s, p, wn, es->w, 2, shape);
-    if (st == HM_OK) st = download_tensor(s, p, bn, es->b, 1, shape);
+    st = download_tensor(s, p, pd[0].name, es->w, pd[0].rank, pd[0].shape);
+    if (st == HM_OK && n_params > 1) st = download_tensor(s, p, pd[1].name, es->b, pd[1].rank, pd[1].shape);
     if (!o || st != HM_OK) continue;
     hm_abi_buffer *bufs[4] = {es->s1w, es->s2w, es->s1b, es->s2b};
     for (int k = 0; k < 4 && st == HM_OK; k++) {
       if (!bufs[k]) continue;
-      snprintf(name, sizeof name, "%s.%s", k < 2 ? wn : bn, state_suffix(s->opts.optimizer, k % 2));
-      st = download_tensor(s, o, name, bufs[k], k < 2 ? 2 : 1, shape);
+      snprintf(name, sizeof name, "%s.%s", pd[k / 2].name, state_suffix(s->opts.optimizer, k % 2));
+      st = download_tensor(s, o, name, bufs[k], pd[k / 2].rank, pd[k / 2].shape);
     }
   }
   if (st != HM_OK) {
@@ -596,7 +604,7 @@ hm_status hm__session_evaluate_hooked(hm_session *s, int use_eval, int push, siz
   double loss_sum = 0.0;
   size_t correct = 0;
   hm_status st = HM_OK;
-  double scalars[N_SLOTS] = {0, 1, 1, 1, 1};
+  double scalars[N_SLOTS] = {0, 1, 1, 1, 1, 0};
   for (size_t pos = begin; pos < end && st == HM_OK; pos += s->opts.eval_batch_size) {
     size_t b = end - pos < s->opts.eval_batch_size ? end - pos : s->opts.eval_batch_size;
     for (size_t i = 0; i < b; i++) s->idx_host[i] = (int32_t)(pos + i);
@@ -647,8 +655,9 @@ size_t hm__session_grad_count(const hm_session *s) {
   size_t n = 0;
   for (size_t e = 0; e < g->n_edges; e++)
     if (s->plan->edges[e].trainable) {
-      size_t out_w = s->plan->nodes[g->edges[e].dst].width;
-      n += out_w * s->plan->nodes[g->edges[e].src].width + out_w;
+      hm_param_desc pd[2];
+      size_t n_params = hm__edge_params(g, e, pd);
+      for (size_t k = 0; k < n_params; k++) n += pd[k].count;
     }
   return n;
 }
@@ -660,9 +669,10 @@ static hm_status grads_transfer(hm_session *s, float *arena, int write) {
   for (size_t e = 0; e < g->n_edges; e++) {
     if (!s->plan->edges[e].trainable) continue;
     const hm_edge_buffers *es = &s->bufs.edges[e];
-    size_t out_w = s->plan->nodes[g->edges[e].dst].width, n[2] = {out_w * s->plan->nodes[g->edges[e].src].width, out_w};
+    hm_param_desc pd[2];
+    size_t n_params = hm__edge_params(g, e, pd), n[2] = {pd[0].count, n_params > 1 ? pd[1].count : 0};
     hm_abi_buffer *bufs[2] = {es->dw, es->db};
-    for (int k = 0; k < 2; k++) {
+    for (size_t k = 0; k < n_params; k++) {
       hm_status st = write ? hm_device_buffer_write(s->dev, bufs[k], 0, arena + at, n[k] * sizeof *arena)
                            : hm_device_buffer_read(s->dev, bufs[k], 0, arena + at, n[k] * sizeof *arena);
       if (st != HM_OK) return st;

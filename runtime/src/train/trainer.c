@@ -106,32 +106,13 @@ hm_status hm_trainer_compute_gradients(hm_trainer *t, const int32_t *indices, si
                       indices[i], i, t->s->train_count);
   double scalars[N_SLOTS];
   HM_RETURN_IF_ERROR(hm__step_scalars(&t->o, t->step, 1.0, scalars));
+  scalars[SLOT_STEP] += (double)t->pending;
   float l = 0;
   HM_RETURN_IF_ERROR(
       hm__session_step(t->s, t->pending ? PROG_MICRO_ACC : PROG_MICRO_FIRST, indices, n, scalars, &l, NULL));
   t->pending++;
   if (loss) *loss = l;
   return HM_OK;
-}
-
-/* Each trainable connection's two gradient tensors: names and shapes. */
-typedef struct grad_tensor {
-  char name[600];
-  uint64_t shape[2];
-  uint32_t rank;
-  size_t count;
-} grad_tensor;
-
-static void grad_tensor_at(const hm_trainer *t, size_t e, int bias, grad_tensor *out) {
-  const hm_graph *g = t->g;
-  const hm_edge *ed = &g->edges[e];
-  size_t out_w = t->s->plan->nodes[ed->dst].width, in_w = t->s->plan->nodes[ed->src].width;
-  if (bias) hm__edge_bias_name(g, ed, out->name, sizeof out->name);
-  else hm__edge_weight_name(g, ed, out->name, sizeof out->name);
-  out->rank = bias ? 1 : 2;
-  out->shape[0] = out_w;
-  out->shape[1] = in_w;
-  out->count = bias ? out_w : out_w * in_w;
 }
 
 hm_status hm_trainer_gradients(hm_trainer *t, hm_weights **out) {
@@ -144,11 +125,11 @@ hm_status hm_trainer_gradients(hm_trainer *t, hm_weights **out) {
   hm_status st = HM_OK;
   for (size_t e = 0; e < t->g->n_edges && st == HM_OK; e++) {
     if (!t->s->plan->edges[e].trainable) continue;
-    for (int bias = 0; bias < 2 && st == HM_OK; bias++) {
-      grad_tensor gt;
-      grad_tensor_at(t, e, bias, &gt);
-      st = hm_weights_set(w, gt.name, HM_ABI_DTYPE_F32, gt.rank, gt.shape, at);
-      at += gt.count;
+    hm_param_desc pd[2]; /* the session's arena order: each connection's weight, then its bias */
+    size_t n = hm__edge_params(t->g, e, pd);
+    for (size_t k = 0; k < n && st == HM_OK; k++) {
+      st = hm_weights_set(w, pd[k].name, HM_ABI_DTYPE_F32, pd[k].rank, pd[k].shape, at);
+      at += pd[k].count;
     }
   }
   if (st != HM_OK) {
@@ -165,20 +146,24 @@ hm_status hm_trainer_set_gradients(hm_trainer *t, const hm_weights *gradients) {
   size_t expected = 0;
   for (size_t e = 0; e < t->g->n_edges; e++) {
     if (!t->s->plan->edges[e].trainable) continue;
-    for (int bias = 0; bias < 2; bias++) {
-      grad_tensor gt;
-      grad_tensor_at(t, e, bias, &gt);
+    hm_param_desc pd[2];
+    size_t n = hm__edge_params(t->g, e, pd);
+    for (size_t k = 0; k < n; k++) {
       hm_tensor v;
-      if (hm_weights_find(gradients, gt.name, &v) != HM_OK)
-        return hm__fail(HM_STATUS_INVALID_ARGUMENT, "hm_trainer_set_gradients: no gradient for '%s'", gt.name);
-      if (v.dtype != HM_ABI_DTYPE_F32 || v.rank != gt.rank || v.shape[0] != gt.shape[0] ||
-          (gt.rank == 2 && v.shape[1] != gt.shape[1]))
-        return hm__fail(HM_STATUS_INVALID_ARGUMENT,
-                        "hm_trainer_set_gradients: '%s' must be f32 of shape [%llu%s%llu]", gt.name,
-                        (unsigned long long)gt.shape[0], gt.rank == 2 ? ", " : "",
-                        gt.rank == 2 ? (unsigned long long)gt.shape[1] : 0ull);
-      memcpy(at, v.data, gt.count * sizeof *at);
-      at += gt.count;
+      if (hm_weights_find(gradients, pd[k].name, &v) != HM_OK)
+        return hm__fail(HM_STATUS_INVALID_ARGUMENT, "hm_trainer_set_gradients: no gradient for '%s'", pd[k].name);
+      int same = v.dtype == HM_ABI_DTYPE_F32 && v.rank == pd[k].rank;
+      for (uint32_t d = 0; same && d < v.rank; d++) same = v.shape[d] == pd[k].shape[d];
+      if (!same) {
+        char want[96] = "";
+        size_t len = 0;
+        for (uint32_t d = 0; d < pd[k].rank; d++)
+          len += (size_t)snprintf(want + len, sizeof want - len, "%s%llu", d ? ", " : "", (unsigned long long)pd[k].shape[d]);
+        return hm__fail(HM_STATUS_INVALID_ARGUMENT, "hm_trainer_set_gradients: '%s' must be f32 of shape [%s]",
+                        pd[k].name, want);
+      }
+      memcpy(at, v.data, pd[k].count * sizeof *at);
+      at += pd[k].count;
       expected++;
     }
   }
