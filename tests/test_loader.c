@@ -78,7 +78,7 @@ static void loader_skips_each_broken_plugin_with_reason(void) {
   hm_plugin_report r;
   HM_CHECK(find_report("hm_tp_newer_minor.so", &r));
   HM_CHECK(r.loaded);
-  HM_CHECK_EQ(r.abi_version, HM_ABI_MAKE_VERSION(1, 0));
+  HM_CHECK_EQ(r.abi_version, HM_ABI_MAKE_VERSION(1, 1)); /* min(host 1.1, plugin 1.7) */
   HM_CHECK_EQ(r.plugin_max_abi, HM_ABI_MAKE_VERSION(1, 7));
 
   HM_CHECK(find_report("hm_cpu.so", &r));
@@ -215,15 +215,22 @@ static void crashing_and_hanging_plugins_are_skipped(void) {
 static void negotiation_across_host_versions(void) {
   hm_plugin_open_options o = hm_plugin_open_options_default();
   hm_loaded_plugin *p = NULL;
-  /* A newer host (1.0-1.5) still gets 1.0 from a 1.0 plugin. */
+  /* A newer host (1.0-1.5) gets 1.1 from a 1.1 plugin. */
   o.host_min_abi = HM_ABI_MAKE_VERSION(1, 0);
   o.host_max_abi = HM_ABI_MAKE_VERSION(1, 5);
+  HM_CHECK_OK(hm_plugin_open(HM_CPU_PLUGIN, &o, &p));
+  if (p) HM_CHECK_EQ(hm_loaded_plugin_table(p)->abi_version, HM_ABI_MAKE_VERSION(1, 1));
+  hm_plugin_close(p);
+  p = NULL;
+  /* An older host (1.0 only) gets 1.0 from it. */
+  o.host_max_abi = HM_ABI_MAKE_VERSION(1, 0);
   HM_CHECK_OK(hm_plugin_open(HM_CPU_PLUGIN, &o, &p));
   if (p) HM_CHECK_EQ(hm_loaded_plugin_table(p)->abi_version, HM_ABI_MAKE_VERSION(1, 0));
   hm_plugin_close(p);
   p = NULL;
-  /* A host that requires at least 1.1 is declined by a 1.0 plugin. */
-  o.host_min_abi = HM_ABI_MAKE_VERSION(1, 1);
+  o.host_max_abi = HM_ABI_MAKE_VERSION(1, 5);
+  /* A host that requires at least 1.2 is declined by a 1.1 plugin. */
+  o.host_min_abi = HM_ABI_MAKE_VERSION(1, 2);
   HM_CHECK_EQ(hm_plugin_open(HM_CPU_PLUGIN, &o, &p), HM_STATUS_INCOMPATIBLE);
   HM_CHECK(p == NULL);
   /* Another major is declined. */

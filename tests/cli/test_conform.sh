@@ -18,7 +18,7 @@ python3 - "$work/cpu.json" <<'PY' || fail=1
 import json, sys
 j = json.load(open(sys.argv[1]))
 assert j["conformant"] is True, j["totals"]
-assert j["plugin"]["name"] == "cpu" and j["host_abi"] == "1.0" and j["seed"] > 0, j["plugin"]
+assert j["plugin"]["name"] == "cpu" and j["host_abi"] == "1.1" and j["seed"] > 0, j["plugin"]
 t = j["totals"]
 assert t["FAIL"] == 0 and t["CRASH"] == 0 and t["TIMEOUT"] == 0 and t["PASS"] > 250, t
 names = {r["name"]: r["status"] for r in j["results"]}

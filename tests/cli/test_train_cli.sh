@@ -175,7 +175,7 @@ check "unknown option exits 2" test "$rc" -eq 2
 "$bin" nosuchcommand >/dev/null 2>&1
 rc=$?
 check "unknown command exits 2" test "$rc" -eq 2
-"$bin" --version | grep -q "harmonics .* (plugin ABI 1.0"
+"$bin" --version | grep -q "harmonics .* (plugin ABI 1.1"
 rc=$?
 check "--version" test "$rc" -eq 0
 # Every format the CLI writes, it reads, recognised by content: a compiled
