@@ -147,6 +147,10 @@ typedef enum hm_abi_op_code {
   HM_ABI_OP_POOL2D = 43,        /* Y = max/avg pool(X) (variant = hm_abi_pool) */
   HM_ABI_OP_POOL2D_BWD = 44,    /* dX (+)= pool'(dY) */
   HM_ABI_OP_DROPOUT = 45,       /* Y = keep(seed, step, i) ? X / (1 - rate) : 0 */
+  HM_ABI_OP_BATCH_NORM = 46,    /* per-channel normalization (variant = hm_abi_norm_mode) */
+  HM_ABI_OP_BATCH_NORM_BWD = 47,
+  HM_ABI_OP_LAYER_NORM = 48,    /* per-row normalization */
+  HM_ABI_OP_LAYER_NORM_BWD = 49,
   HM_ABI_OP_MAX_ENUM = 0x7fffffff
 } hm_abi_op_code;
 
@@ -164,6 +168,15 @@ typedef enum hm_abi_op_code {
 #define HM_ABI_PACK2(hi, lo) ((((uint64_t)(uint32_t)(hi)) << 32) | (uint64_t)(uint32_t)(lo))
 #define HM_ABI_PACK2_HI(v) ((uint32_t)((uint64_t)(v) >> 32))
 #define HM_ABI_PACK2_LO(v) ((uint32_t)((uint64_t)(v) & 0xffffffffu))
+
+/* BATCH_NORM variants: batch statistics (and the running ones updated), or
+ * the running statistics (evaluation and inference). */
+typedef enum hm_abi_norm_mode {
+  HM_ABI_NORM_TRAIN = 0,
+  HM_ABI_NORM_EVAL = 1,
+  HM_ABI_NORM_COUNT = 2,
+  HM_ABI_NORM_MAX_ENUM = 0x7fffffff
+} hm_abi_norm_mode;
 
 /* POOL2D variants. Average pooling divides by the whole window, padding
  * included (PyTorch's count_include_pad=True). */

@@ -185,3 +185,126 @@ int hm_ref_dropout_keep(uint64_t seed, uint32_t step, uint32_t index, float rate
 void hm_ref_dropout(size_t n, uint64_t seed, uint32_t step, float rate, float scale, const float *x, float *y) {
   for (size_t i = 0; i < n; i++) y[i] = hm_ref_dropout_keep(seed, step, (uint32_t)i, rate) ? x[i] * scale : 0.0f;
 }
+
+/* ===== Normalization ===== */
+
+/* Mean and biased variance of |count| values at stride: channel c of
+ * [N, C, S] (batch norm) or row r of [N, D] (layer norm). */
+static void moments(const float *x, size_t n, size_t c_stride, size_t inner, size_t outer_stride, double *mean,
+                    double *var) {
+  double s = 0.0, q = 0.0;
+  for (size_t i = 0; i < n; i++)
+    for (size_t j = 0; j < inner; j++) s += x[i * outer_stride + j * c_stride];
+  double m = s / (double)(n * inner);
+  for (size_t i = 0; i < n; i++)
+    for (size_t j = 0; j < inner; j++) {
+      double d = x[i * outer_stride + j * c_stride] - m;
+      q += d * d;
+    }
+  *mean = m;
+  *var = q / (double)(n * inner);
+}
+
+void hm_ref_batch_norm(int mode, size_t n, size_t c, size_t s, float eps, float momentum, const float *x,
+                       const float *gamma, const float *beta, const float *running_in, float *y, float *saved,
+                       float *running_out) {
+  size_t m = n * s;
+  for (size_t ch = 0; ch < c; ch++) {
+    double mean, var;
+    if (mode == HM_ABI_NORM_EVAL) {
+      mean = running_in[ch];
+      var = running_in[c + ch];
+    } else {
+      moments(x + ch * s, n, 1, s, c * s, &mean, &var);
+    }
+    double inv = 1.0 / sqrt(var + (double)eps);
+    for (size_t i = 0; i < n; i++)
+      for (size_t j = 0; j < s; j++) {
+        size_t at = (i * c + ch) * s + j;
+        y[at] = (float)((x[at] - mean) * inv * gamma[ch] + beta[ch]);
+      }
+    if (mode == HM_ABI_NORM_EVAL) continue;
+    if (saved) {
+      saved[ch] = (float)mean;
+      saved[c + ch] = (float)inv;
+    }
+    if (running_out) {
+      double unbiased = m > 1 ? var * (double)m / (double)(m - 1) : var;
+      running_out[ch] = (float)((1.0 - momentum) * running_out[ch] + momentum * mean);
+      running_out[c + ch] = (float)((1.0 - momentum) * running_out[c + ch] + momentum * unbiased);
+    }
+  }
+}
+
+/* The normalization backward over one group of |count| values (a channel
+ * or a row): dxhat = dy * gamma; dx = inv/M (M dxhat - sum dxhat - xhat sum dxhat xhat). */
+void hm_ref_batch_norm_bwd(size_t n, size_t c, size_t s, float beta_dx, float beta_params, const float *x,
+                           const float *dy, const float *gamma, const float *saved, float *dx, float *dgamma,
+                           float *dbeta) {
+  double m = (double)(n * s);
+  for (size_t ch = 0; ch < c; ch++) {
+    double mean = saved[ch], inv = saved[c + ch], sdy = 0.0, sdyx = 0.0;
+    for (size_t i = 0; i < n; i++)
+      for (size_t j = 0; j < s; j++) {
+        size_t at = (i * c + ch) * s + j;
+        sdy += dy[at];
+        sdyx += dy[at] * (x[at] - mean) * inv;
+      }
+    if (dgamma) dgamma[ch] = (float)((beta_params != 0.0f ? beta_params * (double)dgamma[ch] : 0.0) + sdyx);
+    if (dbeta) dbeta[ch] = (float)((beta_params != 0.0f ? beta_params * (double)dbeta[ch] : 0.0) + sdy);
+    if (!dx) continue;
+    for (size_t i = 0; i < n; i++)
+      for (size_t j = 0; j < s; j++) {
+        size_t at = (i * c + ch) * s + j;
+        double xhat = (x[at] - mean) * inv;
+        double g = gamma[ch] * inv / m * (m * dy[at] - sdy - xhat * sdyx);
+        dx[at] = (float)((beta_dx != 0.0f ? beta_dx * (double)dx[at] : 0.0) + g);
+      }
+  }
+}
+
+void hm_ref_layer_norm(size_t n, size_t d, float eps, const float *x, const float *gamma, const float *beta, float *y,
+                       float *saved) {
+  for (size_t r = 0; r < n; r++) {
+    double mean, var;
+    moments(x + r * d, 1, 1, d, 0, &mean, &var);
+    double inv = 1.0 / sqrt(var + (double)eps);
+    for (size_t j = 0; j < d; j++) y[r * d + j] = (float)((x[r * d + j] - mean) * inv * gamma[j] + beta[j]);
+    if (saved) {
+      saved[r] = (float)mean;
+      saved[n + r] = (float)inv;
+    }
+  }
+}
+
+void hm_ref_layer_norm_bwd(size_t n, size_t d, float beta_dx, float beta_params, const float *x, const float *dy,
+                           const float *gamma, const float *saved, float *dx, float *dgamma, float *dbeta) {
+  double *dg = calloc(d ? d : 1, sizeof *dg), *db = calloc(d ? d : 1, sizeof *db);
+  if (!dg || !db) {
+    free(dg);
+    free(db);
+    return;
+  }
+  for (size_t r = 0; r < n; r++) {
+    double mean = saved[r], inv = saved[n + r], sg = 0.0, sgx = 0.0;
+    for (size_t j = 0; j < d; j++) {
+      double xhat = (x[r * d + j] - mean) * inv, g = (double)dy[r * d + j] * gamma[j];
+      sg += g;
+      sgx += g * xhat;
+      dg[j] += dy[r * d + j] * xhat;
+      db[j] += dy[r * d + j];
+    }
+    if (!dx) continue;
+    for (size_t j = 0; j < d; j++) {
+      double xhat = (x[r * d + j] - mean) * inv, g = (double)dy[r * d + j] * gamma[j];
+      double v = inv / (double)d * ((double)d * g - sg - xhat * sgx);
+      dx[r * d + j] = (float)((beta_dx != 0.0f ? beta_dx * (double)dx[r * d + j] : 0.0) + v);
+    }
+  }
+  for (size_t j = 0; j < d; j++) {
+    if (dgamma) dgamma[j] = (float)((beta_params != 0.0f ? beta_params * (double)dgamma[j] : 0.0) + dg[j]);
+    if (dbeta) dbeta[j] = (float)((beta_params != 0.0f ? beta_params * (double)dbeta[j] : 0.0) + db[j]);
+  }
+  free(dg);
+  free(db);
+}

@@ -172,6 +172,37 @@ int hm_op_requirements(const hm_abi_op *op, hm_operand_req in[4], hm_operand_req
       }
       return 0;
     }
+    case HM_ABI_OP_BATCH_NORM:
+    case HM_ABI_OP_BATCH_NORM_BWD: {
+      hm_operand_req x = {1, hm_extent(d0, d1, d2, 4)}, ch = {1, hm_extent(d1, 1, 1, 4)}, two = {1, hm_extent(d1, 2, 1, 4)};
+      if (op->code == HM_ABI_OP_BATCH_NORM) {
+        int eval = op->variant == HM_ABI_NORM_EVAL;
+        in[0] = x, in[1] = ch, in[2] = ch, out[0] = x;
+        in[3] = (hm_operand_req){eval, two.bytes};
+        out[1] = (hm_operand_req){0, eval ? 0 : two.bytes};
+        out[2] = (hm_operand_req){0, eval ? 0 : two.bytes};
+      } else {
+        in[0] = x, in[1] = x, in[2] = ch, in[3] = two;
+        out[0] = (hm_operand_req){0, x.bytes};
+        out[1] = (hm_operand_req){0, ch.bytes};
+        out[2] = (hm_operand_req){0, ch.bytes};
+      }
+      return 0;
+    }
+    case HM_ABI_OP_LAYER_NORM:
+    case HM_ABI_OP_LAYER_NORM_BWD: {
+      hm_operand_req x = {1, hm_extent(d0, d1, 1, 4)}, row = {1, hm_extent(d1, 1, 1, 4)}, two = {1, hm_extent(d0, 2, 1, 4)};
+      if (op->code == HM_ABI_OP_LAYER_NORM) {
+        in[0] = x, in[1] = row, in[2] = row, out[0] = x;
+        out[1] = (hm_operand_req){0, two.bytes};
+      } else {
+        in[0] = x, in[1] = x, in[2] = row, in[3] = two;
+        out[0] = (hm_operand_req){0, x.bytes};
+        out[1] = (hm_operand_req){0, row.bytes};
+        out[2] = (hm_operand_req){0, row.bytes};
+      }
+      return 0;
+    }
     case HM_ABI_OP_DROPOUT:
       in[0] = (hm_operand_req){1, hm_extent(d0, 1, 1, 4)};
       out[0] = (hm_operand_req){1, hm_extent(d0, 1, 1, 4)};
@@ -188,12 +219,13 @@ int hm_op_is_window(uint32_t code) {
 
 int hm_op_has_variant(uint32_t code) {
   return code == HM_ABI_OP_ACT_FORWARD || code == HM_ABI_OP_ACT_BACKWARD || code == HM_ABI_OP_LOSS ||
-         code == HM_ABI_OP_POOL2D || code == HM_ABI_OP_POOL2D_BWD;
+         code == HM_ABI_OP_POOL2D || code == HM_ABI_OP_POOL2D_BWD || code == HM_ABI_OP_BATCH_NORM;
 }
 
 static uint32_t variant_count(uint32_t code) {
   if (code == HM_ABI_OP_LOSS) return HM_ABI_LOSS_COUNT;
   if (code == HM_ABI_OP_POOL2D || code == HM_ABI_OP_POOL2D_BWD) return HM_ABI_POOL_COUNT;
+  if (code == HM_ABI_OP_BATCH_NORM) return HM_ABI_NORM_COUNT;
   return HM_ABI_ACT_COUNT;
 }
 
@@ -265,6 +297,16 @@ int32_t hm_check_op(const hm_abi_op *op, uint32_t index, uint32_t n_scalars, con
     snprintf(msg, cap, "op %u: invalid window geometry (SPEC.md 7.5)", index);
     return HM_ABI_STATUS_INVALID_ARGUMENT;
   }
+  int norm = op->code >= HM_ABI_OP_BATCH_NORM && op->code <= HM_ABI_OP_LAYER_NORM_BWD;
+  if (norm && (op->dims[0] == 0 || op->dims[1] == 0 || (op->code <= HM_ABI_OP_BATCH_NORM_BWD && op->dims[2] == 0) ||
+               op->dims[0] > UINT32_MAX || op->dims[1] > UINT32_MAX || op->dims[2] > UINT32_MAX)) {
+    snprintf(msg, cap, "op %u: normalization needs sizes of 1 to 2^32-1", index);
+    return HM_ABI_STATUS_INVALID_ARGUMENT;
+  }
+  if ((op->code == HM_ABI_OP_BATCH_NORM || op->code == HM_ABI_OP_LAYER_NORM) && !(op->params[0] > 0.0f)) {
+    snprintf(msg, cap, "op %u: normalization needs eps > 0", index);
+    return HM_ABI_STATUS_INVALID_ARGUMENT;
+  }
   if (op->code == HM_ABI_OP_DROPOUT && (!(op->params[0] >= 0.0f && op->params[0] < 1.0f) || op->dims[0] > UINT32_MAX)) {
     snprintf(msg, cap, "op %u: dropout needs 0 <= rate < 1 and at most 2^32 elements", index);
     return HM_ABI_STATUS_INVALID_ARGUMENT;
@@ -287,7 +329,7 @@ int32_t hm_check_op(const hm_abi_op *op, uint32_t index, uint32_t n_scalars, con
   }
   int matmul = op->code == HM_ABI_OP_GEMM || op->code == HM_ABI_OP_QUANTIZE || op->code == HM_ABI_OP_DEQUANTIZE ||
                op->code == HM_ABI_OP_GEMM_Q8 || op->code == HM_ABI_OP_GEMM_Q4 || op->code == HM_ABI_OP_GEMM_Q3 ||
-               hm_op_is_window(op->code);
+               hm_op_is_window(op->code) || norm;
   if (matmul && (overlaps(&op->out[0], out[0].bytes, &op->in[0], in[0].bytes) ||
                  overlaps(&op->out[0], out[0].bytes, &op->in[1], in[1].bytes))) {
     snprintf(msg, cap, "op %u: output overlaps an input", index);

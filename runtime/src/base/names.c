@@ -37,6 +37,10 @@ const char *hm_op_name(uint32_t op) {
     case HM_ABI_OP_POOL2D: return "pool2d";
     case HM_ABI_OP_POOL2D_BWD: return "pool2d_backward";
     case HM_ABI_OP_DROPOUT: return "dropout";
+    case HM_ABI_OP_BATCH_NORM: return "batch_norm";
+    case HM_ABI_OP_BATCH_NORM_BWD: return "batch_norm_backward";
+    case HM_ABI_OP_LAYER_NORM: return "layer_norm";
+    case HM_ABI_OP_LAYER_NORM_BWD: return "layer_norm_backward";
     default: return "?";
   }
 }

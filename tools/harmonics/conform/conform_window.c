@@ -4,7 +4,8 @@
  * dropout, at shapes that catch indexing slips — odd sizes, one pixel,
  * stride 2, padding, dilation, groups (depthwise too), accumulation — against
  * the scalar reference by NMSE under the declared numerics class; dropout
- * and the max-pool argmax bitwise.
+ * and the max-pool argmax bitwise. Also batch and layer normalization,
+ * forward (training and evaluation) and backward.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -50,6 +51,12 @@ static hm_abi_op make_op(const wcase *k) {
 }
 
 static void describe(const wcase *k, char *buf, size_t cap) {
+  if (k->op >= HM_ABI_OP_BATCH_NORM && k->op <= HM_ABI_OP_LAYER_NORM_BWD) {
+    snprintf(buf, cap, "%s%s N%u C%u S%u%s", hm_op_name(k->op),
+             k->op == HM_ABI_OP_BATCH_NORM ? (k->variant ? " eval" : " train") : "", k->n, k->c_in, k->h * k->w,
+             k->flags & HM_ABI_OP_FLAG_ACCUMULATE ? " accumulate" : "");
+    return;
+  }
   if (k->op == HM_ABI_OP_DROPOUT) {
     snprintf(buf, cap, "dropout n=%u rate %g", k->n * k->c_in * k->h * k->w, (double)k->rate);
     return;
@@ -67,10 +74,68 @@ static float *values(size_t n, float lo, float hi, uint64_t seed) {
   return x;
 }
 
+/* Batch norm [n, c_in, h*w] or layer norm [n, c_in] (w = 1): the
+ * operands, with running statistics, saved statistics and accumulation. */
+static int norm_operands(const wcase *k, uint64_t seed, conform_op_case *oc, float *f[8]) {
+  size_t n = k->n, c = k->c_in, s = (size_t)k->h * k->w, nx = n * c * s;
+  int bn = k->op == HM_ABI_OP_BATCH_NORM || k->op == HM_ABI_OP_BATCH_NORM_BWD;
+  size_t np = bn ? c : c * s, ns = bn ? 2 * c : 2 * n;
+  int acc = (k->flags & HM_ABI_OP_FLAG_ACCUMULATE) != 0;
+  oc->op.dims[0] = n;
+  oc->op.dims[1] = bn ? c : c * s;
+  oc->op.dims[2] = bn ? s : 0;
+  f[0] = values(nx, -2.0f, 3.0f, seed);         /* x */
+  f[1] = values(np, 0.5f, 1.5f, seed + 1);       /* gamma */
+  f[2] = values(np, -0.5f, 0.5f, seed + 2);      /* beta */
+  f[3] = values(ns, 0.2f, 1.2f, seed + 3);       /* running or saved statistics */
+  f[4] = values(nx, -1.0f, 1.0f, seed + 4);      /* y, or dy */
+  f[5] = values(ns, 0.0f, 0.0f, 0);              /* saved out */
+  f[6] = values(np, -1.0f, 1.0f, seed + 6);      /* dgamma */
+  f[7] = values(np, -1.0f, 1.0f, seed + 7);      /* dbeta */
+  for (int i = 0; i < 8; i++)
+    if (!f[i]) return 1;
+  if (k->op == HM_ABI_OP_BATCH_NORM || k->op == HM_ABI_OP_LAYER_NORM) {
+    oc->op.params[0] = 1e-5f;
+    oc->op.params[1] = 0.1f;
+    oc->in[0] = (conform_operand){f[0], nx * 4};
+    oc->in[1] = (conform_operand){f[1], np * 4};
+    oc->in[2] = (conform_operand){f[2], np * 4};
+    oc->out[0] = (conform_operand){f[4], nx * 4};
+    if (k->variant == HM_ABI_NORM_EVAL) {
+      oc->in[3] = (conform_operand){f[3], ns * 4};
+    } else {
+      oc->out[1] = (conform_operand){f[5], ns * 4};
+      if (bn) oc->out[2] = (conform_operand){f[3], ns * 4};
+    }
+    return 0;
+  }
+  /* Backward: the saved statistics come from the reference forward. */
+  float *y = values(nx, 0.0f, 0.0f, 0);
+  if (!y) return 1;
+  if (bn) hm_ref_batch_norm(HM_ABI_NORM_TRAIN, n, c, s, 1e-5f, 0.1f, f[0], f[1], f[2], NULL, y, f[3], NULL);
+  else hm_ref_layer_norm(n, c * s, 1e-5f, f[0], f[1], f[2], y, f[3]);
+  free(y);
+  float *dx = values(nx, acc ? -1.0f : 0.0f, acc ? 1.0f : 0.0f, seed + 8);
+  if (!dx) return 1;
+  free(f[5]);
+  f[5] = dx;
+  oc->op.params[0] = acc ? 1.0f : 0.0f;
+  oc->op.params[1] = acc ? 1.0f : 0.0f;
+  oc->in[0] = (conform_operand){f[0], nx * 4};
+  oc->in[1] = (conform_operand){f[4], nx * 4};
+  oc->in[2] = (conform_operand){f[1], np * 4};
+  oc->in[3] = (conform_operand){f[3], ns * 4};
+  if (k->id % 3 != 1) oc->out[0] = (conform_operand){dx, nx * 4}; /* a source without a gradient */
+  oc->out[1] = (conform_operand){f[6], np * 4};
+  oc->out[2] = (conform_operand){f[7], np * 4};
+  return 0;
+}
+
 static void test_window(conform_ctx *c, const void *arg, conform_result *r) {
   const wcase *k = arg;
   int pool = k->op == HM_ABI_OP_POOL2D || k->op == HM_ABI_OP_POOL2D_BWD;
-  int variant = pool ? (int)k->variant : -1;
+  int norm = k->op >= HM_ABI_OP_BATCH_NORM && k->op <= HM_ABI_OP_LAYER_NORM_BWD;
+  int variant = pool || k->op == HM_ABI_OP_BATCH_NORM ? (int)k->variant : -1;
   char what[256];
   describe(k, what, sizeof what);
   if (!conform_declares(c, k->op, HM_ABI_DTYPE_F32, HM_ABI_DTYPE_F32, variant)) {
@@ -81,10 +146,16 @@ static void test_window(conform_ctx *c, const void *arg, conform_result *r) {
   conform_op_case oc;
   memset(&oc, 0, sizeof oc);
   oc.op = make_op(k);
-  float *f[4] = {0};
+  float *f[8] = {0};
   int32_t *argmax = NULL;
   double step_scalar = 123456789.0; /* dropout's step through a dynamic scalar above 2^24 */
-  if (k->op == HM_ABI_OP_DROPOUT) {
+  if (norm) {
+    if (norm_operands(k, seed, &oc, f)) {
+      conform_fail(r, "%s: out of memory in the suite", what);
+      for (int i = 0; i < 8; i++) free(f[i]);
+      return;
+    }
+  } else if (k->op == HM_ABI_OP_DROPOUT) {
     size_t n = (size_t)oc.op.dims[0];
     f[0] = values(n, -2.0f, 2.0f, seed);
     f[1] = values(n, 0.0f, 0.0f, seed + 1);
@@ -179,7 +250,7 @@ static void test_window(conform_ctx *c, const void *arg, conform_result *r) {
     conform_free_outputs(dev);
     conform_free_outputs(ref);
   }
-  for (int i = 0; i < 4; i++) free(f[i]);
+  for (int i = 0; i < 8; i++) free(f[i]);
   free(argmax);
 }
 
@@ -242,6 +313,22 @@ void conform_add_window_tests(conform_suite *s) {
         conform_add(s, "kernel.pool2d", test_window, k, 1, "kernel.%s.%s.%zu", hm_op_name(k->op),
                     variant ? "avg" : "max", sh);
       }
+  /* N, C, H*W: one value, odd sizes, the example CNN's first layer, flat features */
+  static const uint32_t norm_shapes[][3] = {{1, 1, 1}, {4, 3, 5}, {64, 32, 169}, {17, 10, 1}, {2, 7, 1}};
+  for (size_t sh = 0; sh < sizeof norm_shapes / sizeof norm_shapes[0]; sh++) {
+    const uint32_t ops[4] = {HM_ABI_OP_BATCH_NORM, HM_ABI_OP_BATCH_NORM_BWD, HM_ABI_OP_LAYER_NORM,
+                             HM_ABI_OP_LAYER_NORM_BWD};
+    for (int o = 0; o < 4; o++)
+      for (uint32_t v = 0; v < (o == 0 ? 2u : 1u); v++) {
+        if (norm_shapes[sh][0] == 1 && norm_shapes[sh][2] == 1 && o < 2) continue; /* one value per channel */
+        wcase *k = add(ops[o]);
+        k->n = norm_shapes[sh][0], k->c_in = norm_shapes[sh][1], k->h = norm_shapes[sh][2], k->w = 1;
+        k->variant = v;
+        k->flags = (o == 1 || o == 3) && sh % 2 ? HM_ABI_OP_FLAG_ACCUMULATE : 0;
+        conform_add(s, "kernel.norm", test_window, k, 1, "kernel.%s%s.%zu", hm_op_name(k->op),
+                    o == 0 ? (v ? ".eval" : ".train") : "", sh);
+      }
+  }
   static const uint32_t lengths[] = {1, 17, 100003};
   static const float rates[] = {0.0f, 0.25f, 0.5f, 0.9f};
   for (size_t l = 0; l < 3; l++)
