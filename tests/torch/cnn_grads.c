@@ -1,8 +1,9 @@
 /*
  * Gradients of tests/torch/cnn_grads.hmx for test_cnn_grads.py: one batch
  * of deterministic inputs through the trainer, written as safetensors —
- * the inputs and labels ("x", "y"), the initial weights and the gradients
- * — plus the loss and each dropout connection's mask seed on stdout.
+ * the inputs and labels ("x", "y"), the initial weights, the gradients and
+ * the weights after the batch (batch norm's running statistics moved) —
+ * plus the loss and each dropout connection's mask seed on stdout.
  *   cnn_grads MODEL.hmx OUT_DIR
  */
 #include <stdio.h>
@@ -64,6 +65,11 @@ int main(int argc, char **argv) {
     return 1;
   snprintf(path, sizeof path, "%s/grads.safetensors", argv[2]);
   if (check(hm_weights_save_safetensors(grads, path), "save gradients")) return 1;
+  hm_weights *after = NULL;
+  snprintf(path, sizeof path, "%s/after.safetensors", argv[2]);
+  if (check(hm_trainer_weights(t, &after), "weights") || check(hm_weights_save_safetensors(after, path), "save after"))
+    return 1;
+  hm_weights_free(after);
   printf("loss %.9g\n", (double)loss);
   /* The lowering's mask seed of each dropout connection (lower.c dropout_op). */
   for (size_t e = 0; e < hm_graph_connection_count(g); e++) {

@@ -94,8 +94,12 @@ def main():
     scale = float(np.float32(1.0) / (np.float32(1.0) - np.float32(0.3)))
     e = c * torch.tensor(mask.reshape(c.shape), dtype=torch.float64) * scale
     h = F.relu(F.linear(e.reshape(n, -1), w["e->h.weight"], w["e->h.bias"]))
-    h = h + torch.sigmoid(F.linear(d.reshape(n, -1), w["d->h.weight"], w["d->h.bias"]))
-    logits = F.linear(h, w["h->out.weight"], w["h->out.bias"])
+    rm = w["d->dn.running_mean"].detach().clone()
+    rv = w["d->dn.running_var"].detach().clone()
+    dn = F.relu(F.batch_norm(d, rm, rv, w["d->dn.weight"], w["d->dn.bias"], training=True, momentum=0.2, eps=1e-5))
+    h = h + torch.sigmoid(F.linear(dn.reshape(n, -1), w["dn->h.weight"], w["dn->h.bias"]))
+    hn = torch.tanh(F.layer_norm(h, (7,), w["h->hn.weight"], w["h->hn.bias"], eps=1e-3))
+    logits = F.linear(hn, w["hn->out.weight"], w["hn->out.bias"])
     loss = F.cross_entropy(logits, y)
     loss.backward()
 
@@ -108,10 +112,18 @@ def main():
     print("dropout c->e: %d of %d dropped" % (dropped, mask.size))
     if not 0 < dropped < mask.size:
         failures += 1
-    if sorted(grads_h) != sorted(w):
-        print("FAIL: gradient names %s, parameters %s" % (sorted(grads_h), sorted(w)))
+    after = read_safetensors(os.path.join(work, "after.safetensors"))
+    for name, ref in (("d->dn.running_mean", rm), ("d->dn.running_var", rv)):
+        got = after[name].astype(np.float64)
+        err = float(np.abs(got - ref.numpy()).max())
+        ok = err <= 1e-5
+        failures += not ok
+        print("%s %-22s running statistic after one batch: max error %.2e" % ("ok  " if ok else "FAIL", name, err))
+    trained = sorted(k for k in w if not k.endswith(("running_mean", "running_var")))
+    if sorted(grads_h) != trained:
+        print("FAIL: gradient names %s, parameters %s" % (sorted(grads_h), trained))
         return 1
-    for name in sorted(w):
+    for name in trained:
         ref = w[name].grad.numpy()
         got = grads_h[name].astype(np.float64)
         nmse = float(((ref - got) ** 2).sum() / max((ref ** 2).sum(), 1e-300))

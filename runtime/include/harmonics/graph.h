@@ -61,7 +61,9 @@ typedef enum hm_connection_kind {
   HM_CONNECTION_CONV2D = 1,   /* b += f(conv(a, W) + bias) */
   HM_CONNECTION_MAX_POOL = 2, /* b += f(max_pool(a)) */
   HM_CONNECTION_AVG_POOL = 3, /* b += f(avg_pool(a)) */
-  HM_CONNECTION_DROPOUT = 4   /* b += f(dropout(a)) while training; f(a) in evaluation and inference */
+  HM_CONNECTION_DROPOUT = 4,   /* b += f(dropout(a)) while training; f(a) in evaluation and inference */
+  HM_CONNECTION_BATCH_NORM = 5, /* b += f(batch_norm(a)): per channel ({C x H x W}) or per feature ({n}) */
+  HM_CONNECTION_LAYER_NORM = 6  /* b += f(layer_norm(a)): over each sample's values */
 } hm_connection_kind;
 
 typedef struct hm_connection_spec {
@@ -74,6 +76,8 @@ typedef struct hm_connection_spec {
   uint32_t groups;       /* convolution; 0: 1 */
   int no_bias;           /* convolution: no bias tensor */
   float rate;            /* dropout: the probability of dropping, [0, 1) */
+  float momentum;        /* batch norm: the running statistics' momentum, (0, 1]; 0: 0.1 */
+  float eps;             /* batch and layer norm: added to the variance, > 0; 0: 1e-5 */
 } hm_connection_spec;
 
 /* from -(activation)-> to through |spec| (NULL: dense). INVALID_ARGUMENT

@@ -237,10 +237,21 @@ static hm_status take_pair(parser *p, size_t lo, uint32_t out[2]) {
   return HM_OK;
 }
 
+/* A decimal number (0.25, 1, 0.00001). */
+static hm_status take_decimal(parser *p, const char *what, double *out) {
+  if (p->tok.kind != TOK_NUMBER) return expected(p, what);
+  char text[40];
+  if (p->tok.len >= sizeof text) return error_at(p, &p->tok, "number too long%s", "");
+  snprintf(text, sizeof text, "%.*s", (int)p->tok.len, p->tok.text);
+  *out = strtod(text, NULL);
+  return next(p);
+}
+
 /* '[' KIND arguments ']' (docs/dsl.md):
  *   conv OUT KxK [stride S] [padding P] [dilation D] [groups G] [bias off]
  *   max_pool KxK [stride S] [padding P]      avg_pool (the same)
- *   dropout RATE                             dense */
+ *   dropout RATE                             dense
+ *   norm | batch_norm [momentum M] [eps E]   layer_norm [eps E] */
 static hm_status parse_spec(parser *p, hm_connection_spec *c) {
   memset(c, 0, sizeof *c);
   HM_RETURN_IF_ERROR(expect(p, TOK_LBRACKET));
@@ -250,13 +261,17 @@ static hm_status parse_spec(parser *p, hm_connection_spec *c) {
   else if (ident_is(&kind, "avg_pool")) c->kind = HM_CONNECTION_AVG_POOL;
   else if (ident_is(&kind, "dropout")) c->kind = HM_CONNECTION_DROPOUT;
   else if (ident_is(&kind, "dense")) c->kind = HM_CONNECTION_DENSE;
-  else if (ident_is(&kind, "norm") || ident_is(&kind, "batch_norm") || ident_is(&kind, "layer_norm") ||
-           ident_is(&kind, "attention")) {
+  else if (ident_is(&kind, "norm") || ident_is(&kind, "batch_norm")) c->kind = HM_CONNECTION_BATCH_NORM;
+  else if (ident_is(&kind, "layer_norm")) c->kind = HM_CONNECTION_LAYER_NORM;
+  else if (ident_is(&kind, "attention")) {
     char word[32];
     snprintf(word, sizeof word, "%.*s", (int)kind.len, kind.text);
-    return error_at(p, &kind, "'%s' is not supported yet (supported: conv, max_pool, avg_pool, dropout, dense)", word);
+    return error_at(p, &kind,
+                    "'%s' is not supported yet (supported: conv, max_pool, avg_pool, dropout, norm, batch_norm, "
+                    "layer_norm, dense)",
+                    word);
   }
-  else return expected(p, "a connection kind (conv, max_pool, avg_pool, dropout or dense)");
+  else return expected(p, "a connection kind (conv, max_pool, avg_pool, dropout, norm, batch_norm, layer_norm or dense)");
   HM_RETURN_IF_ERROR(next(p));
   if (c->kind == HM_CONNECTION_CONV2D) {
     size_t out;
@@ -267,13 +282,11 @@ static hm_status parse_spec(parser *p, hm_connection_spec *c) {
   if (c->kind == HM_CONNECTION_CONV2D || c->kind == HM_CONNECTION_MAX_POOL || c->kind == HM_CONNECTION_AVG_POOL)
     HM_RETURN_IF_ERROR(take_pair(p, 1, c->kernel));
   if (c->kind == HM_CONNECTION_DROPOUT) {
-    if (p->tok.kind != TOK_NUMBER) return expected(p, "a dropout rate such as 0.25");
-    char text[32];
-    snprintf(text, sizeof text, "%.*s", (int)(p->tok.len < 31 ? p->tok.len : 31), p->tok.text);
-    double r = strtod(text, NULL);
-    if (!(r >= 0.0 && r < 1.0)) return error_at(p, &p->tok, "a dropout rate is at least 0 and below 1%s", "");
+    double r;
+    hm_token at = p->tok;
+    HM_RETURN_IF_ERROR(take_decimal(p, "a dropout rate such as 0.25", &r));
+    if (!(r >= 0.0 && r < 1.0)) return error_at(p, &at, "a dropout rate is at least 0 and below 1%s", "");
     c->rate = (float)r;
-    HM_RETURN_IF_ERROR(next(p));
   }
   while (p->tok.kind == TOK_IDENT) {
     hm_token opt = p->tok;
@@ -287,6 +300,14 @@ static hm_status parse_spec(parser *p, hm_connection_spec *c) {
       HM_RETURN_IF_ERROR(take_number(p, 1u << 20, &g));
       if (!g) return error_at(p, &opt, "groups must be at least 1%s", "");
       c->groups = (uint32_t)g;
+    } else if ((c->kind == HM_CONNECTION_BATCH_NORM && ident_is(&opt, "momentum")) ||
+               ((c->kind == HM_CONNECTION_BATCH_NORM || c->kind == HM_CONNECTION_LAYER_NORM) && ident_is(&opt, "eps"))) {
+      double v;
+      hm_token at = p->tok;
+      HM_RETURN_IF_ERROR(take_decimal(p, "a decimal number such as 0.1", &v));
+      if (!(v > 0.0 && v <= 1.0)) return error_at(p, &at, "expected a value above 0 and at most 1%s", "");
+      if (ident_is(&opt, "eps")) c->eps = (float)v;
+      else c->momentum = (float)v;
     } else if (c->kind == HM_CONNECTION_CONV2D && ident_is(&opt, "bias")) {
       if (!ident_is(&p->tok, "off") && !ident_is(&p->tok, "on")) return expected(p, "'on' or 'off' after 'bias'");
       c->no_bias = ident_is(&p->tok, "off");

@@ -475,8 +475,35 @@ void hm__edge_bias_name(const hm_graph *g, const hm_edge *e, char *buf, size_t c
 
 int hm__edge_into_layer(const hm_graph *g, const hm_edge *e) { return g->nodes[e->dst].kind == HM_NODE_LAYER; }
 
-int hm__edge_has_weights(const hm_graph *g, const hm_edge *e) {
+int hm__edge_is_matmul(const hm_graph *g, const hm_edge *e) {
   return hm__edge_into_layer(g, e) && (e->spec.kind == HM_CONNECTION_DENSE || e->spec.kind == HM_CONNECTION_CONV2D);
+}
+
+int hm__edge_has_weights(const hm_graph *g, const hm_edge *e) {
+  return hm__edge_is_matmul(g, e) || (hm__edge_into_layer(g, e) && (e->spec.kind == HM_CONNECTION_BATCH_NORM ||
+                                                                     e->spec.kind == HM_CONNECTION_LAYER_NORM));
+}
+
+size_t hm__edge_tensors(const hm_graph *g, size_t e, hm_param_desc out[4]) {
+  size_t n = hm__edge_params(g, e, out);
+  return n + hm__edge_state(g, e, out + n);
+}
+
+size_t hm__norm_channels(const hm_node *src) { return src->rank == 3 ? src->shape[0] : src->width; }
+
+size_t hm__edge_state(const hm_graph *g, size_t e, hm_param_desc out[2]) {
+  const hm_edge *ed = &g->edges[e];
+  if (ed->spec.kind != HM_CONNECTION_BATCH_NORM || !hm__edge_into_layer(g, ed)) return 0;
+  memset(out, 0, 2 * sizeof *out);
+  const char *suffix[2] = {"running_mean", "running_var"};
+  size_t c = hm__norm_channels(&g->nodes[ed->src]);
+  for (int k = 0; k < 2; k++) {
+    snprintf(out[k].name, sizeof out[k].name, "%s->%s.%s", g->nodes[ed->src].name, g->nodes[ed->dst].name, suffix[k]);
+    out[k].rank = 1;
+    out[k].shape[0] = c;
+    out[k].count = c;
+  }
+  return 2;
 }
 
 size_t hm__edge_params(const hm_graph *g, size_t e, hm_param_desc out[2]) {
@@ -486,6 +513,22 @@ size_t hm__edge_params(const hm_graph *g, size_t e, hm_param_desc out[2]) {
   hm__edge_weight_name(g, ed, out[0].name, sizeof out[0].name);
   hm__edge_bias_name(g, ed, out[1].name, sizeof out[1].name);
   const hm_node *src = &g->nodes[ed->src], *dst = &g->nodes[ed->dst];
+  if (ed->spec.kind == HM_CONNECTION_BATCH_NORM || ed->spec.kind == HM_CONNECTION_LAYER_NORM) {
+    /* gamma and beta: per channel (batch norm), or the source's shape (layer norm, PyTorch's LayerNorm(shape)) */
+    int layer = ed->spec.kind == HM_CONNECTION_LAYER_NORM;
+    for (int k = 0; k < 2; k++) {
+      if (layer && src->rank == 3) {
+        out[k].rank = 3;
+        for (int d = 0; d < 3; d++) out[k].shape[d] = src->shape[d];
+        out[k].count = src->width;
+      } else {
+        out[k].rank = 1;
+        out[k].shape[0] = layer ? src->width : hm__norm_channels(src);
+        out[k].count = (size_t)out[k].shape[0];
+      }
+    }
+    return 2;
+  }
   if (ed->spec.kind == HM_CONNECTION_CONV2D) {
     const hm_connection_spec *c = &ed->spec;
     uint32_t cin = src->rank == 3 ? src->shape[0] : 0;
@@ -518,6 +561,8 @@ const char *hm__connection_kind_name(hm_connection_kind k) {
     case HM_CONNECTION_MAX_POOL: return "max_pool";
     case HM_CONNECTION_AVG_POOL: return "avg_pool";
     case HM_CONNECTION_DROPOUT: return "dropout";
+    case HM_CONNECTION_BATCH_NORM: return "batch_norm";
+    case HM_CONNECTION_LAYER_NORM: return "layer_norm";
   }
   return "?";
 }
@@ -533,7 +578,7 @@ hm_status hm__edge_spec_check(const hm_graph *g, size_t dst, const hm_connection
                               const char *where) {
   hm_connection_spec c = *spec;
   const char *kind = hm__connection_kind_name(c.kind);
-  if ((unsigned)c.kind > HM_CONNECTION_DROPOUT)
+  if ((unsigned)c.kind > HM_CONNECTION_LAYER_NORM)
     return hm__fail(HM_STATUS_INVALID_ARGUMENT, "%sunknown connection kind %u", where, (unsigned)c.kind);
   int window = c.kind == HM_CONNECTION_CONV2D || c.kind == HM_CONNECTION_MAX_POOL || c.kind == HM_CONNECTION_AVG_POOL;
   if (c.kind != HM_CONNECTION_DENSE && g->nodes[dst].kind != HM_NODE_LAYER)
@@ -572,6 +617,22 @@ hm_status hm__edge_spec_check(const hm_graph *g, size_t dst, const hm_connection
                       c.groups, c.out_channels);
   } else if (c.out_channels || c.groups || c.no_bias) {
     return hm__fail(HM_STATUS_INVALID_ARGUMENT, "%sa %s connection has no channels, groups or bias", where, kind);
+  }
+  int norm = c.kind == HM_CONNECTION_BATCH_NORM || c.kind == HM_CONNECTION_LAYER_NORM;
+  if (norm) {
+    if (c.eps == 0.0f) c.eps = 1e-5f;
+    if (c.kind == HM_CONNECTION_BATCH_NORM && c.momentum == 0.0f) c.momentum = 0.1f;
+    if (!(c.eps > 0.0f && c.eps < 1.0f))
+      return hm__fail(HM_STATUS_INVALID_ARGUMENT, "%s%s: eps must be above 0 and below 1 (got %g)", where, kind,
+                      (double)c.eps);
+    if (c.kind == HM_CONNECTION_BATCH_NORM && !(c.momentum > 0.0f && c.momentum <= 1.0f))
+      return hm__fail(HM_STATUS_INVALID_ARGUMENT, "%sbatch_norm: momentum must be above 0 and at most 1 (got %g)",
+                      where, (double)c.momentum);
+    if (c.kind == HM_CONNECTION_LAYER_NORM && c.momentum != 0.0f)
+      return hm__fail(HM_STATUS_INVALID_ARGUMENT, "%slayer_norm has no momentum (it keeps no running statistics)",
+                      where);
+  } else if (c.momentum != 0.0f || c.eps != 0.0f) {
+    return hm__fail(HM_STATUS_INVALID_ARGUMENT, "%sa %s connection has no momentum or eps", where, kind);
   }
   if (c.kind == HM_CONNECTION_DROPOUT) {
     if (!(c.rate >= 0.0f && c.rate < 1.0f))

@@ -117,6 +117,18 @@ typedef struct hm_param_desc {
  * C_in/groups, KH, KW] convolution), then the bias when it has one.
  * Returns how many (0, 1 or 2). */
 size_t hm__edge_params(const hm_graph *g, size_t e, hm_param_desc out[2]);
+/* Edge |e|'s tensors that are kept but not trained: a batch norm's
+ * running_mean and running_var ([C] each). Returns how many (0 or 2). */
+size_t hm__edge_state(const hm_graph *g, size_t e, hm_param_desc out[2]);
+/* Every tensor of edge |e| a weights file holds: its parameters, then its
+ * state. Returns how many (0 to 4). */
+size_t hm__edge_tensors(const hm_graph *g, size_t e, hm_param_desc out[4]);
+/* Whether edge |e| multiplies by a weight matrix (dense or convolution):
+ * what precision policies quantize. */
+int hm__edge_is_matmul(const hm_graph *g, const hm_edge *e);
+/* The channel count a batch norm normalizes over: C of {C x H x W}, or the
+ * width of a flat source. */
+size_t hm__norm_channels(const hm_node *src);
 
 /* Adds edge |edge|'s initial parameters for |seed| to |w| under the given
  * names, drawn as hm_graph_init_weights draws them (so a pipeline stage

@@ -13,7 +13,7 @@
  *   u32 n_shaped, then per node declared {C x H x W}: u32 node, u32 C, H, W
  *   u32 n_special, then per non-dense connection: u32 connection, u32 kind,
  *     u32 out_channels, kernel h, w, stride h, w, padding h, w, dilation h, w,
- *     groups, u32 no_bias, f32 rate
+ *     groups, u32 no_bias, f32 rate, f32 momentum, f32 eps
  * Decoding rebuilds the graph through the same checks as the builder (names,
  * kinds, indices, duplicates), so a hostile file cannot produce a graph the
  * DSL could not.
@@ -52,6 +52,8 @@ static void encode_windows(const hm_graph *g, hm_bytes *b, int always) {
                       (uint32_t)c->no_bias};
     for (int k = 0; k < 13; k++) hm__bytes_u32(b, v[k]);
     hm__bytes_f32(b, c->rate);
+    hm__bytes_f32(b, c->momentum);
+    hm__bytes_f32(b, c->eps);
   }
 }
 
@@ -68,19 +70,19 @@ static void decode_windows(hm_reader *r, hm_graph *g) {
     hm_status st = hm__graph_set_node_shape(g, node, c, h, w, "");
     if (st != HM_OK) hm__reader_fail_from(r, st, "node %u: %s", node, hm_last_error());
   }
-  size_t special = hm__read_count(r, 56, g->n_edges, "window connection count");
+  size_t special = hm__read_count(r, 64, g->n_edges, "window connection count");
   for (size_t i = 0; i < special && r->status == HM_OK; i++) {
     uint32_t v[13];
     for (int k = 0; k < 13; k++) v[k] = hm__read_u32(r, "connection parameter");
-    float rate = hm__read_f32(r, "dropout rate");
+    float rate = hm__read_f32(r, "dropout rate"), momentum = hm__read_f32(r, "momentum"), eps = hm__read_f32(r, "eps");
     if (r->status != HM_OK) break;
-    if (v[0] >= g->n_edges || v[1] == HM_CONNECTION_DENSE || v[1] > HM_CONNECTION_DROPOUT || v[12] > 1) {
+    if (v[0] >= g->n_edges || v[1] == HM_CONNECTION_DENSE || v[1] > HM_CONNECTION_LAYER_NORM || v[12] > 1) {
       hm__reader_fail(r, "window connection %zu: connection %u of %zu, kind %u, bias flag %u", i, v[0], g->n_edges,
                       v[1], v[12]);
       break;
     }
     hm_connection_spec c = {(hm_connection_kind)v[1], v[2], {v[3], v[4]}, {v[5], v[6]}, {v[7], v[8]},
-                            {v[9], v[10]}, v[11], (int)v[12], rate};
+                            {v[9], v[10]}, v[11], (int)v[12], rate, momentum, eps};
     hm_edge *e = &g->edges[v[0]];
     hm_status st = hm__edge_spec_check(g, e->dst, &c, &e->spec, "");
     if (st != HM_OK) hm__reader_fail_from(r, st, "connection %u: %s", v[0], hm_last_error());

@@ -36,6 +36,18 @@ hm_status hm__graph_init_edge(const hm_graph *g, size_t edge, uint64_t seed, hm_
   HM_RETURN_IF_ERROR(hm_weights_set(w, weight_name, HM_ABI_DTYPE_F32, p[0].rank, p[0].shape, NULL));
   if (n == 2) HM_RETURN_IF_ERROR(hm_weights_set(w, bias_name, HM_ABI_DTYPE_F32, p[1].rank, p[1].shape, NULL));
   float *data = hm__weights_f32(w, weight_name);
+  if (e->spec.kind == HM_CONNECTION_BATCH_NORM || e->spec.kind == HM_CONNECTION_LAYER_NORM) {
+    /* gamma 1, beta 0; running mean 0, running variance 1 (as PyTorch) */
+    for (size_t k = 0; k < p[0].count; k++) data[k] = 1.0f;
+    hm_param_desc st[2];
+    size_t ns = hm__edge_state(g, edge, st);
+    for (size_t k = 0; k < ns; k++) {
+      HM_RETURN_IF_ERROR(hm_weights_set(w, st[k].name, HM_ABI_DTYPE_F32, st[k].rank, st[k].shape, NULL));
+      float *v = hm__weights_f32(w, st[k].name);
+      for (size_t i = 0; i < st[k].count; i++) v[i] = k == 0 ? 0.0f : 1.0f;
+    }
+    return HM_OK;
+  }
   hm_rng rng;
   hm__rng_seed_named(&rng, seed, p[0].name); /* the edge's own name: stages draw the whole graph's values */
   /* Fans as PyTorch counts them: a convolution's receptive field times its
@@ -80,8 +92,8 @@ static void shape_text(uint32_t rank, const uint64_t *shape, char *buf, size_t c
 hm_status hm__graph_check_weights(const hm_graph *g, const hm_weights *w, const char *source) {
   size_t expected = 0;
   for (size_t i = 0; i < g->n_edges; i++) {
-    hm_param_desc p[2];
-    size_t n = hm__edge_params(g, i, p);
+    hm_param_desc p[4];
+    size_t n = hm__edge_tensors(g, i, p);
     for (size_t k = 0; k < n; k++) {
       hm_tensor t;
       if (hm_weights_find(w, p[k].name, &t) != HM_OK)
@@ -107,8 +119,8 @@ hm_status hm__graph_check_weights(const hm_graph *g, const hm_weights *w, const 
       if (hm_weights_at(w, i, &t) != HM_OK) continue;
       int known = 0;
       for (size_t k = 0; k < g->n_edges && !known; k++) {
-        hm_param_desc p[2];
-        size_t n = hm__edge_params(g, k, p);
+        hm_param_desc p[4];
+        size_t n = hm__edge_tensors(g, k, p);
         for (size_t j = 0; j < n; j++) known |= strcmp(t.name, p[j].name) == 0;
       }
       if (!known)

@@ -65,7 +65,7 @@ static hm_status edge_output(const hm_graph *g, const hm_edge *e, uint32_t out[3
   hm__graph_where(g, e->line, e->col, where, sizeof where);
   hm__node_shape_text(s, shape, sizeof shape);
   const char *kind = hm__connection_kind_name(c->kind);
-  if (c->kind == HM_CONNECTION_DROPOUT) {
+  if (c->kind == HM_CONNECTION_DROPOUT || c->kind == HM_CONNECTION_BATCH_NORM || c->kind == HM_CONNECTION_LAYER_NORM) {
     *rank = s->rank;
     memcpy(out, s->shape, sizeof s->shape);
     return HM_OK;

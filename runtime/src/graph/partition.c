@@ -355,21 +355,19 @@ hm_status hm_partition_connection_origin(const hm_partition *p, size_t stage, si
   return HM_OK;
 }
 
-/* Copies each weighted connection's two tensors between the names of
- * stage |k| and those of the whole graph (|to_whole| picks the way). */
+/* Copies each weighted connection's tensors (parameters and state) between
+ * the names of stage |k| and those of the whole graph (|to_whole| picks the
+ * way). */
 static hm_status copy_stage_tensors(const hm_partition *p, size_t k, const hm_weights *from, hm_weights *to,
                                     int to_whole) {
   const hm_graph *sg = p->stages[k], *g = p->whole;
   for (size_t e = 0; e < sg->n_edges; e++) {
     if (!hm__edge_has_weights(sg, &sg->edges[e])) continue;
-    const hm_edge *we = &g->edges[p->edge_origin[k][e]];
-    char names[2][2][600];
-    hm__edge_weight_name(sg, &sg->edges[e], names[0][0], sizeof names[0][0]);
-    hm__edge_bias_name(sg, &sg->edges[e], names[0][1], sizeof names[0][1]);
-    hm__edge_weight_name(g, we, names[1][0], sizeof names[1][0]);
-    hm__edge_bias_name(g, we, names[1][1], sizeof names[1][1]);
-    for (int i = 0; i < 2; i++) {
-      const char *src = names[to_whole ? 0 : 1][i], *dst = names[to_whole ? 1 : 0][i];
+    hm_param_desc names[2][4];
+    size_t n = hm__edge_tensors(sg, e, names[0]);
+    (void)hm__edge_tensors(g, p->edge_origin[k][e], names[1]);
+    for (size_t i = 0; i < n; i++) {
+      const char *src = names[to_whole ? 0 : 1][i].name, *dst = names[to_whole ? 1 : 0][i].name;
       hm_tensor t;
       if (hm_weights_find(from, src, &t) != HM_OK)
         return hm__fail(HM_STATUS_NOT_FOUND, "partition: %s has no tensor '%s'",
@@ -407,14 +405,12 @@ hm_status hm_partition_merge_weights(const hm_partition *p, const hm_weights *co
   for (size_t k = 0; k < p->n_stages && st == HM_OK; k++) st = copy_stage_tensors(p, k, stages[k], renamed, 1);
   const hm_graph *g = p->whole;
   for (size_t e = 0; e < g->n_edges && st == HM_OK; e++) {
-    if (!hm__edge_has_weights(g, &g->edges[e])) continue;
-    char names[2][600];
-    hm__edge_weight_name(g, &g->edges[e], names[0], sizeof names[0]);
-    hm__edge_bias_name(g, &g->edges[e], names[1], sizeof names[1]);
-    for (int i = 0; i < 2 && st == HM_OK; i++) {
+    hm_param_desc pd[4];
+    size_t n = hm__edge_tensors(g, e, pd);
+    for (size_t i = 0; i < n && st == HM_OK; i++) {
       hm_tensor t;
-      st = hm_weights_find(renamed, names[i], &t);
-      if (st == HM_OK) st = hm_weights_set(w, names[i], t.dtype, t.rank, t.shape, t.data);
+      st = hm_weights_find(renamed, pd[i].name, &t);
+      if (st == HM_OK) st = hm_weights_set(w, pd[i].name, t.dtype, t.rank, t.shape, t.data);
     }
   }
   hm_weights_free(renamed);

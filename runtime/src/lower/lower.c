@@ -192,6 +192,20 @@ static void dropout_op(const lowering *s, hm_abi_op *op, size_t e, size_t n) {
   op->dyn[1] = SLOT_STEP;
 }
 
+/* Batch norm's [N, C, S] view of a source (S = H*W; a flat source is [N, width, 1]). */
+static void norm_dims(const lowering *s, hm_abi_op *op, size_t e, size_t b) {
+  const hm_edge *ed = &s->g->edges[e];
+  const hm_node *src = &s->g->nodes[ed->src];
+  size_t c = hm__norm_channels(src);
+  op->dims[0] = b;
+  if (ed->spec.kind == HM_CONNECTION_LAYER_NORM) {
+    op->dims[1] = src->width;
+    return;
+  }
+  op->dims[1] = c;
+  op->dims[2] = src->width / c;
+}
+
 /* z = op(x) of a connection that is not dense. */
 static void emit_window_forward(const lowering *s, op_list *l, program_kind kind, size_t e, size_t b) {
   const hm_edge *ed = &s->g->edges[e];
@@ -215,6 +229,26 @@ static void emit_window_forward(const lowering *s, op_list *l, program_kind kind
       op->in[0] = OPD(x);
       op->out[0] = OPD(es->z);
       if (is_training(kind) && s->p->edges[e].backprop) op->out[1] = OPD(es->argmax);
+      return;
+    }
+    case HM_CONNECTION_BATCH_NORM:
+    case HM_CONNECTION_LAYER_NORM: {
+      int bn = ed->spec.kind == HM_CONNECTION_BATCH_NORM, train = is_training(kind);
+      PUSH(op, l, bn ? HM_ABI_OP_BATCH_NORM : HM_ABI_OP_LAYER_NORM);
+      norm_dims(s, op, e, b);
+      op->params[0] = ed->spec.eps;
+      op->params[1] = ed->spec.momentum;
+      op->in[0] = OPD(x);
+      op->in[1] = OPD(es->w);
+      op->in[2] = OPD(es->b);
+      op->out[0] = OPD(es->z);
+      if (bn && !train) {
+        op->variant = HM_ABI_NORM_EVAL; /* evaluation and inference: the running statistics */
+        op->in[3] = OPD(es->running);
+        return;
+      }
+      if (train && s->p->edges[e].backprop) op->out[1] = OPD(es->saved);
+      if (bn) op->out[2] = OPD(es->running);
       return;
     }
     default: {
@@ -347,6 +381,26 @@ static void emit_window_backward(const lowering *s, op_list *l, size_t e, size_t
         dx->out[0] = OPD(s->b->nodes[S].grad);
       }
       break;
+    case HM_CONNECTION_BATCH_NORM:
+    case HM_CONNECTION_LAYER_NORM: {
+      int bn = ed->spec.kind == HM_CONNECTION_BATCH_NORM, train = s->p->edges[e].trainable;
+      if (!train && !to_src) return;
+      PUSH(op, l, bn ? HM_ABI_OP_BATCH_NORM_BWD : HM_ABI_OP_LAYER_NORM_BWD);
+      norm_dims(s, op, e, b);
+      op->params[0] = to_src && grad_init[S] ? 1.0f : 0.0f;
+      op->params[1] = accumulate ? 1.0f : 0.0f;
+      op->in[0] = OPD(value(s, S));
+      op->in[1] = OPD(es->dz);
+      op->in[2] = OPD(es->w);
+      op->in[3] = OPD(es->saved);
+      if (to_src) op->out[0] = OPD(s->b->nodes[S].grad);
+      if (train) {
+        op->out[1] = OPD(es->dw);
+        op->out[2] = OPD(es->db);
+      }
+      if (!to_src) return;
+      break;
+    }
     case HM_CONNECTION_MAX_POOL:
     case HM_CONNECTION_AVG_POOL: {
       if (!to_src) return;

@@ -24,6 +24,15 @@ static hm_status check_window_ops(const hm_graph *g, const hm_plan *p, hm_device
         ops[0] = HM_ABI_OP_POOL2D;
         if (p->edges[e].backprop) ops[1] = HM_ABI_OP_POOL2D_BWD;
         break;
+      case HM_CONNECTION_BATCH_NORM:
+        ops[0] = HM_ABI_OP_BATCH_NORM;
+        variant = p->training ? HM_ABI_NORM_TRAIN : HM_ABI_NORM_EVAL;
+        if (p->edges[e].backprop) ops[1] = HM_ABI_OP_BATCH_NORM_BWD;
+        break;
+      case HM_CONNECTION_LAYER_NORM:
+        ops[0] = HM_ABI_OP_LAYER_NORM;
+        if (p->edges[e].backprop) ops[1] = HM_ABI_OP_LAYER_NORM_BWD;
+        break;
       default:
         if (p->training) ops[0] = HM_ABI_OP_DROPOUT;
         break;

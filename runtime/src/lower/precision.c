@@ -137,13 +137,13 @@ static void plan_auto(hm_device *dev, hm_edge_precision *e) {
  * would hide a model/policy mismatch. */
 static hm_status check_connection_count(const hm_policy *p, const hm_graph *g) {
   size_t n = 0;
-  for (size_t e = 0; e < g->n_edges; e++) n += hm__edge_has_weights(g, &g->edges[e]) != 0;
+  for (size_t e = 0; e < g->n_edges; e++) n += hm__edge_is_matmul(g, &g->edges[e]) != 0;
   if (n == p->n_connection_bits) return HM_OK;
   char names[400] = "";
   size_t len = 0;
   for (size_t e = 0; e < g->n_edges && len < sizeof names; e++) {
     const hm_edge *ed = &g->edges[e];
-    if (!hm__edge_has_weights(g, ed)) continue;
+    if (!hm__edge_is_matmul(g, ed)) continue;
     len += (size_t)snprintf(names + len, sizeof names - len, "%s%s->%s", len ? ", " : "", g->nodes[ed->src].name,
                             g->nodes[ed->dst].name);
   }
@@ -164,7 +164,7 @@ hm_status hm__precision_plan(const hm_policy *p, hm_device *dev, const hm_graph 
     hm_edge_precision *ep = &out[e];
     memset(ep, 0, sizeof *ep);
     ep->dtype = HM_ABI_DTYPE_F32;
-    ep->matmul = hm__edge_has_weights(g, &g->edges[e]);
+    ep->matmul = hm__edge_is_matmul(g, &g->edges[e]);
     if (ep->matmul && g->edges[e].spec.kind == HM_CONNECTION_CONV2D) {
       /* Convolutions run f32: their packed (quantized im2col) form is not built yet. */
       int bits = !p ? 32 : p->kind == HM_POLICY_MAX_BITS ? p->bits

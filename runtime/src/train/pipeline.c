@@ -479,19 +479,19 @@ hm_status hm__pipe_evaluate(hm_pipe *p, size_t step, float *loss, float *accurac
 /* ===== After training ===== */
 
 /* Stage |k|'s tensors in their canonical order: per weighted connection,
- * the weight then the bias (when it has one). */
+ * the weight, the bias (when it has one), then its state (batch norm). */
 static size_t stage_tensor_count(const hm_graph *g) {
   size_t n = 0;
-  hm_param_desc pd[2];
-  for (size_t e = 0; e < g->n_edges; e++) n += hm__edge_params(g, e, pd);
+  hm_param_desc pd[4];
+  for (size_t e = 0; e < g->n_edges; e++) n += hm__edge_tensors(g, e, pd);
   return n;
 }
 
 /* Tensor |i|; it travels as rows = its first dimension, cols = the rest. */
 static void stage_tensor(const hm_graph *g, size_t i, hm_param_desc *out, uint64_t rows_cols[2]) {
   for (size_t e = 0; e < g->n_edges; e++) {
-    hm_param_desc pd[2];
-    size_t n = hm__edge_params(g, e, pd);
+    hm_param_desc pd[4];
+    size_t n = hm__edge_tensors(g, e, pd);
     if (i < n) {
       *out = pd[i];
       rows_cols[0] = pd[i].shape[0];

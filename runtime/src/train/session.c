@@ -156,6 +156,13 @@ static hm_status alloc_edge_buffers(hm_session *s, size_t batch, size_t grad_row
     }
     if (st == HM_OK && pe->backprop && ed->spec.kind == HM_CONNECTION_MAX_POOL)
       st = alloc_buffer(s, grad_rows * outw * 4, &es->argmax);
+    if (st == HM_OK && ed->spec.kind == HM_CONNECTION_BATCH_NORM) {
+      size_t c = hm__norm_channels(&g->nodes[ed->src]);
+      st = alloc_buffer(s, 2 * c * 4, &es->running);
+      if (st == HM_OK && pe->backprop) st = alloc_buffer(s, 2 * c * 4, &es->saved);
+    }
+    if (st == HM_OK && ed->spec.kind == HM_CONNECTION_LAYER_NORM && pe->backprop)
+      st = alloc_buffer(s, 2 * grad_rows * 4, &es->saved);
     uint32_t q = pe->prec.dtype;
     if (st == HM_OK && hm__precision_is_packed(q)) {
       st = alloc_buffer(s, hm__packed_bytes(q, outw, in), &es->wq);
@@ -213,9 +220,13 @@ static hm_status alloc_slot(hm_session *s, size_t k, size_t rows) {
     if (!e0->z) continue;
     size_t in = s->plan->nodes[g->edges[e].src].width, outw = s->plan->nodes[g->edges[e].dst].width;
     uint32_t q = s->plan->edges[e].prec.dtype;
-    es->z = es->a = es->xq = es->xdq = es->argmax = NULL;
+    es->z = es->a = es->xq = es->xdq = es->argmax = es->saved = NULL;
     st = alloc_buffer(s, rows * outw * 4, &es->z);
     if (st == HM_OK && e0->argmax) st = alloc_buffer(s, rows * outw * 4, &es->argmax);
+    if (st == HM_OK && e0->saved) {
+      size_t n = g->edges[e].spec.kind == HM_CONNECTION_BATCH_NORM ? hm__norm_channels(&g->nodes[g->edges[e].src]) : rows;
+      st = alloc_buffer(s, 2 * n * 4, &es->saved);
+    }
     if (st == HM_OK) {
       if (e0->a == e0->z) es->a = es->z;
       else st = alloc_buffer(s, rows * outw * 4, &es->a);
@@ -233,7 +244,7 @@ static void free_slot(hm_session *s, hm_step_buffers *sb) {
   }
   for (size_t e = 0; sb->edges && e < s->g->n_edges; e++) {
     hm_edge_buffers *es = &sb->edges[e];
-    hm_abi_buffer *bufs[] = {es->z, es->xq, es->xdq, es->argmax};
+    hm_abi_buffer *bufs[] = {es->z, es->xq, es->xdq, es->argmax, es->saved};
     for (size_t k = 0; k < sizeof bufs / sizeof bufs[0]; k++) hm_device_buffer_free(s->dev, bufs[k]);
     if (es->a != es->z) hm_device_buffer_free(s->dev, es->a);
   }
@@ -324,7 +335,7 @@ void hm__session_free(hm_session *s) {
   for (size_t e = 0; s->bufs.edges && e < s->g->n_edges; e++) {
     hm_edge_buffers *es = &s->bufs.edges[e];
     hm_abi_buffer *bufs[] = {es->w,   es->b,   es->dw, es->db, es->s1w, es->s2w, es->s1b,
-                             es->s2b, es->z,   es->wq, es->xq, es->wdq, es->xdq, es->argmax};
+                             es->s2b, es->z,   es->wq, es->xq, es->wdq, es->xdq, es->argmax, es->running, es->saved};
     for (size_t k = 0; k < sizeof bufs / sizeof bufs[0]; k++) hm_device_buffer_free(s->dev, bufs[k]);
     if (es->a != es->z) hm_device_buffer_free(s->dev, es->a);
     if (es->dz && es->dz != s->bufs.nodes[s->g->edges[e].dst].grad) hm_device_buffer_free(s->dev, es->dz);
@@ -450,16 +461,27 @@ hm_status hm__session_write_weights(hm_session *s, const hm_weights *w) {
       HM_RETURN_IF_ERROR(hm_weights_find(w, pd[k].name, &t));
       HM_RETURN_IF_ERROR(hm_device_buffer_write(s->dev, bufs[k], 0, t.data, t.bytes));
     }
+    size_t n_state = hm__edge_state(g, e, pd);
+    for (size_t k = 0; k < n_state; k++) { /* running mean, then variance, in one buffer */
+      hm_tensor t;
+      HM_RETURN_IF_ERROR(hm_weights_find(w, pd[k].name, &t));
+      HM_RETURN_IF_ERROR(hm_device_buffer_write(s->dev, s->bufs.edges[e].running, k * t.bytes, t.data, t.bytes));
+    }
   }
   return HM_OK;
 }
 
-static hm_status download_tensor(hm_session *s, hm_weights *w, const char *name, hm_abi_buffer *buf, uint32_t rank,
-                                 const uint64_t *shape) {
+static hm_status download_at(hm_session *s, hm_weights *w, const char *name, hm_abi_buffer *buf, uint64_t offset,
+                              uint32_t rank, const uint64_t *shape) {
   HM_RETURN_IF_ERROR(hm_weights_set(w, name, HM_ABI_DTYPE_F32, rank, shape, NULL));
   hm_tensor t;
   HM_RETURN_IF_ERROR(hm_weights_find(w, name, &t));
-  return hm_device_buffer_read(s->dev, buf, 0, t.data, t.bytes);
+  return hm_device_buffer_read(s->dev, buf, offset, t.data, t.bytes);
+}
+
+static hm_status download_tensor(hm_session *s, hm_weights *w, const char *name, hm_abi_buffer *buf, uint32_t rank,
+                                 const uint64_t *shape) {
+  return download_at(s, w, name, buf, 0, rank, shape);
 }
 
 
@@ -514,6 +536,10 @@ hm_status hm__session_download(hm_session *s, hm_weights **params, hm_weights **
     }
     st = download_tensor(s, p, pd[0].name, es->w, pd[0].rank, pd[0].shape);
     if (st == HM_OK && n_params > 1) st = download_tensor(s, p, pd[1].name, es->b, pd[1].rank, pd[1].shape);
+    hm_param_desc sd[2];
+    size_t n_state = hm__edge_state(g, e, sd);
+    for (size_t k = 0; k < n_state && st == HM_OK; k++)
+      st = download_at(s, p, sd[k].name, es->running, k * sd[k].count * 4, sd[k].rank, sd[k].shape);
     if (!o || st != HM_OK) continue;
     hm_abi_buffer *bufs[4] = {es->s1w, es->s2w, es->s1b, es->s2b};
     for (int k = 0; k < 4 && st == HM_OK; k++) {
