@@ -438,13 +438,15 @@ static inline int hm_abi_window_decode(const hm_abi_op *op, hm_abi_window *g) {
   return ohw == 0;
 }
 
-/* DROPOUT's update step: params[1], or the dynamic scalar dyn[1] names,
- * as an integer modulo 2^32 (a double holds every step a run reaches). */
+/* DROPOUT's step: params[1], or the dynamic scalar dyn[1] names, an
+ * integer taken modulo 2^24 — every such integer is exact in a float, the
+ * form GPU plugins pass scalars in (hosts pass it reduced). */
+#define HM_ABI_DROPOUT_STEP_MASK 0xffffffu
 static inline uint32_t hm_abi_dropout_step(const hm_abi_op *op, const double *scalars, uint32_t n_scalars) {
   double v = op->params[1];
   if (op->dyn[1] >= 0 && (uint32_t)op->dyn[1] < n_scalars && scalars) v = scalars[op->dyn[1]];
   if (!(v >= 0.0) || v >= 9007199254740992.0) return 0;
-  return (uint32_t)(uint64_t)v;
+  return (uint32_t)((uint64_t)v & HM_ABI_DROPOUT_STEP_MASK);
 }
 
 /* ===== The plugin descriptor ===== */

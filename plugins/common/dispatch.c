@@ -11,15 +11,78 @@ _Static_assert(sizeof(hm_kparams) == 112, "hm_kparams must match the kernels' pa
 static const char *const names[HK_COUNT] = {
     "gemm", "bias_add", "act_fwd", "softmax_fwd", "act_bwd", "softmax_bwd", "loss", "reduce_rows",
     "reduce_cols", "sum_squares", "clip", "scale", "axpy", "gather", "fill", "copy", "sgd", "adam",
-    "rmsprop", "lamb", "quantize", "dequantize", "gemm_q"};
+    "rmsprop", "lamb", "quantize", "dequantize", "gemm_q", "conv2d", "conv2d_bwd_data", "conv2d_bwd_filter",
+    "pool2d", "pool2d_bwd", "dropout"};
 
 const char *hm_kernel_name(hm_kernel_id k) { return (unsigned)k < HK_COUNT ? names[k] : "?"; }
 
 /* Work items that fit 32-bit indexing (the kernels index with uint). */
 static int fits(uint64_t n) { return n < ((uint64_t)1 << 31); }
 
+/* Convolution, pooling and dropout: geometry into dim/aux/f (hm_ops.kern). */
+static int plan_window(const hm_abi_op *op, uint32_t max_groups, hm_dispatch *d, char *err, size_t cap) {
+  uint64_t items;
+  d->p.flags = op->flags;
+  for (int i = 0; i < 8; i++) d->p.f[i] = op->params[i];
+  for (int i = 0; i < 4; i++) d->p.dyn[i] = op->dyn[i] == HM_ABI_DYN_NONE ? -1 : op->dyn[i];
+  d->local_size = 64;
+  if (op->code == HM_ABI_OP_DROPOUT) {
+    d->kernel = HK_DROPOUT;
+    d->p.dim[0] = (uint32_t)op->dims[0];
+    d->p.aux0 = HM_ABI_PACK2_LO(op->dims[1]); /* the seed's two words */
+    d->p.aux1 = HM_ABI_PACK2_HI(op->dims[1]);
+    items = op->dims[0];
+  } else {
+    hm_abi_window g;
+    if (hm_abi_window_decode(op, &g)) {
+      snprintf(err, cap, "op %u: invalid window geometry", op->code);
+      return 1;
+    }
+    uint64_t nx = (uint64_t)g.n * g.c_in * g.h * g.w, ny = (uint64_t)g.n * g.c_out * g.ho * g.wo;
+    uint64_t nw = (uint64_t)g.c_out * (g.c_in / g.groups) * g.kh * g.kw;
+    d->p.dim[0] = g.n, d->p.dim[1] = g.c_in, d->p.dim[2] = g.h, d->p.dim[3] = g.w;
+    d->p.aux0 = g.c_out;
+    d->p.aux1 = g.groups;
+    switch (op->code) {
+      case HM_ABI_OP_CONV2D:
+        d->kernel = HK_CONV2D;
+        d->p.variant = op->in[2].buffer ? 1u : 0u;
+        items = ny;
+        break;
+      case HM_ABI_OP_CONV2D_BWD_DATA: d->kernel = HK_CONV2D_BWD_DATA; items = nx; break;
+      case HM_ABI_OP_CONV2D_BWD_FILTER:
+        d->kernel = HK_CONV2D_BWD_FILTER;
+        d->p.variant = op->out[1].buffer ? 1u : 0u;
+        items = nw + g.c_out;
+        break;
+      case HM_ABI_OP_POOL2D:
+        d->kernel = HK_POOL2D;
+        d->p.variant = op->variant;
+        d->p.aux1 = op->out[1].buffer ? 1u : 0u;
+        items = ny;
+        break;
+      default:
+        d->kernel = HK_POOL2D_BWD;
+        d->p.variant = op->variant;
+        items = nx;
+        break;
+    }
+    if (!fits(nx) || !fits(ny) || !fits(nw)) items = UINT64_MAX;
+  }
+  if (!fits(items)) {
+    snprintf(err, cap, "op %u is too large for 32-bit indexing", op->code);
+    return 1;
+  }
+  uint64_t groups = (items + d->local_size - 1) / d->local_size;
+  if (groups < 1) groups = 1;
+  if (groups > max_groups) groups = max_groups;
+  d->groups = (uint32_t)groups;
+  return 0;
+}
+
 int hm_plan_dispatch(const hm_abi_op *op, uint32_t max_groups, hm_dispatch *d, char *err, size_t cap) {
   memset(d, 0, sizeof *d);
+  if (hm_op_is_window(op->code) || op->code == HM_ABI_OP_DROPOUT) return plan_window(op, max_groups, d, err, cap);
   uint64_t d0 = op->dims[0], d1 = op->dims[1], d2 = op->dims[2];
   for (int i = 0; i < 4; i++) d->p.dim[i] = (uint32_t)op->dims[i];
   if (d0 >= ((uint64_t)1 << 31) || d1 >= ((uint64_t)1 << 31) || d2 >= ((uint64_t)1 << 31)) {
@@ -138,6 +201,9 @@ static const hm_abi_capability kernel_caps[] = {
     CAP(HM_ABI_OP_GEMM, F32, F32, F32, HM_ABI_NUMERICS_F32, 0),
 #define ROW(...) CAP(__VA_ARGS__),
     HM_PORTABLE_CAPS(ROW)
+    /* The window ops and dropout; not the normalizations (their backward
+     * takes four inputs, one more than the kernels' three input slots). */
+    HM_WINDOW_CAPS_NO_NORM(ROW)
 #undef ROW
 };
 

@@ -17,6 +17,12 @@
 /* SLOT_STEP numbers a training batch for dropout's mask (SPEC.md §7.5):
  * update * accumulate_steps + the micro-batch's index in its update. */
 enum { SLOT_LR = 0, SLOT_BC1 = 1, SLOT_BC2 = 2, SLOT_GRAD_SCALE = 3, SLOT_LOSS_SCALE = 4, SLOT_STEP = 5, N_SLOTS = 6 };
+/* The dropout step of micro-batch |k| of an update whose first micro-batch
+ * has step |first|, modulo 2^24 (SPEC.md 7.5: exact in a float). */
+static inline double hm__dropout_step(double first, size_t k) {
+  double v = first + (double)k;
+  return v >= 16777216.0 ? v - 16777216.0 : v;
+}
 
 typedef enum program_kind {
   PROG_TRAIN = 0,   /* forward, loss, backward, norm, clip, optimizer (accumulate_steps == 1) */

@@ -394,7 +394,7 @@ hm_status hm__pipe_update(hm_pipe *p, size_t step, const int32_t *const *idx, co
     for (size_t m = 0; m < n; m++) {
       float loss = 0;
       HM_RETURN_IF_ERROR(receive_inputs(p, HM_PIPE_FORWARD, step, m, 0, rows[m]));
-      scalars[SLOT_STEP] = first_batch + (double)m;
+      scalars[SLOT_STEP] = hm__dropout_step(first_batch, m);
       HM_RETURN_IF_ERROR(hm__session_step_slot(s, m == 0 ? PROG_MICRO_FIRST : PROG_MICRO_ACC, 0, idx[m], rows[m],
                                                scalars, &loss, NULL));
       *loss_sum += loss;
@@ -405,14 +405,14 @@ hm_status hm__pipe_update(hm_pipe *p, size_t step, const int32_t *const *idx, co
   }
   for (size_t m = 0; m < n; m++) {
     HM_RETURN_IF_ERROR(receive_inputs(p, HM_PIPE_FORWARD, step, m, m, rows[m]));
-    scalars[SLOT_STEP] = first_batch + (double)m;
+    scalars[SLOT_STEP] = hm__dropout_step(first_batch, m);
     HM_RETURN_IF_ERROR(hm__session_step_slot(s, PROG_STAGE_FORWARD, m, idx[m], rows[m], scalars, NULL, NULL));
     HM_RETURN_IF_ERROR(send_outputs(p, HM_PIPE_FORWARD, step, m, m, rows[m]));
   }
   for (size_t m = 0; m < n; m++) {
     HM_RETURN_IF_ERROR(receive_output_gradients(p, step, m, rows[m]));
     program_kind kind = m == 0 ? PROG_STAGE_BACKWARD_FIRST : PROG_STAGE_BACKWARD_ACC;
-    scalars[SLOT_STEP] = first_batch + (double)m;
+    scalars[SLOT_STEP] = hm__dropout_step(first_batch, m);
     HM_RETURN_IF_ERROR(hm__session_step_slot(s, kind, m, NULL, rows[m], scalars, NULL, NULL));
     HM_RETURN_IF_ERROR(send_input_gradients(p, step, m, rows[m]));
   }

@@ -106,7 +106,7 @@ hm_status hm_trainer_compute_gradients(hm_trainer *t, const int32_t *indices, si
                       indices[i], i, t->s->train_count);
   double scalars[N_SLOTS];
   HM_RETURN_IF_ERROR(hm__step_scalars(&t->o, t->step, 1.0, scalars));
-  scalars[SLOT_STEP] += (double)t->pending;
+  scalars[SLOT_STEP] = hm__dropout_step(scalars[SLOT_STEP], t->pending);
   float l = 0;
   HM_RETURN_IF_ERROR(
       hm__session_step(t->s, t->pending ? PROG_MICRO_ACC : PROG_MICRO_FIRST, indices, n, scalars, &l, NULL));

@@ -273,7 +273,7 @@ static hm_status run_batch_dp(loop *L, const int32_t *idx, size_t b) {
     float loss = 0;
     HM_RETURN_IF_ERROR(hm__step_scalars(L->o, L->st->step, 1.0, scalars));
     scalars[SLOT_LOSS_SCALE] = (double)rows / (double)b;
-    scalars[SLOT_STEP] += (double)L->micro;
+    scalars[SLOT_STEP] = hm__dropout_step(scalars[SLOT_STEP], L->micro);
     HM_RETURN_IF_ERROR(hm__session_step(L->s, dp->grads_live ? PROG_MICRO_ACC : PROG_MICRO_FIRST, idx + begin, rows,
                                         scalars, &loss, NULL));
     dp->grads_live = 1;
@@ -310,7 +310,7 @@ static hm_status run_batch(loop *L, const int32_t *idx, size_t b) {
     return checkpoint_due(L);
   }
   HM_RETURN_IF_ERROR(hm__step_scalars(o, L->st->step, 1.0, scalars));
-  scalars[SLOT_STEP] += (double)L->micro;
+  scalars[SLOT_STEP] = hm__dropout_step(scalars[SLOT_STEP], L->micro);
   HM_RETURN_IF_ERROR(
       hm__session_step(s, L->micro == 0 ? PROG_MICRO_FIRST : PROG_MICRO_ACC, idx, b, scalars, &loss, NULL));
   L->micro++;

@@ -116,7 +116,9 @@ hm_status hm__step_scalars(const hm_fit_options *o, size_t update, double count,
   scalars[SLOT_BC2] = 1.0 - pow((double)o->beta2, t);
   scalars[SLOT_GRAD_SCALE] = 1.0 / count;
   scalars[SLOT_LOSS_SCALE] = 1.0;
-  scalars[SLOT_STEP] = (double)update * (double)o->accumulate_steps; /* callers add the micro-batch's index */
+  /* Dropout's step of the update's first micro-batch, modulo 2^24 (SPEC.md
+   * 7.5); hm__dropout_step gives the others'. */
+  scalars[SLOT_STEP] = fmod((double)update * (double)o->accumulate_steps, 16777216.0);
   return HM_OK;
 }
 
