@@ -81,8 +81,68 @@ static int plan_window(const hm_abi_op *op, uint32_t max_groups, hm_dispatch *d,
 }
 
 int hm_plan_dispatch(const hm_abi_op *op, uint32_t max_groups, hm_dispatch *d, char *err, size_t cap) {
+  return hm_plan_dispatch_limited(op, max_groups, 0, d, err, cap);
+}
+
+static uint64_t ceil_div(uint64_t a, uint64_t b) { return (a + b - 1) / b; }
+
+/* Loop iterations one invocation runs for |b| images of window op |op|. */
+static uint64_t window_cost(const hm_abi_op *op, const hm_abi_window *g, uint64_t b, uint64_t lanes) {
+  uint64_t nx = b * g->c_in * g->h * g->w, ny = b * g->c_out * g->ho * g->wo, k = (uint64_t)g->kh * g->kw;
+  switch (op->code) {
+    case HM_ABI_OP_CONV2D: return ceil_div(ny, lanes) * (1 + (uint64_t)(g->c_in / g->groups) * (1 + g->kh + k));
+    case HM_ABI_OP_CONV2D_BWD_DATA: return ceil_div(nx, lanes) * (1 + (uint64_t)(g->c_out / g->groups) * (1 + g->kh + k));
+    case HM_ABI_OP_CONV2D_BWD_FILTER: {
+      uint64_t nw = (uint64_t)g->c_out * (g->c_in / g->groups) * k + g->c_out;
+      return ceil_div(nw, lanes) * (1 + b * (1 + g->ho + (uint64_t)g->ho * g->wo));
+    }
+    case HM_ABI_OP_POOL2D: return ceil_div(ny, lanes) * (1 + g->kh + k);
+    default: return ceil_div(nx, lanes) * (1 + ceil_div(g->kh, g->sh) * (1 + ceil_div(g->kw, g->sw)));
+  }
+}
+
+/* Splits window op |op| by images so no invocation passes |max_loop|. */
+static int slice_window(const hm_abi_op *op, uint32_t max_groups, uint32_t max_loop, hm_dispatch *d, char *err,
+                        size_t cap) {
+  hm_abi_window g;
+  if (hm_abi_window_decode(op, &g)) return 0;
+  uint64_t lanes = (uint64_t)max_groups * d->local_size, b = g.n;
+  while (b > 1 && window_cost(op, &g, b, lanes) > max_loop) b = (b + 1) / 2;
+  if (window_cost(op, &g, b, lanes) > max_loop) {
+    snprintf(err, cap, "op %u: one image needs %llu loop iterations per invocation, more than this device runs (%u)",
+             op->code, (unsigned long long)window_cost(op, &g, 1, lanes), max_loop);
+    return 1;
+  }
+  if (b == g.n) return 0;
+  uint32_t x = g.c_in * g.h * g.w, y = g.c_out * g.ho * g.wo;
+  uint32_t words[5][6] = {/* bindings b0..b5 per image: conv, bwd data, bwd filter, pool, pool bwd */
+                          {x, 0, 0, y, 0, 0}, {y, 0, 0, x, 0, 0}, {x, y, 0, 0, 0, 0}, {x, 0, 0, y, y, 0},
+                          {y, y, 0, x, 0, 0}};
+  memcpy(d->slice_words, words[op->code - HM_ABI_OP_CONV2D], sizeof d->slice_words);
+  d->slice_images = (uint32_t)b;
+  d->slices = (uint32_t)ceil_div(g.n, b);
+  return 0;
+}
+
+void hm_dispatch_slice(const hm_dispatch *d, uint32_t s, hm_kparams *p, uint32_t *groups) {
+  *p = d->p;
+  *groups = d->groups;
+  if (d->slices <= 1) return;
+  uint32_t first = s * d->slice_images, n = d->p.dim[0] - first < d->slice_images ? d->p.dim[0] - first : d->slice_images;
+  p->dim[0] = n;
+  for (int k = 0; k < 6; k++) p->off[k] += first * d->slice_words[k];
+  if (d->kernel == HK_CONV2D_BWD_FILTER && s > 0) p->flags |= HM_ABI_OP_FLAG_ACCUMULATE; /* the sums continue */
+}
+
+int hm_plan_dispatch_limited(const hm_abi_op *op, uint32_t max_groups, uint32_t max_loop, hm_dispatch *d, char *err,
+                             size_t cap) {
   memset(d, 0, sizeof *d);
-  if (hm_op_is_window(op->code) || op->code == HM_ABI_OP_DROPOUT) return plan_window(op, max_groups, d, err, cap);
+  d->slices = 1;
+  if (hm_op_is_window(op->code)) {
+    if (plan_window(op, max_groups, d, err, cap)) return 1;
+    return max_loop ? slice_window(op, max_groups, max_loop, d, err, cap) : 0;
+  }
+  if (op->code == HM_ABI_OP_DROPOUT) return plan_window(op, max_groups, d, err, cap);
   uint64_t d0 = op->dims[0], d1 = op->dims[1], d2 = op->dims[2];
   for (int i = 0; i < 4; i++) d->p.dim[i] = (uint32_t)op->dims[i];
   if (d0 >= ((uint64_t)1 << 31) || d1 >= ((uint64_t)1 << 31) || d2 >= ((uint64_t)1 << 31)) {

@@ -42,6 +42,10 @@ typedef struct hm_dispatch {
   hm_kparams p;
   uint32_t local_size; /* invocations per work-group (the kernel's fixed size) */
   uint32_t groups;     /* work-groups to launch */
+  /* A window op split into |slices| launches of |slice_images| images each
+   * (hm_dispatch_slice), so no invocation loops longer than a device allows;
+   * 1 when not split. slice_words[k]: how far binding k moves per image. */
+  uint32_t slices, slice_images, slice_words[6];
 } hm_dispatch;
 
 /* Plans |op| (already validated against the op rules and the plugin's
@@ -49,6 +53,15 @@ typedef struct hm_dispatch {
  * Returns 0, or nonzero with a reason in |err| (sizes beyond 32-bit
  * indexing). */
 int hm_plan_dispatch(const hm_abi_op *op, uint32_t max_groups, hm_dispatch *out, char *err, size_t cap);
+/* The same for a device that stops any invocation after about |max_loop|
+ * loop iterations (Mesa's llvmpipe/lavapipe: 65535): window ops are split
+ * by images so each launch stays below it; an op that cannot (one image is
+ * already too much) is refused with the reason. 0 = no limit. */
+int hm_plan_dispatch_limited(const hm_abi_op *op, uint32_t max_groups, uint32_t max_loop, hm_dispatch *out, char *err,
+                             size_t cap);
+/* The parameter block and work-group count of slice |s| of |d|, whose
+ * p.off[] the backend has filled for the whole op. */
+void hm_dispatch_slice(const hm_dispatch *d, uint32_t s, hm_kparams *p, uint32_t *groups);
 
 /* The capability table of the kernels in hm_ops.kern (every op at f32, the
  * packed formats exactly). */

@@ -33,6 +33,9 @@
 #define BUFFER_MAGIC 0x564b4246u /* "VKBF" */
 #define N_BINDINGS 7             /* b0..b5 and the scalars */
 #define MAX_GROUPS 1024u
+/* Mesa's llvmpipe (lavapipe) ends any shader loop after 65535 iterations
+ * (gallivm's loop limiter): long window ops are split below that. */
+#define MAX_LOOP 20000u /* by our count; the limiter counts more (a conv stopped at 47k of ours) */
 
 /* The SPIR-V of each kernel (vk_shaders.c, generated). */
 extern const uint32_t *const hm_vk_spirv[HK_COUNT];
@@ -606,7 +609,7 @@ static int32_t vk_program_create(hm_abi_device *dev, const hm_abi_program_desc *
     const hm_abi_op *op = hm_program_op(desc, stride, i);
     if ((st = hm_check_op(op, i, desc->n_scalars, caps, n_caps, buffer_size_of, dev, 4, msg, sizeof msg)))
       st = fail(ctx, st, "vulkan: %s", msg);
-    else if (hm_plan_dispatch(op, MAX_GROUPS, &plan[i], msg, sizeof msg))
+    else if (hm_plan_dispatch_limited(op, MAX_GROUPS, MAX_LOOP, &plan[i], msg, sizeof msg))
       st = fail(ctx, HM_ABI_STATUS_OUT_OF_RANGE, "vulkan: op %u: %s", i, msg);
     for (int s = 0; s < 6 && st == HM_ABI_OK; s++) {
       const hm_abi_operand *o = s < 3 ? &op->in[s] : &op->out[s - 3];
@@ -673,12 +676,17 @@ static int32_t vk_program_create(hm_abi_device *dev, const hm_abi_program_desc *
     vkUpdateDescriptorSets(dev->dev, N_BINDINGS, writes, 0, NULL);
     vkCmdBindPipeline(p->cmd, VK_PIPELINE_BIND_POINT_COMPUTE, pipe);
     vkCmdBindDescriptorSets(p->cmd, VK_PIPELINE_BIND_POINT_COMPUTE, dev->layout, 0, 1, &set, 0, NULL);
-    vkCmdPushConstants(p->cmd, dev->layout, VK_SHADER_STAGE_COMPUTE_BIT, 0, sizeof(hm_kparams), &plan[i].p);
-    vkCmdDispatch(p->cmd, plan[i].groups, 1, 1);
-    VkMemoryBarrier mb = {.sType = VK_STRUCTURE_TYPE_MEMORY_BARRIER, .srcAccessMask = VK_ACCESS_SHADER_WRITE_BIT,
-                          .dstAccessMask = VK_ACCESS_SHADER_READ_BIT | VK_ACCESS_SHADER_WRITE_BIT};
-    vkCmdPipelineBarrier(p->cmd, VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT, VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT, 0, 1, &mb, 0, NULL,
-                         0, NULL);
+    for (uint32_t sl = 0; sl < plan[i].slices; sl++) {
+      hm_kparams kp;
+      uint32_t groups;
+      hm_dispatch_slice(&plan[i], sl, &kp, &groups);
+      vkCmdPushConstants(p->cmd, dev->layout, VK_SHADER_STAGE_COMPUTE_BIT, 0, sizeof(hm_kparams), &kp);
+      vkCmdDispatch(p->cmd, groups, 1, 1);
+      VkMemoryBarrier mb = {.sType = VK_STRUCTURE_TYPE_MEMORY_BARRIER, .srcAccessMask = VK_ACCESS_SHADER_WRITE_BIT,
+                            .dstAccessMask = VK_ACCESS_SHADER_READ_BIT | VK_ACCESS_SHADER_WRITE_BIT};
+      vkCmdPipelineBarrier(p->cmd, VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT, VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT, 0, 1, &mb, 0,
+                           NULL, 0, NULL);
+    }
   }
   if (st == HM_ABI_OK) {
     /* Make the results visible to transfers and host reads that follow. */

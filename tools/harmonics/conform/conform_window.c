@@ -277,6 +277,7 @@ static const uint32_t conv_shapes[][14] = {
     {5, 8, 16, 6, 6, 1, 1, 1, 1, 1, 0, 0, 1, 1},   /* pointwise (1x1) */
     {1, 2, 3, 5, 5, 1, 5, 5, 3, 3, 4, 4, 1, 1},    /* padding as large as the kernel */
     {64, 32, 64, 13, 13, 1, 3, 3, 1, 1, 0, 0, 1, 1}, /* the example CNN's second convolution */
+    {300, 1, 4, 28, 28, 1, 3, 3, 1, 1, 0, 0, 1, 1},  /* long sums: plugins that split launches (lavapipe) */
 };
 
 /* N, C, H, W, KH, KW, SH, SW, PH, PW */
@@ -314,7 +315,7 @@ void conform_add_window_tests(conform_suite *s) {
                     variant ? "avg" : "max", sh);
       }
   /* N, C, H*W: one value, odd sizes, the example CNN's first layer, flat features */
-  static const uint32_t norm_shapes[][3] = {{1, 1, 1}, {4, 3, 5}, {64, 32, 169}, {17, 10, 1}, {2, 7, 1}};
+  static const uint32_t norm_shapes[][3] = {{1, 1, 1}, {4, 3, 5}, {64, 32, 169}, {17, 10, 1}, {5, 7, 1}};
   for (size_t sh = 0; sh < sizeof norm_shapes / sizeof norm_shapes[0]; sh++) {
     const uint32_t ops[4] = {HM_ABI_OP_BATCH_NORM, HM_ABI_OP_BATCH_NORM_BWD, HM_ABI_OP_LAYER_NORM,
                              HM_ABI_OP_LAYER_NORM_BWD};
