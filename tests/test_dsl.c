@@ -379,7 +379,167 @@ static void a_partition_is_declared_and_kept(void) {
   hm_graph_free(late);
 }
 
+/* A graph that parses, and whose resolution fails with |needle|. */
+static void expect_resolve_error(const char *text, const char *needle) {
+  hm_graph *g = parse(text);
+  HM_CHECK(g != NULL);
+  if (!g) return;
+  HM_CHECK_EQ(hm_graph_resolve(g), HM_STATUS_INVALID_ARGUMENT);
+  HM_CHECK_STR_CONTAINS(hm_last_error(), needle);
+  hm_graph_free(g);
+}
+
+static void node_shape(const hm_graph *g, const char *name, size_t c, size_t h, size_t w, int rank) {
+  for (size_t i = 0; i < hm_graph_node_count(g); i++) {
+    const char *n;
+    hm_node_kind k;
+    size_t width;
+    if (hm_graph_node(g, i, &n, &k, &width) != HM_OK || strcmp(n, name)) continue;
+    size_t shape[3];
+    int r = 0;
+    HM_CHECK_OK(hm_graph_node_shape(g, i, shape, &r));
+    HM_CHECK_MSG(r == rank && shape[0] == c && shape[1] == h && shape[2] == w, "%s: rank %d {%zux%zux%zu}, expected %d {%zux%zux%zu}",
+                 name, r, shape[0], shape[1], shape[2], rank, c, h, w);
+    return;
+  }
+  HM_CHECK_MSG(0, "no node %s", name);
+}
+
+static void shapes_flow_through_window_connections(void) {
+  hm_graph *g = parse("producer x {3x32x30}; producer y {10};\n"
+                      "layer a; layer b; layer c; layer d; layer e; layer f; layer o;\n"
+                      "cycle {\n"
+                      "  x -[conv 16 5x3 stride 2 padding 2x1 dilation 1x2](relu)-> a;\n" /* {16x16x14} */
+                      "  a -[conv 8 1 groups 8 bias off]-> b;\n"                         /* pointwise, {8x16x14} */
+                      "  b -[max_pool 3 stride 2 padding 1]-> c;\n"                      /* {8x8x7} */
+                      "  c -[avg_pool 2x3 stride 1]-> d;\n"                              /* {8x7x5} */
+                      "  d -[dropout 0.5]-> e -[norm momentum 0.3 eps 0.001]-> f -[layer_norm](gelu)-> o;\n"
+                      "  o <-(mse)- y;\n"
+                      "}");
+  HM_CHECK(g != NULL);
+  if (!g) return;
+  /* o is the loss's width 10 only through a dense connection: make one. */
+  hm_graph_free(g);
+  g = parse("producer x {3x32x30}; producer y {10};\n"
+            "layer a; layer b; layer c; layer d; layer e; layer f; layer n; layer o;\n"
+            "cycle {\n"
+            "  x -[conv 16 5x3 stride 2 padding 2x1 dilation 1x2](relu)-> a;\n"
+            "  a -[conv 8 1 groups 8 bias off]-> b;\n"
+            "  b -[max_pool 3 stride 2 padding 1]-> c;\n"
+            "  c -[avg_pool 2x3 stride 1]-> d;\n"
+            "  d -[dropout 0.5]-> e -[norm momentum 0.3 eps 0.001]-> f -[layer_norm](gelu)-> n -> o;\n"
+            "  o <-(mse)- y;\n"
+            "}");
+  HM_CHECK(g != NULL);
+  if (!g) return;
+  HM_CHECK_OK(hm_graph_resolve(g));
+  node_shape(g, "x", 3, 32, 30, 3);
+  node_shape(g, "a", 16, 16, 14, 3);
+  node_shape(g, "b", 8, 16, 14, 3);
+  node_shape(g, "c", 8, 8, 7, 3);
+  node_shape(g, "d", 8, 7, 5, 3);
+  node_shape(g, "e", 8, 7, 5, 3);
+  node_shape(g, "n", 8, 7, 5, 3);
+  node_shape(g, "o", 10, 1, 1, 1);
+  hm_connection_spec c;
+  HM_CHECK_OK(hm_graph_connection_spec(g, 0, &c));
+  HM_CHECK(c.kind == HM_CONNECTION_CONV2D && c.out_channels == 16 && c.kernel[0] == 5 && c.kernel[1] == 3 &&
+           c.stride[0] == 2 && c.stride[1] == 2 && c.padding[0] == 2 && c.padding[1] == 1 && c.dilation[0] == 1 &&
+           c.dilation[1] == 2 && c.groups == 1 && !c.no_bias);
+  HM_CHECK_OK(hm_graph_connection_spec(g, 2, &c));
+  HM_CHECK(c.kind == HM_CONNECTION_MAX_POOL && c.stride[0] == 2 && c.padding[0] == 1);
+  HM_CHECK_OK(hm_graph_connection_spec(g, 3, &c));
+  HM_CHECK(c.kind == HM_CONNECTION_AVG_POOL && c.kernel[0] == 2 && c.kernel[1] == 3 && c.stride[0] == 1);
+  HM_CHECK_OK(hm_graph_connection_spec(g, 5, &c));
+  HM_CHECK(c.kind == HM_CONNECTION_BATCH_NORM && c.momentum == 0.3f && c.eps == 0.001f);
+  /* Parameters in PyTorch's layouts, and batch norm's running statistics. */
+  HM_CHECK_OK(hm_graph_init_weights(g, 1));
+  const hm_weights *w = hm_graph_weights(g);
+  hm_tensor t;
+  HM_CHECK_OK(hm_weights_find(w, "x->a.weight", &t));
+  HM_CHECK(t.rank == 4 && t.shape[0] == 16 && t.shape[1] == 3 && t.shape[2] == 5 && t.shape[3] == 3);
+  HM_CHECK_OK(hm_weights_find(w, "a->b.weight", &t));
+  HM_CHECK(t.rank == 4 && t.shape[0] == 8 && t.shape[1] == 2 && t.shape[2] == 1 && t.shape[3] == 1);
+  HM_CHECK_EQ(hm_weights_find(w, "a->b.bias", &t), HM_STATUS_NOT_FOUND);
+  HM_CHECK_OK(hm_weights_find(w, "e->f.running_var", &t));
+  HM_CHECK(t.rank == 1 && t.shape[0] == 8 && ((const float *)t.data)[7] == 1.0f);
+  HM_CHECK_OK(hm_weights_find(w, "e->f.weight", &t));
+  HM_CHECK(t.rank == 1 && t.shape[0] == 8 && ((const float *)t.data)[0] == 1.0f);
+  HM_CHECK_OK(hm_weights_find(w, "f->n.weight", &t));
+  HM_CHECK(t.rank == 3 && t.shape[0] == 8 && t.shape[1] == 7 && t.shape[2] == 5);
+  HM_CHECK_OK(hm_weights_find(w, "n->o.weight", &t));
+  HM_CHECK(t.rank == 2 && t.shape[0] == 10 && t.shape[1] == 280); /* dense flattens {8x7x5} */
+  HM_CHECK_EQ(hm_weights_count(w), 11); /* 2 + 1 (no bias) + 4 (with the running statistics) + 2 + 2 */
+
+  /* The builder makes the same graph. */
+  hm_graph *b = NULL;
+  HM_CHECK_OK(hm_graph_create("b", &b));
+  HM_CHECK_OK(hm_graph_add_producer_shape(b, "x", 1, 8, 8));
+  HM_CHECK_OK(hm_graph_add_layer(b, "a", 0));
+  HM_CHECK_OK(hm_graph_add_layer_shape(b, "p", 4, 4, 4));
+  hm_connection_spec conv = {HM_CONNECTION_CONV2D, 4, {3, 3}, {0, 0}, {1, 1}, {0, 0}, 0, 0, 0.0f, 0.0f, 0.0f};
+  hm_connection_spec pool = {HM_CONNECTION_MAX_POOL, 0, {2, 2}, {0, 0}, {0, 0}, {0, 0}, 0, 0, 0.0f, 0.0f, 0.0f};
+  HM_CHECK_OK(hm_graph_connect_spec(b, "x", "a", "relu", &conv));
+  HM_CHECK_OK(hm_graph_connect_spec(b, "a", "p", NULL, &pool));
+  HM_CHECK_OK(hm_graph_resolve(b));
+  node_shape(b, "a", 4, 8, 8, 3);
+  hm_connection_spec bad = conv;
+  bad.groups = 3;
+  HM_CHECK_EQ(hm_graph_connect_spec(b, "a", "p", NULL, &bad), HM_STATUS_INVALID_ARGUMENT);
+  HM_CHECK_STR_CONTAINS(hm_last_error(), "a -> p: conv: groups 3 does not divide the 4 output channels");
+  HM_CHECK_EQ(hm_graph_connection_count(b), 2); /* refused before it was added */
+  bad = pool;
+  bad.rate = 0.5f;
+  HM_CHECK_EQ(hm_graph_connect_spec(b, "p", "a", NULL, &bad), HM_STATUS_INVALID_ARGUMENT);
+  HM_CHECK_STR_CONTAINS(hm_last_error(), "a max_pool connection has no rate");
+  hm_graph_free(b);
+  hm_graph_free(g);
+}
+
+static void window_errors_name_the_place(void) {
+  const char *decl = "producer x {1x28x28}; producer y {10}; layer a; layer b {128};\n";
+  char text[512];
+#define WITH(flow) (snprintf(text, sizeof text, "%scycle {\n" flow "\n}", decl), text)
+  expect_error(WITH("x -[conv 32]-> a;"), HM_STATUS_PARSE_ERROR, "t.hmx:3:12: expected a number");
+  expect_error(WITH("x -[conv 32 3x3 stride 0]-> a;"), HM_STATUS_PARSE_ERROR, "t.hmx:3:24: expected sizes of at least 1");
+  expect_error(WITH("x -[conv 32 3x3x3]-> a;"), HM_STATUS_PARSE_ERROR, "too many sizes (at most 2)");
+  expect_error(WITH("x -[conv 32 3x3 bias maybe]-> a;"), HM_STATUS_PARSE_ERROR, "expected 'on' or 'off' after 'bias'");
+  expect_error(WITH("x -[max_pool 2 dilation 2]-> a;"), HM_STATUS_PARSE_ERROR, "t.hmx:3:16: max_pool has no option 'dilation'");
+  expect_error(WITH("x -[max_pool 2 padding 2]-> a;"), HM_STATUS_INVALID_ARGUMENT,
+               "t.hmx:3:3: max_pool: padding 2 is more than half the 2-wide window");
+  expect_error(WITH("x -[dropout 1.0]-> a;"), HM_STATUS_PARSE_ERROR, "t.hmx:3:13: a dropout rate is at least 0 and below 1");
+  expect_error(WITH("x -[attention]-> a;"), HM_STATUS_PARSE_ERROR, "t.hmx:3:5: 'attention' is not supported yet");
+  expect_error(WITH("x -[pool 2]-> a;"), HM_STATUS_PARSE_ERROR, "expected a connection kind");
+  expect_error(WITH("x -[conv 8 3] a;"), HM_STATUS_PARSE_ERROR, "t.hmx:3:15: expected '(', got 'a'");
+  expect_error(WITH("x -[conv 8 3 groups 3]-> a;"), HM_STATUS_INVALID_ARGUMENT,
+               "t.hmx:3:3: conv: groups 3 does not divide the 8 output channels");
+  expect_error(WITH("x -[norm momentum 0]-> a;"), HM_STATUS_PARSE_ERROR, "expected a value above 0 and at most 1");
+  expect_error(WITH("x -[layer_norm momentum 0.1]-> a;"), HM_STATUS_PARSE_ERROR, "layer_norm has no option 'momentum'");
+  expect_error("producer x {1x28}; layer a;", HM_STATUS_PARSE_ERROR, "a shape is {n} or {channels x height x width}");
+  expect_error("producer x {1x0x28}; layer a;", HM_STATUS_PARSE_ERROR, "a width must be at least 1");
+  expect_error("producer x {4096x4096x4096}; layer a;", HM_STATUS_INVALID_ARGUMENT, "at most 16777216 values");
+  expect_error("producer x {2}; consumer c; cycle { x -[max_pool 2]-> c; }", HM_STATUS_INVALID_ARGUMENT,
+               "a max_pool connection feeds a layer, not consumer 'c'");
+  /* Shapes that do not fit: named at the connection, with both shapes. */
+  expect_resolve_error(WITH("x -[conv 8 3x3]-> a;\nb -[conv 4 3]-> a;\nx -> b;"),
+                       "t.hmx:4:3: conv b -> a reads images {channels x height x width} but 'b' is {128}: declare its "
+                       "shape (e.g. layer b {1x28x28};)");
+  expect_resolve_error("producer x {1x28x28}; layer a; layer c {1x28x28};\n"
+                       "cycle { x -[conv 8 3x3]-> a;\n x -> c;\n c -[conv 8 5x5]-> a; }",
+                       "t.hmx:4:4: conv c -> a gives {8x24x24} but 'a' is {8x26x26}");
+  expect_resolve_error(WITH("x -[max_pool 29 padding 0]-> a;"), "t.hmx:3:3: max_pool x -> a: the 29x29 window does not fit {1x28x28} with padding 0x0");
+  expect_resolve_error("producer x {784}; layer a; cycle { x -[conv 2 3]-> a; }",
+                       "conv x -> a reads images {channels x height x width} but 'x' is {784}: declare its shape");
+  expect_resolve_error("producer x {2x8x8}; layer a {100}; cycle { x -[conv 2 3 groups 2]-> a; }",
+                       "conv x -> a gives {2x6x6} but 'a' is {100}");
+  expect_resolve_error("producer x {3x8x8}; layer a; cycle { x -[conv 2 3 groups 2]-> a; }",
+                       "groups 2 does not divide the 3 input channels of {3x8x8}");
+#undef WITH
+}
+
 static const hm_test_case cases[] = {
+    HM_TEST_CASE(shapes_flow_through_window_connections),
+    HM_TEST_CASE(window_errors_name_the_place),
     HM_TEST_CASE(a_partition_is_declared_and_kept),
     HM_TEST_CASE(parses_declarations_and_flows),
     HM_TEST_CASE(continuation_line_uses_previous_source),

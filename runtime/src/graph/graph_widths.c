@@ -73,8 +73,9 @@ static hm_status edge_output(const hm_graph *g, const hm_edge *e, uint32_t out[3
   if (s->rank != 3)
     return hm__fail(HM_STATUS_INVALID_ARGUMENT,
                     "%s%s %s -> %s reads images {channels x height x width} but '%s' is %s: declare its shape (e.g. "
-                    "producer %s {1x28x28};)",
-                    where, kind, s->name, g->nodes[e->dst].name, s->name, shape, s->name);
+                    "%s %s {1x28x28};)",
+                    where, kind, s->name, g->nodes[e->dst].name, s->name, shape,
+                    s->kind == HM_NODE_PRODUCER ? "producer" : "layer", s->name);
   if (c->kind == HM_CONNECTION_CONV2D && s->shape[0] % c->groups)
     return hm__fail(HM_STATUS_INVALID_ARGUMENT, "%sconv %s -> %s: groups %u does not divide the %u input channels of %s",
                     where, s->name, g->nodes[e->dst].name, c->groups, s->shape[0], shape);
