@@ -253,4 +253,39 @@ if [[ -f "$tp" ]]; then
   check "... and says why it was skipped" grep -Eq "hm_tp_query_crash.so: (crashed with signal 11|exited the process with status 1)" <<<"$out"
 fi
 
+# Images: a model with every connection kind resumes bit-identically, keeps
+# batch norm's running statistics in its weights (PyTorch's names), infers
+# in evaluation mode (running statistics, no dropout) to the accuracy
+# training reported, and trains the same from its compiled .hgr.
+cnn=$src/tests/data/cnn_full.hmx
+cc=(--dataset fashion-mnist --limit-train 1500 --limit-eval 500 --optimizer adam --lr 0.002 --batch 50 --seed 5 --threads 2)
+out=$("$bin" train "$cnn" "${cc[@]}" --epochs 2 --save-weights "$work/cnn.safetensors" --json 2>"$work/cnn.err")
+check "the CNN trains: $(tail -2 "$work/cnn.err")" test -s "$work/cnn.safetensors"
+cnn_acc=$(python3 -c 'import json,sys; print("%.2f" % (100 * json.loads(sys.stdin.read().strip().splitlines()[-1])["test_accuracy"]))' <<<"$out")
+"$bin" train "$cnn" "${cc[@]}" --epochs 1 --checkpoint "$work/cnn.hck" >/dev/null 2>&1
+"$bin" train "$cnn" --dataset fashion-mnist --limit-train 1500 --limit-eval 500 --threads 2 --epochs 2 \
+  --resume "$work/cnn.hck" --save-weights "$work/cnn_resumed.safetensors" >/dev/null 2>"$work/cnn_resume.err"
+check "the CNN resumes bit-identically (running statistics and dropout's masks included): $(tail -2 "$work/cnn_resume.err")" \
+  cmp -s "$work/cnn.safetensors" "$work/cnn_resumed.safetensors"
+check "the CNN's weights hold batch norm's running statistics" python3 - "$work/cnn.safetensors" <<'PY'
+import json, struct, sys
+b = open(sys.argv[1], "rb").read()
+h = json.loads(b[8:8 + struct.unpack("<Q", b[:8])[0]])
+base = 8 + struct.unpack("<Q", b[:8])[0]
+assert h["pixels->conv.weight"]["shape"] == [8, 1, 3, 3], h["pixels->conv.weight"]
+for name in ("conv->normed.running_mean", "conv->normed.running_var"):
+    t = h[name]
+    assert t["shape"] == [8] and t["dtype"] == "F32", t
+    a, e = t["data_offsets"]
+    vals = struct.unpack("<8f", b[base + a:base + e])
+    assert all(v != (0.0 if name.endswith("mean") else 1.0) for v in vals), (name, vals)  # they moved
+assert h["hidden->normal.weight"]["shape"] == [32], h["hidden->normal.weight"]
+PY
+inf=$("$bin" infer "$cnn" --weights "$work/cnn.safetensors" --dataset fashion-mnist --limit 500 2>&1)
+check "the CNN infers to its training run's accuracy ($cnn_acc%): $inf" grep -q "accuracy: $cnn_acc% (500 samples)" <<<"$inf"
+"$bin" compile "$cnn" -o "$work/cnn.hgr" >/dev/null 2>&1
+"$bin" train "$work/cnn.hgr" "${cc[@]}" --epochs 2 --save-weights "$work/cnn_hgr.safetensors" >/dev/null 2>"$work/cnn_hgr.err"
+check "the compiled CNN (.hgr version 3) trains to the same bytes: $(tail -2 "$work/cnn_hgr.err")" \
+  cmp -s "$work/cnn.safetensors" "$work/cnn_hgr.safetensors"
+
 exit $fail
