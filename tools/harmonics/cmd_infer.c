@@ -106,7 +106,7 @@ int cmd_infer(int argc, char **argv) {
       if (hm_graph_connection(g, c->connection, &from, &to, NULL) != HM_OK) continue;
       size_t padded = (c->inputs + 63) / 64 * 64;
       printf("connection %s->%s: %s, %zu bytes for %zu weights = %.3f bits per weight", from, to, c->precision,
-             c->weight_bytes, c->inputs * c->outputs, bits_per_weight(c->weight_bytes, c->inputs * c->outputs));
+             c->weight_bytes, c->weights, bits_per_weight(c->weight_bytes, c->weights));
       if (strncmp(c->precision, "int", 3) == 0 && padded != c->inputs)
         printf(" (%zu inputs padded to %zu)", c->inputs, padded);
       printf("\n");
@@ -141,7 +141,7 @@ int cmd_infer(int argc, char **argv) {
         json_string(stdout, c->precision);
         printf(",\"inputs\":%zu,\"outputs\":%zu,\"weight_bytes\":%zu,\"bits_per_weight\":", c->inputs, c->outputs,
                c->weight_bytes);
-        json_number(stdout, bits_per_weight(c->weight_bytes, c->inputs * c->outputs));
+        json_number(stdout, bits_per_weight(c->weight_bytes, c->weights));
         printf("}");
       }
       printf("]}\n");

@@ -227,9 +227,12 @@ typedef struct hm_connection_cost {
   size_t inputs, outputs;
   /* Device bytes of the matrix: packed QUANT.md blocks (each row padded to
    * whole 64-value blocks, one f16 scale a block) or 4 bytes a weight.
-   * weight_bytes * 8 / (inputs * outputs) is its cost in bits per weight;
+   * weight_bytes * 8 / weights is its cost in bits per weight;
    * see hm_policy_matrix_bytes for the rule. */
   size_t weight_bytes;
+  /* Its weights: inputs * outputs for a dense connection, C_out * C_in /
+   * groups * KH * KW for a convolution. */
+  size_t weights;
 } hm_connection_cost;
 
 typedef struct hm_eval_result {

@@ -438,6 +438,7 @@ void hm__session_weight_costs(const hm_session *s, hm_eval_result *out) {
     c->connection = e;
     snprintf(c->precision, sizeof c->precision, "%s", hm__precision_name(dtype));
     c->inputs = in;
+    c->weights = pd[0].count;
     c->outputs = out_w;
     c->weight_bytes = bytes;
   }
@@ -722,7 +723,9 @@ void hm__session_precision_summary(const hm_session *s, char *buf, size_t cap) {
     const hm_edge_precision *p = &s->plan->edges[e].prec;
     if (!p->matmul) continue;
     hm__sb_printf(&b, "%s%s->%s %s/%s", b.len ? "; " : "", g->nodes[g->edges[e].src].name,
-                      g->nodes[g->edges[e].dst].name, hm__precision_name(p->dtype), hm__precision_kernel(p->dtype));
+                  g->nodes[g->edges[e].dst].name, hm__precision_name(p->dtype),
+                  g->edges[e].spec.kind == HM_CONNECTION_DENSE ? hm__precision_kernel(p->dtype)
+                                                               : hm__connection_kind_name(g->edges[e].spec.kind));
     if (p->note[0]) hm__sb_printf(&b, " (%s)", p->note);
   }
   const char *text = b.data && !b.failed ? b.data : "";
