@@ -1,10 +1,12 @@
 #!/usr/bin/python3
-"""The PyTorch peer of bench/train_mlp: the same model and loop as
-`harmonics train examples/fashion_mnist.hmx` (784-128 relu-10, cross-entropy,
-Adam lr 0.001, shuffled mini-batches from data already in memory), timing
-only the training steps. Prints one JSON line.
+"""The PyTorch peer of bench/train_mlp and bench/train_cnn: the same model and
+loop as `harmonics train examples/fashion_mnist.hmx` (784-128 relu-10) or
+examples/fashion_cnn.hmx (--model cnn: conv 3x3 32, relu, max-pool 2, conv
+3x3 64, relu, max-pool 2, dense 128 relu, 10), cross-entropy, Adam lr 0.001,
+shuffled mini-batches from data already in memory, timing only the training
+steps. Prints one JSON line.
 
-    torch_mlp.py --threads N --batch B --epochs E [--flush-denormal 0|1]
+    torch_mlp.py --threads N --batch B --epochs E [--flush-denormal 0|1] [--model mlp|cnn] [--train-samples N]
 
 Run with /usr/bin/python3 (Debian's python3-torch). The caller sets
 OPENBLAS_CORETYPE for this process only.
@@ -29,6 +31,8 @@ def main():
     ap.add_argument("--flush-denormal", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--data", default="/usr/share/datasets/fashion-mnist")
+    ap.add_argument("--model", choices=("mlp", "cnn"), default="mlp")
+    ap.add_argument("--train-samples", type=int, default=0, help="the first N training images (0: all)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     flushed = torch.set_flush_denormal(bool(a.flush_denormal))
@@ -37,7 +41,15 @@ def main():
     y = torch.from_numpy(idx(os.path.join(a.data, "train-labels-idx1-ubyte.gz")).astype(np.int64))
     tx = torch.from_numpy(idx(os.path.join(a.data, "t10k-images-idx3-ubyte.gz")).reshape(-1, 784).astype(np.float32) / 255.0)
     ty = torch.from_numpy(idx(os.path.join(a.data, "t10k-labels-idx1-ubyte.gz")).astype(np.int64))
-    model = torch.nn.Sequential(torch.nn.Linear(784, 128), torch.nn.ReLU(), torch.nn.Linear(128, 10))
+    if a.train_samples:
+        x, y = x[:a.train_samples], y[:a.train_samples]
+    if a.model == "cnn":
+        x, tx = x.reshape(-1, 1, 28, 28), tx.reshape(-1, 1, 28, 28)
+        nn = torch.nn
+        model = nn.Sequential(nn.Conv2d(1, 32, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(32, 64, 3), nn.ReLU(),
+                              nn.MaxPool2d(2), nn.Flatten(), nn.Linear(1600, 128), nn.ReLU(), nn.Linear(128, 10))
+    else:
+        model = torch.nn.Sequential(torch.nn.Linear(784, 128), torch.nn.ReLU(), torch.nn.Linear(128, 10))
     opt = torch.optim.Adam(model.parameters(), lr=0.001)
     loss_fn = torch.nn.CrossEntropyLoss()
     n = x.shape[0]
@@ -57,7 +69,7 @@ def main():
             samples += xb.shape[0]
     with torch.no_grad():
         acc = (model(tx).argmax(1) == ty).float().mean().item()
-    print(json.dumps({"samples_per_s": samples / train_s, "test_accuracy": acc, "threads": a.threads,
+    print(json.dumps({"samples_per_s": samples / train_s, "test_accuracy": acc, "threads": a.threads, "model": a.model,
                       "batch": a.batch, "epochs": a.epochs, "flush_denormal": bool(flushed and a.flush_denormal),
                       "torch": torch.__version__, "openblas_coretype": os.environ.get("OPENBLAS_CORETYPE")}))
 
