@@ -100,11 +100,27 @@ static void col2im(const hm_abi_window *g, uint32_t channels, const float *col, 
         for (uint32_t oh = 0; oh < g->ho; oh++) {
           long ih = (long)oh * g->sh - (long)g->ph + (long)ky * g->dh;
           if (ih < 0 || ih >= (long)g->h) continue;
-          float *dst = dx + ((size_t)ci * g->h + (size_t)ih) * g->w + (long)kx * g->dw - (long)g->pw;
-          const float *r = row + (size_t)oh * g->wo;
-          for (uint32_t ow = ow0; ow < ow1; ow++) dst[(size_t)ow * g->sw] += r[ow];
+          float *restrict dst = dx + ((size_t)ci * g->h + (size_t)ih) * g->w + (long)kx * g->dw - (long)g->pw;
+          const float *restrict r = row + (size_t)oh * g->wo;
+          if (g->sw == 1) {
+            for (uint32_t ow = ow0; ow < ow1; ow++) dst[ow] += r[ow]; /* contiguous: vectorizes */
+          } else {
+            for (uint32_t ow = ow0; ow < ow1; ow++) dst[(size_t)ow * g->sw] += r[ow];
+          }
         }
       }
+}
+
+/* The sum of n floats in 8 interleaved partial sums (so the loop
+ * vectorizes without reassociating the compiler could not prove safe). */
+static float sum8(const float *x, size_t n) {
+  float s[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  size_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    for (int k = 0; k < 8; k++) s[k] += x[i + k];
+  float t = ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]));
+  for (; i < n; i++) t += x[i];
+  return t;
 }
 
 typedef struct conv_job {
@@ -147,8 +163,8 @@ static void conv_task(void *arg, size_t t) {
         const float *bias = j->op->in[2];
         if (bias)
           for (uint32_t c = 0; c < cog; c++) {
-            float bv = bias[(size_t)gi * cog + c];
-            for (size_t p = 0; p < P; p++) y[(size_t)c * P + p] += bv;
+            float bv = bias[(size_t)gi * cog + c], *restrict yc = y + (size_t)c * P;
+            for (size_t p = 0; p < P; p++) yc[p] += bv;
           }
       } else if (code == HM_ABI_OP_CONV2D_BWD_DATA) {
         const float *dy = (const float *)j->op->in[0] + ((size_t)n * g->c_out + (size_t)gi * cog) * P;
@@ -169,11 +185,7 @@ static void conv_task(void *arg, size_t t) {
           patches = col;
         }
         cpu_sgemm(ctx, 0, 1, cog, K, P, 1.0f, dy, P, patches, P, 1.0f, pdw + (size_t)gi * cog * K, K);
-        for (uint32_t c = 0; c < cog; c++) {
-          float s = 0.0f;
-          for (size_t p = 0; p < P; p++) s += dy[(size_t)c * P + p];
-          pdb[(size_t)gi * cog + c] += s;
-        }
+        for (uint32_t c = 0; c < cog; c++) pdb[(size_t)gi * cog + c] += sum8(dy + (size_t)c * P, P);
       }
     }
 }
@@ -206,10 +218,15 @@ void cpu_kernel_conv2d(const cpu_exec *ex, const cpu_op *op) {
 /* ===== Pooling ===== */
 
 typedef struct pool_job {
+  const cpu_vec_ops *vec;
   const cpu_op *op;
   hm_abi_window g;
   int accumulate;
 } pool_job;
+
+/* Max pooling's comparison: v replaces the best so far when larger, or when
+ * it is the first NaN (SPEC.md 7.5: a NaN wins and stays). */
+static inline int max_takes(float v, float best) { return (v > best) | ((v != v) & (best == best)); }
 
 static void pool_forward_planes(void *arg, size_t begin, size_t end, size_t chunk) {
   (void)chunk;
@@ -218,7 +235,17 @@ static void pool_forward_planes(void *arg, size_t begin, size_t end, size_t chun
   size_t HW = (size_t)g->h * g->w, P = (size_t)g->ho * g->wo;
   int max = j->op->op.variant == HM_ABI_POOL_MAX;
   float area = (float)g->kh * (float)g->kw;
+  int two = max && g->kh == 2 && g->kw == 2 && g->sh == 2 && g->sw == 2 && g->ph == 0 && g->pw == 0;
   for (size_t pl = begin; pl < end; pl++) {
+    if (two) { /* 2x2, stride 2, no padding: the usual CNN's, a row at a time in the device's vector loop */
+      const float *x = (const float *)j->op->in[0] + pl * HW;
+      int32_t *am = j->op->out[1] ? (int32_t *)j->op->out[1] + pl * P : NULL;
+      for (uint32_t oh = 0; oh < g->ho; oh++)
+        j->vec->max_pool_2x2_row(g->wo, g->w, (int32_t)(2 * oh * g->w), x + (size_t)(2 * oh) * g->w,
+                                 x + (size_t)(2 * oh + 1) * g->w, (float *)j->op->out[0] + pl * P + (size_t)oh * g->wo,
+                                 am ? am + (size_t)oh * g->wo : NULL);
+      continue;
+    }
     const float *x = (const float *)j->op->in[0] + pl * HW;
     float *y = (float *)j->op->out[0] + pl * P;
     int32_t *am = j->op->out[1] ? (int32_t *)j->op->out[1] + pl * P : NULL;
@@ -238,7 +265,7 @@ static void pool_forward_planes(void *arg, size_t begin, size_t end, size_t chun
             for (uint32_t kx = kw0; kx < kw1; kx++) {
               long at = (ih0 + ky) * (long)g->w + iw0 + kx;
               float v = x[at];
-              if (best < 0 || (!isnan(bv) && (v > bv || isnan(v)))) {
+              if (best < 0 || max_takes(v, bv)) {
                 best = at;
                 bv = v;
               }
@@ -289,7 +316,7 @@ static void pool_backward_planes(void *arg, size_t begin, size_t end, size_t chu
 }
 
 void cpu_kernel_pool2d(const cpu_exec *ex, const cpu_op *op) {
-  pool_job j = {op, {0}, (op->op.flags & HM_ABI_OP_FLAG_ACCUMULATE) != 0};
+  pool_job j = {ex->device->vec, op, {0}, (op->op.flags & HM_ABI_OP_FLAG_ACCUMULATE) != 0};
   (void)hm_abi_window_decode(&op->op, &j.g);
   size_t planes = (size_t)j.g.n * j.g.c_in;
   cpu_parallel_range(ex->device, planes, 8,

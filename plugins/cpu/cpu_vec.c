@@ -5,6 +5,9 @@
 #include "cpu_vec.h"
 
 #include <math.h>
+#ifdef __AVX2__
+#include <immintrin.h>
+#endif
 
 #include "harmonics_abi.h"
 
@@ -222,6 +225,65 @@ static void FN(lamb_apply)(size_t n, float step, float eps, float inv_bc1, float
   }
 }
 
+/* best, at = v, i when v > best or v is the first NaN (SPEC.md 7.5), with
+ * masks rather than branches: which value is largest is a coin toss the
+ * branch predictor loses. */
+static inline void take_if(float v, int32_t i, float *best, int32_t *at) {
+  uint32_t m = 0u - (uint32_t)((v > *best) | ((v != v) & (*best == *best))), vb, bb;
+  __builtin_memcpy(&vb, &v, 4);
+  __builtin_memcpy(&bb, best, 4);
+  bb = (vb & m) | (bb & ~m);
+  __builtin_memcpy(best, &bb, 4);
+  *at = (int32_t)(((uint32_t)i & m) | ((uint32_t)*at & ~m));
+}
+
+#ifdef __AVX2__
+/* Eight outputs at once: even and odd columns of 16 inputs per row. */
+static inline void take8(__m256 v, __m256i i, __m256 *best, __m256i *at) {
+  __m256 m = _mm256_or_ps(_mm256_cmp_ps(v, *best, _CMP_GT_OQ),
+                          _mm256_and_ps(_mm256_cmp_ps(v, v, _CMP_UNORD_Q), _mm256_cmp_ps(*best, *best, _CMP_ORD_Q)));
+  *best = _mm256_blendv_ps(*best, v, m);
+  *at = _mm256_castps_si256(_mm256_blendv_ps(_mm256_castsi256_ps(*at), _mm256_castsi256_ps(i), m));
+}
+
+static inline void deinterleave(const float *r, __m256 *even, __m256 *odd) {
+  __m256 lo = _mm256_loadu_ps(r), hi = _mm256_loadu_ps(r + 8);
+  *even = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(_mm256_shuffle_ps(lo, hi, 0x88)), 0xD8));
+  *odd = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(_mm256_shuffle_ps(lo, hi, 0xDD)), 0xD8));
+}
+#endif
+
+static void FN(max_pool_2x2_row)(size_t wo, size_t w, int32_t base, const float *r0, const float *r1, float *y,
+                                 int32_t *am) {
+  size_t o = 0;
+#ifdef __AVX2__
+  const __m256i two = _mm256_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14);
+  for (; o + 8 <= wo; o += 8) {
+    __m256 a, b, c, d;
+    deinterleave(r0 + 2 * o, &a, &b);
+    deinterleave(r1 + 2 * o, &c, &d);
+    __m256i i0 = _mm256_add_epi32(_mm256_set1_epi32(base + (int32_t)(2 * o)), two);
+    __m256 best = a;
+    __m256i at = i0;
+    take8(b, _mm256_add_epi32(i0, _mm256_set1_epi32(1)), &best, &at);
+    take8(c, _mm256_add_epi32(i0, _mm256_set1_epi32((int32_t)w)), &best, &at);
+    take8(d, _mm256_add_epi32(i0, _mm256_set1_epi32((int32_t)w + 1)), &best, &at);
+    _mm256_storeu_ps(y + o, best);
+    if (am) _mm256_storeu_si256((__m256i *)(am + o), at);
+  }
+#endif
+  for (; o < wo; o++) {
+    size_t c = 2 * o;
+    float best = r0[c];
+    int32_t at = base + (int32_t)c;
+    take_if(r0[c + 1], base + (int32_t)c + 1, &best, &at);
+    take_if(r1[c], base + (int32_t)(w + c), &best, &at);
+    take_if(r1[c + 1], base + (int32_t)(w + c + 1), &best, &at);
+    y[o] = best;
+    if (am) am[o] = at;
+  }
+}
+
 static const cpu_vec_ops ops = {
     .name = CPU_VEC_NAME,
     .act_forward = FN(act_forward),
@@ -237,6 +299,7 @@ static const cpu_vec_ops ops = {
     .rmsprop = FN(rmsprop),
     .lamb_moments = FN(lamb_moments),
     .lamb_apply = FN(lamb_apply),
+    .max_pool_2x2_row = FN(max_pool_2x2_row),
 };
 
 const cpu_vec_ops *FN(cpu_vec)(void) { return &ops; }

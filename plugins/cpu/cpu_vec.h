@@ -39,6 +39,11 @@ typedef struct cpu_vec_ops {
   /* LAMB phase 2: p -= step * u with step = lr * trust. */
   void (*lamb_apply)(size_t n, float step, float eps, float inv_bc1, float inv_bc2, float wd,
                      const float *m, const float *v, float *p);
+  /* One output row of 2x2 max pooling with stride 2: y[o] = the largest of
+   * r0[2o], r0[2o+1], r1[2o], r1[2o+1] (the first of equals; a NaN wins and
+   * stays) and am[o] its index base + 2o, +1, +w, +w+1 (am may be NULL). */
+  void (*max_pool_2x2_row)(size_t wo, size_t w, int32_t base, const float *r0, const float *r1, float *y,
+                           int32_t *am);
 } cpu_vec_ops;
 
 const cpu_vec_ops *cpu_vec_generic(void);
