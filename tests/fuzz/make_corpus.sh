@@ -31,6 +31,11 @@ printf 'producer x {4}; producer t {2}; layer h {3}; layer o; cycle { x -(tanh)-
 printf 'producer x {4}; producer t {2}; layer h {3}; layer o; partition by layer h;\ncycle { x -(tanh)-> h -> o; o <-(cross_entropy)- t; }\n' >"$c/dsl/partition.hmx"
 "$bin" compile "$c/dsl/partition.hmx" -o "$c/graph/partition.hgr" >/dev/null
 "$bin" compile "$c/dsl/tiny.hmx" -o "$c/graph/consumer_ratio.hgr" >/dev/null
+# Images: every connection kind (.hgr version 3).
+cp "$root/tests/data/cnn_full.hmx" "$c/dsl/cnn_full.hmx"
+printf 'producer x {2x5x5}; producer t {3}; layer a; layer b; layer m; layer n; layer q; layer d; layer o;\ncycle { x -[conv 4 3x3 padding 1 groups 2 bias off](relu)-> a -[avg_pool 2 stride 1 padding 1]-> b -[dropout 0.5]-> d -> o;\n x -[max_pool 3x3 stride 2]-> m -> o; a -[norm momentum 0.5]-> n -[layer_norm eps 0.01](tanh)-> q -> o; o <-(mse)- t; }\n' >"$c/dsl/windows.hmx"
+"$bin" compile "$c/dsl/cnn_full.hmx" -o "$c/graph/cnn_full.hgr" >/dev/null
+"$bin" compile "$c/dsl/windows.hmx" -o "$c/graph/windows.hgr" >/dev/null
 
 # IDX: 2 images of 2x3 bytes, 2 labels; raw and gzip'ed.
 printf '\x00\x00\x08\x03\x00\x00\x00\x02\x00\x00\x00\x02\x00\x00\x00\x03\x01\x02\x03\x04\x05\x06\x07\x08\x09\x0a\x0b\x0c' >"$c/idx/images.idx"
