@@ -305,6 +305,67 @@ static hm_status save_and_load(void) {
   return s;
 }
 
+/* Every connection kind: parse, fit with evaluation (batch norm's running
+ * statistics, dropout's identity), the weights through a .hgr and
+ * safetensors, and a resume from the checkpoint — each allocation failing
+ * in turn. */
+static const char cnn_text[] =
+    "producer x {2x4x4}; producer y {3}; layer a; layer b; layer c; layer d; layer e; layer o;\n"
+    "cycle { x -[conv 4 3 padding 1 groups 2](relu)-> a -[norm]-> b -[max_pool 2]-> c;\n"
+    "  c -[dropout 0.25]-> d -[layer_norm]-> e -> o; b -[avg_pool 2 stride 2]-> e; o <-(cross_entropy)- y; }\n";
+static float cnn_xs[4 * 32];
+static float reference_cnn_loss = -1.0f;
+
+static hm_status cnn_fit_save_resume(void) {
+  hm_graph *g = NULL, *loaded = NULL;
+  hm_producer *x = NULL, *y = NULL;
+  hm_cycle_state *state = NULL, *saved = NULL;
+  hm_weights *w = NULL;
+  for (int i = 0; i < 4 * 32; i++) cnn_xs[i] = (float)((i * 37) % 11) / 11.0f - 0.4f;
+  hm_status s = hm_graph_parse(cnn_text, strlen(cnn_text), "cnn.hmx", &g);
+  if (s == HM_OK) s = hm_producer_from_floats(cnn_xs, 4, 32, &x);
+  if (s == HM_OK) s = hm_producer_from_labels(ys, 4, 3, &y);
+  if (s == HM_OK) s = hm_graph_bind_producer(g, "x", x);
+  if (s == HM_OK) s = hm_graph_bind_producer(g, "y", y);
+  if (s == HM_OK) s = hm_graph_bind_eval(g, "x", x);
+  if (s == HM_OK) s = hm_graph_bind_eval(g, "y", y);
+  hm_fit_options opt = hm_fit_options_default();
+  opt.batch_size = 2;
+  opt.seed = 4;
+  opt.threads = 1;
+  opt.optimizer = HM_OPTIMIZER_ADAM;
+  opt.checkpoint_path = tmp_path("cnn.hck");
+  hm_policy policy = hm_make_hardware_policy();
+  if (s == HM_OK) s = hm_graph_fit(g, 2, &policy, &opt, &state);
+  if (s == HM_OK) {
+    float loss = hm_cycle_state_loss(state);
+    if (reference_cnn_loss < 0) reference_cnn_loss = loss;
+    HM_CHECK_MSG(loss == reference_cnn_loss, "loss %.9g, untouched run %.9g", loss, reference_cnn_loss);
+  }
+  hm_cycle_state_free(state);
+  state = NULL;
+  if (s == HM_OK) s = hm_save_graph_file(g, tmp_path("cnn.hgr"));
+  if (s == HM_OK) s = hm_weights_save_safetensors(hm_graph_weights(g), tmp_path("cnn.safetensors"));
+  if (s == HM_OK) s = hm_load_graph_file(tmp_path("cnn.hgr"), &loaded);
+  if (s == HM_OK) s = hm_weights_load_safetensors(tmp_path("cnn.safetensors"), &w);
+  if (s == HM_OK) s = hm_graph_set_weights(loaded, w);
+  if (s == HM_OK) s = hm_cycle_state_load(tmp_path("cnn.hck"), &saved);
+  if (s == HM_OK) {
+    opt.resume = saved;
+    opt.checkpoint_path = NULL;
+    s = hm_graph_fit(g, 3, &policy, &opt, &state);
+  }
+  if (s == HM_OK) HM_CHECK_EQ(hm_cycle_state_step(state), 6);
+  hm_cycle_state_free(state);
+  hm_cycle_state_free(saved);
+  hm_weights_free(w);
+  hm_graph_free(loaded);
+  hm_graph_free(g);
+  hm_producer_free(x);
+  hm_producer_free(y);
+  return s;
+}
+
 /* ===== The sweep ===== */
 
 static void sweep(const char *what, hm_status (*scenario)(void)) {
@@ -374,7 +435,13 @@ static void every_allocation_of_a_server_trainer_fails_cleanly(void) {
   sweep("server trainer", server_trainer);
 }
 
+static void every_allocation_of_a_cnn_fails_cleanly(void) {
+  make_tmpdir();
+  sweep("cnn fit, save and resume", cnn_fit_save_resume);
+}
+
 static const hm_test_case cases[] = {
+    HM_TEST_CASE(every_allocation_of_a_cnn_fails_cleanly),
     HM_TEST_CASE(every_allocation_of_a_pipeline_fails_cleanly),
     HM_TEST_CASE(every_allocation_of_a_server_trainer_fails_cleanly),
     HM_TEST_CASE(every_allocation_of_parsing_fails_cleanly),
