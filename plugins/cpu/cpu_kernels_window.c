@@ -1,11 +1,16 @@
 /*
  * Convolution, pooling and dropout on the CPU (SPEC.md §7.5).
  *
- * A convolution is im2col + sgemm per image and group: the image's patches
- * become a [C_in/g * KH * KW, Ho * Wo] matrix, so W [C_out/g, K] times it
- * is the output plane in [C, H, W] order with no transpose. Images are
- * split into one contiguous range per thread; each thread has its own patch
- * matrix and, for the filter gradient, its own partial sums, added in
+ * A convolution is im2col + one sgemm per block of images and group: the
+ * block's patches become a [C_in/g * KH * KW, images * Ho * Wo] matrix (each
+ * image a column block), so W [C_out/g, K] times it is every image's output
+ * plane in one GEMM wide enough for sgemm to run near its peak (one image of
+ * the example CNN's second layer is only 121 columns); the result is copied
+ * into [N, C, H, W] order with the bias. The backward passes use the same
+ * blocks: dY gathered into [C_out/g, images * Ho * Wo], W^T times it and
+ * col2im for the data gradient, dY times the patches^T for the filter's.
+ * Images are split into one contiguous range per thread; each thread has its
+ * own blocks and, for the filter gradient, its own partial sums, added in
  * thread order afterwards — so results depend only on the thread count.
  * Every buffer comes from the program's scratch (no allocation per step).
  */
@@ -24,18 +29,26 @@ static size_t conv_tasks(const cpu_device *dev, const hm_abi_window *g) {
   return dev->threads < g->n ? dev->threads : g->n;
 }
 
-static int is_pointwise(const hm_abi_window *g) {
-  return g->kh == 1 && g->kw == 1 && g->sh == 1 && g->sw == 1 && g->ph == 0 && g->pw == 0;
+/* Floats of one block's patches per image (K x P) and of its gathered
+ * output rows (C_out/g x P). */
+static uint64_t patch_floats(const hm_abi_window *g) {
+  return (uint64_t)(g->c_in / g->groups) * g->kh * g->kw * g->ho * g->wo;
+}
+static uint64_t out_floats(const hm_abi_window *g) { return (uint64_t)(g->c_out / g->groups) * g->ho * g->wo; }
+
+/* Images per block: as many as fit 2M floats (8 MB) of blocks, at most a
+ * task's share. */
+static uint64_t block_images(const cpu_device *dev, const hm_abi_window *g) {
+  uint64_t per = patch_floats(g) + out_floats(g), share = (g->n + conv_tasks(dev, g) - 1) / conv_tasks(dev, g);
+  uint64_t b = per ? ((uint64_t)2 << 20) / per : share;
+  if (b < 1) b = 1;
+  return b < share ? b : share;
 }
 
-/* Floats of one task's scratch: the patch matrix, then (filter gradient)
- * the partial dW and db. */
-static uint64_t conv_col_floats(const hm_abi_window *g) {
-  return is_pointwise(g) ? 0 : (uint64_t)(g->c_in / g->groups) * g->kh * g->kw * g->ho * g->wo;
-}
-
-static uint64_t conv_task_floats(const hm_abi_op *op, const hm_abi_window *g) {
-  uint64_t n = conv_col_floats(g);
+/* One task's scratch: the patches and output rows of a block, then (filter
+ * gradient) the partial dW and db. */
+static uint64_t conv_task_floats(const cpu_device *dev, const hm_abi_op *op, const hm_abi_window *g) {
+  uint64_t n = block_images(dev, g) * (patch_floats(g) + out_floats(g));
   if (op->code == HM_ABI_OP_CONV2D_BWD_FILTER) n += (uint64_t)g->c_out * (g->c_in / g->groups) * g->kh * g->kw + g->c_out;
   return (n + 15) / 16 * 16; /* keep each task's block on 64 bytes */
 }
@@ -45,7 +58,7 @@ uint64_t cpu_window_scratch_bytes(const cpu_device *dev, const hm_abi_op *op) {
   if (op->code != HM_ABI_OP_CONV2D && op->code != HM_ABI_OP_CONV2D_BWD_DATA && op->code != HM_ABI_OP_CONV2D_BWD_FILTER)
     return 0;
   if (hm_abi_window_decode(op, &g)) return 0; /* refused by validation */
-  return conv_tasks(dev, &g) * conv_task_floats(op, &g) * 4 + 64;
+  return conv_tasks(dev, &g) * conv_task_floats(dev, op, &g) * 4 + 64;
 }
 
 /* The range of output columns o whose input column o*s - p + k*d lies in [0, size). */
@@ -59,13 +72,13 @@ static void valid_range(uint32_t out, uint32_t s, uint32_t p, uint32_t k, uint32
   *o1 = hi < lo ? *o0 : (uint32_t)hi + 1;
 }
 
-/* col[(ci*KH + ky)*KW + kx][oh*Wo + ow] = x[ci][ih][iw], zero in the padding. */
-static void im2col(const hm_abi_window *g, uint32_t channels, const float *x, float *col) {
-  size_t P = (size_t)g->ho * g->wo;
+/* col[(ci*KH + ky)*KW + kx][oh*Wo + ow] (rows |ld| apart) = x[ci][ih][iw],
+ * zero in the padding. */
+static void im2col(const hm_abi_window *g, uint32_t channels, const float *x, float *col, size_t ld) {
   for (uint32_t ci = 0; ci < channels; ci++)
     for (uint32_t ky = 0; ky < g->kh; ky++)
       for (uint32_t kx = 0; kx < g->kw; kx++) {
-        float *row = col + (((size_t)ci * g->kh + ky) * g->kw + kx) * P;
+        float *row = col + (((size_t)ci * g->kh + ky) * g->kw + kx) * ld;
         uint32_t ow0, ow1;
         valid_range(g->wo, g->sw, g->pw, kx, g->dw, g->w, &ow0, &ow1);
         for (uint32_t oh = 0; oh < g->ho; oh++) {
@@ -89,12 +102,11 @@ static void im2col(const hm_abi_window *g, uint32_t channels, const float *x, fl
 }
 
 /* dx[ci][ih][iw] += col[...]: im2col's adjoint. */
-static void col2im(const hm_abi_window *g, uint32_t channels, const float *col, float *dx) {
-  size_t P = (size_t)g->ho * g->wo;
+static void col2im(const hm_abi_window *g, uint32_t channels, const float *col, size_t ld, float *dx) {
   for (uint32_t ci = 0; ci < channels; ci++)
     for (uint32_t ky = 0; ky < g->kh; ky++)
       for (uint32_t kx = 0; kx < g->kw; kx++) {
-        const float *row = col + (((size_t)ci * g->kh + ky) * g->kw + kx) * P;
+        const float *row = col + (((size_t)ci * g->kh + ky) * g->kw + kx) * ld;
         uint32_t ow0, ow1;
         valid_range(g->wo, g->sw, g->pw, kx, g->dw, g->w, &ow0, &ow1);
         for (uint32_t oh = 0; oh < g->ho; oh++) {
@@ -127,81 +139,83 @@ typedef struct conv_job {
   const cpu_exec *ex;
   const cpu_op *op;
   hm_abi_window g;
-  size_t tasks, task_floats;
+  size_t tasks, task_floats, block;
   int accumulate;
 } conv_job;
+
+/* Images [n0, n0 + nb) of group |gi|: one block. */
+static void conv_block(const conv_job *j, float *col, float *rows, float *pdw, float *pdb, size_t n0, size_t nb,
+                       uint32_t gi) {
+  const hm_abi_window *g = &j->g;
+  const cpu_context *ctx = j->ex->device->ctx;
+  uint32_t cig = g->c_in / g->groups, cog = g->c_out / g->groups, code = j->op->op.code;
+  size_t P = (size_t)g->ho * g->wo, HW = (size_t)g->h * g->w, K = (size_t)cig * g->kh * g->kw, ld = nb * P;
+  const float *w = (const float *)j->op->in[1] + (size_t)gi * cog * K;
+  if (code == HM_ABI_OP_CONV2D || code == HM_ABI_OP_CONV2D_BWD_FILTER)
+    for (size_t i = 0; i < nb; i++)
+      im2col(g, cig, (const float *)j->op->in[0] + ((n0 + i) * g->c_in + (size_t)gi * cig) * HW, col + i * P, ld);
+  if (code == HM_ABI_OP_CONV2D) {
+    cpu_sgemm(ctx, 0, 0, cog, ld, K, 1.0f, w, K, col, ld, 0.0f, rows, ld);
+    const float *bias = j->op->in[2];
+    for (size_t i = 0; i < nb; i++)
+      for (uint32_t c = 0; c < cog; c++) {
+        float *restrict y = (float *)j->op->out[0] + ((n0 + i) * g->c_out + (size_t)gi * cog + c) * P;
+        const float *restrict r = rows + (size_t)c * ld + i * P;
+        float bv = bias ? bias[(size_t)gi * cog + c] : 0.0f;
+        for (size_t p = 0; p < P; p++) y[p] = r[p] + bv;
+      }
+    return;
+  }
+  /* Backward: dY of the block, one row per output channel. */
+  const float *dy = code == HM_ABI_OP_CONV2D_BWD_DATA ? j->op->in[0] : j->op->in[1];
+  for (size_t i = 0; i < nb; i++)
+    for (uint32_t c = 0; c < cog; c++)
+      memcpy(rows + (size_t)c * ld + i * P, dy + ((n0 + i) * g->c_out + (size_t)gi * cog + c) * P, P * sizeof *rows);
+  if (code == HM_ABI_OP_CONV2D_BWD_FILTER) {
+    cpu_sgemm(ctx, 0, 1, cog, K, ld, 1.0f, rows, ld, col, ld, 1.0f, pdw + (size_t)gi * cog * K, K);
+    for (uint32_t c = 0; c < cog; c++) pdb[(size_t)gi * cog + c] += sum8(rows + (size_t)c * ld, ld);
+    return;
+  }
+  cpu_sgemm(ctx, 1, 0, K, ld, cog, 1.0f, w, K, rows, ld, 0.0f, col, ld);
+  for (size_t i = 0; i < nb; i++) {
+    float *dx = (float *)j->op->out[0] + ((n0 + i) * g->c_in + (size_t)gi * cig) * HW;
+    if (!j->accumulate) memset(dx, 0, (size_t)cig * HW * sizeof *dx);
+    col2im(g, cig, col + i * P, ld, dx);
+  }
+}
 
 static void conv_task(void *arg, size_t t) {
   const conv_job *j = arg;
   const hm_abi_window *g = &j->g;
-  const cpu_context *ctx = j->ex->device->ctx;
-  uint32_t cig = g->c_in / g->groups, cog = g->c_out / g->groups;
-  size_t P = (size_t)g->ho * g->wo, HW = (size_t)g->h * g->w, K = (size_t)cig * g->kh * g->kw;
-  float *col = (float *)j->ex->scratch + t * j->task_floats;
-  int pointwise = is_pointwise(g);
-  size_t b, e;
-  split(g->n, j->tasks, t, &b, &e);
-  uint32_t code = j->op->op.code;
-  float *pdw = NULL, *pdb = NULL; /* the filter gradient's partial sums, after the patches */
-  if (code == HM_ABI_OP_CONV2D_BWD_FILTER) {
-    pdw = col + conv_col_floats(g);
+  size_t K = (size_t)(g->c_in / g->groups) * g->kh * g->kw;
+  float *col = (float *)j->ex->scratch + t * j->task_floats, *rows = col + j->block * patch_floats(g);
+  float *pdw = NULL, *pdb = NULL; /* the filter gradient's partial sums, after the blocks */
+  if (j->op->op.code == HM_ABI_OP_CONV2D_BWD_FILTER) {
+    pdw = rows + j->block * out_floats(g);
     pdb = pdw + (size_t)g->c_out * K;
     memset(pdw, 0, ((size_t)g->c_out * K + g->c_out) * sizeof *pdw);
   }
-  for (size_t n = b; n < e; n++)
-    for (uint32_t gi = 0; gi < g->groups; gi++) {
-      const float *w = (const float *)j->op->in[1] + (size_t)gi * cog * K;
-      if (code == HM_ABI_OP_CONV2D) {
-        const float *x = (const float *)j->op->in[0] + ((size_t)n * g->c_in + (size_t)gi * cig) * HW;
-        float *y = (float *)j->op->out[0] + ((size_t)n * g->c_out + (size_t)gi * cog) * P;
-        const float *patches = x;
-        if (!pointwise) {
-          im2col(g, cig, x, col);
-          patches = col;
-        }
-        cpu_sgemm(ctx, 0, 0, cog, P, K, 1.0f, w, K, patches, P, 0.0f, y, P);
-        const float *bias = j->op->in[2];
-        if (bias)
-          for (uint32_t c = 0; c < cog; c++) {
-            float bv = bias[(size_t)gi * cog + c], *restrict yc = y + (size_t)c * P;
-            for (size_t p = 0; p < P; p++) yc[p] += bv;
-          }
-      } else if (code == HM_ABI_OP_CONV2D_BWD_DATA) {
-        const float *dy = (const float *)j->op->in[0] + ((size_t)n * g->c_out + (size_t)gi * cog) * P;
-        float *dx = (float *)j->op->out[0] + ((size_t)n * g->c_in + (size_t)gi * cig) * HW;
-        if (pointwise) {
-          cpu_sgemm(ctx, 1, 0, K, P, cog, 1.0f, w, K, dy, P, j->accumulate ? 1.0f : 0.0f, dx, P);
-          continue;
-        }
-        cpu_sgemm(ctx, 1, 0, K, P, cog, 1.0f, w, K, dy, P, 0.0f, col, P);
-        if (!j->accumulate) memset(dx, 0, (size_t)cig * HW * sizeof *dx);
-        col2im(g, cig, col, dx);
-      } else {
-        const float *x = (const float *)j->op->in[0] + ((size_t)n * g->c_in + (size_t)gi * cig) * HW;
-        const float *dy = (const float *)j->op->in[1] + ((size_t)n * g->c_out + (size_t)gi * cog) * P;
-        const float *patches = x;
-        if (!pointwise) {
-          im2col(g, cig, x, col);
-          patches = col;
-        }
-        cpu_sgemm(ctx, 0, 1, cog, K, P, 1.0f, dy, P, patches, P, 1.0f, pdw + (size_t)gi * cog * K, K);
-        for (uint32_t c = 0; c < cog; c++) pdb[(size_t)gi * cog + c] += sum8(dy + (size_t)c * P, P);
-      }
-    }
+  size_t b, e;
+  split(g->n, j->tasks, t, &b, &e);
+  for (size_t n0 = b; n0 < e; n0 += j->block) {
+    size_t nb = e - n0 < j->block ? e - n0 : j->block;
+    for (uint32_t gi = 0; gi < g->groups; gi++) conv_block(j, col, rows, pdw, pdb, n0, nb, gi);
+  }
 }
 
 void cpu_kernel_conv2d(const cpu_exec *ex, const cpu_op *op) {
-  conv_job j = {ex, op, {0}, 0, 0, (op->op.flags & HM_ABI_OP_FLAG_ACCUMULATE) != 0};
+  conv_job j = {ex, op, {0}, 0, 0, 0, (op->op.flags & HM_ABI_OP_FLAG_ACCUMULATE) != 0};
   (void)hm_abi_window_decode(&op->op, &j.g); /* validated at program_create */
   j.tasks = conv_tasks(ex->device, &j.g);
-  j.task_floats = conv_task_floats(&op->op, &j.g);
+  j.task_floats = conv_task_floats(ex->device, &op->op, &j.g);
+  j.block = block_images(ex->device, &j.g);
   if (j.tasks <= 1) conv_task(&j, 0);
   else cpu_pool_run(ex->device->pool, j.tasks, conv_task, &j);
   if (op->op.code != HM_ABI_OP_CONV2D_BWD_FILTER) return;
   /* The tasks' partial sums, in task order. */
   size_t nw = (size_t)j.g.c_out * (j.g.c_in / j.g.groups) * j.g.kh * j.g.kw, nb = j.g.c_out;
   float *dw = op->out[0], *db = op->out[1];
-  const float *p0 = (const float *)ex->scratch + conv_col_floats(&j.g);
+  const float *p0 = (const float *)ex->scratch + j.block * (patch_floats(&j.g) + out_floats(&j.g));
   for (size_t i = 0; i < nw; i++) {
     float s = j.accumulate ? dw[i] : 0.0f;
     for (size_t t = 0; t < j.tasks; t++) s += p0[t * j.task_floats + i];
