@@ -509,18 +509,19 @@ int32_t hm_ref_execute(const hm_abi_op *op, hm_ref_resolve_fn resolve, void *ctx
     }
     case HM_ABI_OP_BATCH_NORM:
       if (op->variant >= HM_ABI_NORM_COUNT) return HM_ABI_STATUS_INVALID_ARGUMENT;
-      hm_ref_batch_norm((int)op->variant, d0, d1, d2, op->params[0], op->params[1], IN(0), IN(1), IN(2), IN(3),
-                        OUT(0), OUT(1), OUT(2));
+      hm_ref_batch_norm((int)op->variant, d0, d1, d2, op->params[0], op->params[1], IN(0), IN(1), IN(2), OUT(0),
+                        OUT(1));
       return HM_ABI_OK;
     case HM_ABI_OP_BATCH_NORM_BWD:
-      hm_ref_batch_norm_bwd(d0, d1, d2, op->params[0], op->params[1], IN(0), IN(1), IN(2), IN(3), OUT(0), OUT(1),
+      hm_ref_batch_norm_bwd(d0, d1, d2, op->params[2], op->params[0], op->params[1], IN(0), IN(1), IN(2), OUT(0), OUT(1),
                             OUT(2));
       return HM_ABI_OK;
     case HM_ABI_OP_LAYER_NORM:
-      hm_ref_layer_norm(d0, d1, op->params[0], IN(0), IN(1), IN(2), OUT(0), OUT(1));
+      hm_ref_layer_norm(d0, d1, op->params[0], IN(0), IN(1), IN(2), OUT(0));
       return HM_ABI_OK;
     case HM_ABI_OP_LAYER_NORM_BWD:
-      hm_ref_layer_norm_bwd(d0, d1, op->params[0], op->params[1], IN(0), IN(1), IN(2), IN(3), OUT(0), OUT(1), OUT(2));
+      hm_ref_layer_norm_bwd(d0, d1, op->params[2], op->params[0], op->params[1], IN(0), IN(1), IN(2), OUT(0), OUT(1),
+                            OUT(2));
       return HM_ABI_OK;
     default: return HM_ABI_STATUS_UNIMPLEMENTED;
   }

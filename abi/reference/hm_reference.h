@@ -108,22 +108,19 @@ uint32_t hm_ref_hash32(uint32_t x);
 int hm_ref_dropout_keep(uint64_t seed, uint32_t step, uint32_t index, float rate);
 void hm_ref_dropout(size_t n, uint64_t seed, uint32_t step, float rate, float scale, const float *x, float *y);
 
-/* BATCH_NORM over [n, c, s] (s = H*W): |mode| hm_abi_norm_mode; saved
- * (train, may be NULL) receives [mean per channel, 1/sqrt(var + eps) per
- * channel], running_out (train, may be NULL) is updated in place (mean
- * then unbiased variance, momentum m: r = (1-m) r + m batch); eval reads
- * running_in. */
+/* BATCH_NORM over [n, c, s] (s = H*W): |mode| hm_abi_norm_mode; running
+ * = [mean per channel, variance per channel]: evaluation normalizes with
+ * it, training (batch statistics) updates it when non-NULL (momentum m:
+ * r = (1-m) r + m batch, the variance unbiased). */
 void hm_ref_batch_norm(int mode, size_t n, size_t c, size_t s, float eps, float momentum, const float *x,
-                       const float *gamma, const float *beta, const float *running_in, float *y, float *saved,
-                       float *running_out);
-void hm_ref_batch_norm_bwd(size_t n, size_t c, size_t s, float beta_dx, float beta_params, const float *x,
-                           const float *dy, const float *gamma, const float *saved, float *dx, float *dgamma,
-                           float *dbeta);
-/* LAYER_NORM over each of n rows of d values; saved = [mean per row, inv per row]. */
-void hm_ref_layer_norm(size_t n, size_t d, float eps, const float *x, const float *gamma, const float *beta, float *y,
-                       float *saved);
-void hm_ref_layer_norm_bwd(size_t n, size_t d, float beta_dx, float beta_params, const float *x, const float *dy,
-                           const float *gamma, const float *saved, float *dx, float *dgamma, float *dbeta);
+                       const float *gamma, const float *beta, float *y, float *running);
+/* BATCH_NORM_BWD of training mode: the batch statistics recomputed from x. */
+void hm_ref_batch_norm_bwd(size_t n, size_t c, size_t s, float eps, float beta_dx, float beta_params, const float *x,
+                           const float *dy, const float *gamma, float *dx, float *dgamma, float *dbeta);
+/* LAYER_NORM over each of n rows of d values, and its backward. */
+void hm_ref_layer_norm(size_t n, size_t d, float eps, const float *x, const float *gamma, const float *beta, float *y);
+void hm_ref_layer_norm_bwd(size_t n, size_t d, float eps, float beta_dx, float beta_params, const float *x,
+                           const float *dy, const float *gamma, float *dx, float *dgamma, float *dbeta);
 
 /* Element size in bytes of a plain dtype, 0 for block formats and NONE. */
 size_t hm_ref_dtype_size(int dtype);

@@ -206,14 +206,13 @@ static void moments(const float *x, size_t n, size_t c_stride, size_t inner, siz
 }
 
 void hm_ref_batch_norm(int mode, size_t n, size_t c, size_t s, float eps, float momentum, const float *x,
-                       const float *gamma, const float *beta, const float *running_in, float *y, float *saved,
-                       float *running_out) {
+                       const float *gamma, const float *beta, float *y, float *running) {
   size_t m = n * s;
   for (size_t ch = 0; ch < c; ch++) {
     double mean, var;
     if (mode == HM_ABI_NORM_EVAL) {
-      mean = running_in[ch];
-      var = running_in[c + ch];
+      mean = running[ch];
+      var = running[c + ch];
     } else {
       moments(x + ch * s, n, 1, s, c * s, &mean, &var);
     }
@@ -223,27 +222,23 @@ void hm_ref_batch_norm(int mode, size_t n, size_t c, size_t s, float eps, float 
         size_t at = (i * c + ch) * s + j;
         y[at] = (float)((x[at] - mean) * inv * gamma[ch] + beta[ch]);
       }
-    if (mode == HM_ABI_NORM_EVAL) continue;
-    if (saved) {
-      saved[ch] = (float)mean;
-      saved[c + ch] = (float)inv;
-    }
-    if (running_out) {
-      double unbiased = m > 1 ? var * (double)m / (double)(m - 1) : var;
-      running_out[ch] = (float)((1.0 - momentum) * running_out[ch] + momentum * mean);
-      running_out[c + ch] = (float)((1.0 - momentum) * running_out[c + ch] + momentum * unbiased);
-    }
+    if (mode == HM_ABI_NORM_EVAL || !running) continue;
+    double unbiased = m > 1 ? var * (double)m / (double)(m - 1) : var;
+    running[ch] = (float)((1.0 - momentum) * running[ch] + momentum * mean);
+    running[c + ch] = (float)((1.0 - momentum) * running[c + ch] + momentum * unbiased);
   }
 }
 
-/* The normalization backward over one group of |count| values (a channel
- * or a row): dxhat = dy * gamma; dx = inv/M (M dxhat - sum dxhat - xhat sum dxhat xhat). */
-void hm_ref_batch_norm_bwd(size_t n, size_t c, size_t s, float beta_dx, float beta_params, const float *x,
-                           const float *dy, const float *gamma, const float *saved, float *dx, float *dgamma,
-                           float *dbeta) {
+/* The normalization backward over one group of M values (a channel or a
+ * row), its statistics recomputed from x: dxhat = dy * gamma;
+ * dx = inv/M (M dxhat - sum dxhat - xhat sum dxhat xhat). */
+void hm_ref_batch_norm_bwd(size_t n, size_t c, size_t s, float eps, float beta_dx, float beta_params, const float *x,
+                           const float *dy, const float *gamma, float *dx, float *dgamma, float *dbeta) {
   double m = (double)(n * s);
   for (size_t ch = 0; ch < c; ch++) {
-    double mean = saved[ch], inv = saved[c + ch], sdy = 0.0, sdyx = 0.0;
+    double mean, var, sdy = 0.0, sdyx = 0.0;
+    moments(x + ch * s, n, 1, s, c * s, &mean, &var);
+    double inv = 1.0 / sqrt(var + (double)eps);
     for (size_t i = 0; i < n; i++)
       for (size_t j = 0; j < s; j++) {
         size_t at = (i * c + ch) * s + j;
@@ -263,22 +258,17 @@ void hm_ref_batch_norm_bwd(size_t n, size_t c, size_t s, float beta_dx, float be
   }
 }
 
-void hm_ref_layer_norm(size_t n, size_t d, float eps, const float *x, const float *gamma, const float *beta, float *y,
-                       float *saved) {
+void hm_ref_layer_norm(size_t n, size_t d, float eps, const float *x, const float *gamma, const float *beta, float *y) {
   for (size_t r = 0; r < n; r++) {
     double mean, var;
     moments(x + r * d, 1, 1, d, 0, &mean, &var);
     double inv = 1.0 / sqrt(var + (double)eps);
     for (size_t j = 0; j < d; j++) y[r * d + j] = (float)((x[r * d + j] - mean) * inv * gamma[j] + beta[j]);
-    if (saved) {
-      saved[r] = (float)mean;
-      saved[n + r] = (float)inv;
-    }
   }
 }
 
-void hm_ref_layer_norm_bwd(size_t n, size_t d, float beta_dx, float beta_params, const float *x, const float *dy,
-                           const float *gamma, const float *saved, float *dx, float *dgamma, float *dbeta) {
+void hm_ref_layer_norm_bwd(size_t n, size_t d, float eps, float beta_dx, float beta_params, const float *x,
+                           const float *dy, const float *gamma, float *dx, float *dgamma, float *dbeta) {
   double *dg = calloc(d ? d : 1, sizeof *dg), *db = calloc(d ? d : 1, sizeof *db);
   if (!dg || !db) {
     free(dg);
@@ -286,7 +276,9 @@ void hm_ref_layer_norm_bwd(size_t n, size_t d, float beta_dx, float beta_params,
     return;
   }
   for (size_t r = 0; r < n; r++) {
-    double mean = saved[r], inv = saved[n + r], sg = 0.0, sgx = 0.0;
+    double mean, var, sg = 0.0, sgx = 0.0;
+    moments(x + r * d, 1, 1, d, 0, &mean, &var);
+    double inv = 1.0 / sqrt(var + (double)eps);
     for (size_t j = 0; j < d; j++) {
       double xhat = (x[r * d + j] - mean) * inv, g = (double)dy[r * d + j] * gamma[j];
       sg += g;

@@ -173,33 +173,20 @@ int hm_op_requirements(const hm_abi_op *op, hm_operand_req in[4], hm_operand_req
       return 0;
     }
     case HM_ABI_OP_BATCH_NORM:
-    case HM_ABI_OP_BATCH_NORM_BWD: {
-      hm_operand_req x = {1, hm_extent(d0, d1, d2, 4)}, ch = {1, hm_extent(d1, 1, 1, 4)}, two = {1, hm_extent(d1, 2, 1, 4)};
-      if (op->code == HM_ABI_OP_BATCH_NORM) {
-        int eval = op->variant == HM_ABI_NORM_EVAL;
-        in[0] = x, in[1] = ch, in[2] = ch, out[0] = x;
-        in[3] = (hm_operand_req){eval, two.bytes};
-        out[1] = (hm_operand_req){0, eval ? 0 : two.bytes};
-        out[2] = (hm_operand_req){0, eval ? 0 : two.bytes};
-      } else {
-        in[0] = x, in[1] = x, in[2] = ch, in[3] = two;
-        out[0] = (hm_operand_req){0, x.bytes};
-        out[1] = (hm_operand_req){0, ch.bytes};
-        out[2] = (hm_operand_req){0, ch.bytes};
-      }
-      return 0;
-    }
+    case HM_ABI_OP_BATCH_NORM_BWD:
     case HM_ABI_OP_LAYER_NORM:
     case HM_ABI_OP_LAYER_NORM_BWD: {
-      hm_operand_req x = {1, hm_extent(d0, d1, 1, 4)}, row = {1, hm_extent(d1, 1, 1, 4)}, two = {1, hm_extent(d0, 2, 1, 4)};
-      if (op->code == HM_ABI_OP_LAYER_NORM) {
-        in[0] = x, in[1] = row, in[2] = row, out[0] = x;
-        out[1] = (hm_operand_req){0, two.bytes};
+      int bn = op->code <= HM_ABI_OP_BATCH_NORM_BWD, fwd = op->code == HM_ABI_OP_BATCH_NORM || op->code == HM_ABI_OP_LAYER_NORM;
+      hm_operand_req x = {1, bn ? hm_extent(d0, d1, d2, 4) : hm_extent(d0, d1, 1, 4)}, pr = {1, hm_extent(d1, 1, 1, 4)};
+      if (fwd) {
+        in[0] = x, in[1] = pr, in[2] = pr, out[0] = x;
+        /* batch norm's running statistics: read in evaluation, updated (if given) in training */
+        if (bn) out[1] = (hm_operand_req){op->variant == HM_ABI_NORM_EVAL, hm_extent(d1, 2, 1, 4)};
       } else {
-        in[0] = x, in[1] = x, in[2] = row, in[3] = two;
+        in[0] = x, in[1] = x, in[2] = pr;
         out[0] = (hm_operand_req){0, x.bytes};
-        out[1] = (hm_operand_req){0, row.bytes};
-        out[2] = (hm_operand_req){0, row.bytes};
+        out[1] = (hm_operand_req){0, pr.bytes};
+        out[2] = (hm_operand_req){0, pr.bytes};
       }
       return 0;
     }
@@ -303,7 +290,8 @@ int32_t hm_check_op(const hm_abi_op *op, uint32_t index, uint32_t n_scalars, con
     snprintf(msg, cap, "op %u: normalization needs sizes of 1 to 2^32-1", index);
     return HM_ABI_STATUS_INVALID_ARGUMENT;
   }
-  if ((op->code == HM_ABI_OP_BATCH_NORM || op->code == HM_ABI_OP_LAYER_NORM) && !(op->params[0] > 0.0f)) {
+  int eps_at = op->code == HM_ABI_OP_BATCH_NORM || op->code == HM_ABI_OP_LAYER_NORM ? 0 : 2;
+  if (norm && !(op->params[eps_at] > 0.0f)) {
     snprintf(msg, cap, "op %u: normalization needs eps > 0", index);
     return HM_ABI_STATUS_INVALID_ARGUMENT;
   }

@@ -188,6 +188,7 @@ void cpu_kernel_pool2d(const cpu_exec *ex, const cpu_op *op);
 void cpu_kernel_dropout(const cpu_exec *ex, const cpu_op *op);
 /* BATCH_NORM*, LAYER_NORM* (cpu_kernels_norm.c). */
 void cpu_kernel_norm(const cpu_exec *ex, const cpu_op *op);
+uint64_t cpu_norm_scratch_bytes(const hm_abi_op *op);
 uint64_t cpu_window_scratch_bytes(const cpu_device *dev, const hm_abi_op *op);
 /* One single-threaded row-major sgemm through OpenBLAS or, with
  * gemm=reference, the plain loop (dimensions below 2^31). */

@@ -74,7 +74,7 @@ int32_t cpu_program_create(hm_abi_device *dev, const hm_abi_program_desc *desc, 
   uint64_t scratch = 0;
   for (uint32_t i = 0; i < desc->n_ops; i++) {
     uint64_t need = cpu_quant_scratch_bytes(dev, &ops[i].op) + cpu_gemm_scratch_bytes(&ops[i].op) +
-                    cpu_window_scratch_bytes(dev, &ops[i].op);
+                    cpu_window_scratch_bytes(dev, &ops[i].op) + cpu_norm_scratch_bytes(&ops[i].op);
     scratch = need > scratch ? need : scratch;
   }
   if (scratch) {

@@ -242,13 +242,8 @@ static void emit_window_forward(const lowering *s, op_list *l, program_kind kind
       op->in[1] = OPD(es->w);
       op->in[2] = OPD(es->b);
       op->out[0] = OPD(es->z);
-      if (bn && !train) {
-        op->variant = HM_ABI_NORM_EVAL; /* evaluation and inference: the running statistics */
-        op->in[3] = OPD(es->running);
-        return;
-      }
-      if (train && s->p->edges[e].backprop) op->out[1] = OPD(es->saved);
-      if (bn) op->out[2] = OPD(es->running);
+      if (bn) op->out[1] = OPD(es->running); /* updated while training, read in evaluation and inference */
+      if (bn && !train) op->variant = HM_ABI_NORM_EVAL;
       return;
     }
     default: {
@@ -389,10 +384,10 @@ static void emit_window_backward(const lowering *s, op_list *l, size_t e, size_t
       norm_dims(s, op, e, b);
       op->params[0] = to_src && grad_init[S] ? 1.0f : 0.0f;
       op->params[1] = accumulate ? 1.0f : 0.0f;
+      op->params[2] = ed->spec.eps;
       op->in[0] = OPD(value(s, S));
       op->in[1] = OPD(es->dz);
       op->in[2] = OPD(es->w);
-      op->in[3] = OPD(es->saved);
       if (to_src) op->out[0] = OPD(s->b->nodes[S].grad);
       if (train) {
         op->out[1] = OPD(es->dw);

@@ -64,7 +64,6 @@ typedef struct hm_edge_buffers {
   hm_abi_buffer *wq, *xq, *wdq, *xdq;
   hm_abi_buffer *argmax;        /* max pooling: where each maximum came from (I32, batch x width(dst)) */
   hm_abi_buffer *running;       /* batch norm: running mean then running variance ([2C]) */
-  hm_abi_buffer *saved;         /* normalization: the batch's mean and 1/std for the backward pass */
 } hm_edge_buffers;
 
 typedef struct hm_step_buffers {

@@ -159,10 +159,7 @@ static hm_status alloc_edge_buffers(hm_session *s, size_t batch, size_t grad_row
     if (st == HM_OK && ed->spec.kind == HM_CONNECTION_BATCH_NORM) {
       size_t c = hm__norm_channels(&g->nodes[ed->src]);
       st = alloc_buffer(s, 2 * c * 4, &es->running);
-      if (st == HM_OK && pe->backprop) st = alloc_buffer(s, 2 * c * 4, &es->saved);
     }
-    if (st == HM_OK && ed->spec.kind == HM_CONNECTION_LAYER_NORM && pe->backprop)
-      st = alloc_buffer(s, 2 * grad_rows * 4, &es->saved);
     uint32_t q = pe->prec.dtype;
     if (st == HM_OK && hm__precision_is_packed(q)) {
       st = alloc_buffer(s, hm__packed_bytes(q, outw, in), &es->wq);
@@ -220,13 +217,9 @@ static hm_status alloc_slot(hm_session *s, size_t k, size_t rows) {
     if (!e0->z) continue;
     size_t in = s->plan->nodes[g->edges[e].src].width, outw = s->plan->nodes[g->edges[e].dst].width;
     uint32_t q = s->plan->edges[e].prec.dtype;
-    es->z = es->a = es->xq = es->xdq = es->argmax = es->saved = NULL;
+    es->z = es->a = es->xq = es->xdq = es->argmax = NULL;
     st = alloc_buffer(s, rows * outw * 4, &es->z);
     if (st == HM_OK && e0->argmax) st = alloc_buffer(s, rows * outw * 4, &es->argmax);
-    if (st == HM_OK && e0->saved) {
-      size_t n = g->edges[e].spec.kind == HM_CONNECTION_BATCH_NORM ? hm__norm_channels(&g->nodes[g->edges[e].src]) : rows;
-      st = alloc_buffer(s, 2 * n * 4, &es->saved);
-    }
     if (st == HM_OK) {
       if (e0->a == e0->z) es->a = es->z;
       else st = alloc_buffer(s, rows * outw * 4, &es->a);
@@ -244,7 +237,7 @@ static void free_slot(hm_session *s, hm_step_buffers *sb) {
   }
   for (size_t e = 0; sb->edges && e < s->g->n_edges; e++) {
     hm_edge_buffers *es = &sb->edges[e];
-    hm_abi_buffer *bufs[] = {es->z, es->xq, es->xdq, es->argmax, es->saved};
+    hm_abi_buffer *bufs[] = {es->z, es->xq, es->xdq, es->argmax};
     for (size_t k = 0; k < sizeof bufs / sizeof bufs[0]; k++) hm_device_buffer_free(s->dev, bufs[k]);
     if (es->a != es->z) hm_device_buffer_free(s->dev, es->a);
   }
@@ -335,7 +328,7 @@ void hm__session_free(hm_session *s) {
   for (size_t e = 0; s->bufs.edges && e < s->g->n_edges; e++) {
     hm_edge_buffers *es = &s->bufs.edges[e];
     hm_abi_buffer *bufs[] = {es->w,   es->b,   es->dw, es->db, es->s1w, es->s2w, es->s1b,
-                             es->s2b, es->z,   es->wq, es->xq, es->wdq, es->xdq, es->argmax, es->running, es->saved};
+                             es->s2b, es->z,   es->wq, es->xq, es->wdq, es->xdq, es->argmax, es->running};
     for (size_t k = 0; k < sizeof bufs / sizeof bufs[0]; k++) hm_device_buffer_free(s->dev, bufs[k]);
     if (es->a != es->z) hm_device_buffer_free(s->dev, es->a);
     if (es->dz && es->dz != s->bufs.nodes[s->g->edges[e].dst].grad) hm_device_buffer_free(s->dev, es->dz);
