@@ -283,6 +283,13 @@ assert h["hidden->normal.weight"]["shape"] == [32], h["hidden->normal.weight"]
 PY
 inf=$("$bin" infer "$cnn" --weights "$work/cnn.safetensors" --dataset fashion-mnist --limit 500 2>&1)
 check "the CNN infers to its training run's accuracy ($cnn_acc%): $inf" grep -q "accuracy: $cnn_acc% (500 samples)" <<<"$inf"
+# A producer with no declared shape takes the images' {1x28x28} from the IDX file.
+printf 'producer pixels; producer label; layer c; layer logits;\ncycle { pixels -[conv 4 3x3 stride 2]-> c -> logits; logits <-(cross_entropy)- label; }\n' >"$work/noshape.hmx"
+out=$("$bin" train "$work/noshape.hmx" --dataset fashion-mnist --limit-train 200 --limit-eval 100 --json 2>&1)
+check "--dataset fashion-mnist gives an undeclared producer the images' shape: $out" grep -q '"test_accuracy"' <<<"$out"
+printf 'producer pixels {784}; producer label; layer c; layer logits;\ncycle { pixels -[conv 4 3x3]-> c -> logits; logits <-(cross_entropy)- label; }\n' >"$work/flat.hmx"
+out=$("$bin" train "$work/flat.hmx" --dataset fashion-mnist --limit-train 200 --limit-eval 100 2>&1)
+check "a declared {784} takes the images' shape too: $out" grep -q "test accuracy" <<<"$out"
 "$bin" compile "$cnn" -o "$work/cnn.hgr" >/dev/null 2>&1
 "$bin" train "$work/cnn.hgr" "${cc[@]}" --epochs 2 --save-weights "$work/cnn_hgr.safetensors" >/dev/null 2>"$work/cnn_hgr.err"
 check "the compiled CNN (.hgr version 3) trains to the same bytes: $(tail -2 "$work/cnn_hgr.err")" \

@@ -30,6 +30,10 @@ typedef struct hm_producer_info {
   uint32_t dtype;     /* HM_ABI_DTYPE_F32, U8 or I32 */
   float scale;        /* U8: multiplier applied when gathered; else 1 */
   size_t num_classes; /* I32: number of classes (indices lie in [0, num_classes)) */
+  /* Each sample's image shape {C, H, W} when the data has one (IDX files of
+   * [count, H, W] give {1, H, W}), so a producer with no declared shape can
+   * feed a convolution; all zero otherwise. C * H * W must equal width. */
+  size_t shape[3];
 } hm_producer_info;
 
 typedef struct hm_producer_vtable {

@@ -42,6 +42,12 @@ hm_status hm_producer_info_get(hm_producer *p, hm_producer_info *out) {
     return hm__fail(HM_STATUS_INVALID_ARGUMENT, "producer reports dtype %u (F32, U8 or I32 expected)", info.dtype);
   if (info.dtype == HM_ABI_DTYPE_I32 && (info.width != 1 || info.num_classes == 0))
     return hm__fail(HM_STATUS_INVALID_ARGUMENT, "a class-index producer needs width 1 and num_classes > 0");
+  int shaped = info.shape[0] || info.shape[1] || info.shape[2];
+  if (shaped && (!info.shape[0] || !info.shape[1] || !info.shape[2] || info.shape[0] > info.width ||
+                 info.shape[1] > info.width || info.shape[2] > info.width ||
+                 info.shape[0] * info.shape[1] * info.shape[2] != info.width))
+    return hm__fail(HM_STATUS_INVALID_ARGUMENT, "producer reports the shape {%zux%zux%zu} for %zu values per sample",
+                    info.shape[0], info.shape[1], info.shape[2], info.width);
   *out = info;
   return HM_OK;
 }

@@ -67,7 +67,7 @@ hm_status hm_producer_from_floats(const float *data, size_t rows, size_t width, 
   void *copy = hm__malloc(n);
   if (!copy) return hm__fail(HM_STATUS_RESOURCE_EXHAUSTED, "out of memory");
   memcpy(copy, data, n);
-  hm_producer_info info = {width, rows, HM_ABI_DTYPE_F32, 1.0f, 0};
+  hm_producer_info info = {width, rows, HM_ABI_DTYPE_F32, 1.0f, 0, {0, 0, 0}};
   return hm__producer_from_memory(info, copy, out);
 }
 
@@ -81,6 +81,6 @@ hm_status hm_producer_from_labels(const int32_t *labels, size_t count, size_t nu
   void *copy = hm__malloc(count * 4);
   if (!copy) return hm__fail(HM_STATUS_RESOURCE_EXHAUSTED, "out of memory");
   memcpy(copy, labels, count * 4);
-  hm_producer_info info = {1, count, HM_ABI_DTYPE_I32, 1.0f, num_classes};
+  hm_producer_info info = {1, count, HM_ABI_DTYPE_I32, 1.0f, num_classes, {0, 0, 0}};
   return hm__producer_from_memory(info, copy, out);
 }

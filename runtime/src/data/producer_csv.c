@@ -103,6 +103,6 @@ hm_status hm_producer_open_csv(const char *path, hm_producer **out) {
     hm__free(values);
     return st;
   }
-  hm_producer_info info = {width, rows, HM_ABI_DTYPE_F32, 1.0f, 0};
+  hm_producer_info info = {width, rows, HM_ABI_DTYPE_F32, 1.0f, 0, {0, 0, 0}};
   return hm__producer_from_memory(info, values, out);
 }

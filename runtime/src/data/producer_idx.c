@@ -163,9 +163,15 @@ hm_status hm_producer_open_idx(const char *path, hm_producer **out) {
       if ((size_t)bytes[i] + 1 > classes) classes = (size_t)bytes[i] + 1;
     }
     hm__free(bytes);
-    hm_producer_info info = {1, count, HM_ABI_DTYPE_I32, 1.0f, classes};
+    hm_producer_info info = {1, count, HM_ABI_DTYPE_I32, 1.0f, classes, {0, 0, 0}};
     return hm__producer_from_memory(info, labels, out);
   }
-  hm_producer_info info = {width, count, HM_ABI_DTYPE_U8, 1.0f / 255.0f, 0};
+  /* [count, H, W] is a set of one-channel images. */
+  hm_producer_info info = {width, count, HM_ABI_DTYPE_U8, 1.0f / 255.0f, 0, {0, 0, 0}};
+  if (ndims == 3) {
+    info.shape[0] = 1;
+    info.shape[1] = dims[1];
+    info.shape[2] = dims[2];
+  }
   return hm__producer_from_memory(info, bytes, out);
 }

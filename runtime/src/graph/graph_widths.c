@@ -51,6 +51,12 @@ static hm_status producer_width(hm_graph *g, hm_node *n) {
       return hm__fail(HM_STATUS_INVALID_ARGUMENT, "producer '%s': training and evaluation data differ in width (%zu vs %zu)",
                       n->name, seen, dw);
     seen = dw;
+    /* Images whose data says so ({1x28x28} from an IDX file) unless the
+     * model declared a shape of its own. */
+    if (n->declared_rank != 3 && info.shape[0] && info.dtype != HM_ABI_DTYPE_I32) {
+      n->rank = 3;
+      for (int k = 0; k < 3; k++) n->shape[k] = (uint32_t)info.shape[k];
+    }
   }
   n->width = seen ? seen : n->declared_width;
   return HM_OK;
