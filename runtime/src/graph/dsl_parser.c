@@ -282,7 +282,7 @@ static hm_status parse_spec(parser *p, hm_connection_spec *c) {
   if (c->kind == HM_CONNECTION_CONV2D || c->kind == HM_CONNECTION_MAX_POOL || c->kind == HM_CONNECTION_AVG_POOL)
     HM_RETURN_IF_ERROR(take_pair(p, 1, c->kernel));
   if (c->kind == HM_CONNECTION_DROPOUT) {
-    double r;
+    double r = 0.0;
     hm_token at = p->tok;
     HM_RETURN_IF_ERROR(take_decimal(p, "a dropout rate such as 0.25", &r));
     if (!(r >= 0.0 && r < 1.0)) return error_at(p, &at, "a dropout rate is at least 0 and below 1%s", "");
@@ -302,7 +302,7 @@ static hm_status parse_spec(parser *p, hm_connection_spec *c) {
       c->groups = (uint32_t)g;
     } else if ((c->kind == HM_CONNECTION_BATCH_NORM && ident_is(&opt, "momentum")) ||
                ((c->kind == HM_CONNECTION_BATCH_NORM || c->kind == HM_CONNECTION_LAYER_NORM) && ident_is(&opt, "eps"))) {
-      double v;
+      double v = 0.0;
       hm_token at = p->tok;
       HM_RETURN_IF_ERROR(take_decimal(p, "a decimal number such as 0.1", &v));
       if (!(v > 0.0 && v <= 1.0)) return error_at(p, &at, "expected a value above 0 and at most 1%s", "");

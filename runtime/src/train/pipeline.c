@@ -489,6 +489,8 @@ static size_t stage_tensor_count(const hm_graph *g) {
 
 /* Tensor |i|; it travels as rows = its first dimension, cols = the rest. */
 static void stage_tensor(const hm_graph *g, size_t i, hm_param_desc *out, uint64_t rows_cols[2]) {
+  memset(out, 0, sizeof *out); /* i < stage_tensor_count(g): always found */
+  rows_cols[0] = rows_cols[1] = 0;
   for (size_t e = 0; e < g->n_edges; e++) {
     hm_param_desc pd[4];
     size_t n = hm__edge_tensors(g, e, pd);
