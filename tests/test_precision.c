@@ -245,6 +245,37 @@ static void devices_without_kernels(void) {
   }
 }
 
+/* A device without LAYER_NORM_BWD: training a layer-norm graph is refused at
+ * planning, naming the op and the connection; evaluation (forward only) runs. */
+static void planner_refuses_an_undeclared_op(void) {
+  hm_device *d = open_backend("cp_no_layer_norm_bwd");
+  if (!d) return;
+  problem p = {parse("producer x {2}; producer t {2}; layer h {8}; layer n; layer o;\n"
+                     "cycle { x -(tanh)-> h -[layer_norm]-> n -> o; o <-(cross_entropy)- t; }"),
+               NULL, NULL, NULL, NULL};
+  float x[8 * 2] = {0};
+  int32_t lab[8] = {0, 1, 0, 1, 0, 1, 0, 1};
+  for (int i = 0; i < 16; i++) x[i] = (float)(i % 5) - 2.0f;
+  HM_CHECK_OK(hm_producer_from_floats(x, 8, 2, &p.px));
+  HM_CHECK_OK(hm_producer_from_labels(lab, 8, 2, &p.pt));
+  HM_CHECK_OK(hm_graph_bind_producer(p.g, "x", p.px));
+  HM_CHECK_OK(hm_graph_bind_producer(p.g, "t", p.pt));
+  hm_fit_options o = hm_fit_options_default();
+  o.batch_size = 4;
+  o.device = d;
+  hm_policy hw = hm_make_hardware_policy();
+  hm_cycle_state *st = NULL;
+  HM_CHECK_EQ(hm_graph_fit(p.g, 1, &hw, &o, &st), HM_STATUS_UNIMPLEMENTED);
+  HM_CHECK_STR_CONTAINS(hm_last_error(), "t.hmx:2:23: backend 'cp_no_layer_norm_bwd' does not declare "
+                                         "layer_norm_backward (ABI 1.1), which the layer_norm connection h -> n needs");
+  HM_CHECK(st == NULL);
+  hm_eval_result r;
+  HM_CHECK_OK(hm_graph_inference(p.g, &hw, &o, 0, &r));
+  hm_cycle_state_free(st);
+  problem_free(&p);
+  hm_device_close(d);
+}
+
 /* x (4 x 70) -> o {3}, identity, MSE: the forward values of a packed matmul
  * and one SGD step equal what the reference computes by hand (QUANT.md Q7
  * forward; straight-through backward: dW = dz^T . dequant(quant(x))). */
@@ -402,6 +433,7 @@ int main(int argc, char **argv) {
       HM_TEST_CASE(bits_per_weight_follow_the_block_rule),
       HM_TEST_CASE(cpu_runs_every_width),
       HM_TEST_CASE(devices_without_kernels),
+      HM_TEST_CASE(planner_refuses_an_undeclared_op),
       HM_TEST_CASE(lowering_matches_the_reference),
       HM_TEST_CASE(packed_inference_bytes),
   };

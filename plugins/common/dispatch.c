@@ -12,7 +12,7 @@ static const char *const names[HK_COUNT] = {
     "gemm", "bias_add", "act_fwd", "softmax_fwd", "act_bwd", "softmax_bwd", "loss", "reduce_rows",
     "reduce_cols", "sum_squares", "clip", "scale", "axpy", "gather", "fill", "copy", "sgd", "adam",
     "rmsprop", "lamb", "quantize", "dequantize", "gemm_q", "conv2d", "conv2d_bwd_data", "conv2d_bwd_filter",
-    "pool2d", "pool2d_bwd", "dropout", "batch_norm", "batch_norm_bwd", "layer_norm"};
+    "pool2d", "pool2d_bwd", "dropout", "batch_norm", "batch_norm_bwd", "layer_norm", "layer_norm_bwd"};
 
 const char *hm_kernel_name(hm_kernel_id k) { return (unsigned)k < HK_COUNT ? names[k] : "?"; }
 
@@ -143,23 +143,34 @@ int hm_plan_dispatch_limited(const hm_abi_op *op, uint32_t max_groups, uint32_t 
     return max_loop ? slice_window(op, max_groups, max_loop, d, err, cap) : 0;
   }
   if (op->code == HM_ABI_OP_DROPOUT) return plan_window(op, max_groups, d, err, cap);
-  if (op->code == HM_ABI_OP_BATCH_NORM || op->code == HM_ABI_OP_BATCH_NORM_BWD || op->code == HM_ABI_OP_LAYER_NORM) {
-    /* One work-group of 128 per channel (batch norm) or row (layer norm). */
+  if (op->code >= HM_ABI_OP_BATCH_NORM && op->code <= HM_ABI_OP_LAYER_NORM_BWD) {
+    /* One work-group of 128 per channel (batch norm) or row (layer norm),
+     * and for layer norm's backward one more for the parameter gradients. */
     for (int i = 0; i < 3; i++) d->p.dim[i] = (uint32_t)op->dims[i];
     for (int i = 0; i < 8; i++) d->p.f[i] = op->params[i];
     d->p.variant = op->variant;
     d->local_size = 128;
-    int bwd = op->code == HM_ABI_OP_BATCH_NORM_BWD;
-    d->kernel = op->code == HM_ABI_OP_BATCH_NORM ? HK_BATCH_NORM : bwd ? HK_BATCH_NORM_BWD : HK_LAYER_NORM;
+    static const hm_kernel_id kernel[] = {HK_BATCH_NORM, HK_BATCH_NORM_BWD, HK_LAYER_NORM, HK_LAYER_NORM_BWD};
+    int bwd = op->code == HM_ABI_OP_BATCH_NORM_BWD || op->code == HM_ABI_OP_LAYER_NORM_BWD;
+    int layer = op->code >= HM_ABI_OP_LAYER_NORM;
+    d->kernel = kernel[op->code - HM_ABI_OP_BATCH_NORM];
     d->p.aux0 = bwd ? (op->out[0].buffer ? 1u : 0u) | (op->out[1].buffer ? 2u : 0u) | (op->out[2].buffer ? 4u : 0u)
                     : (op->out[1].buffer ? 1u : 0u);
-    uint64_t elems = op->dims[0] * op->dims[1] * (op->code == HM_ABI_OP_LAYER_NORM ? 1 : op->dims[2]);
-    uint64_t groups = op->code == HM_ABI_OP_LAYER_NORM ? op->dims[0] : op->dims[1];
+    uint64_t elems = op->dims[0] * op->dims[1] * (layer ? 1 : op->dims[2]);
+    uint64_t groups = layer ? op->dims[0] + (op->code == HM_ABI_OP_LAYER_NORM_BWD) : op->dims[1];
     if (!fits(elems) || !fits(groups)) {
       snprintf(err, cap, "op %u is too large for 32-bit indexing", op->code);
       return 1;
     }
+    /* Layer norm's parameter task loops over every row in one invocation. */
+    if (max_loop && op->code == HM_ABI_OP_LAYER_NORM_BWD && op->dims[0] > max_loop) {
+      snprintf(err, cap, "op %u: %llu rows need more loop iterations per invocation than this device runs (%u)",
+               op->code, (unsigned long long)op->dims[0], max_loop);
+      return 1;
+    }
     d->groups = (uint32_t)(groups < max_groups ? groups : max_groups);
+    /* ...at least one for the rows and the last for the parameters. */
+    if (op->code == HM_ABI_OP_LAYER_NORM_BWD && d->groups < 2) d->groups = 2;
     return 0;
   }
   uint64_t d0 = op->dims[0], d1 = op->dims[1], d2 = op->dims[2];
@@ -280,13 +291,7 @@ static const hm_abi_capability kernel_caps[] = {
     CAP(HM_ABI_OP_GEMM, F32, F32, F32, HM_ABI_NUMERICS_F32, 0),
 #define ROW(...) CAP(__VA_ARGS__),
     HM_PORTABLE_CAPS(ROW)
-    /* The window ops, dropout and the normalizations but layer norm's
-     * backward (its parameter gradients sum over rows each with its own
-     * statistics: no shared-memory reduction fits that yet). */
-    HM_WINDOW_CAPS_NO_NORM(ROW)
-    CAP(HM_ABI_OP_BATCH_NORM, F32, F32, F32, HM_ABI_NUMERICS_F32, (1ull << HM_ABI_NORM_COUNT) - 1),
-    CAP(HM_ABI_OP_BATCH_NORM_BWD, F32, F32, F32, HM_ABI_NUMERICS_F32, 0),
-    CAP(HM_ABI_OP_LAYER_NORM, F32, F32, F32, HM_ABI_NUMERICS_F32, 0),
+    HM_WINDOW_CAPS(ROW) /* the window ops, dropout and the normalizations */
 #undef ROW
 };
 

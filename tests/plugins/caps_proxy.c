@@ -7,6 +7,7 @@
  *   CP_NO_DEQUANT_Q3 int3 QUANTIZE and GEMM_Q3 but no DEQUANTIZE from Q3
  *                    (inference can run int3, training cannot)
  *   CP_FAST_BF16     BF16 GEMM declared four times faster than f32
+ *   CP_NO_LAYER_NORM_BWD  no LAYER_NORM_BWD (layer norm runs, trains not)
  * program_create refuses any op the edited table does not declare, so a test
  * passes only if the runtime never emits an undeclared op.
  */
@@ -53,6 +54,9 @@ static int keep(const hm_abi_capability *c) {
 #endif
 #ifdef CP_NO_DEQUANT_Q3
   if (c->op == HM_ABI_OP_DEQUANTIZE && c->dtype_in == HM_ABI_DTYPE_Q3) return 0;
+#endif
+#ifdef CP_NO_LAYER_NORM_BWD
+  if (c->op == HM_ABI_OP_LAYER_NORM_BWD) return 0;
 #endif
   return 1;
 }
