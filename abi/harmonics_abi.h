@@ -151,6 +151,7 @@ typedef enum hm_abi_op_code {
   HM_ABI_OP_BATCH_NORM_BWD = 47,
   HM_ABI_OP_LAYER_NORM = 48,    /* per-row normalization */
   HM_ABI_OP_LAYER_NORM_BWD = 49,
+  HM_ABI_OP_IM2COL = 50,        /* patches [N*Ho*Wo, C_in*KH*KW] of X (packed convolutions) */
   HM_ABI_OP_MAX_ENUM = 0x7fffffff
 } hm_abi_op_code;
 

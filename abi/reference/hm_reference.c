@@ -485,13 +485,16 @@ int32_t hm_ref_execute(const hm_abi_op *op, hm_ref_resolve_fn resolve, void *ctx
     case HM_ABI_OP_CONV2D_BWD_DATA:
     case HM_ABI_OP_CONV2D_BWD_FILTER:
     case HM_ABI_OP_POOL2D:
-    case HM_ABI_OP_POOL2D_BWD: {
+    case HM_ABI_OP_POOL2D_BWD:
+    case HM_ABI_OP_IM2COL: {
       hm_abi_window g;
       if (hm_abi_window_decode(op, &g)) return HM_ABI_STATUS_INVALID_ARGUMENT;
       int acc = (op->flags & HM_ABI_OP_FLAG_ACCUMULATE) != 0;
       if ((op->code == HM_ABI_OP_POOL2D || op->code == HM_ABI_OP_POOL2D_BWD) && op->variant >= HM_ABI_POOL_COUNT)
         return HM_ABI_STATUS_INVALID_ARGUMENT;
+      if (op->code == HM_ABI_OP_IM2COL && g.groups != 1) return HM_ABI_STATUS_INVALID_ARGUMENT;
       switch (op->code) {
+        case HM_ABI_OP_IM2COL: hm_ref_im2col(&g, IN(0), OUT(0)); break;
         case HM_ABI_OP_CONV2D: hm_ref_conv2d(&g, IN(0), IN(1), IN(2), OUT(0)); break;
         case HM_ABI_OP_CONV2D_BWD_DATA: hm_ref_conv2d_bwd_data(&g, acc, IN(0), IN(1), OUT(0)); break;
         case HM_ABI_OP_CONV2D_BWD_FILTER: hm_ref_conv2d_bwd_filter(&g, acc, IN(0), IN(1), OUT(0), OUT(1)); break;

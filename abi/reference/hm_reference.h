@@ -91,6 +91,8 @@ float hm_ref_round_to(int dtype, float x);
 
 /* CONV2D: y = conv(x, w) + bias (bias may be NULL). */
 void hm_ref_conv2d(const hm_abi_window *g, const float *x, const float *w, const float *bias, float *y);
+/* IM2COL: cols [N*Ho*Wo, C_in*KH*KW] = each output position's patch of x. */
+void hm_ref_im2col(const hm_abi_window *g, const float *x, float *cols);
 /* CONV2D_BWD_DATA: dx (+)= the gradient of conv with respect to x. */
 void hm_ref_conv2d_bwd_data(const hm_abi_window *g, int accumulate, const float *dy, const float *w, float *dx);
 /* CONV2D_BWD_FILTER: dw (+)= dLoss/dw, db (+)= sum of dy per channel (db may be NULL). */

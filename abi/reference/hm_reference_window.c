@@ -39,6 +39,20 @@ void hm_ref_conv2d(const hm_abi_window *g, const float *x, const float *wt, cons
     }
 }
 
+void hm_ref_im2col(const hm_abi_window *g, const float *x, float *cols) {
+  size_t k = (size_t)g->c_in * g->kh * g->kw, row = 0;
+  for (uint32_t n = 0; n < g->n; n++)
+    for (uint32_t oh = 0; oh < g->ho; oh++)
+      for (uint32_t ow = 0; ow < g->wo; ow++, row++)
+        for (uint32_t ci = 0; ci < g->c_in; ci++)
+          for (uint32_t kh = 0; kh < g->kh; kh++)
+            for (uint32_t kw = 0; kw < g->kw; kw++) {
+              long ih = in_at(oh, g->sh, g->ph, kh, g->dh, g->h), iw = in_at(ow, g->sw, g->pw, kw, g->dw, g->w);
+              size_t xi = (((size_t)n * g->c_in + ci) * g->h + (size_t)ih) * g->w + (size_t)iw;
+              cols[row * k + ((size_t)ci * g->kh + kh) * g->kw + kw] = ih < 0 || iw < 0 ? 0.0f : x[xi];
+            }
+}
+
 void hm_ref_conv2d_bwd_data(const hm_abi_window *g, int accumulate, const float *dy, const float *wt, float *dx) {
   uint32_t cig = g->c_in / g->groups, cog = g->c_out / g->groups;
   size_t nx = (size_t)g->n * g->c_in * g->h * g->w;

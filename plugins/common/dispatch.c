@@ -12,7 +12,7 @@ static const char *const names[HK_COUNT] = {
     "gemm", "bias_add", "act_fwd", "softmax_fwd", "act_bwd", "softmax_bwd", "loss", "reduce_rows",
     "reduce_cols", "sum_squares", "clip", "scale", "axpy", "gather", "fill", "copy", "sgd", "adam",
     "rmsprop", "lamb", "quantize", "dequantize", "gemm_q", "conv2d", "conv2d_bwd_data", "conv2d_bwd_filter",
-    "pool2d", "pool2d_bwd", "dropout", "batch_norm", "batch_norm_bwd", "layer_norm", "layer_norm_bwd"};
+    "pool2d", "pool2d_bwd", "dropout", "batch_norm", "batch_norm_bwd", "layer_norm", "layer_norm_bwd", "im2col"};
 
 const char *hm_kernel_name(hm_kernel_id k) { return (unsigned)k < HK_COUNT ? names[k] : "?"; }
 
@@ -54,6 +54,11 @@ static int plan_window(const hm_abi_op *op, uint32_t max_groups, hm_dispatch *d,
         d->kernel = HK_CONV2D_BWD_FILTER;
         d->p.variant = op->out[1].buffer ? 1u : 0u;
         items = nw + g.c_out;
+        break;
+      case HM_ABI_OP_IM2COL:
+        d->kernel = HK_IM2COL;
+        nw = (uint64_t)g.c_in * g.kh * g.kw; /* a patch row */
+        items = ny = (uint64_t)g.n * g.ho * g.wo * nw;
         break;
       case HM_ABI_OP_POOL2D:
         d->kernel = HK_POOL2D;
@@ -105,7 +110,7 @@ static uint64_t window_cost(const hm_abi_op *op, const hm_abi_window *g, uint64_
 static int slice_window(const hm_abi_op *op, uint32_t max_groups, uint32_t max_loop, hm_dispatch *d, char *err,
                         size_t cap) {
   hm_abi_window g;
-  if (hm_abi_window_decode(op, &g)) return 0;
+  if (op->code == HM_ABI_OP_IM2COL || hm_abi_window_decode(op, &g)) return 0; /* im2col has no loop */
   uint64_t lanes = (uint64_t)max_groups * d->local_size, b = g.n;
   while (b > 1 && window_cost(op, &g, b, lanes) > max_loop) b = (b + 1) / 2;
   if (window_cost(op, &g, b, lanes) > max_loop) {

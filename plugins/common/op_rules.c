@@ -149,7 +149,8 @@ int hm_op_requirements(const hm_abi_op *op, hm_operand_req in[4], hm_operand_req
     case HM_ABI_OP_CONV2D_BWD_DATA:
     case HM_ABI_OP_CONV2D_BWD_FILTER:
     case HM_ABI_OP_POOL2D:
-    case HM_ABI_OP_POOL2D_BWD: {
+    case HM_ABI_OP_POOL2D_BWD:
+    case HM_ABI_OP_IM2COL: {
       hm_abi_window g;
       if (hm_abi_window_decode(op, &g)) return 0; /* hm_check_op refuses the geometry; no extents */
       hm_operand_req x = {1, hm_extent(g.n, g.c_in, (uint64_t)g.h * g.w, 4)};
@@ -161,6 +162,10 @@ int hm_op_requirements(const hm_abi_op *op, hm_operand_req in[4], hm_operand_req
         case HM_ABI_OP_CONV2D: in[0] = x, in[1] = w, in[2] = b, out[0] = y; break;
         case HM_ABI_OP_CONV2D_BWD_DATA: in[0] = y, in[1] = w, out[0] = x; break;
         case HM_ABI_OP_CONV2D_BWD_FILTER: in[0] = x, in[1] = y, out[0] = w, out[1] = b; break;
+        case HM_ABI_OP_IM2COL:
+          in[0] = x;
+          out[0] = (hm_operand_req){1, hm_extent(g.n, (uint64_t)g.ho * g.wo, hm_extent(g.c_in, g.kh, g.kw, 4), 1)};
+          break;
         case HM_ABI_OP_POOL2D:
           in[0] = x, out[0] = y;
           if (max) out[1] = (hm_operand_req){0, y.bytes};
@@ -200,7 +205,7 @@ int hm_op_requirements(const hm_abi_op *op, hm_operand_req in[4], hm_operand_req
 
 int hm_op_is_window(uint32_t code) {
   return code == HM_ABI_OP_CONV2D || code == HM_ABI_OP_CONV2D_BWD_DATA || code == HM_ABI_OP_CONV2D_BWD_FILTER ||
-         code == HM_ABI_OP_POOL2D || code == HM_ABI_OP_POOL2D_BWD;
+         code == HM_ABI_OP_POOL2D || code == HM_ABI_OP_POOL2D_BWD || code == HM_ABI_OP_IM2COL;
 }
 
 
@@ -280,7 +285,8 @@ int32_t hm_check_op(const hm_abi_op *op, uint32_t index, uint32_t n_scalars, con
     return HM_ABI_STATUS_UNIMPLEMENTED;
   }
   hm_abi_window geometry;
-  if (hm_op_is_window(op->code) && hm_abi_window_decode(op, &geometry)) {
+  if (hm_op_is_window(op->code) && (hm_abi_window_decode(op, &geometry) ||
+                                     (op->code == HM_ABI_OP_IM2COL && geometry.groups != 1))) {
     snprintf(msg, cap, "op %u: invalid window geometry (SPEC.md 7.5)", index);
     return HM_ABI_STATUS_INVALID_ARGUMENT;
   }

@@ -184,6 +184,7 @@ void cpu_kernel_quantize(const cpu_exec *ex, const cpu_op *op);
 void cpu_kernel_gemm_q(const cpu_exec *ex, const cpu_op *op);
 /* CONV2D*, POOL2D* and DROPOUT (cpu_kernels_window.c). */
 void cpu_kernel_conv2d(const cpu_exec *ex, const cpu_op *op);
+void cpu_kernel_im2col(const cpu_exec *ex, const cpu_op *op);
 void cpu_kernel_pool2d(const cpu_exec *ex, const cpu_op *op);
 void cpu_kernel_dropout(const cpu_exec *ex, const cpu_op *op);
 /* BATCH_NORM*, LAYER_NORM* (cpu_kernels_norm.c). */

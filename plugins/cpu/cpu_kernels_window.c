@@ -229,6 +229,43 @@ void cpu_kernel_conv2d(const cpu_exec *ex, const cpu_op *op) {
   }
 }
 
+/* ===== IM2COL: patches as rows (packed convolutions quantize them) ===== */
+
+typedef struct im2col_job {
+  const cpu_op *op;
+  hm_abi_window g;
+} im2col_job;
+
+/* Output rows [begin, end): each an output position's patch, c-major. */
+static void im2col_rows(void *arg, size_t begin, size_t end, size_t chunk) {
+  (void)chunk;
+  const im2col_job *j = arg;
+  const hm_abi_window *g = &j->g;
+  const float *x = j->op->in[0];
+  size_t k = (size_t)g->c_in * g->kh * g->kw, P = (size_t)g->ho * g->wo, HW = (size_t)g->h * g->w;
+  for (size_t row = begin; row < end; row++) {
+    size_t n = row / P, pos = row % P, oh = pos / g->wo, ow = pos % g->wo;
+    float *out = (float *)j->op->out[0] + row * k;
+    for (uint32_t ci = 0; ci < g->c_in; ci++) {
+      const float *plane = x + ((size_t)n * g->c_in + ci) * HW;
+      for (uint32_t ky = 0; ky < g->kh; ky++) {
+        long ih = (long)oh * g->sh - (long)g->ph + (long)ky * g->dh;
+        for (uint32_t kx = 0; kx < g->kw; kx++) {
+          long iw = (long)ow * g->sw - (long)g->pw + (long)kx * g->dw;
+          int inside = ih >= 0 && ih < (long)g->h && iw >= 0 && iw < (long)g->w;
+          *out++ = inside ? plane[(size_t)ih * g->w + (size_t)iw] : 0.0f;
+        }
+      }
+    }
+  }
+}
+
+void cpu_kernel_im2col(const cpu_exec *ex, const cpu_op *op) {
+  im2col_job j = {op, {0}};
+  (void)hm_abi_window_decode(&op->op, &j.g); /* validated at program_create */
+  cpu_parallel_range(ex->device, (size_t)j.g.n * j.g.ho * j.g.wo, 64, im2col_rows, &j);
+}
+
 /* ===== Pooling ===== */
 
 typedef struct pool_job {

@@ -144,6 +144,7 @@ int32_t cpu_program_run(hm_abi_program *p, const double *scalars, uint32_t n_sca
       case HM_ABI_OP_POOL2D:
       case HM_ABI_OP_POOL2D_BWD: cpu_kernel_pool2d(&ex, op); break;
       case HM_ABI_OP_DROPOUT: cpu_kernel_dropout(&ex, op); break;
+      case HM_ABI_OP_IM2COL: cpu_kernel_im2col(&ex, op); break;
       case HM_ABI_OP_BATCH_NORM:
       case HM_ABI_OP_BATCH_NORM_BWD:
       case HM_ABI_OP_LAYER_NORM:

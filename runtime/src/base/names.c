@@ -41,6 +41,7 @@ const char *hm_op_name(uint32_t op) {
     case HM_ABI_OP_BATCH_NORM_BWD: return "batch_norm_backward";
     case HM_ABI_OP_LAYER_NORM: return "layer_norm";
     case HM_ABI_OP_LAYER_NORM_BWD: return "layer_norm_backward";
+    case HM_ABI_OP_IM2COL: return "im2col";
     default: return "?";
   }
 }

@@ -199,7 +199,7 @@ static void test_descriptor(conform_ctx *c, const void *arg, conform_result *r) 
 
 static int known_op(uint32_t op) {
   return (op >= HM_ABI_OP_GEMM && op <= HM_ABI_OP_COPY) || (op >= HM_ABI_OP_SGD && op <= HM_ABI_OP_LAMB) ||
-         (op >= HM_ABI_OP_QUANTIZE && op <= HM_ABI_OP_GEMM_Q3) || (op >= HM_ABI_OP_CONV2D && op <= HM_ABI_OP_LAYER_NORM_BWD);
+         (op >= HM_ABI_OP_QUANTIZE && op <= HM_ABI_OP_GEMM_Q3) || (op >= HM_ABI_OP_CONV2D && op <= HM_ABI_OP_IM2COL);
 }
 
 static void test_devices(conform_ctx *c, const void *arg, conform_result *r) {

@@ -5,7 +5,7 @@
  * stride 2, padding, dilation, groups (depthwise too), accumulation — against
  * the scalar reference by NMSE under the declared numerics class; dropout
  * and the max-pool argmax bitwise. Also batch and layer normalization,
- * forward (training and evaluation) and backward.
+ * forward (training and evaluation) and backward, and IM2COL (bitwise).
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -169,6 +169,13 @@ static void test_window(conform_ctx *c, const void *arg, conform_result *r) {
         if (k->id % 2 == 0) oc.in[2] = (conform_operand){f[2], g.c_out * 4};
         oc.out[0] = (conform_operand){f[3], ny * 4};
         break;
+      case HM_ABI_OP_IM2COL: {
+        size_t ncol = (size_t)g.n * g.ho * g.wo * g.c_in * g.kh * g.kw;
+        f[0] = values(nx, -1.0f, 1.0f, seed), f[1] = values(ncol, 0.0f, 0.0f, 0);
+        oc.in[0] = (conform_operand){f[0], nx * 4};
+        oc.out[0] = (conform_operand){f[1], ncol * 4};
+        break;
+      }
       case HM_ABI_OP_CONV2D_BWD_DATA:
         f[0] = values(ny, -1.0f, 1.0f, seed), f[1] = values(nw, -0.5f, 0.5f, seed + 1);
         f[2] = values(nx, acc ? -1.0f : 0.0f, acc ? 1.0f : 0.0f, seed + 2);
@@ -275,12 +282,14 @@ static const uint32_t pool_shapes[][10] = {
 
 void conform_add_window_tests(conform_suite *s) {
   n_cases = 0;
-  const uint32_t conv_ops[3] = {HM_ABI_OP_CONV2D, HM_ABI_OP_CONV2D_BWD_DATA, HM_ABI_OP_CONV2D_BWD_FILTER};
+  const uint32_t conv_ops[4] = {HM_ABI_OP_CONV2D, HM_ABI_OP_CONV2D_BWD_DATA, HM_ABI_OP_CONV2D_BWD_FILTER,
+                                HM_ABI_OP_IM2COL};
   for (size_t sh = 0; sh < sizeof conv_shapes / sizeof conv_shapes[0]; sh++)
-    for (int o = 0; o < 3; o++)
-      for (int acc = 0; acc < (o ? 2 : 1); acc++) {
+    for (int o = 0; o < 4; o++)
+      for (int acc = 0; acc < (o == 1 || o == 2 ? 2 : 1); acc++) {
         if (acc && sh % 3) continue; /* accumulation on a third of the shapes */
         const uint32_t *v = conv_shapes[sh];
+        if (o == 3 && v[5] != 1) continue; /* im2col: one group */
         wcase *k = add(conv_ops[o]);
         k->n = v[0], k->c_in = v[1], k->c_out = v[2], k->h = v[3], k->w = v[4], k->groups = v[5];
         k->kh = v[6], k->kw = v[7], k->sh = v[8], k->sw = v[9], k->ph = v[10], k->pw = v[11], k->dh = v[12];
