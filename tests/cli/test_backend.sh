@@ -79,5 +79,9 @@ check "bits:3 runs int3_matmul on $backend" grep -q "^layer pixels->hidden: int3
 # accuracy.
 cnn=(--dataset fashion-mnist --limit-train 2000 --limit-eval 1000 --epochs 2 --optimizer adam --lr 0.002 --batch 50 --seed 3 --json)
 for m in small_cnn small_cnn_norm small_layer_norm; do like_cpu "$m" "$src/tests/data/$m.hmx" 0.6 "${cnn[@]}"; done
+# A packed convolution (IM2COL, int4 patches packed image by image: 169 rows
+# of 34 bytes end off a 4-byte boundary).
+like_cpu small_cnn_int4 "$src/tests/data/small_cnn.hmx" 0.6 "${cnn[@]}" --policy bits:4
+check "small_cnn at bits:4 on $backend runs int4_matmul for its convolution" grep -q '"kernel":"int4_matmul"' <<<"$dev_out"
 
 exit $fail

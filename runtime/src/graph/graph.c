@@ -489,6 +489,19 @@ size_t hm__edge_tensors(const hm_graph *g, size_t e, hm_param_desc out[4]) {
   return n + hm__edge_state(g, e, out + n);
 }
 
+void hm__edge_matrix(const hm_graph *g, size_t e, size_t *rows, size_t *k, size_t *positions) {
+  const hm_edge *ed = &g->edges[e];
+  const hm_node *src = &g->nodes[ed->src], *dst = &g->nodes[ed->dst];
+  if (ed->spec.kind != HM_CONNECTION_CONV2D) {
+    *rows = dst->width, *k = src->width, *positions = 1;
+    return;
+  }
+  const hm_connection_spec *c = &ed->spec;
+  *rows = c->out_channels;
+  *k = (size_t)(src->rank == 3 ? src->shape[0] / c->groups : 0) * c->kernel[0] * c->kernel[1];
+  *positions = c->out_channels ? dst->width / c->out_channels : 0;
+}
+
 size_t hm__norm_channels(const hm_node *src) { return src->rank == 3 ? src->shape[0] : src->width; }
 
 size_t hm__edge_state(const hm_graph *g, size_t e, hm_param_desc out[2]) {

@@ -126,6 +126,11 @@ size_t hm__edge_tensors(const hm_graph *g, size_t e, hm_param_desc out[4]);
 /* Whether edge |e| multiplies by a weight matrix (dense or convolution):
  * what precision policies quantize. */
 int hm__edge_is_matmul(const hm_graph *g, const hm_edge *e);
+/* The weight matrix of a matmul edge as the multiplication sees it: |rows|
+ * outputs (dense: the destination's width; convolution: C_out) of |k|
+ * inputs each (the source's width; C_in/groups * KH * KW), applied at
+ * |positions| places per sample (1; a convolution's Ho * Wo). */
+void hm__edge_matrix(const hm_graph *g, size_t e, size_t *rows, size_t *k, size_t *positions);
 /* The channel count a batch norm normalizes over: C of {C x H x W}, or the
  * width of a flat source. */
 size_t hm__norm_channels(const hm_node *src);

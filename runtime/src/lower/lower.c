@@ -14,7 +14,9 @@
  * A convolution, pooling or dropout connection replaces the matmul and bias
  * with its op (SPEC.md §7.5) and its backward ops; the activation, the sum
  * and the gradient bookkeeping are the same. Dropout is the identity in
- * evaluation and inference programs.
+ * evaluation and inference programs. A convolution at a packed width is a
+ * matmul of its input's patches (IM2COL) with W as [C_out, C_in·KH·KW], each
+ * quantized by rows as a dense connection's input and weights are.
  */
 #include <math.h>
 #include <stdlib.h>
@@ -263,6 +265,126 @@ static void emit_window_forward(const lowering *s, op_list *l, program_kind kind
   }
 }
 
+/* A convolution at packed width q, per image n: z_n [C_out, P] = Ŵq · Pq_nᵀ,
+ * with P = IM2COL(x) quantized by rows (QUANT.md Q7, so the integer matmul
+ * writes [N, C, H, W] directly); the bias through two rank-1 GEMMs with a
+ * row of ones; for training, the dequantized Ŵ and patches the backward
+ * pass multiplies with (straight-through, as for a dense connection). */
+static void emit_conv_packed(const lowering *s, op_list *l, program_kind kind, size_t e, size_t b) {
+  const hm_edge_buffers *es = &s->b->edges[e];
+  size_t rows, k, P;
+  hm__edge_matrix(s->g, e, &rows, &k, &P);
+  uint32_t q = s->p->edges[e].prec.dtype;
+  PUSH(im, l, HM_ABI_OP_IM2COL);
+  window_op(s, im, e, b);
+  im->in[0] = OPD(value(s, s->g->edges[e].src));
+  im->out[0] = OPD(es->cols);
+  /* Each image's packed patches start 4-byte aligned: one QUANTIZE for
+   * all when that is where they fall anyway, else one per image. */
+  size_t stride = hm__packed_stride(q, P, k), parts = stride == hm__packed_bytes(q, P, k) ? 1 : b;
+  for (size_t i = 0; i <= parts; i++) {
+    if (i == parts && !es->w) continue; /* weights packed once (inference) */
+    PUSH(qz, l, HM_ABI_OP_QUANTIZE);
+    qz->dtype_in = HM_ABI_DTYPE_F32;
+    qz->dtype_out = q;
+    qz->dims[0] = i == parts ? rows : b * P / parts;
+    qz->dims[1] = k;
+    qz->in[0] = i == parts ? OPD(es->w) : (hm_abi_operand){es->cols, i * P * k * 4};
+    qz->out[0] = i == parts ? OPD(es->wq) : (hm_abi_operand){es->xq, i * stride};
+  }
+  for (size_t n = 0; n < b; n++) {
+    PUSH(mm, l, hm__precision_gemm_op(q));
+    mm->dtype_in = q;
+    mm->dtype_acc = HM_ABI_DTYPE_I32;
+    mm->dtype_out = HM_ABI_DTYPE_F32;
+    mm->dims[0] = rows;
+    mm->dims[1] = P;
+    mm->dims[2] = k;
+    mm->in[0] = OPD(es->wq);
+    mm->in[1] = (hm_abi_operand){es->xq, n * stride};
+    mm->out[0] = (hm_abi_operand){es->z, n * rows * P * 4};
+  }
+  if (es->b) {
+    PUSH(ones, l, HM_ABI_OP_FILL);
+    ones->dims[0] = P > b ? P : b;
+    ones->params[0] = 1.0f;
+    ones->out[0] = OPD(es->ones);
+    PUSH(plane, l, HM_ABI_OP_GEMM); /* [C_out, P] = bias · ones */
+    plane->dims[0] = rows;
+    plane->dims[1] = P;
+    plane->dims[2] = 1;
+    plane->params[0] = 1.0f;
+    plane->in[0] = OPD(es->b);
+    plane->in[1] = OPD(es->ones);
+    plane->out[0] = OPD(es->conv_tmp);
+    PUSH(add, l, HM_ABI_OP_GEMM); /* z [b, C_out·P] += ones · plane */
+    add->dims[0] = b;
+    add->dims[1] = rows * P;
+    add->dims[2] = 1;
+    add->params[0] = 1.0f;
+    add->params[1] = 1.0f;
+    add->in[0] = OPD(es->ones);
+    add->in[1] = OPD(es->conv_tmp);
+    add->out[0] = OPD(es->z);
+  }
+  if (!is_training(kind) || !s->p->edges[e].trainable) return;
+  for (size_t i = 0; i <= parts; i++) {
+    PUSH(dq, l, HM_ABI_OP_DEQUANTIZE);
+    dq->dtype_in = q;
+    dq->dtype_out = HM_ABI_DTYPE_F32;
+    dq->dims[0] = i == parts ? rows : b * P / parts;
+    dq->dims[1] = k;
+    dq->in[0] = i == parts ? OPD(es->wq) : (hm_abi_operand){es->xq, i * stride};
+    dq->out[0] = i == parts ? OPD(es->wdq) : (hm_abi_operand){es->xdq, i * P * k * 4};
+  }
+}
+
+/* Its backward pass: dW (+)= Σ_n dz_n · P̂_n, db (+)= Σ dz over images and
+ * positions, dX (+)= the transposed convolution of dz with Ŵ (which is
+ * col2im(dzᵀ · Ŵ), the straight-through gradient of the patches). */
+static void emit_conv_packed_backward(const lowering *s, op_list *l, size_t e, size_t b, int accumulate, int to_src,
+                                      char *grad_init) {
+  const hm_edge_buffers *es = &s->b->edges[e];
+  size_t rows, k, P, S = s->g->edges[e].src;
+  hm__edge_matrix(s->g, e, &rows, &k, &P);
+  if (s->p->edges[e].trainable) {
+    for (size_t n = 0; n < b; n++) {
+      PUSH(dw, l, HM_ABI_OP_GEMM);
+      dw->dims[0] = rows;
+      dw->dims[1] = k;
+      dw->dims[2] = P;
+      dw->params[0] = 1.0f;
+      dw->params[1] = n > 0 || accumulate ? 1.0f : 0.0f;
+      dw->in[0] = (hm_abi_operand){es->dz, n * rows * P * 4};
+      dw->in[1] = (hm_abi_operand){es->xdq, n * P * k * 4};
+      dw->out[0] = OPD(es->dw);
+    }
+    if (es->db) {
+      PUSH(planes, l, HM_ABI_OP_REDUCE_COLS); /* per image and channel */
+      planes->dims[0] = b * rows;
+      planes->dims[1] = P;
+      planes->params[0] = 1.0f;
+      planes->in[0] = OPD(es->dz);
+      planes->out[0] = OPD(es->conv_tmp);
+      PUSH(db, l, HM_ABI_OP_REDUCE_ROWS);
+      db->dims[0] = b;
+      db->dims[1] = rows;
+      db->params[0] = 1.0f;
+      db->params[1] = accumulate ? 1.0f : 0.0f;
+      db->in[0] = OPD(es->conv_tmp);
+      db->out[0] = OPD(es->db);
+    }
+  }
+  if (!to_src) return;
+  PUSH(dx, l, HM_ABI_OP_CONV2D_BWD_DATA);
+  window_op(s, dx, e, b);
+  dx->flags = grad_init[S] ? HM_ABI_OP_FLAG_ACCUMULATE : 0;
+  dx->in[0] = OPD(es->dz);
+  dx->in[1] = OPD(es->wdq);
+  dx->out[0] = OPD(s->b->nodes[S].grad);
+  grad_init[S] = 1;
+}
+
 static void emit_forward(const lowering *s, op_list *l, program_kind kind, size_t b) {
   const hm_graph *g = s->g;
   for (size_t k = 0; k < s->p->n_order; k++) {
@@ -273,7 +395,9 @@ static void emit_forward(const lowering *s, op_list *l, program_kind kind, size_
       const hm_edge *ed = &g->edges[e];
       if (ed->dst != L) continue;
       const hm_edge_buffers *es = &s->b->edges[e];
-      if (ed->spec.kind != HM_CONNECTION_DENSE) {
+      if (ed->spec.kind == HM_CONNECTION_CONV2D && hm__precision_is_packed(s->p->edges[e].prec.dtype)) {
+        emit_conv_packed(s, l, kind, e, b);
+      } else if (ed->spec.kind != HM_CONNECTION_DENSE) {
         emit_window_forward(s, l, kind, e, b);
       } else {
         emit_matmul(s, l, kind, e, b);
@@ -357,6 +481,10 @@ static void emit_window_backward(const lowering *s, op_list *l, size_t e, size_t
   int to_src = (g->nodes[S].kind == HM_NODE_LAYER || s->p->nodes[S].boundary_in) && s->p->nodes[S].needs_grad;
   switch (ed->spec.kind) {
     case HM_CONNECTION_CONV2D:
+      if (hm__precision_is_packed(s->p->edges[e].prec.dtype)) {
+        emit_conv_packed_backward(s, l, e, b, accumulate, to_src, grad_init);
+        return;
+      }
       if (s->p->edges[e].trainable) {
         PUSH(dw, l, HM_ABI_OP_CONV2D_BWD_FILTER);
         window_op(s, dw, e, b);

@@ -62,6 +62,11 @@ typedef struct hm_edge_buffers {
    * straight-through backward pass. Inference packs the weights once and
    * frees |w|. */
   hm_abi_buffer *wq, *xq, *wdq, *xdq;
+  /* A packed convolution multiplies its input's patches (IM2COL, |cols|:
+   * batch * Ho*Wo rows of C_in*KH*KW), so xq and xdq hold those rows; its
+   * bias goes through GEMMs with a row of ones (|ones|, at least max(Ho*Wo,
+   * batch)) via |conv_tmp| (at least max(C_out * Ho*Wo, batch * C_out)). */
+  hm_abi_buffer *cols, *ones, *conv_tmp;
   hm_abi_buffer *argmax;        /* max pooling: where each maximum came from (I32, batch x width(dst)) */
   hm_abi_buffer *running;       /* batch norm: running mean then running variance ([2C]) */
 } hm_edge_buffers;

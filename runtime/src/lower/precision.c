@@ -56,6 +56,8 @@ size_t hm__packed_bytes(uint32_t d, size_t rows, size_t k) {
   return rows * ((k + HM_ABI_QUANT_BLOCK_VALUES - 1) / HM_ABI_QUANT_BLOCK_VALUES) * bb;
 }
 
+size_t hm__packed_stride(uint32_t d, size_t rows, size_t k) { return (hm__packed_bytes(d, rows, k) + 3) / 4 * 4; }
+
 int hm__policy_same(const hm_policy *a, const hm_policy *b) {
   return a->kind == b->kind && (a->kind != HM_POLICY_MAX_BITS || a->bits == b->bits) &&
          (a->kind != HM_POLICY_CONNECTION_BITS ||
@@ -87,11 +89,12 @@ hm_status hm__policy_check(const hm_policy *p) {
   return hm__fail(HM_STATUS_INVALID_ARGUMENT, "unknown policy kind %d", (int)p->kind);
 }
 
-/* The device runs packed width |d|: quantize, the matmul, and for training
- * the dequantize the backward pass uses. */
-static int runs_packed(const hm_device *dev, uint32_t d, int training, char *missing, size_t cap) {
+/* The device runs packed width |d|: quantize, the matmul, for training the
+ * dequantize the backward pass uses, and for a convolution IM2COL. */
+static int runs_packed(const hm_device *dev, uint32_t d, int training, int conv, char *missing, size_t cap) {
   const char *what = NULL;
-  if (!hm_device_supports(dev, HM_ABI_OP_QUANTIZE, HM_ABI_DTYPE_F32, d, 0)) what = "QUANTIZE";
+  if (conv && !hm_device_supports(dev, HM_ABI_OP_IM2COL, HM_ABI_DTYPE_F32, HM_ABI_DTYPE_F32, 0)) what = "IM2COL";
+  else if (!hm_device_supports(dev, HM_ABI_OP_QUANTIZE, HM_ABI_DTYPE_F32, d, 0)) what = "QUANTIZE";
   else if (!hm_device_supports(dev, hm__precision_gemm_op(d), d, HM_ABI_DTYPE_F32, 0)) what = hm__precision_kernel(d);
   else if (training && !hm_device_supports(dev, HM_ABI_OP_DEQUANTIZE, d, HM_ABI_DTYPE_F32, 0)) what = "DEQUANTIZE";
   if (what) snprintf(missing, cap, "%s", what);
@@ -165,16 +168,10 @@ hm_status hm__precision_plan(const hm_policy *p, hm_device *dev, const hm_graph 
     memset(ep, 0, sizeof *ep);
     ep->dtype = HM_ABI_DTYPE_F32;
     ep->matmul = hm__edge_is_matmul(g, &g->edges[e]);
-    if (ep->matmul && g->edges[e].spec.kind == HM_CONNECTION_CONV2D) {
-      /* Convolutions run f32: their packed (quantized im2col) form is not built yet. */
-      int bits = !p ? 32 : p->kind == HM_POLICY_MAX_BITS ? p->bits
-                         : p->kind == HM_POLICY_CONNECTION_BITS ? p->connection_bits[connection++] : 32;
-      if (bits != 32)
-        return hm__fail(HM_STATUS_UNIMPLEMENTED,
-                        "connection %s -> %s is a convolution: %d-bit convolutions are not supported yet; give it 32 "
-                        "bits (a connection-bits policy) or use the hardware or auto policy",
-                        g->nodes[g->edges[e].src].name, g->nodes[g->edges[e].dst].name, bits);
-      if (p && p->kind == HM_POLICY_AUTO) snprintf(ep->note, sizeof ep->note, "auto: convolutions run f32");
+    int conv = g->edges[e].spec.kind == HM_CONNECTION_CONV2D;
+    if (ep->matmul && conv && p && p->kind == HM_POLICY_AUTO) {
+      /* 16-bit GEMMs serve dense connections; a convolution is its own op, at f32. */
+      snprintf(ep->note, sizeof ep->note, "auto: convolutions run f32");
       continue;
     }
     if (!ep->matmul || !p || p->kind == HM_POLICY_HARDWARE) continue;
@@ -184,13 +181,18 @@ hm_status hm__precision_plan(const hm_policy *p, hm_device *dev, const hm_graph 
     }
     int bits = p->kind == HM_POLICY_MAX_BITS ? p->bits : p->connection_bits[connection++];
     if (bits == 32) continue;
+    if (conv && g->edges[e].spec.groups != 1)
+      return hm__fail(HM_STATUS_UNIMPLEMENTED,
+                      "connection %s -> %s is a grouped convolution (groups %u): packed widths serve convolutions with "
+                      "one group only; give it 32 bits (a connection-bits policy) or use the hardware or auto policy",
+                      g->nodes[g->edges[e].src].name, g->nodes[g->edges[e].dst].name, g->edges[e].spec.groups);
     /* The requested width, or the nearest wider one the device runs. */
     static const int widths[] = {3, 4, 8};
     char missing[64] = "", first_missing[64] = "";
     int chosen = 32;
     for (size_t w = 0; w < sizeof widths / sizeof widths[0]; w++) {
       if (widths[w] < bits) continue;
-      if (runs_packed(dev, dtype_of_bits(widths[w]), training, missing, sizeof missing)) {
+      if (runs_packed(dev, dtype_of_bits(widths[w]), training, conv, missing, sizeof missing)) {
         chosen = widths[w];
         break;
       }

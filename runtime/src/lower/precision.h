@@ -39,6 +39,9 @@ uint32_t hm__precision_gemm_op(uint32_t dtype);
 int hm__precision_is_packed(uint32_t dtype);
 /* Bytes of |rows| packed rows of |k| values (QUANT.md Q1). */
 size_t hm__packed_bytes(uint32_t dtype, size_t rows, size_t k);
+/* hm__packed_bytes rounded up to 4: where the next image's rows start in a
+ * packed convolution's patches (GPU plugins need 4-byte operand offsets). */
+size_t hm__packed_stride(uint32_t dtype, size_t rows, size_t k);
 /* Bytes of a rows x k weight matrix as the matmul at |dtype| reads it: the
  * packed blocks, or f32 (16-bit GEMMs round f32 master weights per call). */
 size_t hm__matrix_bytes(uint32_t dtype, size_t rows, size_t k);

@@ -63,14 +63,16 @@ hm_status hm__cycle_state_describe(hm_cycle_state *st, const hm_plan *plan, hm_d
     size_t i = st->n_layers++;
     st->layer_names[i] = hm__asprintf("%s->%s", g->nodes[g->edges[e].src].name, g->nodes[g->edges[e].dst].name);
     st->precisions[i] = hm__strdup(hm__precision_name(p->dtype));
-    st->kernels[i] = hm__strdup(g->edges[e].spec.kind == HM_CONNECTION_DENSE ? hm__precision_kernel(p->dtype)
-                                                                            : hm__connection_kind_name(g->edges[e].spec.kind));
+    int packed_conv = g->edges[e].spec.kind == HM_CONNECTION_CONV2D && hm__precision_is_packed(p->dtype);
+    st->kernels[i] = hm__strdup(g->edges[e].spec.kind == HM_CONNECTION_DENSE || packed_conv
+                                    ? hm__precision_kernel(p->dtype)
+                                    : hm__connection_kind_name(g->edges[e].spec.kind));
     st->notes[i] = hm__strdup(p->note);
-    size_t in = plan->nodes[g->edges[e].src].width, out = plan->nodes[g->edges[e].dst].width;
     hm_param_desc pd[2];
     (void)hm__edge_params(g, e, pd);
-    int f32 = g->edges[e].spec.kind != HM_CONNECTION_DENSE; /* convolutions and norms: f32 (precision.c) */
-    st->matrix_bytes[i] = f32 ? pd[0].count * 4 : hm__matrix_bytes(p->dtype, out, in);
+    size_t in, out, pos;
+    hm__edge_matrix(g, e, &out, &in, &pos);
+    st->matrix_bytes[i] = p->matmul ? hm__matrix_bytes(p->dtype, out, in) : pd[0].count * 4; /* norms: f32 */
     st->matrix_weights[i] = pd[0].count;
     if (!st->layer_names[i] || !st->precisions[i] || !st->kernels[i] || !st->notes[i])
       return hm__fail(HM_STATUS_RESOURCE_EXHAUSTED, "out of memory");

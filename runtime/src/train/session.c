@@ -143,7 +143,7 @@ static hm_status alloc_edge_buffers(hm_session *s, size_t batch, size_t grad_row
     const hm_plan_edge *pe = &s->plan->edges[e];
     hm_edge_buffers *es = &s->bufs.edges[e];
     if (!pe->into_layer) continue;
-    size_t in = s->plan->nodes[ed->src].width, outw = s->plan->nodes[ed->dst].width;
+    size_t outw = s->plan->nodes[ed->dst].width;
     hm_param_desc pd[2];
     size_t n_params = hm__edge_params(g, e, pd);
     size_t n_w = n_params ? pd[0].count : 0, n_b = n_params > 1 ? pd[1].count : 0;
@@ -162,10 +162,18 @@ static hm_status alloc_edge_buffers(hm_session *s, size_t batch, size_t grad_row
     }
     uint32_t q = pe->prec.dtype;
     if (st == HM_OK && hm__precision_is_packed(q)) {
-      st = alloc_buffer(s, hm__packed_bytes(q, outw, in), &es->wq);
-      if (st == HM_OK) st = alloc_buffer(s, hm__packed_bytes(q, batch, in), &es->xq);
-      if (st == HM_OK && pe->trainable) st = alloc_buffer(s, in * outw * 4, &es->wdq);
-      if (st == HM_OK && pe->trainable) st = alloc_buffer(s, grad_rows * in * 4, &es->xdq);
+      size_t rows, k, pos;
+      hm__edge_matrix(g, e, &rows, &k, &pos);
+      st = alloc_buffer(s, hm__packed_bytes(q, rows, k), &es->wq);
+      if (st == HM_OK) st = alloc_buffer(s, batch * hm__packed_stride(q, pos, k), &es->xq);
+      if (st == HM_OK && pe->trainable) st = alloc_buffer(s, rows * k * 4, &es->wdq);
+      if (st == HM_OK && pe->trainable) st = alloc_buffer(s, grad_rows * pos * k * 4, &es->xdq);
+      if (st == HM_OK && ed->spec.kind == HM_CONNECTION_CONV2D) {
+        size_t rb = batch > grad_rows ? batch : grad_rows;
+        st = alloc_buffer(s, rb * pos * k * 4, &es->cols);
+        if (st == HM_OK) st = alloc_buffer(s, (pos > rb ? pos : rb) * 4, &es->ones);
+        if (st == HM_OK) st = alloc_buffer(s, (pos > rb ? pos : rb) * rows * 4, &es->conv_tmp);
+      }
     }
     if (st != HM_OK || !pe->backprop) continue;
     if (st == HM_OK) { /* dropout masks the gradient into a buffer of its own */
@@ -215,7 +223,8 @@ static hm_status alloc_slot(hm_session *s, size_t k, size_t rows) {
     hm_edge_buffers *es = &sb->edges[e];
     const hm_edge_buffers *e0 = &s->bufs.edges[e];
     if (!e0->z) continue;
-    size_t in = s->plan->nodes[g->edges[e].src].width, outw = s->plan->nodes[g->edges[e].dst].width;
+    size_t outw = s->plan->nodes[g->edges[e].dst].width, mrows, kin, pos;
+    hm__edge_matrix(g, e, &mrows, &kin, &pos);
     uint32_t q = s->plan->edges[e].prec.dtype;
     es->z = es->a = es->xq = es->xdq = es->argmax = NULL;
     st = alloc_buffer(s, rows * outw * 4, &es->z);
@@ -224,8 +233,8 @@ static hm_status alloc_slot(hm_session *s, size_t k, size_t rows) {
       if (e0->a == e0->z) es->a = es->z;
       else st = alloc_buffer(s, rows * outw * 4, &es->a);
     }
-    if (st == HM_OK && e0->xq) st = alloc_buffer(s, hm__packed_bytes(q, rows, in), &es->xq);
-    if (st == HM_OK && e0->xdq) st = alloc_buffer(s, rows * in * 4, &es->xdq);
+    if (st == HM_OK && e0->xq) st = alloc_buffer(s, rows * hm__packed_stride(q, pos, kin), &es->xq);
+    if (st == HM_OK && e0->xdq) st = alloc_buffer(s, rows * pos * kin * 4, &es->xdq);
   }
   return st;
 }
@@ -328,7 +337,8 @@ void hm__session_free(hm_session *s) {
   for (size_t e = 0; s->bufs.edges && e < s->g->n_edges; e++) {
     hm_edge_buffers *es = &s->bufs.edges[e];
     hm_abi_buffer *bufs[] = {es->w,   es->b,   es->dw, es->db, es->s1w, es->s2w, es->s1b,
-                             es->s2b, es->z,   es->wq, es->xq, es->wdq, es->xdq, es->argmax, es->running};
+                             es->s2b, es->z,   es->wq, es->xq, es->wdq, es->xdq, es->argmax, es->running,
+                             es->cols, es->ones, es->conv_tmp};
     for (size_t k = 0; k < sizeof bufs / sizeof bufs[0]; k++) hm_device_buffer_free(s->dev, bufs[k]);
     if (es->a != es->z) hm_device_buffer_free(s->dev, es->a);
     if (es->dz && es->dz != s->bufs.nodes[s->g->edges[e].dst].grad) hm_device_buffer_free(s->dev, es->dz);
@@ -389,8 +399,10 @@ hm_status hm__session_pack_weights(hm_session *s) {
     *op = hm_op_init(HM_ABI_OP_QUANTIZE);
     op->dtype_in = HM_ABI_DTYPE_F32;
     op->dtype_out = s->plan->edges[e].prec.dtype;
-    op->dims[0] = s->plan->nodes[g->edges[e].dst].width;
-    op->dims[1] = s->plan->nodes[g->edges[e].src].width;
+    size_t rows, k, pos;
+    hm__edge_matrix(g, e, &rows, &k, &pos);
+    op->dims[0] = rows;
+    op->dims[1] = k;
     op->in[0].buffer = es->w;
     op->out[0].buffer = es->wq;
   }
@@ -405,7 +417,9 @@ hm_status hm__session_pack_weights(hm_session *s) {
     if (!es->wq || !es->w || s->plan->edges[e].trainable) continue;
     hm_device_buffer_free(s->dev, es->w); /* only the packed weights remain */
     es->w = NULL;
-    s->device_bytes -= s->plan->nodes[g->edges[e].dst].width * s->plan->nodes[g->edges[e].src].width * 4;
+    size_t rows, k, pos;
+    hm__edge_matrix(g, e, &rows, &k, &pos);
+    s->device_bytes -= rows * k * 4;
   }
   return HM_OK;
 }
@@ -415,12 +429,12 @@ void hm__session_weight_costs(const hm_session *s, hm_eval_result *out) {
   out->weight_bytes = out->bias_bytes = out->weight_count = out->n_connections = 0;
   for (size_t e = 0; e < g->n_edges; e++) {
     if (!s->plan->edges[e].prec.matmul) continue;
-    size_t in = s->plan->nodes[g->edges[e].src].width, out_w = s->plan->nodes[g->edges[e].dst].width;
+    size_t in, out_w, pos; /* a convolution's matrix: C_out rows of C_in * KH * KW */
+    hm__edge_matrix(g, e, &out_w, &in, &pos);
     uint32_t dtype = s->plan->edges[e].prec.dtype;
     hm_param_desc pd[2];
     size_t n_params = hm__edge_params(g, e, pd);
-    /* A convolution's weights are f32 (precision.c refuses packed ones). */
-    size_t bytes = g->edges[e].spec.kind == HM_CONNECTION_CONV2D ? pd[0].count * 4 : hm__matrix_bytes(dtype, out_w, in);
+    size_t bytes = hm__matrix_bytes(dtype, out_w, in);
     out->weight_bytes += bytes;
     out->bias_bytes += n_params > 1 ? pd[1].count * 4 : 0;
     out->weight_count += pd[0].count;
