@@ -12,7 +12,7 @@ static const char *const names[HK_COUNT] = {
     "gemm", "bias_add", "act_fwd", "softmax_fwd", "act_bwd", "softmax_bwd", "loss", "reduce_rows",
     "reduce_cols", "sum_squares", "clip", "scale", "axpy", "gather", "fill", "copy", "sgd", "adam",
     "rmsprop", "lamb", "quantize", "dequantize", "gemm_q", "conv2d", "conv2d_bwd_data", "conv2d_bwd_filter",
-    "pool2d", "pool2d_bwd", "dropout", "batch_norm", "batch_norm_bwd", "layer_norm", "layer_norm_bwd", "im2col"};
+    "pool2d", "pool2d_bwd", "dropout", "batch_norm", "batch_norm_bwd", "layer_norm", "layer_norm_bwd", "im2col", "gemm_reg", "gemm_x4", "gemm_x8"};
 
 const char *hm_kernel_name(hm_kernel_id k) { return (unsigned)k < HK_COUNT ? names[k] : "?"; }
 
@@ -190,10 +190,26 @@ int hm_plan_dispatch_limited(const hm_abi_op *op, uint32_t max_groups, uint32_t 
   for (int i = 0; i < 4; i++) d->p.dyn[i] = op->dyn[i] == HM_ABI_DYN_NONE ? -1 : op->dyn[i];
   d->local_size = 64;
   uint64_t items = 1; /* work items of a grid-stride kernel */
+  uint64_t loop = 0;  /* a GEMM's loop iterations per work item */
   int single_group = 0;
   uint32_t din = hm_dtype_or_f32(op->dtype_in), dout = hm_dtype_or_f32(op->dtype_out);
   switch (op->code) {
-    case HM_ABI_OP_GEMM: d->kernel = HK_GEMM; items = d0 * d1; break;
+    case HM_ABI_OP_GEMM: {
+      /* Register blocks, because loads — not arithmetic — bound the kernels
+       * on the CPU emulators (docs/plugins.md): 8x8 or 4x4 outputs per
+       * invocation with four-word loads where the contiguous sizes and the
+       * operand offsets are multiples of 4, 4x4 with one-word loads where
+       * not, one output per invocation for a C thinner than 4. */
+      int ta = (op->flags & HM_ABI_OP_FLAG_TRANS_A) != 0, tb = (op->flags & HM_ABI_OP_FLAG_TRANS_B) != 0;
+      int x4 = d2 % 4 == 0 && (!ta || d0 % 4 == 0) && (tb || d1 % 4 == 0) && op->in[0].offset % 16 == 0 &&
+               op->in[1].offset % 16 == 0;
+      uint64_t side = x4 && d0 >= 8 && d1 >= 8 ? 8 : d0 >= 4 && d1 >= 4 ? 4 : 1;
+      d->kernel = side == 8 ? HK_GEMM_X8 : side == 4 ? (x4 ? HK_GEMM_X4 : HK_GEMM_REG) : HK_GEMM;
+      items = ((d0 + side - 1) / side) * ((d1 + side - 1) / side);
+      loop = d2 / (x4 && side > 1 ? 4 : 1) + 1;
+      if (!fits(d0 * d1) || !fits(d0 * d2) || !fits(d2 * d1)) items = UINT64_MAX; /* indices past 32 bits */
+      break;
+    }
     case HM_ABI_OP_BIAS_ADD: d->kernel = HK_BIAS_ADD; items = d0 * d1; break;
     case HM_ABI_OP_ACT_FORWARD:
       d->kernel = op->variant == HM_ABI_ACT_SOFTMAX ? HK_SOFTMAX_FWD : HK_ACT_FWD;
@@ -287,6 +303,15 @@ int hm_plan_dispatch_limited(const hm_abi_op *op, uint32_t max_groups, uint32_t 
   if (groups < 1) groups = 1;
   if (groups > max_groups) groups = max_groups;
   d->groups = (uint32_t)groups;
+  /* A device that ends long loops (lavapipe) must not get a GEMM whose
+   * invocations loop past its limit: refuse it rather than compute part. */
+  uint64_t per = (items + groups * d->local_size - 1) / (groups * d->local_size) * loop;
+  if (max_loop && per > max_loop) {
+    snprintf(err, cap, "op %u: a %llux%llux%llu GEMM needs %llu loop iterations per invocation, more than this device "
+             "runs (%u)", op->code, (unsigned long long)d0, (unsigned long long)d1, (unsigned long long)d2,
+             (unsigned long long)per, max_loop);
+    return 1;
+  }
   return 0;
 }
 

@@ -13,6 +13,9 @@ typedef unsigned int uint;
 #define W4(i) hm_b4_[p.off[4] + (i)]
 #define W5(i) hm_b5_[p.off[5] + (i)]
 #define SCAL(k) hm_sc_[k]
+#define W0X4(i) make_uint4(W0(i), W0((i) + 1u), W0((i) + 2u), W0((i) + 3u))
+#define W1X4(i) make_uint4(W1(i), W1((i) + 1u), W1((i) + 2u), W1((i) + 3u))
+#define U4 uint4
 #define AS_F(u) __uint_as_float(u)
 #define AS_U(x) __float_as_uint(x)
 #define TOF(x) ((float)(x))
@@ -32,4 +35,5 @@ typedef unsigned int uint;
 #define LOGF(x) logf(x)
 #define SQRTF(x) sqrtf(x)
 #define FABSF(x) fabsf(x)
+#define FMAF(a, b, c) __fmaf_rn(a, b, c)
 #define FLOORF(x) floorf(x)

@@ -8,6 +8,10 @@ layout(std430, binding = 3) buffer B3_ { uint d[]; } b3_;
 layout(std430, binding = 4) buffer B4_ { uint d[]; } b4_;
 layout(std430, binding = 5) buffer B5_ { uint d[]; } b5_;
 layout(std430, binding = 6) readonly buffer S_ { float d[]; } s_;
+// Four-word views of b0 and b1 (the same bindings) for kernels that load
+// 4 words at once; the word index must be a multiple of 4.
+layout(std430, binding = 0) buffer B0V_ { uvec4 d[]; } b0v_;
+layout(std430, binding = 1) buffer B1V_ { uvec4 d[]; } b1v_;
 layout(push_constant) uniform P_ {
   uint off[8]; uint dim[4]; uint flags; uint variant; uint aux0; uint aux1; float f[8]; int dyn[4];
 } p;
@@ -18,6 +22,9 @@ layout(push_constant) uniform P_ {
 #define W4(i) b4_.d[p.off[4] + (i)]
 #define W5(i) b5_.d[p.off[5] + (i)]
 #define SCAL(k) s_.d[k]
+#define W0X4(i) b0v_.d[(p.off[0] + (i)) >> 2]
+#define W1X4(i) b1v_.d[(p.off[1] + (i)) >> 2]
+#define U4 uvec4
 #define AS_F(u) uintBitsToFloat(u)
 #define AS_U(x) floatBitsToUint(x)
 #define TOF(x) float(x)
@@ -37,4 +44,5 @@ layout(push_constant) uniform P_ {
 #define LOGF(x) log(x)
 #define SQRTF(x) sqrt(x)
 #define FABSF(x) abs(x)
+#define FMAF(a, b, c) ((a) * (b) + (c))
 #define FLOORF(x) floor(x)

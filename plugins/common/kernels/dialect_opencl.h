@@ -14,6 +14,9 @@ typedef struct kp_t {
 #define W4(i) hm_b4_[p.off[4] + (i)]
 #define W5(i) hm_b5_[p.off[5] + (i)]
 #define SCAL(k) hm_sc_[k]
+#define W0X4(i) vload4(0, hm_b0_ + p.off[0] + (i))
+#define W1X4(i) vload4(0, hm_b1_ + p.off[1] + (i))
+#define U4 uint4
 #define AS_F(u) as_float(u)
 #define AS_U(x) as_uint(x)
 #define TOF(x) ((float)(x))
@@ -33,4 +36,5 @@ typedef struct kp_t {
 #define LOGF(x) log(x)
 #define SQRTF(x) sqrt(x)
 #define FABSF(x) fabs(x)
+#define FMAF(a, b, c) fma(a, b, c)
 #define FLOORF(x) floor(x)

@@ -536,6 +536,22 @@ static void add_gemm_cases(conform_suite *s) {
                       (unsigned long long)k->dims[0], (unsigned long long)k->dims[1], (unsigned long long)k->dims[2],
                       fl & 1 ? ".ta" : "", fl & 2 ? ".tb" : "", a);
         }
+  /* f32 shapes for blocked kernels (GPU plugins pick 8x8 or 4x4 register
+   * blocks with four-word loads when sizes allow): a 4x4-only edge, ragged
+   * 8x8 edges, a long k (lavapipe ends a shader's loops after 65535
+   * iterations in all), and more blocks than invocations launched. */
+  static const uint64_t blocked_shapes[][3] = {{4, 12, 8}, {36, 20, 64}, {16, 16, 8192}, {2080, 2080, 4}};
+  for (size_t sh = 0; sh < sizeof blocked_shapes / sizeof blocked_shapes[0]; sh++)
+    for (uint32_t fl = 0; fl < 4; fl++) {
+      k = new_case(HM_ABI_OP_GEMM, F32, F32);
+      memcpy(k->dims, blocked_shapes[sh], sizeof k->dims);
+      k->flags = fl;
+      k->params[0] = ab[fl % 2][0];
+      k->params[1] = ab[fl % 2][1];
+      conform_add(s, "kernel.gemm", test_kernel, k, 1, "kernel.gemm.f32.%llux%llux%llu%s%s.ab%u",
+                  (unsigned long long)k->dims[0], (unsigned long long)k->dims[1], (unsigned long long)k->dims[2],
+                  fl & 1 ? ".ta" : "", fl & 2 ? ".tb" : "", fl % 2);
+    }
   k = new_case(HM_ABI_OP_GEMM, F32, F32);
   k->dims[0] = 9, k->dims[1] = 11, k->dims[2] = 13, k->params[0] = 1, k->kind = K_NAN;
   conform_add(s, "kernel.gemm", test_kernel, k, 1, "kernel.gemm.f32.nan_inf_propagate");
