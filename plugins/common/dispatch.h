@@ -21,7 +21,8 @@ typedef enum hm_kernel_id {
   HK_GEMM, HK_BIAS_ADD, HK_ACT_FWD, HK_SOFTMAX_FWD, HK_ACT_BWD, HK_SOFTMAX_BWD, HK_LOSS, HK_REDUCE_ROWS,
   HK_REDUCE_COLS, HK_SUM_SQUARES, HK_CLIP, HK_SCALE, HK_AXPY, HK_GATHER, HK_FILL, HK_COPY, HK_SGD, HK_ADAM,
   HK_RMSPROP, HK_LAMB, HK_QUANTIZE, HK_DEQUANTIZE, HK_GEMM_Q, HK_CONV2D, HK_CONV2D_BWD_DATA, HK_CONV2D_BWD_FILTER,
-  HK_POOL2D, HK_POOL2D_BWD, HK_DROPOUT, HK_BATCH_NORM, HK_BATCH_NORM_BWD, HK_LAYER_NORM, HK_LAYER_NORM_BWD, HK_IM2COL, HK_GEMM_REG, HK_GEMM_X4, HK_GEMM_X8, HK_COUNT
+  HK_POOL2D, HK_POOL2D_BWD, HK_DROPOUT, HK_BATCH_NORM, HK_BATCH_NORM_BWD, HK_LAYER_NORM, HK_LAYER_NORM_BWD, HK_IM2COL,
+  HK_GEMM_REG, HK_GEMM_X4, HK_GEMM_X8, HK_COUNT
 } hm_kernel_id;
 
 /* The kernel's name in hm_ops.kern ("gemm", "softmax_fwd", ...). */
@@ -56,7 +57,8 @@ int hm_plan_dispatch(const hm_abi_op *op, uint32_t max_groups, hm_dispatch *out,
 /* The same for a device that stops any invocation after about |max_loop|
  * loop iterations (Mesa's llvmpipe/lavapipe: 65535): window ops are split
  * by images so each launch stays below it; an op that cannot (one image is
- * already too much) is refused with the reason. 0 = no limit. */
+ * already too much, a GEMM with too long a k) is refused with the reason.
+ * 0 = no limit. */
 int hm_plan_dispatch_limited(const hm_abi_op *op, uint32_t max_groups, uint32_t max_loop, hm_dispatch *out, char *err,
                              size_t cap);
 /* The parameter block and work-group count of slice |s| of |d|, whose

@@ -1,0 +1,104 @@
+/*
+ * The GPU plugins' op-to-kernel planning (plugins/common/dispatch.c): which
+ * GEMM kernel a shape gets, what a loop-limited device (lavapipe) refuses,
+ * and the work-groups of the normalization and im2col ops.
+ */
+#include <string.h>
+
+#include "dispatch.h"
+#include "hm_test.h"
+
+static hm_abi_op gemm(uint64_t m, uint64_t n, uint64_t k, uint32_t flags, uint64_t off_a) {
+  hm_abi_op op;
+  memset(&op, 0, sizeof op);
+  op.code = HM_ABI_OP_GEMM;
+  op.flags = flags;
+  op.dims[0] = m, op.dims[1] = n, op.dims[2] = k;
+  op.params[0] = 1.0f;
+  op.in[0].offset = off_a;
+  for (int i = 0; i < HM_ABI_MAX_DYN; i++) op.dyn[i] = HM_ABI_DYN_NONE;
+  return op;
+}
+
+static const char *kernel_of(hm_abi_op op) {
+  hm_dispatch d;
+  static char err[256];
+  return hm_plan_dispatch(&op, 1024, &d, err, sizeof err) ? err : hm_kernel_name(d.kernel);
+}
+
+#define CHECK_KERNEL(op, name)                                            \
+  do {                                                                    \
+    const char *k_ = kernel_of(op);                                       \
+    HM_CHECK_MSG(strcmp(k_, name) == 0, "%s, expected %s", k_, name);     \
+  } while (0)
+
+/* Four-word loads need the contiguous sizes (k; m when A is transposed; n
+ * unless B is) and the offsets to be multiples of 4 words. */
+static void gemm_kernels_follow_shape_and_alignment(void) {
+  CHECK_KERNEL(gemm(64, 128, 784, HM_ABI_OP_FLAG_TRANS_B, 0), "gemm_x8");
+  CHECK_KERNEL(gemm(128, 784, 64, HM_ABI_OP_FLAG_TRANS_A, 0), "gemm_x8");
+  CHECK_KERNEL(gemm(4, 12, 8, 0, 0), "gemm_x4");
+  CHECK_KERNEL(gemm(64, 128, 10, 0, 0), "gemm_reg");        /* k % 4 */
+  CHECK_KERNEL(gemm(10, 128, 64, HM_ABI_OP_FLAG_TRANS_A, 0), "gemm_reg"); /* m % 4, A^T */
+  CHECK_KERNEL(gemm(64, 10, 64, 0, 0), "gemm_reg");         /* n % 4, B as is */
+  CHECK_KERNEL(gemm(64, 10, 64, HM_ABI_OP_FLAG_TRANS_B, 0), "gemm_x8");
+  CHECK_KERNEL(gemm(64, 128, 784, 0, 8), "gemm_reg");       /* A 8 bytes in */
+  CHECK_KERNEL(gemm(129, 3, 65, 0, 0), "gemm");
+  hm_dispatch d;
+  char err[256];
+  hm_abi_op op = gemm(2080, 2080, 4, 0, 0);
+  HM_CHECK_EQ(hm_plan_dispatch(&op, 1024, &d, err, sizeof err), 0);
+  HM_CHECK_EQ(d.groups, 1024); /* 260 x 260 blocks over 1024 x 64 invocations: they loop */
+}
+
+/* lavapipe ends loops after 65535 iterations in all: a GEMM whose
+ * invocations would loop longer is refused, naming the counts. */
+static void loop_limited_devices_refuse_long_gemms(void) {
+  hm_dispatch d;
+  char err[256] = "";
+  hm_abi_op op = gemm(16, 16, 8192, 0, 0);
+  HM_CHECK_EQ(hm_plan_dispatch_limited(&op, 1024, 20000, &d, err, sizeof err), 0); /* 2049 iterations */
+  op = gemm(16, 16, 90000, 0, 0);
+  HM_CHECK(hm_plan_dispatch_limited(&op, 1024, 20000, &d, err, sizeof err) != 0);
+  HM_CHECK_STR_CONTAINS(err, "a 16x16x90000 GEMM needs 22501 loop iterations per invocation, more than this device "
+                             "runs (20000)");
+  op = gemm(16, 16, 90000, 0, 0);
+  HM_CHECK_EQ(hm_plan_dispatch(&op, 1024, &d, err, sizeof err), 0); /* no limit elsewhere */
+}
+
+static void norm_and_im2col_plans(void) {
+  hm_abi_op op;
+  memset(&op, 0, sizeof op);
+  for (int i = 0; i < HM_ABI_MAX_DYN; i++) op.dyn[i] = HM_ABI_DYN_NONE;
+  hm_dispatch d;
+  char err[256];
+  /* Layer norm's backward: a work-group per row and one for the parameters. */
+  op.code = HM_ABI_OP_LAYER_NORM_BWD;
+  op.dims[0] = 1, op.dims[1] = 7;
+  HM_CHECK_EQ(hm_plan_dispatch(&op, 1024, &d, err, sizeof err), 0);
+  HM_CHECK_EQ(d.groups, 2);
+  op.dims[0] = 5000;
+  HM_CHECK_EQ(hm_plan_dispatch(&op, 1024, &d, err, sizeof err), 0);
+  HM_CHECK_EQ(d.groups, 1024);
+  HM_CHECK(hm_plan_dispatch_limited(&op, 1024, 4000, &d, err, sizeof err) != 0);
+  /* IM2COL: one element per invocation of [N*Ho*Wo, C*KH*KW]. */
+  memset(&op, 0, sizeof op);
+  for (int i = 0; i < HM_ABI_MAX_DYN; i++) op.dyn[i] = HM_ABI_DYN_NONE;
+  op.code = HM_ABI_OP_IM2COL;
+  op.dims[0] = 2, op.dims[1] = HM_ABI_PACK2(3, 1), op.dims[2] = HM_ABI_PACK2(5, 5), op.dims[3] = 1;
+  float g[8] = {3, 3, 1, 1, 0, 0, 1, 1};
+  memcpy(op.params, g, sizeof g);
+  HM_CHECK_EQ(hm_plan_dispatch_limited(&op, 1024, 20000, &d, err, sizeof err), 0);
+  HM_CHECK_STR_CONTAINS(hm_kernel_name(d.kernel), "im2col");
+  HM_CHECK_EQ(d.groups, (2 * 9 * 27 + 63) / 64);
+  HM_CHECK_EQ(d.slices, 1);
+}
+
+int main(int argc, char **argv) {
+  static const hm_test_case cases[] = {
+      HM_TEST_CASE(gemm_kernels_follow_shape_and_alignment),
+      HM_TEST_CASE(loop_limited_devices_refuse_long_gemms),
+      HM_TEST_CASE(norm_and_im2col_plans),
+  };
+  return hm_test_main(argc, argv, cases, sizeof cases / sizeof cases[0]);
+}
