@@ -129,7 +129,7 @@ static void gemm_range(void *arg, size_t begin, size_t end, size_t chunk) {
       u[0] = u[1] = u[2] = u[3] = ub;
       for (size_t i = 0; i < l->m; i += 4) {
         gemm_rows_of_a(g, i, a, asum);
-        g->q->dot4(nb, u, a, asum, s);
+        g->q->dot4(g->dtype, nb, u, a, asum, s);
         float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
         for (size_t b = 0; b < nb; b++)
           for (int r = 0; r < 4; r++)
@@ -152,7 +152,7 @@ static void gemm_range(void *arg, size_t begin, size_t end, size_t chunk) {
         a[r] = (const int8_t *)(g->scratch + l->a_vals + i * vals);
         asum[r] = (const int32_t *)(g->scratch + l->a_sums) + i * nb;
       }
-      g->q->dot4(nb, u, a, asum, s);
+      g->q->dot4(g->dtype, nb, u, a, asum, s);
       float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
       const float *sai = sa + i * nb;
       for (size_t b = 0; b < nb; b++)

@@ -33,9 +33,9 @@ typedef struct cpu_quant_ops {
   void (*decode_offset)(int dtype, size_t nb, const uint8_t *row, uint8_t *vals, float *scales);
   /* Four block dot products at once: for r < 4 and b < nb,
    * s[4*b + r] = sum_t (u[r][64b+t] - 128) * a[r][64b+t], given
-   * asum[r][b] = sum_t a[r][64b+t]. */
-  void (*dot4)(size_t nb, const uint8_t *const u[4], const int8_t *const a[4], const int32_t *const asum[4],
-               int32_t *s);
+   * asum[r][b] = sum_t a[r][64b+t]; |dtype| says how large the values can be. */
+  void (*dot4)(int dtype, size_t nb, const uint8_t *const u[4], const int8_t *const a[4],
+               const int32_t *const asum[4], int32_t *s);
 } cpu_quant_ops;
 
 const cpu_quant_ops *cpu_quant_generic(void);

@@ -131,7 +131,8 @@ static void FN(quantize_rows)(int dtype, size_t rows, size_t k, const float *x, 
     }
 }
 
-/* Values of one block as int8, portable. */
+#if CPU_QUANT_LEVEL == 0 || CPU_QUANT_LEVEL == 3
+/* Values of one block as int8, portable (AVX2 levels: unpack_block_256). */
 static void unpack_signed(int dtype, const uint8_t *p, int8_t *v) {
   switch (dtype) {
     case Q8: memcpy(v, p, CPU_QBLOCK); break;
@@ -152,6 +153,7 @@ static void unpack_signed(int dtype, const uint8_t *p, int8_t *v) {
       break;
   }
 }
+#endif
 
 #if CPU_QUANT_LEVEL == 3
 /* AVX-512 VBMI: one block's 64 values as bytes (two's complement). */
@@ -177,13 +179,70 @@ static inline __m512i unpack_block_512(int dtype, const uint8_t *p) {
 }
 #endif
 
+#if CPU_QUANT_LEVEL == 1 || CPU_QUANT_LEVEL == 2
+/* AVX2: one block's 64 values as bytes, values 0-31 in *lo and 32-63 in *hi,
+ * each plus |bias| (0: two's complement; 128: the offset form dot4 reads). */
+static inline void unpack_block_256(int dtype, const uint8_t *p, int bias, __m256i *lo, __m256i *hi) {
+  __m256i b = _mm256_set1_epi8((char)bias);
+  if (dtype == Q8) {
+    *lo = _mm256_add_epi8(_mm256_loadu_si256((const __m256i *)p), b);
+    *hi = _mm256_add_epi8(_mm256_loadu_si256((const __m256i *)(p + 32)), b);
+    return;
+  }
+  if (dtype == Q4) {
+    /* Byte i holds value 2i (low nibble) and 2i + 1 (high nibble). */
+    __m256i x = _mm256_loadu_si256((const __m256i *)p), m = _mm256_set1_epi8(0x0f);
+    __m256i l = _mm256_and_si256(x, m), h = _mm256_and_si256(_mm256_srli_epi16(x, 4), m);
+    __m256i a = _mm256_unpacklo_epi8(l, h), c = _mm256_unpackhi_epi8(l, h); /* [0-15 | 32-47], [16-31 | 48-63] */
+    /* Sign-extend 4 bits and add the bias: (t ^ 8) - 8 + bias. */
+    __m256i s = _mm256_set1_epi8(8), sb = _mm256_sub_epi8(b, s);
+    *lo = _mm256_add_epi8(_mm256_xor_si256(_mm256_permute2x128_si256(a, c, 0x20), s), sb);
+    *hi = _mm256_add_epi8(_mm256_xor_si256(_mm256_permute2x128_si256(a, c, 0x31), s), sb);
+    return;
+  }
+  /* Q3: group g (values 8g..8g+7) is 24 bits in bytes 3g..3g+2, value j at
+   * bit 3j. The 24 bytes load as [bytes 0-15 | bytes 8-23] (nothing past the
+   * block); each value's two bytes go into a 16-bit word (pshufb, within a
+   * 128-bit half: groups g and g + 4 share a register), a per-word multiply
+   * moves its 3 bits to the top and a shift brings them down; packus and a
+   * lane permute put the bytes in order. Byte 3 of a group is never needed
+   * (values 6 and 7 lie in byte 2), so the last group reads nothing past it. */
+#define Q3_WORDS(o) o, o + 1, o, o + 1, o, o + 1, o + 1, o + 2, o + 1, o + 2, o + 1, o + 2, o + 2, -128, o + 2, -128
+  static const int8_t spread[4][32] = {{Q3_WORDS(0), Q3_WORDS(4)},   /* groups 0 | 4 */
+                                       {Q3_WORDS(3), Q3_WORDS(7)},   /* groups 1 | 5 */
+                                       {Q3_WORDS(6), Q3_WORDS(10)},  /* groups 2 | 6 */
+                                       {Q3_WORDS(9), Q3_WORDS(13)}}; /* groups 3 | 7 */
+#undef Q3_WORDS
+  /* 2^(13 - s) for the bit offsets s = 0, 3, 6, 1, 4, 7, 2, 5 of values 0-7 in their words. */
+  const __m256i mul = _mm256_setr_epi16(8192, 1024, 128, 4096, 512, 64, 2048, 256, 8192, 1024, 128, 4096, 512, 64,
+                                        2048, 256);
+  __m256i x = _mm256_loadu2_m128i((const __m128i *)(p + 8), (const __m128i *)p);
+  __m256i s4 = _mm256_set1_epi16(4), sb = _mm256_set1_epi16((short)(bias - 4)), w[4];
+  for (int t = 0; t < 4; t++) {
+    __m256i u = _mm256_shuffle_epi8(x, _mm256_loadu_si256((const __m256i *)spread[t]));
+    u = _mm256_srli_epi16(_mm256_mullo_epi16(u, mul), 13);
+    w[t] = _mm256_and_si256(_mm256_add_epi16(_mm256_xor_si256(u, s4), sb), _mm256_set1_epi16(0xff)); /* (u ^ 4) - 4 + bias */
+  }
+  __m256i p01 = _mm256_packus_epi16(w[0], w[1]), p23 = _mm256_packus_epi16(w[2], w[3]); /* [g0 g1 | g4 g5], [g2 g3 | g6 g7] */
+  *lo = _mm256_permute2x128_si256(p01, p23, 0x20);
+  *hi = _mm256_permute2x128_si256(p01, p23, 0x31);
+}
+#endif
+
 static void FN(dequantize_rows)(int dtype, size_t rows, size_t k, const uint8_t *q, float *x) {
   size_t nb = cpu_q_blocks(k), bb = cpu_q_block_bytes(dtype);
   int8_t v[CPU_QBLOCK];
   for (size_t r = 0; r < rows; r++)
     for (size_t b = 0; b < nb; b++) {
       const uint8_t *blk = q + (r * nb + b) * bb;
+#if CPU_QUANT_LEVEL == 1 || CPU_QUANT_LEVEL == 2
+      __m256i lo, hi;
+      unpack_block_256(dtype, blk + 2, 0, &lo, &hi);
+      _mm256_storeu_si256((__m256i *)v, lo);
+      _mm256_storeu_si256((__m256i *)(v + 32), hi);
+#else
       unpack_signed(dtype, blk + 2, v);
+#endif
       float d = block_scale(blk);
       size_t j = b * CPU_QBLOCK, n = k - j < CPU_QBLOCK ? k - j : CPU_QBLOCK;
       float *y = x + r * k + j;
@@ -202,6 +261,21 @@ static void FN(decode_signed)(int dtype, size_t nb, const uint8_t *row, int8_t *
     __m512i q = unpack_block_512(dtype, blk + 2);
     _mm512_storeu_si512(v, q);
     sums[b] = _mm512_reduce_add_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_set1_epi8(1), q));
+#elif CPU_QUANT_LEVEL == 1 || CPU_QUANT_LEVEL == 2
+    __m256i lo, hi;
+    unpack_block_256(dtype, blk + 2, 0, &lo, &hi);
+    _mm256_storeu_si256((__m256i *)v, lo);
+    _mm256_storeu_si256((__m256i *)(v + 32), hi);
+    /* The values' sum: widen to 16 bits and add pairs, then the 8 lanes. */
+    __m256i ones = _mm256_set1_epi16(1);
+    __m256i t = _mm256_add_epi32(_mm256_madd_epi16(_mm256_cvtepi8_epi16(_mm256_castsi256_si128(lo)), ones),
+                                 _mm256_madd_epi16(_mm256_cvtepi8_epi16(_mm256_extracti128_si256(lo, 1)), ones));
+    t = _mm256_add_epi32(t, _mm256_madd_epi16(_mm256_cvtepi8_epi16(_mm256_castsi256_si128(hi)), ones));
+    t = _mm256_add_epi32(t, _mm256_madd_epi16(_mm256_cvtepi8_epi16(_mm256_extracti128_si256(hi, 1)), ones));
+    __m128i r = _mm_add_epi32(_mm256_castsi256_si128(t), _mm256_extracti128_si256(t, 1));
+    r = _mm_add_epi32(r, _mm_shuffle_epi32(r, 0x4e));
+    r = _mm_add_epi32(r, _mm_shuffle_epi32(r, 0xb1));
+    sums[b] = _mm_cvtsi128_si32(r);
 #else
     unpack_signed(dtype, blk + 2, v);
     int32_t s = 0;
@@ -219,6 +293,11 @@ static void FN(decode_offset)(int dtype, size_t nb, const uint8_t *row, uint8_t 
     scales[b] = block_scale(blk);
 #if CPU_QUANT_LEVEL == 3
     _mm512_storeu_si512(v, _mm512_xor_si512(unpack_block_512(dtype, blk + 2), _mm512_set1_epi8((char)0x80)));
+#elif CPU_QUANT_LEVEL == 1 || CPU_QUANT_LEVEL == 2
+    __m256i lo, hi;
+    unpack_block_256(dtype, blk + 2, 128, &lo, &hi);
+    _mm256_storeu_si256((__m256i *)v, lo);
+    _mm256_storeu_si256((__m256i *)(v + 32), hi);
 #else
     int8_t s[CPU_QBLOCK];
     unpack_signed(dtype, blk + 2, s);
@@ -230,8 +309,9 @@ static void FN(decode_offset)(int dtype, size_t nb, const uint8_t *row, uint8_t 
 /* ===== Block dot products ===== */
 
 #if CPU_QUANT_LEVEL == 3
-static void FN(dot4)(size_t nb, const uint8_t *const u[4], const int8_t *const a[4], const int32_t *const asum[4],
-                     int32_t *s) {
+static void FN(dot4)(int dtype, size_t nb, const uint8_t *const u[4], const int8_t *const a[4],
+                     const int32_t *const asum[4], int32_t *s) {
+  (void)dtype;
   for (size_t b = 0; b < nb; b++) {
     size_t o = b * CPU_QBLOCK;
     __m512i z = _mm512_setzero_si512();
@@ -266,7 +346,17 @@ static inline __m256i block_dot(const uint8_t *u, const int8_t *a) {
                                  _mm256_loadu_si256((const __m256i *)(a + 32)));
 }
 #else
-/* AVX2: widen to 16 bits (maddubs would saturate) and multiply-add pairs. */
+/* AVX2, int4 and int3: u is 128 +- 8 and a within +-8, so maddubs's pair
+ * sums (at most 2 * 136 * 8) cannot saturate; then pairs of those. */
+static inline __m256i block_dot_narrow(const uint8_t *u, const int8_t *a) {
+  const __m256i ones = _mm256_set1_epi16(1);
+  __m256i p0 = _mm256_maddubs_epi16(_mm256_loadu_si256((const __m256i *)u), _mm256_loadu_si256((const __m256i *)a));
+  __m256i p1 = _mm256_maddubs_epi16(_mm256_loadu_si256((const __m256i *)(u + 32)),
+                                    _mm256_loadu_si256((const __m256i *)(a + 32)));
+  return _mm256_madd_epi16(_mm256_add_epi16(p0, p1), ones); /* |p0 + p1| <= 4352 */
+}
+
+/* AVX2, int8: widen to 16 bits (maddubs would saturate) and multiply-add pairs. */
 static inline __m256i block_dot(const uint8_t *u, const int8_t *a) {
   __m256i acc = _mm256_setzero_si256();
   for (int c = 0; c < CPU_QBLOCK; c += 16) {
@@ -278,8 +368,22 @@ static inline __m256i block_dot(const uint8_t *u, const int8_t *a) {
 }
 #endif
 
-static void FN(dot4)(size_t nb, const uint8_t *const u[4], const int8_t *const a[4], const int32_t *const asum[4],
-                     int32_t *s) {
+static void FN(dot4)(int dtype, size_t nb, const uint8_t *const u[4], const int8_t *const a[4],
+                     const int32_t *const asum[4], int32_t *s) {
+#if CPU_QUANT_LEVEL == 1
+  if (dtype != Q8) {
+    for (size_t b = 0; b < nb; b++) {
+      size_t o = b * CPU_QBLOCK;
+      __m128i q = reduce4_256(block_dot_narrow(u[0] + o, a[0] + o), block_dot_narrow(u[1] + o, a[1] + o),
+                              block_dot_narrow(u[2] + o, a[2] + o), block_dot_narrow(u[3] + o, a[3] + o));
+      __m128i corr = _mm_set_epi32(asum[3][b], asum[2][b], asum[1][b], asum[0][b]);
+      _mm_storeu_si128((__m128i *)(s + 4 * b), _mm_sub_epi32(q, _mm_slli_epi32(corr, 7)));
+    }
+    return;
+  }
+#else
+  (void)dtype;
+#endif
   for (size_t b = 0; b < nb; b++) {
     size_t o = b * CPU_QBLOCK;
     __m128i q = reduce4_256(block_dot(u[0] + o, a[0] + o), block_dot(u[1] + o, a[1] + o),
@@ -289,8 +393,9 @@ static void FN(dot4)(size_t nb, const uint8_t *const u[4], const int8_t *const a
   }
 }
 #else
-static void FN(dot4)(size_t nb, const uint8_t *const u[4], const int8_t *const a[4], const int32_t *const asum[4],
-                     int32_t *s) {
+static void FN(dot4)(int dtype, size_t nb, const uint8_t *const u[4], const int8_t *const a[4],
+                     const int32_t *const asum[4], int32_t *s) {
+  (void)dtype;
   (void)asum;
   for (size_t b = 0; b < nb; b++)
     for (int r = 0; r < 4; r++) {
