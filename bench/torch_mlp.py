@@ -11,7 +11,7 @@ steps. Prints one JSON line.
 Run with /usr/bin/python3 (Debian's python3-torch). The caller sets
 OPENBLAS_CORETYPE for this process only.
 """
-import argparse, gzip, json, os, struct, sys, time
+import argparse, contextlib, gzip, json, os, struct, sys, time
 
 import numpy as np
 import torch
@@ -32,6 +32,9 @@ def main():
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--data", default="/usr/share/datasets/fashion-mnist")
     ap.add_argument("--model", choices=("mlp", "cnn"), default="mlp")
+    ap.add_argument("--hidden", default="128", help="the MLP's hidden widths, e.g. 512,256")
+    ap.add_argument("--autocast", choices=("none", "bf16"), default="none",
+                    help="bf16: the steps under torch.autocast('cpu', dtype=torch.bfloat16)")
     ap.add_argument("--train-samples", type=int, default=0, help="the first N training images (0: all)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
@@ -49,7 +52,11 @@ def main():
         model = nn.Sequential(nn.Conv2d(1, 32, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(32, 64, 3), nn.ReLU(),
                               nn.MaxPool2d(2), nn.Flatten(), nn.Linear(1600, 128), nn.ReLU(), nn.Linear(128, 10))
     else:
-        model = torch.nn.Sequential(torch.nn.Linear(784, 128), torch.nn.ReLU(), torch.nn.Linear(128, 10))
+        widths, layers = [784] + [int(w) for w in a.hidden.split(",")], []
+        for i in range(len(widths) - 1):
+            layers += [torch.nn.Linear(widths[i], widths[i + 1]), torch.nn.ReLU()]
+        model = torch.nn.Sequential(*layers, torch.nn.Linear(widths[-1], 10))
+    autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if a.autocast == "bf16" else contextlib.nullcontext
     opt = torch.optim.Adam(model.parameters(), lr=0.001)
     loss_fn = torch.nn.CrossEntropyLoss()
     n = x.shape[0]
@@ -62,7 +69,8 @@ def main():
             xb, yb = x[idx_b], y[idx_b]
             t0 = time.perf_counter()
             opt.zero_grad(set_to_none=True)
-            loss = loss_fn(model(xb), yb)
+            with autocast():
+                loss = loss_fn(model(xb), yb)
             loss.backward()
             opt.step()
             train_s += time.perf_counter() - t0
@@ -70,6 +78,7 @@ def main():
     with torch.no_grad():
         acc = (model(tx).argmax(1) == ty).float().mean().item()
     print(json.dumps({"samples_per_s": samples / train_s, "test_accuracy": acc, "threads": a.threads, "model": a.model,
+                      "hidden": a.hidden, "autocast": a.autocast,
                       "batch": a.batch, "epochs": a.epochs, "flush_denormal": bool(flushed and a.flush_denormal),
                       "torch": torch.__version__, "openblas_coretype": os.environ.get("OPENBLAS_CORETYPE")}))
 
