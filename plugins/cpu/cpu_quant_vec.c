@@ -227,6 +227,19 @@ static inline void unpack_block_256(int dtype, const uint8_t *p, int bias, __m25
   *lo = _mm256_permute2x128_si256(p01, p23, 0x20);
   *hi = _mm256_permute2x128_si256(p01, p23, 0x31);
 }
+
+/* One block's 64 values (plus |bias|) stored at |out|; returns the sum of
+ * the bytes stored (as unsigned). */
+static inline int32_t unpack_block_store(int dtype, const uint8_t *p, int bias, void *out) {
+  __m256i lo, hi;
+  unpack_block_256(dtype, p, bias, &lo, &hi);
+  _mm256_storeu_si256((__m256i *)out, lo);
+  _mm256_storeu_si256((__m256i *)((uint8_t *)out + 32), hi);
+  /* sad against zero: the bytes' sums in four 64-bit lanes per register. */
+  __m256i s = _mm256_add_epi64(_mm256_sad_epu8(lo, _mm256_setzero_si256()), _mm256_sad_epu8(hi, _mm256_setzero_si256()));
+  __m128i t = _mm_add_epi64(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
+  return (int32_t)(_mm_cvtsi128_si64(t) + _mm_extract_epi64(t, 1));
+}
 #endif
 
 static void FN(dequantize_rows)(int dtype, size_t rows, size_t k, const uint8_t *q, float *x) {
@@ -236,10 +249,7 @@ static void FN(dequantize_rows)(int dtype, size_t rows, size_t k, const uint8_t 
     for (size_t b = 0; b < nb; b++) {
       const uint8_t *blk = q + (r * nb + b) * bb;
 #if CPU_QUANT_LEVEL == 1 || CPU_QUANT_LEVEL == 2
-      __m256i lo, hi;
-      unpack_block_256(dtype, blk + 2, 0, &lo, &hi);
-      _mm256_storeu_si256((__m256i *)v, lo);
-      _mm256_storeu_si256((__m256i *)(v + 32), hi);
+      (void)unpack_block_store(dtype, blk + 2, 0, v);
 #else
       unpack_signed(dtype, blk + 2, v);
 #endif
@@ -262,20 +272,9 @@ static void FN(decode_signed)(int dtype, size_t nb, const uint8_t *row, int8_t *
     _mm512_storeu_si512(v, q);
     sums[b] = _mm512_reduce_add_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_set1_epi8(1), q));
 #elif CPU_QUANT_LEVEL == 1 || CPU_QUANT_LEVEL == 2
-    __m256i lo, hi;
-    unpack_block_256(dtype, blk + 2, 0, &lo, &hi);
-    _mm256_storeu_si256((__m256i *)v, lo);
-    _mm256_storeu_si256((__m256i *)(v + 32), hi);
-    /* The values' sum: widen to 16 bits and add pairs, then the 8 lanes. */
-    __m256i ones = _mm256_set1_epi16(1);
-    __m256i t = _mm256_add_epi32(_mm256_madd_epi16(_mm256_cvtepi8_epi16(_mm256_castsi256_si128(lo)), ones),
-                                 _mm256_madd_epi16(_mm256_cvtepi8_epi16(_mm256_extracti128_si256(lo, 1)), ones));
-    t = _mm256_add_epi32(t, _mm256_madd_epi16(_mm256_cvtepi8_epi16(_mm256_castsi256_si128(hi)), ones));
-    t = _mm256_add_epi32(t, _mm256_madd_epi16(_mm256_cvtepi8_epi16(_mm256_extracti128_si256(hi, 1)), ones));
-    __m128i r = _mm_add_epi32(_mm256_castsi256_si128(t), _mm256_extracti128_si256(t, 1));
-    r = _mm_add_epi32(r, _mm_shuffle_epi32(r, 0x4e));
-    r = _mm_add_epi32(r, _mm_shuffle_epi32(r, 0xb1));
-    sums[b] = _mm_cvtsi128_si32(r);
+    /* Unpacked with +128 for the unsigned byte sum, then stored signed. */
+    sums[b] = unpack_block_store(dtype, blk + 2, 128, v) - 128 * CPU_QBLOCK;
+    for (int i = 0; i < CPU_QBLOCK; i++) v[i] = (int8_t)(v[i] ^ (int8_t)0x80);
 #else
     unpack_signed(dtype, blk + 2, v);
     int32_t s = 0;
@@ -294,10 +293,7 @@ static void FN(decode_offset)(int dtype, size_t nb, const uint8_t *row, uint8_t 
 #if CPU_QUANT_LEVEL == 3
     _mm512_storeu_si512(v, _mm512_xor_si512(unpack_block_512(dtype, blk + 2), _mm512_set1_epi8((char)0x80)));
 #elif CPU_QUANT_LEVEL == 1 || CPU_QUANT_LEVEL == 2
-    __m256i lo, hi;
-    unpack_block_256(dtype, blk + 2, 128, &lo, &hi);
-    _mm256_storeu_si256((__m256i *)v, lo);
-    _mm256_storeu_si256((__m256i *)(v + 32), hi);
+    (void)unpack_block_store(dtype, blk + 2, 128, v);
 #else
     int8_t s[CPU_QBLOCK];
     unpack_signed(dtype, blk + 2, s);

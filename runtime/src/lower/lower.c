@@ -265,6 +265,19 @@ static void emit_window_forward(const lowering *s, op_list *l, program_kind kind
   }
 }
 
+/* dX (+)= the transposed convolution of dz with |w| (the f32 weights, or the
+ * dequantized ones of a packed convolution). */
+static void emit_conv_bwd_data(const lowering *s, op_list *l, size_t e, size_t b, hm_abi_buffer *w, char *grad_init) {
+  size_t S = s->g->edges[e].src;
+  PUSH(dx, l, HM_ABI_OP_CONV2D_BWD_DATA);
+  window_op(s, dx, e, b);
+  dx->flags = grad_init[S] ? HM_ABI_OP_FLAG_ACCUMULATE : 0;
+  dx->in[0] = OPD(s->b->edges[e].dz);
+  dx->in[1] = OPD(w);
+  dx->out[0] = OPD(s->b->nodes[S].grad);
+  grad_init[S] = 1;
+}
+
 /* A convolution at packed width q, per image n: z_n [C_out, P] = Ŵq · Pq_nᵀ,
  * with P = IM2COL(x) quantized by rows (QUANT.md Q7, so the integer matmul
  * writes [N, C, H, W] directly); the bias through two rank-1 GEMMs with a
@@ -345,7 +358,7 @@ static void emit_conv_packed(const lowering *s, op_list *l, program_kind kind, s
 static void emit_conv_packed_backward(const lowering *s, op_list *l, size_t e, size_t b, int accumulate, int to_src,
                                       char *grad_init) {
   const hm_edge_buffers *es = &s->b->edges[e];
-  size_t rows, k, P, S = s->g->edges[e].src;
+  size_t rows, k, P;
   hm__edge_matrix(s->g, e, &rows, &k, &P);
   if (s->p->edges[e].trainable) {
     for (size_t n = 0; n < b; n++) {
@@ -375,14 +388,7 @@ static void emit_conv_packed_backward(const lowering *s, op_list *l, size_t e, s
       db->out[0] = OPD(es->db);
     }
   }
-  if (!to_src) return;
-  PUSH(dx, l, HM_ABI_OP_CONV2D_BWD_DATA);
-  window_op(s, dx, e, b);
-  dx->flags = grad_init[S] ? HM_ABI_OP_FLAG_ACCUMULATE : 0;
-  dx->in[0] = OPD(es->dz);
-  dx->in[1] = OPD(es->wdq);
-  dx->out[0] = OPD(s->b->nodes[S].grad);
-  grad_init[S] = 1;
+  if (to_src) emit_conv_bwd_data(s, l, e, b, es->wdq, grad_init);
 }
 
 static void emit_forward(const lowering *s, op_list *l, program_kind kind, size_t b) {
@@ -494,16 +500,8 @@ static void emit_window_backward(const lowering *s, op_list *l, size_t e, size_t
         dw->out[0] = OPD(es->dw);
         dw->out[1] = OPD(es->db);
       }
-      if (!to_src) return;
-      {
-        PUSH(dx, l, HM_ABI_OP_CONV2D_BWD_DATA);
-        window_op(s, dx, e, b);
-        dx->flags = grad_init[S] ? HM_ABI_OP_FLAG_ACCUMULATE : 0;
-        dx->in[0] = OPD(es->dz);
-        dx->in[1] = OPD(es->w);
-        dx->out[0] = OPD(s->b->nodes[S].grad);
-      }
-      break;
+      if (to_src) emit_conv_bwd_data(s, l, e, b, es->w, grad_init);
+      return;
     case HM_CONNECTION_BATCH_NORM:
     case HM_CONNECTION_LAYER_NORM: {
       int bn = ed->spec.kind == HM_CONNECTION_BATCH_NORM, train = s->p->edges[e].trainable;
