@@ -49,6 +49,9 @@ def torch(threads, batch, samples, flush, core):
     env = dict(os.environ)
     if core:
         env["OPENBLAS_CORETYPE"] = core
+    # torch.set_num_threads does not reach Debian's pthreads OpenBLAS, which
+    # would run PyTorch's Linear layers on every core: same thread count.
+    env["OPENBLAS_NUM_THREADS"] = str(threads)
     cmd = ["/usr/bin/python3", os.path.join(HERE, "torch_mlp.py"), "--model", "cnn", "--threads", str(threads),
            "--batch", str(batch), "--epochs", "1", "--train-samples", str(samples), "--flush-denormal", str(int(flush))]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout

@@ -61,6 +61,9 @@ def torch(model, threads, batch, epochs, flush, core, autocast="none"):
     env = dict(os.environ)
     if core:
         env["OPENBLAS_CORETYPE"] = core
+    # torch.set_num_threads does not reach Debian's pthreads OpenBLAS, which
+    # would run PyTorch's Linear layers on every core: same thread count.
+    env["OPENBLAS_NUM_THREADS"] = str(threads)
     hidden = ",".join(model.split("-")[1:-1])
     cmd = ["/usr/bin/python3", os.path.join(HERE, "torch_mlp.py"), "--threads", str(threads), "--batch", str(batch),
            "--epochs", str(epochs), "--flush-denormal", str(int(flush)), "--hidden", hidden, "--autocast", autocast]
