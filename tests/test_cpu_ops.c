@@ -704,6 +704,197 @@ static void programs_are_deterministic_for_fixed_threads(void) {
   hm_device_close(dev);
 }
 
+/* The CPU plugin links a training step's convolution ops
+ * (cpu_kernels_window.c): the activation after a convolution runs inside it,
+ * and the filter gradient multiplies the patches the forward kept — unless an
+ * op in between overwrote the input, when it gathers them again. Every output
+ * must be the reference's, for the input as it is when each op runs. */
+static void conv_program_matches_reference(hm_abi_window g) {
+  size_t nx = (size_t)g.n * g.c_in * g.h * g.w, nw = (size_t)g.c_out * (g.c_in / g.groups) * g.kh * g.kw;
+  size_t ny = (size_t)g.n * g.c_out * g.ho * g.wo;
+  float *x = top_random(nx, -1, 1, 21), *x2 = top_random(nx, -1, 1, 22), *w = top_random(nw, -1, 1, 23);
+  float *bias = top_random(g.c_out, -1, 1, 24), *dy = top_random(ny, -1, 1, 25);
+  float *ref_y = malloc(ny * 4), *ref_dw = malloc(nw * 4), *ref_db = malloc(g.c_out * 4);
+  float *got_y = malloc(ny * 4), *got_dw = malloc(nw * 4), *got_db = malloc(g.c_out * 4);
+  float *ref_a = malloc(ny * 4), *got_a = malloc(ny * 4), *ref_dx = malloc(nx * 4), *got_dx = malloc(nx * 4);
+  hm_abi_window pw = {g.n, g.c_out, g.c_out, g.ho, g.wo, 2, 2, 2, 2, 0, 0, 1, 1, 1, g.ho / 2, g.wo / 2};
+  size_t np = (size_t)g.n * g.c_out * pw.ho * pw.wo;
+  float *ref_pool = malloc(np * 4), *got_pool = malloc(np * 4);
+  int32_t *ref_am = malloc(np * 4), *got_am = malloc(np * 4);
+  for (size_t ti = 0; ti < sizeof thread_counts / sizeof thread_counts[0]; ti++)
+    for (int overwrite = 0; overwrite < 2; overwrite++) {
+      hm_device *dev = top_open_cpu(thread_counts[ti]);
+      if (!dev) continue;
+      enum { X, X2, W, B, Y, A, PY, AM, DY, DW, DB, DX, NBUF };
+      const float *host[NBUF] = {x, x2, w, bias, NULL, NULL, NULL, NULL, dy, NULL, NULL, NULL};
+      size_t bytes[NBUF] = {nx * 4, nx * 4, nw * 4, g.c_out * 4, ny * 4, ny * 4,
+                            np * 4, np * 4, ny * 4, nw * 4, g.c_out * 4, nx * 4};
+      hm_abi_buffer *buf[NBUF] = {0};
+      for (int i = 0; i < NBUF; i++) {
+        HM_CHECK_OK(hm_device_buffer_alloc(dev, bytes[i], &buf[i]));
+        if (host[i]) HM_CHECK_OK(hm_device_buffer_write(dev, buf[i], 0, host[i], bytes[i]));
+      }
+      hm_abi_op ops[6];
+      uint32_t n_ops = 0;
+      hm_abi_op conv = hm_op_init(HM_ABI_OP_CONV2D);
+      conv.dims[0] = g.n;
+      conv.dims[1] = HM_ABI_PACK2(g.c_in, g.c_out);
+      conv.dims[2] = HM_ABI_PACK2(g.h, g.w);
+      conv.dims[3] = g.groups;
+      const float geometry[8] = {3, 3, 1, 1, 1, 1, 1, 1};
+      memcpy(conv.params, geometry, sizeof geometry);
+      hm_abi_op filter = conv;
+      conv.in[0] = (hm_abi_operand){buf[X], 0};
+      conv.in[1] = (hm_abi_operand){buf[W], 0};
+      conv.in[2] = (hm_abi_operand){buf[B], 0};
+      conv.out[0] = (hm_abi_operand){buf[Y], 0};
+      ops[n_ops++] = conv;
+      hm_abi_op act = hm_op_init(HM_ABI_OP_ACT_FORWARD);
+      act.variant = HM_ABI_ACT_LEAKY_RELU;
+      act.dims[0] = g.n;
+      act.dims[1] = ny / g.n;
+      act.params[0] = 0.1f;
+      act.in[0] = (hm_abi_operand){buf[Y], 0};
+      act.out[0] = (hm_abi_operand){buf[A], 0};
+      ops[n_ops++] = act;
+      hm_abi_op pool = hm_op_init(HM_ABI_OP_POOL2D);
+      pool.variant = HM_ABI_POOL_MAX;
+      pool.dims[0] = g.n;
+      pool.dims[1] = g.c_out;
+      pool.dims[2] = HM_ABI_PACK2(g.ho, g.wo);
+      const float pool_geometry[6] = {2, 2, 2, 2, 0, 0};
+      memcpy(pool.params, pool_geometry, sizeof pool_geometry);
+      pool.in[0] = (hm_abi_operand){buf[A], 0};
+      pool.out[0] = (hm_abi_operand){buf[PY], 0};
+      pool.out[1] = (hm_abi_operand){buf[AM], 0};
+      ops[n_ops++] = pool;
+      if (overwrite) {
+        hm_abi_op copy = hm_op_init(HM_ABI_OP_COPY);
+        copy.dims[0] = nx;
+        copy.in[0] = (hm_abi_operand){buf[X2], 0};
+        copy.out[0] = (hm_abi_operand){buf[X], 0};
+        ops[n_ops++] = copy;
+      }
+      filter.code = HM_ABI_OP_CONV2D_BWD_FILTER;
+      filter.in[0] = (hm_abi_operand){buf[X], 0};
+      filter.in[1] = (hm_abi_operand){buf[DY], 0};
+      filter.out[0] = (hm_abi_operand){buf[DW], 0};
+      filter.out[1] = (hm_abi_operand){buf[DB], 0};
+      ops[n_ops++] = filter;
+      hm_abi_op data = filter;
+      data.code = HM_ABI_OP_CONV2D_BWD_DATA;
+      data.in[0] = (hm_abi_operand){buf[DY], 0};
+      data.in[1] = (hm_abi_operand){buf[W], 0};
+      data.out[0] = (hm_abi_operand){buf[DX], 0};
+      data.out[1] = (hm_abi_operand){0};
+      ops[n_ops++] = data;
+      hm_abi_program *p = NULL;
+      HM_CHECK_OK(hm_device_program_create(dev, ops, n_ops, 0, &p));
+      for (int run = 0; run < 2 && p; run++) { /* the second run starts from kept patches */
+        HM_CHECK_OK(hm_device_program_run(dev, p, NULL, 0));
+        HM_CHECK_OK(hm_device_buffer_read(dev, buf[Y], 0, got_y, ny * 4));
+        HM_CHECK_OK(hm_device_buffer_read(dev, buf[A], 0, got_a, ny * 4));
+        HM_CHECK_OK(hm_device_buffer_read(dev, buf[PY], 0, got_pool, np * 4));
+        HM_CHECK_OK(hm_device_buffer_read(dev, buf[AM], 0, got_am, np * 4));
+        HM_CHECK_OK(hm_device_buffer_read(dev, buf[DW], 0, got_dw, nw * 4));
+        HM_CHECK_OK(hm_device_buffer_read(dev, buf[DB], 0, got_db, g.c_out * 4));
+        HM_CHECK_OK(hm_device_buffer_read(dev, buf[DX], 0, got_dx, nx * 4));
+        hm_ref_conv2d_bwd_data(&g, 0, dy, w, ref_dx);
+        HM_CHECK_MSG(top_nmse(ref_dx, got_dx, nx) <= F32_TOL, "threads %u: dX", thread_counts[ti]);
+        hm_ref_conv2d(&g, x, w, bias, ref_y);
+        for (size_t i = 0; i < ny; i++) ref_a[i] = ref_y[i] > 0 ? ref_y[i] : 0.1f * ref_y[i];
+        hm_ref_pool2d(HM_ABI_POOL_MAX, &pw, ref_a, ref_pool, ref_am);
+        hm_ref_conv2d_bwd_filter(&g, 0, overwrite ? x2 : x, dy, ref_dw, ref_db);
+        HM_CHECK_MSG(top_nmse(ref_y, got_y, ny) <= F32_TOL, "threads %u overwrite %d: y", thread_counts[ti], overwrite);
+        HM_CHECK_MSG(top_nmse(ref_a, got_a, ny) <= F32_TOL, "threads %u overwrite %d: leaky relu", thread_counts[ti],
+                     overwrite);
+        HM_CHECK_MSG(top_nmse(ref_pool, got_pool, np) <= F32_TOL && memcmp(ref_am, got_am, np * 4) == 0,
+                     "threads %u: max pooling", thread_counts[ti]);
+        double e = top_nmse(ref_dw, got_dw, nw);
+        HM_CHECK_MSG(e <= F32_TOL, "threads %u overwrite %d run %d: dW nmse %.3g", thread_counts[ti], overwrite, run,
+                     e);
+        HM_CHECK_MSG(top_nmse(ref_db, got_db, g.c_out) <= F32_TOL, "threads %u: db", thread_counts[ti]);
+        if (overwrite) HM_CHECK_OK(hm_device_buffer_write(dev, buf[X], 0, x, nx * 4)); /* the copy runs again */
+      }
+      hm_device_program_free(dev, p);
+      for (int i = 0; i < NBUF; i++) hm_device_buffer_free(dev, buf[i]);
+      hm_device_close(dev);
+    }
+  free(x), free(x2), free(w), free(bias), free(dy);
+  free(ref_y), free(ref_dw), free(ref_db), free(got_y), free(got_dw), free(got_db), free(ref_a), free(got_a), free(ref_dx), free(got_dx);
+  free(ref_pool), free(got_pool), free(ref_am), free(got_am);
+}
+
+static void conv_programs_fuse_activation_and_reuse_patches(void) {
+  /* groups 2, padding 1: planes of 72 go through the block's rows, planes of
+   * 320 are multiplied in place (per_image in cpu_kernels_window.c) */
+  conv_program_matches_reference((hm_abi_window){5, 4, 6, 9, 8, 3, 3, 1, 1, 1, 1, 1, 1, 2, 9, 8});
+  conv_program_matches_reference((hm_abi_window){3, 4, 6, 20, 16, 3, 3, 1, 1, 1, 1, 1, 1, 2, 20, 16});
+}
+
+/* A pooling's gradient followed by an activation's (the example CNN's
+ * backward pass) runs as one op on the CPU, the activation applied to each
+ * plane after its scatter; both must equal the reference's two ops, for max
+ * and average pooling and with the activation gradient added (beta 1). */
+static void pool_gradient_fuses_the_activation_gradient(void) {
+  hm_abi_window g = {3, 5, 5, 12, 10, 2, 2, 2, 2, 0, 0, 1, 1, 1, 6, 5};
+  size_t nx = (size_t)g.n * g.c_in * g.h * g.w, ny = (size_t)g.n * g.c_in * g.ho * g.wo;
+  float *z = top_random(nx, -1, 1, 31), *dy = top_random(ny, -1, 1, 32), *dz0 = top_random(nx, -1, 1, 33);
+  float *a = malloc(nx * 4), *pooled = malloc(ny * 4), *ref_dx = malloc(nx * 4), *ref_dz = malloc(nx * 4);
+  float *got_dz = malloc(nx * 4);
+  int32_t *argmax = malloc(ny * 4);
+  hm_ref_act_forward(HM_ABI_ACT_LEAKY_RELU, 0.1f, g.n, nx / g.n, z, a);
+  for (size_t ti = 0; ti < sizeof thread_counts / sizeof thread_counts[0]; ti++)
+    for (int variant = HM_ABI_POOL_MAX; variant <= HM_ABI_POOL_AVG; variant++)
+      for (int beta = 0; beta < 2; beta++) {
+        hm_device *dev = top_open_cpu(thread_counts[ti]);
+        if (!dev) continue;
+        hm_ref_pool2d(variant, &g, a, pooled, argmax);
+        enum { Z, A, DY, AM, DX, DZ, NBUF };
+        const void *host[NBUF] = {z, a, dy, argmax, NULL, dz0};
+        size_t bytes[NBUF] = {nx * 4, nx * 4, ny * 4, ny * 4, nx * 4, nx * 4};
+        hm_abi_buffer *buf[NBUF] = {0};
+        for (int i = 0; i < NBUF; i++) {
+          HM_CHECK_OK(hm_device_buffer_alloc(dev, bytes[i], &buf[i]));
+          if (host[i]) HM_CHECK_OK(hm_device_buffer_write(dev, buf[i], 0, host[i], bytes[i]));
+        }
+        hm_abi_op ops[2];
+        ops[0] = hm_op_init(HM_ABI_OP_POOL2D_BWD);
+        ops[0].variant = (uint32_t)variant;
+        ops[0].dims[0] = g.n;
+        ops[0].dims[1] = g.c_in;
+        ops[0].dims[2] = HM_ABI_PACK2(g.h, g.w);
+        const float geometry[6] = {2, 2, 2, 2, 0, 0};
+        memcpy(ops[0].params, geometry, sizeof geometry);
+        ops[0].in[0] = (hm_abi_operand){buf[DY], 0};
+        if (variant == HM_ABI_POOL_MAX) ops[0].in[1] = (hm_abi_operand){buf[AM], 0};
+        ops[0].out[0] = (hm_abi_operand){buf[DX], 0};
+        ops[1] = hm_op_init(HM_ABI_OP_ACT_BACKWARD);
+        ops[1].variant = HM_ABI_ACT_LEAKY_RELU;
+        ops[1].dims[0] = g.n;
+        ops[1].dims[1] = nx / g.n;
+        ops[1].params[0] = 0.1f;
+        ops[1].params[1] = (float)beta;
+        ops[1].in[0] = (hm_abi_operand){buf[Z], 0};
+        ops[1].in[1] = (hm_abi_operand){buf[A], 0};
+        ops[1].in[2] = (hm_abi_operand){buf[DX], 0};
+        ops[1].out[0] = (hm_abi_operand){buf[DZ], 0};
+        hm_abi_program *p = NULL;
+        HM_CHECK_OK(hm_device_program_create(dev, ops, 2, 0, &p));
+        if (p) HM_CHECK_OK(hm_device_program_run(dev, p, NULL, 0));
+        HM_CHECK_OK(hm_device_buffer_read(dev, buf[DZ], 0, got_dz, nx * 4));
+        hm_ref_pool2d_bwd(variant, &g, 0, dy, argmax, ref_dx);
+        memcpy(ref_dz, dz0, nx * 4);
+        hm_ref_act_backward(HM_ABI_ACT_LEAKY_RELU, 0.1f, (float)beta, g.n, nx / g.n, z, a, ref_dx, ref_dz);
+        double e = top_nmse(ref_dz, got_dz, nx);
+        HM_CHECK_MSG(e <= F32_TOL, "threads %u variant %d beta %d: nmse %.3g", thread_counts[ti], variant, beta, e);
+        hm_device_program_free(dev, p);
+        for (int i = 0; i < NBUF; i++) hm_device_buffer_free(dev, buf[i]);
+        hm_device_close(dev);
+      }
+  free(z), free(dy), free(dz0), free(a), free(pooled), free(ref_dx), free(ref_dz), free(got_dz), free(argmax);
+}
+
 static void program_validation_rejects_bad_ops(void) {
   hm_device *dev = top_open_cpu(1);
   if (!dev) return;
@@ -792,6 +983,8 @@ static const hm_test_case cases[] = {
     HM_TEST_CASE(optimizers_match_single_step_reference_values),
     HM_TEST_CASE(optimizers_multi_step_match_reference),
     HM_TEST_CASE(programs_are_deterministic_for_fixed_threads),
+    HM_TEST_CASE(conv_programs_fuse_activation_and_reuse_patches),
+    HM_TEST_CASE(pool_gradient_fuses_the_activation_gradient),
     HM_TEST_CASE(program_validation_rejects_bad_ops),
 };
 HM_TEST_MAIN(cases)

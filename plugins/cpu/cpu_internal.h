@@ -120,6 +120,7 @@ typedef struct hm_abi_program {
   uint32_t n_scalars;
   cpu_op *ops;
   uint8_t *scratch; /* working memory of the integer matmuls, sized at create */
+  float *patches;   /* convolution patches kept from forward to filter gradient (cpu_window_link_patches) */
 } cpu_program;
 
 /* ===== Errors ===== */
@@ -143,6 +144,16 @@ struct cpu_op {
   hm_abi_op op;           /* the op as given (copied) */
   void *in[HM_ABI_MAX_OPERANDS];
   void *out[HM_ABI_MAX_OPERANDS];
+  uint64_t out_bytes[HM_ABI_MAX_OPERANDS]; /* each output's extent (0: absent) */
+  /* CONV2D: where to keep its patches for a later filter gradient;
+   * CONV2D_BWD_FILTER: where to read them instead of recomputing. NULL: the
+   * op's own scratch. */
+  float *patches;
+  /* CONV2D: the ACT_FORWARD after it, applied to each output row while it is
+   * in cache; POOL2D_BWD: the ACT_BACKWARD after it, applied to each plane.
+   * That op is then |fused| and skipped. */
+  const cpu_op *act;
+  int fused;
 };
 
 typedef struct cpu_exec {
@@ -191,6 +202,12 @@ void cpu_kernel_dropout(const cpu_exec *ex, const cpu_op *op);
 void cpu_kernel_norm(const cpu_exec *ex, const cpu_op *op);
 uint64_t cpu_norm_scratch_bytes(const hm_abi_op *op);
 uint64_t cpu_window_scratch_bytes(const cpu_device *dev, const hm_abi_op *op);
+/* Links a program's window ops to their neighbours: each CONV2D applies the
+ * activation that follows it and shares a patch buffer (p->patches) with the
+ * CONV2D_BWD_FILTER of the same input and geometry later in |p|; each
+ * POOL2D_BWD applies the activation gradient that follows it. Fails only
+ * when that memory cannot be had. */
+int32_t cpu_window_link(cpu_program *p);
 /* One single-threaded row-major sgemm through OpenBLAS or, with
  * gemm=reference, the plain loop (dimensions below 2^31). */
 void cpu_sgemm(const cpu_context *ctx, int trans_a, int trans_b, size_t m, size_t n, size_t k, float alpha,

@@ -13,8 +13,12 @@
  * own blocks and, for the filter gradient, its own partial sums, added in
  * thread order afterwards — so results depend only on the thread count.
  * Every buffer comes from the program's scratch (no allocation per step).
+ * A training step's forward convolution keeps its patches in a buffer of the
+ * program's, laid out as the blocks use them, and the filter gradient later in
+ * the same program multiplies those instead of gathering them again.
  */
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "cpu_internal.h"
@@ -61,6 +65,110 @@ uint64_t cpu_window_scratch_bytes(const cpu_device *dev, const hm_abi_op *op) {
   return conv_tasks(dev, &g) * conv_task_floats(dev, op, &g) * 4 + 64;
 }
 
+/* Floats of every image's patches, all groups: the layout of a patch buffer,
+ * where the block of images [n0, n0 + nb) keeps group gi's patches at
+ * (n0 * groups + gi * nb) * patch_floats — block boundaries are the same for
+ * a forward op and its filter gradient, as their geometry is. */
+static uint64_t all_patch_floats(const hm_abi_window *g) { return (uint64_t)g->n * g->groups * patch_floats(g); }
+
+#define CPU_PATCH_CACHE_MAX ((uint64_t)64 << 20) /* bytes per convolution; larger ones gather twice */
+
+static int same_window(const hm_abi_window *a, const hm_abi_window *b) {
+  return a->n == b->n && a->c_in == b->c_in && a->c_out == b->c_out && a->h == b->h && a->w == b->w && a->kh == b->kh &&
+         a->kw == b->kw && a->sh == b->sh && a->sw == b->sw && a->ph == b->ph && a->pw == b->pw && a->dh == b->dh &&
+         a->dw == b->dw && a->groups == b->groups;
+}
+
+/* Nonzero when [a, a + na) and [b, b + nb) overlap. */
+static int overlaps(const void *a, uint64_t na, const void *b, uint64_t nb) {
+  const unsigned char *x = a, *y = b;
+  return x && y && x < y + nb && y < x + na;
+}
+
+/* Nonzero when some output of ops (from, to) overlaps [x, x + bytes). */
+static int written_between(const cpu_program *p, uint32_t from, uint32_t to, const void *x, uint64_t bytes) {
+  for (uint32_t k = from + 1; k < to; k++)
+    for (int i = 0; i < HM_ABI_MAX_OPERANDS; i++)
+      if (overlaps(p->ops[k].out[i], p->ops[k].out_bytes[i], x, bytes)) return 1;
+  return 0;
+}
+
+/* The ACT_FORWARD right after CONV2D |i| that reads exactly its output and
+ * writes nowhere the convolution reads: running it row by row inside the
+ * convolution gives the same values. Softmax works on whole rows of the
+ * activation's own shape, so it stays separate. */
+static cpu_op *following_activation(cpu_program *p, uint32_t i, const hm_abi_window *g) {
+  cpu_op *conv = &p->ops[i], *act = i + 1 < p->n_ops ? &p->ops[i + 1] : NULL;
+  uint64_t ny = (uint64_t)g->n * g->c_out * g->ho * g->wo;
+  if (!act || act->op.code != HM_ABI_OP_ACT_FORWARD || act->op.variant == HM_ABI_ACT_SOFTMAX ||
+      act->in[0] != conv->out[0] || act->op.dims[0] * act->op.dims[1] != ny)
+    return NULL;
+  uint64_t in_bytes[3] = {(uint64_t)g->n * g->c_in * g->h * g->w * 4,
+                          (uint64_t)g->c_out * (g->c_in / g->groups) * g->kh * g->kw * 4, (uint64_t)g->c_out * 4};
+  for (int k = 0; k < 3; k++)
+    if (overlaps(act->out[0], act->out_bytes[0], conv->in[k], conv->in[k] ? in_bytes[k] : 0)) return NULL;
+  return act;
+}
+
+/* The ACT_BACKWARD right after POOL2D_BWD |i| whose incoming gradient is
+ * exactly the pooling's output and that writes nowhere the pooling reads:
+ * applying it plane by plane, after each plane's scatter, gives the same
+ * values. */
+static cpu_op *following_activation_gradient(cpu_program *p, uint32_t i, const hm_abi_window *g) {
+  cpu_op *pool = &p->ops[i], *act = i + 1 < p->n_ops ? &p->ops[i + 1] : NULL;
+  uint64_t nx = (uint64_t)g->n * g->c_in * g->h * g->w, ny = (uint64_t)g->n * g->c_in * g->ho * g->wo;
+  if (!act || act->op.code != HM_ABI_OP_ACT_BACKWARD || act->op.variant == HM_ABI_ACT_SOFTMAX ||
+      act->in[2] != pool->out[0] || act->op.dims[0] * act->op.dims[1] != nx)
+    return NULL;
+  for (int k = 0; k < 2; k++)
+    if (overlaps(act->out[0], act->out_bytes[0], pool->in[k], pool->in[k] ? ny * 4 : 0)) return NULL;
+  return act;
+}
+
+int32_t cpu_window_link(cpu_program *p) {
+  for (uint32_t i = 0; i < p->n_ops; i++) {
+    hm_abi_window g;
+    uint32_t code = p->ops[i].op.code;
+    if ((code != HM_ABI_OP_CONV2D && code != HM_ABI_OP_POOL2D_BWD) || hm_abi_window_decode(&p->ops[i].op, &g))
+      continue;
+    cpu_op *act = code == HM_ABI_OP_CONV2D ? following_activation(p, i, &g) : following_activation_gradient(p, i, &g);
+    if (act) {
+      p->ops[i].act = act;
+      act->fused = 1;
+    }
+  }
+  uint64_t total = 0;
+  for (int pass = 0; pass < 2; pass++) { /* size, then hand out */
+    uint64_t at = 0;
+    for (uint32_t i = 0; i < p->n_ops; i++) {
+      cpu_op *fwd = &p->ops[i];
+      hm_abi_window g, h;
+      if (fwd->op.code != HM_ABI_OP_CONV2D || hm_abi_window_decode(&fwd->op, &g)) continue;
+      uint64_t floats = all_patch_floats(&g), x_bytes = (uint64_t)g.n * g.c_in * g.h * g.w * 4;
+      if (floats * 4 > CPU_PATCH_CACHE_MAX) continue;
+      for (uint32_t j = i + 1; j < p->n_ops; j++) {
+        cpu_op *bwd = &p->ops[j];
+        if (bwd->op.code != HM_ABI_OP_CONV2D_BWD_FILTER || bwd->in[0] != fwd->in[0] ||
+            hm_abi_window_decode(&bwd->op, &h) || !same_window(&g, &h))
+          continue;
+        if (written_between(p, i, j, fwd->in[0], x_bytes)) break;
+        if (pass == 1) fwd->patches = bwd->patches = p->patches + at;
+        at += (floats + 15) / 16 * 16; /* each on 64 bytes */
+        break;
+      }
+    }
+    if (pass == 0) {
+      total = at;
+      if (!total) return HM_ABI_OK;
+      p->patches = total <= SIZE_MAX / 4 - 64 ? aligned_alloc(64, (size_t)total * 4) : NULL;
+      if (!p->patches)
+        return cpu_fail(p->device->ctx, HM_ABI_STATUS_RESOURCE_EXHAUSTED,
+                        "cpu: out of memory for %llu bytes of convolution patches", (unsigned long long)total * 4);
+    }
+  }
+  return HM_ABI_OK;
+}
+
 /* The range of output columns o whose input column o*s - p + k*d lies in [0, size). */
 static void valid_range(uint32_t out, uint32_t s, uint32_t p, uint32_t k, uint32_t d, uint32_t size, uint32_t *o0,
                         uint32_t *o1) {
@@ -70,6 +178,20 @@ static void valid_range(uint32_t out, uint32_t s, uint32_t p, uint32_t k, uint32
   if (hi >= (long)out) hi = (long)out - 1;
   *o0 = (uint32_t)(lo < (long)out ? lo : out);
   *o1 = hi < lo ? *o0 : (uint32_t)hi + 1;
+}
+
+/* d[0, n) = s[0, n) for the short rows of small images (11 floats in the
+ * example's second layer), where a call to memcpy costs more than the copy. */
+static inline void copy_row(float *restrict d, const float *restrict s, size_t n) {
+  if (n >= 8) { /* 8-float moves, the last one overlapping the one before */
+    for (size_t i = 0; i + 8 < n; i += 8) memcpy(d + i, s + i, 8 * sizeof *d);
+    memcpy(d + n - 8, s + n - 8, 8 * sizeof *d);
+  } else if (n >= 4) {
+    memcpy(d, s, 4 * sizeof *d);
+    memcpy(d + n - 4, s + n - 4, 4 * sizeof *d);
+  } else {
+    for (size_t i = 0; i < n; i++) d[i] = s[i];
+  }
 }
 
 /* col[(ci*KH + ky)*KW + kx][oh*Wo + ow] (rows |ld| apart) = x[ci][ih][iw],
@@ -92,7 +214,7 @@ static void im2col(const hm_abi_window *g, uint32_t channels, const float *x, fl
           long base = (long)kx * g->dw - (long)g->pw;
           for (uint32_t ow = 0; ow < ow0; ow++) r[ow] = 0.0f;
           if (g->sw == 1) {
-            memcpy(r + ow0, src + base + ow0, (ow1 - ow0) * sizeof *r);
+            copy_row(r + ow0, src + base + ow0, ow1 - ow0);
           } else {
             for (uint32_t ow = ow0; ow < ow1; ow++) r[ow] = src[(long)ow * g->sw + base];
           }
@@ -141,7 +263,13 @@ typedef struct conv_job {
   hm_abi_window g;
   size_t tasks, task_floats, block;
   int accumulate;
+  float act_param; /* the fused activation's parameter, for this run */
 } conv_job;
+
+/* Nonzero when an image's output plane alone is wide enough for sgemm to run
+ * near its peak (the example's first layer: 26x26 = 676 columns) — measured
+ * to gain in the backward passes, which then skip gathering dY. */
+static int per_image(const hm_abi_window *g) { return (uint64_t)g->ho * g->wo >= 256; }
 
 /* Images [n0, n0 + nb) of group |gi|: one block. */
 static void conv_block(const conv_job *j, float *col, float *rows, float *pdw, float *pdb, size_t n0, size_t nb,
@@ -151,32 +279,59 @@ static void conv_block(const conv_job *j, float *col, float *rows, float *pdw, f
   uint32_t cig = g->c_in / g->groups, cog = g->c_out / g->groups, code = j->op->op.code;
   size_t P = (size_t)g->ho * g->wo, HW = (size_t)g->h * g->w, K = (size_t)cig * g->kh * g->kw, ld = nb * P;
   const float *w = (const float *)j->op->in[1] + (size_t)gi * cog * K;
-  if (code == HM_ABI_OP_CONV2D || code == HM_ABI_OP_CONV2D_BWD_FILTER)
+  int gather = code == HM_ABI_OP_CONV2D || (code == HM_ABI_OP_CONV2D_BWD_FILTER && !j->op->patches);
+  if (j->op->patches && code != HM_ABI_OP_CONV2D_BWD_DATA)
+    col = j->op->patches + (n0 * g->groups + (size_t)gi * nb) * patch_floats(g);
+  if (gather)
     for (size_t i = 0; i < nb; i++)
       im2col(g, cig, (const float *)j->op->in[0] + ((n0 + i) * g->c_in + (size_t)gi * cig) * HW, col + i * P, ld);
   if (code == HM_ABI_OP_CONV2D) {
+    /* One GEMM for the block (per image, the call's own cost outweighs
+     * writing Y in place), then bias and activation row by row while each
+     * row is in cache. */
     cpu_sgemm(ctx, 0, 0, cog, ld, K, 1.0f, w, K, col, ld, 0.0f, rows, ld);
     const float *bias = j->op->in[2];
+    const cpu_op *act = j->op->act;
     for (size_t i = 0; i < nb; i++)
       for (uint32_t c = 0; c < cog; c++) {
-        float *restrict y = (float *)j->op->out[0] + ((n0 + i) * g->c_out + (size_t)gi * cog + c) * P;
+        size_t at = ((n0 + i) * g->c_out + (size_t)gi * cog + c) * P;
+        float *restrict y = (float *)j->op->out[0] + at;
         const float *restrict r = rows + (size_t)c * ld + i * P;
         float bv = bias ? bias[(size_t)gi * cog + c] : 0.0f;
         for (size_t p = 0; p < P; p++) y[p] = r[p] + bv;
+        if (act)
+          j->ex->device->vec->act_forward((int)act->op.variant, j->act_param, 1, P, NULL, y, (float *)act->out[0] + at);
       }
     return;
   }
-  /* Backward: dY of the block, one row per output channel. */
+  /* Each image's dY plane is [C_out/g, P], rows P apart: a wide one is
+   * multiplied where it lies, image by image, instead of being gathered
+   * into the block's rows first. */
   const float *dy = code == HM_ABI_OP_CONV2D_BWD_DATA ? j->op->in[0] : j->op->in[1];
-  for (size_t i = 0; i < nb; i++)
-    for (uint32_t c = 0; c < cog; c++)
-      memcpy(rows + (size_t)c * ld + i * P, dy + ((n0 + i) * g->c_out + (size_t)gi * cog + c) * P, P * sizeof *rows);
-  if (code == HM_ABI_OP_CONV2D_BWD_FILTER) {
-    cpu_sgemm(ctx, 0, 1, cog, K, ld, 1.0f, rows, ld, col, ld, 1.0f, pdw + (size_t)gi * cog * K, K);
-    for (uint32_t c = 0; c < cog; c++) pdb[(size_t)gi * cog + c] += sum8(rows + (size_t)c * ld, ld);
-    return;
+  if (per_image(g)) {
+    for (size_t i = 0; i < nb; i++) {
+      const float *dyi = dy + ((n0 + i) * g->c_out + (size_t)gi * cog) * P;
+      if (code == HM_ABI_OP_CONV2D_BWD_FILTER) {
+        cpu_sgemm(ctx, 0, 1, cog, K, P, 1.0f, dyi, P, col + i * P, ld, 1.0f, pdw + (size_t)gi * cog * K, K);
+        for (uint32_t c = 0; c < cog; c++) pdb[(size_t)gi * cog + c] += sum8(dyi + (size_t)c * P, P);
+      } else {
+        cpu_sgemm(ctx, 1, 0, K, P, cog, 1.0f, w, K, dyi, P, 0.0f, col + i * P, ld);
+      }
+    }
+    if (code == HM_ABI_OP_CONV2D_BWD_FILTER) return;
+  } else {
+    /* dY of the block, one row per output channel. */
+    for (size_t i = 0; i < nb; i++)
+      for (uint32_t c = 0; c < cog; c++)
+        memcpy(rows + (size_t)c * ld + i * P, dy + ((n0 + i) * g->c_out + (size_t)gi * cog + c) * P,
+               P * sizeof *rows);
+    if (code == HM_ABI_OP_CONV2D_BWD_FILTER) {
+      cpu_sgemm(ctx, 0, 1, cog, K, ld, 1.0f, rows, ld, col, ld, 1.0f, pdw + (size_t)gi * cog * K, K);
+      for (uint32_t c = 0; c < cog; c++) pdb[(size_t)gi * cog + c] += sum8(rows + (size_t)c * ld, ld);
+      return;
+    }
+    cpu_sgemm(ctx, 1, 0, K, ld, cog, 1.0f, w, K, rows, ld, 0.0f, col, ld);
   }
-  cpu_sgemm(ctx, 1, 0, K, ld, cog, 1.0f, w, K, rows, ld, 0.0f, col, ld);
   for (size_t i = 0; i < nb; i++) {
     float *dx = (float *)j->op->out[0] + ((n0 + i) * g->c_in + (size_t)gi * cig) * HW;
     if (!j->accumulate) memset(dx, 0, (size_t)cig * HW * sizeof *dx);
@@ -204,7 +359,10 @@ static void conv_task(void *arg, size_t t) {
 }
 
 void cpu_kernel_conv2d(const cpu_exec *ex, const cpu_op *op) {
-  conv_job j = {ex, op, {0}, 0, 0, 0, (op->op.flags & HM_ABI_OP_FLAG_ACCUMULATE) != 0};
+  conv_job j = {.ex = ex,
+                .op = op,
+                .accumulate = (op->op.flags & HM_ABI_OP_FLAG_ACCUMULATE) != 0,
+                .act_param = op->act ? cpu_param(ex, op->act, 0) : 0.0f};
   (void)hm_abi_window_decode(&op->op, &j.g); /* validated at program_create */
   j.tasks = conv_tasks(ex->device, &j.g);
   j.task_floats = conv_task_floats(ex->device, &op->op, &j.g);
@@ -268,11 +426,13 @@ void cpu_kernel_im2col(const cpu_exec *ex, const cpu_op *op) {
 
 /* ===== Pooling ===== */
 
+
 typedef struct pool_job {
   const cpu_vec_ops *vec;
   const cpu_op *op;
   hm_abi_window g;
   int accumulate;
+  float act_param, act_beta; /* the fused activation gradient's parameters, for this run */
 } pool_job;
 
 /* Max pooling's comparison: v replaces the best so far when larger, or when
@@ -349,25 +509,32 @@ static void pool_backward_planes(void *arg, size_t begin, size_t end, size_t chu
       const int32_t *am = (const int32_t *)j->op->in[1] + pl * P;
       for (size_t o = 0; o < P; o++)
         if (am[o] >= 0 && (size_t)am[o] < HW) dx[am[o]] += dy[o];
-      continue;
-    }
-    for (uint32_t oh = 0; oh < g->ho; oh++)
-      for (uint32_t ow = 0; ow < g->wo; ow++) {
-        float d = dy[(size_t)oh * g->wo + ow] / area;
-        for (uint32_t ky = 0; ky < g->kh; ky++) {
-          long ih = (long)oh * g->sh - (long)g->ph + ky;
-          if (ih < 0 || ih >= (long)g->h) continue;
-          for (uint32_t kx = 0; kx < g->kw; kx++) {
-            long iw = (long)ow * g->sw - (long)g->pw + kx;
-            if (iw >= 0 && iw < (long)g->w) dx[ih * (long)g->w + iw] += d;
+    } else {
+      for (uint32_t oh = 0; oh < g->ho; oh++)
+        for (uint32_t ow = 0; ow < g->wo; ow++) {
+          float d = dy[(size_t)oh * g->wo + ow] / area;
+          for (uint32_t ky = 0; ky < g->kh; ky++) {
+            long ih = (long)oh * g->sh - (long)g->ph + ky;
+            if (ih < 0 || ih >= (long)g->h) continue;
+            for (uint32_t kx = 0; kx < g->kw; kx++) {
+              long iw = (long)ow * g->sw - (long)g->pw + kx;
+              if (iw >= 0 && iw < (long)g->w) dx[ih * (long)g->w + iw] += d;
+            }
           }
         }
-      }
+    }
+    const cpu_op *act = j->op->act; /* through the activation while the plane is in cache */
+    if (act) {
+      const float *z = act->in[0], *a = act->in[1];
+      j->vec->act_backward((int)act->op.variant, j->act_param, j->act_beta, HW, z ? z + pl * HW : NULL,
+                           a ? a + pl * HW : NULL, dx, (float *)act->out[0] + pl * HW);
+    }
   }
 }
 
 void cpu_kernel_pool2d(const cpu_exec *ex, const cpu_op *op) {
-  pool_job j = {ex->device->vec, op, {0}, (op->op.flags & HM_ABI_OP_FLAG_ACCUMULATE) != 0};
+  pool_job j = {ex->device->vec, op, {0}, (op->op.flags & HM_ABI_OP_FLAG_ACCUMULATE) != 0,
+                op->act ? cpu_param(ex, op->act, 0) : 0.0f, op->act ? cpu_param(ex, op->act, 1) : 0.0f};
   (void)hm_abi_window_decode(&op->op, &j.g);
   size_t planes = (size_t)j.g.n * j.g.c_in;
   cpu_parallel_range(ex->device, planes, 8,

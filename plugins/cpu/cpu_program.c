@@ -42,6 +42,7 @@ static int32_t validate_op(cpu_device *dev, uint32_t index, const hm_abi_op *op,
     for (int k = 0; k < 2; k++) {
       if (!o[k]->buffer || (req[k]->required == 0 && req[k]->bytes == 0)) continue; /* absent, or unused */
       *dst[k] = ((const cpu_buffer *)o[k]->buffer)->data + o[k]->offset;
+      if (k == 1) out->out_bytes[i] = req[k]->bytes;
     }
   }
   return HM_ABI_OK;
@@ -90,6 +91,13 @@ int32_t cpu_program_create(hm_abi_device *dev, const hm_abi_program_desc *desc, 
   p->n_ops = desc->n_ops;
   p->n_scalars = desc->n_scalars;
   p->ops = ops;
+  int32_t lst = cpu_window_link(p);
+  if (lst) {
+    free(p->scratch);
+    free(ops);
+    free(p);
+    return lst;
+  }
   atomic_fetch_add(&dev->live_programs, 1);
   *out = p;
   return HM_ABI_OK;
@@ -100,6 +108,7 @@ void cpu_program_free(hm_abi_program *p) {
   atomic_fetch_sub(&p->device->live_programs, 1);
   free(p->ops);
   free(p->scratch);
+  free(p->patches);
   free(p);
 }
 
@@ -118,6 +127,7 @@ int32_t cpu_program_run(hm_abi_program *p, const double *scalars, uint32_t n_sca
   unsigned fp = cpu_fp_enter();
   for (uint32_t i = 0; i < p->n_ops; i++) {
     const cpu_op *op = &p->ops[i];
+    if (op->fused) continue; /* done by the op before it */
     switch (op->op.code) {
       case HM_ABI_OP_GEMM: cpu_kernel_gemm(&ex, op); break;
       case HM_ABI_OP_BIAS_ADD: cpu_kernel_bias_add(&ex, op); break;
