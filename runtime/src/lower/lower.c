@@ -112,6 +112,20 @@ static void emit_gathers(const lowering *s, op_list *l, program_kind kind, size_
  * packed width: quantize W (unless packed once for inference) and x, the
  * integer matmul, and for training the dequantized W and x the
  * straight-through backward pass multiplies with. */
+/* One QUANTIZE (f32 rows -> packed) or DEQUANTIZE (packed -> f32 rows) of
+ * a |rows| x |k| matrix at packed dtype |q|. */
+static void emit_packing(op_list *l, uint32_t code, uint32_t q, size_t rows, size_t k, hm_abi_operand in,
+                         hm_abi_operand out) {
+  PUSH(op, l, code);
+  int quantize = code == HM_ABI_OP_QUANTIZE;
+  op->dtype_in = quantize ? HM_ABI_DTYPE_F32 : q;
+  op->dtype_out = quantize ? q : HM_ABI_DTYPE_F32;
+  op->dims[0] = rows;
+  op->dims[1] = k;
+  op->in[0] = in;
+  op->out[0] = out;
+}
+
 static void emit_matmul(const lowering *s, op_list *l, program_kind kind, size_t e, size_t b) {
   const hm_edge *ed = &s->g->edges[e];
   const hm_edge_buffers *es = &s->b->edges[e];
@@ -134,16 +148,8 @@ static void emit_matmul(const lowering *s, op_list *l, program_kind kind, size_t
   }
   hm_abi_buffer *srcs[2] = {es->w, x}, *packed[2] = {es->wq, es->xq};
   size_t rows[2] = {n, b};
-  for (int i = 0; i < 2; i++) {
-    if (!srcs[i]) continue; /* weights packed once (inference) */
-    PUSH(qz, l, HM_ABI_OP_QUANTIZE);
-    qz->dtype_in = HM_ABI_DTYPE_F32;
-    qz->dtype_out = q;
-    qz->dims[0] = rows[i];
-    qz->dims[1] = k;
-    qz->in[0] = OPD(srcs[i]);
-    qz->out[0] = OPD(packed[i]);
-  }
+  for (int i = 0; i < 2; i++)
+    if (srcs[i]) emit_packing(l, HM_ABI_OP_QUANTIZE, q, rows[i], k, OPD(srcs[i]), OPD(packed[i])); /* else packed once */
   PUSH(mm, l, hm__precision_gemm_op(q));
   mm->dtype_in = q;
   mm->dtype_acc = HM_ABI_DTYPE_I32;
@@ -156,15 +162,7 @@ static void emit_matmul(const lowering *s, op_list *l, program_kind kind, size_t
   mm->out[0] = OPD(es->z);
   if (!is_training(kind) || !s->p->edges[e].trainable) return;
   hm_abi_buffer *deq[2] = {es->wdq, es->xdq};
-  for (int i = 0; i < 2; i++) {
-    PUSH(dq, l, HM_ABI_OP_DEQUANTIZE);
-    dq->dtype_in = q;
-    dq->dtype_out = HM_ABI_DTYPE_F32;
-    dq->dims[0] = rows[i];
-    dq->dims[1] = k;
-    dq->in[0] = OPD(packed[i]);
-    dq->out[0] = OPD(deq[i]);
-  }
+  for (int i = 0; i < 2; i++) emit_packing(l, HM_ABI_OP_DEQUANTIZE, q, rows[i], k, OPD(packed[i]), OPD(deq[i]));
 }
 
 /* The window geometry of edge |e| (convolution or pooling) over |b| images. */
@@ -295,16 +293,10 @@ static void emit_conv_packed(const lowering *s, op_list *l, program_kind kind, s
   /* Each image's packed patches start 4-byte aligned: one QUANTIZE for
    * all when that is where they fall anyway, else one per image. */
   size_t stride = hm__packed_stride(q, P, k), parts = stride == hm__packed_bytes(q, P, k) ? 1 : b;
-  for (size_t i = 0; i <= parts; i++) {
-    if (i == parts && !es->w) continue; /* weights packed once (inference) */
-    PUSH(qz, l, HM_ABI_OP_QUANTIZE);
-    qz->dtype_in = HM_ABI_DTYPE_F32;
-    qz->dtype_out = q;
-    qz->dims[0] = i == parts ? rows : b * P / parts;
-    qz->dims[1] = k;
-    qz->in[0] = i == parts ? OPD(es->w) : (hm_abi_operand){es->cols, i * P * k * 4};
-    qz->out[0] = i == parts ? OPD(es->wq) : (hm_abi_operand){es->xq, i * stride};
-  }
+  for (size_t i = 0; i < parts; i++)
+    emit_packing(l, HM_ABI_OP_QUANTIZE, q, b * P / parts, k, (hm_abi_operand){es->cols, i * P * k * 4},
+                 (hm_abi_operand){es->xq, i * stride});
+  if (es->w) emit_packing(l, HM_ABI_OP_QUANTIZE, q, rows, k, OPD(es->w), OPD(es->wq)); /* else packed once */
   for (size_t n = 0; n < b; n++) {
     PUSH(mm, l, hm__precision_gemm_op(q));
     mm->dtype_in = q;
@@ -341,15 +333,10 @@ static void emit_conv_packed(const lowering *s, op_list *l, program_kind kind, s
     add->out[0] = OPD(es->z);
   }
   if (!is_training(kind) || !s->p->edges[e].trainable) return;
-  for (size_t i = 0; i <= parts; i++) {
-    PUSH(dq, l, HM_ABI_OP_DEQUANTIZE);
-    dq->dtype_in = q;
-    dq->dtype_out = HM_ABI_DTYPE_F32;
-    dq->dims[0] = i == parts ? rows : b * P / parts;
-    dq->dims[1] = k;
-    dq->in[0] = i == parts ? OPD(es->wq) : (hm_abi_operand){es->xq, i * stride};
-    dq->out[0] = i == parts ? OPD(es->wdq) : (hm_abi_operand){es->xdq, i * P * k * 4};
-  }
+  for (size_t i = 0; i < parts; i++)
+    emit_packing(l, HM_ABI_OP_DEQUANTIZE, q, b * P / parts, k, (hm_abi_operand){es->xq, i * stride},
+                 (hm_abi_operand){es->xdq, i * P * k * 4});
+  emit_packing(l, HM_ABI_OP_DEQUANTIZE, q, rows, k, OPD(es->wq), OPD(es->wdq));
 }
 
 /* Its backward pass: dW (+)= Σ_n dz_n · P̂_n, db (+)= Σ dz over images and
