@@ -830,6 +830,10 @@ static void conv_programs_fuse_activation_and_reuse_patches(void) {
    * 320 are multiplied in place (per_image in cpu_kernels_window.c) */
   conv_program_matches_reference((hm_abi_window){5, 4, 6, 9, 8, 3, 3, 1, 1, 1, 1, 1, 1, 2, 9, 8});
   conv_program_matches_reference((hm_abi_window){3, 4, 6, 20, 16, 3, 3, 1, 1, 1, 1, 1, 1, 2, 20, 16});
+  /* more than 64K floats of patches per image: the data gradient takes one
+   * image per block (block_images), with planes of 576 and of 144 */
+  conv_program_matches_reference((hm_abi_window){3, 16, 8, 24, 24, 3, 3, 1, 1, 1, 1, 1, 1, 1, 24, 24});
+  conv_program_matches_reference((hm_abi_window){3, 64, 8, 12, 12, 3, 3, 1, 1, 1, 1, 1, 1, 1, 12, 12});
 }
 
 /* A pooling's gradient followed by an activation's (the example CNN's
