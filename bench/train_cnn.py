@@ -19,7 +19,7 @@ import argparse, json, os, subprocess, sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
-from train_mlp import best_core  # noqa: E402  (the OpenBLAS core the CPU plugin would pick)
+from train_mlp import best_core, run_peer  # noqa: E402  (the OpenBLAS core the CPU plugin would pick; the peer's runs)
 
 # Forward multiply-adds of one image: conv1 26x26x32x9, conv2 11x11x64x(32x9), dense 1600x128 + 128x10.
 FORWARD_MACS = 26 * 26 * 32 * 9 + 11 * 11 * 64 * 32 * 9 + 1600 * 128 + 128 * 10
@@ -46,16 +46,9 @@ def harmonics(build, threads, batch, samples):
 
 
 def torch(threads, batch, samples, flush, core):
-    env = dict(os.environ)
-    if core:
-        env["OPENBLAS_CORETYPE"] = core
-    # torch.set_num_threads does not reach Debian's pthreads OpenBLAS, which
-    # would run PyTorch's Linear layers on every core: same thread count.
-    env["OPENBLAS_NUM_THREADS"] = str(threads)
     cmd = ["/usr/bin/python3", os.path.join(HERE, "torch_mlp.py"), "--model", "cnn", "--threads", str(threads),
            "--batch", str(batch), "--epochs", "1", "--train-samples", str(samples), "--flush-denormal", str(int(flush))]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout
-    return json.loads(out.strip().splitlines()[-1])["samples_per_s"]
+    return run_peer(cmd, threads, core, "samples_per_s")["samples_per_s"]
 
 
 def main():
@@ -74,9 +67,16 @@ def main():
                                                     "x(noflush)", "peak(harm.)", "peak(torch)"))
     for threads in (1, 2):
         peak, mhz, lanes = peak_gflops(threads)
-        h = max(harmonics(a.build, threads, a.batch, a.train_samples) for _ in range(a.repeat))
-        tf = max(torch(threads, a.batch, a.train_samples, True, core) for _ in range(a.repeat))
-        tn = max(torch(threads, a.batch, a.train_samples, False, core) for _ in range(a.repeat))
+        # Rounds of one run each, interleaved, so that a slow spell of this
+        # shared machine falls on all three columns alike.
+        runs = {"h": [], "tf": [], "tn": []}
+        for _ in range(a.repeat):
+            runs["h"].append(harmonics(a.build, threads, a.batch, a.train_samples))
+            runs["tf"].append(torch(threads, a.batch, a.train_samples, True, core))
+            runs["tn"].append(torch(threads, a.batch, a.train_samples, False, core))
+        h, tf, tn = max(runs["h"]), max(runs["tf"]), max(runs["tn"])
+        print("# %d thread(s), every run: harmonics %s, torch(flush) %s, torch(noflush) %s" %
+              (threads, *(" ".join("%.0f" % v for v in runs[k]) for k in ("h", "tf", "tn"))))
         print("%7d %10.0f %13.0f %15.0f %9.2f %11.2f %11.1f%% %11.1f%%" %
               (threads, h, tf, tn, h / tf, h / tn, 100 * h * flops / 1e9 / peak, 100 * max(tf, tn) * flops / 1e9 / peak))
         sys.stdout.flush()
