@@ -120,7 +120,7 @@ typedef struct hm_abi_program {
   uint32_t n_scalars;
   cpu_op *ops;
   uint8_t *scratch; /* working memory of the integer matmuls, sized at create */
-  float *patches;   /* convolution patches kept from forward to filter gradient (cpu_window_link_patches) */
+  float *patches;   /* convolution patches kept from forward to filter gradient (cpu_window_link) */
 } cpu_program;
 
 /* ===== Errors ===== */
@@ -144,13 +144,14 @@ struct cpu_op {
   hm_abi_op op;           /* the op as given (copied) */
   void *in[HM_ABI_MAX_OPERANDS];
   void *out[HM_ABI_MAX_OPERANDS];
-  uint64_t out_bytes[HM_ABI_MAX_OPERANDS]; /* each output's extent (0: absent) */
+  uint64_t in_bytes[HM_ABI_MAX_OPERANDS];  /* each operand's extent (0: absent) */
+  uint64_t out_bytes[HM_ABI_MAX_OPERANDS];
   /* CONV2D: where to keep its patches for a later filter gradient;
    * CONV2D_BWD_FILTER: where to read them instead of recomputing. NULL: the
    * op's own scratch. */
   float *patches;
-  /* CONV2D: the ACT_FORWARD after it, applied to each output row while it is
-   * in cache; POOL2D_BWD: the ACT_BACKWARD after it, applied to each plane.
+  /* CONV2D: the ACT_FORWARD after it, applied to each output plane while it
+   * is in cache; POOL2D_BWD: the ACT_BACKWARD after it, applied to each plane.
    * That op is then |fused| and skipped. */
   const cpu_op *act;
   int fused;

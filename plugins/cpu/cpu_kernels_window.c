@@ -108,10 +108,8 @@ static cpu_op *following_activation(cpu_program *p, uint32_t i, const hm_abi_win
   if (!act || act->op.code != HM_ABI_OP_ACT_FORWARD || act->op.variant == HM_ABI_ACT_SOFTMAX ||
       act->in[0] != conv->out[0] || act->op.dims[0] * act->op.dims[1] != ny)
     return NULL;
-  uint64_t in_bytes[3] = {(uint64_t)g->n * g->c_in * g->h * g->w * 4,
-                          (uint64_t)g->c_out * (g->c_in / g->groups) * g->kh * g->kw * 4, (uint64_t)g->c_out * 4};
-  for (int k = 0; k < 3; k++)
-    if (overlaps(act->out[0], act->out_bytes[0], conv->in[k], conv->in[k] ? in_bytes[k] : 0)) return NULL;
+  for (int k = 0; k < HM_ABI_MAX_OPERANDS; k++)
+    if (overlaps(act->out[0], act->out_bytes[0], conv->in[k], conv->in_bytes[k])) return NULL;
   return act;
 }
 
@@ -121,12 +119,12 @@ static cpu_op *following_activation(cpu_program *p, uint32_t i, const hm_abi_win
  * values. */
 static cpu_op *following_activation_gradient(cpu_program *p, uint32_t i, const hm_abi_window *g) {
   cpu_op *pool = &p->ops[i], *act = i + 1 < p->n_ops ? &p->ops[i + 1] : NULL;
-  uint64_t nx = (uint64_t)g->n * g->c_in * g->h * g->w, ny = (uint64_t)g->n * g->c_in * g->ho * g->wo;
+  uint64_t nx = (uint64_t)g->n * g->c_in * g->h * g->w;
   if (!act || act->op.code != HM_ABI_OP_ACT_BACKWARD || act->op.variant == HM_ABI_ACT_SOFTMAX ||
       act->in[2] != pool->out[0] || act->op.dims[0] * act->op.dims[1] != nx)
     return NULL;
-  for (int k = 0; k < 2; k++)
-    if (overlaps(act->out[0], act->out_bytes[0], pool->in[k], pool->in[k] ? ny * 4 : 0)) return NULL;
+  for (int k = 0; k < HM_ABI_MAX_OPERANDS; k++)
+    if (overlaps(act->out[0], act->out_bytes[0], pool->in[k], pool->in_bytes[k])) return NULL;
   return act;
 }
 
@@ -149,14 +147,14 @@ int32_t cpu_window_link(cpu_program *p) {
       cpu_op *fwd = &p->ops[i];
       hm_abi_window g, h;
       if (fwd->op.code != HM_ABI_OP_CONV2D || hm_abi_window_decode(&fwd->op, &g)) continue;
-      uint64_t floats = all_patch_floats(&g), x_bytes = (uint64_t)g.n * g.c_in * g.h * g.w * 4;
+      uint64_t floats = all_patch_floats(&g);
       if (floats * 4 > CPU_PATCH_CACHE_MAX) continue;
       for (uint32_t j = i + 1; j < p->n_ops; j++) {
         cpu_op *bwd = &p->ops[j];
         if (bwd->op.code != HM_ABI_OP_CONV2D_BWD_FILTER || bwd->in[0] != fwd->in[0] ||
             hm_abi_window_decode(&bwd->op, &h) || !same_window(&g, &h))
           continue;
-        if (written_between(p, i, j, fwd->in[0], x_bytes)) break;
+        if (written_between(p, i, j, fwd->in[0], fwd->in_bytes[0])) break;
         if (pass == 1) fwd->patches = bwd->patches = p->patches + at;
         at += (floats + 15) / 16 * 16; /* each on 64 bytes */
         break;
@@ -430,7 +428,6 @@ void cpu_kernel_im2col(const cpu_exec *ex, const cpu_op *op) {
 }
 
 /* ===== Pooling ===== */
-
 
 typedef struct pool_job {
   const cpu_vec_ops *vec;

@@ -42,7 +42,7 @@ static int32_t validate_op(cpu_device *dev, uint32_t index, const hm_abi_op *op,
     for (int k = 0; k < 2; k++) {
       if (!o[k]->buffer || (req[k]->required == 0 && req[k]->bytes == 0)) continue; /* absent, or unused */
       *dst[k] = ((const cpu_buffer *)o[k]->buffer)->data + o[k]->offset;
-      if (k == 1) out->out_bytes[i] = req[k]->bytes;
+      (k == 0 ? out->in_bytes : out->out_bytes)[i] = req[k]->bytes;
     }
   }
   return HM_ABI_OK;

@@ -108,10 +108,6 @@ static void emit_gathers(const lowering *s, op_list *l, program_kind kind, size_
   }
 }
 
-/* The matmul z = x . W^T of edge |e|: f32 (or 16-bit inputs) GEMM, or at a
- * packed width: quantize W (unless packed once for inference) and x, the
- * integer matmul, and for training the dequantized W and x the
- * straight-through backward pass multiplies with. */
 /* One QUANTIZE (f32 rows -> packed) or DEQUANTIZE (packed -> f32 rows) of
  * a |rows| x |k| matrix at packed dtype |q|. */
 static void emit_packing(op_list *l, uint32_t code, uint32_t q, size_t rows, size_t k, hm_abi_operand in,
@@ -126,6 +122,10 @@ static void emit_packing(op_list *l, uint32_t code, uint32_t q, size_t rows, siz
   op->out[0] = out;
 }
 
+/* The matmul z = x . W^T of edge |e|: f32 (or 16-bit inputs) GEMM, or at a
+ * packed width: quantize W (unless packed once for inference) and x, the
+ * integer matmul, and for training the dequantized W and x the
+ * straight-through backward pass multiplies with. */
 static void emit_matmul(const lowering *s, op_list *l, program_kind kind, size_t e, size_t b) {
   const hm_edge *ed = &s->g->edges[e];
   const hm_edge_buffers *es = &s->b->edges[e];
