@@ -76,4 +76,17 @@ grep -q "differs from the reference at byte 0 (numerics exact)" "$work/q3_ulp.js
 "$bin" conform "$cpu" --test kernel.gemm.f32.7x13x5.ab0 >"$work/one.txt" 2>&1 || { echo "FAIL: --test one case"; fail=1; }
 grep -q "^total  *1  *0" "$work/one.txt" || { echo "FAIL: --test ran more than one case"; cat "$work/one.txt"; fail=1; }
 "$bin" conform "$cpu" --test no.such.test >/dev/null 2>&1; [[ $? -eq 2 ]] || { echo "FAIL: unknown --test"; fail=1; }
+
+# --device-option reaches every device_open and the report; a malformed one
+# is a usage error, one the plugin refuses fails the tests that open a device.
+"$bin" conform "$cpu" --device-option threads=1 --test kernel.gemm.f32.7x13x5.ab0 --json >"$work/opt.json" 2>"$work/opt.txt"
+rc=$?
+[[ $rc -eq 0 ]] && grep -qx "device option threads=1" "$work/opt.txt" &&
+  python3 -c 'import json,sys; j=json.load(open(sys.argv[1])); assert j["device_options"] == {"threads": "1"}, j["device_options"]' \
+    "$work/opt.json" || { echo "FAIL: --device-option threads=1 (rc=$rc)"; cat "$work/opt.txt"; fail=1; }
+"$bin" conform "$cpu" --device-option threads >/dev/null 2>"$work/bad.txt"; rc=$?
+[[ $rc -eq 2 ]] && grep -q "wants KEY=VALUE" "$work/bad.txt" || { echo "FAIL: --device-option without '=' (rc=$rc)"; fail=1; }
+"$bin" conform "$cpu" --device-option no_such_option=1 --test kernel.gemm.f32.7x13x5.ab0 >"$work/refused.txt" 2>&1; rc=$?
+[[ $rc -eq 1 ]] && grep -q "^FAIL kernel.gemm.f32.7x13x5.ab0: device_open(0) failed" "$work/refused.txt" ||
+  { echo "FAIL: a refused device option (rc=$rc)"; cat "$work/refused.txt"; fail=1; }
 exit $fail

@@ -31,6 +31,8 @@ typedef struct conform_ctx {
   const hm_abi_plugin *t;
   hm_abi_context *pctx;
   uint32_t device_index;
+  const hm_abi_option *options; /* --device-option KEY=VALUE, for every device_open */
+  uint32_t n_options;
   hm_abi_device *dev;
   hm_abi_device_desc desc;
   uint64_t seed;

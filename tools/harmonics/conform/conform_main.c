@@ -123,7 +123,7 @@ static int open_device(conform_ctx *c, char *err, size_t cap) {
     snprintf(err, cap, "device_describe(%u) failed: %s", c->device_index, hm_plugin_last_message());
     return 1;
   }
-  if (c->t->device_open(c->pctx, c->device_index, NULL, 0, &c->dev) != HM_ABI_OK || !c->dev) {
+  if (c->t->device_open(c->pctx, c->device_index, c->options, c->n_options, &c->dev) != HM_ABI_OK || !c->dev) {
     snprintf(err, cap, "device_open(%u) failed: %s", c->device_index, hm_plugin_last_message());
     return 1;
   }
@@ -272,6 +272,9 @@ static void usage(FILE *f) {
           "  --list            list the tests and exit\n"
           "  --test NAME       run only this test (repeatable); a trailing '*' matches a prefix\n"
           "  --device N        the device to test (default 0)\n"
+          "  --device-option KEY=VALUE\n"
+          "                    a device option every device_open gets (repeatable, up to 8), e.g.\n"
+          "                    memory=staging or operands=storage for the Vulkan plugin\n"
           "  --seed N          the seed of every random input (default %u; printed in the report)\n"
           "  --timeout S       seconds a test may take before it counts as TIMEOUT (default 60)\n"
           "  --json            a JSON report on stdout\n"
@@ -289,6 +292,9 @@ static int matches(const char *pattern, const char *name) {
 typedef struct conform_args {
   const char *path, *tests[64];
   size_t n_tests, device, seed;
+  char option_text[8][128];
+  hm_abi_option options[8];
+  uint32_t n_options;
   int json, list;
   double timeout;
 } conform_args;
@@ -306,7 +312,8 @@ static int parse_args(int argc, char **argv, conform_args *c, int *done) {
   *done = 0;
   for (int i = 0; i < argc; i++) {
     const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-    int value = !strcmp(a, "--test") || !strcmp(a, "--device") || !strcmp(a, "--seed") || !strcmp(a, "--timeout");
+    int value = !strcmp(a, "--test") || !strcmp(a, "--device") || !strcmp(a, "--seed") || !strcmp(a, "--timeout") ||
+                !strcmp(a, "--device-option");
     if (value && !v) {
       fprintf(stderr, "harmonics conform: %s needs a value\n", a);
       return CLI_USAGE;
@@ -321,6 +328,17 @@ static int parse_args(int argc, char **argv, conform_args *c, int *done) {
       if (c->n_tests < 64) c->tests[c->n_tests++] = argv[++i];
     } else if (!strcmp(a, "--device")) {
       if (cli_parse_size(a, argv[++i], &c->device)) return CLI_USAGE;
+    } else if (!strcmp(a, "--device-option")) {
+      const char *eq = strchr(v, '=');
+      if (!eq || eq == v || strlen(v) >= sizeof c->option_text[0] || c->n_options == 8) {
+        fprintf(stderr, "harmonics conform: --device-option wants KEY=VALUE (at most 8, under 128 characters): '%s'\n", v);
+        return CLI_USAGE;
+      }
+      char *t = c->option_text[c->n_options];
+      memcpy(t, v, strlen(v) + 1);
+      t[eq - v] = '\0';
+      c->options[c->n_options++] = (hm_abi_option){t, t + (eq - v) + 1};
+      i++;
     } else if (!strcmp(a, "--seed")) {
       if (cli_parse_size(a, argv[++i], &c->seed)) return CLI_USAGE;
     } else if (!strcmp(a, "--timeout")) {
@@ -433,7 +451,14 @@ static void print_json(const conform_args *c, const plugin_identity *id, const c
   json_string(stdout, id->build);
   printf(",\"abi_version\":");
   json_string(stdout, id->abi);
-  printf("},\"device\":%zu,\"conformant\":%s,\"totals\":{", c->device, conformant ? "true" : "false");
+  printf("},\"device\":%zu,\"device_options\":{", c->device);
+  for (uint32_t i = 0; i < c->n_options; i++) {
+    printf(i ? "," : "");
+    json_string(stdout, c->options[i].key);
+    printf(":");
+    json_string(stdout, c->options[i].value);
+  }
+  printf("},\"conformant\":%s,\"totals\":{", conformant ? "true" : "false");
   for (int k = 0; k < CONFORM_STATUS_COUNT; k++)
     printf("%s\"%s\":%zu", k ? "," : "", conform_status_name((conform_status)k), totals[k]);
   printf("},\"results\":[");
@@ -483,12 +508,15 @@ int cmd_conform(int argc, char **argv) {
   memset(&base, 0, sizeof base);
   base.path = c.path;
   base.device_index = (uint32_t)c.device;
+  base.options = c.options;
+  base.n_options = c.n_options;
   base.seed = c.seed;
   for (size_t i = 0; i < s.n; i++) out[i].status = CONFORM_STATUS_COUNT; /* not run */
   FILE *human = c.json ? stderr : stdout;
   fprintf(human, "harmonics conform %s (ABI %d.%d): %s\nplugin %s %s (vendor %s, ABI %s, build %s), device %zu, seed %zu\n",
           hm_version(), HM_ABI_VERSION_MAJOR, HM_ABI_VERSION_MINOR, c.path, id.name, id.version, id.vendor, id.abi,
           id.build, c.device, c.seed);
+  for (uint32_t i = 0; i < c.n_options; i++) fprintf(human, "device option %s=%s\n", c.options[i].key, c.options[i].value);
   if (id.load_error[0]) fprintf(human, "the plugin does not load: %s\n", id.load_error);
   for (size_t i = 0; i < s.n;) {
     size_t j = i;

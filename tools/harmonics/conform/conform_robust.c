@@ -257,7 +257,7 @@ static void test_concurrent_devices(conform_ctx *c, const void *arg, conform_res
   memset(w, 0, sizeof w);
   w[0].c = w[1].c = c;
   w[0].dev = c->dev;
-  if (c->t->device_open(c->pctx, c->device_index, NULL, 0, &w[1].dev) != HM_ABI_OK) {
+  if (c->t->device_open(c->pctx, c->device_index, c->options, c->n_options, &w[1].dev) != HM_ABI_OK) {
     conform_fail(r, "a second device_open(%u) failed: %s", c->device_index, hm_plugin_last_message());
     return;
   }
