@@ -6,6 +6,10 @@
  * figures are for catching regressions, not for comparison with real GPUs.
  *
  *   bench_backends [--sizes 128,256,512] [--train-samples 4000] [--seconds 0.5] [--model examples/fashion_mnist.hmx]
+ *                  [--backends cpu,vulkan,opencl,cuda]
+ *
+ * Each backend after the CPU also gets a line of its figures divided by the
+ * CPU plugin's from the same run (when the CPU ran first).
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -103,10 +107,17 @@ static int train(const char *backend, const char *model, size_t samples, double 
   return rc;
 }
 
+/* |x| as a percentage of |base| in a column |width| wide, or "-". */
+static void print_ratio(double x, double base, int width) {
+  if (x > 0 && base > 0) printf(" %*.1f%%", width - 1, 100.0 * x / base);
+  else printf(" %*s", width, "-");
+}
+
 int main(int argc, char **argv) {
   size_t sizes[8] = {128, 256, 512}, n_sizes = 3, samples = 4000;
   double seconds = 0.5;
   const char *model = HM_EXAMPLES_DIR "/fashion_mnist.hmx"; /* from any directory */
+  const char *only = "cpu,vulkan,opencl,cuda";
   for (int i = 1; i + 1 < argc; i += 2) {
     if (!strcmp(argv[i], "--sizes")) {
       n_sizes = 0;
@@ -117,8 +128,10 @@ int main(int argc, char **argv) {
     } else if (!strcmp(argv[i], "--train-samples")) samples = strtoul(argv[i + 1], NULL, 10);
     else if (!strcmp(argv[i], "--seconds")) seconds = strtod(argv[i + 1], NULL);
     else if (!strcmp(argv[i], "--model")) model = argv[i + 1];
+    else if (!strcmp(argv[i], "--backends")) only = argv[i + 1];
     else {
-      fprintf(stderr, "usage: bench_backends [--sizes 128,256,512] [--train-samples N] [--seconds S] [--model M]\n");
+      fprintf(stderr, "usage: bench_backends [--sizes 128,256,512] [--train-samples N] [--seconds S] [--model M] "
+                      "[--backends cpu,vulkan,...]\n");
       return 2;
     }
   }
@@ -126,7 +139,12 @@ int main(int argc, char **argv) {
   printf("%-8s %-44s", "backend", "device");
   for (size_t s = 0; s < n_sizes; s++) printf(" gemm%-5zu", sizes[s]);
   printf(" %12s %9s\n", "train_smp/s", "accuracy");
+  double cpu[9] = {0}; /* the CPU plugin's figures: GEMM per size, then training */
   for (size_t b = 0; b < sizeof backends / sizeof backends[0]; b++) {
+    size_t len = strlen(backends[b]);
+    const char *at = strstr(only, backends[b]);
+    if (!at || (at != only && at[-1] != ',') || (at[len] && at[len] != ',')) continue;
+    double fig[9] = {0};
     hm_device *dev = NULL;
     if (hm_device_open(backends[b], NULL, &dev) != HM_OK) {
       printf("%-8s not available: %s\n", backends[b], hm_last_error());
@@ -135,14 +153,22 @@ int main(int argc, char **argv) {
     printf("%-8s %-44.44s", backends[b], hm_device_desc(dev)->name);
     fflush(stdout);
     for (size_t s = 0; s < n_sizes; s++) {
-      printf(" %9.2f", gemm_gflops(dev, sizes[s], seconds));
+      printf(" %9.2f", fig[s] = gemm_gflops(dev, sizes[s], seconds));
       fflush(stdout);
     }
     hm_device_close(dev);
     double sps = 0;
     float acc = 0;
-    if (train(backends[b], model, samples, &sps, &acc) == 0) printf(" %12.0f %8.2f%%\n", sps, 100.0 * acc);
+    if (samples && train(backends[b], model, samples, &sps, &acc) == 0) printf(" %12.0f %8.2f%%\n", sps, 100.0 * acc);
     else printf(" %12s %9s\n", "-", "-");
+    fig[8] = sps;
+    if (b == 0) memcpy(cpu, fig, sizeof cpu);
+    else if (cpu[8] > 0 || cpu[0] > 0) { /* the ratio line */
+      printf("%-8s %-44s", "", "  vs cpu");
+      for (size_t s = 0; s < n_sizes; s++) print_ratio(fig[s], cpu[s], 9);
+      print_ratio(fig[8], cpu[8], 12);
+      printf("\n");
+    }
   }
   printf("GEMM figures are GFLOP/s (f32, square); training: 1 epoch, %zu samples, batch 64, Adam.\n", samples);
   return 0;
