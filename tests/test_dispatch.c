@@ -49,6 +49,12 @@ static void gemm_kernels_follow_shape_and_alignment(void) {
   hm_abi_op op = gemm(2080, 2080, 4, 0, 0);
   HM_CHECK_EQ(hm_plan_dispatch(&op, 1024, &d, err, sizeof err), 0);
   HM_CHECK_EQ(d.groups, 1024); /* 260 x 260 blocks over 1024 x 64 invocations: they loop */
+  /* A device whose 8x8 sums spill (lavapipe with texel operands) takes 4x4
+   * four-word blocks: 16 x 32 of them for a 64 x 128 C. */
+  op = gemm(64, 128, 784, HM_ABI_OP_FLAG_TRANS_B, 0);
+  HM_CHECK_EQ(hm_plan_dispatch_limited(&op, 1024, 20000, 4, &d, err, sizeof err), 0);
+  HM_CHECK_STR_CONTAINS(hm_kernel_name(d.kernel), "gemm_x4");
+  HM_CHECK_EQ(d.groups, 16 * 32 / 64);
 }
 
 /* lavapipe ends loops after 65535 iterations in all: a GEMM whose
@@ -57,9 +63,9 @@ static void loop_limited_devices_refuse_long_gemms(void) {
   hm_dispatch d;
   char err[256] = "";
   hm_abi_op op = gemm(16, 16, 8192, 0, 0);
-  HM_CHECK_EQ(hm_plan_dispatch_limited(&op, 1024, 20000, &d, err, sizeof err), 0); /* 2049 iterations */
+  HM_CHECK_EQ(hm_plan_dispatch_limited(&op, 1024, 20000, 8, &d, err, sizeof err), 0); /* 2049 iterations */
   op = gemm(16, 16, 90000, 0, 0);
-  HM_CHECK(hm_plan_dispatch_limited(&op, 1024, 20000, &d, err, sizeof err) != 0);
+  HM_CHECK(hm_plan_dispatch_limited(&op, 1024, 20000, 8, &d, err, sizeof err) != 0);
   HM_CHECK_STR_CONTAINS(err, "a 16x16x90000 GEMM needs 22501 loop iterations per invocation, more than this device "
                              "runs (20000)");
   op = gemm(16, 16, 90000, 0, 0);
@@ -80,7 +86,7 @@ static void norm_and_im2col_plans(void) {
   op.dims[0] = 5000;
   HM_CHECK_EQ(hm_plan_dispatch(&op, 1024, &d, err, sizeof err), 0);
   HM_CHECK_EQ(d.groups, 1024);
-  HM_CHECK(hm_plan_dispatch_limited(&op, 1024, 4000, &d, err, sizeof err) != 0);
+  HM_CHECK(hm_plan_dispatch_limited(&op, 1024, 4000, 8, &d, err, sizeof err) != 0);
   /* IM2COL: one element per invocation of [N*Ho*Wo, C*KH*KW]. */
   memset(&op, 0, sizeof op);
   for (int i = 0; i < HM_ABI_MAX_DYN; i++) op.dyn[i] = HM_ABI_DYN_NONE;
@@ -88,7 +94,7 @@ static void norm_and_im2col_plans(void) {
   op.dims[0] = 2, op.dims[1] = HM_ABI_PACK2(3, 1), op.dims[2] = HM_ABI_PACK2(5, 5), op.dims[3] = 1;
   float g[8] = {3, 3, 1, 1, 0, 0, 1, 1};
   memcpy(op.params, g, sizeof g);
-  HM_CHECK_EQ(hm_plan_dispatch_limited(&op, 1024, 20000, &d, err, sizeof err), 0);
+  HM_CHECK_EQ(hm_plan_dispatch_limited(&op, 1024, 20000, 8, &d, err, sizeof err), 0);
   HM_CHECK_STR_CONTAINS(hm_kernel_name(d.kernel), "im2col");
   HM_CHECK_EQ(d.groups, (2 * 9 * 27 + 63) / 64);
   HM_CHECK_EQ(d.slices, 1);

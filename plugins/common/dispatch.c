@@ -86,7 +86,7 @@ static int plan_window(const hm_abi_op *op, uint32_t max_groups, hm_dispatch *d,
 }
 
 int hm_plan_dispatch(const hm_abi_op *op, uint32_t max_groups, hm_dispatch *d, char *err, size_t cap) {
-  return hm_plan_dispatch_limited(op, max_groups, 0, d, err, cap);
+  return hm_plan_dispatch_limited(op, max_groups, 0, 8, d, err, cap);
 }
 
 static uint64_t ceil_div(uint64_t a, uint64_t b) { return (a + b - 1) / b; }
@@ -139,8 +139,8 @@ void hm_dispatch_slice(const hm_dispatch *d, uint32_t s, hm_kparams *p, uint32_t
   if (d->kernel == HK_CONV2D_BWD_FILTER && s > 0) p->flags |= HM_ABI_OP_FLAG_ACCUMULATE; /* the sums continue */
 }
 
-int hm_plan_dispatch_limited(const hm_abi_op *op, uint32_t max_groups, uint32_t max_loop, hm_dispatch *d, char *err,
-                             size_t cap) {
+int hm_plan_dispatch_limited(const hm_abi_op *op, uint32_t max_groups, uint32_t max_loop, uint32_t gemm_block,
+                             hm_dispatch *d, char *err, size_t cap) {
   memset(d, 0, sizeof *d);
   d->slices = 1;
   if (hm_op_is_window(op->code)) {
@@ -196,14 +196,15 @@ int hm_plan_dispatch_limited(const hm_abi_op *op, uint32_t max_groups, uint32_t 
   switch (op->code) {
     case HM_ABI_OP_GEMM: {
       /* Register blocks, because loads — not arithmetic — bound the kernels
-       * on the CPU emulators (docs/plugins.md): 8x8 or 4x4 outputs per
-       * invocation with four-word loads where the contiguous sizes and the
-       * operand offsets are multiples of 4, 4x4 with one-word loads where
-       * not, one output per invocation for a C thinner than 4. */
+       * on the CPU emulators (docs/plugins.md): 8x8 (up to gemm_block) or
+       * 4x4 outputs per invocation with four-word loads where the
+       * contiguous sizes and the operand offsets are multiples of 4, 4x4
+       * with one-word loads where not, one output per invocation for a C
+       * thinner than 4. */
       int ta = (op->flags & HM_ABI_OP_FLAG_TRANS_A) != 0, tb = (op->flags & HM_ABI_OP_FLAG_TRANS_B) != 0;
       int x4 = d2 % 4 == 0 && (!ta || d0 % 4 == 0) && (tb || d1 % 4 == 0) && op->in[0].offset % 16 == 0 &&
                op->in[1].offset % 16 == 0;
-      uint64_t side = x4 && d0 >= 8 && d1 >= 8 ? 8 : d0 >= 4 && d1 >= 4 ? 4 : 1;
+      uint64_t side = x4 && gemm_block >= 8 && d0 >= 8 && d1 >= 8 ? 8 : d0 >= 4 && d1 >= 4 ? 4 : 1;
       d->kernel = side == 8 ? HK_GEMM_X8 : side == 4 ? (x4 ? HK_GEMM_X4 : HK_GEMM_REG) : HK_GEMM;
       items = ((d0 + side - 1) / side) * ((d1 + side - 1) / side);
       loop = d2 / (x4 && side > 1 ? 4 : 1) + 1;

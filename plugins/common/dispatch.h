@@ -58,9 +58,11 @@ int hm_plan_dispatch(const hm_abi_op *op, uint32_t max_groups, hm_dispatch *out,
  * loop iterations (Mesa's llvmpipe/lavapipe: 65535): window ops are split
  * by images so each launch stays below it; an op that cannot (one image is
  * already too much, a GEMM with too long a k) is refused with the reason.
- * 0 = no limit. */
-int hm_plan_dispatch_limited(const hm_abi_op *op, uint32_t max_groups, uint32_t max_loop, hm_dispatch *out, char *err,
-                             size_t cap);
+ * 0 = no limit. |gemm_block| is the largest GEMM register block's side, 8
+ * or 4 (where 8x8 sums spill and the loads are cheap enough that 4x4
+ * blocks win: lavapipe reading texel buffers). */
+int hm_plan_dispatch_limited(const hm_abi_op *op, uint32_t max_groups, uint32_t max_loop, uint32_t gemm_block,
+                             hm_dispatch *out, char *err, size_t cap);
 /* The parameter block and work-group count of slice |s| of |d|, whose
  * p.off[] the backend has filled for the whole op. */
 void hm_dispatch_slice(const hm_dispatch *d, uint32_t s, hm_kparams *p, uint32_t *groups);

@@ -14,6 +14,13 @@
  * visible (integrated GPUs, lavapipe) reads and writes are direct, otherwise
  * they go through a staging buffer (device option memory=staging forces the
  * staging path, to test it anywhere).
+ *
+ * GEMM kernels are specialized per transpose pair (a specialization
+ * constant), and the four-word ones read A and B through uniform texel
+ * buffers (an R32G32B32A32_UINT view of every buffer) where the device
+ * supports them for the buffer's size; device option operands=storage reads
+ * storage buffers instead. On lavapipe both together make GEMM 4-6x faster
+ * (docs/plugins.md).
  */
 #include <stdarg.h>
 #include <stdatomic.h>
@@ -31,7 +38,9 @@
 #define PLUGIN_MIN_ABI HM_ABI_MAKE_VERSION(1, 0)
 #define MAX_DEVICES 16
 #define BUFFER_MAGIC 0x564b4246u /* "VKBF" */
-#define N_BINDINGS 7             /* b0..b5 and the scalars */
+#define N_BINDINGS 9             /* b0..b5, the scalars, texel views of b0 and b1 */
+#define N_STORAGE_BINDINGS 7     /* bindings 0..6 are storage buffers */
+#define N_PIPE_VARIANTS 8        /* per kernel: texel operands (4) x transposes (0..3) */
 #define MAX_GROUPS 1024u
 /* Mesa's llvmpipe (lavapipe) ends any shader loop after 65535 iterations
  * (gallivm's loop limiter): long window ops are split below that. */
@@ -40,12 +49,17 @@
 /* The SPIR-V of each kernel (vk_shaders.c, generated). */
 extern const uint32_t *const hm_vk_spirv[HK_COUNT];
 extern const size_t hm_vk_spirv_size[HK_COUNT];
+extern const uint32_t *const hm_vk_spirv_texel[HK_COUNT]; /* HM_TEXEL_OPERANDS builds, or NULL */
+extern const size_t hm_vk_spirv_texel_size[HK_COUNT];
 
 typedef struct vk_device_info {
   VkPhysicalDevice phys;
   hm_abi_device_desc desc;
   uint32_t queue_family;
   VkDeviceSize max_range; /* maxStorageBufferRange */
+  /* Texel views of up to this many 16-byte elements (0: the device cannot
+   * read R32G32B32A32_UINT uniform texel buffers). */
+  uint64_t texel_elements;
 } vk_device_info;
 
 typedef struct hm_abi_context {
@@ -66,13 +80,15 @@ typedef struct hm_abi_device {
   VkDescriptorSetLayout set_layout;
   VkPipelineLayout layout;
   VkPipelineCache cache;
-  VkShaderModule modules[HK_COUNT];
-  VkPipeline pipes[HK_COUNT];
+  VkShaderModule modules[HK_COUNT][2]; /* [texel operands] */
+  VkPipeline pipes[HK_COUNT][N_PIPE_VARIANTS];
+  int texel_operands; /* texel views are made and read (not operands=storage) */
   VkPhysicalDeviceMemoryProperties mem;
   int force_staging;
   /* A buffer bound to unused operand slots, and the staging buffer. */
   VkBuffer dummy;
   VkDeviceMemory dummy_mem;
+  VkBufferView dummy_view;
   VkBuffer staging;
   VkDeviceMemory staging_mem;
   void *staging_map;
@@ -87,6 +103,7 @@ typedef struct hm_abi_buffer {
   VkBuffer buf;
   VkDeviceMemory mem;
   void *map; /* non-NULL when host visible */
+  VkBufferView texels; /* R32G32B32A32_UINT view for GEMM operands, or null */
 } vk_buffer;
 
 typedef struct hm_abi_program {
@@ -171,17 +188,21 @@ static void describe(vk_device_info *di) {
   d->compute_units = 0;
   d->memory_bytes = local;
   di->max_range = props.limits.maxStorageBufferRange;
+  VkFormatProperties fp;
+  vkGetPhysicalDeviceFormatProperties(di->phys, VK_FORMAT_R32G32B32A32_UINT, &fp);
+  di->texel_elements = (fp.bufferFeatures & VK_FORMAT_FEATURE_UNIFORM_TEXEL_BUFFER_BIT) ? props.limits.maxTexelBufferElements : 0;
   d->max_buffer_bytes = props.limits.maxStorageBufferRange;
   static const char *types[] = {"other", "integrated-gpu", "discrete-gpu", "virtual-gpu", "cpu"};
   snprintf(d->features, sizeof d->features,
            "vulkan=%u.%u.%u type=%s driver=0x%x fp16=%s int8=%s storage8=%s storage16=%s int_dot=%s subgroup=%u "
-           "coopmat=%s max_binding=%llu max_wg=%u shaders=spirv-f32 packed=q8,q4,q3",
+           "coopmat=%s max_binding=%llu max_texel_elements=%llu max_wg=%u shaders=spirv-f32 packed=q8,q4,q3",
            VK_API_VERSION_MAJOR(props.apiVersion), VK_API_VERSION_MINOR(props.apiVersion),
            VK_API_VERSION_PATCH(props.apiVersion), props.deviceType <= 4 ? types[props.deviceType] : "?",
            props.driverVersion, v11 && f12.shaderFloat16 ? "yes" : "no", v11 && f12.shaderInt8 ? "yes" : "no",
            v11 && f12.storageBuffer8BitAccess ? "yes" : "no", v11 && f11.storageBuffer16BitAccess ? "yes" : "no",
            dot ? "yes" : "no", v11 ? sub.subgroupSize : 0, coop ? "yes" : "no",
-           (unsigned long long)props.limits.maxStorageBufferRange, props.limits.maxComputeWorkGroupInvocations);
+           (unsigned long long)props.limits.maxStorageBufferRange, (unsigned long long)di->texel_elements,
+           props.limits.maxComputeWorkGroupInvocations);
   uint32_t n_caps = 0;
   d->caps = hm_kernel_caps(&n_caps);
   d->n_caps = n_caps;
@@ -277,7 +298,8 @@ static int find_memory(const vk_device *dev, uint32_t type_bits, VkMemoryPropert
 static VkResult make_buffer(vk_device *dev, VkDeviceSize size, int host, VkBuffer *buf, VkDeviceMemory *mem, void **map) {
   VkBufferCreateInfo bi = {.sType = VK_STRUCTURE_TYPE_BUFFER_CREATE_INFO, .size = size,
                            .usage = VK_BUFFER_USAGE_STORAGE_BUFFER_BIT | VK_BUFFER_USAGE_TRANSFER_SRC_BIT |
-                                    VK_BUFFER_USAGE_TRANSFER_DST_BIT,
+                                    VK_BUFFER_USAGE_TRANSFER_DST_BIT |
+                                    (dev->texel_operands ? VK_BUFFER_USAGE_UNIFORM_TEXEL_BUFFER_BIT : 0),
                            .sharingMode = VK_SHARING_MODE_EXCLUSIVE};
   VkResult r = vkCreateBuffer(dev->dev, &bi, NULL, buf);
   if (r != VK_SUCCESS) return r;
@@ -311,6 +333,14 @@ static VkResult make_buffer(vk_device *dev, VkDeviceSize size, int host, VkBuffe
     *mem = VK_NULL_HANDLE;
   }
   return r;
+}
+
+/* The R32G32B32A32_UINT view of a whole buffer that GEMM kernels built with
+ * HM_TEXEL_OPERANDS read A and B through. */
+static VkResult make_texel_view(vk_device *dev, VkBuffer buf, VkBufferView *out) {
+  VkBufferViewCreateInfo vi = {.sType = VK_STRUCTURE_TYPE_BUFFER_VIEW_CREATE_INFO, .buffer = buf,
+                               .format = VK_FORMAT_R32G32B32A32_UINT, .range = VK_WHOLE_SIZE};
+  return vkCreateBufferView(dev->dev, &vi, NULL, out);
 }
 
 /* Waits for the last submission of the device. */
@@ -370,11 +400,14 @@ static void vk_device_close(hm_abi_device *dev) {
   if (dev->dev) {
     vkDeviceWaitIdle(dev->dev);
     for (int k = 0; k < HK_COUNT; k++) {
-      if (dev->pipes[k]) vkDestroyPipeline(dev->dev, dev->pipes[k], NULL);
-      if (dev->modules[k]) vkDestroyShaderModule(dev->dev, dev->modules[k], NULL);
+      for (int v = 0; v < N_PIPE_VARIANTS; v++)
+        if (dev->pipes[k][v]) vkDestroyPipeline(dev->dev, dev->pipes[k][v], NULL);
+      for (int t = 0; t < 2; t++)
+        if (dev->modules[k][t]) vkDestroyShaderModule(dev->dev, dev->modules[k][t], NULL);
     }
     if (dev->staging) vkDestroyBuffer(dev->dev, dev->staging, NULL);
     if (dev->staging_mem) vkFreeMemory(dev->dev, dev->staging_mem, NULL);
+    if (dev->dummy_view) vkDestroyBufferView(dev->dev, dev->dummy_view, NULL);
     if (dev->dummy) vkDestroyBuffer(dev->dev, dev->dummy, NULL);
     if (dev->dummy_mem) vkFreeMemory(dev->dev, dev->dummy_mem, NULL);
     if (dev->cache) vkDestroyPipelineCache(dev->dev, dev->cache, NULL);
@@ -391,7 +424,7 @@ static int32_t vk_device_open(hm_abi_context *ctx, uint32_t index, const hm_abi_
                               hm_abi_device **out) {
   if (!ctx || !out || (n_options && !options)) return HM_ABI_STATUS_INVALID_ARGUMENT;
   if (index >= ctx->n_devices) return fail(ctx, HM_ABI_STATUS_NOT_FOUND, "vulkan: no device %u", index);
-  int force_staging = 0;
+  int force_staging = 0, storage_operands = 0;
   for (uint32_t i = 0; i < n_options; i++) {
     const char *k = options[i].key ? options[i].key : "", *v = options[i].value ? options[i].value : "";
     if (!strcmp(k, "threads")) continue; /* offered to every device; not used here */
@@ -399,13 +432,19 @@ static int32_t vk_device_open(hm_abi_context *ctx, uint32_t index, const hm_abi_
       force_staging = !strcmp(v, "staging");
       continue;
     }
-    return fail(ctx, HM_ABI_STATUS_INVALID_ARGUMENT, "vulkan: bad device option %s='%s' (known: memory=auto|staging)", k, v);
+    if (!strcmp(k, "operands") && (!strcmp(v, "auto") || !strcmp(v, "storage"))) {
+      storage_operands = !strcmp(v, "storage");
+      continue;
+    }
+    return fail(ctx, HM_ABI_STATUS_INVALID_ARGUMENT,
+                "vulkan: bad device option %s='%s' (known: memory=auto|staging, operands=auto|storage)", k, v);
   }
   vk_device *dev = calloc(1, sizeof *dev);
   if (!dev) return HM_ABI_STATUS_RESOURCE_EXHAUSTED;
   dev->ctx = ctx;
   dev->info = &ctx->devices[index];
   dev->force_staging = force_staging;
+  dev->texel_operands = !storage_operands && dev->info->texel_elements > 0;
   vkGetPhysicalDeviceMemoryProperties(dev->info->phys, &dev->mem);
   float prio = 1.0f;
   VkDeviceQueueCreateInfo qi = {.sType = VK_STRUCTURE_TYPE_DEVICE_QUEUE_CREATE_INFO, .queueFamilyIndex = dev->info->queue_family,
@@ -426,8 +465,11 @@ static int32_t vk_device_open(hm_abi_context *ctx, uint32_t index, const hm_abi_
   if (r == VK_SUCCESS) {
     VkDescriptorSetLayoutBinding b[N_BINDINGS];
     for (uint32_t i = 0; i < N_BINDINGS; i++)
-      b[i] = (VkDescriptorSetLayoutBinding){i, VK_DESCRIPTOR_TYPE_STORAGE_BUFFER, 1, VK_SHADER_STAGE_COMPUTE_BIT, NULL};
-    VkDescriptorSetLayoutCreateInfo li = {.sType = VK_STRUCTURE_TYPE_DESCRIPTOR_SET_LAYOUT_CREATE_INFO, .bindingCount = N_BINDINGS,
+      b[i] = (VkDescriptorSetLayoutBinding){i, i < N_STORAGE_BINDINGS ? VK_DESCRIPTOR_TYPE_STORAGE_BUFFER
+                                                                       : VK_DESCRIPTOR_TYPE_UNIFORM_TEXEL_BUFFER,
+                                            1, VK_SHADER_STAGE_COMPUTE_BIT, NULL};
+    VkDescriptorSetLayoutCreateInfo li = {.sType = VK_STRUCTURE_TYPE_DESCRIPTOR_SET_LAYOUT_CREATE_INFO,
+                                          .bindingCount = dev->texel_operands ? N_BINDINGS : N_STORAGE_BINDINGS,
                                           .pBindings = b};
     r = vkCreateDescriptorSetLayout(dev->dev, &li, NULL, &dev->set_layout);
   }
@@ -447,6 +489,7 @@ static int32_t vk_device_open(hm_abi_context *ctx, uint32_t index, const hm_abi_
     r = vkAllocateCommandBuffers(dev->dev, &ai, &dev->transfer);
   }
   if (r == VK_SUCCESS) r = make_buffer(dev, 256, 0, &dev->dummy, &dev->dummy_mem, &(void *){NULL});
+  if (r == VK_SUCCESS && dev->texel_operands) r = make_texel_view(dev, dev->dummy, &dev->dummy_view);
   if (r != VK_SUCCESS) {
     int32_t st = fail(ctx, status_of(r), "vulkan: cannot open '%s' (%d)", dev->info->desc.name, (int)r);
     vk_device_close(dev);
@@ -456,25 +499,36 @@ static int32_t vk_device_open(hm_abi_context *ctx, uint32_t index, const hm_abi_
   return HM_ABI_OK;
 }
 
-/* The pipeline of kernel |k|, created on first use. */
-static int32_t pipeline(vk_device *dev, hm_kernel_id k, VkPipeline *out) {
-  if (dev->pipes[k]) {
-    *out = dev->pipes[k];
+/* The pipeline of kernel |k| for GEMM flags |gemm_flags| (its transposes,
+ * the specialization constant of dialect_glsl.h; 0 for other kernels),
+ * built with texel operands or not; created on first use. */
+static int32_t pipeline(vk_device *dev, hm_kernel_id k, int texel, uint32_t gemm_flags, VkPipeline *out) {
+  VkPipeline *pipe = &dev->pipes[k][(texel ? 4 : 0) + (gemm_flags & 3u)];
+  if (*pipe) {
+    *out = *pipe;
     return HM_ABI_OK;
   }
-  VkShaderModuleCreateInfo mi = {.sType = VK_STRUCTURE_TYPE_SHADER_MODULE_CREATE_INFO, .codeSize = hm_vk_spirv_size[k],
-                                 .pCode = hm_vk_spirv[k]};
-  VkResult r = vkCreateShaderModule(dev->dev, &mi, NULL, &dev->modules[k]);
+  VkResult r = VK_SUCCESS;
+  VkShaderModule *module = &dev->modules[k][texel ? 1 : 0];
+  if (!*module) {
+    VkShaderModuleCreateInfo mi = {.sType = VK_STRUCTURE_TYPE_SHADER_MODULE_CREATE_INFO,
+                                   .codeSize = texel ? hm_vk_spirv_texel_size[k] : hm_vk_spirv_size[k],
+                                   .pCode = texel ? hm_vk_spirv_texel[k] : hm_vk_spirv[k]};
+    r = vkCreateShaderModule(dev->dev, &mi, NULL, module);
+  }
   if (r == VK_SUCCESS) {
+    uint32_t flags = gemm_flags & 3u;
+    VkSpecializationMapEntry entry = {0, 0, sizeof flags};
+    VkSpecializationInfo spec = {1, &entry, sizeof flags, &flags};
     VkComputePipelineCreateInfo ci = {
         .sType = VK_STRUCTURE_TYPE_COMPUTE_PIPELINE_CREATE_INFO,
         .stage = {.sType = VK_STRUCTURE_TYPE_PIPELINE_SHADER_STAGE_CREATE_INFO, .stage = VK_SHADER_STAGE_COMPUTE_BIT,
-                  .module = dev->modules[k], .pName = "main"},
+                  .module = *module, .pName = "main", .pSpecializationInfo = &spec},
         .layout = dev->layout};
-    r = vkCreateComputePipelines(dev->dev, dev->cache, 1, &ci, NULL, &dev->pipes[k]);
+    r = vkCreateComputePipelines(dev->dev, dev->cache, 1, &ci, NULL, pipe);
   }
   if (r != VK_SUCCESS) return fail(dev->ctx, status_of(r), "vulkan: pipeline '%s' failed (%d)", hm_kernel_name(k), (int)r);
-  *out = dev->pipes[k];
+  *out = *pipe;
   return HM_ABI_OK;
 }
 
@@ -485,14 +539,21 @@ static int check_buffer(const vk_buffer *b) { return !hm_plugin_buffer_ok(b, BUF
 static int32_t vk_buffer_alloc(hm_abi_device *dev, uint64_t size, hm_abi_buffer **out) {
   if (!dev || !out) return HM_ABI_STATUS_INVALID_ARGUMENT;
   if (size == 0) return fail(dev->ctx, HM_ABI_STATUS_INVALID_ARGUMENT, "vulkan: buffer size must be > 0");
-  uint64_t alloc = (size + 3) & ~(uint64_t)3; /* shaders address 32-bit words */
-  if (size > UINT64_MAX - 4 || alloc > dev->info->max_range)
+  /* Shaders address 32-bit words, texel views 16-byte elements. */
+  uint64_t alloc = (size + 15) & ~(uint64_t)15;
+  if (size > UINT64_MAX - 16 || alloc > dev->info->max_range)
     return fail(dev->ctx, HM_ABI_STATUS_RESOURCE_EXHAUSTED,
                 "vulkan: buffer of %llu bytes exceeds the device's storage-buffer range (%llu bytes)",
                 (unsigned long long)size, (unsigned long long)dev->info->max_range);
   vk_buffer *b = calloc(1, sizeof *b);
   if (!b) return HM_ABI_STATUS_RESOURCE_EXHAUSTED;
   VkResult r = make_buffer(dev, alloc, 0, &b->buf, &b->mem, &b->map);
+  /* A buffer past the device's texel-view limit is read as storage. */
+  if (r == VK_SUCCESS && dev->texel_operands && alloc / 16 <= dev->info->texel_elements &&
+      (r = make_texel_view(dev, b->buf, &b->texels)) != VK_SUCCESS) {
+    vkDestroyBuffer(dev->dev, b->buf, NULL);
+    vkFreeMemory(dev->dev, b->mem, NULL);
+  }
   if (r != VK_SUCCESS) {
     free(b);
     return fail(dev->ctx, status_of(r), "vulkan: cannot allocate %llu bytes (%d)", (unsigned long long)size, (int)r);
@@ -511,6 +572,7 @@ static void vk_buffer_free(hm_abi_buffer *b) {
   (void)wait_idle(dev);
   atomic_fetch_sub(&dev->live_buffers, 1);
   b->h.magic = 0;
+  if (b->texels) vkDestroyBufferView(dev->dev, b->texels, NULL);
   vkDestroyBuffer(dev->dev, b->buf, NULL);
   vkFreeMemory(dev->dev, b->mem, NULL);
   free(b);
@@ -609,7 +671,7 @@ static int32_t vk_program_create(hm_abi_device *dev, const hm_abi_program_desc *
     const hm_abi_op *op = hm_program_op(desc, stride, i);
     if ((st = hm_check_op(op, i, desc->n_scalars, caps, n_caps, buffer_size_of, dev, 4, msg, sizeof msg)))
       st = fail(ctx, st, "vulkan: %s", msg);
-    else if (hm_plan_dispatch_limited(op, MAX_GROUPS, MAX_LOOP, &plan[i], msg, sizeof msg))
+    else if (hm_plan_dispatch_limited(op, MAX_GROUPS, MAX_LOOP, dev->texel_operands ? 4 : 8, &plan[i], msg, sizeof msg))
       st = fail(ctx, HM_ABI_STATUS_OUT_OF_RANGE, "vulkan: op %u: %s", i, msg);
     for (int s = 0; s < 6 && st == HM_ABI_OK; s++) {
       const hm_abi_operand *o = s < 3 ? &op->in[s] : &op->out[s - 3];
@@ -629,9 +691,10 @@ static int32_t vk_program_create(hm_abi_device *dev, const hm_abi_program_desc *
                            (void **)&p->scalars_map);
   uint32_t n_sets = desc->n_ops ? desc->n_ops : 1;
   if (r == VK_SUCCESS) {
-    VkDescriptorPoolSize ps = {VK_DESCRIPTOR_TYPE_STORAGE_BUFFER, n_sets * N_BINDINGS};
-    VkDescriptorPoolCreateInfo pi = {.sType = VK_STRUCTURE_TYPE_DESCRIPTOR_POOL_CREATE_INFO, .maxSets = n_sets, .poolSizeCount = 1,
-                                     .pPoolSizes = &ps};
+    VkDescriptorPoolSize ps[2] = {{VK_DESCRIPTOR_TYPE_STORAGE_BUFFER, n_sets * N_STORAGE_BINDINGS},
+                                  {VK_DESCRIPTOR_TYPE_UNIFORM_TEXEL_BUFFER, n_sets * (N_BINDINGS - N_STORAGE_BINDINGS)}};
+    VkDescriptorPoolCreateInfo pi = {.sType = VK_STRUCTURE_TYPE_DESCRIPTOR_POOL_CREATE_INFO, .maxSets = n_sets,
+                                     .poolSizeCount = dev->texel_operands ? 2 : 1, .pPoolSizes = ps};
     r = vkCreateDescriptorPool(dev->dev, &pi, NULL, &p->dpool);
   }
   if (r == VK_SUCCESS) {
@@ -648,8 +711,12 @@ static int32_t vk_program_create(hm_abi_device *dev, const hm_abi_program_desc *
    * and a barrier so the next op sees its writes. */
   for (uint32_t i = 0; i < desc->n_ops && st == HM_ABI_OK; i++) {
     const hm_abi_op *op = hm_program_op(desc, stride, i);
+    hm_kernel_id k = plan[i].kernel;
+    int gemm = k == HK_GEMM || k == HK_GEMM_REG || k == HK_GEMM_X4 || k == HK_GEMM_X8;
+    const vk_buffer *a = (const vk_buffer *)op->in[0].buffer, *bb = (const vk_buffer *)op->in[1].buffer;
+    int texel = hm_vk_spirv_texel[k] && a && bb && a->texels && bb->texels;
     VkPipeline pipe = VK_NULL_HANDLE;
-    if ((st = pipeline(dev, plan[i].kernel, &pipe))) break;
+    if ((st = pipeline(dev, k, texel, gemm ? op->flags : 0u, &pipe))) break;
     VkDescriptorSet set;
     VkDescriptorSetAllocateInfo sa = {.sType = VK_STRUCTURE_TYPE_DESCRIPTOR_SET_ALLOCATE_INFO, .descriptorPool = p->dpool,
                                       .descriptorSetCount = 1, .pSetLayouts = &dev->set_layout};
@@ -660,7 +727,12 @@ static int32_t vk_program_create(hm_abi_device *dev, const hm_abi_program_desc *
     }
     VkDescriptorBufferInfo infos[N_BINDINGS];
     VkWriteDescriptorSet writes[N_BINDINGS];
-    for (uint32_t s = 0; s < N_BINDINGS; s++) {
+    VkBufferView views[2] = {texel ? a->texels : dev->dummy_view, texel ? bb->texels : dev->dummy_view};
+    for (uint32_t s = N_STORAGE_BINDINGS; s < N_BINDINGS; s++)
+      writes[s] = (VkWriteDescriptorSet){.sType = VK_STRUCTURE_TYPE_WRITE_DESCRIPTOR_SET, .dstSet = set, .dstBinding = s,
+                                         .descriptorCount = 1, .descriptorType = VK_DESCRIPTOR_TYPE_UNIFORM_TEXEL_BUFFER,
+                                         .pTexelBufferView = &views[s - N_STORAGE_BINDINGS]};
+    for (uint32_t s = 0; s < N_STORAGE_BINDINGS; s++) {
       VkBuffer buf = dev->dummy;
       if (s < 6) {
         const hm_abi_operand *o = s < 3 ? &op->in[s] : &op->out[s - 3];
@@ -673,7 +745,7 @@ static int32_t vk_program_create(hm_abi_device *dev, const hm_abi_program_desc *
                                          .descriptorCount = 1, .descriptorType = VK_DESCRIPTOR_TYPE_STORAGE_BUFFER,
                                          .pBufferInfo = &infos[s]};
     }
-    vkUpdateDescriptorSets(dev->dev, N_BINDINGS, writes, 0, NULL);
+    vkUpdateDescriptorSets(dev->dev, dev->texel_operands ? N_BINDINGS : N_STORAGE_BINDINGS, writes, 0, NULL);
     vkCmdBindPipeline(p->cmd, VK_PIPELINE_BIND_POINT_COMPUTE, pipe);
     vkCmdBindDescriptorSets(p->cmd, VK_PIPELINE_BIND_POINT_COMPUTE, dev->layout, 0, 1, &set, 0, NULL);
     for (uint32_t sl = 0; sl < plan[i].slices; sl++) {

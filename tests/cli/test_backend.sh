@@ -3,13 +3,22 @@
 # its driver is absent), `harmonics conform` finds it conformant, it trains a
 # Fashion-MNIST subset to the CPU plugin's accuracy within 0.5 points, and
 # under --policy bits:3 it runs int3_matmul on that device.
-#   test_backend.sh HARMONICS_BINARY SOURCE_DIR BACKEND PLUGIN.so [EXTRA_CONFIG_LINE]
+#   test_backend.sh HARMONICS_BINARY SOURCE_DIR BACKEND PLUGIN.so [CONFIG_LINE...]
+# Config lines "BACKEND.KEY = VALUE" are device options: training gets them
+# in a config file, conform as --device-option KEY=VALUE.
 set -u
 bin=$1
 src=$2
 backend=$3
 plugin=$4
-extra=${5:-}
+shift 4
+extra=("$@")
+conform_options=()
+for line in "${extra[@]}"; do
+  if [[ "$line" =~ ^$backend\.([a-z_]+)\ *=\ *([^ ]+)$ ]]; then
+    conform_options+=(--device-option "${BASH_REMATCH[1]}=${BASH_REMATCH[2]}")
+  fi
+done
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 source "$(dirname "$0")/check.sh"
@@ -34,7 +43,7 @@ if [[ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz && -z "$
   echo "Fashion-MNIST is not installed"; exit 77
 fi
 
-"$bin" conform "$plugin" --json >"$work/conform.json" 2>"$work/conform.txt"
+"$bin" conform "$plugin" "${conform_options[@]}" --json >"$work/conform.json" 2>"$work/conform.txt"
 rc=$?
 check "harmonics conform finds $backend conformant: $(tail -3 "$work/conform.txt")" test "$rc" -eq 0
 check "packed kernels pass" python3 - "$work/conform.json" <<'PY'
@@ -45,9 +54,10 @@ for q in ["kernel.int3_matmul.64x128x784", "kernel.quantize.q3.17x200", "kernel.
     assert names.get(q) == "PASS", (q, names.get(q))
 assert j["totals"]["FAIL"] == 0 and j["totals"]["PASS"] > 250, j["totals"]
 PY
+check "conform ran with the device options (${conform_options[*]})" test "$(grep -c '^device option ' "$work/conform.txt")" -eq $((${#conform_options[@]} / 2))
 
 config=()
-if [[ -n "$extra" ]]; then printf '%s\n' "$extra" >"$work/h.conf"; config=(--config "$work/h.conf"); fi
+if [[ ${#extra[@]} -gt 0 ]]; then printf '%s\n' "${extra[@]}" >"$work/h.conf"; config=(--config "$work/h.conf"); fi
 common=(--dataset fashion-mnist --limit-train 4000 --limit-eval 2000 --epochs 2 --optimizer adam --lr 0.001 --batch 64 --seed 3 --json)
 acc() { python3 -c 'import json,sys; print(json.loads(sys.stdin.read().strip().splitlines()[-1])["test_accuracy"])'; }
 # like_cpu NAME MODEL MIN ARGS...: MODEL trains on the backend to the CPU's

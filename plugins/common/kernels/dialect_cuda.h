@@ -16,6 +16,7 @@ typedef unsigned int uint;
 #define W0X4(i) make_uint4(W0(i), W0((i) + 1u), W0((i) + 2u), W0((i) + 3u))
 #define W1X4(i) make_uint4(W1(i), W1((i) + 1u), W1((i) + 2u), W1((i) + 3u))
 #define U4 uint4
+#define GEMM_FLAGS p.flags /* a GEMM's transposes (a specialization constant in GLSL) */
 #define AS_F(u) __uint_as_float(u)
 #define AS_U(x) __float_as_uint(x)
 #define TOF(x) ((float)(x))

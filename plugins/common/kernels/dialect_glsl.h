@@ -8,10 +8,29 @@ layout(std430, binding = 3) buffer B3_ { uint d[]; } b3_;
 layout(std430, binding = 4) buffer B4_ { uint d[]; } b4_;
 layout(std430, binding = 5) buffer B5_ { uint d[]; } b5_;
 layout(std430, binding = 6) readonly buffer S_ { float d[]; } s_;
-// Four-word views of b0 and b1 (the same bindings) for kernels that load
-// 4 words at once; the word index must be a multiple of 4.
+// Four-word loads of b0 and b1 for kernels that load 4 words at once (the
+// word index must be a multiple of 4). Built with HM_TEXEL_OPERANDS they
+// read uniform texel buffers (bindings 7 and 8: R32G32B32A32_UINT views of
+// b0 and b1), which Mesa's lavapipe turns into vector loads and a shuffle,
+// where every storage-buffer load in a loop is a per-lane loop with
+// branches; GPUs read them through the texture cache. Otherwise they read
+// four-word views of the storage buffers themselves.
+#ifdef HM_TEXEL_OPERANDS
+layout(binding = 7) uniform usamplerBuffer t0_;
+layout(binding = 8) uniform usamplerBuffer t1_;
+#define W0X4(i) texelFetch(t0_, int((p.off[0] + (i)) >> 2))
+#define W1X4(i) texelFetch(t1_, int((p.off[1] + (i)) >> 2))
+#else
 layout(std430, binding = 0) buffer B0V_ { uvec4 d[]; } b0v_;
 layout(std430, binding = 1) buffer B1V_ { uvec4 d[]; } b1v_;
+#define W0X4(i) b0v_.d[(p.off[0] + (i)) >> 2]
+#define W1X4(i) b1v_.d[(p.off[1] + (i)) >> 2]
+#endif
+// A GEMM's transposes (flags bits 0 and 1) as a specialization constant:
+// the plugin creates one pipeline per pair, so each runs straight-line
+// code (lavapipe executes both sides of every branch, masked).
+layout(constant_id = 0) const uint hm_spec_gemm_flags = 0u;
+#define GEMM_FLAGS hm_spec_gemm_flags
 layout(push_constant) uniform P_ {
   uint off[8]; uint dim[4]; uint flags; uint variant; uint aux0; uint aux1; float f[8]; int dyn[4];
 } p;
@@ -22,8 +41,6 @@ layout(push_constant) uniform P_ {
 #define W4(i) b4_.d[p.off[4] + (i)]
 #define W5(i) b5_.d[p.off[5] + (i)]
 #define SCAL(k) s_.d[k]
-#define W0X4(i) b0v_.d[(p.off[0] + (i)) >> 2]
-#define W1X4(i) b1v_.d[(p.off[1] + (i)) >> 2]
 #define U4 uvec4
 #define AS_F(u) uintBitsToFloat(u)
 #define AS_U(x) floatBitsToUint(x)
