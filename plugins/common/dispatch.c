@@ -236,7 +236,7 @@ int hm_plan_dispatch_limited(const hm_abi_op *op, uint32_t max_groups, uint32_t 
     case HM_ABI_OP_GATHER_ROWS:
       d->kernel = HK_GATHER;
       items = d0 * d1;
-      d->p.aux0 = din == HM_ABI_DTYPE_U8 ? 1u : din == HM_ABI_DTYPE_I32 ? 2u : 0u;
+      d->p.variant = din == HM_ABI_DTYPE_U8 ? 1u : din == HM_ABI_DTYPE_I32 ? 2u : 0u; /* specialized in GLSL */
       if (!fits(d2 * d1)) items = UINT64_MAX;
       break;
     case HM_ABI_OP_FILL: d->kernel = HK_FILL; items = d0; d->p.aux0 = dout == HM_ABI_DTYPE_I32 ? 1u : 0u; break;

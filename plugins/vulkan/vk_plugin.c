@@ -15,11 +15,11 @@
  * they go through a staging buffer (device option memory=staging forces the
  * staging path, to test it anywhere).
  *
- * GEMM kernels are specialized per transpose pair (a specialization
- * constant), and the four-word ones read A and B through uniform texel
- * buffers (an R32G32B32A32_UINT view of every buffer) where the device
- * supports them for the buffer's size; device option operands=storage reads
- * storage buffers instead. On lavapipe both together make GEMM 4-6x faster
+ * Kernels read their inputs through uniform texel buffers (R32_UINT and
+ * R32G32B32A32_UINT views of every buffer) where the device supports them
+ * for the buffer's size (device option operands=storage reads storage
+ * buffers instead), and each pipeline is specialized for its op's variant
+ * and a GEMM's transposes (specialization constants). On lavapipe texel reads make GEMM 8-10x faster
  * (docs/plugins.md).
  */
 #include <stdarg.h>
@@ -38,9 +38,9 @@
 #define PLUGIN_MIN_ABI HM_ABI_MAKE_VERSION(1, 0)
 #define MAX_DEVICES 16
 #define BUFFER_MAGIC 0x564b4246u /* "VKBF" */
-#define N_BINDINGS 9             /* b0..b5, the scalars, texel views of b0 and b1 */
+#define N_BINDINGS 15            /* b0..b5, the scalars, texel views: 4-word of b0, b1; 1-word of b0..b5 */
 #define N_STORAGE_BINDINGS 7     /* bindings 0..6 are storage buffers */
-#define N_PIPE_VARIANTS 8        /* per kernel: texel operands (4) x transposes (0..3) */
+#define N_PIPE_VARIANTS 32       /* pipelines per kernel: texel or not x GEMM transposes x op variant */
 #define MAX_GROUPS 1024u
 /* Mesa's llvmpipe (lavapipe) ends any shader loop after 65535 iterations
  * (gallivm's loop limiter): long window ops are split below that. */
@@ -49,7 +49,7 @@
 /* The SPIR-V of each kernel (vk_shaders.c, generated). */
 extern const uint32_t *const hm_vk_spirv[HK_COUNT];
 extern const size_t hm_vk_spirv_size[HK_COUNT];
-extern const uint32_t *const hm_vk_spirv_texel[HK_COUNT]; /* HM_TEXEL_OPERANDS builds, or NULL */
+extern const uint32_t *const hm_vk_spirv_texel[HK_COUNT]; /* the HM_TEXEL_OPERANDS builds */
 extern const size_t hm_vk_spirv_texel_size[HK_COUNT];
 
 typedef struct vk_device_info {
@@ -57,8 +57,8 @@ typedef struct vk_device_info {
   hm_abi_device_desc desc;
   uint32_t queue_family;
   VkDeviceSize max_range; /* maxStorageBufferRange */
-  /* Texel views of up to this many 16-byte elements (0: the device cannot
-   * read R32G32B32A32_UINT uniform texel buffers). */
+  /* Texel views of up to this many elements (0: the device cannot read
+   * R32_UINT and R32G32B32A32_UINT uniform texel buffers). */
   uint64_t texel_elements;
 } vk_device_info;
 
@@ -81,6 +81,8 @@ typedef struct hm_abi_device {
   VkPipelineLayout layout;
   VkPipelineCache cache;
   VkShaderModule modules[HK_COUNT][2]; /* [texel operands] */
+  /* Pipelines per kernel, by specialization (key: texel << 16 | flags << 8 | variant, plus 1). */
+  uint32_t pipe_keys[HK_COUNT][N_PIPE_VARIANTS];
   VkPipeline pipes[HK_COUNT][N_PIPE_VARIANTS];
   int texel_operands; /* texel views are made and read (not operands=storage) */
   VkPhysicalDeviceMemoryProperties mem;
@@ -88,7 +90,7 @@ typedef struct hm_abi_device {
   /* A buffer bound to unused operand slots, and the staging buffer. */
   VkBuffer dummy;
   VkDeviceMemory dummy_mem;
-  VkBufferView dummy_view;
+  VkBufferView dummy_views[2]; /* [words, texels] */
   VkBuffer staging;
   VkDeviceMemory staging_mem;
   void *staging_map;
@@ -103,7 +105,9 @@ typedef struct hm_abi_buffer {
   VkBuffer buf;
   VkDeviceMemory mem;
   void *map; /* non-NULL when host visible */
-  VkBufferView texels; /* R32G32B32A32_UINT view for GEMM operands, or null */
+  /* Views for kernels' reads of inputs: R32_UINT and R32G32B32A32_UINT
+   * (both null when the buffer is past the device's texel limit). */
+  VkBufferView words, texels;
 } vk_buffer;
 
 typedef struct hm_abi_program {
@@ -188,9 +192,11 @@ static void describe(vk_device_info *di) {
   d->compute_units = 0;
   d->memory_bytes = local;
   di->max_range = props.limits.maxStorageBufferRange;
-  VkFormatProperties fp;
-  vkGetPhysicalDeviceFormatProperties(di->phys, VK_FORMAT_R32G32B32A32_UINT, &fp);
-  di->texel_elements = (fp.bufferFeatures & VK_FORMAT_FEATURE_UNIFORM_TEXEL_BUFFER_BIT) ? props.limits.maxTexelBufferElements : 0;
+  VkFormatProperties f1, f4;
+  vkGetPhysicalDeviceFormatProperties(di->phys, VK_FORMAT_R32_UINT, &f1);
+  vkGetPhysicalDeviceFormatProperties(di->phys, VK_FORMAT_R32G32B32A32_UINT, &f4);
+  di->texel_elements = (f1.bufferFeatures & f4.bufferFeatures & VK_FORMAT_FEATURE_UNIFORM_TEXEL_BUFFER_BIT)
+                           ? props.limits.maxTexelBufferElements : 0;
   d->max_buffer_bytes = props.limits.maxStorageBufferRange;
   static const char *types[] = {"other", "integrated-gpu", "discrete-gpu", "virtual-gpu", "cpu"};
   snprintf(d->features, sizeof d->features,
@@ -335,12 +341,20 @@ static VkResult make_buffer(vk_device *dev, VkDeviceSize size, int host, VkBuffe
   return r;
 }
 
-/* The R32G32B32A32_UINT view of a whole buffer that GEMM kernels built with
- * HM_TEXEL_OPERANDS read A and B through. */
-static VkResult make_texel_view(vk_device *dev, VkBuffer buf, VkBufferView *out) {
+/* The R32_UINT and R32G32B32A32_UINT views of a whole buffer that kernels
+ * built with HM_TEXEL_OPERANDS read their inputs through. */
+static VkResult make_texel_views(vk_device *dev, VkBuffer buf, VkBufferView *words, VkBufferView *texels) {
   VkBufferViewCreateInfo vi = {.sType = VK_STRUCTURE_TYPE_BUFFER_VIEW_CREATE_INFO, .buffer = buf,
-                               .format = VK_FORMAT_R32G32B32A32_UINT, .range = VK_WHOLE_SIZE};
-  return vkCreateBufferView(dev->dev, &vi, NULL, out);
+                               .format = VK_FORMAT_R32_UINT, .range = VK_WHOLE_SIZE};
+  VkResult r = vkCreateBufferView(dev->dev, &vi, NULL, words);
+  if (r != VK_SUCCESS) return r;
+  vi.format = VK_FORMAT_R32G32B32A32_UINT;
+  r = vkCreateBufferView(dev->dev, &vi, NULL, texels);
+  if (r != VK_SUCCESS) {
+    vkDestroyBufferView(dev->dev, *words, NULL);
+    *words = VK_NULL_HANDLE;
+  }
+  return r;
 }
 
 /* Waits for the last submission of the device. */
@@ -407,7 +421,8 @@ static void vk_device_close(hm_abi_device *dev) {
     }
     if (dev->staging) vkDestroyBuffer(dev->dev, dev->staging, NULL);
     if (dev->staging_mem) vkFreeMemory(dev->dev, dev->staging_mem, NULL);
-    if (dev->dummy_view) vkDestroyBufferView(dev->dev, dev->dummy_view, NULL);
+    for (int v = 0; v < 2; v++)
+      if (dev->dummy_views[v]) vkDestroyBufferView(dev->dev, dev->dummy_views[v], NULL);
     if (dev->dummy) vkDestroyBuffer(dev->dev, dev->dummy, NULL);
     if (dev->dummy_mem) vkFreeMemory(dev->dev, dev->dummy_mem, NULL);
     if (dev->cache) vkDestroyPipelineCache(dev->dev, dev->cache, NULL);
@@ -489,7 +504,7 @@ static int32_t vk_device_open(hm_abi_context *ctx, uint32_t index, const hm_abi_
     r = vkAllocateCommandBuffers(dev->dev, &ai, &dev->transfer);
   }
   if (r == VK_SUCCESS) r = make_buffer(dev, 256, 0, &dev->dummy, &dev->dummy_mem, &(void *){NULL});
-  if (r == VK_SUCCESS && dev->texel_operands) r = make_texel_view(dev, dev->dummy, &dev->dummy_view);
+  if (r == VK_SUCCESS && dev->texel_operands) r = make_texel_views(dev, dev->dummy, &dev->dummy_views[0], &dev->dummy_views[1]);
   if (r != VK_SUCCESS) {
     int32_t st = fail(ctx, status_of(r), "vulkan: cannot open '%s' (%d)", dev->info->desc.name, (int)r);
     vk_device_close(dev);
@@ -499,11 +514,19 @@ static int32_t vk_device_open(hm_abi_context *ctx, uint32_t index, const hm_abi_
   return HM_ABI_OK;
 }
 
-/* The pipeline of kernel |k| for GEMM flags |gemm_flags| (its transposes,
- * the specialization constant of dialect_glsl.h; 0 for other kernels),
+/* The pipeline of kernel |k| specialized for GEMM flags |gemm_flags| (the
+ * transposes; 0 for other kernels) and op variant |variant| (dialect_glsl.h),
  * built with texel operands or not; created on first use. */
-static int32_t pipeline(vk_device *dev, hm_kernel_id k, int texel, uint32_t gemm_flags, VkPipeline *out) {
-  VkPipeline *pipe = &dev->pipes[k][(texel ? 4 : 0) + (gemm_flags & 3u)];
+static int32_t pipeline(vk_device *dev, hm_kernel_id k, int texel, uint32_t gemm_flags, uint32_t variant, VkPipeline *out) {
+  if (variant > 255u) return fail(dev->ctx, HM_ABI_STATUS_INVALID_ARGUMENT, "vulkan: variant %u of '%s' out of range", variant, hm_kernel_name(k));
+  uint32_t key = ((texel ? 1u : 0u) << 16 | (gemm_flags & 3u) << 8 | variant) + 1u;
+  int slot = -1;
+  for (int i = 0; i < N_PIPE_VARIANTS && slot < 0; i++)
+    if (dev->pipe_keys[k][i] == key || !dev->pipe_keys[k][i]) slot = i;
+  if (slot < 0)
+    return fail(dev->ctx, HM_ABI_STATUS_RESOURCE_EXHAUSTED, "vulkan: more than %d pipelines of '%s'", N_PIPE_VARIANTS,
+                hm_kernel_name(k));
+  VkPipeline *pipe = &dev->pipes[k][slot];
   if (*pipe) {
     *out = *pipe;
     return HM_ABI_OK;
@@ -517,9 +540,9 @@ static int32_t pipeline(vk_device *dev, hm_kernel_id k, int texel, uint32_t gemm
     r = vkCreateShaderModule(dev->dev, &mi, NULL, module);
   }
   if (r == VK_SUCCESS) {
-    uint32_t flags = gemm_flags & 3u;
-    VkSpecializationMapEntry entry = {0, 0, sizeof flags};
-    VkSpecializationInfo spec = {1, &entry, sizeof flags, &flags};
+    uint32_t values[2] = {gemm_flags & 3u, variant};
+    VkSpecializationMapEntry entries[2] = {{0, 0, sizeof(uint32_t)}, {1, sizeof(uint32_t), sizeof(uint32_t)}};
+    VkSpecializationInfo spec = {2, entries, sizeof values, values};
     VkComputePipelineCreateInfo ci = {
         .sType = VK_STRUCTURE_TYPE_COMPUTE_PIPELINE_CREATE_INFO,
         .stage = {.sType = VK_STRUCTURE_TYPE_PIPELINE_SHADER_STAGE_CREATE_INFO, .stage = VK_SHADER_STAGE_COMPUTE_BIT,
@@ -528,6 +551,7 @@ static int32_t pipeline(vk_device *dev, hm_kernel_id k, int texel, uint32_t gemm
     r = vkCreateComputePipelines(dev->dev, dev->cache, 1, &ci, NULL, pipe);
   }
   if (r != VK_SUCCESS) return fail(dev->ctx, status_of(r), "vulkan: pipeline '%s' failed (%d)", hm_kernel_name(k), (int)r);
+  dev->pipe_keys[k][slot] = key;
   *out = *pipe;
   return HM_ABI_OK;
 }
@@ -549,8 +573,8 @@ static int32_t vk_buffer_alloc(hm_abi_device *dev, uint64_t size, hm_abi_buffer 
   if (!b) return HM_ABI_STATUS_RESOURCE_EXHAUSTED;
   VkResult r = make_buffer(dev, alloc, 0, &b->buf, &b->mem, &b->map);
   /* A buffer past the device's texel-view limit is read as storage. */
-  if (r == VK_SUCCESS && dev->texel_operands && alloc / 16 <= dev->info->texel_elements &&
-      (r = make_texel_view(dev, b->buf, &b->texels)) != VK_SUCCESS) {
+  if (r == VK_SUCCESS && dev->texel_operands && alloc / 4 <= dev->info->texel_elements &&
+      (r = make_texel_views(dev, b->buf, &b->words, &b->texels)) != VK_SUCCESS) {
     vkDestroyBuffer(dev->dev, b->buf, NULL);
     vkFreeMemory(dev->dev, b->mem, NULL);
   }
@@ -573,6 +597,7 @@ static void vk_buffer_free(hm_abi_buffer *b) {
   atomic_fetch_sub(&dev->live_buffers, 1);
   b->h.magic = 0;
   if (b->texels) vkDestroyBufferView(dev->dev, b->texels, NULL);
+  if (b->words) vkDestroyBufferView(dev->dev, b->words, NULL);
   vkDestroyBuffer(dev->dev, b->buf, NULL);
   vkFreeMemory(dev->dev, b->mem, NULL);
   free(b);
@@ -713,10 +738,15 @@ static int32_t vk_program_create(hm_abi_device *dev, const hm_abi_program_desc *
     const hm_abi_op *op = hm_program_op(desc, stride, i);
     hm_kernel_id k = plan[i].kernel;
     int gemm = k == HK_GEMM || k == HK_GEMM_REG || k == HK_GEMM_X4 || k == HK_GEMM_X8;
-    const vk_buffer *a = (const vk_buffer *)op->in[0].buffer, *bb = (const vk_buffer *)op->in[1].buffer;
-    int texel = hm_vk_spirv_texel[k] && a && bb && a->texels && bb->texels;
+    /* The texel build when every operand has views (unused slots read the dummy's). */
+    const vk_buffer *opd[6];
+    int texel = dev->texel_operands;
+    for (int s = 0; s < 6; s++) {
+      opd[s] = (const vk_buffer *)(s < 3 ? op->in[s].buffer : op->out[s - 3].buffer);
+      if (opd[s] && !opd[s]->words) texel = 0;
+    }
     VkPipeline pipe = VK_NULL_HANDLE;
-    if ((st = pipeline(dev, k, texel, gemm ? op->flags : 0u, &pipe))) break;
+    if ((st = pipeline(dev, k, texel, gemm ? plan[i].p.flags : 0u, plan[i].p.variant, &pipe))) break;
     VkDescriptorSet set;
     VkDescriptorSetAllocateInfo sa = {.sType = VK_STRUCTURE_TYPE_DESCRIPTOR_SET_ALLOCATE_INFO, .descriptorPool = p->dpool,
                                       .descriptorSetCount = 1, .pSetLayouts = &dev->set_layout};
@@ -727,7 +757,12 @@ static int32_t vk_program_create(hm_abi_device *dev, const hm_abi_program_desc *
     }
     VkDescriptorBufferInfo infos[N_BINDINGS];
     VkWriteDescriptorSet writes[N_BINDINGS];
-    VkBufferView views[2] = {texel ? a->texels : dev->dummy_view, texel ? bb->texels : dev->dummy_view};
+    /* Bindings 7, 8: four-word views of b0, b1; 9..14: one-word views of b0..b5. */
+    VkBufferView views[N_BINDINGS - N_STORAGE_BINDINGS];
+    for (int v = 0; v < N_BINDINGS - N_STORAGE_BINDINGS; v++) {
+      const vk_buffer *b = texel ? opd[v < 2 ? v : v - 2] : NULL;
+      views[v] = b ? (v < 2 ? b->texels : b->words) : dev->dummy_views[v < 2 ? 1 : 0];
+    }
     for (uint32_t s = N_STORAGE_BINDINGS; s < N_BINDINGS; s++)
       writes[s] = (VkWriteDescriptorSet){.sType = VK_STRUCTURE_TYPE_WRITE_DESCRIPTOR_SET, .dstSet = set, .dstBinding = s,
                                          .descriptorCount = 1, .descriptorType = VK_DESCRIPTOR_TYPE_UNIFORM_TEXEL_BUFFER,

@@ -12,11 +12,15 @@ typedef unsigned int uint;
 #define W3(i) hm_b3_[p.off[3] + (i)]
 #define W4(i) hm_b4_[p.off[4] + (i)]
 #define W5(i) hm_b5_[p.off[5] + (i)]
+#define R3(i) W3(i)
+#define R4(i) W4(i)
+#define R5(i) W5(i)
 #define SCAL(k) hm_sc_[k]
 #define W0X4(i) make_uint4(W0(i), W0((i) + 1u), W0((i) + 2u), W0((i) + 3u))
 #define W1X4(i) make_uint4(W1(i), W1((i) + 1u), W1((i) + 2u), W1((i) + 3u))
 #define U4 uint4
 #define GEMM_FLAGS p.flags /* a GEMM's transposes (a specialization constant in GLSL) */
+#define VARIANT p.variant  /* the op's variant (a specialization constant in GLSL) */
 #define AS_F(u) __uint_as_float(u)
 #define AS_U(x) __float_as_uint(x)
 #define TOF(x) ((float)(x))

@@ -8,35 +8,57 @@ layout(std430, binding = 3) buffer B3_ { uint d[]; } b3_;
 layout(std430, binding = 4) buffer B4_ { uint d[]; } b4_;
 layout(std430, binding = 5) buffer B5_ { uint d[]; } b5_;
 layout(std430, binding = 6) readonly buffer S_ { float d[]; } s_;
-// Four-word loads of b0 and b1 for kernels that load 4 words at once (the
-// word index must be a multiple of 4). Built with HM_TEXEL_OPERANDS they
-// read uniform texel buffers (bindings 7 and 8: R32G32B32A32_UINT views of
-// b0 and b1), which Mesa's lavapipe turns into vector loads and a shuffle,
-// where every storage-buffer load in a loop is a per-lane loop with
-// branches; GPUs read them through the texture cache. Otherwise they read
-// four-word views of the storage buffers themselves.
+// Built with HM_TEXEL_OPERANDS, a kernel reads its inputs b0..b2 through
+// uniform texel buffers: R32_UINT views for W0..W2 (bindings 9..11) and
+// R32G32B32A32_UINT views of b0 and b1 for the four-word loads (bindings 7
+// and 8; the word index must be a multiple of 4); R3..R5, an in-place
+// update's read of its own output element, read R32_UINT views of b3..b5
+// (bindings 12..14; each element is read before, and by the one invocation
+// that, writes it, so no texel read sees a write of the same dispatch). Mesa's lavapipe turns a
+// texel read into vector loads (and a transpose), where every storage-buffer
+// load inside a loop is a per-lane loop with branches; GPUs read them
+// through the texture cache. Outputs b3..b5 stay storage buffers (kernels
+// never write b0..b2). Otherwise every read is from the storage buffers.
 #ifdef HM_TEXEL_OPERANDS
 layout(binding = 7) uniform usamplerBuffer t0_;
 layout(binding = 8) uniform usamplerBuffer t1_;
+layout(binding = 9) uniform usamplerBuffer r0_;
+layout(binding = 10) uniform usamplerBuffer r1_;
+layout(binding = 11) uniform usamplerBuffer r2_;
+layout(binding = 12) uniform usamplerBuffer r3_;
+layout(binding = 13) uniform usamplerBuffer r4_;
+layout(binding = 14) uniform usamplerBuffer r5_;
+#define W0(i) texelFetch(r0_, int(p.off[0] + (i))).x
+#define W1(i) texelFetch(r1_, int(p.off[1] + (i))).x
+#define W2(i) texelFetch(r2_, int(p.off[2] + (i))).x
+#define R3(i) texelFetch(r3_, int(p.off[3] + (i))).x
+#define R4(i) texelFetch(r4_, int(p.off[4] + (i))).x
+#define R5(i) texelFetch(r5_, int(p.off[5] + (i))).x
 #define W0X4(i) texelFetch(t0_, int((p.off[0] + (i)) >> 2))
 #define W1X4(i) texelFetch(t1_, int((p.off[1] + (i)) >> 2))
 #else
 layout(std430, binding = 0) buffer B0V_ { uvec4 d[]; } b0v_;
 layout(std430, binding = 1) buffer B1V_ { uvec4 d[]; } b1v_;
-#define W0X4(i) b0v_.d[(p.off[0] + (i)) >> 2]
-#define W1X4(i) b1v_.d[(p.off[1] + (i)) >> 2]
-#endif
-// A GEMM's transposes (flags bits 0 and 1) as a specialization constant:
-// the plugin creates one pipeline per pair, so each runs straight-line
-// code (lavapipe executes both sides of every branch, masked).
-layout(constant_id = 0) const uint hm_spec_gemm_flags = 0u;
-#define GEMM_FLAGS hm_spec_gemm_flags
-layout(push_constant) uniform P_ {
-  uint off[8]; uint dim[4]; uint flags; uint variant; uint aux0; uint aux1; float f[8]; int dyn[4];
-} p;
 #define W0(i) b0_.d[p.off[0] + (i)]
 #define W1(i) b1_.d[p.off[1] + (i)]
 #define W2(i) b2_.d[p.off[2] + (i)]
+#define R3(i) W3(i)
+#define R4(i) W4(i)
+#define R5(i) W5(i)
+#define W0X4(i) b0v_.d[(p.off[0] + (i)) >> 2]
+#define W1X4(i) b1v_.d[(p.off[1] + (i)) >> 2]
+#endif
+// A GEMM's transposes (flags bits 0 and 1) and every op's variant
+// (activation, pooling kind, bias or not, ...) as specialization constants:
+// the plugin creates one pipeline per value a program uses, so each runs
+// straight-line code (lavapipe executes both sides of every branch, masked).
+layout(constant_id = 0) const uint hm_spec_gemm_flags = 0u;
+layout(constant_id = 1) const uint hm_spec_variant = 0u;
+#define GEMM_FLAGS hm_spec_gemm_flags
+#define VARIANT hm_spec_variant
+layout(push_constant) uniform P_ {
+  uint off[8]; uint dim[4]; uint flags; uint variant; uint aux0; uint aux1; float f[8]; int dyn[4];
+} p;
 #define W3(i) b3_.d[p.off[3] + (i)]
 #define W4(i) b4_.d[p.off[4] + (i)]
 #define W5(i) b5_.d[p.off[5] + (i)]

@@ -13,11 +13,15 @@ typedef struct kp_t {
 #define W3(i) hm_b3_[p.off[3] + (i)]
 #define W4(i) hm_b4_[p.off[4] + (i)]
 #define W5(i) hm_b5_[p.off[5] + (i)]
+#define R3(i) W3(i)
+#define R4(i) W4(i)
+#define R5(i) W5(i)
 #define SCAL(k) hm_sc_[k]
 #define W0X4(i) vload4(0, hm_b0_ + p.off[0] + (i))
 #define W1X4(i) vload4(0, hm_b1_ + p.off[1] + (i))
 #define U4 uint4
 #define GEMM_FLAGS p.flags /* a GEMM's transposes (a specialization constant in GLSL) */
+#define VARIANT p.variant  /* the op's variant (a specialization constant in GLSL) */
 #define AS_F(u) as_float(u)
 #define AS_U(x) as_uint(x)
 #define TOF(x) ((float)(x))
