@@ -20,6 +20,12 @@ static hm_abi_op gemm(uint64_t m, uint64_t n, uint64_t k, uint32_t flags, uint64
   return op;
 }
 
+/* A plan for a device with a loop limit and a GEMM block side (1024 groups). */
+static int plan_limited(const hm_abi_op *op, uint32_t max_loop, uint32_t gemm_block, hm_dispatch *d, char *err, size_t cap) {
+  const hm_dispatch_limits lim = {.max_groups = 1024, .max_loop = max_loop, .gemm_block = gemm_block};
+  return hm_plan_dispatch_for(op, &lim, d, err, cap);
+}
+
 static const char *kernel_of(hm_abi_op op) {
   hm_dispatch d;
   static char err[256];
@@ -52,7 +58,7 @@ static void gemm_kernels_follow_shape_and_alignment(void) {
   /* A device whose 8x8 sums spill (lavapipe with texel operands) takes 4x4
    * four-word blocks: 16 x 32 of them for a 64 x 128 C. */
   op = gemm(64, 128, 784, HM_ABI_OP_FLAG_TRANS_B, 0);
-  HM_CHECK_EQ(hm_plan_dispatch_limited(&op, 1024, 20000, 4, &d, err, sizeof err), 0);
+  HM_CHECK_EQ(plan_limited(&op, 20000, 4, &d, err, sizeof err), 0);
   HM_CHECK_STR_CONTAINS(hm_kernel_name(d.kernel), "gemm_x4");
   HM_CHECK_EQ(d.groups, 16 * 32 / 64);
 }
@@ -63,13 +69,46 @@ static void loop_limited_devices_refuse_long_gemms(void) {
   hm_dispatch d;
   char err[256] = "";
   hm_abi_op op = gemm(16, 16, 8192, 0, 0);
-  HM_CHECK_EQ(hm_plan_dispatch_limited(&op, 1024, 20000, 8, &d, err, sizeof err), 0); /* 2049 iterations */
+  HM_CHECK_EQ(plan_limited(&op, 20000, 8, &d, err, sizeof err), 0); /* 2049 iterations */
   op = gemm(16, 16, 90000, 0, 0);
-  HM_CHECK(hm_plan_dispatch_limited(&op, 1024, 20000, 8, &d, err, sizeof err) != 0);
+  HM_CHECK(plan_limited(&op, 20000, 8, &d, err, sizeof err) != 0);
   HM_CHECK_STR_CONTAINS(err, "a 16x16x90000 GEMM needs 22501 loop iterations per invocation, more than this device "
                              "runs (20000)");
   op = gemm(16, 16, 90000, 0, 0);
   HM_CHECK_EQ(hm_plan_dispatch(&op, 1024, &d, err, sizeof err), 0); /* no limit elsewhere */
+}
+
+/* SUM_SQUARES past HM_REDUCE_SPLIT: partial sums on many groups into b5
+ * scratch (variant 1), then one group sums them (variant 2). */
+static void long_reductions_split_over_work_groups(void) {
+  hm_abi_op op;
+  memset(&op, 0, sizeof op);
+  for (int i = 0; i < HM_ABI_MAX_DYN; i++) op.dyn[i] = HM_ABI_DYN_NONE;
+  op.code = HM_ABI_OP_SUM_SQUARES;
+  op.dims[0] = HM_REDUCE_SPLIT;
+  hm_dispatch d;
+  char err[256];
+  HM_CHECK_EQ(hm_plan_dispatch(&op, 1024, &d, err, sizeof err), 0);
+  HM_CHECK_EQ(d.slices, 1);
+  HM_CHECK_EQ(d.groups, 1);
+  HM_CHECK_EQ(d.scratch_words, 0);
+  op.dims[0] = 100352; /* 784 x 128 */
+  HM_CHECK_EQ(hm_plan_dispatch(&op, 1024, &d, err, sizeof err), 0);
+  HM_CHECK_EQ(d.slices, 2);
+  HM_CHECK_EQ(d.scratch_words, 25); /* 4096 elements or more a group */
+  hm_kparams kp;
+  uint32_t groups;
+  hm_dispatch_slice(&d, 0, &kp, &groups);
+  HM_CHECK_EQ(kp.variant, 1);
+  HM_CHECK_EQ(groups, 25);
+  HM_CHECK_EQ(kp.aux1, 25);
+  hm_dispatch_slice(&d, 1, &kp, &groups);
+  HM_CHECK_EQ(kp.variant, 2);
+  HM_CHECK_EQ(groups, 1);
+  op.dims[0] = (uint64_t)1 << 30; /* capped at max_groups */
+  HM_CHECK_EQ(plan_limited(&op, 20000, 8, &d, err, sizeof err), 0);
+  HM_CHECK_EQ(d.groups, 1024);
+  HM_CHECK_EQ(d.scratch_words, 1024);
 }
 
 static void norm_and_im2col_plans(void) {
@@ -86,7 +125,7 @@ static void norm_and_im2col_plans(void) {
   op.dims[0] = 5000;
   HM_CHECK_EQ(hm_plan_dispatch(&op, 1024, &d, err, sizeof err), 0);
   HM_CHECK_EQ(d.groups, 1024);
-  HM_CHECK(hm_plan_dispatch_limited(&op, 1024, 4000, 8, &d, err, sizeof err) != 0);
+  HM_CHECK(plan_limited(&op, 4000, 8, &d, err, sizeof err) != 0);
   /* IM2COL: one element per invocation of [N*Ho*Wo, C*KH*KW]. */
   memset(&op, 0, sizeof op);
   for (int i = 0; i < HM_ABI_MAX_DYN; i++) op.dyn[i] = HM_ABI_DYN_NONE;
@@ -94,7 +133,7 @@ static void norm_and_im2col_plans(void) {
   op.dims[0] = 2, op.dims[1] = HM_ABI_PACK2(3, 1), op.dims[2] = HM_ABI_PACK2(5, 5), op.dims[3] = 1;
   float g[8] = {3, 3, 1, 1, 0, 0, 1, 1};
   memcpy(op.params, g, sizeof g);
-  HM_CHECK_EQ(hm_plan_dispatch_limited(&op, 1024, 20000, 8, &d, err, sizeof err), 0);
+  HM_CHECK_EQ(plan_limited(&op, 20000, 8, &d, err, sizeof err), 0);
   HM_CHECK_STR_CONTAINS(hm_kernel_name(d.kernel), "im2col");
   HM_CHECK_EQ(d.groups, (2 * 9 * 27 + 63) / 64);
   HM_CHECK_EQ(d.slices, 1);
@@ -104,6 +143,7 @@ int main(int argc, char **argv) {
   static const hm_test_case cases[] = {
       HM_TEST_CASE(gemm_kernels_follow_shape_and_alignment),
       HM_TEST_CASE(loop_limited_devices_refuse_long_gemms),
+      HM_TEST_CASE(long_reductions_split_over_work_groups),
       HM_TEST_CASE(norm_and_im2col_plans),
   };
   return hm_test_main(argc, argv, cases, sizeof cases / sizeof cases[0]);

@@ -86,7 +86,8 @@ static int plan_window(const hm_abi_op *op, uint32_t max_groups, hm_dispatch *d,
 }
 
 int hm_plan_dispatch(const hm_abi_op *op, uint32_t max_groups, hm_dispatch *d, char *err, size_t cap) {
-  return hm_plan_dispatch_limited(op, max_groups, 0, 8, d, err, cap);
+  const hm_dispatch_limits lim = {.max_groups = max_groups, .max_loop = 0, .gemm_block = 8};
+  return hm_plan_dispatch_for(op, &lim, d, err, cap);
 }
 
 static uint64_t ceil_div(uint64_t a, uint64_t b) { return (a + b - 1) / b; }
@@ -133,14 +134,19 @@ void hm_dispatch_slice(const hm_dispatch *d, uint32_t s, hm_kparams *p, uint32_t
   *p = d->p;
   *groups = d->groups;
   if (d->slices <= 1) return;
+  if (d->scratch_words) { /* a split reduction: the partial sums, then their sum (hm_ops.kern) */
+    p->variant = s == 0 ? 1u : 2u;
+    if (s > 0) *groups = 1;
+    return;
+  }
   uint32_t first = s * d->slice_images, n = d->p.dim[0] - first < d->slice_images ? d->p.dim[0] - first : d->slice_images;
   p->dim[0] = n;
   for (int k = 0; k < 6; k++) p->off[k] += first * d->slice_words[k];
   if (d->kernel == HK_CONV2D_BWD_FILTER && s > 0) p->flags |= HM_ABI_OP_FLAG_ACCUMULATE; /* the sums continue */
 }
 
-int hm_plan_dispatch_limited(const hm_abi_op *op, uint32_t max_groups, uint32_t max_loop, uint32_t gemm_block,
-                             hm_dispatch *d, char *err, size_t cap) {
+int hm_plan_dispatch_for(const hm_abi_op *op, const hm_dispatch_limits *lim, hm_dispatch *d, char *err, size_t cap) {
+  const uint32_t max_groups = lim->max_groups, max_loop = lim->max_loop, gemm_block = lim->gemm_block;
   memset(d, 0, sizeof *d);
   d->slices = 1;
   if (hm_op_is_window(op->code)) {
@@ -229,7 +235,25 @@ int hm_plan_dispatch_limited(const hm_abi_op *op, uint32_t max_groups, uint32_t 
       break;
     case HM_ABI_OP_REDUCE_ROWS: d->kernel = HK_REDUCE_ROWS; items = d1; if (!fits(d0 * d1)) items = UINT64_MAX; break;
     case HM_ABI_OP_REDUCE_COLS: d->kernel = HK_REDUCE_COLS; items = d0; if (!fits(d0 * d1)) items = UINT64_MAX; break;
-    case HM_ABI_OP_SUM_SQUARES: d->kernel = HK_SUM_SQUARES; single_group = 1; items = d0; break;
+    case HM_ABI_OP_SUM_SQUARES:
+      d->kernel = HK_SUM_SQUARES;
+      items = d0;
+      if (d0 <= HM_REDUCE_SPLIT) {
+        single_group = 1;
+        break;
+      }
+      if (!fits(items)) break;
+      {
+        /* Groups of 128 taking 4096 elements or more each, at most max_groups. */
+        uint64_t parts = (d0 + 4095) / 4096;
+        if (parts > max_groups) parts = max_groups;
+        d->local_size = 128;
+        d->groups = (uint32_t)parts;
+        d->p.aux1 = (uint32_t)parts;
+        d->scratch_words = (uint32_t)parts;
+        d->slices = 2;
+      }
+      return 0;
     case HM_ABI_OP_CLIP: d->kernel = HK_CLIP; items = d0; break;
     case HM_ABI_OP_SCALE: d->kernel = HK_SCALE; items = d0; d->p.aux0 = op->in[0].buffer ? 1u : 0u; break;
     case HM_ABI_OP_AXPY: d->kernel = HK_AXPY; items = d0; break;

@@ -47,24 +47,42 @@ typedef struct hm_dispatch {
    * (hm_dispatch_slice), so no invocation loops longer than a device allows;
    * 1 when not split. slice_words[k]: how far binding k moves per image. */
   uint32_t slices, slice_images, slice_words[6];
+  /* A reduction over many work-groups (SUM_SQUARES of more than
+   * HM_REDUCE_SPLIT elements) is two launches, as slices 0 and 1: |groups|
+   * groups write partial results to |scratch_words| words the backend binds
+   * at b5 (offset 0), then one group combines them in a fixed order, so the
+   * result does not depend on scheduling. 0 = no scratch. */
+  uint32_t scratch_words;
 } hm_dispatch;
 
+/* SUM_SQUARES above this many elements is reduced by several work-groups. */
+#define HM_REDUCE_SPLIT 16384u
+
+/* What a device's launches must respect and what suits it. */
+typedef struct hm_dispatch_limits {
+  uint32_t max_groups; /* caps the grid (kernels loop over the rest) */
+  /* A device that stops any invocation after about this many loop
+   * iterations (Mesa's llvmpipe/lavapipe: 65535): window ops are split by
+   * images so each launch stays below it; an op that cannot (one image is
+   * already too much, a GEMM with too long a k) is refused with the reason.
+   * 0 = no limit. */
+  uint32_t max_loop;
+  /* The largest GEMM register block's side, 8 or 4 (where 8x8 sums spill
+   * and loads are cheap enough that 4x4 blocks win: lavapipe reading texel
+   * buffers). */
+  uint32_t gemm_block;
+} hm_dispatch_limits;
+
 /* Plans |op| (already validated against the op rules and the plugin's
- * capabilities). |max_groups| caps the grid (kernels loop over the rest).
- * Returns 0, or nonzero with a reason in |err| (sizes beyond 32-bit
- * indexing). */
+ * capabilities) for a device with |lim|. Returns 0, or nonzero with a
+ * reason in |err| (sizes beyond 32-bit indexing, loops past max_loop). */
+int hm_plan_dispatch_for(const hm_abi_op *op, const hm_dispatch_limits *lim, hm_dispatch *out, char *err, size_t cap);
+/* The same with |max_groups| and the defaults: no loop limit, 8x8 GEMM
+ * blocks. */
 int hm_plan_dispatch(const hm_abi_op *op, uint32_t max_groups, hm_dispatch *out, char *err, size_t cap);
-/* The same for a device that stops any invocation after about |max_loop|
- * loop iterations (Mesa's llvmpipe/lavapipe: 65535): window ops are split
- * by images so each launch stays below it; an op that cannot (one image is
- * already too much, a GEMM with too long a k) is refused with the reason.
- * 0 = no limit. |gemm_block| is the largest GEMM register block's side, 8
- * or 4 (where 8x8 sums spill and the loads are cheap enough that 4x4
- * blocks win: lavapipe reading texel buffers). */
-int hm_plan_dispatch_limited(const hm_abi_op *op, uint32_t max_groups, uint32_t max_loop, uint32_t gemm_block,
-                             hm_dispatch *out, char *err, size_t cap);
 /* The parameter block and work-group count of slice |s| of |d|, whose
- * p.off[] the backend has filled for the whole op. */
+ * p.off[] the backend has filled for the whole op (p.variant may differ per
+ * slice: a backend that specializes on it picks the kernel per slice). */
 void hm_dispatch_slice(const hm_dispatch *d, uint32_t s, hm_kparams *p, uint32_t *groups);
 
 /* The capability table of the kernels in hm_ops.kern (every op at f32, the

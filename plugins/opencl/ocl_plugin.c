@@ -67,6 +67,7 @@ typedef struct hm_abi_buffer {
 typedef struct launch {
   cl_kernel kernel;
   size_t global, local;
+  cl_mem scratch; /* a split reduction's partial results (one reference per launch), or null */
 } launch;
 
 typedef struct hm_abi_program {
@@ -473,8 +474,10 @@ static int buffer_size_of(void *self, const hm_abi_buffer *b, uint64_t *size) {
 
 static void ocl_program_free(hm_abi_program *p) {
   if (!p) return;
-  for (uint32_t i = 0; i < p->n_launches; i++)
+  for (uint32_t i = 0; i < p->n_launches; i++) {
     if (p->launches[i].kernel) clReleaseKernel(p->launches[i].kernel);
+    if (p->launches[i].scratch) clReleaseMemObject(p->launches[i].scratch);
+  }
   if (p->scalars) clReleaseMemObject(p->scalars);
   atomic_fetch_sub(&p->dev->live_programs, 1);
   free(p->launches);
@@ -507,6 +510,7 @@ static int32_t ocl_program_create(hm_abi_device *dev, const hm_abi_program_desc 
   cl_int e = 0;
   p->scalars = clCreateBuffer(dev->cl, CL_MEM_READ_ONLY, sizeof(float) * (desc->n_scalars ? desc->n_scalars : 1), NULL, &e);
   int32_t st = p->launches && p->scalars_host && p->scalars ? HM_ABI_OK : fail(ctx, HM_ABI_STATUS_RESOURCE_EXHAUSTED, "opencl: out of memory");
+  uint32_t cap = desc->n_ops ? desc->n_ops : 1; /* launches: one per op, two for a split reduction */
   for (uint32_t i = 0; i < desc->n_ops && st == HM_ABI_OK; i++) {
     const hm_abi_op *op = hm_program_op(desc, stride, i);
     hm_dispatch d;
@@ -514,30 +518,49 @@ static int32_t ocl_program_create(hm_abi_device *dev, const hm_abi_program_desc 
       st = fail(ctx, HM_ABI_STATUS_OUT_OF_RANGE, "opencl: op %u: %s", i, msg);
       break;
     }
-    launch *l = &p->launches[i];
-    l->kernel = clCreateKernel(dev->program, hm_kernel_name(d.kernel), &e);
-    if (!l->kernel) {
-      st = fail(ctx, HM_ABI_STATUS_INTERNAL, "opencl: kernel '%s': %s (%d)", hm_kernel_name(d.kernel), cl_error_name(e), (int)e);
-      break;
-    }
+    cl_mem bufs[6];
     for (int s = 0; s < 6 && st == HM_ABI_OK; s++) {
       const hm_abi_operand *o = s < 3 ? &op->in[s] : &op->out[s - 3];
-      cl_mem m = o->buffer ? ((ocl_buffer *)o->buffer)->mem : dev->dummy;
+      bufs[s] = o->buffer ? ((ocl_buffer *)o->buffer)->mem : dev->dummy;
       d.p.off[s] = o->buffer ? (uint32_t)(o->offset / 4) : 0;
       if (o->buffer && o->offset / 4 > UINT32_MAX) st = fail(ctx, HM_ABI_STATUS_OUT_OF_RANGE, "opencl: op %u: offset too large", i);
-      e = clSetKernelArg(l->kernel, (cl_uint)s, sizeof m, &m);
-      if (e != CL_SUCCESS) st = fail(ctx, HM_ABI_STATUS_INTERNAL, "opencl: op %u: argument %d: %s (%d)", i, s, cl_error_name(e), (int)e);
     }
-    if (st != HM_ABI_OK) break;
-    e = clSetKernelArg(l->kernel, 6, sizeof p->scalars, &p->scalars);
-    if (e == CL_SUCCESS) e = clSetKernelArg(l->kernel, 7, sizeof d.p, &d.p);
-    if (e != CL_SUCCESS) {
-      st = fail(ctx, HM_ABI_STATUS_INTERNAL, "opencl: op %u: arguments: %s (%d)", i, cl_error_name(e), (int)e);
-      break;
+    cl_mem scratch = NULL;
+    if (st == HM_ABI_OK && d.scratch_words) {
+      scratch = clCreateBuffer(dev->cl, CL_MEM_READ_WRITE, (size_t)d.scratch_words * 4, NULL, &e);
+      if (!scratch) st = fail(ctx, HM_ABI_STATUS_RESOURCE_EXHAUSTED, "opencl: op %u: no scratch for a reduction (%d)", i, (int)e);
+      bufs[5] = scratch;
     }
-    l->local = d.local_size;
-    l->global = (size_t)d.groups * d.local_size;
-    p->n_launches = i + 1;
+    for (uint32_t sl = 0; sl < d.slices && st == HM_ABI_OK; sl++) {
+      if (p->n_launches == cap) {
+        launch *grown = realloc(p->launches, 2 * cap * sizeof *grown);
+        if (!grown) {
+          st = fail(ctx, HM_ABI_STATUS_RESOURCE_EXHAUSTED, "opencl: out of memory");
+          break;
+        }
+        memset(grown + cap, 0, cap * sizeof *grown);
+        p->launches = grown;
+        cap *= 2;
+      }
+      hm_kparams kp;
+      uint32_t groups;
+      hm_dispatch_slice(&d, sl, &kp, &groups);
+      launch *l = &p->launches[p->n_launches];
+      l->kernel = clCreateKernel(dev->program, hm_kernel_name(d.kernel), &e);
+      if (!l->kernel) {
+        st = fail(ctx, HM_ABI_STATUS_INTERNAL, "opencl: kernel '%s': %s (%d)", hm_kernel_name(d.kernel), cl_error_name(e), (int)e);
+        break;
+      }
+      p->n_launches++;
+      if (scratch && clRetainMemObject(scratch) == CL_SUCCESS) l->scratch = scratch;
+      for (int s = 0; s < 6 && e == CL_SUCCESS; s++) e = clSetKernelArg(l->kernel, (cl_uint)s, sizeof bufs[s], &bufs[s]);
+      if (e == CL_SUCCESS) e = clSetKernelArg(l->kernel, 6, sizeof p->scalars, &p->scalars);
+      if (e == CL_SUCCESS) e = clSetKernelArg(l->kernel, 7, sizeof kp, &kp);
+      if (e != CL_SUCCESS) st = fail(ctx, HM_ABI_STATUS_INTERNAL, "opencl: op %u: arguments: %s (%d)", i, cl_error_name(e), (int)e);
+      l->local = d.local_size;
+      l->global = (size_t)groups * d.local_size;
+    }
+    if (scratch) clReleaseMemObject(scratch); /* the launches hold their references */
   }
   if (st != HM_ABI_OK) {
     ocl_program_free(p);

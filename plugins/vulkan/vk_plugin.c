@@ -118,6 +118,9 @@ typedef struct hm_abi_program {
   VkBuffer scalars;
   VkDeviceMemory scalars_mem;
   float *scalars_map;
+  /* Partial results of the program's split reductions (hm_dispatch.scratch_words), or null. */
+  VkBuffer scratch;
+  VkDeviceMemory scratch_mem;
 } vk_program;
 
 /* Reports through the host (plugin_util.h). */
@@ -675,6 +678,8 @@ static void vk_program_free(hm_abi_program *p) {
   if (p->dpool) vkDestroyDescriptorPool(dev->dev, p->dpool, NULL);
   if (p->scalars) vkDestroyBuffer(dev->dev, p->scalars, NULL);
   if (p->scalars_mem) vkFreeMemory(dev->dev, p->scalars_mem, NULL);
+  if (p->scratch) vkDestroyBuffer(dev->dev, p->scratch, NULL);
+  if (p->scratch_mem) vkFreeMemory(dev->dev, p->scratch_mem, NULL);
   atomic_fetch_sub(&dev->live_programs, 1);
   free(p);
 }
@@ -690,13 +695,16 @@ static int32_t vk_program_create(hm_abi_device *dev, const hm_abi_program_desc *
   const hm_abi_capability *caps = hm_kernel_caps(&n_caps);
   char msg[512];
   hm_dispatch *plan = calloc(desc->n_ops ? desc->n_ops : 1, sizeof *plan);
+  /* With texel operands, loads are cheap enough that 4x4 GEMM blocks win. */
+  const hm_dispatch_limits limits = {.max_groups = MAX_GROUPS, .max_loop = MAX_LOOP,
+                                     .gemm_block = dev->texel_operands ? 4 : 8};
   if (!plan) return HM_ABI_STATUS_RESOURCE_EXHAUSTED;
   int32_t st = HM_ABI_OK;
   for (uint32_t i = 0; i < desc->n_ops && st == HM_ABI_OK; i++) {
     const hm_abi_op *op = hm_program_op(desc, stride, i);
     if ((st = hm_check_op(op, i, desc->n_scalars, caps, n_caps, buffer_size_of, dev, 4, msg, sizeof msg)))
       st = fail(ctx, st, "vulkan: %s", msg);
-    else if (hm_plan_dispatch_limited(op, MAX_GROUPS, MAX_LOOP, dev->texel_operands ? 4 : 8, &plan[i], msg, sizeof msg))
+    else if (hm_plan_dispatch_for(op, &limits, &plan[i], msg, sizeof msg))
       st = fail(ctx, HM_ABI_STATUS_OUT_OF_RANGE, "vulkan: op %u: %s", i, msg);
     for (int s = 0; s < 6 && st == HM_ABI_OK; s++) {
       const hm_abi_operand *o = s < 3 ? &op->in[s] : &op->out[s - 3];
@@ -727,6 +735,11 @@ static int32_t vk_program_create(hm_abi_device *dev, const hm_abi_program_desc *
                                       .level = VK_COMMAND_BUFFER_LEVEL_PRIMARY, .commandBufferCount = 1};
     r = vkAllocateCommandBuffers(dev->dev, &ai, &p->cmd);
   }
+  uint32_t scratch_words = 0;
+  for (uint32_t i = 0; i < desc->n_ops; i++)
+    if (plan[i].scratch_words > scratch_words) scratch_words = plan[i].scratch_words;
+  if (r == VK_SUCCESS && scratch_words)
+    r = make_buffer(dev, (VkDeviceSize)scratch_words * 4, 0, &p->scratch, &p->scratch_mem, &(void *){NULL});
   if (r == VK_SUCCESS) {
     VkCommandBufferBeginInfo bi = {.sType = VK_STRUCTURE_TYPE_COMMAND_BUFFER_BEGIN_INFO};
     r = vkBeginCommandBuffer(p->cmd, &bi);
@@ -746,7 +759,6 @@ static int32_t vk_program_create(hm_abi_device *dev, const hm_abi_program_desc *
       if (opd[s] && !opd[s]->words) texel = 0;
     }
     VkPipeline pipe = VK_NULL_HANDLE;
-    if ((st = pipeline(dev, k, texel, gemm ? plan[i].p.flags : 0u, plan[i].p.variant, &pipe))) break;
     VkDescriptorSet set;
     VkDescriptorSetAllocateInfo sa = {.sType = VK_STRUCTURE_TYPE_DESCRIPTOR_SET_ALLOCATE_INFO, .descriptorPool = p->dpool,
                                       .descriptorSetCount = 1, .pSetLayouts = &dev->set_layout};
@@ -772,6 +784,7 @@ static int32_t vk_program_create(hm_abi_device *dev, const hm_abi_program_desc *
       if (s < 6) {
         const hm_abi_operand *o = s < 3 ? &op->in[s] : &op->out[s - 3];
         if (o->buffer) buf = ((vk_buffer *)o->buffer)->buf;
+        else if (s == 5 && plan[i].scratch_words) buf = p->scratch;
       } else {
         buf = p->scalars;
       }
@@ -781,12 +794,14 @@ static int32_t vk_program_create(hm_abi_device *dev, const hm_abi_program_desc *
                                          .pBufferInfo = &infos[s]};
     }
     vkUpdateDescriptorSets(dev->dev, dev->texel_operands ? N_BINDINGS : N_STORAGE_BINDINGS, writes, 0, NULL);
-    vkCmdBindPipeline(p->cmd, VK_PIPELINE_BIND_POINT_COMPUTE, pipe);
     vkCmdBindDescriptorSets(p->cmd, VK_PIPELINE_BIND_POINT_COMPUTE, dev->layout, 0, 1, &set, 0, NULL);
     for (uint32_t sl = 0; sl < plan[i].slices; sl++) {
       hm_kparams kp;
       uint32_t groups;
       hm_dispatch_slice(&plan[i], sl, &kp, &groups);
+      VkPipeline slice_pipe = VK_NULL_HANDLE; /* the variant may change per slice */
+      if ((st = pipeline(dev, k, texel, gemm ? kp.flags : 0u, kp.variant, &slice_pipe))) break;
+      if (slice_pipe != pipe) vkCmdBindPipeline(p->cmd, VK_PIPELINE_BIND_POINT_COMPUTE, pipe = slice_pipe);
       vkCmdPushConstants(p->cmd, dev->layout, VK_SHADER_STAGE_COMPUTE_BIT, 0, sizeof(hm_kparams), &kp);
       vkCmdDispatch(p->cmd, groups, 1, 1);
       VkMemoryBarrier mb = {.sType = VK_STRUCTURE_TYPE_MEMORY_BARRIER, .srcAccessMask = VK_ACCESS_SHADER_WRITE_BIT,

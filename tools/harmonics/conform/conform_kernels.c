@@ -681,6 +681,14 @@ static void add_vector_cases(conform_suite *s) {
     k->dims[0] = 33, k->params[0] = flat_ops[o] == HM_ABI_OP_CLIP ? 1.0f : 0.75f, k->kind = K_NAN;
     conform_add(s, "kernel.elementwise", test_kernel, k, 1, "kernel.%s.nan_inf", hm_op_name(flat_ops[o]));
   }
+  /* Long sums that GPU plugins split over work-groups: accumulating into
+   * the output, and a NaN in one group's share. */
+  k = new_case(HM_ABI_OP_SUM_SQUARES, F32, F32);
+  k->dims[0] = 1000003, k->params[0] = 0.75f, k->params[1] = 0.5f;
+  conform_add(s, "kernel.elementwise", test_kernel, k, 1, "kernel.sum_squares.n1000003.beta");
+  k = new_case(HM_ABI_OP_SUM_SQUARES, F32, F32);
+  k->dims[0] = 40001, k->params[0] = 1.0f, k->kind = K_NAN;
+  conform_add(s, "kernel.elementwise", test_kernel, k, 1, "kernel.sum_squares.n40001.nan_inf");
   const uint32_t gather_types[] = {HM_ABI_DTYPE_U8, F32, HM_ABI_DTYPE_I32};
   static const uint64_t gather_shapes[][3] = {{1, 1, 1}, {17, 784, 50}, {64, 3, 1000}};
   for (int t = 0; t < 3; t++)
