@@ -1,7 +1,8 @@
 /*
  * The GPU plugins' op-to-kernel planning (plugins/common/dispatch.c): which
  * GEMM kernel a shape gets, what a loop-limited device (lavapipe) refuses,
- * and the work-groups of the normalization and im2col ops.
+ * the split of long reductions, which bias/activation pairs fuse, and the
+ * work-groups of the normalization and im2col ops.
  */
 #include <string.h>
 
@@ -111,6 +112,48 @@ static void long_reductions_split_over_work_groups(void) {
   HM_CHECK_EQ(d.scratch_words, 1024);
 }
 
+/* A BIAS_ADD and the ACT_FORWARD of its sum fuse into one bias_act launch;
+ * pairs that are not exactly that do not. */
+static void bias_and_activation_fuse(void) {
+  /* Two distinct fake buffers: the planner compares handles, never reads them. */
+  static char buf_z, buf_y;
+  hm_abi_buffer *z = (hm_abi_buffer *)&buf_z, *y = (hm_abi_buffer *)&buf_y;
+  hm_abi_op bias, act, fused;
+  memset(&bias, 0, sizeof bias);
+  for (int i = 0; i < HM_ABI_MAX_DYN; i++) bias.dyn[i] = HM_ABI_DYN_NONE;
+  act = bias;
+  bias.code = HM_ABI_OP_BIAS_ADD, bias.dims[0] = 64, bias.dims[1] = 128;
+  bias.in[0] = (hm_abi_operand){y, 4096}, bias.out[0] = (hm_abi_operand){z, 256};
+  act.code = HM_ABI_OP_ACT_FORWARD, act.variant = HM_ABI_ACT_LEAKY_RELU, act.dims[0] = 64, act.dims[1] = 128;
+  act.params[0] = 0.25f, act.dyn[0] = 3;
+  act.in[0] = bias.out[0], act.out[0] = (hm_abi_operand){y, 8192};
+  hm_dispatch d;
+  HM_CHECK_EQ(hm_plan_bias_act(&bias, &act, 1024, &fused, &d), 1);
+  HM_CHECK_STR_CONTAINS(hm_kernel_name(d.kernel), "bias_act");
+  HM_CHECK_EQ(d.p.variant, HM_ABI_ACT_LEAKY_RELU);
+  HM_CHECK_EQ(d.p.dyn[0], 3);
+  HM_CHECK(d.p.f[0] == 0.25f);
+  HM_CHECK_EQ(d.groups, 64 * 128 / 64);
+  HM_CHECK(fused.in[0].buffer == y && fused.in[0].offset == 4096 && fused.out[0].buffer == z && fused.out[1].offset == 8192);
+  hm_abi_op other = act;
+  other.variant = HM_ABI_ACT_SOFTMAX; /* a row operation */
+  HM_CHECK_EQ(hm_plan_bias_act(&bias, &other, 1024, &fused, &d), 0);
+  other = act;
+  other.in[0].offset += 4; /* not the sum the bias wrote */
+  HM_CHECK_EQ(hm_plan_bias_act(&bias, &other, 1024, &fused, &d), 0);
+  other = act;
+  other.dims[1] = 64;
+  HM_CHECK_EQ(hm_plan_bias_act(&bias, &other, 1024, &fused, &d), 0);
+  other = act;
+  other.out[0] = (hm_abi_operand){z, 256 + 64 * 128 * 4 - 4}; /* its last word is the sum's */
+  HM_CHECK_EQ(hm_plan_bias_act(&bias, &other, 1024, &fused, &d), 0);
+  other.out[0] = (hm_abi_operand){y, 4096 + 127 * 4}; /* its first word is the bias's last */
+  HM_CHECK_EQ(hm_plan_bias_act(&bias, &other, 1024, &fused, &d), 0);
+  other.out[0] = (hm_abi_operand){y, 4096 + 128 * 4}; /* just past the bias */
+  HM_CHECK_EQ(hm_plan_bias_act(&bias, &other, 1024, &fused, &d), 1);
+  HM_CHECK_EQ(hm_plan_bias_act(&act, &bias, 1024, &fused, &d), 0); /* the wrong order */
+}
+
 static void norm_and_im2col_plans(void) {
   hm_abi_op op;
   memset(&op, 0, sizeof op);
@@ -144,6 +187,7 @@ int main(int argc, char **argv) {
       HM_TEST_CASE(gemm_kernels_follow_shape_and_alignment),
       HM_TEST_CASE(loop_limited_devices_refuse_long_gemms),
       HM_TEST_CASE(long_reductions_split_over_work_groups),
+      HM_TEST_CASE(bias_and_activation_fuse),
       HM_TEST_CASE(norm_and_im2col_plans),
   };
   return hm_test_main(argc, argv, cases, sizeof cases / sizeof cases[0]);

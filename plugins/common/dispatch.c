@@ -12,7 +12,7 @@ static const char *const names[HK_COUNT] = {
     "gemm", "bias_add", "act_fwd", "softmax_fwd", "act_bwd", "softmax_bwd", "loss", "reduce_rows",
     "reduce_cols", "sum_squares", "clip", "scale", "axpy", "gather", "fill", "copy", "sgd", "adam",
     "rmsprop", "lamb", "quantize", "dequantize", "gemm_q", "conv2d", "conv2d_bwd_data", "conv2d_bwd_filter",
-    "pool2d", "pool2d_bwd", "dropout", "batch_norm", "batch_norm_bwd", "layer_norm", "layer_norm_bwd", "im2col", "gemm_reg", "gemm_x4", "gemm_x8"};
+    "pool2d", "pool2d_bwd", "dropout", "batch_norm", "batch_norm_bwd", "layer_norm", "layer_norm_bwd", "im2col", "gemm_reg", "gemm_x4", "gemm_x8", "bias_act"};
 
 const char *hm_kernel_name(hm_kernel_id k) { return (unsigned)k < HK_COUNT ? names[k] : "?"; }
 
@@ -338,6 +338,39 @@ int hm_plan_dispatch_for(const hm_abi_op *op, const hm_dispatch_limits *lim, hm_
     return 1;
   }
   return 0;
+}
+
+/* Whether [a, a + an) and [b, b + bn) of the same buffer meet. */
+static int overlap(const hm_abi_operand *a, uint64_t an, const hm_abi_operand *b, uint64_t bn) {
+  return a->buffer == b->buffer && a->offset < b->offset + bn && b->offset < a->offset + an;
+}
+
+int hm_plan_bias_act(const hm_abi_op *bias, const hm_abi_op *act, uint32_t max_groups, hm_abi_op *fused,
+                     hm_dispatch *d) {
+  if (bias->code != HM_ABI_OP_BIAS_ADD || act->code != HM_ABI_OP_ACT_FORWARD || act->variant == HM_ABI_ACT_SOFTMAX)
+    return 0;
+  if (hm_dtype_or_f32(bias->dtype_in) != HM_ABI_DTYPE_F32 || hm_dtype_or_f32(bias->dtype_out) != HM_ABI_DTYPE_F32 ||
+      hm_dtype_or_f32(act->dtype_in) != HM_ABI_DTYPE_F32 || hm_dtype_or_f32(act->dtype_out) != HM_ABI_DTYPE_F32)
+    return 0;
+  uint64_t rows = bias->dims[0], cols = bias->dims[1], n = rows * cols * 4;
+  if (act->dims[0] != rows || act->dims[1] != cols || rows * cols >= ((uint64_t)1 << 31)) return 0;
+  const hm_abi_operand *z = &bias->out[0], *b = &bias->in[0], *y = &act->out[0];
+  if (!z->buffer || !b->buffer || !y->buffer || act->in[0].buffer != z->buffer || act->in[0].offset != z->offset)
+    return 0;
+  if (overlap(y, n, z, n) || overlap(y, n, b, cols * 4)) return 0;
+  *fused = *bias;
+  fused->out[1] = *y;
+  memset(d, 0, sizeof *d);
+  d->kernel = HK_BIAS_ACT;
+  d->slices = 1;
+  d->local_size = 64;
+  d->p.dim[0] = (uint32_t)rows, d->p.dim[1] = (uint32_t)cols;
+  d->p.variant = act->variant;
+  for (int i = 0; i < 8; i++) d->p.f[i] = act->params[i];
+  for (int i = 0; i < 4; i++) d->p.dyn[i] = act->dyn[i] == HM_ABI_DYN_NONE ? -1 : act->dyn[i];
+  uint64_t groups = (rows * cols + 63) / 64;
+  d->groups = (uint32_t)(groups < 1 ? 1 : groups > max_groups ? max_groups : groups);
+  return 1;
 }
 
 #define F32 HM_ABI_DTYPE_F32

@@ -22,7 +22,7 @@ typedef enum hm_kernel_id {
   HK_REDUCE_COLS, HK_SUM_SQUARES, HK_CLIP, HK_SCALE, HK_AXPY, HK_GATHER, HK_FILL, HK_COPY, HK_SGD, HK_ADAM,
   HK_RMSPROP, HK_LAMB, HK_QUANTIZE, HK_DEQUANTIZE, HK_GEMM_Q, HK_CONV2D, HK_CONV2D_BWD_DATA, HK_CONV2D_BWD_FILTER,
   HK_POOL2D, HK_POOL2D_BWD, HK_DROPOUT, HK_BATCH_NORM, HK_BATCH_NORM_BWD, HK_LAYER_NORM, HK_LAYER_NORM_BWD, HK_IM2COL,
-  HK_GEMM_REG, HK_GEMM_X4, HK_GEMM_X8, HK_COUNT
+  HK_GEMM_REG, HK_GEMM_X4, HK_GEMM_X8, HK_BIAS_ACT, HK_COUNT
 } hm_kernel_id;
 
 /* The kernel's name in hm_ops.kern ("gemm", "softmax_fwd", ...). */
@@ -84,6 +84,14 @@ int hm_plan_dispatch(const hm_abi_op *op, uint32_t max_groups, hm_dispatch *out,
  * p.off[] the backend has filled for the whole op (p.variant may differ per
  * slice: a backend that specializes on it picks the kernel per slice). */
 void hm_dispatch_slice(const hm_dispatch *d, uint32_t s, hm_kparams *p, uint32_t *groups);
+
+/* Whether BIAS_ADD |bias| and the ACT_FORWARD |act| after it can run as one
+ * bias_act launch: the activation reads exactly the sum the bias wrote, is
+ * not softmax, and writes where neither the sum nor the bias lies. If so,
+ * fills |d| and |fused|, an op whose operands are what the launch binds
+ * (in[0] the bias, out[0] the sum, out[1] the activation), and returns 1. */
+int hm_plan_bias_act(const hm_abi_op *bias, const hm_abi_op *act, uint32_t max_groups, hm_abi_op *fused,
+                     hm_dispatch *d);
 
 /* The capability table of the kernels in hm_ops.kern (every op at f32, the
  * packed formats exactly). */

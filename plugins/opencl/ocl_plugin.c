@@ -514,7 +514,11 @@ static int32_t ocl_program_create(hm_abi_device *dev, const hm_abi_program_desc 
   for (uint32_t i = 0; i < desc->n_ops && st == HM_ABI_OK; i++) {
     const hm_abi_op *op = hm_program_op(desc, stride, i);
     hm_dispatch d;
-    if (hm_plan_dispatch(op, MAX_GROUPS, &d, msg, sizeof msg)) {
+    hm_abi_op fused; /* a bias and the activation after it as one launch */
+    if (i + 1 < desc->n_ops && hm_plan_bias_act(op, hm_program_op(desc, stride, i + 1), MAX_GROUPS, &fused, &d)) {
+      op = &fused;
+      i++;
+    } else if (hm_plan_dispatch(op, MAX_GROUPS, &d, msg, sizeof msg)) {
       st = fail(ctx, HM_ABI_STATUS_OUT_OF_RANGE, "opencl: op %u: %s", i, msg);
       break;
     }

@@ -698,7 +698,13 @@ static int32_t vk_program_create(hm_abi_device *dev, const hm_abi_program_desc *
   /* With texel operands, loads are cheap enough that 4x4 GEMM blocks win. */
   const hm_dispatch_limits limits = {.max_groups = MAX_GROUPS, .max_loop = MAX_LOOP,
                                      .gemm_block = dev->texel_operands ? 4 : 8};
-  if (!plan) return HM_ABI_STATUS_RESOURCE_EXHAUSTED;
+  /* The op each launch binds: the program's own, or a fused pair's. */
+  hm_abi_op *bind = calloc(desc->n_ops ? desc->n_ops : 1, sizeof *bind);
+  if (!plan || !bind) {
+    free(plan);
+    free(bind);
+    return HM_ABI_STATUS_RESOURCE_EXHAUSTED;
+  }
   int32_t st = HM_ABI_OK;
   for (uint32_t i = 0; i < desc->n_ops && st == HM_ABI_OK; i++) {
     const hm_abi_op *op = hm_program_op(desc, stride, i);
@@ -706,15 +712,26 @@ static int32_t vk_program_create(hm_abi_device *dev, const hm_abi_program_desc *
       st = fail(ctx, st, "vulkan: %s", msg);
     else if (hm_plan_dispatch_for(op, &limits, &plan[i], msg, sizeof msg))
       st = fail(ctx, HM_ABI_STATUS_OUT_OF_RANGE, "vulkan: op %u: %s", i, msg);
-    for (int s = 0; s < 6 && st == HM_ABI_OK; s++) {
-      const hm_abi_operand *o = s < 3 ? &op->in[s] : &op->out[s - 3];
+    bind[i] = *op;
+  }
+  /* A bias and the activation after it run as one launch; the second op's
+   * plan is left empty (no slices). */
+  for (uint32_t i = 0; i + 1 < desc->n_ops && st == HM_ABI_OK; i++) {
+    hm_abi_op fused;
+    if (!hm_plan_bias_act(&bind[i], &bind[i + 1], MAX_GROUPS, &fused, &plan[i])) continue;
+    bind[i] = fused;
+    plan[++i].slices = 0;
+  }
+  for (uint32_t i = 0; i < desc->n_ops && st == HM_ABI_OK; i++)
+    for (int s = 0; s < 6; s++) {
+      const hm_abi_operand *o = s < 3 ? &bind[i].in[s] : &bind[i].out[s - 3];
       plan[i].p.off[s] = o->buffer ? (uint32_t)(o->offset / 4) : 0;
     }
-  }
   vk_program *p = st == HM_ABI_OK ? calloc(1, sizeof *p) : NULL;
   if (st == HM_ABI_OK && !p) st = HM_ABI_STATUS_RESOURCE_EXHAUSTED;
   if (st != HM_ABI_OK) {
     free(plan);
+    free(bind);
     return st;
   }
   p->dev = dev;
@@ -748,7 +765,8 @@ static int32_t vk_program_create(hm_abi_device *dev, const hm_abi_program_desc *
   /* Record: per op one descriptor set, the parameter block, the dispatch,
    * and a barrier so the next op sees its writes. */
   for (uint32_t i = 0; i < desc->n_ops && st == HM_ABI_OK; i++) {
-    const hm_abi_op *op = hm_program_op(desc, stride, i);
+    if (!plan[i].slices) continue; /* fused into the op before */
+    const hm_abi_op *op = &bind[i];
     hm_kernel_id k = plan[i].kernel;
     int gemm = k == HK_GEMM || k == HK_GEMM_REG || k == HK_GEMM_X4 || k == HK_GEMM_X8;
     /* The texel build when every operand has views (unused slots read the dummy's). */
@@ -820,6 +838,7 @@ static int32_t vk_program_create(hm_abi_device *dev, const hm_abi_program_desc *
     if (r != VK_SUCCESS) st = fail(ctx, status_of(r), "vulkan: recording failed (%d)", (int)r);
   }
   free(plan);
+  free(bind);
   if (st != HM_ABI_OK) {
     vk_program_free(p);
     return st;
