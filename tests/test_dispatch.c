@@ -1,7 +1,7 @@
 /*
  * The GPU plugins' op-to-kernel planning (plugins/common/dispatch.c): which
  * GEMM kernel a shape gets, what a loop-limited device (lavapipe) refuses,
- * the split of long reductions, which bias/activation pairs fuse, and the
+ * the split of long reductions, which bias/activation ops fuse, and the
  * work-groups of the normalization and im2col ops.
  */
 #include <string.h>
@@ -154,6 +154,48 @@ static void bias_and_activation_fuse(void) {
   HM_CHECK_EQ(hm_plan_bias_act(&act, &bias, 1024, &fused, &d), 0); /* the wrong order */
 }
 
+/* A GEMM takes the BIAS_ADD of its C, and the ACT_FORWARD of that sum,
+ * into its store when nothing it reads or writes meets the activation's
+ * output. */
+static void gemm_epilogue_takes_bias_and_activation(void) {
+  static char buf_a, buf_c, buf_y;
+  hm_abi_buffer *a = (hm_abi_buffer *)&buf_a, *c = (hm_abi_buffer *)&buf_c, *y = (hm_abi_buffer *)&buf_y;
+  hm_abi_op g = gemm(64, 128, 784, HM_ABI_OP_FLAG_TRANS_B, 0), bias, act, fused;
+  g.in[0].buffer = a, g.in[1] = (hm_abi_operand){a, 64 * 784 * 4}, g.out[0] = (hm_abi_operand){c, 0};
+  memset(&bias, 0, sizeof bias);
+  for (int i = 0; i < HM_ABI_MAX_DYN; i++) bias.dyn[i] = HM_ABI_DYN_NONE;
+  act = bias;
+  bias.code = HM_ABI_OP_BIAS_ADD, bias.dims[0] = 64, bias.dims[1] = 128;
+  bias.in[0] = (hm_abi_operand){y, 0}, bias.out[0] = g.out[0];
+  act.code = HM_ABI_OP_ACT_FORWARD, act.variant = HM_ABI_ACT_RELU, act.dims[0] = 64, act.dims[1] = 128;
+  act.in[0] = g.out[0], act.out[0] = (hm_abi_operand){y, 512};
+  hm_dispatch d;
+  char err[256];
+  HM_CHECK_EQ(hm_plan_dispatch(&g, 1024, &d, err, sizeof err), 0);
+  HM_CHECK_EQ(hm_plan_gemm_epilogue(&g, &bias, &act, &d, &fused), 2);
+  HM_CHECK_EQ(d.p.variant, 2 + HM_ABI_ACT_RELU);
+  HM_CHECK(fused.in[2].buffer == y && fused.in[2].offset == 0 && fused.out[1].buffer == y && fused.out[1].offset == 512);
+  /* Without a following activation (the logits before the loss): the bias only. */
+  HM_CHECK_EQ(hm_plan_dispatch(&g, 1024, &d, err, sizeof err), 0);
+  HM_CHECK_EQ(hm_plan_gemm_epilogue(&g, &bias, NULL, &d, &fused), 1);
+  HM_CHECK_EQ(d.p.variant, 1);
+  HM_CHECK(fused.out[1].buffer == NULL);
+  /* An activation writing over A (read by other invocations meanwhile): the bias only. */
+  hm_abi_op other = act;
+  other.out[0] = (hm_abi_operand){a, 64 * 784 * 4 - 4};
+  HM_CHECK_EQ(hm_plan_dispatch(&g, 1024, &d, err, sizeof err), 0);
+  HM_CHECK_EQ(hm_plan_gemm_epilogue(&g, &bias, &other, &d, &fused), 1);
+  /* A bias that adds elsewhere, or lies inside C: nothing. */
+  other = bias;
+  other.out[0].offset = 4;
+  HM_CHECK_EQ(hm_plan_dispatch(&g, 1024, &d, err, sizeof err), 0);
+  HM_CHECK_EQ(hm_plan_gemm_epilogue(&g, &other, &act, &d, &fused), 0);
+  HM_CHECK_EQ(d.p.variant, 0);
+  other = bias;
+  other.in[0] = (hm_abi_operand){c, 64 * 128 * 4 - 8};
+  HM_CHECK_EQ(hm_plan_gemm_epilogue(&g, &other, &act, &d, &fused), 0);
+}
+
 static void norm_and_im2col_plans(void) {
   hm_abi_op op;
   memset(&op, 0, sizeof op);
@@ -188,6 +230,7 @@ int main(int argc, char **argv) {
       HM_TEST_CASE(loop_limited_devices_refuse_long_gemms),
       HM_TEST_CASE(long_reductions_split_over_work_groups),
       HM_TEST_CASE(bias_and_activation_fuse),
+      HM_TEST_CASE(gemm_epilogue_takes_bias_and_activation),
       HM_TEST_CASE(norm_and_im2col_plans),
   };
   return hm_test_main(argc, argv, cases, sizeof cases / sizeof cases[0]);

@@ -340,6 +340,10 @@ int hm_plan_dispatch_for(const hm_abi_op *op, const hm_dispatch_limits *lim, hm_
   return 0;
 }
 
+static int all_f32(const hm_abi_op *op) {
+  return hm_dtype_or_f32(op->dtype_in) == HM_ABI_DTYPE_F32 && hm_dtype_or_f32(op->dtype_out) == HM_ABI_DTYPE_F32;
+}
+
 /* Whether [a, a + an) and [b, b + bn) of the same buffer meet. */
 static int overlap(const hm_abi_operand *a, uint64_t an, const hm_abi_operand *b, uint64_t bn) {
   return a->buffer == b->buffer && a->offset < b->offset + bn && b->offset < a->offset + an;
@@ -349,9 +353,7 @@ int hm_plan_bias_act(const hm_abi_op *bias, const hm_abi_op *act, uint32_t max_g
                      hm_dispatch *d) {
   if (bias->code != HM_ABI_OP_BIAS_ADD || act->code != HM_ABI_OP_ACT_FORWARD || act->variant == HM_ABI_ACT_SOFTMAX)
     return 0;
-  if (hm_dtype_or_f32(bias->dtype_in) != HM_ABI_DTYPE_F32 || hm_dtype_or_f32(bias->dtype_out) != HM_ABI_DTYPE_F32 ||
-      hm_dtype_or_f32(act->dtype_in) != HM_ABI_DTYPE_F32 || hm_dtype_or_f32(act->dtype_out) != HM_ABI_DTYPE_F32)
-    return 0;
+  if (!all_f32(bias) || !all_f32(act)) return 0;
   uint64_t rows = bias->dims[0], cols = bias->dims[1], n = rows * cols * 4;
   if (act->dims[0] != rows || act->dims[1] != cols || rows * cols >= ((uint64_t)1 << 31)) return 0;
   const hm_abi_operand *z = &bias->out[0], *b = &bias->in[0], *y = &act->out[0];
@@ -371,6 +373,32 @@ int hm_plan_bias_act(const hm_abi_op *bias, const hm_abi_op *act, uint32_t max_g
   uint64_t groups = (rows * cols + 63) / 64;
   d->groups = (uint32_t)(groups < 1 ? 1 : groups > max_groups ? max_groups : groups);
   return 1;
+}
+
+int hm_plan_gemm_epilogue(const hm_abi_op *gemm, const hm_abi_op *bias, const hm_abi_op *act, hm_dispatch *d,
+                          hm_abi_op *fused) {
+  if (gemm->code != HM_ABI_OP_GEMM || !all_f32(gemm) || d->p.variant != 0 ||
+      (d->kernel != HK_GEMM && d->kernel != HK_GEMM_REG && d->kernel != HK_GEMM_X4 && d->kernel != HK_GEMM_X8))
+    return 0;
+  uint64_t m = gemm->dims[0], n = gemm->dims[1], k = gemm->dims[2], c_bytes = m * n * 4;
+  const hm_abi_operand *c = &gemm->out[0], *a = &gemm->in[0], *b = &gemm->in[1], *v = &bias->in[0];
+  if (bias->code != HM_ABI_OP_BIAS_ADD || !all_f32(bias) || bias->dims[0] != m || bias->dims[1] != n || !v->buffer ||
+      bias->out[0].buffer != c->buffer || bias->out[0].offset != c->offset || overlap(v, n * 4, c, c_bytes))
+    return 0;
+  *fused = *gemm;
+  fused->in[2] = *v;
+  d->p.variant = 1;
+  const hm_abi_operand *y = act ? &act->out[0] : NULL;
+  if (!act || act->code != HM_ABI_OP_ACT_FORWARD || act->variant == HM_ABI_ACT_SOFTMAX || !all_f32(act) ||
+      act->dims[0] != m || act->dims[1] != n || act->in[0].buffer != c->buffer || act->in[0].offset != c->offset ||
+      !y->buffer || overlap(y, c_bytes, c, c_bytes) || overlap(y, c_bytes, v, n * 4) || overlap(y, c_bytes, a, m * k * 4) ||
+      overlap(y, c_bytes, b, k * n * 4))
+    return 1;
+  fused->out[1] = *y;
+  d->p.variant = 2 + act->variant;
+  d->p.f[2] = act->params[0];
+  d->p.dyn[2] = act->dyn[0] == HM_ABI_DYN_NONE ? -1 : act->dyn[0];
+  return 2;
 }
 
 #define F32 HM_ABI_DTYPE_F32

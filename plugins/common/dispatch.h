@@ -93,6 +93,17 @@ void hm_dispatch_slice(const hm_dispatch *d, uint32_t s, hm_kparams *p, uint32_t
 int hm_plan_bias_act(const hm_abi_op *bias, const hm_abi_op *act, uint32_t max_groups, hm_abi_op *fused,
                      hm_dispatch *d);
 
+/* Whether the GEMM |gemm|, already planned in |d|, can also do the BIAS_ADD
+ * |bias| after it (C += bias by column) and then the ACT_FORWARD |act| of
+ * that sum (|act| may be NULL or any other op) in its store: the bias adds
+ * to exactly C, the activation reads exactly C and writes where none of A,
+ * B, C and the bias lies, nothing is softmax. Returns how many of the ops
+ * after the GEMM it absorbs (0, 1 or 2), with |d| (VARIANT 1 + activation,
+ * PARAM(2) its parameter) and |fused| (the GEMM with in[2] the bias and
+ * out[1] the activation) updated. */
+int hm_plan_gemm_epilogue(const hm_abi_op *gemm, const hm_abi_op *bias, const hm_abi_op *act, hm_dispatch *d,
+                          hm_abi_op *fused);
+
 /* The capability table of the kernels in hm_ops.kern (every op at f32, the
  * packed formats exactly). */
 const hm_abi_capability *hm_kernel_caps(uint32_t *n);

@@ -714,13 +714,17 @@ static int32_t vk_program_create(hm_abi_device *dev, const hm_abi_program_desc *
       st = fail(ctx, HM_ABI_STATUS_OUT_OF_RANGE, "vulkan: op %u: %s", i, msg);
     bind[i] = *op;
   }
-  /* A bias and the activation after it run as one launch; the second op's
-   * plan is left empty (no slices). */
+  /* A GEMM takes the bias (and activation) after it into its store, or a
+   * bias and the activation after it run as one launch; the ops absorbed
+   * keep an empty plan (no slices). */
   for (uint32_t i = 0; i + 1 < desc->n_ops && st == HM_ABI_OK; i++) {
     hm_abi_op fused;
-    if (!hm_plan_bias_act(&bind[i], &bind[i + 1], MAX_GROUPS, &fused, &plan[i])) continue;
+    int absorbed = hm_plan_gemm_epilogue(&bind[i], &bind[i + 1], i + 2 < desc->n_ops ? &bind[i + 2] : NULL, &plan[i],
+                                         &fused);
+    if (!absorbed && hm_plan_bias_act(&bind[i], &bind[i + 1], MAX_GROUPS, &fused, &plan[i])) absorbed = 1;
+    if (!absorbed) continue;
     bind[i] = fused;
-    plan[++i].slices = 0;
+    for (int j = 0; j < absorbed; j++) plan[++i].slices = 0;
   }
   for (uint32_t i = 0; i < desc->n_ops && st == HM_ABI_OK; i++)
     for (int s = 0; s < 6; s++) {

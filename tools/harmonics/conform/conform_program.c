@@ -3,7 +3,10 @@
  * with relu, cross-entropy, backward, gradient norm, clip, Adam) recorded as
  * one program, created once and run for several steps with dynamic scalars —
  * exactly how the runtime drives a plugin — and compared after every step
- * with the same program executed op by op on the scalar reference.
+ * with the same program executed op by op on the scalar reference. A second
+ * version puts an exact scale by 1 between the first GEMM and its bias, so
+ * a plugin that fuses a GEMM with the bias and activation after it (or a
+ * bias with its activation) is checked on both paths.
  */
 #include <math.h>
 #include <stdio.h>
@@ -55,7 +58,7 @@ static void *resolve(void *ctx, const hm_abi_operand *o) {
 
 #define OPD(b) ((hm_abi_operand){pc->dev[(b)], 0})
 
-static size_t build_ops(prog_ctx *pc, hm_abi_op *ops) {
+static size_t build_ops(prog_ctx *pc, hm_abi_op *ops, int scale_between) {
   size_t n = 0;
   hm_abi_op *op;
 #define NEW(code) (op = &ops[n++], *op = hm_op_init(code))
@@ -69,6 +72,10 @@ static size_t build_ops(prog_ctx *pc, hm_abi_op *ops) {
   NEW(HM_ABI_OP_GEMM);
   op->flags = HM_ABI_OP_FLAG_TRANS_B, op->dims[0] = B, op->dims[1] = HID, op->dims[2] = IN, op->params[0] = 1;
   op->in[0] = OPD(XB), op->in[1] = OPD(W1), op->out[0] = OPD(Z1);
+  if (scale_between) {
+    NEW(HM_ABI_OP_SCALE);
+    op->dims[0] = B * HID, op->params[0] = 1.0f, op->out[0] = OPD(Z1);
+  }
   NEW(HM_ABI_OP_BIAS_ADD);
   op->dims[0] = B, op->dims[1] = HID, op->in[0] = OPD(B1), op->out[0] = OPD(Z1);
   NEW(HM_ABI_OP_ACT_FORWARD);
@@ -121,7 +128,7 @@ static size_t build_ops(prog_ctx *pc, hm_abi_op *ops) {
 }
 
 static void test_mlp_program(conform_ctx *c, const void *arg, conform_result *r) {
-  (void)arg;
+  const int scale_between = arg != NULL;
   const hm_abi_plugin *t = c->t;
   struct {
     uint32_t op, din, dout;
@@ -136,7 +143,8 @@ static void test_mlp_program(conform_ctx *c, const void *arg, conform_result *r)
                 {HM_ABI_OP_REDUCE_ROWS, HM_ABI_DTYPE_F32, HM_ABI_DTYPE_F32, -1},
                 {HM_ABI_OP_SUM_SQUARES, HM_ABI_DTYPE_F32, HM_ABI_DTYPE_F32, -1},
                 {HM_ABI_OP_CLIP, HM_ABI_DTYPE_F32, HM_ABI_DTYPE_F32, -1},
-                {HM_ABI_OP_ADAM, HM_ABI_DTYPE_F32, HM_ABI_DTYPE_F32, -1}};
+                {HM_ABI_OP_ADAM, HM_ABI_DTYPE_F32, HM_ABI_DTYPE_F32, -1},
+                {scale_between ? HM_ABI_OP_SCALE : HM_ABI_OP_ADAM, HM_ABI_DTYPE_F32, HM_ABI_DTYPE_F32, -1}};
   for (size_t i = 0; i < sizeof needed / sizeof needed[0]; i++)
     if (!conform_declares(c, needed[i].op, needed[i].din, needed[i].dout, needed[i].variant)) {
       conform_not_supported(r, "the MLP step needs %s %s, which the device does not declare", hm_op_name(needed[i].op),
@@ -165,7 +173,7 @@ static void test_mlp_program(conform_ctx *c, const void *arg, conform_result *r)
       goto done;
     }
   hm_abi_op ops[64];
-  size_t n_ops = build_ops(&pc, ops);
+  size_t n_ops = build_ops(&pc, ops, scale_between);
   hm_abi_program_desc d;
   memset(&d, 0, sizeof d);
   d.struct_size = sizeof d;
@@ -231,5 +239,7 @@ done:
 }
 
 void conform_add_program_tests(conform_suite *s) {
+  static const int scale_between = 1;
   conform_add(s, "program", test_mlp_program, NULL, 1, "program.mlp_training_step");
+  conform_add(s, "program", test_mlp_program, &scale_between, 1, "program.mlp_training_step.scale_before_bias");
 }
