@@ -22,7 +22,8 @@ static hm_abi_op gemm(uint64_t m, uint64_t n, uint64_t k, uint32_t flags, uint64
 }
 
 /* A plan for a device with a loop limit and a GEMM block side (1024 groups). */
-static int plan_limited(const hm_abi_op *op, uint32_t max_loop, uint32_t gemm_block, hm_dispatch *d, char *err, size_t cap) {
+static int plan_limited(const hm_abi_op *op, uint32_t max_loop, uint32_t gemm_block, hm_dispatch *d, char *err,
+                        size_t cap) {
   const hm_dispatch_limits lim = {.max_groups = 1024, .max_loop = max_loop, .gemm_block = gemm_block};
   return hm_plan_dispatch_for(op, &lim, d, err, cap);
 }
@@ -134,7 +135,8 @@ static void bias_and_activation_fuse(void) {
   HM_CHECK_EQ(d.p.dyn[0], 3);
   HM_CHECK(d.p.f[0] == 0.25f);
   HM_CHECK_EQ(d.groups, 64 * 128 / 64);
-  HM_CHECK(fused.in[0].buffer == y && fused.in[0].offset == 4096 && fused.out[0].buffer == z && fused.out[1].offset == 8192);
+  HM_CHECK(fused.in[0].buffer == y && fused.in[0].offset == 4096 && fused.out[0].buffer == z &&
+           fused.out[1].offset == 8192);
   hm_abi_op other = act;
   other.variant = HM_ABI_ACT_SOFTMAX; /* a row operation */
   HM_CHECK_EQ(hm_plan_bias_act(&bias, &other, 1024, &fused, &d), 0);
@@ -174,7 +176,8 @@ static void gemm_epilogue_takes_bias_and_activation(void) {
   HM_CHECK_EQ(hm_plan_dispatch(&g, 1024, &d, err, sizeof err), 0);
   HM_CHECK_EQ(hm_plan_gemm_epilogue(&g, &bias, &act, &d, &fused), 2);
   HM_CHECK_EQ(d.p.variant, 2 + HM_ABI_ACT_RELU);
-  HM_CHECK(fused.in[2].buffer == y && fused.in[2].offset == 0 && fused.out[1].buffer == y && fused.out[1].offset == 512);
+  HM_CHECK(fused.in[2].buffer == y && fused.in[2].offset == 0 && fused.out[1].buffer == y &&
+           fused.out[1].offset == 512);
   /* Without a following activation (the logits before the loss): the bias only. */
   HM_CHECK_EQ(hm_plan_dispatch(&g, 1024, &d, err, sizeof err), 0);
   HM_CHECK_EQ(hm_plan_gemm_epilogue(&g, &bias, NULL, &d, &fused), 1);

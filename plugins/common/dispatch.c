@@ -391,8 +391,8 @@ int hm_plan_gemm_epilogue(const hm_abi_op *gemm, const hm_abi_op *bias, const hm
   const hm_abi_operand *y = act ? &act->out[0] : NULL;
   if (!act || act->code != HM_ABI_OP_ACT_FORWARD || act->variant == HM_ABI_ACT_SOFTMAX || !all_f32(act) ||
       act->dims[0] != m || act->dims[1] != n || act->in[0].buffer != c->buffer || act->in[0].offset != c->offset ||
-      !y->buffer || overlap(y, c_bytes, c, c_bytes) || overlap(y, c_bytes, v, n * 4) || overlap(y, c_bytes, a, m * k * 4) ||
-      overlap(y, c_bytes, b, k * n * 4))
+      !y->buffer || overlap(y, c_bytes, c, c_bytes) || overlap(y, c_bytes, v, n * 4) ||
+      overlap(y, c_bytes, a, m * k * 4) || overlap(y, c_bytes, b, k * n * 4))
     return 1;
   fused->out[1] = *y;
   d->p.variant = 2 + act->variant;

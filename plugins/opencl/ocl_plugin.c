@@ -523,8 +523,8 @@ static int32_t ocl_program_create(hm_abi_device *dev, const hm_abi_program_desc 
       st = fail(ctx, HM_ABI_STATUS_OUT_OF_RANGE, "opencl: op %u: %s", i, msg);
       break;
     } else if (next) {
-      int absorbed = hm_plan_gemm_epilogue(op, next, i + 2 < desc->n_ops ? hm_program_op(desc, stride, i + 2) : NULL, &d,
-                                           &fused);
+      const hm_abi_op *after = i + 2 < desc->n_ops ? hm_program_op(desc, stride, i + 2) : NULL;
+      int absorbed = hm_plan_gemm_epilogue(op, next, after, &d, &fused);
       if (absorbed) op = &fused;
       i += (uint32_t)absorbed;
     }
@@ -538,7 +538,8 @@ static int32_t ocl_program_create(hm_abi_device *dev, const hm_abi_program_desc 
     cl_mem scratch = NULL;
     if (st == HM_ABI_OK && d.scratch_words) {
       scratch = clCreateBuffer(dev->cl, CL_MEM_READ_WRITE, (size_t)d.scratch_words * 4, NULL, &e);
-      if (!scratch) st = fail(ctx, HM_ABI_STATUS_RESOURCE_EXHAUSTED, "opencl: op %u: no scratch for a reduction (%d)", i, (int)e);
+      if (!scratch)
+        st = fail(ctx, HM_ABI_STATUS_RESOURCE_EXHAUSTED, "opencl: op %u: no scratch for a reduction (%d)", i, (int)e);
       bufs[5] = scratch;
     }
     for (uint32_t sl = 0; sl < d.slices && st == HM_ABI_OK; sl++) {
@@ -558,15 +559,18 @@ static int32_t ocl_program_create(hm_abi_device *dev, const hm_abi_program_desc 
       launch *l = &p->launches[p->n_launches];
       l->kernel = clCreateKernel(dev->program, hm_kernel_name(d.kernel), &e);
       if (!l->kernel) {
-        st = fail(ctx, HM_ABI_STATUS_INTERNAL, "opencl: kernel '%s': %s (%d)", hm_kernel_name(d.kernel), cl_error_name(e), (int)e);
+        st = fail(ctx, HM_ABI_STATUS_INTERNAL, "opencl: kernel '%s': %s (%d)", hm_kernel_name(d.kernel), cl_error_name(e),
+                  (int)e);
         break;
       }
       p->n_launches++;
       if (scratch && clRetainMemObject(scratch) == CL_SUCCESS) l->scratch = scratch;
-      for (int s = 0; s < 6 && e == CL_SUCCESS; s++) e = clSetKernelArg(l->kernel, (cl_uint)s, sizeof bufs[s], &bufs[s]);
+      for (int s = 0; s < 6 && e == CL_SUCCESS; s++)
+        e = clSetKernelArg(l->kernel, (cl_uint)s, sizeof bufs[s], &bufs[s]);
       if (e == CL_SUCCESS) e = clSetKernelArg(l->kernel, 6, sizeof p->scalars, &p->scalars);
       if (e == CL_SUCCESS) e = clSetKernelArg(l->kernel, 7, sizeof kp, &kp);
-      if (e != CL_SUCCESS) st = fail(ctx, HM_ABI_STATUS_INTERNAL, "opencl: op %u: arguments: %s (%d)", i, cl_error_name(e), (int)e);
+      if (e != CL_SUCCESS)
+        st = fail(ctx, HM_ABI_STATUS_INTERNAL, "opencl: op %u: arguments: %s (%d)", i, cl_error_name(e), (int)e);
       l->local = d.local_size;
       l->global = (size_t)groups * d.local_size;
     }

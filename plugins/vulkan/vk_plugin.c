@@ -507,7 +507,8 @@ static int32_t vk_device_open(hm_abi_context *ctx, uint32_t index, const hm_abi_
     r = vkAllocateCommandBuffers(dev->dev, &ai, &dev->transfer);
   }
   if (r == VK_SUCCESS) r = make_buffer(dev, 256, 0, &dev->dummy, &dev->dummy_mem, &(void *){NULL});
-  if (r == VK_SUCCESS && dev->texel_operands) r = make_texel_views(dev, dev->dummy, &dev->dummy_views[0], &dev->dummy_views[1]);
+  if (r == VK_SUCCESS && dev->texel_operands)
+    r = make_texel_views(dev, dev->dummy, &dev->dummy_views[0], &dev->dummy_views[1]);
   if (r != VK_SUCCESS) {
     int32_t st = fail(ctx, status_of(r), "vulkan: cannot open '%s' (%d)", dev->info->desc.name, (int)r);
     vk_device_close(dev);
@@ -520,8 +521,11 @@ static int32_t vk_device_open(hm_abi_context *ctx, uint32_t index, const hm_abi_
 /* The pipeline of kernel |k| specialized for GEMM flags |gemm_flags| (the
  * transposes; 0 for other kernels) and op variant |variant| (dialect_glsl.h),
  * built with texel operands or not; created on first use. */
-static int32_t pipeline(vk_device *dev, hm_kernel_id k, int texel, uint32_t gemm_flags, uint32_t variant, VkPipeline *out) {
-  if (variant > 255u) return fail(dev->ctx, HM_ABI_STATUS_INVALID_ARGUMENT, "vulkan: variant %u of '%s' out of range", variant, hm_kernel_name(k));
+static int32_t pipeline(vk_device *dev, hm_kernel_id k, int texel, uint32_t gemm_flags, uint32_t variant,
+                        VkPipeline *out) {
+  if (variant > 255u)
+    return fail(dev->ctx, HM_ABI_STATUS_INVALID_ARGUMENT, "vulkan: variant %u of '%s' out of range", variant,
+                hm_kernel_name(k));
   uint32_t key = ((texel ? 1u : 0u) << 16 | (gemm_flags & 3u) << 8 | variant) + 1u;
   int slot = -1;
   for (int i = 0; i < N_PIPE_VARIANTS && slot < 0; i++)

@@ -331,7 +331,8 @@ static int parse_args(int argc, char **argv, conform_args *c, int *done) {
     } else if (!strcmp(a, "--device-option")) {
       const char *eq = strchr(v, '=');
       if (!eq || eq == v || strlen(v) >= sizeof c->option_text[0] || c->n_options == 8) {
-        fprintf(stderr, "harmonics conform: --device-option wants KEY=VALUE (at most 8, under 128 characters): '%s'\n", v);
+        fprintf(stderr, "harmonics conform: --device-option wants KEY=VALUE (at most 8, under 128 characters): '%s'\n",
+                v);
         return CLI_USAGE;
       }
       char *t = c->option_text[c->n_options];
@@ -516,7 +517,8 @@ int cmd_conform(int argc, char **argv) {
   fprintf(human, "harmonics conform %s (ABI %d.%d): %s\nplugin %s %s (vendor %s, ABI %s, build %s), device %zu, seed %zu\n",
           hm_version(), HM_ABI_VERSION_MAJOR, HM_ABI_VERSION_MINOR, c.path, id.name, id.version, id.vendor, id.abi,
           id.build, c.device, c.seed);
-  for (uint32_t i = 0; i < c.n_options; i++) fprintf(human, "device option %s=%s\n", c.options[i].key, c.options[i].value);
+  for (uint32_t i = 0; i < c.n_options; i++)
+    fprintf(human, "device option %s=%s\n", c.options[i].key, c.options[i].value);
   if (id.load_error[0]) fprintf(human, "the plugin does not load: %s\n", id.load_error);
   for (size_t i = 0; i < s.n;) {
     size_t j = i;
