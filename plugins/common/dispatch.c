@@ -349,17 +349,23 @@ static int overlap(const hm_abi_operand *a, uint64_t an, const hm_abi_operand *b
   return a->buffer == b->buffer && a->offset < b->offset + bn && b->offset < a->offset + an;
 }
 
+/* Whether |act| is an element-wise f32 ACT_FORWARD of exactly the
+ * rows x cols sum at |sum|, writing an output that does not meet it. */
+static int activates(const hm_abi_op *act, const hm_abi_operand *sum, uint64_t rows, uint64_t cols) {
+  const hm_abi_operand *y = &act->out[0];
+  return act->code == HM_ABI_OP_ACT_FORWARD && act->variant != HM_ABI_ACT_SOFTMAX && all_f32(act) &&
+         act->dims[0] == rows && act->dims[1] == cols && act->in[0].buffer == sum->buffer &&
+         act->in[0].offset == sum->offset && y->buffer && !overlap(y, rows * cols * 4, sum, rows * cols * 4);
+}
+
 int hm_plan_bias_act(const hm_abi_op *bias, const hm_abi_op *act, uint32_t max_groups, hm_abi_op *fused,
                      hm_dispatch *d) {
-  if (bias->code != HM_ABI_OP_BIAS_ADD || act->code != HM_ABI_OP_ACT_FORWARD || act->variant == HM_ABI_ACT_SOFTMAX)
-    return 0;
-  if (!all_f32(bias) || !all_f32(act)) return 0;
+  if (bias->code != HM_ABI_OP_BIAS_ADD || !all_f32(bias)) return 0;
   uint64_t rows = bias->dims[0], cols = bias->dims[1], n = rows * cols * 4;
-  if (act->dims[0] != rows || act->dims[1] != cols || rows * cols >= ((uint64_t)1 << 31)) return 0;
   const hm_abi_operand *z = &bias->out[0], *b = &bias->in[0], *y = &act->out[0];
-  if (!z->buffer || !b->buffer || !y->buffer || act->in[0].buffer != z->buffer || act->in[0].offset != z->offset)
+  if (rows * cols >= ((uint64_t)1 << 31) || !z->buffer || !b->buffer || !activates(act, z, rows, cols) ||
+      overlap(y, n, b, cols * 4))
     return 0;
-  if (overlap(y, n, z, n) || overlap(y, n, b, cols * 4)) return 0;
   *fused = *bias;
   fused->out[1] = *y;
   memset(d, 0, sizeof *d);
@@ -389,16 +395,22 @@ int hm_plan_gemm_epilogue(const hm_abi_op *gemm, const hm_abi_op *bias, const hm
   fused->in[2] = *v;
   d->p.variant = 1;
   const hm_abi_operand *y = act ? &act->out[0] : NULL;
-  if (!act || act->code != HM_ABI_OP_ACT_FORWARD || act->variant == HM_ABI_ACT_SOFTMAX || !all_f32(act) ||
-      act->dims[0] != m || act->dims[1] != n || act->in[0].buffer != c->buffer || act->in[0].offset != c->offset ||
-      !y->buffer || overlap(y, c_bytes, c, c_bytes) || overlap(y, c_bytes, v, n * 4) ||
-      overlap(y, c_bytes, a, m * k * 4) || overlap(y, c_bytes, b, k * n * 4))
+  if (!act || !activates(act, c, m, n) || overlap(y, c_bytes, v, n * 4) || overlap(y, c_bytes, a, m * k * 4) ||
+      overlap(y, c_bytes, b, k * n * 4))
     return 1;
   fused->out[1] = *y;
   d->p.variant = 2 + act->variant;
   d->p.f[2] = act->params[0];
   d->p.dyn[2] = act->dyn[0] == HM_ABI_DYN_NONE ? -1 : act->dyn[0];
   return 2;
+}
+
+int hm_plan_fusion(const hm_abi_op *op, const hm_abi_op *next, const hm_abi_op *after, uint32_t max_groups,
+                   hm_dispatch *d, hm_abi_op *fused) {
+  if (!next) return 0;
+  int absorbed = hm_plan_gemm_epilogue(op, next, after, d, fused);
+  if (!absorbed && hm_plan_bias_act(op, next, max_groups, fused, d)) absorbed = 1;
+  return absorbed;
 }
 
 #define F32 HM_ABI_DTYPE_F32

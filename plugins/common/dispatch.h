@@ -104,6 +104,13 @@ int hm_plan_bias_act(const hm_abi_op *bias, const hm_abi_op *act, uint32_t max_g
 int hm_plan_gemm_epilogue(const hm_abi_op *gemm, const hm_abi_op *bias, const hm_abi_op *act, hm_dispatch *d,
                           hm_abi_op *fused);
 
+/* The fusions above for op |op| (planned in |d|) and the ops after it
+ * (|next|, |after|: NULL past the program's end), the GEMM epilogue first:
+ * how many ops after |op| its launch absorbs (0, 1 or 2), with |d| and
+ * |fused| (the op whose operands the launch binds) updated. */
+int hm_plan_fusion(const hm_abi_op *op, const hm_abi_op *next, const hm_abi_op *after, uint32_t max_groups,
+                   hm_dispatch *d, hm_abi_op *fused);
+
 /* The capability table of the kernels in hm_ops.kern (every op at f32, the
  * packed formats exactly). */
 const hm_abi_capability *hm_kernel_caps(uint32_t *n);

@@ -514,20 +514,17 @@ static int32_t ocl_program_create(hm_abi_device *dev, const hm_abi_program_desc 
   for (uint32_t i = 0; i < desc->n_ops && st == HM_ABI_OK; i++) {
     const hm_abi_op *op = hm_program_op(desc, stride, i);
     hm_dispatch d;
-    hm_abi_op fused; /* a GEMM with the bias (and activation) after it, or a bias and its activation */
-    const hm_abi_op *next = i + 1 < desc->n_ops ? hm_program_op(desc, stride, i + 1) : NULL;
-    if (next && hm_plan_bias_act(op, next, MAX_GROUPS, &fused, &d)) {
-      op = &fused;
-      i++;
-    } else if (hm_plan_dispatch(op, MAX_GROUPS, &d, msg, sizeof msg)) {
+    if (hm_plan_dispatch(op, MAX_GROUPS, &d, msg, sizeof msg)) {
       st = fail(ctx, HM_ABI_STATUS_OUT_OF_RANGE, "opencl: op %u: %s", i, msg);
       break;
-    } else if (next) {
-      const hm_abi_op *after = i + 2 < desc->n_ops ? hm_program_op(desc, stride, i + 2) : NULL;
-      int absorbed = hm_plan_gemm_epilogue(op, next, after, &d, &fused);
-      if (absorbed) op = &fused;
-      i += (uint32_t)absorbed;
     }
+    /* A GEMM with the bias (and activation) after it, or a bias and its activation, as one launch. */
+    hm_abi_op fused;
+    const hm_abi_op *next = i + 1 < desc->n_ops ? hm_program_op(desc, stride, i + 1) : NULL;
+    const hm_abi_op *after = i + 2 < desc->n_ops ? hm_program_op(desc, stride, i + 2) : NULL;
+    int absorbed = hm_plan_fusion(op, next, after, MAX_GROUPS, &d, &fused);
+    if (absorbed) op = &fused;
+    i += (uint32_t)absorbed;
     cl_mem bufs[6];
     for (int s = 0; s < 6 && st == HM_ABI_OK; s++) {
       const hm_abi_operand *o = s < 3 ? &op->in[s] : &op->out[s - 3];

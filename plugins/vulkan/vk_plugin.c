@@ -723,9 +723,8 @@ static int32_t vk_program_create(hm_abi_device *dev, const hm_abi_program_desc *
    * keep an empty plan (no slices). */
   for (uint32_t i = 0; i + 1 < desc->n_ops && st == HM_ABI_OK; i++) {
     hm_abi_op fused;
-    int absorbed = hm_plan_gemm_epilogue(&bind[i], &bind[i + 1], i + 2 < desc->n_ops ? &bind[i + 2] : NULL, &plan[i],
-                                         &fused);
-    if (!absorbed && hm_plan_bias_act(&bind[i], &bind[i + 1], MAX_GROUPS, &fused, &plan[i])) absorbed = 1;
+    int absorbed = hm_plan_fusion(&bind[i], &bind[i + 1], i + 2 < desc->n_ops ? &bind[i + 2] : NULL, MAX_GROUPS,
+                                  &plan[i], &fused);
     if (!absorbed) continue;
     bind[i] = fused;
     for (int j = 0; j < absorbed; j++) plan[++i].slices = 0;
