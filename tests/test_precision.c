@@ -8,6 +8,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "harmonics/harmonics.h"
 #include "hm_reference.h"
@@ -274,6 +275,92 @@ static void planner_refuses_an_undeclared_op(void) {
   hm_cycle_state_free(st);
   problem_free(&p);
   hm_device_close(d);
+}
+
+/* The apply phase of a training step is one op per step over the parameter
+ * arena (W 15, b 5, W 10, b 2 floats, each padded to 16: 64 floats), except
+ * LAMB's step, which is per tensor (its trust ratio is per tensor) at the
+ * tensors' arena offsets. The cp_record proxy writes the ops of every program
+ * it is given; the training program is the one with a SUM_SQUARES. */
+static void apply_phase_is_one_op_over_the_arena(void) {
+  const hm_optimizer opts[2] = {HM_OPTIMIZER_ADAM, HM_OPTIMIZER_LAMB};
+  for (int oi = 0; oi < 2; oi++) {
+    char path[] = "/tmp/hm_record_XXXXXX";
+    int fd = mkstemp(path);
+    HM_CHECK(fd >= 0);
+    if (fd < 0) return;
+    close(fd);
+    setenv("CP_RECORD_PATH", path, 1);
+    hm_device *d = open_backend("cp_record");
+    if (!d) return;
+    problem p = {parse("producer x {3}; producer t {2}; layer h {5}; layer o;"
+                       " cycle { x -(tanh)-> h -> o; o <-(mse)- t; }"),
+                 NULL, NULL, NULL, NULL};
+    float x[8 * 3], t[8 * 2];
+    for (int i = 0; i < 24; i++) x[i] = (float)(i % 7) * 0.25f - 0.75f;
+    for (int i = 0; i < 16; i++) t[i] = (float)(i % 3) - 1.0f;
+    HM_CHECK_OK(hm_producer_from_floats(x, 8, 3, &p.px));
+    HM_CHECK_OK(hm_producer_from_floats(t, 8, 2, &p.pt));
+    HM_CHECK_OK(hm_graph_bind_producer(p.g, "x", p.px));
+    HM_CHECK_OK(hm_graph_bind_producer(p.g, "t", p.pt));
+    hm_fit_options o = hm_fit_options_default();
+    o.optimizer = opts[oi];
+    o.batch_size = 4;
+    o.grad_clip = 0.5f;
+    o.device = d;
+    hm_cycle_state *st = NULL;
+    HM_CHECK_OK(hm_graph_fit(p.g, 1, NULL, &o, &st));
+    hm_cycle_state_free(st);
+    problem_free(&p);
+    hm_device_close(d);
+    unsetenv("CP_RECORD_PATH");
+    FILE *f = fopen(path, "r");
+    HM_CHECK(f != NULL);
+    if (!f) return;
+    /* Per training program: the SUM_SQUARES, CLIP and optimizer ops. */
+    unsigned code, n_ops, programs = 0;
+    unsigned long long dim, off;
+    char line[128];
+    int in_program = 0, sq = 0, clip = 0, steps = 0;
+    unsigned long long step_dims[8], step_offsets[8];
+    while (fgets(line, sizeof line, f)) {
+      if (sscanf(line, "program %u", &n_ops) == 1) {
+        in_program = 1;
+        continue;
+      }
+      if (!in_program || sscanf(line, "%u %llu %llu", &code, &dim, &off) != 3) continue;
+      if (code == HM_ABI_OP_SUM_SQUARES) {
+        programs += sq == 0;
+        sq++;
+        HM_CHECK_EQ(dim, 64);
+      } else if (code == HM_ABI_OP_CLIP) {
+        clip++;
+        HM_CHECK_EQ(dim, 64);
+      } else if (code == HM_ABI_OP_ADAM || code == HM_ABI_OP_LAMB) {
+        HM_CHECK_EQ(code, oi == 0 ? (unsigned)HM_ABI_OP_ADAM : (unsigned)HM_ABI_OP_LAMB);
+        if (steps < 8) step_dims[steps] = dim, step_offsets[steps] = off;
+        steps++;
+      }
+    }
+    fclose(f);
+    remove(path);
+    /* One training program (8 samples in batches of 4: no partial batch). */
+    HM_CHECK_EQ(programs, 1);
+    HM_CHECK_EQ(sq, 1);
+    HM_CHECK_EQ(clip, 1);
+    if (oi == 0) {
+      HM_CHECK_EQ(steps, 1);
+      HM_CHECK_EQ(step_dims[0], 64);
+      HM_CHECK_EQ(step_offsets[0], 0);
+      continue;
+    }
+    HM_CHECK_EQ(steps, 4);
+    const unsigned long long counts[4] = {15, 5, 10, 2};
+    for (int k = 0; k < 4 && steps == 4; k++) {
+      HM_CHECK_EQ(step_dims[k], counts[k]);
+      HM_CHECK_EQ(step_offsets[k], 64ull * (unsigned long long)k);
+    }
+  }
 }
 
 /* x (4 x 70) -> o {3}, identity, MSE: the forward values of a packed matmul
@@ -566,6 +653,7 @@ int main(int argc, char **argv) {
       HM_TEST_CASE(cpu_runs_every_width),
       HM_TEST_CASE(devices_without_kernels),
       HM_TEST_CASE(planner_refuses_an_undeclared_op),
+      HM_TEST_CASE(apply_phase_is_one_op_over_the_arena),
       HM_TEST_CASE(lowering_matches_the_reference),
       HM_TEST_CASE(packed_convolution_matches_the_reference),
       HM_TEST_CASE(packed_inference_bytes),

@@ -278,8 +278,10 @@ static void options_unused_by_the_optimizer_are_refused(void) {
  * eval_batch_size (1000) rows. The bytes, counted by hand:
  *   data x 8x3 + t 8x2 floats: 96 + 64; batch index 4 + stats 4 floats: 16 + 16;
  *   batches x 4x3, t 4x2: 48 + 32; gradients h 4x4, o 4x2: 64 + 32;
- *   x->h: W 48, b 16, z 64, tanh(z) 64, dW 48, db 16, dz 64;
- *   h->o: W 32, b 8, z 32 (identity: a = z), dW 32, db 8 (dz = o's gradient).
+ *   x->h: z 64, tanh(z) 64, dz 64;  h->o: z 32 (identity: a = z; dz = o's gradient);
+ *   the parameter arena (SGD without momentum: parameters and gradients),
+ *   each tensor padded to 16 floats: W 12 -> 16, b 4 -> 16, W 8 -> 16,
+ *   b 2 -> 16 floats, 256 bytes each for the parameters and the gradients.
  * With 6 evaluation samples, activations take 6 rows (eval_batch_size capped
  * by the data) while gradients keep 4. */
 static void buffers_are_sized_per_use(void) {
@@ -303,7 +305,7 @@ static void buffers_are_sized_per_use(void) {
     o.batch_size = 4;
     hm_cycle_state *st = NULL;
     HM_CHECK_OK(hm_graph_fit(g, 1, NULL, &o, &st));
-    size_t train_only = 96 + 64 + 16 + 16 + 48 + 32 + 64 + 32 + (48 + 16 + 64 + 64 + 48 + 16 + 64) + (32 + 8 + 32 + 32 + 8);
+    size_t train_only = 96 + 64 + 16 + 16 + 48 + 32 + 64 + 32 + (64 + 64 + 64) + 32 + 2 * 256;
     /* Evaluation: its data (6x3 + 6x2 floats), and 6 rows instead of 4 for the
      * batch index, the two producer batches, z and tanh(z) of x->h, z of h->o. */
     size_t eval_extra = 72 + 48 + 2 * 4 + 2 * (12 + 8) + 2 * (16 + 16) + 2 * 8;

@@ -8,10 +8,14 @@
  *                    (inference can run int3, training cannot)
  *   CP_FAST_BF16     BF16 GEMM declared four times faster than f32
  *   CP_NO_LAYER_NORM_BWD  no LAYER_NORM_BWD (layer norm runs, trains not)
+ *   CP_RECORD        every capability; writes each program's ops (code,
+ *                    dims[0], out[0]'s offset, one line each) to the file
+ *                    $CP_RECORD_PATH, so a test can check what the lowering emits
  * program_create refuses any op the edited table does not declare, so a test
  * passes only if the runtime never emits an undeclared op.
  */
 #include <dlfcn.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -92,9 +96,25 @@ static int declared(const hm_abi_op *op) {
   return 0;
 }
 
+#ifdef CP_RECORD
+static void record(const hm_abi_program_desc *desc) {
+  const char *path = getenv("CP_RECORD_PATH");
+  FILE *f = path ? fopen(path, "a") : NULL;
+  if (!f) return;
+  fprintf(f, "program %u\n", desc->n_ops);
+  for (uint32_t i = 0; i < desc->n_ops; i++)
+    fprintf(f, "%u %llu %llu\n", desc->ops[i].code, (unsigned long long)desc->ops[i].dims[0],
+            (unsigned long long)desc->ops[i].out[0].offset);
+  fclose(f);
+}
+#endif
+
 static int32_t cp_program_create(hm_abi_device *d, const hm_abi_program_desc *desc, hm_abi_program **out) {
   for (uint32_t i = 0; desc && i < desc->n_ops; i++)
     if (!declared(&desc->ops[i])) return HM_ABI_STATUS_UNIMPLEMENTED;
+#ifdef CP_RECORD
+  if (desc) record(desc);
+#endif
   return cpu.program_create(d, desc, out);
 }
 

@@ -142,14 +142,15 @@ static void emit_matmul(const lowering *s, op_list *l, program_kind kind, size_t
     mm->params[0] = 1.0f;
     mm->params[1] = 0.0f;
     mm->in[0] = OPD(x);
-    mm->in[1] = OPD(es->w);
+    mm->in[1] = es->w;
     mm->out[0] = OPD(es->z);
     return;
   }
-  hm_abi_buffer *srcs[2] = {es->w, x}, *packed[2] = {es->wq, es->xq};
+  hm_abi_operand srcs[2] = {es->w, OPD(x)};
+  hm_abi_buffer *packed[2] = {es->wq, es->xq};
   size_t rows[2] = {n, b};
   for (int i = 0; i < 2; i++)
-    if (srcs[i]) emit_packing(l, HM_ABI_OP_QUANTIZE, q, rows[i], k, OPD(srcs[i]), OPD(packed[i])); /* else packed once */
+    if (srcs[i].buffer) emit_packing(l, HM_ABI_OP_QUANTIZE, q, rows[i], k, srcs[i], OPD(packed[i])); /* else packed once */
   PUSH(mm, l, hm__precision_gemm_op(q));
   mm->dtype_in = q;
   mm->dtype_acc = HM_ABI_DTYPE_I32;
@@ -217,8 +218,8 @@ static void emit_window_forward(const lowering *s, op_list *l, program_kind kind
       PUSH(op, l, HM_ABI_OP_CONV2D);
       window_op(s, op, e, b);
       op->in[0] = OPD(x);
-      op->in[1] = OPD(es->w);
-      op->in[2] = OPD(es->b);
+      op->in[1] = es->w;
+      op->in[2] = es->b;
       op->out[0] = OPD(es->z);
       return;
     }
@@ -239,8 +240,8 @@ static void emit_window_forward(const lowering *s, op_list *l, program_kind kind
       op->params[0] = ed->spec.eps;
       op->params[1] = ed->spec.momentum;
       op->in[0] = OPD(x);
-      op->in[1] = OPD(es->w);
-      op->in[2] = OPD(es->b);
+      op->in[1] = es->w;
+      op->in[2] = es->b;
       op->out[0] = OPD(es->z);
       if (bn) op->out[1] = OPD(es->running); /* updated while training, read in evaluation and inference */
       if (bn && !train) op->variant = HM_ABI_NORM_EVAL;
@@ -265,13 +266,13 @@ static void emit_window_forward(const lowering *s, op_list *l, program_kind kind
 
 /* dX (+)= the transposed convolution of dz with |w| (the f32 weights, or the
  * dequantized ones of a packed convolution). */
-static void emit_conv_bwd_data(const lowering *s, op_list *l, size_t e, size_t b, hm_abi_buffer *w, char *grad_init) {
+static void emit_conv_bwd_data(const lowering *s, op_list *l, size_t e, size_t b, hm_abi_operand w, char *grad_init) {
   size_t S = s->g->edges[e].src;
   PUSH(dx, l, HM_ABI_OP_CONV2D_BWD_DATA);
   window_op(s, dx, e, b);
   dx->flags = grad_init[S] ? HM_ABI_OP_FLAG_ACCUMULATE : 0;
   dx->in[0] = OPD(s->b->edges[e].dz);
-  dx->in[1] = OPD(w);
+  dx->in[1] = w;
   dx->out[0] = OPD(s->b->nodes[S].grad);
   grad_init[S] = 1;
 }
@@ -296,7 +297,7 @@ static void emit_conv_packed(const lowering *s, op_list *l, program_kind kind, s
   for (size_t i = 0; i < parts; i++)
     emit_packing(l, HM_ABI_OP_QUANTIZE, q, b * P / parts, k, (hm_abi_operand){es->cols, i * P * k * 4},
                  (hm_abi_operand){es->xq, i * stride});
-  if (es->w) emit_packing(l, HM_ABI_OP_QUANTIZE, q, rows, k, OPD(es->w), OPD(es->wq)); /* else packed once */
+  if (es->w.buffer) emit_packing(l, HM_ABI_OP_QUANTIZE, q, rows, k, es->w, OPD(es->wq)); /* else packed once */
   for (size_t n = 0; n < b; n++) {
     PUSH(mm, l, hm__precision_gemm_op(q));
     mm->dtype_in = q;
@@ -309,7 +310,7 @@ static void emit_conv_packed(const lowering *s, op_list *l, program_kind kind, s
     mm->in[1] = (hm_abi_operand){es->xq, n * stride};
     mm->out[0] = (hm_abi_operand){es->z, n * rows * P * 4};
   }
-  if (es->b) {
+  if (es->b.buffer) {
     PUSH(ones, l, HM_ABI_OP_FILL);
     ones->dims[0] = P > b ? P : b;
     ones->params[0] = 1.0f;
@@ -319,7 +320,7 @@ static void emit_conv_packed(const lowering *s, op_list *l, program_kind kind, s
     plane->dims[1] = P;
     plane->dims[2] = 1;
     plane->params[0] = 1.0f;
-    plane->in[0] = OPD(es->b);
+    plane->in[0] = es->b;
     plane->in[1] = OPD(es->ones);
     plane->out[0] = OPD(es->conv_tmp);
     PUSH(add, l, HM_ABI_OP_GEMM); /* z [b, C_out·P] += ones · plane */
@@ -357,9 +358,9 @@ static void emit_conv_packed_backward(const lowering *s, op_list *l, size_t e, s
       dw->params[1] = n > 0 || accumulate ? 1.0f : 0.0f;
       dw->in[0] = (hm_abi_operand){es->dz, n * rows * P * 4};
       dw->in[1] = (hm_abi_operand){es->xdq, n * P * k * 4};
-      dw->out[0] = OPD(es->dw);
+      dw->out[0] = es->dw;
     }
-    if (es->db) {
+    if (es->db.buffer) {
       PUSH(planes, l, HM_ABI_OP_REDUCE_COLS); /* per image and channel */
       planes->dims[0] = b * rows;
       planes->dims[1] = P;
@@ -372,10 +373,10 @@ static void emit_conv_packed_backward(const lowering *s, op_list *l, size_t e, s
       db->params[0] = 1.0f;
       db->params[1] = accumulate ? 1.0f : 0.0f;
       db->in[0] = OPD(es->conv_tmp);
-      db->out[0] = OPD(es->db);
+      db->out[0] = es->db;
     }
   }
-  if (to_src) emit_conv_bwd_data(s, l, e, b, es->wdq, grad_init);
+  if (to_src) emit_conv_bwd_data(s, l, e, b, OPD(es->wdq), grad_init);
 }
 
 static void emit_forward(const lowering *s, op_list *l, program_kind kind, size_t b) {
@@ -398,7 +399,7 @@ static void emit_forward(const lowering *s, op_list *l, program_kind kind, size_
         PUSH(bias, l, HM_ABI_OP_BIAS_ADD);
         bias->dims[0] = b;
         bias->dims[1] = wl;
-        bias->in[0] = OPD(es->b);
+        bias->in[0] = es->b;
         bias->out[0] = OPD(es->z);
       }
       if (l->failed) return;
@@ -484,8 +485,8 @@ static void emit_window_backward(const lowering *s, op_list *l, size_t e, size_t
         dw->flags = accumulate ? HM_ABI_OP_FLAG_ACCUMULATE : 0;
         dw->in[0] = OPD(value(s, S));
         dw->in[1] = OPD(es->dz);
-        dw->out[0] = OPD(es->dw);
-        dw->out[1] = OPD(es->db);
+        dw->out[0] = es->dw;
+        dw->out[1] = es->db;
       }
       if (to_src) emit_conv_bwd_data(s, l, e, b, es->w, grad_init);
       return;
@@ -500,11 +501,11 @@ static void emit_window_backward(const lowering *s, op_list *l, size_t e, size_t
       op->params[2] = ed->spec.eps;
       op->in[0] = OPD(value(s, S));
       op->in[1] = OPD(es->dz);
-      op->in[2] = OPD(es->w);
+      op->in[2] = es->w;
       if (to_src) op->out[0] = OPD(s->b->nodes[S].grad);
       if (train) {
-        op->out[1] = OPD(es->dw);
-        op->out[2] = OPD(es->db);
+        op->out[1] = es->dw;
+        op->out[2] = es->db;
       }
       if (!to_src) return;
       break;
@@ -584,14 +585,14 @@ static void emit_backward(const lowering *s, op_list *l, size_t b, int accumulat
       dw->params[1] = accumulate ? 1.0f : 0.0f;
       dw->in[0] = OPD(es->dz);
       dw->in[1] = OPD(packed ? es->xdq : value(s, ed->src));
-      dw->out[0] = OPD(es->dw);
+      dw->out[0] = es->dw;
       PUSH(db, l, HM_ABI_OP_REDUCE_ROWS);
       db->dims[0] = b;
       db->dims[1] = wl;
       db->params[0] = 1.0f;
       db->params[1] = accumulate ? 1.0f : 0.0f;
       db->in[0] = OPD(es->dz);
-      db->out[0] = OPD(es->db);
+      db->out[0] = es->db;
       size_t S = ed->src;
       if ((g->nodes[S].kind == HM_NODE_LAYER || s->p->nodes[S].boundary_in) && s->p->nodes[S].needs_grad) {
         PUSH(dx, l, HM_ABI_OP_GEMM);
@@ -602,7 +603,7 @@ static void emit_backward(const lowering *s, op_list *l, size_t b, int accumulat
         dx->params[0] = 1.0f;
         dx->params[1] = grad_init[S] ? 1.0f : 0.0f;
         dx->in[0] = OPD(es->dz);
-        dx->in[1] = OPD(packed ? es->wdq : es->w);
+        dx->in[1] = packed ? OPD(es->wdq) : es->w;
         dx->out[0] = OPD(s->b->nodes[S].grad);
         grad_init[S] = 1;
       }
@@ -620,68 +621,85 @@ static uint32_t optimizer_op(hm_optimizer o) {
   }
 }
 
-/* Average (accumulation), norm before clipping, clip, optimizer step. */
+/* One op of the apply phase over |n| floats of the tensors at |at|: average
+ * (accumulation), norm before clipping (|first|: overwrite), clip, or the
+ * optimizer step. */
+static void emit_apply_op(const lowering *s, op_list *l, int pass, int first, size_t n, hm_abi_operand grad,
+                          hm_abi_operand param, hm_abi_operand s1, hm_abi_operand s2) {
+  const hm_fit_options *o = s->o;
+  if (pass == 0) {
+    PUSH(sc, l, HM_ABI_OP_SCALE);
+    sc->dims[0] = n;
+    sc->params[0] = 1.0f;
+    sc->dyn[0] = SLOT_GRAD_SCALE;
+    sc->out[0] = grad;
+  } else if (pass == 1) {
+    PUSH(sq, l, HM_ABI_OP_SUM_SQUARES);
+    sq->dims[0] = n;
+    sq->params[0] = 1.0f;
+    sq->params[1] = first ? 0.0f : 1.0f;
+    sq->in[0] = grad;
+    sq->out[0] = (hm_abi_operand){s->b->stats, 4};
+  } else if (pass == 2) {
+    PUSH(cl, l, HM_ABI_OP_CLIP);
+    cl->dims[0] = n;
+    cl->params[0] = o->grad_clip;
+    cl->out[0] = grad;
+  } else {
+    PUSH(op, l, optimizer_op(o->optimizer));
+    op->dims[0] = n;
+    op->dyn[0] = SLOT_LR;
+    op->in[0] = grad;
+    op->out[0] = param;
+    switch (o->optimizer) {
+      case HM_OPTIMIZER_SGD:
+        op->params[1] = o->momentum;
+        if (o->momentum != 0.0f) op->out[1] = s1;
+        break;
+      case HM_OPTIMIZER_RMSPROP:
+        op->params[1] = o->rho;
+        op->params[2] = o->epsilon;
+        op->out[1] = s1;
+        break;
+      default:
+        op->dyn[1] = SLOT_BC1;
+        op->dyn[2] = SLOT_BC2;
+        op->params[3] = o->beta1;
+        op->params[4] = o->beta2;
+        op->params[5] = o->epsilon;
+        op->params[6] = o->optimizer == HM_OPTIMIZER_ADAM ? 0.0f : o->weight_decay;
+        op->out[1] = s1;
+        op->out[2] = s2;
+        break;
+    }
+  }
+}
+
+/* Average (accumulation), norm before clipping, clip, optimizer step. Each
+ * is element-wise given the norm, so each is one op over the parameter
+ * arena (whose padding is zero and stays zero under every one of them);
+ * LAMB's trust ratio is per tensor, so it steps tensor by tensor. */
 static void emit_apply(const lowering *s, op_list *l, int average) {
   const hm_graph *g = s->g;
-  const hm_fit_options *o = s->o;
+  const hm_param_arena *ar = &s->b->arena;
   int first = 1;
   for (int pass = 0; pass < 4; pass++) {
+    if ((pass == 0 && !average) || (pass == 2 && s->o->grad_clip <= 0.0f)) continue;
+    if (ar->floats && (pass < 3 || s->o->optimizer != HM_OPTIMIZER_LAMB)) {
+      emit_apply_op(s, l, pass, 1, ar->floats, OPD(ar->grads), OPD(ar->params), OPD(ar->state[0]),
+                    OPD(ar->state[1]));
+      continue;
+    }
     for (size_t e = 0; e < g->n_edges; e++) {
       const hm_edge_buffers *es = &s->b->edges[e];
       if (!s->p->edges[e].trainable) continue;
       hm_param_desc pd[2];
       size_t n_params = hm__edge_params(g, e, pd);
-      hm_abi_buffer *grads[2] = {es->dw, es->db}, *params[2] = {es->w, es->b};
-      hm_abi_buffer *s1[2] = {es->s1w, es->s1b}, *s2[2] = {es->s2w, es->s2b};
-      size_t n[2] = {pd[0].count, n_params > 1 ? pd[1].count : 0};
+      hm_abi_operand grads[2] = {es->dw, es->db}, params[2] = {es->w, es->b};
+      hm_abi_operand s1[2] = {es->s1w, es->s1b}, s2[2] = {es->s2w, es->s2b};
       for (size_t k = 0; k < n_params; k++) {
-        if (pass == 0 && average) {
-          PUSH(sc, l, HM_ABI_OP_SCALE);
-          sc->dims[0] = n[k];
-          sc->params[0] = 1.0f;
-          sc->dyn[0] = SLOT_GRAD_SCALE;
-          sc->out[0] = OPD(grads[k]);
-        } else if (pass == 1) {
-          PUSH(sq, l, HM_ABI_OP_SUM_SQUARES);
-          sq->dims[0] = n[k];
-          sq->params[0] = 1.0f;
-          sq->params[1] = first ? 0.0f : 1.0f;
-          sq->in[0] = OPD(grads[k]);
-          sq->out[0] = (hm_abi_operand){s->b->stats, 4};
-          first = 0;
-        } else if (pass == 2 && o->grad_clip > 0.0f) {
-          PUSH(cl, l, HM_ABI_OP_CLIP);
-          cl->dims[0] = n[k];
-          cl->params[0] = o->grad_clip;
-          cl->out[0] = OPD(grads[k]);
-        } else if (pass == 3) {
-          PUSH(op, l, optimizer_op(o->optimizer));
-          op->dims[0] = n[k];
-          op->dyn[0] = SLOT_LR;
-          op->in[0] = OPD(grads[k]);
-          op->out[0] = OPD(params[k]);
-          switch (o->optimizer) {
-            case HM_OPTIMIZER_SGD:
-              op->params[1] = o->momentum;
-              if (o->momentum != 0.0f) op->out[1] = OPD(s1[k]);
-              break;
-            case HM_OPTIMIZER_RMSPROP:
-              op->params[1] = o->rho;
-              op->params[2] = o->epsilon;
-              op->out[1] = OPD(s1[k]);
-              break;
-            default:
-              op->dyn[1] = SLOT_BC1;
-              op->dyn[2] = SLOT_BC2;
-              op->params[3] = o->beta1;
-              op->params[4] = o->beta2;
-              op->params[5] = o->epsilon;
-              op->params[6] = o->optimizer == HM_OPTIMIZER_ADAM ? 0.0f : o->weight_decay;
-              op->out[1] = OPD(s1[k]);
-              op->out[2] = OPD(s2[k]);
-              break;
-          }
-        }
+        emit_apply_op(s, l, pass, first, pd[k].count, grads[k], params[k], s1[k], s2[k]);
+        if (pass == 1) first = 0;
       }
     }
   }

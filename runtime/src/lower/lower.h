@@ -51,9 +51,12 @@ typedef struct hm_node_buffers {
 } hm_node_buffers;
 
 typedef struct hm_edge_buffers {
-  hm_abi_buffer *w, *b;         /* parameters */
-  hm_abi_buffer *dw, *db;       /* gradients */
-  hm_abi_buffer *s1w, *s2w, *s1b, *s2b; /* optimizer state (m/v, s, velocity) */
+  /* A trainable connection's parameters, gradients and optimizer state lie
+   * in the session's arena (hm_param_arena); the others' parameters in
+   * buffers of their own (offset 0). */
+  hm_abi_operand w, b;          /* parameters */
+  hm_abi_operand dw, db;        /* gradients */
+  hm_abi_operand s1w, s2w, s1b, s2b; /* optimizer state (m/v, s, velocity) */
   hm_abi_buffer *z;             /* pre-activation (batch x width(dst)) */
   hm_abi_buffer *a;             /* post-activation; == z for identity */
   hm_abi_buffer *dz;            /* gradient at z; == grad(dst) for identity */
@@ -71,11 +74,23 @@ typedef struct hm_edge_buffers {
   hm_abi_buffer *running;       /* batch norm: running mean then running variance ([2C]) */
 } hm_edge_buffers;
 
+/* The trainable parameters in one buffer, each tensor at the same offset in
+ * the gradients' and the optimizer state's buffers, so the steps that treat
+ * every parameter alike (norm, clip, optimizer) are one op each. Tensors
+ * start on HM_ARENA_ALIGN-float boundaries; the padding is zero. */
+#define HM_ARENA_ALIGN 16
+typedef struct hm_param_arena {
+  hm_abi_buffer *params, *grads;
+  hm_abi_buffer *state[2];      /* first and second optimizer state; NULL when the optimizer keeps less */
+  size_t floats;                /* length of each, padding included; 0: no arena */
+} hm_param_arena;
+
 typedef struct hm_step_buffers {
   hm_node_buffers *nodes;       /* one per graph node */
   hm_edge_buffers *edges;       /* one per connection */
   hm_abi_buffer *idx;           /* batch indices (int32) */
   hm_abi_buffer *stats;         /* [loss, sum of squared gradients] */
+  hm_param_arena arena;
 } hm_step_buffers;
 
 /* The buffer holding a node's value for the current batch. */

@@ -132,11 +132,51 @@ static hm_status alloc_node_buffers(hm_session *s, size_t batch, size_t grad_row
   return st;
 }
 
-/* Parameters, activations (|batch| rows), packed copies, gradients
- * (|grad_rows| rows) and optimizer state of the connections. */
+/* Gives every trainable connection's parameters their place in the arena
+ * (lower.h), then allocates it: parameters, gradients and the optimizer's
+ * state, zeroed, so the padding stays zero. */
+static hm_status alloc_param_arena(hm_session *s) {
+  const hm_graph *g = s->g;
+  hm_param_arena *ar = &s->bufs.arena;
+  size_t at = 0;
+  for (size_t e = 0; e < g->n_edges; e++) {
+    if (!s->plan->edges[e].trainable) continue;
+    hm_edge_buffers *es = &s->bufs.edges[e];
+    hm_param_desc pd[2];
+    size_t n_params = hm__edge_params(g, e, pd);
+    hm_abi_operand *tensors[2][4] = {{&es->w, &es->dw, &es->s1w, &es->s2w}, {&es->b, &es->db, &es->s1b, &es->s2b}};
+    for (size_t k = 0; k < n_params; k++) {
+      for (int r = 0; r < 4; r++) tensors[k][r]->offset = (uint64_t)at * 4;
+      at += (pd[k].count + HM_ARENA_ALIGN - 1) / HM_ARENA_ALIGN * HM_ARENA_ALIGN;
+    }
+  }
+  if (!at) return HM_OK;
+  hm_optimizer o = s->opts.optimizer;
+  int two = o == HM_OPTIMIZER_ADAM || o == HM_OPTIMIZER_ADAMW || o == HM_OPTIMIZER_LAMB;
+  int one = two || o == HM_OPTIMIZER_RMSPROP || (o == HM_OPTIMIZER_SGD && s->opts.momentum != 0.0f);
+  ar->floats = at;
+  hm_status st = alloc_zeroed(s, at * 4, &ar->params);
+  if (st == HM_OK) st = alloc_zeroed(s, at * 4, &ar->grads);
+  if (st == HM_OK && one) st = alloc_zeroed(s, at * 4, &ar->state[0]);
+  if (st == HM_OK && two) st = alloc_zeroed(s, at * 4, &ar->state[1]);
+  for (size_t e = 0; e < g->n_edges && st == HM_OK; e++) {
+    if (!s->plan->edges[e].trainable) continue;
+    hm_edge_buffers *es = &s->bufs.edges[e];
+    hm_param_desc pd[2];
+    size_t n_params = hm__edge_params(g, e, pd);
+    hm_abi_operand *tensors[2][4] = {{&es->w, &es->dw, &es->s1w, &es->s2w}, {&es->b, &es->db, &es->s1b, &es->s2b}};
+    hm_abi_buffer *role[4] = {ar->params, ar->grads, ar->state[0], ar->state[1]};
+    for (size_t k = 0; k < n_params; k++)
+      for (int r = 0; r < 4; r++) tensors[k][r]->buffer = role[r];
+  }
+  return st;
+}
+
+/* Parameters (of connections that are not trained; the arena holds the
+ * others'), activations (|batch| rows), packed copies and gradients
+ * (|grad_rows| rows) of the connections. */
 static hm_status alloc_edge_buffers(hm_session *s, size_t batch, size_t grad_rows) {
   const hm_graph *g = s->g;
-  const hm_fit_options *opts = &s->opts;
   hm_status st = HM_OK;
   for (size_t e = 0; e < g->n_edges && st == HM_OK; e++) {
     const hm_edge *ed = &g->edges[e];
@@ -147,8 +187,8 @@ static hm_status alloc_edge_buffers(hm_session *s, size_t batch, size_t grad_row
     hm_param_desc pd[2];
     size_t n_params = hm__edge_params(g, e, pd);
     size_t n_w = n_params ? pd[0].count : 0, n_b = n_params > 1 ? pd[1].count : 0;
-    if (n_w) st = alloc_buffer(s, n_w * 4, &es->w);
-    if (st == HM_OK && n_b) st = alloc_buffer(s, n_b * 4, &es->b);
+    if (!pe->trainable && n_w) st = alloc_buffer(s, n_w * 4, &es->w.buffer);
+    if (!pe->trainable && st == HM_OK && n_b) st = alloc_buffer(s, n_b * 4, &es->b.buffer);
     if (st == HM_OK) st = alloc_buffer(s, batch * outw * 4, &es->z);
     if (st == HM_OK) {
       if (ed->activation == HM_ABI_ACT_IDENTITY) es->a = es->z;
@@ -181,18 +221,8 @@ static hm_status alloc_edge_buffers(hm_session *s, size_t batch, size_t grad_row
         es->dz = s->bufs.nodes[ed->dst].grad;
       else st = alloc_buffer(s, grad_rows * outw * 4, &es->dz);
     }
-    if (st != HM_OK || !pe->trainable) continue;
-    st = alloc_buffer(s, n_w * 4, &es->dw);
-    if (st == HM_OK && n_b) st = alloc_buffer(s, n_b * 4, &es->db);
-    hm_optimizer o = opts->optimizer;
-    int two = o == HM_OPTIMIZER_ADAM || o == HM_OPTIMIZER_ADAMW || o == HM_OPTIMIZER_LAMB;
-    int one = two || o == HM_OPTIMIZER_RMSPROP || (o == HM_OPTIMIZER_SGD && opts->momentum != 0.0f);
-    if (st == HM_OK && one) st = alloc_zeroed(s, n_w * 4, &es->s1w);
-    if (st == HM_OK && one && n_b) st = alloc_zeroed(s, n_b * 4, &es->s1b);
-    if (st == HM_OK && two) st = alloc_zeroed(s, n_w * 4, &es->s2w);
-    if (st == HM_OK && two && n_b) st = alloc_zeroed(s, n_b * 4, &es->s2b);
   }
-  return st;
+  return st == HM_OK ? alloc_param_arena(s) : st;
 }
 
 /* The activations of slot |k| (k >= 1): its own copies of the buffers a
@@ -336,9 +366,10 @@ void hm__session_free(hm_session *s) {
   }
   for (size_t e = 0; s->bufs.edges && e < s->g->n_edges; e++) {
     hm_edge_buffers *es = &s->bufs.edges[e];
-    hm_abi_buffer *bufs[] = {es->w,   es->b,   es->dw, es->db, es->s1w, es->s2w, es->s1b,
-                             es->s2b, es->z,   es->wq, es->xq, es->wdq, es->xdq, es->argmax, es->running,
-                             es->cols, es->ones, es->conv_tmp};
+    /* A trained connection's parameters are the arena's. */
+    int own = !s->plan || !s->plan->edges[e].trainable;
+    hm_abi_buffer *bufs[] = {own ? es->w.buffer : NULL, own ? es->b.buffer : NULL, es->z, es->wq, es->xq, es->wdq,
+                             es->xdq, es->argmax, es->running, es->cols, es->ones, es->conv_tmp};
     for (size_t k = 0; k < sizeof bufs / sizeof bufs[0]; k++) hm_device_buffer_free(s->dev, bufs[k]);
     if (es->a != es->z) hm_device_buffer_free(s->dev, es->a);
     if (es->dz && es->dz != s->bufs.nodes[s->g->edges[e].dst].grad) hm_device_buffer_free(s->dev, es->dz);
@@ -347,6 +378,8 @@ void hm__session_free(hm_session *s) {
     for (size_t i = 0; s->host[w] && i < s->g->n_nodes; i++) hm__free(s->host[w][i].values);
   hm_device_buffer_free(s->dev, s->bufs.idx);
   hm_device_buffer_free(s->dev, s->bufs.stats);
+  hm_abi_buffer *arena[] = {s->bufs.arena.params, s->bufs.arena.grads, s->bufs.arena.state[0], s->bufs.arena.state[1]};
+  for (size_t k = 0; k < sizeof arena / sizeof arena[0]; k++) hm_device_buffer_free(s->dev, arena[k]);
   if (s->owns_device) hm_device_close(s->dev);
   hm__plan_free(s->plan);
   hm__free(s->idx_host);
@@ -394,7 +427,7 @@ hm_status hm__session_pack_weights(hm_session *s) {
   uint32_t n = 0;
   for (size_t e = 0; e < g->n_edges; e++) {
     hm_edge_buffers *es = &s->bufs.edges[e];
-    if (!es->wq || !es->w) continue;
+    if (!es->wq || !es->w.buffer) continue;
     hm_abi_op *op = &ops[n++];
     *op = hm_op_init(HM_ABI_OP_QUANTIZE);
     op->dtype_in = HM_ABI_DTYPE_F32;
@@ -403,7 +436,7 @@ hm_status hm__session_pack_weights(hm_session *s) {
     hm__edge_matrix(g, e, &rows, &k, &pos);
     op->dims[0] = rows;
     op->dims[1] = k;
-    op->in[0].buffer = es->w;
+    op->in[0] = es->w;
     op->out[0].buffer = es->wq;
   }
   hm_abi_program *p = NULL;
@@ -414,9 +447,9 @@ hm_status hm__session_pack_weights(hm_session *s) {
   if (st != HM_OK) return st;
   for (size_t e = 0; e < g->n_edges; e++) {
     hm_edge_buffers *es = &s->bufs.edges[e];
-    if (!es->wq || !es->w || s->plan->edges[e].trainable) continue;
-    hm_device_buffer_free(s->dev, es->w); /* only the packed weights remain */
-    es->w = NULL;
+    if (!es->wq || !es->w.buffer || s->plan->edges[e].trainable) continue;
+    hm_device_buffer_free(s->dev, es->w.buffer); /* only the packed weights remain */
+    es->w.buffer = NULL;
     size_t rows, k, pos;
     hm__edge_matrix(g, e, &rows, &k, &pos);
     s->device_bytes -= rows * k * 4;
@@ -463,11 +496,11 @@ hm_status hm__session_write_weights(hm_session *s, const hm_weights *w) {
   for (size_t e = 0; e < g->n_edges; e++) {
     hm_param_desc pd[2];
     size_t n_params = hm__edge_params(g, e, pd);
-    hm_abi_buffer *bufs[2] = {s->bufs.edges[e].w, s->bufs.edges[e].b};
+    hm_abi_operand at[2] = {s->bufs.edges[e].w, s->bufs.edges[e].b};
     for (size_t k = 0; k < n_params; k++) {
       hm_tensor t;
       HM_RETURN_IF_ERROR(hm_weights_find(w, pd[k].name, &t));
-      HM_RETURN_IF_ERROR(hm_device_buffer_write(s->dev, bufs[k], 0, t.data, t.bytes));
+      HM_RETURN_IF_ERROR(hm_device_buffer_write(s->dev, at[k].buffer, at[k].offset, t.data, t.bytes));
     }
     size_t n_state = hm__edge_state(g, e, pd);
     for (size_t k = 0; k < n_state; k++) { /* running mean, then variance, in one buffer */
@@ -487,9 +520,9 @@ static hm_status download_at(hm_session *s, hm_weights *w, const char *name, hm_
   return hm_device_buffer_read(s->dev, buf, offset, t.data, t.bytes);
 }
 
-static hm_status download_tensor(hm_session *s, hm_weights *w, const char *name, hm_abi_buffer *buf, uint32_t rank,
+static hm_status download_tensor(hm_session *s, hm_weights *w, const char *name, hm_abi_operand at, uint32_t rank,
                                  const uint64_t *shape) {
-  return download_at(s, w, name, buf, 0, rank, shape);
+  return download_at(s, w, name, at.buffer, at.offset, rank, shape);
 }
 
 
@@ -509,17 +542,17 @@ hm_status hm__session_upload_opt_state(hm_session *s, const hm_weights *state) {
     char name[700];
     hm_param_desc pd[2];
     size_t n_params = hm__edge_params(g, e, pd);
-    hm_abi_buffer *bufs[4] = {es->s1w, es->s2w, es->s1b, es->s2b};
+    hm_abi_operand at[4] = {es->s1w, es->s2w, es->s1b, es->s2b};
     size_t count[4] = {pd[0].count, pd[0].count, n_params > 1 ? pd[1].count : 0, n_params > 1 ? pd[1].count : 0};
     for (int k = 0; k < 4; k++) {
-      if (!bufs[k]) continue;
+      if (!at[k].buffer || !count[k]) continue;
       snprintf(name, sizeof name, "%s.%s", pd[k / 2].name, state_suffix(s->opts.optimizer, k % 2));
       hm_tensor t;
       if (hm_weights_find(state, name, &t) != HM_OK)
         return hm__fail(HM_STATUS_INVALID_ARGUMENT, "resume: the optimizer state has no tensor '%s'", name);
       if (t.dtype != HM_ABI_DTYPE_F32 || t.bytes != count[k] * 4)
         return hm__fail(HM_STATUS_INVALID_ARGUMENT, "resume: optimizer state '%s' has the wrong shape or dtype", name);
-      HM_RETURN_IF_ERROR(hm_device_buffer_write(s->dev, bufs[k], 0, t.data, t.bytes));
+      HM_RETURN_IF_ERROR(hm_device_buffer_write(s->dev, at[k].buffer, at[k].offset, t.data, t.bytes));
     }
   }
   return HM_OK;
@@ -538,7 +571,7 @@ hm_status hm__session_download(hm_session *s, hm_weights **params, hm_weights **
     hm_param_desc pd[2];
     size_t n_params = hm__edge_params(g, e, pd);
     if (!n_params) continue;
-    if (!es->w) {
+    if (!es->w.buffer) {
       st = hm__fail(HM_STATUS_FAILED_PRECONDITION, "'%s' is held only in packed form on the device", pd[0].name);
       break;
     }
@@ -549,11 +582,11 @@ hm_status hm__session_download(hm_session *s, hm_weights **params, hm_weights **
     for (size_t k = 0; k < n_state && st == HM_OK; k++)
       st = download_at(s, p, sd[k].name, es->running, k * sd[k].count * 4, sd[k].rank, sd[k].shape);
     if (!o || st != HM_OK) continue;
-    hm_abi_buffer *bufs[4] = {es->s1w, es->s2w, es->s1b, es->s2b};
+    hm_abi_operand at[4] = {es->s1w, es->s2w, es->s1b, es->s2b};
     for (int k = 0; k < 4 && st == HM_OK; k++) {
-      if (!bufs[k]) continue;
+      if (!at[k].buffer || (size_t)(k / 2) >= n_params) continue;
       snprintf(name, sizeof name, "%s.%s", pd[k / 2].name, state_suffix(s->opts.optimizer, k % 2));
-      st = download_tensor(s, o, name, bufs[k], pd[k / 2].rank, pd[k / 2].shape);
+      st = download_tensor(s, o, name, at[k], pd[k / 2].rank, pd[k / 2].shape);
     }
   }
   if (st != HM_OK) {
@@ -705,10 +738,12 @@ static hm_status grads_transfer(hm_session *s, float *arena, int write) {
     const hm_edge_buffers *es = &s->bufs.edges[e];
     hm_param_desc pd[2];
     size_t n_params = hm__edge_params(g, e, pd), n[2] = {pd[0].count, n_params > 1 ? pd[1].count : 0};
-    hm_abi_buffer *bufs[2] = {es->dw, es->db};
+    hm_abi_operand grads[2] = {es->dw, es->db};
     for (size_t k = 0; k < n_params; k++) {
-      hm_status st = write ? hm_device_buffer_write(s->dev, bufs[k], 0, arena + at, n[k] * sizeof *arena)
-                           : hm_device_buffer_read(s->dev, bufs[k], 0, arena + at, n[k] * sizeof *arena);
+      hm_abi_buffer *buf = grads[k].buffer;
+      uint64_t off = grads[k].offset;
+      hm_status st = write ? hm_device_buffer_write(s->dev, buf, off, arena + at, n[k] * sizeof *arena)
+                           : hm_device_buffer_read(s->dev, buf, off, arena + at, n[k] * sizeof *arena);
       if (st != HM_OK) return st;
       at += n[k];
     }
