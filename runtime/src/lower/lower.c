@@ -149,8 +149,8 @@ static void emit_matmul(const lowering *s, op_list *l, program_kind kind, size_t
   hm_abi_operand srcs[2] = {es->w, OPD(x)};
   hm_abi_buffer *packed[2] = {es->wq, es->xq};
   size_t rows[2] = {n, b};
-  for (int i = 0; i < 2; i++)
-    if (srcs[i].buffer) emit_packing(l, HM_ABI_OP_QUANTIZE, q, rows[i], k, srcs[i], OPD(packed[i])); /* else packed once */
+  for (int i = 0; i < 2; i++) /* weights without a buffer were packed once */
+    if (srcs[i].buffer) emit_packing(l, HM_ABI_OP_QUANTIZE, q, rows[i], k, srcs[i], OPD(packed[i]));
   PUSH(mm, l, hm__precision_gemm_op(q));
   mm->dtype_in = q;
   mm->dtype_acc = HM_ABI_DTYPE_I32;
