@@ -56,13 +56,77 @@ static void gemm_kernels_follow_shape_and_alignment(void) {
   char err[256];
   hm_abi_op op = gemm(2080, 2080, 4, 0, 0);
   HM_CHECK_EQ(hm_plan_dispatch(&op, 1024, &d, err, sizeof err), 0);
-  HM_CHECK_EQ(d.groups, 1024); /* 260 x 260 blocks over 1024 x 64 invocations: they loop */
+  /* 260 x 260 blocks over at most 1024 x 64 invocations: each takes 2, so 529 groups do. */
+  HM_CHECK_EQ(d.groups, 529);
   /* A device whose 8x8 sums spill (lavapipe with texel operands) takes 4x4
    * four-word blocks: 16 x 32 of them for a 64 x 128 C. */
   op = gemm(64, 128, 784, HM_ABI_OP_FLAG_TRANS_B, 0);
   HM_CHECK_EQ(plan_limited(&op, 20000, 4, &d, err, sizeof err), 0);
   HM_CHECK_STR_CONTAINS(hm_kernel_name(d.kernel), "gemm_x4");
   HM_CHECK_EQ(d.groups, 16 * 32 / 64);
+}
+
+/* Packed matmuls: 4x4 blocks (gemm_qx4, the dtype as the variant) where C
+ * has 4 rows and columns, else one output per invocation (gemm_q, the dtype
+ * in aux0); both count their loops against a loop-limited device. */
+static void packed_gemm_kernels(void) {
+  const uint32_t code[3] = {HM_ABI_OP_GEMM_Q8, HM_ABI_OP_GEMM_Q4, HM_ABI_OP_GEMM_Q3};
+  const uint32_t dtype[3] = {HM_ABI_DTYPE_Q8, HM_ABI_DTYPE_Q4, HM_ABI_DTYPE_Q3};
+  hm_dispatch d;
+  char err[256] = "";
+  for (int q = 0; q < 3; q++) {
+    hm_abi_op op = gemm(64, 128, 784, 0, 0);
+    op.code = code[q];
+    op.dtype_in = dtype[q];
+    op.dtype_out = HM_ABI_DTYPE_F32;
+    CHECK_KERNEL(op, "gemm_qx4");
+    HM_CHECK_EQ(hm_plan_dispatch(&op, 1024, &d, err, sizeof err), 0);
+    HM_CHECK_EQ(d.p.variant, dtype[q]);
+    HM_CHECK_EQ(d.groups, 16 * 32 / 64);
+    op.dims[0] = 3; /* a GEMV-like C */
+    CHECK_KERNEL(op, "gemm_q");
+    HM_CHECK_EQ(hm_plan_dispatch(&op, 1024, &d, err, sizeof err), 0);
+    HM_CHECK_EQ(d.p.aux0, dtype[q]);
+    HM_CHECK_EQ(d.p.variant, 0);
+    /* 3000 blocks of 64 along k: (16 or 8) + 1 loop iterations each per 4x4 block. */
+    op.dims[0] = 8, op.dims[1] = 8, op.dims[2] = 64 * 3000;
+    HM_CHECK(plan_limited(&op, 20000, 4, &d, err, sizeof err) != 0);
+    HM_CHECK_STR_CONTAINS(err, q == 0 ? "needs 51000 loop" : "needs 27000 loop");
+  }
+}
+
+/* A CPU device's grid-stride launches spread over spread_groups groups with
+ * equal shares — unless the shares would pass the loop limit. */
+static void cpu_devices_take_few_groups(void) {
+  hm_dispatch d;
+  char err[256] = "";
+  hm_abi_op op = gemm(101904, 0, 0, 0, 0);
+  op.code = HM_ABI_OP_ADAM;
+  op.dims[1] = op.dims[2] = 0;
+  hm_dispatch_limits lim = {.max_groups = 1024, .max_loop = 20000, .gemm_block = 4, .spread_groups = 64};
+  HM_CHECK_EQ(hm_plan_dispatch_for(&op, &lim, &d, err, sizeof err), 0);
+  HM_CHECK_EQ(d.groups, 64); /* 25 elements per invocation */
+  lim.spread_groups = 0;
+  HM_CHECK_EQ(hm_plan_dispatch_for(&op, &lim, &d, err, sizeof err), 0);
+  HM_CHECK_EQ(d.groups, 797); /* 1593 would take one each: 2 each in 797 */
+  /* 64 x 128 x 784 forward GEMM: 512 4x4 blocks, 8 groups either way;
+   * the 128 x 784 x 64 weight gradient: 6272 blocks, 2 per invocation in 49 groups. */
+  op = gemm(64, 128, 784, HM_ABI_OP_FLAG_TRANS_B, 0);
+  lim.spread_groups = 64;
+  HM_CHECK_EQ(hm_plan_dispatch_for(&op, &lim, &d, err, sizeof err), 0);
+  HM_CHECK_EQ(d.groups, 8);
+  op = gemm(128, 784, 64, HM_ABI_OP_FLAG_TRANS_A, 0);
+  HM_CHECK_EQ(hm_plan_dispatch_for(&op, &lim, &d, err, sizeof err), 0);
+  HM_CHECK_EQ(d.groups, 49);
+  /* 400 M elements: 64 groups would loop 97,657 times each; 313 groups loop 19,969. */
+  op = gemm(400000000, 0, 0, 0, 0);
+  op.code = HM_ABI_OP_SCALE;
+  op.dims[1] = op.dims[2] = 0;
+  HM_CHECK_EQ(hm_plan_dispatch_for(&op, &lim, &d, err, sizeof err), 0);
+  HM_CHECK_EQ(d.groups, 313);
+  lim.max_groups = 256; /* not enough: refused, not cut short */
+  HM_CHECK(hm_plan_dispatch_for(&op, &lim, &d, err, sizeof err) != 0);
+  HM_CHECK_STR_CONTAINS(err, "a 400000000x0x0 launch needs 24415 loop iterations per invocation");
 }
 
 /* lavapipe ends loops after 65535 iterations in all: a GEMM whose
@@ -230,6 +294,8 @@ static void norm_and_im2col_plans(void) {
 int main(int argc, char **argv) {
   static const hm_test_case cases[] = {
       HM_TEST_CASE(gemm_kernels_follow_shape_and_alignment),
+      HM_TEST_CASE(packed_gemm_kernels),
+      HM_TEST_CASE(cpu_devices_take_few_groups),
       HM_TEST_CASE(loop_limited_devices_refuse_long_gemms),
       HM_TEST_CASE(long_reductions_split_over_work_groups),
       HM_TEST_CASE(bias_and_activation_fuse),

@@ -12,7 +12,8 @@ static const char *const names[HK_COUNT] = {
     "gemm", "bias_add", "act_fwd", "softmax_fwd", "act_bwd", "softmax_bwd", "loss", "reduce_rows",
     "reduce_cols", "sum_squares", "clip", "scale", "axpy", "gather", "fill", "copy", "sgd", "adam",
     "rmsprop", "lamb", "quantize", "dequantize", "gemm_q", "conv2d", "conv2d_bwd_data", "conv2d_bwd_filter",
-    "pool2d", "pool2d_bwd", "dropout", "batch_norm", "batch_norm_bwd", "layer_norm", "layer_norm_bwd", "im2col", "gemm_reg", "gemm_x4", "gemm_x8", "bias_act"};
+    "pool2d", "pool2d_bwd", "dropout", "batch_norm", "batch_norm_bwd", "layer_norm", "layer_norm_bwd", "im2col",
+    "gemm_reg", "gemm_x4", "gemm_x8", "bias_act", "gemm_qx4"};
 
 const char *hm_kernel_name(hm_kernel_id k) { return (unsigned)k < HK_COUNT ? names[k] : "?"; }
 
@@ -306,12 +307,22 @@ int hm_plan_dispatch_for(const hm_abi_op *op, const hm_dispatch_limits *lim, hm_
       break;
     case HM_ABI_OP_GEMM_Q8:
     case HM_ABI_OP_GEMM_Q4:
-    case HM_ABI_OP_GEMM_Q3:
-      d->kernel = HK_GEMM_Q;
+    case HM_ABI_OP_GEMM_Q3: {
+      /* 4x4 blocks (gemm_qx4: 8 reads of a word or 3-byte group feed 64 or
+       * 128 integer multiply-adds) where C has 4 rows and columns; one
+       * output per invocation (gemm_q) where thinner. Loop iterations per
+       * output or block: 64 per block for gemm_q, a unit of codes (16 for
+       * Q8, 8 else) per block for gemm_qx4. */
+      uint64_t blocks = (d2 + 63) / 64;
+      int x4 = d0 >= 4 && d1 >= 4;
+      d->kernel = x4 ? HK_GEMM_QX4 : HK_GEMM_Q;
       d->p.aux0 = din;
-      items = d0 * d1;
-      if (!fits((d0 > d1 ? d0 : d1) * ((d2 + 63) / 64) * HM_ABI_Q8_BLOCK_BYTES)) items = UINT64_MAX;
+      d->p.variant = x4 ? din : 0; /* specialized in GLSL */
+      items = x4 ? ((d0 + 3) / 4) * ((d1 + 3) / 4) : d0 * d1;
+      loop = blocks * (x4 ? (din == HM_ABI_DTYPE_Q8 ? 16 : 8) + 1 : 64);
+      if (!fits((d0 > d1 ? d0 : d1) * blocks * HM_ABI_Q8_BLOCK_BYTES)) items = UINT64_MAX;
       break;
+    }
     default: snprintf(err, cap, "op %u has no kernel", op->code); return 1;
   }
   if (!fits(items)) {
@@ -325,16 +336,28 @@ int hm_plan_dispatch_for(const hm_abi_op *op, const hm_dispatch_limits *lim, hm_
     return 0;
   }
   uint64_t groups = (items + d->local_size - 1) / d->local_size;
+  uint64_t cap_groups = lim->spread_groups && lim->spread_groups < max_groups ? lim->spread_groups : max_groups;
   if (groups < 1) groups = 1;
-  if (groups > max_groups) groups = max_groups;
+  if (groups > cap_groups) { /* as few groups as give every invocation the same share */
+    uint64_t share = (items + cap_groups * d->local_size - 1) / (cap_groups * d->local_size);
+    groups = (items + share * d->local_size - 1) / (share * d->local_size);
+  }
+  /* Each invocation loops over its share of the items (times a GEMM's loop
+   * over k); where that passes the device's loop limit, more groups. */
+  uint64_t each = loop ? loop : 1, lanes = (uint64_t)d->local_size;
+  if (max_loop && (items + groups * lanes - 1) / (groups * lanes) * each > max_loop) {
+    uint64_t shares = max_loop / each ? max_loop / each : 1, need = (items + shares * lanes - 1) / (shares * lanes);
+    groups = need < max_groups ? need : max_groups;
+  }
   d->groups = (uint32_t)groups;
-  /* A device that ends long loops (lavapipe) must not get a GEMM whose
+  /* A device that ends long loops (lavapipe) must not get a kernel whose
    * invocations loop past its limit: refuse it rather than compute part. */
-  uint64_t per = (items + groups * d->local_size - 1) / (groups * d->local_size) * loop;
+  uint64_t per = (items + groups * lanes - 1) / (groups * lanes) * each;
   if (max_loop && per > max_loop) {
-    snprintf(err, cap, "op %u: a %llux%llux%llu GEMM needs %llu loop iterations per invocation, more than this device "
+    int matmul = op->code == HM_ABI_OP_GEMM || (op->code >= HM_ABI_OP_GEMM_Q8 && op->code <= HM_ABI_OP_GEMM_Q3);
+    snprintf(err, cap, "op %u: a %llux%llux%llu %s needs %llu loop iterations per invocation, more than this device "
              "runs (%u)", op->code, (unsigned long long)d0, (unsigned long long)d1, (unsigned long long)d2,
-             (unsigned long long)per, max_loop);
+             matmul ? "GEMM" : "launch", (unsigned long long)per, max_loop);
     return 1;
   }
   return 0;
@@ -426,4 +449,17 @@ static const hm_abi_capability kernel_caps[] = {
 const hm_abi_capability *hm_kernel_caps(uint32_t *n) {
   *n = (uint32_t)(sizeof kernel_caps / sizeof kernel_caps[0]);
   return kernel_caps;
+}
+
+void hm_print_launch_profile(const char *plugin, const char *device, const hm_launch_time *t, uint32_t n,
+                             uint32_t runs) {
+  if (!t || runs < 2) return;
+  double total = 0;
+  for (uint32_t d = 0; d < n; d++) total += t[d].ms;
+  fprintf(stderr, "%s profile: %s, %u launches (each followed by a barrier), mean of %u runs: %.3f ms a run\n", plugin,
+          device, n, runs - 1, total / (runs - 1));
+  fprintf(stderr, "%s profile:  #  op  op code  kernel             variant        ms      %%\n", plugin);
+  for (uint32_t d = 0; d < n; d++)
+    fprintf(stderr, "%s profile: %2u %3u %8u  %-18s %7u %9.3f %6.1f\n", plugin, d, t[d].op, t[d].code,
+            hm_kernel_name(t[d].kernel), t[d].variant, t[d].ms / (runs - 1), total > 0 ? 100.0 * t[d].ms / total : 0.0);
 }

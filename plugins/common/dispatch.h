@@ -22,7 +22,7 @@ typedef enum hm_kernel_id {
   HK_REDUCE_COLS, HK_SUM_SQUARES, HK_CLIP, HK_SCALE, HK_AXPY, HK_GATHER, HK_FILL, HK_COPY, HK_SGD, HK_ADAM,
   HK_RMSPROP, HK_LAMB, HK_QUANTIZE, HK_DEQUANTIZE, HK_GEMM_Q, HK_CONV2D, HK_CONV2D_BWD_DATA, HK_CONV2D_BWD_FILTER,
   HK_POOL2D, HK_POOL2D_BWD, HK_DROPOUT, HK_BATCH_NORM, HK_BATCH_NORM_BWD, HK_LAYER_NORM, HK_LAYER_NORM_BWD, HK_IM2COL,
-  HK_GEMM_REG, HK_GEMM_X4, HK_GEMM_X8, HK_BIAS_ACT, HK_COUNT
+  HK_GEMM_REG, HK_GEMM_X4, HK_GEMM_X8, HK_BIAS_ACT, HK_GEMM_QX4, HK_COUNT
 } hm_kernel_id;
 
 /* The kernel's name in hm_ops.kern ("gemm", "softmax_fwd", ...). */
@@ -71,7 +71,29 @@ typedef struct hm_dispatch_limits {
    * and loads are cheap enough that 4x4 blocks win: lavapipe reading texel
    * buffers). */
   uint32_t gemm_block;
+  /* Where each work-group costs its own start-up (a CPU emulation: lavapipe
+   * calls its compiled shader once per group), the grid of a grid-stride
+   * kernel (GEMMs, element-wise ops, optimizers) is capped here instead of
+   * at max_groups, so each invocation loops over more elements — but never
+   * past max_loop: the grid grows back toward max_groups first. Window and
+   * normalization ops keep max_groups. 0 = max_groups. */
+  uint32_t spread_groups;
 } hm_dispatch_limits;
+
+/* Device option profile=on (Vulkan, OpenCL): each launch's op (index in
+ * the program, and its code), kernel and variant, and its device time summed
+ * over the runs after the first (which may include the driver's first-use
+ * compilation). */
+typedef struct hm_launch_time {
+  uint32_t op, code, variant;
+  hm_kernel_id kernel;
+  double ms;
+} hm_launch_time;
+/* Prints the mean time of each of the |n| launches over runs 2..|runs| (and
+ * their sum) to stderr, every line starting "PLUGIN profile:"; nothing
+ * before a second run. */
+void hm_print_launch_profile(const char *plugin, const char *device, const hm_launch_time *t, uint32_t n,
+                             uint32_t runs);
 
 /* Plans |op| (already validated against the op rules and the plugin's
  * capabilities) for a device with |lim|. Returns 0, or nonzero with a

@@ -13,7 +13,9 @@
  * Memory: buffers live in device-local memory; when that memory is also host
  * visible (integrated GPUs, lavapipe) reads and writes are direct, otherwise
  * they go through a staging buffer (device option memory=staging forces the
- * staging path, to test it anywhere).
+ * staging path, to test it anywhere). Device option profile=on puts timestamp
+ * queries around every dispatch and prints the times when the program is
+ * freed.
  *
  * Kernels read their inputs through uniform texel buffers (R32_UINT and
  * R32G32B32A32_UINT views of every buffer) where the device supports them
@@ -42,6 +44,7 @@
 #define N_STORAGE_BINDINGS 7     /* bindings 0..6 are storage buffers */
 #define N_PIPE_VARIANTS 32       /* pipelines per kernel: texel or not x GEMM transposes x op variant */
 #define MAX_GROUPS 1024u
+#define CPU_GROUPS 64u /* hm_dispatch_limits.spread_groups for a CPU device */
 /* Mesa's llvmpipe (lavapipe) ends any shader loop after 65535 iterations
  * (gallivm's loop limiter): long window ops are split below that. */
 #define MAX_LOOP 20000u /* by our count; the limiter counts more (a conv stopped at 47k of ours) */
@@ -85,6 +88,8 @@ typedef struct hm_abi_device {
   uint32_t pipe_keys[HK_COUNT][N_PIPE_VARIANTS];
   VkPipeline pipes[HK_COUNT][N_PIPE_VARIANTS];
   int texel_operands; /* texel views are made and read (not operands=storage) */
+  int profile;        /* device option profile=on: time every dispatch (below) */
+  double tick_ns;     /* timestampPeriod */
   VkPhysicalDeviceMemoryProperties mem;
   int force_staging;
   /* A buffer bound to unused operand slots, and the staging buffer. */
@@ -121,6 +126,11 @@ typedef struct hm_abi_program {
   /* Partial results of the program's split reductions (hm_dispatch.scratch_words), or null. */
   VkBuffer scratch;
   VkDeviceMemory scratch_mem;
+  /* profile=on: a timestamp before and after each dispatch, and what each
+   * dispatch is and took (hm_launch_time). */
+  VkQueryPool queries;
+  uint32_t n_dispatches, runs;
+  hm_launch_time *times;
 } vk_program;
 
 /* Reports through the host (plugin_util.h). */
@@ -442,7 +452,7 @@ static int32_t vk_device_open(hm_abi_context *ctx, uint32_t index, const hm_abi_
                               hm_abi_device **out) {
   if (!ctx || !out || (n_options && !options)) return HM_ABI_STATUS_INVALID_ARGUMENT;
   if (index >= ctx->n_devices) return fail(ctx, HM_ABI_STATUS_NOT_FOUND, "vulkan: no device %u", index);
-  int force_staging = 0, storage_operands = 0;
+  int force_staging = 0, storage_operands = 0, profile = 0;
   for (uint32_t i = 0; i < n_options; i++) {
     const char *k = options[i].key ? options[i].key : "", *v = options[i].value ? options[i].value : "";
     if (!strcmp(k, "threads")) continue; /* offered to every device; not used here */
@@ -454,8 +464,26 @@ static int32_t vk_device_open(hm_abi_context *ctx, uint32_t index, const hm_abi_
       storage_operands = !strcmp(v, "storage");
       continue;
     }
+    if (!strcmp(k, "profile") && (!strcmp(v, "off") || !strcmp(v, "on"))) {
+      profile = !strcmp(v, "on");
+      continue;
+    }
     return fail(ctx, HM_ABI_STATUS_INVALID_ARGUMENT,
-                "vulkan: bad device option %s='%s' (known: memory=auto|staging, operands=auto|storage)", k, v);
+                "vulkan: bad device option %s='%s' (known: memory=auto|staging, operands=auto|storage, profile=off|on)",
+                k, v);
+  }
+  const vk_device_info *info = &ctx->devices[index];
+  if (profile) { /* timestamps need a queue family that writes them */
+    uint32_t nq = 0;
+    vkGetPhysicalDeviceQueueFamilyProperties(info->phys, &nq, NULL);
+    VkQueueFamilyProperties *qf = calloc(nq ? nq : 1, sizeof *qf);
+    if (!qf) return HM_ABI_STATUS_RESOURCE_EXHAUSTED;
+    vkGetPhysicalDeviceQueueFamilyProperties(info->phys, &nq, qf);
+    uint32_t bits = info->queue_family < nq ? qf[info->queue_family].timestampValidBits : 0;
+    free(qf);
+    if (!bits)
+      return fail(ctx, HM_ABI_STATUS_UNIMPLEMENTED,
+                  "vulkan: profile=on: '%s' writes no timestamps on its compute queue", info->desc.name);
   }
   vk_device *dev = calloc(1, sizeof *dev);
   if (!dev) return HM_ABI_STATUS_RESOURCE_EXHAUSTED;
@@ -463,6 +491,10 @@ static int32_t vk_device_open(hm_abi_context *ctx, uint32_t index, const hm_abi_
   dev->info = &ctx->devices[index];
   dev->force_staging = force_staging;
   dev->texel_operands = !storage_operands && dev->info->texel_elements > 0;
+  dev->profile = profile;
+  VkPhysicalDeviceProperties props;
+  vkGetPhysicalDeviceProperties(dev->info->phys, &props);
+  dev->tick_ns = props.limits.timestampPeriod;
   vkGetPhysicalDeviceMemoryProperties(dev->info->phys, &dev->mem);
   float prio = 1.0f;
   VkDeviceQueueCreateInfo qi = {.sType = VK_STRUCTURE_TYPE_DEVICE_QUEUE_CREATE_INFO, .queueFamilyIndex = dev->info->queue_family,
@@ -678,6 +710,9 @@ static void vk_program_free(hm_abi_program *p) {
   if (!p) return;
   vk_device *dev = p->dev;
   (void)wait_idle(dev);
+  hm_print_launch_profile("vulkan", dev->info->desc.name, p->times, p->n_dispatches, p->runs);
+  if (p->queries) vkDestroyQueryPool(dev->dev, p->queries, NULL);
+  free(p->times);
   if (p->cmd) vkFreeCommandBuffers(dev->dev, dev->pool, 1, &p->cmd);
   if (p->dpool) vkDestroyDescriptorPool(dev->dev, p->dpool, NULL);
   if (p->scalars) vkDestroyBuffer(dev->dev, p->scalars, NULL);
@@ -700,8 +735,13 @@ static int32_t vk_program_create(hm_abi_device *dev, const hm_abi_program_desc *
   char msg[512];
   hm_dispatch *plan = calloc(desc->n_ops ? desc->n_ops : 1, sizeof *plan);
   /* With texel operands, loads are cheap enough that 4x4 GEMM blocks win. */
+  /* On a CPU (lavapipe) each work-group costs a call of the compiled
+   * shader: a grid of a few dozen groups, each invocation looping over more
+   * elements, made the training step's Adam over 100k parameters 1.81-2.13
+   * -> 1.22-1.35 ms (docs/plugins.md). */
   const hm_dispatch_limits limits = {.max_groups = MAX_GROUPS, .max_loop = MAX_LOOP,
-                                     .gemm_block = dev->texel_operands ? 4 : 8};
+                                     .gemm_block = dev->texel_operands ? 4 : 8,
+                                     .spread_groups = dev->info->desc.kind == HM_ABI_DEVICE_CPU ? CPU_GROUPS : 0};
   /* The op each launch binds: the program's own, or a fused pair's. */
   hm_abi_op *bind = calloc(desc->n_ops ? desc->n_ops : 1, sizeof *bind);
   if (!plan || !bind) {
@@ -764,10 +804,19 @@ static int32_t vk_program_create(hm_abi_device *dev, const hm_abi_program_desc *
     if (plan[i].scratch_words > scratch_words) scratch_words = plan[i].scratch_words;
   if (r == VK_SUCCESS && scratch_words)
     r = make_buffer(dev, (VkDeviceSize)scratch_words * 4, 0, &p->scratch, &p->scratch_mem, &(void *){NULL});
+  for (uint32_t i = 0; i < desc->n_ops; i++) p->n_dispatches += plan[i].slices;
+  if (r == VK_SUCCESS && dev->profile && p->n_dispatches) {
+    p->times = calloc(p->n_dispatches, sizeof *p->times);
+    VkQueryPoolCreateInfo qi = {.sType = VK_STRUCTURE_TYPE_QUERY_POOL_CREATE_INFO, .queryType = VK_QUERY_TYPE_TIMESTAMP,
+                                .queryCount = 2 * p->n_dispatches};
+    r = p->times ? vkCreateQueryPool(dev->dev, &qi, NULL, &p->queries) : VK_ERROR_OUT_OF_HOST_MEMORY;
+  }
   if (r == VK_SUCCESS) {
     VkCommandBufferBeginInfo bi = {.sType = VK_STRUCTURE_TYPE_COMMAND_BUFFER_BEGIN_INFO};
     r = vkBeginCommandBuffer(p->cmd, &bi);
   }
+  if (r == VK_SUCCESS && p->queries) vkCmdResetQueryPool(p->cmd, p->queries, 0, 2 * p->n_dispatches);
+  uint32_t dispatch = 0;
   if (r != VK_SUCCESS) st = fail(ctx, status_of(r), "vulkan: cannot record a program (%d)", (int)r);
   /* Record: per op one descriptor set, the parameter block, the dispatch,
    * and a barrier so the next op sees its writes. */
@@ -828,7 +877,14 @@ static int32_t vk_program_create(hm_abi_device *dev, const hm_abi_program_desc *
       if ((st = pipeline(dev, k, texel, gemm ? kp.flags : 0u, kp.variant, &slice_pipe))) break;
       if (slice_pipe != pipe) vkCmdBindPipeline(p->cmd, VK_PIPELINE_BIND_POINT_COMPUTE, pipe = slice_pipe);
       vkCmdPushConstants(p->cmd, dev->layout, VK_SHADER_STAGE_COMPUTE_BIT, 0, sizeof(hm_kparams), &kp);
+      /* A compute-stage timestamp is written once every earlier dispatch has finished. */
+      if (p->queries) {
+        p->times[dispatch] = (hm_launch_time){i, op->code, kp.variant, k, 0.0};
+        vkCmdWriteTimestamp(p->cmd, VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT, p->queries, 2 * dispatch);
+      }
       vkCmdDispatch(p->cmd, groups, 1, 1);
+      if (p->queries) vkCmdWriteTimestamp(p->cmd, VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT, p->queries, 2 * dispatch + 1);
+      dispatch++;
       VkMemoryBarrier mb = {.sType = VK_STRUCTURE_TYPE_MEMORY_BARRIER, .srcAccessMask = VK_ACCESS_SHADER_WRITE_BIT,
                             .dstAccessMask = VK_ACCESS_SHADER_READ_BIT | VK_ACCESS_SHADER_WRITE_BIT};
       vkCmdPipelineBarrier(p->cmd, VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT, VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT, 0, 1, &mb, 0,
@@ -863,7 +919,19 @@ static int32_t vk_program_run(hm_abi_program *p, const double *scalars, uint32_t
   int32_t st = wait_idle(dev); /* the scalars buffer and command buffer may be in use */
   if (st) return st;
   for (uint32_t i = 0; i < n_scalars; i++) p->scalars_map[i] = (float)scalars[i];
-  return submit(dev, p->cmd, 0);
+  if (!p->queries) return submit(dev, p->cmd, 0);
+  /* Profiling waits for each run, to read its timestamps. */
+  if ((st = submit(dev, p->cmd, 1))) return st;
+  uint64_t *ticks = calloc(2 * (size_t)p->n_dispatches, sizeof *ticks);
+  VkResult r = ticks ? vkGetQueryPoolResults(dev->dev, p->queries, 0, 2 * p->n_dispatches,
+                                             2 * (size_t)p->n_dispatches * sizeof *ticks, ticks, sizeof *ticks,
+                                             VK_QUERY_RESULT_64_BIT | VK_QUERY_RESULT_WAIT_BIT)
+                     : VK_ERROR_OUT_OF_HOST_MEMORY;
+  if (r == VK_SUCCESS && p->runs++ > 0)
+    for (uint32_t d = 0; d < p->n_dispatches; d++)
+      p->times[d].ms += (double)(ticks[2 * d + 1] - ticks[2 * d]) * dev->tick_ns * 1e-6;
+  free(ticks);
+  return r == VK_SUCCESS ? HM_ABI_OK : fail(dev->ctx, status_of(r), "vulkan: reading the profile failed (%d)", (int)r);
 }
 
 static int32_t vk_device_synchronize(hm_abi_device *dev) { return dev ? wait_idle(dev) : HM_ABI_STATUS_INVALID_ARGUMENT; }

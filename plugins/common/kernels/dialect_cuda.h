@@ -23,6 +23,7 @@ typedef unsigned int uint;
 #define VARIANT p.variant  /* the op's variant (a specialization constant in GLSL) */
 #define AS_F(u) __uint_as_float(u)
 #define AS_U(x) __float_as_uint(x)
+#define AS_I(u) ((int)(u)) /* two's complement */
 #define TOF(x) ((float)(x))
 #define TOI(x) ((int)(x))
 #define TOU(x) ((uint)(x))

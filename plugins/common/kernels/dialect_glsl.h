@@ -66,6 +66,7 @@ layout(push_constant) uniform P_ {
 #define U4 uvec4
 #define AS_F(u) uintBitsToFloat(u)
 #define AS_U(x) floatBitsToUint(x)
+#define AS_I(u) int(u) /* bit-preserving */
 #define TOF(x) float(x)
 #define TOI(x) int(x)
 #define TOU(x) uint(x)

@@ -24,6 +24,7 @@ typedef struct kp_t {
 #define VARIANT p.variant  /* the op's variant (a specialization constant in GLSL) */
 #define AS_F(u) as_float(u)
 #define AS_U(x) as_uint(x)
+#define AS_I(u) as_int(u)
 #define TOF(x) ((float)(x))
 #define TOI(x) ((int)(x))
 #define TOU(x) ((uint)(x))

@@ -565,7 +565,10 @@ static void add_packed_cases(conform_suite *s) {
   const uint32_t qtypes[3] = {HM_ABI_DTYPE_Q8, HM_ABI_DTYPE_Q4, HM_ABI_DTYPE_Q3};
   const uint32_t qgemm[3] = {HM_ABI_OP_GEMM_Q8, HM_ABI_OP_GEMM_Q4, HM_ABI_OP_GEMM_Q3};
   static const uint64_t q_shapes[][2] = {{1, 64}, {3, 70}, {17, 200}, {64, 784}};
-  static const uint64_t qg_shapes[][3] = {{1, 1, 1}, {2, 3, 70}, {5, 17, 130}, {1, 67, 1000}, {64, 128, 784}};
+  /* 4x4x64 and 7x9x1000 for the blocked kernels of the GPU plugins: one
+   * whole block, and ragged blocks over 16 packed blocks per row. */
+  static const uint64_t qg_shapes[][3] = {{1, 1, 1},    {2, 3, 70},     {5, 17, 130},
+                                          {1, 67, 1000}, {64, 128, 784}, {4, 4, 64}, {7, 9, 1000}};
   for (int t = 0; t < 3; t++) {
     for (size_t sh = 0; sh < sizeof q_shapes / sizeof q_shapes[0]; sh++) {
       k = new_case(HM_ABI_OP_QUANTIZE, F32, qtypes[t]);
