@@ -95,20 +95,56 @@ static void packed_gemm_kernels(void) {
   }
 }
 
+/* Element-wise launches that read and store four words at a time (VARIANT
+ * 3 of gather, 1 of Adam) where lengths and word offsets allow. */
+static void four_word_launches(void) {
+  hm_dispatch d;
+  char err[256] = "";
+  hm_dispatch_limits lim = {.max_groups = 1024, .max_loop = 20000, .gemm_block = 4, .spread_groups = 64};
+  /* The parameter arena's 101,904 (16-float aligned) elements: 25,476 items,
+   * 7 per invocation in 57 groups; not with an operand off a four-word
+   * boundary, nor for a length that is not a multiple of 4. */
+  hm_abi_op op = gemm(101904, 0, 0, 0, 0);
+  op.code = HM_ABI_OP_ADAMW;
+  op.dims[1] = op.dims[2] = 0;
+  HM_CHECK_EQ(hm_plan_dispatch_for(&op, &lim, &d, err, sizeof err), 0);
+  HM_CHECK_EQ(d.p.variant, 1);
+  HM_CHECK_EQ(d.p.aux0, 1); /* AdamW */
+  HM_CHECK_EQ(d.groups, 57);
+  op.out[2].offset = 8;
+  HM_CHECK_EQ(hm_plan_dispatch_for(&op, &lim, &d, err, sizeof err), 0);
+  HM_CHECK_EQ(d.p.variant, 0);
+  op.out[2].offset = 0, op.dims[0] = 101906;
+  HM_CHECK_EQ(hm_plan_dispatch_for(&op, &lim, &d, err, sizeof err), 0);
+  HM_CHECK_EQ(d.p.variant, 0);
+  /* Gathering 64 rows of 784 bytes: 12,544 four-byte items; 3-byte rows one at a time. */
+  op = gemm(64, 784, 60000, 0, 0);
+  op.code = HM_ABI_OP_GATHER_ROWS;
+  op.dtype_in = HM_ABI_DTYPE_U8;
+  HM_CHECK_EQ(hm_plan_dispatch_for(&op, &lim, &d, err, sizeof err), 0);
+  HM_CHECK_EQ(d.p.variant, 3);
+  HM_CHECK_EQ(d.groups, 49); /* 12,544 items: 4 per invocation */
+  op.dims[1] = 3;
+  HM_CHECK_EQ(hm_plan_dispatch_for(&op, &lim, &d, err, sizeof err), 0);
+  HM_CHECK_EQ(d.p.variant, 1);
+}
+
 /* A CPU device's grid-stride launches spread over spread_groups groups with
  * equal shares — unless the shares would pass the loop limit. */
 static void cpu_devices_take_few_groups(void) {
   hm_dispatch d;
   char err[256] = "";
-  hm_abi_op op = gemm(101904, 0, 0, 0, 0);
+  hm_abi_op op = gemm(101906, 0, 0, 0, 0); /* not a multiple of 4: one element an iteration */
   op.code = HM_ABI_OP_ADAM;
   op.dims[1] = op.dims[2] = 0;
   hm_dispatch_limits lim = {.max_groups = 1024, .max_loop = 20000, .gemm_block = 4, .spread_groups = 64};
   HM_CHECK_EQ(hm_plan_dispatch_for(&op, &lim, &d, err, sizeof err), 0);
+  HM_CHECK_EQ(d.p.variant, 0);
   HM_CHECK_EQ(d.groups, 64); /* 25 elements per invocation */
   lim.spread_groups = 0;
   HM_CHECK_EQ(hm_plan_dispatch_for(&op, &lim, &d, err, sizeof err), 0);
   HM_CHECK_EQ(d.groups, 797); /* 1593 would take one each: 2 each in 797 */
+
   /* 64 x 128 x 784 forward GEMM: 512 4x4 blocks, 8 groups either way;
    * the 128 x 784 x 64 weight gradient: 6272 blocks, 2 per invocation in 49 groups. */
   op = gemm(64, 128, 784, HM_ABI_OP_FLAG_TRANS_B, 0);
@@ -296,6 +332,7 @@ int main(int argc, char **argv) {
       HM_TEST_CASE(gemm_kernels_follow_shape_and_alignment),
       HM_TEST_CASE(packed_gemm_kernels),
       HM_TEST_CASE(cpu_devices_take_few_groups),
+      HM_TEST_CASE(four_word_launches),
       HM_TEST_CASE(loop_limited_devices_refuse_long_gemms),
       HM_TEST_CASE(long_reductions_split_over_work_groups),
       HM_TEST_CASE(bias_and_activation_fuse),

@@ -262,6 +262,11 @@ int hm_plan_dispatch_for(const hm_abi_op *op, const hm_dispatch_limits *lim, hm_
       d->kernel = HK_GATHER;
       items = d0 * d1;
       d->p.variant = din == HM_ABI_DTYPE_U8 ? 1u : din == HM_ABI_DTYPE_I32 ? 2u : 0u; /* specialized in GLSL */
+      /* u8 rows four bytes at a time where rows and the output stay 4-word aligned. */
+      if (din == HM_ABI_DTYPE_U8 && d1 % 4 == 0 && op->in[0].offset % 4 == 0 && op->out[0].offset % 16 == 0) {
+        d->p.variant = 3;
+        items = d0 * d1 / 4;
+      }
       if (!fits(d2 * d1)) items = UINT64_MAX;
       break;
     case HM_ABI_OP_FILL: d->kernel = HK_FILL; items = d0; d->p.aux0 = dout == HM_ABI_DTYPE_I32 ? 1u : 0u; break;
@@ -281,11 +286,18 @@ int hm_plan_dispatch_for(const hm_abi_op *op, const hm_dispatch_limits *lim, hm_
       d->p.aux0 = op->out[1].buffer ? 1u : 0u;
       break;
     case HM_ABI_OP_ADAM:
-    case HM_ABI_OP_ADAMW:
+    case HM_ABI_OP_ADAMW: {
+      /* Four elements an invocation's iteration (VARIANT 1) where the length
+       * and every operand's word offset are multiples of 4. */
+      int x4 = d0 % 4 == 0;
+      for (int s = 0; s < 3; s++) x4 = x4 && op->out[s].offset % 16 == 0;
+      x4 = x4 && op->in[0].offset % 16 == 0;
       d->kernel = HK_ADAM;
-      items = d0;
+      d->p.variant = x4 ? 1u : 0u;
+      items = x4 ? d0 / 4 : d0;
       d->p.aux0 = op->code == HM_ABI_OP_ADAMW ? 1u : 0u;
       break;
+    }
     case HM_ABI_OP_RMSPROP: d->kernel = HK_RMSPROP; items = d0; break;
     case HM_ABI_OP_LAMB: d->kernel = HK_LAMB; single_group = 1; items = d0; break;
     case HM_ABI_OP_QUANTIZE: {

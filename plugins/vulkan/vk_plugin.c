@@ -40,7 +40,7 @@
 #define PLUGIN_MIN_ABI HM_ABI_MAKE_VERSION(1, 0)
 #define MAX_DEVICES 16
 #define BUFFER_MAGIC 0x564b4246u /* "VKBF" */
-#define N_BINDINGS 15            /* b0..b5, the scalars, texel views: 4-word of b0, b1; 1-word of b0..b5 */
+#define N_BINDINGS 18 /* b0..b5, the scalars, texel views: 4-word of b0, b1; 1-word of b0..b5; 4-word of b3..b5 */
 #define N_STORAGE_BINDINGS 7     /* bindings 0..6 are storage buffers */
 #define N_PIPE_VARIANTS 32       /* pipelines per kernel: texel or not x GEMM transposes x op variant */
 #define MAX_GROUPS 1024u
@@ -843,11 +843,13 @@ static int32_t vk_program_create(hm_abi_device *dev, const hm_abi_program_desc *
     }
     VkDescriptorBufferInfo infos[N_BINDINGS];
     VkWriteDescriptorSet writes[N_BINDINGS];
-    /* Bindings 7, 8: four-word views of b0, b1; 9..14: one-word views of b0..b5. */
+    /* Bindings 7, 8: four-word views of b0, b1; 9..14: one-word views of
+     * b0..b5; 15..17: four-word views of b3..b5. */
     VkBufferView views[N_BINDINGS - N_STORAGE_BINDINGS];
     for (int v = 0; v < N_BINDINGS - N_STORAGE_BINDINGS; v++) {
-      const vk_buffer *b = texel ? opd[v < 2 ? v : v - 2] : NULL;
-      views[v] = b ? (v < 2 ? b->texels : b->words) : dev->dummy_views[v < 2 ? 1 : 0];
+      int four = v < 2 || v >= 8;
+      const vk_buffer *b = texel ? opd[v < 2 ? v : v < 8 ? v - 2 : v - 5] : NULL;
+      views[v] = b ? (four ? b->texels : b->words) : dev->dummy_views[four ? 1 : 0];
     }
     for (uint32_t s = N_STORAGE_BINDINGS; s < N_BINDINGS; s++)
       writes[s] = (VkWriteDescriptorSet){.sType = VK_STRUCTURE_TYPE_WRITE_DESCRIPTOR_SET, .dstSet = set, .dstBinding = s,

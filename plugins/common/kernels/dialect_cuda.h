@@ -12,6 +12,12 @@ typedef unsigned int uint;
 #define W3(i) hm_b3_[p.off[3] + (i)]
 #define W4(i) hm_b4_[p.off[4] + (i)]
 #define W5(i) hm_b5_[p.off[5] + (i)]
+#define ST3X4(i, a, b, c, d) { W3(i) = (a); W3((i) + 1u) = (b); W3((i) + 2u) = (c); W3((i) + 3u) = (d); }
+#define ST4X4(i, a, b, c, d) { W4(i) = (a); W4((i) + 1u) = (b); W4((i) + 2u) = (c); W4((i) + 3u) = (d); }
+#define ST5X4(i, a, b, c, d) { W5(i) = (a); W5((i) + 1u) = (b); W5((i) + 2u) = (c); W5((i) + 3u) = (d); }
+#define R3X4(i) make_uint4(W3(i), W3((i) + 1u), W3((i) + 2u), W3((i) + 3u))
+#define R4X4(i) make_uint4(W4(i), W4((i) + 1u), W4((i) + 2u), W4((i) + 3u))
+#define R5X4(i) make_uint4(W5(i), W5((i) + 1u), W5((i) + 2u), W5((i) + 3u))
 #define R3(i) W3(i)
 #define R4(i) W4(i)
 #define R5(i) W5(i)

@@ -8,6 +8,11 @@ layout(std430, binding = 3) buffer B3_ { uint d[]; } b3_;
 layout(std430, binding = 4) buffer B4_ { uint d[]; } b4_;
 layout(std430, binding = 5) buffer B5_ { uint d[]; } b5_;
 layout(std430, binding = 6) readonly buffer S_ { float d[]; } s_;
+// uvec4 views of the outputs, for four-word stores (ST3X4..) and, without
+// texel operands, four-word reads (R3X4..).
+layout(std430, binding = 3) buffer B3V_ { uvec4 d[]; } b3v_;
+layout(std430, binding = 4) buffer B4V_ { uvec4 d[]; } b4v_;
+layout(std430, binding = 5) buffer B5V_ { uvec4 d[]; } b5v_;
 // Built with HM_TEXEL_OPERANDS, a kernel reads its inputs b0..b2 through
 // uniform texel buffers: R32_UINT views for W0..W2 (bindings 9..11) and
 // R32G32B32A32_UINT views of b0 and b1 for the four-word loads (bindings 7
@@ -36,6 +41,12 @@ layout(binding = 14) uniform usamplerBuffer r5_;
 #define R5(i) texelFetch(r5_, int(p.off[5] + (i))).x
 #define W0X4(i) texelFetch(t0_, int((p.off[0] + (i)) >> 2))
 #define W1X4(i) texelFetch(t1_, int((p.off[1] + (i)) >> 2))
+layout(binding = 15) uniform usamplerBuffer t3_;
+layout(binding = 16) uniform usamplerBuffer t4_;
+layout(binding = 17) uniform usamplerBuffer t5_;
+#define R3X4(i) texelFetch(t3_, int((p.off[3] + (i)) >> 2))
+#define R4X4(i) texelFetch(t4_, int((p.off[4] + (i)) >> 2))
+#define R5X4(i) texelFetch(t5_, int((p.off[5] + (i)) >> 2))
 #else
 layout(std430, binding = 0) buffer B0V_ { uvec4 d[]; } b0v_;
 layout(std430, binding = 1) buffer B1V_ { uvec4 d[]; } b1v_;
@@ -47,6 +58,9 @@ layout(std430, binding = 1) buffer B1V_ { uvec4 d[]; } b1v_;
 #define R5(i) W5(i)
 #define W0X4(i) b0v_.d[(p.off[0] + (i)) >> 2]
 #define W1X4(i) b1v_.d[(p.off[1] + (i)) >> 2]
+#define R3X4(i) b3v_.d[(p.off[3] + (i)) >> 2]
+#define R4X4(i) b4v_.d[(p.off[4] + (i)) >> 2]
+#define R5X4(i) b5v_.d[(p.off[5] + (i)) >> 2]
 #endif
 // A GEMM's transposes (flags bits 0 and 1) and every op's variant
 // (activation, pooling kind, bias or not, ...) as specialization constants:
@@ -62,6 +76,12 @@ layout(push_constant) uniform P_ {
 #define W3(i) b3_.d[p.off[3] + (i)]
 #define W4(i) b4_.d[p.off[4] + (i)]
 #define W5(i) b5_.d[p.off[5] + (i)]
+// Four-word stores (word index a multiple of 4) through uvec4 views of the
+// same bindings: lavapipe stores lane by lane, all of a vector's words in
+// one pass over the lanes instead of one pass per word.
+#define ST3X4(i, x0, x1, x2, x3) b3v_.d[(p.off[3] + (i)) >> 2] = uvec4(x0, x1, x2, x3)
+#define ST4X4(i, x0, x1, x2, x3) b4v_.d[(p.off[4] + (i)) >> 2] = uvec4(x0, x1, x2, x3)
+#define ST5X4(i, x0, x1, x2, x3) b5v_.d[(p.off[5] + (i)) >> 2] = uvec4(x0, x1, x2, x3)
 #define SCAL(k) s_.d[k]
 #define U4 uvec4
 #define AS_F(u) uintBitsToFloat(u)

@@ -13,6 +13,12 @@ typedef struct kp_t {
 #define W3(i) hm_b3_[p.off[3] + (i)]
 #define W4(i) hm_b4_[p.off[4] + (i)]
 #define W5(i) hm_b5_[p.off[5] + (i)]
+#define ST3X4(i, a, b, c, d) vstore4((uint4)(a, b, c, d), 0, hm_b3_ + p.off[3] + (i))
+#define ST4X4(i, a, b, c, d) vstore4((uint4)(a, b, c, d), 0, hm_b4_ + p.off[4] + (i))
+#define ST5X4(i, a, b, c, d) vstore4((uint4)(a, b, c, d), 0, hm_b5_ + p.off[5] + (i))
+#define R3X4(i) vload4(0, hm_b3_ + p.off[3] + (i))
+#define R4X4(i) vload4(0, hm_b4_ + p.off[4] + (i))
+#define R5X4(i) vload4(0, hm_b5_ + p.off[5] + (i))
 #define R3(i) W3(i)
 #define R4(i) W4(i)
 #define R5(i) W5(i)
