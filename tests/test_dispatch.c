@@ -201,6 +201,10 @@ static void long_reductions_split_over_work_groups(void) {
   hm_kparams kp;
   uint32_t groups;
   hm_dispatch_slice(&d, 0, &kp, &groups);
+  HM_CHECK_EQ(kp.variant, 3); /* a multiple of 4 at offset 0: four words a read */
+  op.in[0].offset = 8;
+  HM_CHECK_EQ(hm_plan_dispatch(&op, 1024, &d, err, sizeof err), 0);
+  hm_dispatch_slice(&d, 0, &kp, &groups);
   HM_CHECK_EQ(kp.variant, 1);
   HM_CHECK_EQ(groups, 25);
   HM_CHECK_EQ(kp.aux1, 25);

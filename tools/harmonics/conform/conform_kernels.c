@@ -685,13 +685,18 @@ static void add_vector_cases(conform_suite *s) {
     conform_add(s, "kernel.elementwise", test_kernel, k, 1, "kernel.%s.nan_inf", hm_op_name(flat_ops[o]));
   }
   /* Long sums that GPU plugins split over work-groups: accumulating into
-   * the output, and a NaN in one group's share. */
-  k = new_case(HM_ABI_OP_SUM_SQUARES, F32, F32);
-  k->dims[0] = 1000003, k->params[0] = 0.75f, k->params[1] = 0.5f;
-  conform_add(s, "kernel.elementwise", test_kernel, k, 1, "kernel.sum_squares.n1000003.beta");
-  k = new_case(HM_ABI_OP_SUM_SQUARES, F32, F32);
-  k->dims[0] = 40001, k->params[0] = 1.0f, k->kind = K_NAN;
-  conform_add(s, "kernel.elementwise", test_kernel, k, 1, "kernel.sum_squares.n40001.nan_inf");
+   * the output, and a NaN in one group's share; with odd lengths, and with
+   * lengths a multiple of 4 (which they may read four words at a time). */
+  for (uint64_t n4 = 0; n4 < 2; n4++) {
+    k = new_case(HM_ABI_OP_SUM_SQUARES, F32, F32);
+    k->dims[0] = n4 ? 1000000 : 1000003, k->params[0] = 0.75f, k->params[1] = 0.5f;
+    conform_add(s, "kernel.elementwise", test_kernel, k, 1, "kernel.sum_squares.n%llu.beta",
+                (unsigned long long)k->dims[0]);
+    k = new_case(HM_ABI_OP_SUM_SQUARES, F32, F32);
+    k->dims[0] = n4 ? 40000 : 40001, k->params[0] = 1.0f, k->kind = K_NAN;
+    conform_add(s, "kernel.elementwise", test_kernel, k, 1, "kernel.sum_squares.n%llu.nan_inf",
+                (unsigned long long)k->dims[0]);
+  }
   const uint32_t gather_types[] = {HM_ABI_DTYPE_U8, F32, HM_ABI_DTYPE_I32};
   static const uint64_t gather_shapes[][3] = {{1, 1, 1}, {17, 784, 50}, {64, 3, 1000}};
   for (int t = 0; t < 3; t++)
