@@ -466,12 +466,14 @@ const hm_abi_capability *hm_kernel_caps(uint32_t *n) {
 }
 
 void hm_print_launch_profile(const char *plugin, const char *device, const hm_launch_time *t, uint32_t n,
-                             uint32_t runs) {
+                             uint32_t runs, double span_ms) {
   if (!t || runs < 2) return;
   double total = 0;
   for (uint32_t d = 0; d < n; d++) total += t[d].ms;
   fprintf(stderr, "%s profile: %s, %u launches (each followed by a barrier), mean of %u runs: %.3f ms a run\n", plugin,
           device, n, runs - 1, total / (runs - 1));
+  fprintf(stderr, "%s profile: %.3f ms a run from the first launch's start to the last one's end\n", plugin,
+          span_ms / (runs - 1));
   fprintf(stderr, "%s profile:  #  op  op code  kernel             variant        ms      %%\n", plugin);
   for (uint32_t d = 0; d < n; d++)
     fprintf(stderr, "%s profile: %2u %3u %8u  %-18s %7u %9.3f %6.1f\n", plugin, d, t[d].op, t[d].code,

@@ -89,11 +89,13 @@ typedef struct hm_launch_time {
   hm_kernel_id kernel;
   double ms;
 } hm_launch_time;
-/* Prints the mean time of each of the |n| launches over runs 2..|runs| (and
- * their sum) to stderr, every line starting "PLUGIN profile:"; nothing
+/* Prints the mean time of each of the |n| launches over runs 2..|runs|,
+ * their sum, and |span_ms| (the time from the first launch's start to the
+ * last one's end, summed over the same runs: the launches and the gaps
+ * between them) to stderr, every line starting "PLUGIN profile:"; nothing
  * before a second run. */
 void hm_print_launch_profile(const char *plugin, const char *device, const hm_launch_time *t, uint32_t n,
-                             uint32_t runs);
+                             uint32_t runs, double span_ms);
 
 /* Plans |op| (already validated against the op rules and the plugin's
  * capabilities) for a device with |lim|. Returns 0, or nonzero with a

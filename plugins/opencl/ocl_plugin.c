@@ -83,6 +83,7 @@ typedef struct hm_abi_program {
   hm_launch_time *times;
   cl_event *events;
   uint32_t runs;
+  double span_ms; /* first launch's start to the last one's end, summed like times[].ms */
 } ocl_program;
 
 /* Reports through the host (plugin_util.h). */
@@ -493,7 +494,7 @@ static void ocl_program_free(hm_abi_program *p) {
     if (p->launches[i].scratch) clReleaseMemObject(p->launches[i].scratch);
   }
   if (p->scalars) clReleaseMemObject(p->scalars);
-  hm_print_launch_profile("opencl", p->dev->info->desc.name, p->times, p->n_launches, p->runs);
+  hm_print_launch_profile("opencl", p->dev->info->desc.name, p->times, p->n_launches, p->runs, p->span_ms);
   free(p->times);
   free(p->events);
   atomic_fetch_sub(&p->dev->live_programs, 1);
@@ -617,12 +618,15 @@ static int32_t ocl_program_create(hm_abi_device *dev, const hm_abi_program_desc 
  * first run's), releasing the events. */
 static cl_int add_profile(ocl_program *p) {
   cl_int e = clFinish(p->dev->queue);
+  cl_ulong first = 0;
   for (uint32_t i = 0; i < p->n_launches; i++) {
     cl_ulong t0 = 0, t1 = 0;
     if (e == CL_SUCCESS)
       e = clGetEventProfilingInfo(p->events[i], CL_PROFILING_COMMAND_START, sizeof t0, &t0, NULL);
     if (e == CL_SUCCESS) e = clGetEventProfilingInfo(p->events[i], CL_PROFILING_COMMAND_END, sizeof t1, &t1, NULL);
+    if (i == 0) first = t0;
     if (e == CL_SUCCESS && p->runs > 0) p->times[i].ms += (double)(t1 - t0) * 1e-6;
+    if (e == CL_SUCCESS && p->runs > 0 && i + 1 == p->n_launches) p->span_ms += (double)(t1 - first) * 1e-6;
     if (p->events[i]) clReleaseEvent(p->events[i]);
     p->events[i] = NULL;
   }

@@ -131,6 +131,7 @@ typedef struct hm_abi_program {
   VkQueryPool queries;
   uint32_t n_dispatches, runs;
   hm_launch_time *times;
+  double span_ms; /* first timestamp to last, summed like times[].ms */
 } vk_program;
 
 /* Reports through the host (plugin_util.h). */
@@ -710,7 +711,7 @@ static void vk_program_free(hm_abi_program *p) {
   if (!p) return;
   vk_device *dev = p->dev;
   (void)wait_idle(dev);
-  hm_print_launch_profile("vulkan", dev->info->desc.name, p->times, p->n_dispatches, p->runs);
+  hm_print_launch_profile("vulkan", dev->info->desc.name, p->times, p->n_dispatches, p->runs, p->span_ms);
   if (p->queries) vkDestroyQueryPool(dev->dev, p->queries, NULL);
   free(p->times);
   if (p->cmd) vkFreeCommandBuffers(dev->dev, dev->pool, 1, &p->cmd);
@@ -929,9 +930,11 @@ static int32_t vk_program_run(hm_abi_program *p, const double *scalars, uint32_t
                                              2 * (size_t)p->n_dispatches * sizeof *ticks, ticks, sizeof *ticks,
                                              VK_QUERY_RESULT_64_BIT | VK_QUERY_RESULT_WAIT_BIT)
                      : VK_ERROR_OUT_OF_HOST_MEMORY;
-  if (r == VK_SUCCESS && p->runs++ > 0)
+  if (r == VK_SUCCESS && p->runs++ > 0) {
     for (uint32_t d = 0; d < p->n_dispatches; d++)
       p->times[d].ms += (double)(ticks[2 * d + 1] - ticks[2 * d]) * dev->tick_ns * 1e-6;
+    p->span_ms += (double)(ticks[2 * p->n_dispatches - 1] - ticks[0]) * dev->tick_ns * 1e-6;
+  }
   free(ticks);
   return r == VK_SUCCESS ? HM_ABI_OK : fail(dev->ctx, status_of(r), "vulkan: reading the profile failed (%d)", (int)r);
 }
