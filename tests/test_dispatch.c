@@ -260,6 +260,40 @@ static void bias_and_activation_fuse(void) {
   HM_CHECK_EQ(hm_plan_bias_act(&act, &bias, 1024, &fused, &d), 0); /* the wrong order */
 }
 
+/* The backward GEMM into a hidden layer (dA = dZ2 . W2) takes the relu
+ * gradient after it (dz = dA f'(z)) into its store; an activation that
+ * needs its output (tanh), a gradient that accumulates, one that reads
+ * another C, or a dz over C do not fuse. */
+static void gemm_takes_the_activation_gradient(void) {
+  static char buf_a, buf_c, buf_z;
+  hm_abi_buffer *a = (hm_abi_buffer *)&buf_a, *c = (hm_abi_buffer *)&buf_c, *z = (hm_abi_buffer *)&buf_z;
+  hm_abi_op g = gemm(64, 128, 10, 0, 0), act, other, fused;
+  g.in[0].buffer = a, g.in[1] = (hm_abi_operand){a, 64 * 10 * 4}, g.out[0] = (hm_abi_operand){c, 0};
+  memset(&act, 0, sizeof act);
+  for (int i = 0; i < HM_ABI_MAX_DYN; i++) act.dyn[i] = HM_ABI_DYN_NONE;
+  act.code = HM_ABI_OP_ACT_BACKWARD, act.variant = HM_ABI_ACT_RELU, act.dims[0] = 64, act.dims[1] = 128;
+  act.in[0] = (hm_abi_operand){z, 0}, act.in[1] = (hm_abi_operand){z, 64 * 128 * 4}, act.in[2] = g.out[0];
+  act.out[0] = (hm_abi_operand){c, 64 * 128 * 4};
+  hm_dispatch d;
+  char err[256];
+  HM_CHECK_EQ(hm_plan_dispatch(&g, 1024, &d, err, sizeof err), 0);
+  HM_CHECK_EQ(hm_plan_fusion(&g, &act, NULL, 1024, &d, &fused), 1);
+  HM_CHECK_EQ(d.p.variant, HM_GEMM_ACT_BWD + HM_ABI_ACT_RELU);
+  HM_CHECK(fused.in[2].buffer == z && fused.in[2].offset == 0 && fused.out[1].buffer == c &&
+           fused.out[1].offset == 64 * 128 * 4 && fused.out[0].buffer == c && fused.out[0].offset == 0);
+  const int refused = 4;
+  for (int r = 0; r < refused; r++) {
+    other = act;
+    if (r == 0) other.variant = HM_ABI_ACT_TANH;
+    if (r == 1) other.params[1] = 1.0f; /* dz += */
+    if (r == 2) other.in[2].offset = 4;
+    if (r == 3) other.out[0].offset = 64 * 128 * 4 - 4;
+    HM_CHECK_EQ(hm_plan_dispatch(&g, 1024, &d, err, sizeof err), 0);
+    HM_CHECK_EQ(hm_plan_gemm_act_backward(&g, &other, &d, &fused), 0);
+    HM_CHECK_EQ(d.p.variant, 0);
+  }
+}
+
 /* A GEMM takes the BIAS_ADD of its C, and the ACT_FORWARD of that sum,
  * into its store when nothing it reads or writes meets the activation's
  * output. */
@@ -341,6 +375,7 @@ int main(int argc, char **argv) {
       HM_TEST_CASE(long_reductions_split_over_work_groups),
       HM_TEST_CASE(bias_and_activation_fuse),
       HM_TEST_CASE(gemm_epilogue_takes_bias_and_activation),
+      HM_TEST_CASE(gemm_takes_the_activation_gradient),
       HM_TEST_CASE(norm_and_im2col_plans),
   };
   return hm_test_main(argc, argv, cases, sizeof cases / sizeof cases[0]);

@@ -381,6 +381,10 @@ static int all_f32(const hm_abi_op *op) {
   return hm_dtype_or_f32(op->dtype_in) == HM_ABI_DTYPE_F32 && hm_dtype_or_f32(op->dtype_out) == HM_ABI_DTYPE_F32;
 }
 
+static int is_gemm_kernel(hm_kernel_id k) {
+  return k == HK_GEMM || k == HK_GEMM_REG || k == HK_GEMM_X4 || k == HK_GEMM_X8;
+}
+
 /* Whether [a, a + an) and [b, b + bn) of the same buffer meet. */
 static int overlap(const hm_abi_operand *a, uint64_t an, const hm_abi_operand *b, uint64_t bn) {
   return a->buffer == b->buffer && a->offset < b->offset + bn && b->offset < a->offset + an;
@@ -420,9 +424,7 @@ int hm_plan_bias_act(const hm_abi_op *bias, const hm_abi_op *act, uint32_t max_g
 
 int hm_plan_gemm_epilogue(const hm_abi_op *gemm, const hm_abi_op *bias, const hm_abi_op *act, hm_dispatch *d,
                           hm_abi_op *fused) {
-  if (gemm->code != HM_ABI_OP_GEMM || !all_f32(gemm) || d->p.variant != 0 ||
-      (d->kernel != HK_GEMM && d->kernel != HK_GEMM_REG && d->kernel != HK_GEMM_X4 && d->kernel != HK_GEMM_X8))
-    return 0;
+  if (gemm->code != HM_ABI_OP_GEMM || !all_f32(gemm) || d->p.variant != 0 || !is_gemm_kernel(d->kernel)) return 0;
   uint64_t m = gemm->dims[0], n = gemm->dims[1], k = gemm->dims[2], c_bytes = m * n * 4;
   const hm_abi_operand *c = &gemm->out[0], *a = &gemm->in[0], *b = &gemm->in[1], *v = &bias->in[0];
   if (bias->code != HM_ABI_OP_BIAS_ADD || !all_f32(bias) || bias->dims[0] != m || bias->dims[1] != n || !v->buffer ||
@@ -442,9 +444,32 @@ int hm_plan_gemm_epilogue(const hm_abi_op *gemm, const hm_abi_op *bias, const hm
   return 2;
 }
 
+int hm_plan_gemm_act_backward(const hm_abi_op *gemm, const hm_abi_op *act, hm_dispatch *d, hm_abi_op *fused) {
+  if (gemm->code != HM_ABI_OP_GEMM || !all_f32(gemm) || d->p.variant != 0 || !is_gemm_kernel(d->kernel)) return 0;
+  uint64_t m = gemm->dims[0], n = gemm->dims[1], k = gemm->dims[2], c_bytes = m * n * 4;
+  const hm_abi_operand *c = &gemm->out[0], *z = &act->in[0], *dz = &act->out[0];
+  uint32_t v = act->variant;
+  if (act->code != HM_ABI_OP_ACT_BACKWARD || !all_f32(act) || v == HM_ABI_ACT_SOFTMAX || v == HM_ABI_ACT_SIGMOID ||
+      v == HM_ABI_ACT_TANH || v == HM_ABI_ACT_IDENTITY || act->dims[0] != m || act->dims[1] != n ||
+      act->params[1] != 0.0f || act->dyn[1] != HM_ABI_DYN_NONE || act->in[2].buffer != c->buffer ||
+      act->in[2].offset != c->offset || !z->buffer || !dz->buffer)
+    return 0;
+  if (overlap(dz, c_bytes, c, c_bytes) || overlap(dz, c_bytes, z, c_bytes) ||
+      overlap(dz, c_bytes, &gemm->in[0], m * k * 4) || overlap(dz, c_bytes, &gemm->in[1], k * n * 4))
+    return 0;
+  *fused = *gemm;
+  fused->in[2] = *z;
+  fused->out[1] = *dz;
+  d->p.variant = HM_GEMM_ACT_BWD + v;
+  d->p.f[2] = act->params[0];
+  d->p.dyn[2] = act->dyn[0] == HM_ABI_DYN_NONE ? -1 : act->dyn[0];
+  return 1;
+}
+
 int hm_plan_fusion(const hm_abi_op *op, const hm_abi_op *next, const hm_abi_op *after, uint32_t max_groups,
                    hm_dispatch *d, hm_abi_op *fused) {
   if (!next) return 0;
+  if (hm_plan_gemm_act_backward(op, next, d, fused)) return 1;
   int absorbed = hm_plan_gemm_epilogue(op, next, after, d, fused);
   if (!absorbed && hm_plan_bias_act(op, next, max_groups, fused, d)) absorbed = 1;
   return absorbed;

@@ -128,6 +128,19 @@ int hm_plan_bias_act(const hm_abi_op *bias, const hm_abi_op *act, uint32_t max_g
 int hm_plan_gemm_epilogue(const hm_abi_op *gemm, const hm_abi_op *bias, const hm_abi_op *act, hm_dispatch *d,
                           hm_abi_op *fused);
 
+/* GEMM VARIANT of a GEMM that also applies the activation gradient of
+ * activation a to its result (HM_GEMM_ACT_BWD + a; hm_ops.kern). */
+#define HM_GEMM_ACT_BWD 32u
+
+/* Whether the GEMM |gemm|, already planned in |d|, can also do the
+ * ACT_BACKWARD |act| after it in its store: the activation's gradient input
+ * is exactly C, the activation needs only z (not relu's output: not sigmoid,
+ * tanh, softmax or identity), its beta is 0, and its output dz lies apart
+ * from A, B, C and z. Then C is still written, dz = C * f'(z) too: |d| gets
+ * VARIANT HM_GEMM_ACT_BWD + activation and |fused| z at in[2], dz at out[1].
+ * Returns 1 if so. */
+int hm_plan_gemm_act_backward(const hm_abi_op *gemm, const hm_abi_op *act, hm_dispatch *d, hm_abi_op *fused);
+
 /* The fusions above for op |op| (planned in |d|) and the ops after it
  * (|next|, |after|: NULL past the program's end), the GEMM epilogue first:
  * how many ops after |op| its launch absorbs (0, 1 or 2), with |d| and

@@ -4,9 +4,11 @@
  * one program, created once and run for several steps with dynamic scalars —
  * exactly how the runtime drives a plugin — and compared after every step
  * with the same program executed op by op on the scalar reference. A second
- * version puts an exact scale by 1 between the first GEMM and its bias, so
- * a plugin that fuses a GEMM with the bias and activation after it (or a
- * bias with its activation) is checked on both paths.
+ * version puts an exact scale by 1 between the first GEMM and its bias, and
+ * between the backward GEMM into the hidden layer and its activation's
+ * gradient, so a plugin that fuses a GEMM with the bias and activation after
+ * it (or a bias with its activation, or a GEMM with the activation gradient
+ * after it) is checked on both paths.
  */
 #include <math.h>
 #include <stdio.h>
@@ -97,6 +99,10 @@ static size_t build_ops(prog_ctx *pc, hm_abi_op *ops, int scale_between) {
   NEW(HM_ABI_OP_GEMM);
   op->dims[0] = B, op->dims[1] = HID, op->dims[2] = CLS, op->params[0] = 1;
   op->in[0] = OPD(DZ2), op->in[1] = OPD(W2), op->out[0] = OPD(DA1);
+  if (scale_between) {
+    NEW(HM_ABI_OP_SCALE);
+    op->dims[0] = B * HID, op->params[0] = 1.0f, op->out[0] = OPD(DA1);
+  }
   NEW(HM_ABI_OP_ACT_BACKWARD);
   op->variant = HM_ABI_ACT_RELU, op->dims[0] = B, op->dims[1] = HID;
   op->in[0] = OPD(Z1), op->in[1] = OPD(A1), op->in[2] = OPD(DA1), op->out[0] = OPD(DZ1);
