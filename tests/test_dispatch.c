@@ -129,6 +129,36 @@ static void four_word_launches(void) {
   HM_CHECK_EQ(d.p.variant, 1);
 }
 
+/* A launch waits (a barrier before it) only for what launches since the
+ * last barrier wrote (read after write, write after write) or read (write
+ * after read), by byte range; a scratch buffer counts as written. */
+static void launches_wait_only_on_hazards(void) {
+  static char buf_x, buf_y, buf_g;
+  hm_abi_buffer *x = (hm_abi_buffer *)&buf_x, *y = (hm_abi_buffer *)&buf_y, *g = (hm_abi_buffer *)&buf_g;
+  hm_hazards h = {0};
+  hm_abi_op s = gemm(100, 0, 0, 0, 0); /* SCALE of 100 floats in place */
+  s.code = HM_ABI_OP_SCALE, s.dims[1] = s.dims[2] = 0, s.out[0] = (hm_abi_operand){x, 0};
+  HM_CHECK_EQ(hm_hazards_launch(&h, &s, 1, NULL), 0); /* the first */
+  s.out[0] = (hm_abi_operand){x, 400};                /* the next 100 floats of x */
+  HM_CHECK_EQ(hm_hazards_launch(&h, &s, 1, NULL), 0);
+  s.out[0] = (hm_abi_operand){y, 0};
+  HM_CHECK_EQ(hm_hazards_launch(&h, &s, 1, NULL), 0);
+  hm_abi_op gm = gemm(10, 10, 10, 0, 0); /* reads x[0..100), y[0..100); writes g */
+  gm.in[0] = (hm_abi_operand){x, 0}, gm.in[1] = (hm_abi_operand){y, 0}, gm.out[0] = (hm_abi_operand){g, 0};
+  HM_CHECK_EQ(hm_hazards_launch(&h, &gm, 1, NULL), 1); /* read after write: a barrier, then only gm pends */
+  s.out[0] = (hm_abi_operand){x, 400};
+  HM_CHECK_EQ(hm_hazards_launch(&h, &s, 1, NULL), 0); /* x[100..200) was not read */
+  s.out[0] = (hm_abi_operand){x, 396};
+  HM_CHECK_EQ(hm_hazards_launch(&h, &s, 1, NULL), 1); /* x[99] was read by gm: write after read */
+  s.out[0] = (hm_abi_operand){x, 396};
+  HM_CHECK_EQ(hm_hazards_launch(&h, &s, 1, NULL), 1); /* write after write */
+  s.out[0] = (hm_abi_operand){y, 4000};
+  HM_CHECK_EQ(hm_hazards_launch(&h, &s, 1, &h), 0);
+  HM_CHECK_EQ(hm_hazards_launch(&h, &s, 0, &h), 1); /* the same scratch twice */
+  hm_hazards_free(&h);
+  HM_CHECK(h.pending == NULL && h.n == 0);
+}
+
 /* A CPU device's grid-stride launches spread over spread_groups groups with
  * equal shares — unless the shares would pass the loop limit. */
 static void cpu_devices_take_few_groups(void) {
@@ -369,6 +399,7 @@ int main(int argc, char **argv) {
   static const hm_test_case cases[] = {
       HM_TEST_CASE(gemm_kernels_follow_shape_and_alignment),
       HM_TEST_CASE(packed_gemm_kernels),
+      HM_TEST_CASE(launches_wait_only_on_hazards),
       HM_TEST_CASE(cpu_devices_take_few_groups),
       HM_TEST_CASE(four_word_launches),
       HM_TEST_CASE(loop_limited_devices_refuse_long_gemms),

@@ -2,6 +2,7 @@
 #include "dispatch.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "op_rules.h"
@@ -491,16 +492,68 @@ const hm_abi_capability *hm_kernel_caps(uint32_t *n) {
 }
 
 void hm_print_launch_profile(const char *plugin, const char *device, const hm_launch_time *t, uint32_t n,
-                             uint32_t runs, double span_ms) {
+                             uint32_t runs, double span_ms, int barriers) {
   if (!t || runs < 2) return;
   double total = 0;
   for (uint32_t d = 0; d < n; d++) total += t[d].ms;
-  fprintf(stderr, "%s profile: %s, %u launches (each followed by a barrier), mean of %u runs: %.3f ms a run\n", plugin,
-          device, n, runs - 1, total / (runs - 1));
+  char between[64] = "";
+  if (barriers >= 0) snprintf(between, sizeof between, " and %d barriers between them", barriers);
+  fprintf(stderr, "%s profile: %s, %u launches%s, mean of %u runs: %.3f ms a run\n", plugin, device, n, between,
+          runs - 1, total / (runs - 1));
   fprintf(stderr, "%s profile: %.3f ms a run from the first launch's start to the last one's end\n", plugin,
           span_ms / (runs - 1));
   fprintf(stderr, "%s profile:  #  op  op code  kernel             variant        ms      %%\n", plugin);
   for (uint32_t d = 0; d < n; d++)
     fprintf(stderr, "%s profile: %2u %3u %8u  %-18s %7u %9.3f %6.1f\n", plugin, d, t[d].op, t[d].code,
             hm_kernel_name(t[d].kernel), t[d].variant, t[d].ms / (runs - 1), total > 0 ? 100.0 * t[d].ms / total : 0.0);
+}
+
+static int add_access(hm_hazards *h, hm_access a) {
+  if (h->n == h->cap) {
+    size_t cap = h->cap ? 2 * h->cap : 32;
+    hm_access *grown = realloc(h->pending, cap * sizeof *grown);
+    if (!grown) return 1;
+    h->pending = grown;
+    h->cap = cap;
+  }
+  h->pending[h->n++] = a;
+  return 0;
+}
+
+int hm_hazards_launch(hm_hazards *h, const hm_abi_op *ops, size_t n_ops, const void *scratch) {
+  if (h->always) return 1;
+  size_t before = h->n; /* this launch's accesses go after the pending ones */
+  int fail = 0;
+  for (size_t i = 0; i < n_ops && !fail; i++) {
+    hm_operand_req in[HM_ABI_MAX_OPERANDS], out[HM_ABI_MAX_OPERANDS];
+    (void)hm_op_requirements(&ops[i], in, out);
+    for (int k = 0; k < 2 * HM_ABI_MAX_OPERANDS && !fail; k++) {
+      const hm_abi_operand *o = k < HM_ABI_MAX_OPERANDS ? &ops[i].in[k] : &ops[i].out[k - HM_ABI_MAX_OPERANDS];
+      uint64_t bytes = (k < HM_ABI_MAX_OPERANDS ? in[k] : out[k - HM_ABI_MAX_OPERANDS]).bytes;
+      if (!o->buffer) continue;
+      uint64_t end = bytes && bytes <= UINT64_MAX - o->offset ? o->offset + bytes : UINT64_MAX;
+      fail = add_access(h, (hm_access){o->buffer, o->offset, end, k >= HM_ABI_MAX_OPERANDS});
+    }
+  }
+  if (scratch && !fail) fail = add_access(h, (hm_access){scratch, 0, UINT64_MAX, 1});
+  if (fail) {
+    h->always = 1;
+    return 1;
+  }
+  int wait = 0;
+  for (size_t a = before; a < h->n && !wait; a++)
+    for (size_t p = 0; p < before && !wait; p++) {
+      const hm_access *x = &h->pending[a], *y = &h->pending[p];
+      wait = x->buffer == y->buffer && x->begin < y->end && y->begin < x->end && (x->write || y->write);
+    }
+  if (wait) { /* the barrier: only this launch's accesses stay pending */
+    memmove(h->pending, h->pending + before, (h->n - before) * sizeof *h->pending);
+    h->n -= before;
+  }
+  return wait;
+}
+
+void hm_hazards_free(hm_hazards *h) {
+  free(h->pending);
+  memset(h, 0, sizeof *h);
 }

@@ -80,6 +80,29 @@ typedef struct hm_dispatch_limits {
   uint32_t spread_groups;
 } hm_dispatch_limits;
 
+/* Which launches of a program must wait for the launches before them (a
+ * Vulkan pipeline barrier): those that read or write bytes a launch since
+ * the last barrier wrote, or write bytes one read. A launch's accesses are
+ * its ops' operand extents (abi op rules; outputs count as read and written,
+ * an operand without an extent as the rest of its buffer) and, when not
+ * NULL, all of |scratch|. */
+typedef struct hm_access {
+  const void *buffer;
+  uint64_t begin, end;
+  int write;
+} hm_access;
+typedef struct hm_hazards {
+  hm_access *pending; /* accessed since the last barrier */
+  size_t n, cap;
+  int always; /* out of memory once: every launch waits */
+} hm_hazards;
+/* Records the launch of ops[0..n_ops) (one op, or the ops a fused launch
+ * covers) and returns 1 if it must wait for the launches recorded since the
+ * last barrier — the caller then records one, and the pending set restarts
+ * with this launch — else 0. */
+int hm_hazards_launch(hm_hazards *h, const hm_abi_op *ops, size_t n_ops, const void *scratch);
+void hm_hazards_free(hm_hazards *h);
+
 /* Device option profile=on (Vulkan, OpenCL): each launch's op (index in
  * the program, and its code), kernel and variant, and its device time summed
  * over the runs after the first (which may include the driver's first-use
@@ -93,9 +116,10 @@ typedef struct hm_launch_time {
  * their sum, and |span_ms| (the time from the first launch's start to the
  * last one's end, summed over the same runs: the launches and the gaps
  * between them) to stderr, every line starting "PLUGIN profile:"; nothing
- * before a second run. */
+ * before a second run. |barriers|: how many the program records between
+ * its launches (< 0: the plugin has none to count). */
 void hm_print_launch_profile(const char *plugin, const char *device, const hm_launch_time *t, uint32_t n,
-                             uint32_t runs, double span_ms);
+                             uint32_t runs, double span_ms, int barriers);
 
 /* Plans |op| (already validated against the op rules and the plugin's
  * capabilities) for a device with |lim|. Returns 0, or nonzero with a

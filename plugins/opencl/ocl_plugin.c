@@ -494,7 +494,7 @@ static void ocl_program_free(hm_abi_program *p) {
     if (p->launches[i].scratch) clReleaseMemObject(p->launches[i].scratch);
   }
   if (p->scalars) clReleaseMemObject(p->scalars);
-  hm_print_launch_profile("opencl", p->dev->info->desc.name, p->times, p->n_launches, p->runs, p->span_ms);
+  hm_print_launch_profile("opencl", p->dev->info->desc.name, p->times, p->n_launches, p->runs, p->span_ms, -1);
   free(p->times);
   free(p->events);
   atomic_fetch_sub(&p->dev->live_programs, 1);

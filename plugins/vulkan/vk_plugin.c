@@ -132,6 +132,7 @@ typedef struct hm_abi_program {
   uint32_t n_dispatches, runs;
   hm_launch_time *times;
   double span_ms; /* first timestamp to last, summed like times[].ms */
+  uint32_t barriers; /* recorded between dispatches */
 } vk_program;
 
 /* Reports through the host (plugin_util.h). */
@@ -707,11 +708,20 @@ static int buffer_size_of(void *self, const hm_abi_buffer *b, uint64_t *size) {
   return 0;
 }
 
+/* Makes the writes of the dispatches before visible to the ones after. */
+static void record_barrier(VkCommandBuffer cmd) {
+  VkMemoryBarrier mb = {.sType = VK_STRUCTURE_TYPE_MEMORY_BARRIER, .srcAccessMask = VK_ACCESS_SHADER_WRITE_BIT,
+                        .dstAccessMask = VK_ACCESS_SHADER_READ_BIT | VK_ACCESS_SHADER_WRITE_BIT};
+  vkCmdPipelineBarrier(cmd, VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT, VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT, 0, 1, &mb, 0, NULL,
+                       0, NULL);
+}
+
 static void vk_program_free(hm_abi_program *p) {
   if (!p) return;
   vk_device *dev = p->dev;
   (void)wait_idle(dev);
-  hm_print_launch_profile("vulkan", dev->info->desc.name, p->times, p->n_dispatches, p->runs, p->span_ms);
+  hm_print_launch_profile("vulkan", dev->info->desc.name, p->times, p->n_dispatches, p->runs, p->span_ms,
+                          (int)p->barriers);
   if (p->queries) vkDestroyQueryPool(dev->dev, p->queries, NULL);
   free(p->times);
   if (p->cmd) vkFreeCommandBuffers(dev->dev, dev->pool, 1, &p->cmd);
@@ -819,10 +829,21 @@ static int32_t vk_program_create(hm_abi_device *dev, const hm_abi_program_desc *
   if (r == VK_SUCCESS && p->queries) vkCmdResetQueryPool(p->cmd, p->queries, 0, 2 * p->n_dispatches);
   uint32_t dispatch = 0;
   if (r != VK_SUCCESS) st = fail(ctx, status_of(r), "vulkan: cannot record a program (%d)", (int)r);
-  /* Record: per op one descriptor set, the parameter block, the dispatch,
-   * and a barrier so the next op sees its writes. */
+  /* Record: per op one descriptor set, the parameter block and the
+   * dispatch, after a barrier where the launch touches what one since the
+   * last barrier wrote, or writes what one read (hm_hazards; lavapipe
+   * spends about 0.1 ms on each barrier), and between the slices of an op. */
+  hm_hazards hazards = {0};
   for (uint32_t i = 0; i < desc->n_ops && st == HM_ABI_OK; i++) {
     if (!plan[i].slices) continue; /* fused into the op before */
+    hm_abi_op covered[3]; /* the program's ops this launch runs */
+    uint32_t n_covered = 0;
+    do covered[n_covered] = *hm_program_op(desc, stride, i + n_covered);
+    while (++n_covered < 3 && i + n_covered < desc->n_ops && !plan[i + n_covered].slices);
+    if (hm_hazards_launch(&hazards, covered, n_covered, plan[i].scratch_words ? (const void *)p : NULL) && dispatch) {
+      record_barrier(p->cmd);
+      p->barriers++;
+    }
     const hm_abi_op *op = &bind[i];
     hm_kernel_id k = plan[i].kernel;
     int gemm = k == HK_GEMM || k == HK_GEMM_REG || k == HK_GEMM_X4 || k == HK_GEMM_X8;
@@ -876,6 +897,10 @@ static int32_t vk_program_create(hm_abi_device *dev, const hm_abi_program_desc *
       hm_kparams kp;
       uint32_t groups;
       hm_dispatch_slice(&plan[i], sl, &kp, &groups);
+      if (sl > 0) { /* a slice may read what the one before wrote (a split reduction's partial sums) */
+        record_barrier(p->cmd);
+        p->barriers++;
+      }
       VkPipeline slice_pipe = VK_NULL_HANDLE; /* the variant may change per slice */
       if ((st = pipeline(dev, k, texel, gemm ? kp.flags : 0u, kp.variant, &slice_pipe))) break;
       if (slice_pipe != pipe) vkCmdBindPipeline(p->cmd, VK_PIPELINE_BIND_POINT_COMPUTE, pipe = slice_pipe);
@@ -888,12 +913,9 @@ static int32_t vk_program_create(hm_abi_device *dev, const hm_abi_program_desc *
       vkCmdDispatch(p->cmd, groups, 1, 1);
       if (p->queries) vkCmdWriteTimestamp(p->cmd, VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT, p->queries, 2 * dispatch + 1);
       dispatch++;
-      VkMemoryBarrier mb = {.sType = VK_STRUCTURE_TYPE_MEMORY_BARRIER, .srcAccessMask = VK_ACCESS_SHADER_WRITE_BIT,
-                            .dstAccessMask = VK_ACCESS_SHADER_READ_BIT | VK_ACCESS_SHADER_WRITE_BIT};
-      vkCmdPipelineBarrier(p->cmd, VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT, VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT, 0, 1, &mb, 0,
-                           NULL, 0, NULL);
     }
   }
+  hm_hazards_free(&hazards);
   if (st == HM_ABI_OK) {
     /* Make the results visible to transfers and host reads that follow. */
     VkMemoryBarrier mb = {.sType = VK_STRUCTURE_TYPE_MEMORY_BARRIER, .srcAccessMask = VK_ACCESS_SHADER_WRITE_BIT,
