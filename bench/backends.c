@@ -44,12 +44,24 @@ static double best_run(hm_device *dev, hm_abi_program *p, hm_abi_buffer *c, doub
   return best;
 }
 
+/* G(FL)OP/s of the matmul |op| (2·m·n·k per run, m, n, k its dims) on
+ * inputs |a|, |b| and output |c|, run alone in a program; -1 on failure. */
+static double matmul_rate(hm_device *dev, hm_abi_op *op, hm_abi_buffer *a, hm_abi_buffer *b, hm_abi_buffer *c,
+                          double seconds) {
+  op->in[0].buffer = a;
+  op->in[1].buffer = b;
+  op->out[0].buffer = c;
+  hm_abi_program *p = NULL;
+  double t = hm_device_program_create(dev, op, 1, 0, &p) ? -1 : best_run(dev, p, c, seconds);
+  hm_device_program_free(dev, p);
+  return t > 0 ? 2.0 * (double)op->dims[0] * (double)op->dims[1] * (double)op->dims[2] / t / 1e9 : -1;
+}
+
 static double gemm_gflops(hm_device *dev, size_t n, double seconds) {
   size_t bytes = n * n * 4;
   float *a = malloc(bytes);
   for (size_t i = 0; i < n * n; i++) a[i] = (float)(i % 97) / 97.0f - 0.5f;
   hm_abi_buffer *ba = NULL, *bb = NULL, *bc = NULL;
-  hm_abi_program *p = NULL;
   double result = -1;
   if (hm_device_buffer_alloc(dev, bytes, &ba) || hm_device_buffer_alloc(dev, bytes, &bb) ||
       hm_device_buffer_alloc(dev, bytes, &bc) || hm_device_buffer_write(dev, ba, 0, a, bytes) ||
@@ -58,15 +70,9 @@ static double gemm_gflops(hm_device *dev, size_t n, double seconds) {
   hm_abi_op op = hm_op_init(HM_ABI_OP_GEMM);
   op.dims[0] = op.dims[1] = op.dims[2] = n;
   op.params[0] = 1.0f;
-  op.in[0].buffer = ba;
-  op.in[1].buffer = bb;
-  op.out[0].buffer = bc;
-  if (hm_device_program_create(dev, &op, 1, 0, &p)) goto done;
-  double best = best_run(dev, p, bc, seconds);
-  if (best > 0) result = 2.0 * (double)n * (double)n * (double)n / best / 1e9;
+  result = matmul_rate(dev, &op, ba, bb, bc, seconds);
 done:
   if (result < 0) fprintf(stderr, "bench_backends: gemm %zu: %s\n", n, hm_last_error());
-  hm_device_program_free(dev, p);
   hm_device_buffer_free(dev, ba);
   hm_device_buffer_free(dev, bb);
   hm_device_buffer_free(dev, bc);
@@ -85,7 +91,7 @@ static double packed_gops(hm_device *dev, uint32_t code, uint32_t q, const size_
   float *x = malloc(rows * k * sizeof *x);
   for (size_t i = 0; x && i < rows * k; i++) x[i] = (float)((i * 7919) % 211) / 105.5f - 1.0f;
   hm_abi_buffer *bx = NULL, *qa = NULL, *qb = NULL, *bc = NULL;
-  hm_abi_program *pq = NULL, *p = NULL;
+  hm_abi_program *pq = NULL;
   double result = -1;
   if (!x || hm_device_buffer_alloc(dev, rows * k * 4, &bx) || hm_device_buffer_alloc(dev, m * row_bytes + 4, &qa) ||
       hm_device_buffer_alloc(dev, n * row_bytes + 4, &qb) || hm_device_buffer_alloc(dev, m * n * 4, &bc) ||
@@ -107,16 +113,10 @@ static double packed_gops(hm_device *dev, uint32_t code, uint32_t q, const size_
   op.dtype_acc = HM_ABI_DTYPE_I32;
   op.dtype_out = HM_ABI_DTYPE_F32;
   op.dims[0] = m, op.dims[1] = n, op.dims[2] = k;
-  op.in[0].buffer = qa;
-  op.in[1].buffer = qb;
-  op.out[0].buffer = bc;
-  if (hm_device_program_create(dev, &op, 1, 0, &p)) goto done;
-  double t = best_run(dev, p, bc, seconds);
-  if (t > 0) result = 2.0 * (double)m * (double)n * (double)k / t / 1e9;
+  result = matmul_rate(dev, &op, qa, qb, bc, seconds);
 done:
   if (result < 0) fprintf(stderr, "bench_backends: packed gemm: %s\n", hm_last_error());
   hm_device_program_free(dev, pq);
-  hm_device_program_free(dev, p);
   hm_abi_buffer *bufs[] = {bx, qa, qb, bc};
   for (int i = 0; i < 4; i++) hm_device_buffer_free(dev, bufs[i]);
   free(x);
