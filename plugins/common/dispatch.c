@@ -382,7 +382,7 @@ static int all_f32(const hm_abi_op *op) {
   return hm_dtype_or_f32(op->dtype_in) == HM_ABI_DTYPE_F32 && hm_dtype_or_f32(op->dtype_out) == HM_ABI_DTYPE_F32;
 }
 
-static int is_gemm_kernel(hm_kernel_id k) {
+int hm_kernel_is_gemm(hm_kernel_id k) {
   return k == HK_GEMM || k == HK_GEMM_REG || k == HK_GEMM_X4 || k == HK_GEMM_X8;
 }
 
@@ -425,7 +425,7 @@ int hm_plan_bias_act(const hm_abi_op *bias, const hm_abi_op *act, uint32_t max_g
 
 int hm_plan_gemm_epilogue(const hm_abi_op *gemm, const hm_abi_op *bias, const hm_abi_op *act, hm_dispatch *d,
                           hm_abi_op *fused) {
-  if (gemm->code != HM_ABI_OP_GEMM || !all_f32(gemm) || d->p.variant != 0 || !is_gemm_kernel(d->kernel)) return 0;
+  if (gemm->code != HM_ABI_OP_GEMM || !all_f32(gemm) || d->p.variant != 0 || !hm_kernel_is_gemm(d->kernel)) return 0;
   uint64_t m = gemm->dims[0], n = gemm->dims[1], k = gemm->dims[2], c_bytes = m * n * 4;
   const hm_abi_operand *c = &gemm->out[0], *a = &gemm->in[0], *b = &gemm->in[1], *v = &bias->in[0];
   if (bias->code != HM_ABI_OP_BIAS_ADD || !all_f32(bias) || bias->dims[0] != m || bias->dims[1] != n || !v->buffer ||
@@ -446,7 +446,7 @@ int hm_plan_gemm_epilogue(const hm_abi_op *gemm, const hm_abi_op *bias, const hm
 }
 
 int hm_plan_gemm_act_backward(const hm_abi_op *gemm, const hm_abi_op *act, hm_dispatch *d, hm_abi_op *fused) {
-  if (gemm->code != HM_ABI_OP_GEMM || !all_f32(gemm) || d->p.variant != 0 || !is_gemm_kernel(d->kernel)) return 0;
+  if (gemm->code != HM_ABI_OP_GEMM || !all_f32(gemm) || d->p.variant != 0 || !hm_kernel_is_gemm(d->kernel)) return 0;
   uint64_t m = gemm->dims[0], n = gemm->dims[1], k = gemm->dims[2], c_bytes = m * n * 4;
   const hm_abi_operand *c = &gemm->out[0], *z = &act->in[0], *dz = &act->out[0];
   uint32_t v = act->variant;

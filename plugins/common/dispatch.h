@@ -27,6 +27,8 @@ typedef enum hm_kernel_id {
 
 /* The kernel's name in hm_ops.kern ("gemm", "softmax_fwd", ...). */
 const char *hm_kernel_name(hm_kernel_id k);
+/* Whether |k| is one of the f32 GEMM kernels (gemm, gemm_reg, gemm_x4, gemm_x8). */
+int hm_kernel_is_gemm(hm_kernel_id k);
 
 /* The parameter block every kernel takes (push constants in Vulkan, a
  * by-value struct in OpenCL and CUDA): 112 bytes. */

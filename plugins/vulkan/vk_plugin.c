@@ -745,8 +745,8 @@ static int32_t vk_program_create(hm_abi_device *dev, const hm_abi_program_desc *
   const hm_abi_capability *caps = hm_kernel_caps(&n_caps);
   char msg[512];
   hm_dispatch *plan = calloc(desc->n_ops ? desc->n_ops : 1, sizeof *plan);
-  /* With texel operands, loads are cheap enough that 4x4 GEMM blocks win. */
-  /* On a CPU (lavapipe) each work-group costs a call of the compiled
+  /* With texel operands, loads are cheap enough that 4x4 GEMM blocks win.
+   * On a CPU (lavapipe) each work-group costs a call of the compiled
    * shader: a grid of a few dozen groups, each invocation looping over more
    * elements, made the training step's Adam over 100k parameters 1.81-2.13
    * -> 1.22-1.35 ms (docs/plugins.md). */
@@ -846,7 +846,7 @@ static int32_t vk_program_create(hm_abi_device *dev, const hm_abi_program_desc *
     }
     const hm_abi_op *op = &bind[i];
     hm_kernel_id k = plan[i].kernel;
-    int gemm = k == HK_GEMM || k == HK_GEMM_REG || k == HK_GEMM_X4 || k == HK_GEMM_X8;
+    int gemm = hm_kernel_is_gemm(k);
     /* The texel build when every operand has views (unused slots read the dummy's). */
     const vk_buffer *opd[6];
     int texel = dev->texel_operands;

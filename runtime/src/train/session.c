@@ -132,12 +132,11 @@ static hm_status alloc_node_buffers(hm_session *s, size_t batch, size_t grad_row
   return st;
 }
 
-/* Gives every trainable connection's parameters their place in the arena
- * (lower.h), then allocates it: parameters, gradients and the optimizer's
- * state, zeroed, so the padding stays zero. */
-static hm_status alloc_param_arena(hm_session *s) {
+/* Points each trained tensor's parameter, gradient and two optimizer-state
+ * operands at its offset in the |role| buffers (in that order); returns the
+ * arena's length in floats. */
+static size_t place_in_arena(hm_session *s, hm_abi_buffer *const role[4]) {
   const hm_graph *g = s->g;
-  hm_param_arena *ar = &s->bufs.arena;
   size_t at = 0;
   for (size_t e = 0; e < g->n_edges; e++) {
     if (!s->plan->edges[e].trainable) continue;
@@ -146,29 +145,31 @@ static hm_status alloc_param_arena(hm_session *s) {
     size_t n_params = hm__edge_params(g, e, pd);
     hm_abi_operand *tensors[2][4] = {{&es->w, &es->dw, &es->s1w, &es->s2w}, {&es->b, &es->db, &es->s1b, &es->s2b}};
     for (size_t k = 0; k < n_params; k++) {
-      for (int r = 0; r < 4; r++) tensors[k][r]->offset = (uint64_t)at * 4;
+      for (int r = 0; r < 4; r++) *tensors[k][r] = (hm_abi_operand){role[r], (uint64_t)at * 4};
       at += (pd[k].count + HM_ARENA_ALIGN - 1) / HM_ARENA_ALIGN * HM_ARENA_ALIGN;
     }
   }
-  if (!at) return HM_OK;
+  return at;
+}
+
+/* Gives every trainable connection's parameters their place in the arena
+ * (lower.h), then allocates it: parameters, gradients and the optimizer's
+ * state, zeroed, so the padding stays zero. */
+static hm_status alloc_param_arena(hm_session *s) {
+  hm_param_arena *ar = &s->bufs.arena;
+  hm_abi_buffer *const none[4] = {NULL, NULL, NULL, NULL};
+  size_t floats = place_in_arena(s, none);
+  if (!floats) return HM_OK;
   hm_optimizer o = s->opts.optimizer;
   int two = o == HM_OPTIMIZER_ADAM || o == HM_OPTIMIZER_ADAMW || o == HM_OPTIMIZER_LAMB;
   int one = two || o == HM_OPTIMIZER_RMSPROP || (o == HM_OPTIMIZER_SGD && s->opts.momentum != 0.0f);
-  ar->floats = at;
-  hm_status st = alloc_zeroed(s, at * 4, &ar->params);
-  if (st == HM_OK) st = alloc_zeroed(s, at * 4, &ar->grads);
-  if (st == HM_OK && one) st = alloc_zeroed(s, at * 4, &ar->state[0]);
-  if (st == HM_OK && two) st = alloc_zeroed(s, at * 4, &ar->state[1]);
-  for (size_t e = 0; e < g->n_edges && st == HM_OK; e++) {
-    if (!s->plan->edges[e].trainable) continue;
-    hm_edge_buffers *es = &s->bufs.edges[e];
-    hm_param_desc pd[2];
-    size_t n_params = hm__edge_params(g, e, pd);
-    hm_abi_operand *tensors[2][4] = {{&es->w, &es->dw, &es->s1w, &es->s2w}, {&es->b, &es->db, &es->s1b, &es->s2b}};
-    hm_abi_buffer *role[4] = {ar->params, ar->grads, ar->state[0], ar->state[1]};
-    for (size_t k = 0; k < n_params; k++)
-      for (int r = 0; r < 4; r++) tensors[k][r]->buffer = role[r];
-  }
+  ar->floats = floats;
+  hm_status st = alloc_zeroed(s, floats * 4, &ar->params);
+  if (st == HM_OK) st = alloc_zeroed(s, floats * 4, &ar->grads);
+  if (st == HM_OK && one) st = alloc_zeroed(s, floats * 4, &ar->state[0]);
+  if (st == HM_OK && two) st = alloc_zeroed(s, floats * 4, &ar->state[1]);
+  hm_abi_buffer *const role[4] = {ar->params, ar->grads, ar->state[0], ar->state[1]};
+  if (st == HM_OK) place_in_arena(s, role);
   return st;
 }
 
