@@ -9,6 +9,9 @@
  * are decoded together and dotted with the same activation row instead. The
  * per-block sums then go through the float epilogue of QUANT.md Q7 in block
  * order, so every ISA level and every thread count gives the same bits.
+ * Levels with a gemv8 kernel (AVX2) take the GEMV case there instead: eight
+ * weight rows decoded in registers against the activation row rearranged
+ * once (gemv_act), the epilogue on the eight rows as one vector.
  */
 #include <string.h>
 
@@ -30,6 +33,7 @@ static size_t round_up(size_t v, size_t m) { return (v + m - 1) / m * m; }
 typedef struct qgemm_layout {
   size_t m, n, k, nb, mp;  /* mp: rows of A padded to a multiple of 4 */
   size_t a_vals, a_scales, a_sums; /* offsets of the decoded A */
+  size_t a_gemv;                   /* A in the GEMV kernel's layout (gemv8 levels, m < 4) */
   size_t per_chunk, chunk0;        /* per-thread part: 4 decoded B rows, their scales, block sums */
   size_t total;
 } qgemm_layout;
@@ -45,7 +49,8 @@ static qgemm_layout gemm_layout(const cpu_device *dev, const hm_abi_op *op) {
   l.a_vals = 0;
   l.a_scales = l.a_vals + l.mp * vals;
   l.a_sums = l.a_scales + round_up(l.mp * l.nb * sizeof(float), 64);
-  l.chunk0 = l.a_sums + round_up(l.mp * l.nb * sizeof(int32_t), 64);
+  l.a_gemv = l.a_sums + round_up(l.mp * l.nb * sizeof(int32_t), 64);
+  l.chunk0 = l.a_gemv + (dev->quant->gemv8 && l.m < 4 ? l.mp * l.nb * CPU_QGEMV_ACT_BYTES : 0);
   l.per_chunk = 4 * vals + round_up(4 * l.nb * sizeof(float), 64) + round_up(4 * l.nb * sizeof(int32_t), 64) +
                 round_up(l.nb * sizeof(int32_t), 64);
   l.total = l.chunk0 + l.per_chunk * (dev->threads ? dev->threads : 1);
@@ -139,6 +144,16 @@ static void gemm_range(void *arg, size_t begin, size_t end, size_t chunk) {
     }
     return;
   }
+  if (g->q->gemv8) { /* GEMV: eight weight rows at a time, decoded in registers */
+    for (size_t i = 0; i < l->m; i++) {
+      const uint8_t *act = g->scratch + l->a_gemv + i * nb * CPU_QGEMV_ACT_BYTES;
+      const int32_t *asi = (const int32_t *)(g->scratch + l->a_sums) + i * nb;
+      for (size_t j = begin; j < end; j += 8)
+        g->q->gemv8(g->dtype, nb, end - j < 8 ? end - j : 8, g->b + j * g->b_row_bytes, g->b_row_bytes, act,
+                    sa + i * nb, asi, g->c + i * l->n + j);
+    }
+    return;
+  }
   /* GEMV-like: four weight rows against one activation row. */
   for (size_t j = begin; j < end; j += 4) {
     size_t rows = end - j < 4 ? end - j : 4;
@@ -187,6 +202,7 @@ void cpu_kernel_gemm_q(const cpu_exec *ex, const cpu_op *op) {
       memset(sa + i * nb, 0, nb * sizeof *sa);
       memset(asum + i * nb, 0, nb * sizeof *asum);
     }
+    if (g.q->gemv8 && g.l.m < 4 && i < g.l.m) g.q->gemv_act(dtype, nb, v, g.scratch + g.l.a_gemv + i * nb * CPU_QGEMV_ACT_BYTES);
   }
   double work = (double)g.l.m * (double)g.l.n * (double)g.l.k;
   size_t min_cols = work < 2.0e5 ? g.l.n + 1 : 16;

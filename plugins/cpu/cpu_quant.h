@@ -36,7 +36,19 @@ typedef struct cpu_quant_ops {
    * asum[r][b] = sum_t a[r][64b+t]; |dtype| says how large the values can be. */
   void (*dot4)(int dtype, size_t nb, const uint8_t *const u[4], const int8_t *const a[4],
                const int32_t *const asum[4], int32_t *s);
+  /* GEMV (NULL where a level has none): the activation row's decoded values
+   * (decode_signed's) rearranged once into the order gemv8 decodes weights
+   * in, CPU_QGEMV_ACT_BYTES per block... */
+  void (*gemv_act)(int dtype, size_t nb, const int8_t *vals, void *act);
+  /* ...then C[r] = the row r < |rows| <= 8 of |b| (rows |row_bytes| apart)
+   * dotted with it, through QUANT.md Q7's float epilogue; |sa| and |asum|
+   * are the activation's block scales and sums (decode_signed's). Weights
+   * are decoded in registers, never stored. */
+  void (*gemv8)(int dtype, size_t nb, size_t rows, const uint8_t *b, size_t row_bytes, const void *act,
+                const float *sa, const int32_t *asum, float *c);
 } cpu_quant_ops;
+
+#define CPU_QGEMV_ACT_BYTES 128 /* per block: 64 values as int16 at most */
 
 const cpu_quant_ops *cpu_quant_generic(void);
 const cpu_quant_ops *cpu_quant_avx2(void);

@@ -180,6 +180,30 @@ static inline __m512i unpack_block_512(int dtype, const uint8_t *p) {
 #endif
 
 #if CPU_QUANT_LEVEL == 1 || CPU_QUANT_LEVEL == 2
+/* Q3 on AVX2: group g (values 8g..8g+7) is 24 bits in bytes 3g..3g+2, value
+ * j at bit 3j. The 24 bytes load as [bytes 0-15 | bytes 8-23] (nothing past
+ * the block); q3_words(x, t) puts each value of groups t and t + 4 into its
+ * own 16-bit word with its two bytes (pshufb, within a 128-bit half), and a
+ * multiply by q3_field_mul() moves its 3 bits to the top of the word. Byte 3
+ * of a group is never needed (values 6 and 7 lie in byte 2), so the last
+ * group reads nothing past it. */
+static inline __m256i q3_load(const uint8_t *p) { return _mm256_loadu2_m128i((const __m128i *)(p + 8), (const __m128i *)p); }
+
+static inline __m256i q3_words(__m256i x, int t) {
+#define Q3_WORDS(o) o, o + 1, o, o + 1, o, o + 1, o + 1, o + 2, o + 1, o + 2, o + 1, o + 2, o + 2, -128, o + 2, -128
+  static const int8_t spread[4][32] = {{Q3_WORDS(0), Q3_WORDS(4)},   /* groups 0 | 4 */
+                                       {Q3_WORDS(3), Q3_WORDS(7)},   /* groups 1 | 5 */
+                                       {Q3_WORDS(6), Q3_WORDS(10)},  /* groups 2 | 6 */
+                                       {Q3_WORDS(9), Q3_WORDS(13)}}; /* groups 3 | 7 */
+#undef Q3_WORDS
+  return _mm256_shuffle_epi8(x, _mm256_loadu_si256((const __m256i *)spread[t]));
+}
+
+/* 2^(13 - s) for the bit offsets s = 0, 3, 6, 1, 4, 7, 2, 5 of values 0-7 in their words. */
+static inline __m256i q3_field_mul(void) {
+  return _mm256_setr_epi16(8192, 1024, 128, 4096, 512, 64, 2048, 256, 8192, 1024, 128, 4096, 512, 64, 2048, 256);
+}
+
 /* AVX2: one block's 64 values as bytes, values 0-31 in *lo and 32-63 in *hi,
  * each plus |bias| (0: two's complement; 128: the offset form dot4 reads). */
 static inline void unpack_block_256(int dtype, const uint8_t *p, int bias, __m256i *lo, __m256i *hi) {
@@ -200,27 +224,13 @@ static inline void unpack_block_256(int dtype, const uint8_t *p, int bias, __m25
     *hi = _mm256_add_epi8(_mm256_xor_si256(_mm256_permute2x128_si256(a, c, 0x31), s), sb);
     return;
   }
-  /* Q3: group g (values 8g..8g+7) is 24 bits in bytes 3g..3g+2, value j at
-   * bit 3j. The 24 bytes load as [bytes 0-15 | bytes 8-23] (nothing past the
-   * block); each value's two bytes go into a 16-bit word (pshufb, within a
-   * 128-bit half: groups g and g + 4 share a register), a per-word multiply
-   * moves its 3 bits to the top and a shift brings them down; packus and a
-   * lane permute put the bytes in order. Byte 3 of a group is never needed
-   * (values 6 and 7 lie in byte 2), so the last group reads nothing past it. */
-#define Q3_WORDS(o) o, o + 1, o, o + 1, o, o + 1, o + 1, o + 2, o + 1, o + 2, o + 1, o + 2, o + 2, -128, o + 2, -128
-  static const int8_t spread[4][32] = {{Q3_WORDS(0), Q3_WORDS(4)},   /* groups 0 | 4 */
-                                       {Q3_WORDS(3), Q3_WORDS(7)},   /* groups 1 | 5 */
-                                       {Q3_WORDS(6), Q3_WORDS(10)},  /* groups 2 | 6 */
-                                       {Q3_WORDS(9), Q3_WORDS(13)}}; /* groups 3 | 7 */
-#undef Q3_WORDS
-  /* 2^(13 - s) for the bit offsets s = 0, 3, 6, 1, 4, 7, 2, 5 of values 0-7 in their words. */
-  const __m256i mul = _mm256_setr_epi16(8192, 1024, 128, 4096, 512, 64, 2048, 256, 8192, 1024, 128, 4096, 512, 64,
-                                        2048, 256);
-  __m256i x = _mm256_loadu2_m128i((const __m128i *)(p + 8), (const __m128i *)p);
+  /* Q3 (q3_words): a shift brings each value down from the top of its
+   * word; packus and a lane permute put the bytes in order. */
+  const __m256i mul = q3_field_mul();
+  __m256i x = q3_load(p);
   __m256i s4 = _mm256_set1_epi16(4), sb = _mm256_set1_epi16((short)(bias - 4)), w[4];
   for (int t = 0; t < 4; t++) {
-    __m256i u = _mm256_shuffle_epi8(x, _mm256_loadu_si256((const __m256i *)spread[t]));
-    u = _mm256_srli_epi16(_mm256_mullo_epi16(u, mul), 13);
+    __m256i u = _mm256_srli_epi16(_mm256_mullo_epi16(q3_words(x, t), mul), 13);
     w[t] = _mm256_and_si256(_mm256_add_epi16(_mm256_xor_si256(u, s4), sb), _mm256_set1_epi16(0xff)); /* (u ^ 4) - 4 + bias */
   }
   __m256i p01 = _mm256_packus_epi16(w[0], w[1]), p23 = _mm256_packus_epi16(w[2], w[3]); /* [g0 g1 | g4 g5], [g2 g3 | g6 g7] */
@@ -388,6 +398,157 @@ static void FN(dot4)(int dtype, size_t nb, const uint8_t *const u[4], const int8
     _mm_storeu_si128((__m128i *)(s + 4 * b), _mm_sub_epi32(q, _mm_slli_epi32(corr, 7)));
   }
 }
+
+/* ===== GEMV: eight weight rows against one activation row ===== */
+
+/* Q3 for gemv8 needs no shift per value. The block's data bytes load as
+ * [0-15 | 8-23] (q3_load); after an XOR of every field's top bit (each value
+ * becomes value + 4, 0..7), a mask keeps one field of each byte in place,
+ * field * 2^s for its bit offset s in the byte, and maddubs multiplies it by
+ * the activation times 2^(5 - s), precomputed: every product is 32 * (value
+ * + 4) * activation, at most 32 * 7 * 4 in size. Register A takes values 0,
+ * 3, 6 of each group (bytes 0, 1, 2 at bits 0, 1, 2), register B values 1,
+ * 4, 7 (bits 3, 4, 5). Values 2 and 5 straddle bytes 0-1 and 1-2: a pshufb
+ * puts each pair in a 16-bit word, a shift by 6 leaves value 2 at bit 0 and
+ * value 5 at bit 1 (activation times 32 and 16). The block loads as [bytes
+ * 0-15 | 12-27] (the scale, then data bytes 0-13 | 8-23): the low half takes
+ * data bytes 0-11 (groups 0-3), the high half 12-23 (groups 4-7), the lanes
+ * outside are masked to zero, and the scale is the first word (gemv8_rows
+ * gathers eight rows' with unpacks). Checked against the reference by
+ * test_quant. */
+static int q3_gemv_lane_byte(int lane) { /* the data byte of a lane of A or B, or -1 */
+  if (lane < 16) return lane >= 2 && lane < 14 ? lane - 2 : -1;
+  return lane >= 20 ? lane - 8 : -1;
+}
+
+/* The activation layouts gemv8 reads (CPU_QGEMV_ACT_BYTES per block): Q8 as
+ * int16 in order; Q4 as int8, the even values then the odd ones (a weight
+ * byte's low and high nibbles); Q3 as int8 in three registers' order (see
+ * q3_gemv_lane_byte), times 2^(5 - s). */
+static void FN(gemv_act)(int dtype, size_t nb, const int8_t *vals, void *act) {
+  for (size_t b = 0; b < nb; b++) {
+    const int8_t *v = vals + b * CPU_QBLOCK;
+    uint8_t *o = (uint8_t *)act + b * CPU_QGEMV_ACT_BYTES;
+    int16_t w[CPU_QBLOCK];
+    if (dtype == Q4) {
+      for (int i = 0; i < CPU_QBLOCK / 2; i++) {
+        o[i] = (uint8_t)v[2 * i];
+        o[CPU_QBLOCK / 2 + i] = (uint8_t)v[2 * i + 1];
+      }
+      continue;
+    }
+    if (dtype == Q3) { /* A, B and C (see q3_gemv_lane_byte), 32 bytes each */
+      memset(o, 0, 96);
+      for (int lane = 0; lane < 32; lane++) {
+        int d = q3_gemv_lane_byte(lane), g = d / 3, t = d % 3;
+        if (d < 0) continue;
+        o[lane] = (uint8_t)(v[8 * g + 3 * t] * (32 >> t));
+        o[32 + lane] = (uint8_t)(v[8 * g + 3 * t + 1] * (4 >> t));
+      }
+      for (int g = 0; g < 8; g++) {
+        o[64 + 4 * g] = (uint8_t)(v[8 * g + 2] * 32);
+        o[64 + 4 * g + 2] = (uint8_t)(v[8 * g + 5] * 16);
+      }
+      continue;
+    }
+    for (int i = 0; i < CPU_QBLOCK; i++) w[i] = v[i];
+    memcpy(o, w, sizeof w);
+  }
+}
+
+/* One weight block (values at |p|) dotted with the activation block |a| in
+ * gemv_act's layout: eight partial sums. Q4's weights are read as nibble ^ 8
+ * = value + 8 (unsigned, for maddubs; at most 2 * 15 * 8 a pair), so the
+ * sum is 8 * (the activation's block sum) too large. Q8 and Q3 are exact
+ * 16-bit products: every code, -128 included, is in range. */
+static inline __m256i gemv_block_dot(int dtype, const uint8_t *blk, const uint8_t *a, __m128i *head) {
+  const uint8_t *p = blk + 2;
+  const __m256i *av = (const __m256i *)a;
+  if (dtype == Q8) {
+    __m256i d = _mm256_setzero_si256();
+    for (int c = 0; c < 4; c++)
+      d = _mm256_add_epi32(d, _mm256_madd_epi16(_mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(p + 16 * c))),
+                                                _mm256_loadu_si256(av + c)));
+    return d;
+  }
+  if (dtype == Q4) {
+    const __m256i m = _mm256_set1_epi8(0x0f);
+    __m256i x = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)p), _mm256_set1_epi8((char)0x88));
+    __m256i lo = _mm256_and_si256(x, m), hi = _mm256_and_si256(_mm256_srli_epi16(x, 4), m);
+    __m256i s16 = _mm256_add_epi16(_mm256_maddubs_epi16(lo, _mm256_loadu_si256(av)),
+                                   _mm256_maddubs_epi16(hi, _mm256_loadu_si256(av + 1)));
+    return _mm256_madd_epi16(s16, _mm256_set1_epi16(1));
+  }
+  /* Q3 (q3_gemv_lane_byte): 32 times (the sum + 4 * the activation's block
+   * sum). 0x924924 is every field's top bit in a 24-bit group. */
+#define Q3_LANES(a, b, c) a, b, c, a, b, c, a, b, c, a, b, c
+  const __m256i flip = _mm256_setr_epi8(0, 0, Q3_LANES(0x24, 0x49, (char)0x92), 0, 0, 0, 0, 0, 0,
+                                        Q3_LANES(0x24, 0x49, (char)0x92));
+  const __m256i mask_a = _mm256_setr_epi8(0, 0, Q3_LANES(7, 14, 28), 0, 0, 0, 0, 0, 0, Q3_LANES(7, 14, 28));
+  const __m256i mask_b = _mm256_setr_epi8(0, 0, Q3_LANES(56, 112, (char)224), 0, 0, 0, 0, 0, 0,
+                                          Q3_LANES(56, 112, (char)224));
+#undef Q3_LANES
+  const __m256i pairs = _mm256_setr_epi8(2, 3, 3, 4, 5, 6, 6, 7, 8, 9, 9, 10, 11, 12, 12, 13, 4, 5, 5, 6, 7, 8, 8, 9,
+                                         10, 11, 11, 12, 13, 14, 14, 15);
+  const __m256i mask_c = _mm256_setr_epi16(7, 14, 7, 14, 7, 14, 7, 14, 7, 14, 7, 14, 7, 14, 7, 14);
+  __m128i lo = _mm_loadu_si128((const __m128i *)blk);
+  *head = lo;
+  __m256i x = _mm256_xor_si256(_mm256_inserti128_si256(_mm256_castsi128_si256(lo), _mm_loadu_si128((const __m128i *)(p + 8)), 1), flip);
+  __m256i c = _mm256_and_si256(_mm256_srli_epi16(_mm256_shuffle_epi8(x, pairs), 6), mask_c);
+  __m256i s16 = _mm256_add_epi16(_mm256_maddubs_epi16(_mm256_and_si256(x, mask_a), _mm256_loadu_si256(av)),
+                                 _mm256_maddubs_epi16(_mm256_and_si256(x, mask_b), _mm256_loadu_si256(av + 1)));
+  s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(c, _mm256_loadu_si256(av + 2)));
+  return _mm256_madd_epi16(s16, _mm256_set1_epi16(1));
+}
+
+static inline short scale_bits(const uint8_t *blk) { return (short)(blk[0] | (blk[1] << 8)); }
+
+/* gemv8 for one dtype (a constant after inlining): per block, the eight
+ * rows' sums in one vector, and QUANT.md Q7's epilogue on the eight lanes,
+ * each lane the scalar order of its row: acc + (Da * Db) * (float)s. */
+static inline __attribute__((always_inline)) __m256 gemv8_rows(int dtype, size_t nb, const uint8_t *const r[8],
+                                                               const uint8_t *act, const float *sa,
+                                                               const int32_t *asum) {
+  size_t bb = dtype == Q8 ? 66 : dtype == Q4 ? 34 : 26;
+  __m256 acc = _mm256_setzero_ps();
+  for (size_t b = 0; b < nb; b++) {
+    size_t o = b * bb;
+    const uint8_t *ab = act + b * CPU_QGEMV_ACT_BYTES;
+    __m128i hd[8];
+    __m128i s03 = reduce4_256(gemv_block_dot(dtype, r[0] + o, ab, &hd[0]), gemv_block_dot(dtype, r[1] + o, ab, &hd[1]),
+                              gemv_block_dot(dtype, r[2] + o, ab, &hd[2]), gemv_block_dot(dtype, r[3] + o, ab, &hd[3]));
+    __m128i s47 = reduce4_256(gemv_block_dot(dtype, r[4] + o, ab, &hd[4]), gemv_block_dot(dtype, r[5] + o, ab, &hd[5]),
+                              gemv_block_dot(dtype, r[6] + o, ab, &hd[6]), gemv_block_dot(dtype, r[7] + o, ab, &hd[7]));
+    __m256i s = _mm256_set_m128i(s47, s03);
+    if (dtype == Q3) s = _mm256_srai_epi32(s, 5); /* exact: every product was a multiple of 32 */
+    if (dtype != Q8) s = _mm256_sub_epi32(s, _mm256_set1_epi32((dtype == Q4 ? 8 : 4) * asum[b]));
+    __m128i h; /* the eight rows' scales, binary16 */
+    if (dtype == Q3) { /* the first word of each row's load */
+      __m128i w01 = _mm_unpacklo_epi16(hd[0], hd[1]), w23 = _mm_unpacklo_epi16(hd[2], hd[3]);
+      __m128i w45 = _mm_unpacklo_epi16(hd[4], hd[5]), w67 = _mm_unpacklo_epi16(hd[6], hd[7]);
+      h = _mm_unpacklo_epi64(_mm_unpacklo_epi32(w01, w23), _mm_unpacklo_epi32(w45, w67));
+    } else {
+      h = _mm_setr_epi16(scale_bits(r[0] + o), scale_bits(r[1] + o), scale_bits(r[2] + o), scale_bits(r[3] + o),
+                         scale_bits(r[4] + o), scale_bits(r[5] + o), scale_bits(r[6] + o), scale_bits(r[7] + o));
+    }
+    __m256 scale = _mm256_mul_ps(_mm256_set1_ps(sa[b]), _mm256_cvtph_ps(h));
+    acc = _mm256_add_ps(acc, _mm256_mul_ps(scale, _mm256_cvtepi32_ps(s)));
+  }
+  return acc;
+}
+
+static void FN(gemv8)(int dtype, size_t nb, size_t rows, const uint8_t *b, size_t row_bytes, const void *act,
+                      const float *sa, const int32_t *asum, float *c) {
+  const uint8_t *r[8];
+  for (size_t i = 0; i < 8; i++) r[i] = b + (i < rows ? i : 0) * row_bytes; /* a short tail repeats row 0 */
+  __m256 acc = dtype == Q8   ? gemv8_rows(Q8, nb, r, act, sa, asum)
+               : dtype == Q4 ? gemv8_rows(Q4, nb, r, act, sa, asum)
+                             : gemv8_rows(Q3, nb, r, act, sa, asum);
+  float out[8];
+  _mm256_storeu_ps(out, acc);
+  memcpy(c, out, rows * sizeof *c);
+}
+#define GEMV_OPS FN(gemv_act), FN(gemv8)
 #else
 static void FN(dot4)(int dtype, size_t nb, const uint8_t *const u[4], const int8_t *const a[4],
                      const int32_t *const asum[4], int32_t *s) {
@@ -405,7 +566,10 @@ static void FN(dot4)(int dtype, size_t nb, const uint8_t *const u[4], const int8
 #endif
 
 const cpu_quant_ops *FN(cpu_quant)(void) {
+#ifndef GEMV_OPS
+#define GEMV_OPS NULL, NULL /* the dot4 path (cpu_kernels_quant.c) */
+#endif
   static const cpu_quant_ops ops = {STR(CPU_QUANT_SUFFIX), FN(quantize_rows), FN(dequantize_rows),
-                                    FN(decode_signed), FN(decode_offset), FN(dot4)};
+                                    FN(decode_signed), FN(decode_offset), FN(dot4), GEMV_OPS};
   return &ops;
 }
