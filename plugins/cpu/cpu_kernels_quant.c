@@ -9,9 +9,10 @@
  * are decoded together and dotted with the same activation row instead. The
  * per-block sums then go through the float epilogue of QUANT.md Q7 in block
  * order, so every ISA level and every thread count gives the same bits.
- * Levels with a gemv8 kernel (AVX2) take the GEMV case there instead: eight
- * weight rows decoded in registers against the activation row rearranged
- * once (gemv_act), the epilogue on the eight rows as one vector.
+ * Levels with rows8 kernels (AVX2) instead decode eight weight rows at a
+ * time in registers and dot them with every activation row, rearranged
+ * once (act_layout), the epilogue on the eight rows as one vector (gemv8
+ * for one activation row, gemm8 for more).
  */
 #include <string.h>
 
@@ -33,8 +34,9 @@ static size_t round_up(size_t v, size_t m) { return (v + m - 1) / m * m; }
 typedef struct qgemm_layout {
   size_t m, n, k, nb, mp;  /* mp: rows of A padded to a multiple of 4 */
   size_t a_vals, a_scales, a_sums; /* offsets of the decoded A */
-  size_t a_gemv;                   /* A in the GEMV kernel's layout (gemv8 levels, m < 4) */
-  size_t per_chunk, chunk0;        /* per-thread part: 4 decoded B rows, their scales, block sums */
+  size_t a_act;                    /* A in act_layout (rows8 levels) */
+  size_t per_chunk, chunk0;        /* per-thread part: 4 decoded B rows, their scales, block sums, or
+                                      (rows8 levels) gemm8's m * 8 running sums */
   size_t total;
 } qgemm_layout;
 
@@ -49,10 +51,12 @@ static qgemm_layout gemm_layout(const cpu_device *dev, const hm_abi_op *op) {
   l.a_vals = 0;
   l.a_scales = l.a_vals + l.mp * vals;
   l.a_sums = l.a_scales + round_up(l.mp * l.nb * sizeof(float), 64);
-  l.a_gemv = l.a_sums + round_up(l.mp * l.nb * sizeof(int32_t), 64);
-  l.chunk0 = l.a_gemv + (dev->quant->gemv8 && l.m < 4 ? l.mp * l.nb * CPU_QGEMV_ACT_BYTES : 0);
-  l.per_chunk = 4 * vals + round_up(4 * l.nb * sizeof(float), 64) + round_up(4 * l.nb * sizeof(int32_t), 64) +
-                round_up(l.nb * sizeof(int32_t), 64);
+  l.a_act = l.a_sums + round_up(l.mp * l.nb * sizeof(int32_t), 64);
+  int rows8 = dev->quant->gemm8 != NULL;
+  l.chunk0 = l.a_act + (rows8 ? l.mp * l.nb * CPU_QACT_BYTES : 0);
+  l.per_chunk = rows8 ? round_up(l.mp * 8 * sizeof(float), 64)
+                      : 4 * vals + round_up(4 * l.nb * sizeof(float), 64) + round_up(4 * l.nb * sizeof(int32_t), 64) +
+                            round_up(l.nb * sizeof(int32_t), 64);
   l.total = l.chunk0 + l.per_chunk * (dev->threads ? dev->threads : 1);
   return l;
 }
@@ -127,6 +131,19 @@ static void gemm_range(void *arg, size_t begin, size_t end, size_t chunk) {
   const uint8_t *u[4];
   const int8_t *a[4];
   const int32_t *asum[4];
+  if (g->q->gemm8) { /* eight weight rows at a time, decoded in registers */
+    const uint8_t *act = g->scratch + l->a_act;
+    const int32_t *asum8 = (const int32_t *)(g->scratch + l->a_sums);
+    for (size_t j = begin; j < end; j += 8) {
+      size_t rows = end - j < 8 ? end - j : 8;
+      const uint8_t *bj = g->b + j * g->b_row_bytes;
+      if (l->m == 1)
+        g->q->gemv8(g->dtype, nb, rows, bj, g->b_row_bytes, act, sa, asum8, g->c + j);
+      else
+        g->q->gemm8(g->dtype, nb, rows, bj, g->b_row_bytes, l->m, act, sa, asum8, (float *)mine, g->c + j, l->n);
+    }
+    return;
+  }
   if (l->m >= 4) {
     /* One weight row against four activation rows. */
     for (size_t j = begin; j < end; j++) {
@@ -141,16 +158,6 @@ static void gemm_range(void *arg, size_t begin, size_t end, size_t chunk) {
             acc[r] = acc[r] + (sa[(i + (size_t)r) * nb + b] * sb[b]) * (float)s[4 * b + (size_t)r];
         for (size_t r = 0; r < 4 && i + r < l->m; r++) g->c[(i + r) * l->n + j] = acc[r];
       }
-    }
-    return;
-  }
-  if (g->q->gemv8) { /* GEMV: eight weight rows at a time, decoded in registers */
-    for (size_t i = 0; i < l->m; i++) {
-      const uint8_t *act = g->scratch + l->a_gemv + i * nb * CPU_QGEMV_ACT_BYTES;
-      const int32_t *asi = (const int32_t *)(g->scratch + l->a_sums) + i * nb;
-      for (size_t j = begin; j < end; j += 8)
-        g->q->gemv8(g->dtype, nb, end - j < 8 ? end - j : 8, g->b + j * g->b_row_bytes, g->b_row_bytes, act,
-                    sa + i * nb, asi, g->c + i * l->n + j);
     }
     return;
   }
@@ -202,7 +209,7 @@ void cpu_kernel_gemm_q(const cpu_exec *ex, const cpu_op *op) {
       memset(sa + i * nb, 0, nb * sizeof *sa);
       memset(asum + i * nb, 0, nb * sizeof *asum);
     }
-    if (g.q->gemv8 && g.l.m < 4 && i < g.l.m) g.q->gemv_act(dtype, nb, v, g.scratch + g.l.a_gemv + i * nb * CPU_QGEMV_ACT_BYTES);
+    if (g.q->act_layout && i < g.l.m) g.q->act_layout(dtype, nb, v, g.scratch + g.l.a_act + i * nb * CPU_QACT_BYTES, g.l.m > 1);
   }
   double work = (double)g.l.m * (double)g.l.n * (double)g.l.k;
   size_t min_cols = work < 2.0e5 ? g.l.n + 1 : 16;

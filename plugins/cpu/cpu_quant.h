@@ -36,19 +36,24 @@ typedef struct cpu_quant_ops {
    * asum[r][b] = sum_t a[r][64b+t]; |dtype| says how large the values can be. */
   void (*dot4)(int dtype, size_t nb, const uint8_t *const u[4], const int8_t *const a[4],
                const int32_t *const asum[4], int32_t *s);
-  /* GEMV (NULL where a level has none): the activation row's decoded values
-   * (decode_signed's) rearranged once into the order gemv8 decodes weights
-   * in, CPU_QGEMV_ACT_BYTES per block... */
-  void (*gemv_act)(int dtype, size_t nb, const int8_t *vals, void *act);
-  /* ...then C[r] = the row r < |rows| <= 8 of |b| (rows |row_bytes| apart)
-   * dotted with it, through QUANT.md Q7's float epilogue; |sa| and |asum|
-   * are the activation's block scales and sums (decode_signed's). Weights
-   * are decoded in registers, never stored. */
+  /* Eight weight rows at a time, decoded in registers (NULL where a level
+   * has none; the dot4 path then runs). act_layout rearranges one activation
+   * row's decoded values (decode_signed's) once into the order the weights
+   * decode in, CPU_QACT_BYTES per block (|many|: for gemm8). Then each of the |rows| <= 8 rows
+   * of |b| (|row_bytes| apart) is dotted with it through QUANT.md Q7's float
+   * epilogue; |sa| and |asum| are the activations' block scales and sums
+   * ([row][block], decode_signed's). gemv8 takes one activation row and
+   * writes c[0..rows); gemm8 takes |m| rows (act, sa, asum of row i at i *
+   * nb blocks), writes c[i * ldc + r] and needs |scratch| of m * 8 floats,
+   * 32-byte aligned. */
+  void (*act_layout)(int dtype, size_t nb, const int8_t *vals, void *act, int many);
   void (*gemv8)(int dtype, size_t nb, size_t rows, const uint8_t *b, size_t row_bytes, const void *act,
                 const float *sa, const int32_t *asum, float *c);
+  void (*gemm8)(int dtype, size_t nb, size_t rows, const uint8_t *b, size_t row_bytes, size_t m, const void *act,
+                const float *sa, const int32_t *asum, float *scratch, float *c, size_t ldc);
 } cpu_quant_ops;
 
-#define CPU_QGEMV_ACT_BYTES 128 /* per block: 64 values as int16 at most */
+#define CPU_QACT_BYTES 128 /* per block: 64 values as int16 at most */
 
 const cpu_quant_ops *cpu_quant_generic(void);
 const cpu_quant_ops *cpu_quant_avx2(void);

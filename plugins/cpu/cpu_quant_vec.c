@@ -399,7 +399,7 @@ static void FN(dot4)(int dtype, size_t nb, const uint8_t *const u[4], const int8
   }
 }
 
-/* ===== GEMV: eight weight rows against one activation row ===== */
+/* ===== Eight weight rows decoded in registers (gemv8, gemm8) ===== */
 
 /* Q3 for gemv8 needs no shift per value. The block's data bytes load as
  * [0-15 | 8-23] (q3_load); after an XOR of every field's top bit (each value
@@ -421,20 +421,25 @@ static int q3_gemv_lane_byte(int lane) { /* the data byte of a lane of A or B, o
   return lane >= 20 ? lane - 8 : -1;
 }
 
-/* The activation layouts gemv8 reads (CPU_QGEMV_ACT_BYTES per block): Q8 as
- * int16 in order; Q4 as int8, the even values then the odd ones (a weight
- * byte's low and high nibbles); Q3 as int8 in three registers' order (see
- * q3_gemv_lane_byte), times 2^(5 - s). */
-static void FN(gemv_act)(int dtype, size_t nb, const int8_t *vals, void *act) {
+/* The activation layouts the rows8 kernels read (CPU_QACT_BYTES per block):
+ * Q8 as int16 in order; Q4 as int8, the even values then the odd ones (a
+ * weight byte's low and high nibbles); Q3 for gemv8 as int8 in three
+ * registers' order (see q3_gemv_lane_byte), times 2^(5 - s), and for gemm8
+ * (|many|) as int8 in order. */
+static void FN(act_layout)(int dtype, size_t nb, const int8_t *vals, void *act, int many) {
   for (size_t b = 0; b < nb; b++) {
     const int8_t *v = vals + b * CPU_QBLOCK;
-    uint8_t *o = (uint8_t *)act + b * CPU_QGEMV_ACT_BYTES;
+    uint8_t *o = (uint8_t *)act + b * CPU_QACT_BYTES;
     int16_t w[CPU_QBLOCK];
     if (dtype == Q4) {
       for (int i = 0; i < CPU_QBLOCK / 2; i++) {
         o[i] = (uint8_t)v[2 * i];
         o[CPU_QBLOCK / 2 + i] = (uint8_t)v[2 * i + 1];
       }
+      continue;
+    }
+    if (dtype == Q3 && many) { /* plain, as unpack_block_256 orders the weights */
+      memcpy(o, v, CPU_QBLOCK);
       continue;
     }
     if (dtype == Q3) { /* A, B and C (see q3_gemv_lane_byte), 32 bytes each */
@@ -456,31 +461,25 @@ static void FN(gemv_act)(int dtype, size_t nb, const int8_t *vals, void *act) {
   }
 }
 
-/* One weight block (values at |p|) dotted with the activation block |a| in
- * gemv_act's layout: eight partial sums. Q4's weights are read as nibble ^ 8
- * = value + 8 (unsigned, for maddubs; at most 2 * 15 * 8 a pair), so the
- * sum is 8 * (the activation's block sum) too large. Q8 and Q3 are exact
- * 16-bit products: every code, -128 included, is in range. */
-static inline __m256i gemv_block_dot(int dtype, const uint8_t *blk, const uint8_t *a, __m128i *head) {
+/* One weight block decoded into registers, w[0..] in act_layout's order:
+ * Q8 as four registers of int16; Q4 as nibble ^ 8 = value + 8 (unsigned,
+ * for maddubs), the low nibbles then the high ones; Q3 as registers A, B
+ * and C of q3_gemv_lane_byte, each field masked in place (value + 4, times
+ * 2^s). *head is the block's first 16 bytes for Q3 (its scale in word 0). */
+static inline void weight_block(int dtype, const uint8_t *blk, __m256i w[4], __m128i *head) {
   const uint8_t *p = blk + 2;
-  const __m256i *av = (const __m256i *)a;
   if (dtype == Q8) {
-    __m256i d = _mm256_setzero_si256();
-    for (int c = 0; c < 4; c++)
-      d = _mm256_add_epi32(d, _mm256_madd_epi16(_mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(p + 16 * c))),
-                                                _mm256_loadu_si256(av + c)));
-    return d;
+    for (int c = 0; c < 4; c++) w[c] = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(p + 16 * c)));
+    return;
   }
   if (dtype == Q4) {
     const __m256i m = _mm256_set1_epi8(0x0f);
     __m256i x = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)p), _mm256_set1_epi8((char)0x88));
-    __m256i lo = _mm256_and_si256(x, m), hi = _mm256_and_si256(_mm256_srli_epi16(x, 4), m);
-    __m256i s16 = _mm256_add_epi16(_mm256_maddubs_epi16(lo, _mm256_loadu_si256(av)),
-                                   _mm256_maddubs_epi16(hi, _mm256_loadu_si256(av + 1)));
-    return _mm256_madd_epi16(s16, _mm256_set1_epi16(1));
+    w[0] = _mm256_and_si256(x, m);
+    w[1] = _mm256_and_si256(_mm256_srli_epi16(x, 4), m);
+    return;
   }
-  /* Q3 (q3_gemv_lane_byte): 32 times (the sum + 4 * the activation's block
-   * sum). 0x924924 is every field's top bit in a 24-bit group. */
+  /* Q3: 0x924924 is every field's top bit in a 24-bit group. */
 #define Q3_LANES(a, b, c) a, b, c, a, b, c, a, b, c, a, b, c
   const __m256i flip = _mm256_setr_epi8(0, 0, Q3_LANES(0x24, 0x49, (char)0x92), 0, 0, 0, 0, 0, 0,
                                         Q3_LANES(0x24, 0x49, (char)0x92));
@@ -493,54 +492,132 @@ static inline __m256i gemv_block_dot(int dtype, const uint8_t *blk, const uint8_
   const __m256i mask_c = _mm256_setr_epi16(7, 14, 7, 14, 7, 14, 7, 14, 7, 14, 7, 14, 7, 14, 7, 14);
   __m128i lo = _mm_loadu_si128((const __m128i *)blk);
   *head = lo;
-  __m256i x = _mm256_xor_si256(_mm256_inserti128_si256(_mm256_castsi128_si256(lo), _mm_loadu_si128((const __m128i *)(p + 8)), 1), flip);
-  __m256i c = _mm256_and_si256(_mm256_srli_epi16(_mm256_shuffle_epi8(x, pairs), 6), mask_c);
-  __m256i s16 = _mm256_add_epi16(_mm256_maddubs_epi16(_mm256_and_si256(x, mask_a), _mm256_loadu_si256(av)),
-                                 _mm256_maddubs_epi16(_mm256_and_si256(x, mask_b), _mm256_loadu_si256(av + 1)));
-  s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(c, _mm256_loadu_si256(av + 2)));
+  __m256i x = _mm256_xor_si256(
+      _mm256_inserti128_si256(_mm256_castsi128_si256(lo), _mm_loadu_si128((const __m128i *)(p + 8)), 1), flip);
+  w[0] = _mm256_and_si256(x, mask_a);
+  w[1] = _mm256_and_si256(x, mask_b);
+  w[2] = _mm256_and_si256(_mm256_srli_epi16(_mm256_shuffle_epi8(x, pairs), 6), mask_c);
+}
+
+/* The registers of one activation block in act_layout's order. */
+static inline void act_block(int dtype, const uint8_t *a, __m256i v[4]) {
+  int n = dtype == Q8 ? 4 : dtype == Q4 ? 2 : 3;
+  for (int r = 0; r < n; r++) v[r] = _mm256_loadu_si256((const __m256i *)a + r);
+}
+
+/* A decoded weight block dotted with an activation block: eight partial
+ * sums of (for Q4) the sum + 8 * the activation's block sum or (for Q3) 32
+ * times (the sum + 4 * the activation's block sum); row_sums8 corrects.
+ * Every maddubs pair is at most 2 * 15 * 8 (Q4) or 2 * 32 * 7 * 4 (Q3) in
+ * size, and Q8's 16-bit products take every code, -128 included. */
+static inline __m256i rows8_dot(int dtype, const __m256i w[4], const __m256i a[4]) {
+  if (dtype == Q8)
+    return _mm256_add_epi32(_mm256_add_epi32(_mm256_madd_epi16(w[0], a[0]), _mm256_madd_epi16(w[1], a[1])),
+                            _mm256_add_epi32(_mm256_madd_epi16(w[2], a[2]), _mm256_madd_epi16(w[3], a[3])));
+  __m256i s16 = _mm256_add_epi16(_mm256_maddubs_epi16(w[0], a[0]), _mm256_maddubs_epi16(w[1], a[1]));
+  if (dtype == Q3) s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(w[2], a[2]));
   return _mm256_madd_epi16(s16, _mm256_set1_epi16(1));
+}
+
+/* Eight rows' block sums from their rows8_dot partials, corrected. */
+static inline __m256i row_sums8(int dtype, const __m256i d[8], int32_t asum) {
+  __m256i s = _mm256_set_m128i(reduce4_256(d[4], d[5], d[6], d[7]), reduce4_256(d[0], d[1], d[2], d[3]));
+  if (dtype == Q3) s = _mm256_srai_epi32(s, 5); /* exact: every product was a multiple of 32 */
+  if (dtype != Q8) s = _mm256_sub_epi32(s, _mm256_set1_epi32((dtype == Q4 ? 8 : 4) * asum));
+  return s;
 }
 
 static inline short scale_bits(const uint8_t *blk) { return (short)(blk[0] | (blk[1] << 8)); }
 
-/* gemv8 for one dtype (a constant after inlining): per block, the eight
- * rows' sums in one vector, and QUANT.md Q7's epilogue on the eight lanes,
- * each lane the scalar order of its row: acc + (Da * Db) * (float)s. */
+/* The scales of eight rows' blocks at offset |o|: for Q3 the first word of
+ * each weight_block head, gathered with unpacks. */
+static inline __m256 scales8(int dtype, const uint8_t *const r[8], size_t o, const __m128i hd[8]) {
+  __m128i h;
+  if (dtype == Q3) {
+    __m128i w01 = _mm_unpacklo_epi16(hd[0], hd[1]), w23 = _mm_unpacklo_epi16(hd[2], hd[3]);
+    __m128i w45 = _mm_unpacklo_epi16(hd[4], hd[5]), w67 = _mm_unpacklo_epi16(hd[6], hd[7]);
+    h = _mm_unpacklo_epi64(_mm_unpacklo_epi32(w01, w23), _mm_unpacklo_epi32(w45, w67));
+  } else {
+    h = _mm_setr_epi16(scale_bits(r[0] + o), scale_bits(r[1] + o), scale_bits(r[2] + o), scale_bits(r[3] + o),
+                       scale_bits(r[4] + o), scale_bits(r[5] + o), scale_bits(r[6] + o), scale_bits(r[7] + o));
+  }
+  return _mm256_cvtph_ps(h);
+}
+
+/* QUANT.md Q7's step on eight lanes, each in its row's scalar order: acc +
+ * (Da * Db) * (float)s. */
+static inline __m256 q7_step(__m256 acc, float da, __m256 db, __m256i s) {
+  return _mm256_add_ps(acc, _mm256_mul_ps(_mm256_mul_ps(_mm256_set1_ps(da), db), _mm256_cvtepi32_ps(s)));
+}
+
+static inline size_t block_bytes_of(int dtype) { return dtype == Q8 ? 66 : dtype == Q4 ? 34 : 26; }
+
+/* gemv8 for one dtype (a constant after inlining). */
 static inline __attribute__((always_inline)) __m256 gemv8_rows(int dtype, size_t nb, const uint8_t *const r[8],
                                                                const uint8_t *act, const float *sa,
                                                                const int32_t *asum) {
-  size_t bb = dtype == Q8 ? 66 : dtype == Q4 ? 34 : 26;
+  size_t bb = block_bytes_of(dtype);
   __m256 acc = _mm256_setzero_ps();
   for (size_t b = 0; b < nb; b++) {
     size_t o = b * bb;
-    const uint8_t *ab = act + b * CPU_QGEMV_ACT_BYTES;
+    __m256i av[4], w[4], d[8];
     __m128i hd[8];
-    __m128i s03 = reduce4_256(gemv_block_dot(dtype, r[0] + o, ab, &hd[0]), gemv_block_dot(dtype, r[1] + o, ab, &hd[1]),
-                              gemv_block_dot(dtype, r[2] + o, ab, &hd[2]), gemv_block_dot(dtype, r[3] + o, ab, &hd[3]));
-    __m128i s47 = reduce4_256(gemv_block_dot(dtype, r[4] + o, ab, &hd[4]), gemv_block_dot(dtype, r[5] + o, ab, &hd[5]),
-                              gemv_block_dot(dtype, r[6] + o, ab, &hd[6]), gemv_block_dot(dtype, r[7] + o, ab, &hd[7]));
-    __m256i s = _mm256_set_m128i(s47, s03);
-    if (dtype == Q3) s = _mm256_srai_epi32(s, 5); /* exact: every product was a multiple of 32 */
-    if (dtype != Q8) s = _mm256_sub_epi32(s, _mm256_set1_epi32((dtype == Q4 ? 8 : 4) * asum[b]));
-    __m128i h; /* the eight rows' scales, binary16 */
-    if (dtype == Q3) { /* the first word of each row's load */
-      __m128i w01 = _mm_unpacklo_epi16(hd[0], hd[1]), w23 = _mm_unpacklo_epi16(hd[2], hd[3]);
-      __m128i w45 = _mm_unpacklo_epi16(hd[4], hd[5]), w67 = _mm_unpacklo_epi16(hd[6], hd[7]);
-      h = _mm_unpacklo_epi64(_mm_unpacklo_epi32(w01, w23), _mm_unpacklo_epi32(w45, w67));
-    } else {
-      h = _mm_setr_epi16(scale_bits(r[0] + o), scale_bits(r[1] + o), scale_bits(r[2] + o), scale_bits(r[3] + o),
-                         scale_bits(r[4] + o), scale_bits(r[5] + o), scale_bits(r[6] + o), scale_bits(r[7] + o));
+    act_block(dtype, act + b * CPU_QACT_BYTES, av);
+    for (int j = 0; j < 8; j++) {
+      weight_block(dtype, r[j] + o, w, &hd[j]);
+      d[j] = rows8_dot(dtype, w, av);
     }
-    __m256 scale = _mm256_mul_ps(_mm256_set1_ps(sa[b]), _mm256_cvtph_ps(h));
-    acc = _mm256_add_ps(acc, _mm256_mul_ps(scale, _mm256_cvtepi32_ps(s)));
+    acc = q7_step(acc, sa[b], scales8(dtype, r, o, hd), row_sums8(dtype, d, asum[b]));
   }
   return acc;
+}
+
+/* gemm8's weight block: decoded once for every activation row, so Q3
+ * unpacks to plain bytes (value + 4, two registers) instead, for two
+ * maddubs a row rather than three, against act_layout's |many| order. */
+static inline void weight_block_many(int dtype, const uint8_t *blk, __m256i w[4]) {
+  if (dtype == Q3) {
+    unpack_block_256(Q3, blk + 2, 4, &w[0], &w[1]);
+    w[2] = _mm256_setzero_si256();
+    return;
+  }
+  __m128i head;
+  weight_block(dtype, blk, w, &head);
+}
+
+/* gemm8 for one dtype: block by block, the eight rows decoded once into
+ * |wd| and dotted with every activation row; acc[i] holds row i's eight
+ * running sums. */
+static inline __attribute__((always_inline)) void gemm8_rows(int dtype, size_t nb, const uint8_t *const r[8], size_t m,
+                                                             const uint8_t *act, const float *sa,
+                                                             const int32_t *asum, __m256 *acc) {
+  size_t bb = block_bytes_of(dtype);
+  for (size_t i = 0; i < m; i++) acc[i] = _mm256_setzero_ps();
+  for (size_t b = 0; b < nb; b++) {
+    size_t o = b * bb;
+    __m256i wd[8][4];
+    for (int j = 0; j < 8; j++) weight_block_many(dtype, r[j] + o, wd[j]);
+    __m256 db = scales8(Q8, r, o, NULL); /* the scales read one by one */
+    int as = dtype == Q3 ? Q4 : dtype; /* Q3 is now bytes + 4 as Q4's are + 8 */
+    for (size_t i = 0; i < m; i++) {
+      __m256i av[4], d[8];
+      act_block(as, act + (i * nb + b) * CPU_QACT_BYTES, av);
+      for (int j = 0; j < 8; j++) d[j] = rows8_dot(as, wd[j], av);
+      __m256i sums = dtype == Q3 ? _mm256_sub_epi32(row_sums8(Q8, d, 0), _mm256_set1_epi32(4 * asum[i * nb + b]))
+                                 : row_sums8(dtype, d, asum[i * nb + b]);
+      acc[i] = q7_step(acc[i], sa[i * nb + b], db, sums);
+    }
+  }
+}
+
+static void rows8(const uint8_t *b, size_t rows, size_t row_bytes, const uint8_t *r[8]) {
+  for (size_t i = 0; i < 8; i++) r[i] = b + (i < rows ? i : 0) * row_bytes; /* a short tail repeats row 0 */
 }
 
 static void FN(gemv8)(int dtype, size_t nb, size_t rows, const uint8_t *b, size_t row_bytes, const void *act,
                       const float *sa, const int32_t *asum, float *c) {
   const uint8_t *r[8];
-  for (size_t i = 0; i < 8; i++) r[i] = b + (i < rows ? i : 0) * row_bytes; /* a short tail repeats row 0 */
+  rows8(b, rows, row_bytes, r);
   __m256 acc = dtype == Q8   ? gemv8_rows(Q8, nb, r, act, sa, asum)
                : dtype == Q4 ? gemv8_rows(Q4, nb, r, act, sa, asum)
                              : gemv8_rows(Q3, nb, r, act, sa, asum);
@@ -548,7 +625,23 @@ static void FN(gemv8)(int dtype, size_t nb, size_t rows, const uint8_t *b, size_
   _mm256_storeu_ps(out, acc);
   memcpy(c, out, rows * sizeof *c);
 }
-#define GEMV_OPS FN(gemv_act), FN(gemv8)
+
+static void FN(gemm8)(int dtype, size_t nb, size_t rows, const uint8_t *b, size_t row_bytes, size_t m,
+                      const void *act, const float *sa, const int32_t *asum, float *scratch, float *c, size_t ldc) {
+  const uint8_t *r[8];
+  rows8(b, rows, row_bytes, r);
+  __m256 *acc = (__m256 *)scratch;
+  if (dtype == Q8) gemm8_rows(Q8, nb, r, m, act, sa, asum, acc);
+  else if (dtype == Q4) gemm8_rows(Q4, nb, r, m, act, sa, asum, acc);
+  else gemm8_rows(Q3, nb, r, m, act, sa, asum, acc);
+  for (size_t i = 0; i < m; i++) {
+    float out[8];
+    _mm256_storeu_ps(out, acc[i]);
+    memcpy(c + i * ldc, out, rows * sizeof *c);
+  }
+}
+#define ROWS8_OPS FN(act_layout), FN(gemv8), FN(gemm8)
+
 #else
 static void FN(dot4)(int dtype, size_t nb, const uint8_t *const u[4], const int8_t *const a[4],
                      const int32_t *const asum[4], int32_t *s) {
@@ -566,10 +659,10 @@ static void FN(dot4)(int dtype, size_t nb, const uint8_t *const u[4], const int8
 #endif
 
 const cpu_quant_ops *FN(cpu_quant)(void) {
-#ifndef GEMV_OPS
-#define GEMV_OPS NULL, NULL /* the dot4 path (cpu_kernels_quant.c) */
+#ifndef ROWS8_OPS
+#define ROWS8_OPS NULL, NULL, NULL /* the dot4 path (cpu_kernels_quant.c) */
 #endif
   static const cpu_quant_ops ops = {STR(CPU_QUANT_SUFFIX), FN(quantize_rows), FN(dequantize_rows),
-                                    FN(decode_signed), FN(decode_offset), FN(dot4), GEMV_OPS};
+                                    FN(decode_signed), FN(decode_offset), FN(dot4), ROWS8_OPS};
   return &ops;
 }
