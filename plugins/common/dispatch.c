@@ -214,6 +214,7 @@ int hm_plan_dispatch_for(const hm_abi_op *op, const hm_dispatch_limits *lim, hm_
                op->in[1].offset % 16 == 0;
       uint64_t side = x4 && gemm_block >= 8 && d0 >= 8 && d1 >= 8 ? 8 : d0 >= 4 && d1 >= 4 ? 4 : 1;
       d->kernel = side == 8 ? HK_GEMM_X8 : side == 4 ? (x4 ? HK_GEMM_X4 : HK_GEMM_REG) : HK_GEMM;
+      if (d->kernel == HK_GEMM_X8) d->local_size = 8;
       items = ((d0 + side - 1) / side) * ((d1 + side - 1) / side);
       loop = d2 / (x4 && side > 1 ? 4 : 1) + 1;
       if (!fits(d0 * d1) || !fits(d0 * d2) || !fits(d2 * d1)) items = UINT64_MAX; /* indices past 32 bits */
