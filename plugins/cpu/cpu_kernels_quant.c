@@ -209,7 +209,8 @@ void cpu_kernel_gemm_q(const cpu_exec *ex, const cpu_op *op) {
       memset(sa + i * nb, 0, nb * sizeof *sa);
       memset(asum + i * nb, 0, nb * sizeof *asum);
     }
-    if (g.q->act_layout && i < g.l.m) g.q->act_layout(dtype, nb, v, g.scratch + g.l.a_act + i * nb * CPU_QACT_BYTES, g.l.m > 1);
+    if (g.q->act_layout && i < g.l.m) /* [block][row]: a row tile's blocks lie together */
+      g.q->act_layout(dtype, nb, v, g.scratch + g.l.a_act + i * CPU_QACT_BYTES, g.l.m * CPU_QACT_BYTES, g.l.m > 1);
   }
   double work = (double)g.l.m * (double)g.l.n * (double)g.l.k;
   size_t min_cols = work < 2.0e5 ? g.l.n + 1 : 16;

@@ -39,14 +39,15 @@ typedef struct cpu_quant_ops {
   /* Eight weight rows at a time, decoded in registers (NULL where a level
    * has none; the dot4 path then runs). act_layout rearranges one activation
    * row's decoded values (decode_signed's) once into the order the weights
-   * decode in, CPU_QACT_BYTES per block (|many|: for gemm8). Then each of the |rows| <= 8 rows
-   * of |b| (|row_bytes| apart) is dotted with it through QUANT.md Q7's float
+   * decode in, CPU_QACT_BYTES a block, its blocks |stride| bytes apart
+   * (|many|: for gemm8). Then each of the |rows| <= 8 rows of |b|
+   * (|row_bytes| apart) is dotted with it through QUANT.md Q7's float
    * epilogue; |sa| and |asum| are the activations' block scales and sums
-   * ([row][block], decode_signed's). gemv8 takes one activation row and
-   * writes c[0..rows); gemm8 takes |m| rows (act, sa, asum of row i at i *
-   * nb blocks), writes c[i * ldc + r] and needs |scratch| of m * 8 floats,
-   * 32-byte aligned. */
-  void (*act_layout)(int dtype, size_t nb, const int8_t *vals, void *act, int many);
+   * ([row][block], decode_signed's). gemv8 takes one activation row (blocks
+   * CPU_QACT_BYTES apart) and writes c[0..rows); gemm8 takes |m| rows, block
+   * b of row i at (b * m + i) * CPU_QACT_BYTES, writes c[i * ldc + r] and
+   * needs |scratch| of m * 8 floats, 32-byte aligned. */
+  void (*act_layout)(int dtype, size_t nb, const int8_t *vals, void *act, size_t stride, int many);
   void (*gemv8)(int dtype, size_t nb, size_t rows, const uint8_t *b, size_t row_bytes, const void *act,
                 const float *sa, const int32_t *asum, float *c);
   void (*gemm8)(int dtype, size_t nb, size_t rows, const uint8_t *b, size_t row_bytes, size_t m, const void *act,

@@ -426,10 +426,10 @@ static int q3_gemv_lane_byte(int lane) { /* the data byte of a lane of A or B, o
  * weight byte's low and high nibbles); Q3 for gemv8 as int8 in three
  * registers' order (see q3_gemv_lane_byte), times 2^(5 - s), and for gemm8
  * (|many|) as int8 in order. */
-static void FN(act_layout)(int dtype, size_t nb, const int8_t *vals, void *act, int many) {
+static void FN(act_layout)(int dtype, size_t nb, const int8_t *vals, void *act, size_t stride, int many) {
   for (size_t b = 0; b < nb; b++) {
     const int8_t *v = vals + b * CPU_QBLOCK;
-    uint8_t *o = (uint8_t *)act + b * CPU_QACT_BYTES;
+    uint8_t *o = (uint8_t *)act + b * stride;
     int16_t w[CPU_QBLOCK];
     if (dtype == Q4) {
       for (int i = 0; i < CPU_QBLOCK / 2; i++) {
@@ -586,22 +586,25 @@ static inline void weight_block_many(int dtype, const uint8_t *blk, __m256i w[4]
 }
 
 /* gemm8 for one dtype: block by block, the eight rows decoded once into
- * |wd| and dotted with every activation row; acc[i] holds row i's eight
- * running sums. */
+ * |wd| and dotted with each activation row of a tile of GEMM8_TILE (whose
+ * blocks lie together in act's [block][row] layout, so a tile's reads stay
+ * in cache); acc[i] holds row i's eight running sums. */
+#define GEMM8_TILE 256
 static inline __attribute__((always_inline)) void gemm8_rows(int dtype, size_t nb, const uint8_t *const r[8], size_t m,
                                                              const uint8_t *act, const float *sa,
                                                              const int32_t *asum, __m256 *acc) {
   size_t bb = block_bytes_of(dtype);
   for (size_t i = 0; i < m; i++) acc[i] = _mm256_setzero_ps();
+  for (size_t i0 = 0; i0 < m; i0 += GEMM8_TILE)
   for (size_t b = 0; b < nb; b++) {
     size_t o = b * bb;
     __m256i wd[8][4];
     for (int j = 0; j < 8; j++) weight_block_many(dtype, r[j] + o, wd[j]);
     __m256 db = scales8(Q8, r, o, NULL); /* the scales read one by one */
     int as = dtype == Q3 ? Q4 : dtype; /* Q3 is now bytes + 4 as Q4's are + 8 */
-    for (size_t i = 0; i < m; i++) {
+    for (size_t i = i0; i < m && i < i0 + GEMM8_TILE; i++) {
       __m256i av[4], d[8];
-      act_block(as, act + (i * nb + b) * CPU_QACT_BYTES, av);
+      act_block(as, act + (b * m + i) * CPU_QACT_BYTES, av);
       for (int j = 0; j < 8; j++) d[j] = rows8_dot(as, wd[j], av);
       __m256i sums = dtype == Q3 ? _mm256_sub_epi32(row_sums8(Q8, d, 0), _mm256_set1_epi32(4 * asum[i * nb + b]))
                                  : row_sums8(dtype, d, asum[i * nb + b]);
