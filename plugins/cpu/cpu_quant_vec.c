@@ -187,7 +187,9 @@ static inline __m512i unpack_block_512(int dtype, const uint8_t *p) {
  * multiply by q3_field_mul() moves its 3 bits to the top of the word. Byte 3
  * of a group is never needed (values 6 and 7 lie in byte 2), so the last
  * group reads nothing past it. */
-static inline __m256i q3_load(const uint8_t *p) { return _mm256_loadu2_m128i((const __m128i *)(p + 8), (const __m128i *)p); }
+static inline __m256i q3_load(const uint8_t *p) {
+  return _mm256_loadu2_m128i((const __m128i *)(p + 8), (const __m128i *)p);
+}
 
 static inline __m256i q3_words(__m256i x, int t) {
 #define Q3_WORDS(o) o, o + 1, o, o + 1, o, o + 1, o + 1, o + 2, o + 1, o + 2, o + 1, o + 2, o + 2, -128, o + 2, -128
@@ -401,21 +403,20 @@ static void FN(dot4)(int dtype, size_t nb, const uint8_t *const u[4], const int8
 
 /* ===== Eight weight rows decoded in registers (gemv8, gemm8) ===== */
 
-/* Q3 for gemv8 needs no shift per value. The block's data bytes load as
- * [0-15 | 8-23] (q3_load); after an XOR of every field's top bit (each value
- * becomes value + 4, 0..7), a mask keeps one field of each byte in place,
- * field * 2^s for its bit offset s in the byte, and maddubs multiplies it by
- * the activation times 2^(5 - s), precomputed: every product is 32 * (value
- * + 4) * activation, at most 32 * 7 * 4 in size. Register A takes values 0,
- * 3, 6 of each group (bytes 0, 1, 2 at bits 0, 1, 2), register B values 1,
- * 4, 7 (bits 3, 4, 5). Values 2 and 5 straddle bytes 0-1 and 1-2: a pshufb
- * puts each pair in a 16-bit word, a shift by 6 leaves value 2 at bit 0 and
- * value 5 at bit 1 (activation times 32 and 16). The block loads as [bytes
- * 0-15 | 12-27] (the scale, then data bytes 0-13 | 8-23): the low half takes
- * data bytes 0-11 (groups 0-3), the high half 12-23 (groups 4-7), the lanes
- * outside are masked to zero, and the scale is the first word (gemv8_rows
- * gathers eight rows' with unpacks). Checked against the reference by
- * test_quant. */
+/* Q3 for gemv8 needs no shift per value. The block loads as [block bytes
+ * 0-15 | 10-25]: the scale and data bytes 0-13 | data bytes 8-23. After an
+ * XOR of every field's top bit (each value becomes value + 4, 0..7), a mask
+ * keeps one field of each byte in place, field * 2^s for its bit offset s in
+ * the byte, and maddubs multiplies it by the activation times 2^(5 - s),
+ * precomputed: every product is 32 * (value + 4) * activation, at most
+ * 32 * 7 * 4 in size. Register A takes values 0, 3, 6 of each group (bytes
+ * 0, 1, 2 at bits 0, 1, 2), register B values 1, 4, 7 (bits 3, 4, 5).
+ * Values 2 and 5 straddle bytes 0-1 and 1-2: a pshufb puts each pair in a
+ * 16-bit word (register C), a shift by 6 leaves value 2 at bit 0 and value 5
+ * at bit 1 (activation times 32 and 16). The low half takes data bytes 0-11
+ * (groups 0-3), the high half 12-23 (groups 4-7), the lanes outside are
+ * masked to zero, and the scale is the first word (scales8 gathers eight
+ * rows' with unpacks). Checked against the reference by test_quant. */
 static int q3_gemv_lane_byte(int lane) { /* the data byte of a lane of A or B, or -1 */
   if (lane < 16) return lane >= 2 && lane < 14 ? lane - 2 : -1;
   return lane >= 20 ? lane - 8 : -1;
