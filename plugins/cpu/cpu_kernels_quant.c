@@ -12,7 +12,7 @@
  * Levels with rows8 kernels (AVX2) instead decode eight weight rows at a
  * time in registers and dot them with every activation row, rearranged
  * once (act_layout), the epilogue on the eight rows as one vector (gemv8
- * for one activation row, gemm8 for more).
+ * for each of up to three activation rows, gemm8 for more).
  */
 #include <string.h>
 
@@ -29,6 +29,10 @@ static int op_qtype(const hm_abi_op *op) {
 }
 
 static size_t round_up(size_t v, size_t m) { return (v + m - 1) / m * m; }
+
+/* Below this many activation rows, gemv8 per row beats gemm8 (whose
+ * transposed weight blocks pay off over several rows; bench_lowbit). */
+#define GEMM8_MIN_ROWS 4
 
 /* Scratch layout of one GEMM_Qb op. */
 typedef struct qgemm_layout {
@@ -137,8 +141,10 @@ static void gemm_range(void *arg, size_t begin, size_t end, size_t chunk) {
     for (size_t j = begin; j < end; j += 8) {
       size_t rows = end - j < 8 ? end - j : 8;
       const uint8_t *bj = g->b + j * g->b_row_bytes;
-      if (l->m == 1)
-        g->q->gemv8(g->dtype, nb, rows, bj, g->b_row_bytes, act, sa, asum8, g->c + j);
+      if (l->m < GEMM8_MIN_ROWS)
+        for (size_t i = 0; i < l->m; i++)
+          g->q->gemv8(g->dtype, nb, rows, bj, g->b_row_bytes, act + i * nb * CPU_QACT_BYTES, sa + i * nb,
+                      asum8 + i * nb, g->c + i * l->n + j);
       else
         g->q->gemm8(g->dtype, nb, rows, bj, g->b_row_bytes, l->m, act, sa, asum8, (float *)mine, g->c + j, l->n);
     }
@@ -209,8 +215,11 @@ void cpu_kernel_gemm_q(const cpu_exec *ex, const cpu_op *op) {
       memset(sa + i * nb, 0, nb * sizeof *sa);
       memset(asum + i * nb, 0, nb * sizeof *asum);
     }
-    if (g.q->act_layout && i < g.l.m) /* [block][row]: a row tile's blocks lie together */
-      g.q->act_layout(dtype, nb, v, g.scratch + g.l.a_act + i * CPU_QACT_BYTES, g.l.m * CPU_QACT_BYTES, g.l.m > 1);
+    if (g.q->act_layout && i < g.l.m) { /* gemm8: [block][row], a row tile's blocks together; gemv8: [row][block] */
+      int many = g.l.m >= GEMM8_MIN_ROWS;
+      g.q->act_layout(dtype, nb, v, g.scratch + g.l.a_act + i * (many ? 1 : nb) * CPU_QACT_BYTES,
+                      (many ? g.l.m : 1) * CPU_QACT_BYTES, many);
+    }
   }
   double work = (double)g.l.m * (double)g.l.n * (double)g.l.k;
   size_t min_cols = work < 2.0e5 ? g.l.n + 1 : 16;

@@ -46,7 +46,9 @@ typedef struct cpu_quant_ops {
    * ([row][block], decode_signed's). gemv8 takes one activation row (blocks
    * CPU_QACT_BYTES apart) and writes c[0..rows); gemm8 takes |m| rows, block
    * b of row i at (b * m + i) * CPU_QACT_BYTES, writes c[i * ldc + r] and
-   * needs |scratch| of m * 8 floats, 32-byte aligned. */
+   * needs |scratch| of m * 8 floats, 32-byte aligned. The caller takes
+   * gemm8 from GEMM8_MIN_ROWS rows (cpu_kernels_quant.c), gemv8 per row
+   * below. */
   void (*act_layout)(int dtype, size_t nb, const int8_t *vals, void *act, size_t stride, int many);
   void (*gemv8)(int dtype, size_t nb, size_t rows, const uint8_t *b, size_t row_bytes, const void *act,
                 const float *sa, const int32_t *asum, float *c);
