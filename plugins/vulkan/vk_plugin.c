@@ -24,12 +24,14 @@
  * and a GEMM's transposes (specialization constants). On lavapipe texel reads make GEMM 8-10x faster
  * (docs/plugins.md).
  */
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <vulkan/vulkan.h>
 
 #include "dispatch.h"
@@ -552,18 +554,69 @@ static int32_t vk_device_open(hm_abi_context *ctx, uint32_t index, const hm_abi_
   return HM_ABI_OK;
 }
 
+/* One pipeline to create: its create info (specialization included) and
+ * where it goes. */
+typedef struct pipe_job {
+  uint32_t values[2];
+  VkSpecializationMapEntry entries[2];
+  VkSpecializationInfo spec;
+  VkComputePipelineCreateInfo ci;
+  hm_kernel_id kernel;
+  int slot;
+  uint32_t key;
+  VkPipeline pipe;
+  VkResult result;
+} pipe_job;
+
+/* The slot and cache key of a pipeline (see pipeline()): *slot is -1 when
+ * the kernel's N_PIPE_VARIANTS slots are taken by others. */
+static uint32_t pipe_slot(const vk_device *dev, hm_kernel_id k, int texel, uint32_t gemm_flags, uint32_t variant,
+                          int *slot) {
+  uint32_t key = ((texel ? 1u : 0u) << 16 | (gemm_flags & 3u) << 8 | variant) + 1u;
+  *slot = -1;
+  for (int i = 0; i < N_PIPE_VARIANTS && *slot < 0; i++)
+    if (dev->pipe_keys[k][i] == key || !dev->pipe_keys[k][i]) *slot = i;
+  return key;
+}
+
+/* Fills |j| for kernel |k|'s pipeline, creating its shader module first. */
+static VkResult pipe_job_init(vk_device *dev, hm_kernel_id k, int texel, uint32_t gemm_flags, uint32_t variant,
+                              pipe_job *j) {
+  VkShaderModule *module = &dev->modules[k][texel ? 1 : 0];
+  if (!*module) {
+    VkShaderModuleCreateInfo mi = {.sType = VK_STRUCTURE_TYPE_SHADER_MODULE_CREATE_INFO,
+                                   .codeSize = texel ? hm_vk_spirv_texel_size[k] : hm_vk_spirv_size[k],
+                                   .pCode = texel ? hm_vk_spirv_texel[k] : hm_vk_spirv[k]};
+    VkResult r = vkCreateShaderModule(dev->dev, &mi, NULL, module);
+    if (r != VK_SUCCESS) return r;
+  }
+  j->values[0] = gemm_flags & 3u;
+  j->values[1] = variant;
+  j->entries[0] = (VkSpecializationMapEntry){0, 0, sizeof(uint32_t)};
+  j->entries[1] = (VkSpecializationMapEntry){1, sizeof(uint32_t), sizeof(uint32_t)};
+  j->spec = (VkSpecializationInfo){2, j->entries, sizeof j->values, j->values};
+  j->ci = (VkComputePipelineCreateInfo){
+      .sType = VK_STRUCTURE_TYPE_COMPUTE_PIPELINE_CREATE_INFO,
+      .stage = {.sType = VK_STRUCTURE_TYPE_PIPELINE_SHADER_STAGE_CREATE_INFO, .stage = VK_SHADER_STAGE_COMPUTE_BIT,
+                .module = *module, .pName = "main", .pSpecializationInfo = &j->spec},
+      .layout = dev->layout};
+  j->kernel = k;
+  j->pipe = VK_NULL_HANDLE;
+  j->result = VK_SUCCESS;
+  return VK_SUCCESS;
+}
+
 /* The pipeline of kernel |k| specialized for GEMM flags |gemm_flags| (the
  * transposes; 0 for other kernels) and op variant |variant| (dialect_glsl.h),
- * built with texel operands or not; created on first use. */
+ * built with texel operands or not; created on first use (or ahead, several
+ * at once, by create_pipelines). */
 static int32_t pipeline(vk_device *dev, hm_kernel_id k, int texel, uint32_t gemm_flags, uint32_t variant,
                         VkPipeline *out) {
   if (variant > 255u)
     return fail(dev->ctx, HM_ABI_STATUS_INVALID_ARGUMENT, "vulkan: variant %u of '%s' out of range", variant,
                 hm_kernel_name(k));
-  uint32_t key = ((texel ? 1u : 0u) << 16 | (gemm_flags & 3u) << 8 | variant) + 1u;
-  int slot = -1;
-  for (int i = 0; i < N_PIPE_VARIANTS && slot < 0; i++)
-    if (dev->pipe_keys[k][i] == key || !dev->pipe_keys[k][i]) slot = i;
+  int slot;
+  uint32_t key = pipe_slot(dev, k, texel, gemm_flags, variant, &slot);
   if (slot < 0)
     return fail(dev->ctx, HM_ABI_STATUS_RESOURCE_EXHAUSTED, "vulkan: more than %d pipelines of '%s'", N_PIPE_VARIANTS,
                 hm_kernel_name(k));
@@ -572,29 +625,54 @@ static int32_t pipeline(vk_device *dev, hm_kernel_id k, int texel, uint32_t gemm
     *out = *pipe;
     return HM_ABI_OK;
   }
-  VkResult r = VK_SUCCESS;
-  VkShaderModule *module = &dev->modules[k][texel ? 1 : 0];
-  if (!*module) {
-    VkShaderModuleCreateInfo mi = {.sType = VK_STRUCTURE_TYPE_SHADER_MODULE_CREATE_INFO,
-                                   .codeSize = texel ? hm_vk_spirv_texel_size[k] : hm_vk_spirv_size[k],
-                                   .pCode = texel ? hm_vk_spirv_texel[k] : hm_vk_spirv[k]};
-    r = vkCreateShaderModule(dev->dev, &mi, NULL, module);
-  }
-  if (r == VK_SUCCESS) {
-    uint32_t values[2] = {gemm_flags & 3u, variant};
-    VkSpecializationMapEntry entries[2] = {{0, 0, sizeof(uint32_t)}, {1, sizeof(uint32_t), sizeof(uint32_t)}};
-    VkSpecializationInfo spec = {2, entries, sizeof values, values};
-    VkComputePipelineCreateInfo ci = {
-        .sType = VK_STRUCTURE_TYPE_COMPUTE_PIPELINE_CREATE_INFO,
-        .stage = {.sType = VK_STRUCTURE_TYPE_PIPELINE_SHADER_STAGE_CREATE_INFO, .stage = VK_SHADER_STAGE_COMPUTE_BIT,
-                  .module = *module, .pName = "main", .pSpecializationInfo = &spec},
-        .layout = dev->layout};
-    r = vkCreateComputePipelines(dev->dev, dev->cache, 1, &ci, NULL, pipe);
-  }
+  pipe_job j;
+  VkResult r = pipe_job_init(dev, k, texel, gemm_flags, variant, &j);
+  if (r == VK_SUCCESS) r = vkCreateComputePipelines(dev->dev, dev->cache, 1, &j.ci, NULL, pipe);
   if (r != VK_SUCCESS) return fail(dev->ctx, status_of(r), "vulkan: pipeline '%s' failed (%d)", hm_kernel_name(k), (int)r);
   dev->pipe_keys[k][slot] = key;
   *out = *pipe;
   return HM_ABI_OK;
+}
+
+typedef struct pipe_jobs {
+  vk_device *dev;
+  pipe_job *job;
+  uint32_t n;
+  atomic_uint next;
+} pipe_jobs;
+
+static void *pipe_worker(void *arg) {
+  pipe_jobs *js = arg;
+  for (uint32_t i; (i = atomic_fetch_add(&js->next, 1u)) < js->n;)
+    js->job[i].result = vkCreateComputePipelines(js->dev->dev, js->dev->cache, 1, &js->job[i].ci, NULL, &js->job[i].pipe);
+  return NULL;
+}
+
+/* Creates the pipelines a program's launches need and the device lacks,
+ * on up to one thread per CPU: a driver compiles each pipeline on the
+ * calling thread (lavapipe: 33-46 ms for a GEMM, 200 ms for the example's
+ * training program one after another), and Vulkan lets pipelines be
+ * created concurrently. Does nothing it cannot do: a pipeline that fails
+ * here is created again, and its error reported, when the program is
+ * recorded. */
+static void create_pipelines(vk_device *dev, pipe_job *job, uint32_t n) {
+  long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+  uint32_t threads = cpus < 1 ? 1u : cpus > 8 ? 8u : (uint32_t)cpus;
+  if (threads > n) threads = n;
+  pipe_jobs js = {dev, job, n, 0};
+  pthread_t tid[8];
+  uint32_t started = 0;
+  while (started + 1 < threads && pthread_create(&tid[started], NULL, pipe_worker, &js) == 0) started++;
+  pipe_worker(&js);
+  for (uint32_t t = 0; t < started; t++) pthread_join(tid[t], NULL);
+  for (uint32_t i = 0; i < n; i++)
+    if (job[i].result == VK_SUCCESS) {
+      dev->pipes[job[i].kernel][job[i].slot] = job[i].pipe;
+      dev->pipe_keys[job[i].kernel][job[i].slot] = job[i].key;
+    } else {
+      if (job[i].pipe) vkDestroyPipeline(dev->dev, job[i].pipe, NULL);
+      dev->pipe_keys[job[i].kernel][job[i].slot] = 0u;
+    }
 }
 
 /* ===== Buffers ===== */
@@ -734,6 +812,49 @@ static void vk_program_free(hm_abi_program *p) {
   free(p);
 }
 
+/* Whether a launch binds the texel build: when every operand has views
+ * (unused slots read the dummy's); its operands' buffers into opd. */
+static int launch_texel(const vk_device *dev, const hm_abi_op *op, const vk_buffer *opd[6]) {
+  int texel = dev->texel_operands;
+  for (int s = 0; s < 6; s++) {
+    opd[s] = (const vk_buffer *)(s < 3 ? op->in[s].buffer : op->out[s - 3].buffer);
+    if (opd[s] && !opd[s]->words) texel = 0;
+  }
+  return texel;
+}
+
+/* The pipelines a program's launches (plan, bind) need that the device has
+ * not created yet, created together (create_pipelines). */
+static void create_program_pipelines(vk_device *dev, const hm_dispatch *plan, const hm_abi_op *bind, uint32_t n_ops) {
+  uint32_t cap = 0, n = 0;
+  for (uint32_t i = 0; i < n_ops; i++) cap += plan[i].slices;
+  pipe_job *job = cap ? calloc(cap, sizeof *job) : NULL;
+  if (!job) return;
+  for (uint32_t i = 0; i < n_ops; i++)
+    for (uint32_t sl = 0; sl < plan[i].slices; sl++) {
+      hm_kparams kp;
+      uint32_t groups;
+      const vk_buffer *opd[6];
+      hm_kernel_id k = plan[i].kernel;
+      int texel = launch_texel(dev, &bind[i], opd), slot;
+      hm_dispatch_slice(&plan[i], sl, &kp, &groups);
+      if (kp.variant > 255u) continue;
+      uint32_t key = pipe_slot(dev, k, texel, hm_kernel_is_gemm(k) ? kp.flags : 0u, kp.variant, &slot);
+      if (slot < 0 || dev->pipes[k][slot]) continue;
+      int queued = 0;
+      for (uint32_t j = 0; j < n && !queued; j++) queued = job[j].kernel == k && job[j].slot == slot;
+      if (queued) continue;
+      if (pipe_job_init(dev, k, texel, hm_kernel_is_gemm(k) ? kp.flags : 0u, kp.variant, &job[n]) != VK_SUCCESS)
+        continue;
+      job[n].slot = slot;
+      job[n].key = key;
+      dev->pipe_keys[k][slot] = key; /* reserved; create_pipelines clears it on failure */
+      n++;
+    }
+  if (n) create_pipelines(dev, job, n);
+  free(job);
+}
+
 static int32_t vk_program_create(hm_abi_device *dev, const hm_abi_program_desc *desc, hm_abi_program **out) {
   if (!dev || !desc || !out) return HM_ABI_STATUS_INVALID_ARGUMENT;
   vk_context *ctx = dev->ctx;
@@ -785,6 +906,7 @@ static int32_t vk_program_create(hm_abi_device *dev, const hm_abi_program_desc *
       const hm_abi_operand *o = s < 3 ? &bind[i].in[s] : &bind[i].out[s - 3];
       plan[i].p.off[s] = o->buffer ? (uint32_t)(o->offset / 4) : 0;
     }
+  if (st == HM_ABI_OK) create_program_pipelines(dev, plan, bind, desc->n_ops);
   vk_program *p = st == HM_ABI_OK ? calloc(1, sizeof *p) : NULL;
   if (st == HM_ABI_OK && !p) st = HM_ABI_STATUS_RESOURCE_EXHAUSTED;
   if (st != HM_ABI_OK) {
@@ -847,13 +969,8 @@ static int32_t vk_program_create(hm_abi_device *dev, const hm_abi_program_desc *
     const hm_abi_op *op = &bind[i];
     hm_kernel_id k = plan[i].kernel;
     int gemm = hm_kernel_is_gemm(k);
-    /* The texel build when every operand has views (unused slots read the dummy's). */
     const vk_buffer *opd[6];
-    int texel = dev->texel_operands;
-    for (int s = 0; s < 6; s++) {
-      opd[s] = (const vk_buffer *)(s < 3 ? op->in[s].buffer : op->out[s - 3].buffer);
-      if (opd[s] && !opd[s]->words) texel = 0;
-    }
+    int texel = launch_texel(dev, op, opd);
     VkPipeline pipe = VK_NULL_HANDLE;
     VkDescriptorSet set;
     VkDescriptorSetAllocateInfo sa = {.sType = VK_STRUCTURE_TYPE_DESCRIPTOR_SET_ALLOCATE_INFO, .descriptorPool = p->dpool,
