@@ -643,8 +643,10 @@ typedef struct pipe_jobs {
 
 static void *pipe_worker(void *arg) {
   pipe_jobs *js = arg;
-  for (uint32_t i; (i = atomic_fetch_add(&js->next, 1u)) < js->n;)
-    js->job[i].result = vkCreateComputePipelines(js->dev->dev, js->dev->cache, 1, &js->job[i].ci, NULL, &js->job[i].pipe);
+  for (uint32_t i; (i = atomic_fetch_add(&js->next, 1u)) < js->n;) {
+    pipe_job *j = &js->job[i];
+    j->result = vkCreateComputePipelines(js->dev->dev, js->dev->cache, 1, &j->ci, NULL, &j->pipe);
+  }
   return NULL;
 }
 
