@@ -8,7 +8,9 @@
  * between the backward GEMM into the hidden layer and its activation's
  * gradient, so a plugin that fuses a GEMM with the bias and activation after
  * it (or a bias with its activation, or a GEMM with the activation gradient
- * after it) is checked on both paths.
+ * after it) is checked on both paths. A third has 8 classes instead of 5,
+ * so that the output layer's GEMMs are whole 8x8 blocks (the GPU plugins'
+ * blocked kernels, fused epilogues included, rather than ragged edges).
  */
 #include <math.h>
 #include <stdio.h>
@@ -19,7 +21,15 @@
 #include "harmonics/names.h"
 #include "hm_reference.h"
 
-enum { N = 96, IN = 20, HID = 16, CLS = 5, B = 32, STEPS = 6 };
+enum { N = 96, IN = 20, HID = 16, B = 32, STEPS = 6 };
+
+/* A version of the step: the classes (5: ragged GEMM edges; 8: every
+ * GEMM of the output layer a whole number of 8x8 blocks, the shapes the
+ * GPU plugins' blocked kernels take) and whether an exact scale by 1 keeps
+ * the GEMMs from fusing with what follows them. */
+typedef struct mlp_version {
+  int cls, scale_between;
+} mlp_version;
 
 /* Logical buffers of the program. */
 enum {
@@ -27,7 +37,7 @@ enum {
   M_W1, V_W1, M_B1, V_B1, M_W2, V_W2, M_B2, V_B2, NBUF
 };
 
-static size_t nbytes(int b) {
+static size_t nbytes(int b, int cls) {
   switch (b) {
     case X: return N * IN * 4;
     case Y: return N * 4;
@@ -37,9 +47,9 @@ static size_t nbytes(int b) {
     case W1: case DW1: case M_W1: case V_W1: return HID * IN * 4;
     case B1: case DB1: case M_B1: case V_B1: return HID * 4;
     case Z1: case A1: case DA1: case DZ1: return B * HID * 4;
-    case W2: case DW2: case M_W2: case V_W2: return CLS * HID * 4;
-    case B2: case DB2: case M_B2: case V_B2: return CLS * 4;
-    case Z2: case DZ2: return B * CLS * 4;
+    case W2: case DW2: case M_W2: case V_W2: return (size_t)cls * HID * 4;
+    case B2: case DB2: case M_B2: case V_B2: return (size_t)cls * 4;
+    case Z2: case DZ2: return (size_t)B * cls * 4;
     case STATS: return 8;
     default: return 0;
   }
@@ -60,7 +70,8 @@ static void *resolve(void *ctx, const hm_abi_operand *o) {
 
 #define OPD(b) ((hm_abi_operand){pc->dev[(b)], 0})
 
-static size_t build_ops(prog_ctx *pc, hm_abi_op *ops, int scale_between) {
+static size_t build_ops(prog_ctx *pc, hm_abi_op *ops, const mlp_version *v) {
+  const int cls = v->cls, scale_between = v->scale_between;
   size_t n = 0;
   hm_abi_op *op;
 #define NEW(code) (op = &ops[n++], *op = hm_op_init(code))
@@ -83,21 +94,21 @@ static size_t build_ops(prog_ctx *pc, hm_abi_op *ops, int scale_between) {
   NEW(HM_ABI_OP_ACT_FORWARD);
   op->variant = HM_ABI_ACT_RELU, op->dims[0] = B, op->dims[1] = HID, op->in[0] = OPD(Z1), op->out[0] = OPD(A1);
   NEW(HM_ABI_OP_GEMM);
-  op->flags = HM_ABI_OP_FLAG_TRANS_B, op->dims[0] = B, op->dims[1] = CLS, op->dims[2] = HID, op->params[0] = 1;
+  op->flags = HM_ABI_OP_FLAG_TRANS_B, op->dims[0] = B, op->dims[1] = cls, op->dims[2] = HID, op->params[0] = 1;
   op->in[0] = OPD(A1), op->in[1] = OPD(W2), op->out[0] = OPD(Z2);
   NEW(HM_ABI_OP_BIAS_ADD);
-  op->dims[0] = B, op->dims[1] = CLS, op->in[0] = OPD(B2), op->out[0] = OPD(Z2);
+  op->dims[0] = B, op->dims[1] = cls, op->in[0] = OPD(B2), op->out[0] = OPD(Z2);
   NEW(HM_ABI_OP_LOSS);
-  op->variant = HM_ABI_LOSS_CROSS_ENTROPY, op->flags = HM_ABI_OP_FLAG_CLASS_INDEX, op->dims[0] = B, op->dims[1] = CLS;
+  op->variant = HM_ABI_LOSS_CROSS_ENTROPY, op->flags = HM_ABI_OP_FLAG_CLASS_INDEX, op->dims[0] = B, op->dims[1] = cls;
   op->params[0] = 1, op->params[1] = 1;
   op->in[0] = OPD(Z2), op->in[1] = OPD(YB), op->out[0] = OPD(STATS), op->out[1] = OPD(DZ2);
   NEW(HM_ABI_OP_GEMM);
-  op->flags = HM_ABI_OP_FLAG_TRANS_A, op->dims[0] = CLS, op->dims[1] = HID, op->dims[2] = B, op->params[0] = 1;
+  op->flags = HM_ABI_OP_FLAG_TRANS_A, op->dims[0] = cls, op->dims[1] = HID, op->dims[2] = B, op->params[0] = 1;
   op->in[0] = OPD(DZ2), op->in[1] = OPD(A1), op->out[0] = OPD(DW2);
   NEW(HM_ABI_OP_REDUCE_ROWS);
-  op->dims[0] = B, op->dims[1] = CLS, op->params[0] = 1, op->in[0] = OPD(DZ2), op->out[0] = OPD(DB2);
+  op->dims[0] = B, op->dims[1] = cls, op->params[0] = 1, op->in[0] = OPD(DZ2), op->out[0] = OPD(DB2);
   NEW(HM_ABI_OP_GEMM);
-  op->dims[0] = B, op->dims[1] = HID, op->dims[2] = CLS, op->params[0] = 1;
+  op->dims[0] = B, op->dims[1] = HID, op->dims[2] = cls, op->params[0] = 1;
   op->in[0] = OPD(DZ2), op->in[1] = OPD(W2), op->out[0] = OPD(DA1);
   if (scale_between) {
     NEW(HM_ABI_OP_SCALE);
@@ -115,16 +126,16 @@ static size_t build_ops(prog_ctx *pc, hm_abi_op *ops, int scale_between) {
   const int ms[4] = {M_W1, M_B1, M_W2, M_B2}, vs[4] = {V_W1, V_B1, V_W2, V_B2};
   for (int i = 0; i < 4; i++) {
     NEW(HM_ABI_OP_SUM_SQUARES);
-    op->dims[0] = nbytes(grads[i]) / 4, op->params[0] = 1, op->params[1] = i ? 1.0f : 0.0f;
+    op->dims[0] = nbytes(grads[i], cls) / 4, op->params[0] = 1, op->params[1] = i ? 1.0f : 0.0f;
     op->in[0] = OPD(grads[i]), op->out[0] = (hm_abi_operand){pc->dev[STATS], 4};
   }
   for (int i = 0; i < 4; i++) {
     NEW(HM_ABI_OP_CLIP);
-    op->dims[0] = nbytes(grads[i]) / 4, op->params[0] = 0.05f, op->out[0] = OPD(grads[i]);
+    op->dims[0] = nbytes(grads[i], cls) / 4, op->params[0] = 0.05f, op->out[0] = OPD(grads[i]);
   }
   for (int i = 0; i < 4; i++) {
     NEW(HM_ABI_OP_ADAM);
-    op->dims[0] = nbytes(grads[i]) / 4;
+    op->dims[0] = nbytes(grads[i], cls) / 4;
     op->dyn[0] = 0, op->dyn[1] = 1, op->dyn[2] = 2;
     op->params[3] = 0.9f, op->params[4] = 0.999f, op->params[5] = 1e-8f;
     op->in[0] = OPD(grads[i]), op->out[0] = OPD(params[i]), op->out[1] = OPD(ms[i]), op->out[2] = OPD(vs[i]);
@@ -134,7 +145,8 @@ static size_t build_ops(prog_ctx *pc, hm_abi_op *ops, int scale_between) {
 }
 
 static void test_mlp_program(conform_ctx *c, const void *arg, conform_result *r) {
-  const int scale_between = arg != NULL;
+  const mlp_version *v = arg;
+  const int cls = v->cls, scale_between = v->scale_between;
   const hm_abi_plugin *t = c->t;
   struct {
     uint32_t op, din, dout;
@@ -161,25 +173,25 @@ static void test_mlp_program(conform_ctx *c, const void *arg, conform_result *r)
   memset(&pc, 0, sizeof pc);
   uint64_t seed = c->seed + 424242;
   for (int b = 0; b < NBUF; b++) {
-    pc.host[b] = calloc(1, nbytes(b));
-    if (t->buffer_alloc(c->dev, nbytes(b), &pc.dev[b]) != HM_ABI_OK) {
-      conform_fail(r, "buffer_alloc(%zu): %s", nbytes(b), hm_plugin_last_message());
+    pc.host[b] = calloc(1, nbytes(b, cls));
+    if (t->buffer_alloc(c->dev, nbytes(b, cls), &pc.dev[b]) != HM_ABI_OK) {
+      conform_fail(r, "buffer_alloc(%zu): %s", nbytes(b, cls), hm_plugin_last_message());
       goto done;
     }
   }
   conform_fill_uniform((float *)pc.host[X], N * IN, 0, 1, seed);
-  for (int i = 0; i < N; i++) ((int32_t *)pc.host[Y])[i] = (int32_t)((i * 37 + seed) % CLS);
+  for (int i = 0; i < N; i++) ((int32_t *)pc.host[Y])[i] = (int32_t)((i * 37 + seed) % cls);
   conform_fill_uniform((float *)pc.host[W1], HID * IN, -0.5f, 0.5f, seed + 1);
   conform_fill_uniform((float *)pc.host[B1], HID, -0.1f, 0.1f, seed + 2);
-  conform_fill_uniform((float *)pc.host[W2], CLS * HID, -0.5f, 0.5f, seed + 3);
-  conform_fill_uniform((float *)pc.host[B2], CLS, -0.1f, 0.1f, seed + 4);
+  conform_fill_uniform((float *)pc.host[W2], cls * HID, -0.5f, 0.5f, seed + 3);
+  conform_fill_uniform((float *)pc.host[B2], cls, -0.1f, 0.1f, seed + 4);
   for (int b = 0; b < NBUF; b++)
-    if (t->buffer_write(pc.dev[b], 0, pc.host[b], nbytes(b)) != HM_ABI_OK) {
+    if (t->buffer_write(pc.dev[b], 0, pc.host[b], nbytes(b, cls)) != HM_ABI_OK) {
       conform_fail(r, "buffer_write: %s", hm_plugin_last_message());
       goto done;
     }
   hm_abi_op ops[64];
-  size_t n_ops = build_ops(&pc, ops, scale_between);
+  size_t n_ops = build_ops(&pc, ops, v);
   hm_abi_program_desc d;
   memset(&d, 0, sizeof d);
   d.struct_size = sizeof d;
@@ -222,7 +234,7 @@ static void test_mlp_program(conform_ctx *c, const void *arg, conform_result *r)
       break;
     }
     for (int p = 0; p < 4 && r->status == CONFORM_PASS; p++) {
-      size_t cnt = nbytes(params[p]) / 4;
+      size_t cnt = nbytes(params[p], cls) / 4;
       if (t->buffer_read(pc.dev[params[p]], 0, got, cnt * 4) != HM_ABI_OK) {
         conform_fail(r, "buffer_read: %s", hm_plugin_last_message());
         break;
@@ -245,7 +257,8 @@ done:
 }
 
 void conform_add_program_tests(conform_suite *s) {
-  static const int scale_between = 1;
-  conform_add(s, "program", test_mlp_program, NULL, 1, "program.mlp_training_step");
-  conform_add(s, "program", test_mlp_program, &scale_between, 1, "program.mlp_training_step.scale_before_bias");
+  static const mlp_version fused = {5, 0}, apart = {5, 1}, blocks = {8, 0};
+  conform_add(s, "program", test_mlp_program, &fused, 1, "program.mlp_training_step");
+  conform_add(s, "program", test_mlp_program, &apart, 1, "program.mlp_training_step.scale_before_bias");
+  conform_add(s, "program", test_mlp_program, &blocks, 1, "program.mlp_training_step.classes_8");
 }
