@@ -574,12 +574,11 @@ static inline __attribute__((always_inline)) __m256 gemv8_rows(int dtype, size_t
 }
 
 /* gemm8's weight block: decoded once for every activation row, so Q3
- * unpacks to plain bytes (value + 4, two registers) instead, for two
- * maddubs a row rather than three, against act_layout's |many| order. */
+ * unpacks to plain bytes (value + 4, two registers, as Q4's two) instead
+ * of gemv8's three masked registers, in act_layout's |many| order. */
 static inline void weight_block_many(int dtype, const uint8_t *blk, __m256i w[4]) {
   if (dtype == Q3) {
     unpack_block_256(Q3, blk + 2, 4, &w[0], &w[1]);
-    w[2] = _mm256_setzero_si256();
     return;
   }
   __m128i head;
@@ -666,17 +665,17 @@ static inline __attribute__((always_inline)) void gemm8_rows(int dtype, size_t n
       transpose8_epi32(col, wt + 8 * c);
     }
     __m256 db = scales8(Q8, r, o, NULL); /* the scales read one by one */
+    /* GEMM8_RUN rows a step, then half a run, then one at a time (R stays a constant). */
+#define GEMM8_STEP(R) \
+  gemm8_step(dtype, R, wt, act + (b * m + i) * CPU_QACT_BYTES, nb, b, sa + i * nb, asum + i * nb, db, acc + i)
     size_t i = i0;
-    for (; i + GEMM8_RUN <= end; i += GEMM8_RUN)
-      gemm8_step(dtype, GEMM8_RUN, wt, act + (b * m + i) * CPU_QACT_BYTES, nb, b, sa + i * nb, asum + i * nb, db,
-                 acc + i);
+    for (; i + GEMM8_RUN <= end; i += GEMM8_RUN) GEMM8_STEP(GEMM8_RUN);
     if (i + GEMM8_RUN / 2 <= end) {
-      gemm8_step(dtype, GEMM8_RUN / 2, wt, act + (b * m + i) * CPU_QACT_BYTES, nb, b, sa + i * nb, asum + i * nb,
-                 db, acc + i);
+      GEMM8_STEP(GEMM8_RUN / 2);
       i += GEMM8_RUN / 2;
     }
-    for (; i < end; i++)
-      gemm8_step(dtype, 1, wt, act + (b * m + i) * CPU_QACT_BYTES, nb, b, sa + i * nb, asum + i * nb, db, acc + i);
+    for (; i < end; i++) GEMM8_STEP(1);
+#undef GEMM8_STEP
   }
 }
 
