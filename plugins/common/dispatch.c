@@ -14,7 +14,7 @@ static const char *const names[HK_COUNT] = {
     "reduce_cols", "sum_squares", "clip", "scale", "axpy", "gather", "fill", "copy", "sgd", "adam",
     "rmsprop", "lamb", "quantize", "dequantize", "gemm_q", "conv2d", "conv2d_bwd_data", "conv2d_bwd_filter",
     "pool2d", "pool2d_bwd", "dropout", "batch_norm", "batch_norm_bwd", "layer_norm", "layer_norm_bwd", "im2col",
-    "gemm_reg", "gemm_x4", "gemm_x8", "bias_act", "gemm_qx4", "gemm_x8k"};
+    "gemm_reg", "gemm_x4", "gemm_x8", "bias_act", "gemm_qx4", "gemm_dot"};
 
 const char *hm_kernel_name(hm_kernel_id k) { return (unsigned)k < HK_COUNT ? names[k] : "?"; }
 
@@ -88,7 +88,7 @@ static int plan_window(const hm_abi_op *op, uint32_t max_groups, hm_dispatch *d,
 }
 
 int hm_plan_dispatch(const hm_abi_op *op, uint32_t max_groups, hm_dispatch *d, char *err, size_t cap) {
-  const hm_dispatch_limits lim = {.max_groups = max_groups, .max_loop = 0, .gemm_block = 8, .split_k = 0};
+  const hm_dispatch_limits lim = {.max_groups = max_groups, .max_loop = 0, .gemm_block = 8, .dot_gemm = 0};
   return hm_plan_dispatch_for(op, &lim, d, err, cap);
 }
 
@@ -217,11 +217,12 @@ int hm_plan_dispatch_for(const hm_abi_op *op, const hm_dispatch_limits *lim, hm_
       if (d->kernel == HK_GEMM_X8) d->local_size = 8;
       items = ((d0 + side - 1) / side) * ((d1 + side - 1) / side);
       loop = d2 / (x4 && side > 1 ? 4 : 1) + 1;
-      /* C = A Bᵀ over a long k: a work-group per block, k split across it (gemm_x8k). */
-      if (lim->split_k && side == 8 && tb && !ta && d2 >= 128) {
-        d->kernel = HK_GEMM_X8K;
-        items *= d->local_size;
-        loop = d2 / 32 + 1;
+      /* C = A Bᵀ as dot products of rows: a work-group of 8 per 8x8 block (gemm_dot). */
+      if (lim->dot_gemm && x4 && d0 >= 8 && d1 >= 8 && tb && !ta) {
+        d->kernel = HK_GEMM_DOT;
+        d->local_size = 8;
+        items = ((d0 + 7) / 8) * ((d1 + 7) / 8) * 8;
+        loop = d2 / 4 + 1;
       }
       if (!fits(d0 * d1) || !fits(d0 * d2) || !fits(d2 * d1)) items = UINT64_MAX; /* indices past 32 bits */
       break;
@@ -390,7 +391,7 @@ static int all_f32(const hm_abi_op *op) {
 }
 
 int hm_kernel_is_gemm(hm_kernel_id k) {
-  return k == HK_GEMM || k == HK_GEMM_REG || k == HK_GEMM_X4 || k == HK_GEMM_X8 || k == HK_GEMM_X8K;
+  return k == HK_GEMM || k == HK_GEMM_REG || k == HK_GEMM_X4 || k == HK_GEMM_X8 || k == HK_GEMM_DOT;
 }
 
 /* Whether [a, a + an) and [b, b + bn) of the same buffer meet. */

@@ -22,7 +22,7 @@ typedef enum hm_kernel_id {
   HK_REDUCE_COLS, HK_SUM_SQUARES, HK_CLIP, HK_SCALE, HK_AXPY, HK_GATHER, HK_FILL, HK_COPY, HK_SGD, HK_ADAM,
   HK_RMSPROP, HK_LAMB, HK_QUANTIZE, HK_DEQUANTIZE, HK_GEMM_Q, HK_CONV2D, HK_CONV2D_BWD_DATA, HK_CONV2D_BWD_FILTER,
   HK_POOL2D, HK_POOL2D_BWD, HK_DROPOUT, HK_BATCH_NORM, HK_BATCH_NORM_BWD, HK_LAYER_NORM, HK_LAYER_NORM_BWD, HK_IM2COL,
-  HK_GEMM_REG, HK_GEMM_X4, HK_GEMM_X8, HK_BIAS_ACT, HK_GEMM_QX4, HK_GEMM_X8K, HK_COUNT
+  HK_GEMM_REG, HK_GEMM_X4, HK_GEMM_X8, HK_BIAS_ACT, HK_GEMM_QX4, HK_GEMM_DOT, HK_COUNT
 } hm_kernel_id;
 
 /* The kernel's name in hm_ops.kern ("gemm", "softmax_fwd", ...). */
@@ -80,12 +80,11 @@ typedef struct hm_dispatch_limits {
    * past max_loop: the grid grows back toward max_groups first. Window and
    * normalization ops keep max_groups. 0 = max_groups. */
   uint32_t spread_groups;
-  /* Nonzero: C = A Bᵀ over a long k (both operands contiguous along k) runs
-   * as gemm_x8k, k split across a work-group of 8 with the partial blocks
-   * summed in shared memory. PoCL gains (neighbouring invocations read
-   * neighbouring words); lavapipe loses 13x, so only plugins that measured
-   * it ask. */
-  uint32_t split_k;
+  /* Nonzero: C = A Bᵀ (both operands contiguous along k) runs as gemm_dot,
+   * each output a dot product of two rows summed in 8 (OpenCL) or 4 lanes
+   * of k. PoCL gains (no transposes in registers, 6 vector loads per 8
+   * vector multiply-adds); only plugins that measured it ask. */
+  uint32_t dot_gemm;
 } hm_dispatch_limits;
 
 /* Which launches of a program must wait for the launches before them (a
