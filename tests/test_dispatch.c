@@ -230,7 +230,8 @@ static void loop_limited_devices_refuse_long_gemms(void) {
 }
 
 /* SUM_SQUARES past HM_REDUCE_SPLIT: partial sums on many groups into b5
- * scratch (variant 1), then one group sums them (variant 2). */
+ * scratch, one per invocation (variant 1), then one group sums them
+ * (variant 2). */
 static void long_reductions_split_over_work_groups(void) {
   hm_abi_op op;
   memset(&op, 0, sizeof op);
@@ -246,7 +247,7 @@ static void long_reductions_split_over_work_groups(void) {
   op.dims[0] = 100352; /* 784 x 128 */
   HM_CHECK_EQ(hm_plan_dispatch(&op, 1024, &d, err, sizeof err), 0);
   HM_CHECK_EQ(d.slices, 2);
-  HM_CHECK_EQ(d.scratch_words, 25); /* 4096 elements or more a group */
+  HM_CHECK_EQ(d.scratch_words, 25 * 128); /* 4096 elements or more a group of 128 */
   hm_kparams kp;
   uint32_t groups;
   hm_dispatch_slice(&d, 0, &kp, &groups);
@@ -256,14 +257,14 @@ static void long_reductions_split_over_work_groups(void) {
   hm_dispatch_slice(&d, 0, &kp, &groups);
   HM_CHECK_EQ(kp.variant, 1);
   HM_CHECK_EQ(groups, 25);
-  HM_CHECK_EQ(kp.aux1, 25);
+  HM_CHECK_EQ(kp.aux1, 25 * 128);
   hm_dispatch_slice(&d, 1, &kp, &groups);
   HM_CHECK_EQ(kp.variant, 2);
   HM_CHECK_EQ(groups, 1);
   op.dims[0] = (uint64_t)1 << 30; /* capped at max_groups */
   HM_CHECK_EQ(plan_limited(&op, 20000, 8, &d, err, sizeof err), 0);
   HM_CHECK_EQ(d.groups, 1024);
-  HM_CHECK_EQ(d.scratch_words, 1024);
+  HM_CHECK_EQ(d.scratch_words, 1024 * 128);
 }
 
 /* A BIAS_ADD and the ACT_FORWARD of its sum fuse into one bias_act launch;

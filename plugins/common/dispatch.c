@@ -254,13 +254,14 @@ int hm_plan_dispatch_for(const hm_abi_op *op, const hm_dispatch_limits *lim, hm_
       }
       if (!fits(items)) break;
       {
-        /* Groups of 128 taking 4096 elements or more each, at most max_groups. */
-        uint64_t parts = (d0 + 4095) / 4096;
-        if (parts > max_groups) parts = max_groups;
+        /* Groups of 128 taking 4096 elements or more each, at most
+         * max_groups; a partial sum per invocation. */
+        uint64_t groups = (d0 + 4095) / 4096;
+        if (groups > max_groups) groups = max_groups;
         d->local_size = 128;
-        d->groups = (uint32_t)parts;
-        d->p.aux1 = (uint32_t)parts;
-        d->scratch_words = (uint32_t)parts;
+        d->groups = (uint32_t)groups;
+        d->p.aux1 = (uint32_t)groups * 128u;
+        d->scratch_words = (uint32_t)groups * 128u;
         d->slices = 2;
         /* The partial sums read four words at a time where they can (VARIANT 3). */
         if (d0 % 4 == 0 && op->in[0].offset % 16 == 0) d->p.variant = 3;

@@ -51,9 +51,10 @@ typedef struct hm_dispatch {
   uint32_t slices, slice_images, slice_words[6];
   /* A reduction over many work-groups (SUM_SQUARES of more than
    * HM_REDUCE_SPLIT elements) is two launches, as slices 0 and 1: |groups|
-   * groups write partial results to |scratch_words| words the backend binds
-   * at b5 (offset 0), then one group combines them in a fixed order, so the
-   * result does not depend on scheduling. 0 = no scratch. */
+   * groups write partial results (one per invocation) to |scratch_words|
+   * words the backend binds at b5 (offset 0), then one group combines them
+   * in a fixed order, so the result does not depend on scheduling. 0 = no
+   * scratch. */
   uint32_t scratch_words;
 } hm_dispatch;
 
