@@ -43,7 +43,7 @@ static const char *kernel_of(hm_abi_op op) {
 /* Four-word loads need the contiguous sizes (k; m when A is transposed; n
  * unless B is) and the offsets to be multiples of 4 words. */
 static void gemm_kernels_follow_shape_and_alignment(void) {
-  CHECK_KERNEL(gemm(64, 128, 784, HM_ABI_OP_FLAG_TRANS_B, 0), "gemm_x8"); /* dot_gemm not asked for */
+  CHECK_KERNEL(gemm(64, 128, 784, HM_ABI_OP_FLAG_TRANS_B, 0), "gemm_x8"); /* vec8 not asked for */
   CHECK_KERNEL(gemm(128, 784, 64, HM_ABI_OP_FLAG_TRANS_A, 0), "gemm_x8");
   CHECK_KERNEL(gemm(4, 12, 8, 0, 0), "gemm_x4");
   CHECK_KERNEL(gemm(64, 128, 10, 0, 0), "gemm_reg");        /* k % 4 */
@@ -60,9 +60,9 @@ static void gemm_kernels_follow_shape_and_alignment(void) {
    * most 1024 x 8 invocations, each takes 9, so 939 groups do. */
   HM_CHECK_EQ(d.local_size, 8u);
   HM_CHECK_EQ(d.groups, 939);
-  /* A device that asks for dot_gemm (PoCL) runs C = A Bᵀ as gemm_dot: a
+  /* A device that asks for vec8 (PoCL) runs C = A Bᵀ as gemm_dot: a
    * group of 8 per 8x8 block, 8 x 16 of them for a 64 x 128 C. */
-  const hm_dispatch_limits dot = {.max_groups = 1024, .gemm_block = 8, .dot_gemm = 1};
+  const hm_dispatch_limits dot = {.max_groups = 1024, .gemm_block = 8, .vec8 = 1};
   op = gemm(64, 128, 784, HM_ABI_OP_FLAG_TRANS_B, 0);
   HM_CHECK_EQ(hm_plan_dispatch_for(&op, &dot, &d, err, sizeof err), 0);
   HM_CHECK_STR_CONTAINS(hm_kernel_name(d.kernel), "gemm_dot");
@@ -71,12 +71,25 @@ static void gemm_kernels_follow_shape_and_alignment(void) {
   op = gemm(64, 128, 4, HM_ABI_OP_FLAG_TRANS_B, 0); /* one four-word step of k */
   HM_CHECK_EQ(hm_plan_dispatch_for(&op, &dot, &d, err, sizeof err), 0);
   HM_CHECK_EQ(d.kernel, HK_GEMM_DOT);
-  op = gemm(64, 128, 10, HM_ABI_OP_FLAG_TRANS_B, 0); /* k % 4: one-word loads */
-  HM_CHECK_EQ(hm_plan_dispatch_for(&op, &dot, &d, err, sizeof err), 0);
-  HM_CHECK_EQ(d.kernel, HK_GEMM_REG);
   op = gemm(64, 128, 784, HM_ABI_OP_FLAG_TRANS_A | HM_ABI_OP_FLAG_TRANS_B, 0); /* A along m: no dot products */
   HM_CHECK_EQ(hm_plan_dispatch_for(&op, &dot, &d, err, sizeof err), 0);
   HM_CHECK_EQ(d.kernel, HK_GEMM_X8);
+  /* And gemm_x8's float8 path takes B stored [k][n] at any k and offset
+   * where every 8x8 block lies inside C (gemm_reg without vec8, above). */
+  op = gemm(64, 128, 10, 0, 0);
+  HM_CHECK_EQ(hm_plan_dispatch_for(&op, &dot, &d, err, sizeof err), 0);
+  HM_CHECK_EQ(d.kernel, HK_GEMM_X8);
+  HM_CHECK_EQ(d.local_size, 8u);
+  HM_CHECK_EQ(d.groups, 8 * 16 / 8); /* a block per invocation */
+  op = gemm(64, 128, 784, 0, 8); /* A 8 bytes in */
+  HM_CHECK_EQ(hm_plan_dispatch_for(&op, &dot, &d, err, sizeof err), 0);
+  HM_CHECK_EQ(d.kernel, HK_GEMM_X8);
+  op = gemm(10, 128, 64, HM_ABI_OP_FLAG_TRANS_A, 0); /* blocks past C's edge: the array form's four-word loads */
+  HM_CHECK_EQ(hm_plan_dispatch_for(&op, &dot, &d, err, sizeof err), 0);
+  HM_CHECK_EQ(d.kernel, HK_GEMM_REG);
+  op = gemm(64, 128, 10, HM_ABI_OP_FLAG_TRANS_B, 0); /* B stored [n][k], k % 4: one-word loads */
+  HM_CHECK_EQ(hm_plan_dispatch_for(&op, &dot, &d, err, sizeof err), 0);
+  HM_CHECK_EQ(d.kernel, HK_GEMM_REG);
   /* A device whose 8x8 sums spill (lavapipe with texel operands) takes 4x4
    * four-word blocks: 16 x 32 of them for a 64 x 128 C. */
   op = gemm(64, 128, 784, HM_ABI_OP_FLAG_TRANS_B, 0);

@@ -88,7 +88,7 @@ static int plan_window(const hm_abi_op *op, uint32_t max_groups, hm_dispatch *d,
 }
 
 int hm_plan_dispatch(const hm_abi_op *op, uint32_t max_groups, hm_dispatch *d, char *err, size_t cap) {
-  const hm_dispatch_limits lim = {.max_groups = max_groups, .max_loop = 0, .gemm_block = 8, .dot_gemm = 0};
+  const hm_dispatch_limits lim = {.max_groups = max_groups, .max_loop = 0, .gemm_block = 8, .vec8 = 0};
   return hm_plan_dispatch_for(op, &lim, d, err, cap);
 }
 
@@ -218,11 +218,18 @@ int hm_plan_dispatch_for(const hm_abi_op *op, const hm_dispatch_limits *lim, hm_
       items = ((d0 + side - 1) / side) * ((d1 + side - 1) / side);
       loop = d2 / (x4 && side > 1 ? 4 : 1) + 1;
       /* C = A Bᵀ as dot products of rows: a work-group of 8 per 8x8 block (gemm_dot). */
-      if (lim->dot_gemm && x4 && d0 >= 8 && d1 >= 8 && tb && !ta) {
+      if (lim->vec8 && x4 && d0 >= 8 && d1 >= 8 && tb && !ta) {
         d->kernel = HK_GEMM_DOT;
         d->local_size = 8;
         items = ((d0 + 7) / 8) * ((d1 + 7) / 8) * 8;
         loop = d2 / 4 + 1;
+      }
+      /* gemm_x8's float8 path: any k and offsets where every block lies inside C. */
+      if (lim->vec8 && !x4 && !tb && gemm_block >= 8 && d0 >= 8 && d1 >= 8 && d0 % 8 == 0 && d1 % 8 == 0) {
+        d->kernel = HK_GEMM_X8;
+        d->local_size = 8;
+        items = (d0 / 8) * (d1 / 8);
+        loop = d2 + 1;
       }
       if (!fits(d0 * d1) || !fits(d0 * d2) || !fits(d2 * d1)) items = UINT64_MAX; /* indices past 32 bits */
       break;

@@ -81,11 +81,15 @@ typedef struct hm_dispatch_limits {
    * past max_loop: the grid grows back toward max_groups first. Window and
    * normalization ops keep max_groups. 0 = max_groups. */
   uint32_t spread_groups;
-  /* Nonzero: C = A Bᵀ (both operands contiguous along k) runs as gemm_dot,
-   * each output a dot product of two rows summed in 8 (OpenCL) or 4 lanes
-   * of k. PoCL gains (no transposes in registers, 6 vector loads per 8
-   * vector multiply-adds); only plugins that measured it ask. */
-  uint32_t dot_gemm;
+  /* Nonzero where the kernels' eight-wide vector paths compile (OpenCL's
+   * float8): C = A Bᵀ (both operands contiguous along k) runs as gemm_dot,
+   * each output a dot product of two rows summed in 8 lanes of k (PoCL
+   * gains: no transposes in registers, 6 vector loads per 8 vector
+   * multiply-adds), and a GEMM with B stored [k][n] whose 8x8 blocks all lie
+   * inside C runs as gemm_x8 whatever its k and offsets (the float8 path
+   * reads A's words one at a time, where four-word loads need multiples of
+   * 4). Only plugins that measured it ask. */
+  uint32_t vec8;
 } hm_dispatch_limits;
 
 /* Which launches of a program must wait for the launches before them (a

@@ -537,7 +537,7 @@ static int32_t ocl_program_create(hm_abi_device *dev, const hm_abi_program_desc 
   /* Not spread over few groups as on lavapipe: PoCL vectorizes a kernel
    * across its work-items only when each takes about one element (Adam over
    * 100k parameters: 0.30 ms with 797 groups, 0.67-0.79 ms with 64). */
-  const hm_dispatch_limits limits = {.max_groups = MAX_GROUPS, .gemm_block = 8, .dot_gemm = 1};
+  const hm_dispatch_limits limits = {.max_groups = MAX_GROUPS, .gemm_block = 8, .vec8 = 1};
   for (uint32_t i = 0; i < desc->n_ops && st == HM_ABI_OK; i++) {
     const hm_abi_op *op = hm_program_op(desc, stride, i);
     hm_dispatch d;

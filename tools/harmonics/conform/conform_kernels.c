@@ -538,11 +538,12 @@ static void add_gemm_cases(conform_suite *s) {
         }
   /* f32 shapes for blocked kernels (GPU plugins pick 8x8 or 4x4 register
    * blocks with four-word loads when sizes allow): a 4x4-only edge, ragged
-   * 8x8 edges (with a short k, and with a k long enough that C = A Bᵀ splits
-   * it across a work-group), a long k (lavapipe ends a shader's loops after
-   * 65535 iterations in all), and more blocks than invocations launched. */
-  static const uint64_t blocked_shapes[][3] = {{4, 12, 8},     {36, 20, 64},  {36, 20, 260},
-                                               {16, 16, 8192}, {2080, 2080, 4}};
+   * 8x8 edges (with a short k and a longer one), a long k (lavapipe ends a
+   * shader's loops after 65535 iterations in all), more blocks than
+   * invocations launched, and whole 8x8 blocks over a k that is not a
+   * multiple of 4 (OpenCL's float8 path reads such operands word by word). */
+  static const uint64_t blocked_shapes[][3] = {{4, 12, 8},     {36, 20, 64},    {36, 20, 260},
+                                               {16, 16, 8192}, {2080, 2080, 4}, {16, 24, 10}};
   for (size_t sh = 0; sh < sizeof blocked_shapes / sizeof blocked_shapes[0]; sh++)
     for (uint32_t fl = 0; fl < 4; fl++) {
       k = new_case(HM_ABI_OP_GEMM, F32, F32);
