@@ -96,6 +96,45 @@ static void gemm_kernels_follow_shape_and_alignment(void) {
   HM_CHECK_EQ(plan_limited(&op, 20000, 4, &d, err, sizeof err), 0);
   HM_CHECK_STR_CONTAINS(hm_kernel_name(d.kernel), "gemm_x4");
   HM_CHECK_EQ(d.groups, 16 * 32 / 64);
+  HM_CHECK_EQ(d.p.flags, HM_ABI_OP_FLAG_TRANS_B | HM_KFLAG_C_X4); /* rows of C four-word aligned */
+  op.out[0].offset = 8; /* C 8 bytes in: one-word stores */
+  HM_CHECK_EQ(plan_limited(&op, 20000, 4, &d, err, sizeof err), 0);
+  HM_CHECK_EQ(d.p.flags, HM_ABI_OP_FLAG_TRANS_B);
+}
+
+/* A device with subgroup shuffles of 8 lanes (lavapipe) runs gemm_x4's
+ * GEMMs as gemm_sg where C has 32 columns: a subgroup per 4 x 32 tile. */
+static void subgroup_gemm(void) {
+  const hm_dispatch_limits sg = {.max_groups = 1024, .max_loop = 20000, .gemm_block = 4, .subgroup = 8};
+  hm_dispatch d;
+  char err[256];
+  hm_abi_op op = gemm(64, 128, 784, HM_ABI_OP_FLAG_TRANS_B, 0);
+  HM_CHECK_EQ(hm_plan_dispatch_for(&op, &sg, &d, err, sizeof err), 0);
+  HM_CHECK_EQ(d.kernel, HK_GEMM_SG);
+  HM_CHECK_EQ(d.local_size, 64u);
+  HM_CHECK_EQ(d.groups, 16 * 4 * 8 / 64); /* 16 x 4 tiles of 8 lanes */
+  HM_CHECK_EQ(d.p.flags, HM_ABI_OP_FLAG_TRANS_B | HM_KFLAG_C_X4);
+  op = gemm(784, 128, 64, HM_ABI_OP_FLAG_TRANS_A, 0); /* the weight gradient */
+  HM_CHECK_EQ(hm_plan_dispatch_for(&op, &sg, &d, err, sizeof err), 0);
+  HM_CHECK_EQ(d.kernel, HK_GEMM_SG);
+  HM_CHECK_EQ(d.groups, 196 * 4 * 8 / 64);
+  op = gemm(64, 28, 784, HM_ABI_OP_FLAG_TRANS_B, 0); /* narrower than a tile */
+  HM_CHECK_EQ(hm_plan_dispatch_for(&op, &sg, &d, err, sizeof err), 0);
+  HM_CHECK_EQ(d.kernel, HK_GEMM_X4);
+  op = gemm(64, 128, 10, 0, 0); /* no four-word loads: as without subgroups */
+  HM_CHECK_EQ(hm_plan_dispatch_for(&op, &sg, &d, err, sizeof err), 0);
+  HM_CHECK_EQ(d.kernel, HK_GEMM_REG);
+  /* Where 8x8 blocks win (storage operands), subgroups do not change them. */
+  const hm_dispatch_limits sg8 = {.max_groups = 1024, .gemm_block = 8, .subgroup = 8};
+  op = gemm(64, 128, 784, HM_ABI_OP_FLAG_TRANS_B, 0);
+  HM_CHECK_EQ(hm_plan_dispatch_for(&op, &sg8, &d, err, sizeof err), 0);
+  HM_CHECK_EQ(d.kernel, HK_GEMM_X8);
+  /* Its loops count against a loop-limited device: a tile of k = 100,000 is
+   * 12,500 steps of 8, past a limit of 10,000. */
+  op = gemm(80, 32, 100000, HM_ABI_OP_FLAG_TRANS_B, 0);
+  const hm_dispatch_limits short_loop = {.max_groups = 1, .max_loop = 10000, .gemm_block = 4, .subgroup = 8};
+  HM_CHECK(hm_plan_dispatch_for(&op, &short_loop, &d, err, sizeof err) != 0);
+  HM_CHECK_STR_CONTAINS(err, "GEMM");
 }
 
 /* Packed matmuls: 4x4 blocks (gemm_qx4, the dtype as the variant) where C
@@ -431,6 +470,7 @@ static void norm_and_im2col_plans(void) {
 int main(int argc, char **argv) {
   static const hm_test_case cases[] = {
       HM_TEST_CASE(gemm_kernels_follow_shape_and_alignment),
+      HM_TEST_CASE(subgroup_gemm),
       HM_TEST_CASE(packed_gemm_kernels),
       HM_TEST_CASE(launches_wait_only_on_hazards),
       HM_TEST_CASE(cpu_devices_take_few_groups),

@@ -14,7 +14,7 @@ static const char *const names[HK_COUNT] = {
     "reduce_cols", "sum_squares", "clip", "scale", "axpy", "gather", "fill", "copy", "sgd", "adam",
     "rmsprop", "lamb", "quantize", "dequantize", "gemm_q", "conv2d", "conv2d_bwd_data", "conv2d_bwd_filter",
     "pool2d", "pool2d_bwd", "dropout", "batch_norm", "batch_norm_bwd", "layer_norm", "layer_norm_bwd", "im2col",
-    "gemm_reg", "gemm_x4", "gemm_x8", "bias_act", "gemm_qx4", "gemm_dot"};
+    "gemm_reg", "gemm_x4", "gemm_x8", "bias_act", "gemm_qx4", "gemm_dot", "gemm_sg"};
 
 const char *hm_kernel_name(hm_kernel_id k) { return (unsigned)k < HK_COUNT ? names[k] : "?"; }
 
@@ -217,6 +217,14 @@ int hm_plan_dispatch_for(const hm_abi_op *op, const hm_dispatch_limits *lim, hm_
       if (d->kernel == HK_GEMM_X8) d->local_size = 8;
       items = ((d0 + side - 1) / side) * ((d1 + side - 1) / side);
       loop = d2 / (x4 && side > 1 ? 4 : 1) + 1;
+      /* A subgroup per 4 rows x 4 subgroup-size columns, sharing A (gemm_sg),
+       * where C has that many columns (a narrower C would leave lanes idle). */
+      uint64_t span = 4 * (uint64_t)lim->subgroup;
+      if (lim->subgroup >= 8 && d->kernel == HK_GEMM_X4 && d1 >= span) {
+        d->kernel = HK_GEMM_SG;
+        items = ((d0 + 3) / 4) * ((d1 + span - 1) / span) * lim->subgroup;
+        loop = d2 / 8 + 2;
+      }
       /* C = A Bᵀ as dot products of rows: a work-group of 8 per 8x8 block (gemm_dot). */
       if (lim->vec8 && x4 && d0 >= 8 && d1 >= 8 && tb && !ta) {
         d->kernel = HK_GEMM_DOT;
@@ -231,6 +239,8 @@ int hm_plan_dispatch_for(const hm_abi_op *op, const hm_dispatch_limits *lim, hm_
         items = (d0 / 8) * (d1 / 8);
         loop = d2 + 1;
       }
+      if ((d->kernel == HK_GEMM_X4 || d->kernel == HK_GEMM_SG) && d1 % 4 == 0 && op->out[0].offset % 16 == 0)
+        d->p.flags |= HM_KFLAG_C_X4;
       if (!fits(d0 * d1) || !fits(d0 * d2) || !fits(d2 * d1)) items = UINT64_MAX; /* indices past 32 bits */
       break;
     }
@@ -399,7 +409,7 @@ static int all_f32(const hm_abi_op *op) {
 }
 
 int hm_kernel_is_gemm(hm_kernel_id k) {
-  return k == HK_GEMM || k == HK_GEMM_REG || k == HK_GEMM_X4 || k == HK_GEMM_X8 || k == HK_GEMM_DOT;
+  return k == HK_GEMM || k == HK_GEMM_REG || k == HK_GEMM_X4 || k == HK_GEMM_X8 || k == HK_GEMM_DOT || k == HK_GEMM_SG;
 }
 
 /* Whether [a, a + an) and [b, b + bn) of the same buffer meet. */

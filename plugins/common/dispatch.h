@@ -22,11 +22,16 @@ typedef enum hm_kernel_id {
   HK_REDUCE_COLS, HK_SUM_SQUARES, HK_CLIP, HK_SCALE, HK_AXPY, HK_GATHER, HK_FILL, HK_COPY, HK_SGD, HK_ADAM,
   HK_RMSPROP, HK_LAMB, HK_QUANTIZE, HK_DEQUANTIZE, HK_GEMM_Q, HK_CONV2D, HK_CONV2D_BWD_DATA, HK_CONV2D_BWD_FILTER,
   HK_POOL2D, HK_POOL2D_BWD, HK_DROPOUT, HK_BATCH_NORM, HK_BATCH_NORM_BWD, HK_LAYER_NORM, HK_LAYER_NORM_BWD, HK_IM2COL,
-  HK_GEMM_REG, HK_GEMM_X4, HK_GEMM_X8, HK_BIAS_ACT, HK_GEMM_QX4, HK_GEMM_DOT, HK_COUNT
+  HK_GEMM_REG, HK_GEMM_X4, HK_GEMM_X8, HK_BIAS_ACT, HK_GEMM_QX4, HK_GEMM_DOT, HK_GEMM_SG, HK_COUNT
 } hm_kernel_id;
 
 /* The kernel's name in hm_ops.kern ("gemm", "softmax_fwd", ...). */
 const char *hm_kernel_name(hm_kernel_id k);
+/* Planner-owned GEMM flag above the ABI's (kernels read it in GEMM_FLAGS):
+ * C's rows are four-word aligned (n % 4 == 0 and a 16-byte offset), so
+ * gemm_x4 and gemm_sg store a row of their block in one four-word store. */
+#define HM_KFLAG_C_X4 0x100u
+
 /* Whether |k| is one of the f32 GEMM kernels (gemm, gemm_reg, gemm_x4, gemm_x8). */
 int hm_kernel_is_gemm(hm_kernel_id k);
 
@@ -90,6 +95,11 @@ typedef struct hm_dispatch_limits {
    * reads A's words one at a time, where four-word loads need multiples of
    * 4). Only plugins that measured it ask. */
   uint32_t vec8;
+  /* The subgroup size (8 or more) where the kernels' subgroup shuffles
+   * compile and run (Vulkan's subgroupShuffle): a GEMM that gemm_x4 would
+   * run, with at least 4 x subgroup columns, goes to gemm_sg, whose lanes
+   * share A's values by shuffles instead of each loading them. 0 = none. */
+  uint32_t subgroup;
 } hm_dispatch_limits;
 
 /* Which launches of a program must wait for the launches before them (a

@@ -262,7 +262,7 @@ static const kernel_fn kernels[] = {
     hm_k_fill, hm_k_copy, hm_k_sgd, hm_k_adam, hm_k_rmsprop, hm_k_lamb, hm_k_quantize, hm_k_dequantize,
     hm_k_gemm_q, hm_k_conv2d, hm_k_conv2d_bwd_data, hm_k_conv2d_bwd_filter, hm_k_pool2d, hm_k_pool2d_bwd,
     hm_k_dropout, hm_k_batch_norm, hm_k_batch_norm_bwd, hm_k_layer_norm, hm_k_layer_norm_bwd, hm_k_im2col, hm_k_gemm_reg, hm_k_gemm_x4, hm_k_gemm_x8,
-    hm_k_bias_act, hm_k_gemm_qx4, hm_k_gemm_dot};
+    hm_k_bias_act, hm_k_gemm_qx4, hm_k_gemm_dot, hm_k_gemm_sg};
 static_assert(sizeof kernels / sizeof kernels[0] == HK_COUNT, "one CUDA kernel per hm_kernel_id");
 
 struct cu_device_info {

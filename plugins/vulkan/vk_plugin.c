@@ -65,6 +65,9 @@ typedef struct vk_device_info {
   /* Texel views of up to this many elements (0: the device cannot read
    * R32_UINT and R32G32B32A32_UINT uniform texel buffers). */
   uint64_t texel_elements;
+  /* The subgroup size where compute shaders have subgroupShuffle (8 or
+   * more; hm_dispatch_limits.subgroup), else 0. */
+  uint32_t subgroup;
 } vk_device_info;
 
 typedef struct hm_abi_context {
@@ -86,11 +89,12 @@ typedef struct hm_abi_device {
   VkPipelineLayout layout;
   VkPipelineCache cache;
   VkShaderModule modules[HK_COUNT][2]; /* [texel operands] */
-  /* Pipelines per kernel, by specialization (key: texel << 16 | flags << 8 | variant, plus 1). */
+  /* Pipelines per kernel, by specialization (key: texel << 20 | GEMM flags << 8 | variant, plus 1). */
   uint32_t pipe_keys[HK_COUNT][N_PIPE_VARIANTS];
   VkPipeline pipes[HK_COUNT][N_PIPE_VARIANTS];
   int texel_operands; /* texel views are made and read (not operands=storage) */
   int profile;        /* device option profile=on: time every dispatch (below) */
+  uint32_t subgroup;  /* hm_dispatch_limits.subgroup: the device's, or 0 with subgroups=off */
   double tick_ns;     /* timestampPeriod */
   VkPhysicalDeviceMemoryProperties mem;
   int force_staging;
@@ -180,10 +184,12 @@ static void describe(vk_device_info *di) {
   VkPhysicalDeviceSubgroupProperties sub = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_SUBGROUP_PROPERTIES};
   VkPhysicalDeviceProperties2 p2 = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_PROPERTIES_2, .pNext = &sub};
   int v11 = props.apiVersion >= VK_API_VERSION_1_2;
-  if (v11) {
-    vkGetPhysicalDeviceFeatures2(di->phys, &f2);
-    vkGetPhysicalDeviceProperties2(di->phys, &p2);
-  }
+  if (v11) vkGetPhysicalDeviceFeatures2(di->phys, &f2);
+  vkGetPhysicalDeviceProperties2(di->phys, &p2); /* core in 1.1, which every device used has */
+  const VkSubgroupFeatureFlags shuffle = VK_SUBGROUP_FEATURE_BASIC_BIT | VK_SUBGROUP_FEATURE_SHUFFLE_BIT;
+  di->subgroup = (sub.supportedStages & VK_SHADER_STAGE_COMPUTE_BIT) && (sub.supportedOperations & shuffle) == shuffle &&
+                         sub.subgroupSize >= 8 && sub.subgroupSize <= 64 && !(sub.subgroupSize & (sub.subgroupSize - 1))
+                     ? sub.subgroupSize : 0;
   uint32_t n_ext = 0;
   vkEnumerateDeviceExtensionProperties(di->phys, NULL, &n_ext, NULL);
   VkExtensionProperties *ext = calloc(n_ext ? n_ext : 1, sizeof *ext);
@@ -223,7 +229,7 @@ static void describe(vk_device_info *di) {
            VK_API_VERSION_PATCH(props.apiVersion), props.deviceType <= 4 ? types[props.deviceType] : "?",
            props.driverVersion, v11 && f12.shaderFloat16 ? "yes" : "no", v11 && f12.shaderInt8 ? "yes" : "no",
            v11 && f12.storageBuffer8BitAccess ? "yes" : "no", v11 && f11.storageBuffer16BitAccess ? "yes" : "no",
-           dot ? "yes" : "no", v11 ? sub.subgroupSize : 0, coop ? "yes" : "no",
+           dot ? "yes" : "no", sub.subgroupSize, coop ? "yes" : "no",
            (unsigned long long)props.limits.maxStorageBufferRange, (unsigned long long)di->texel_elements,
            props.limits.maxComputeWorkGroupInvocations);
   uint32_t n_caps = 0;
@@ -456,7 +462,7 @@ static int32_t vk_device_open(hm_abi_context *ctx, uint32_t index, const hm_abi_
                               hm_abi_device **out) {
   if (!ctx || !out || (n_options && !options)) return HM_ABI_STATUS_INVALID_ARGUMENT;
   if (index >= ctx->n_devices) return fail(ctx, HM_ABI_STATUS_NOT_FOUND, "vulkan: no device %u", index);
-  int force_staging = 0, storage_operands = 0, profile = 0;
+  int force_staging = 0, storage_operands = 0, profile = 0, no_subgroups = 0;
   for (uint32_t i = 0; i < n_options; i++) {
     const char *k = options[i].key ? options[i].key : "", *v = options[i].value ? options[i].value : "";
     if (!strcmp(k, "threads")) continue; /* offered to every device; not used here */
@@ -472,8 +478,13 @@ static int32_t vk_device_open(hm_abi_context *ctx, uint32_t index, const hm_abi_
       profile = !strcmp(v, "on");
       continue;
     }
+    if (!strcmp(k, "subgroups") && (!strcmp(v, "auto") || !strcmp(v, "off"))) {
+      no_subgroups = !strcmp(v, "off");
+      continue;
+    }
     return fail(ctx, HM_ABI_STATUS_INVALID_ARGUMENT,
-                "vulkan: bad device option %s='%s' (known: memory=auto|staging, operands=auto|storage, profile=off|on)",
+                "vulkan: bad device option %s='%s' (known: memory=auto|staging, operands=auto|storage, profile=off|on, "
+                "subgroups=auto|off)",
                 k, v);
   }
   const vk_device_info *info = &ctx->devices[index];
@@ -496,6 +507,7 @@ static int32_t vk_device_open(hm_abi_context *ctx, uint32_t index, const hm_abi_
   dev->force_staging = force_staging;
   dev->texel_operands = !storage_operands && dev->info->texel_elements > 0;
   dev->profile = profile;
+  dev->subgroup = no_subgroups ? 0 : dev->info->subgroup;
   VkPhysicalDeviceProperties props;
   vkGetPhysicalDeviceProperties(dev->info->phys, &props);
   dev->tick_ns = props.limits.timestampPeriod;
@@ -570,9 +582,12 @@ typedef struct pipe_job {
 
 /* The slot and cache key of a pipeline (see pipeline()): *slot is -1 when
  * the kernel's N_PIPE_VARIANTS slots are taken by others. */
+/* A GEMM's flags as its specialization constant: the transposes and HM_KFLAG_C_X4. */
+static uint32_t spec_gemm_flags(uint32_t flags) { return flags & (3u | HM_KFLAG_C_X4); }
+
 static uint32_t pipe_slot(const vk_device *dev, hm_kernel_id k, int texel, uint32_t gemm_flags, uint32_t variant,
                           int *slot) {
-  uint32_t key = ((texel ? 1u : 0u) << 16 | (gemm_flags & 3u) << 8 | variant) + 1u;
+  uint32_t key = ((texel ? 1u : 0u) << 20 | spec_gemm_flags(gemm_flags) << 8 | variant) + 1u;
   *slot = -1;
   for (int i = 0; i < N_PIPE_VARIANTS && *slot < 0; i++)
     if (dev->pipe_keys[k][i] == key || !dev->pipe_keys[k][i]) *slot = i;
@@ -590,7 +605,7 @@ static VkResult pipe_job_init(vk_device *dev, hm_kernel_id k, int texel, uint32_
     VkResult r = vkCreateShaderModule(dev->dev, &mi, NULL, module);
     if (r != VK_SUCCESS) return r;
   }
-  j->values[0] = gemm_flags & 3u;
+  j->values[0] = spec_gemm_flags(gemm_flags);
   j->values[1] = variant;
   j->entries[0] = (VkSpecializationMapEntry){0, 0, sizeof(uint32_t)};
   j->entries[1] = (VkSpecializationMapEntry){1, sizeof(uint32_t), sizeof(uint32_t)};
@@ -875,7 +890,8 @@ static int32_t vk_program_create(hm_abi_device *dev, const hm_abi_program_desc *
    * -> 1.22-1.35 ms (docs/plugins.md). */
   const hm_dispatch_limits limits = {.max_groups = MAX_GROUPS, .max_loop = MAX_LOOP,
                                      .gemm_block = dev->texel_operands ? 4 : 8,
-                                     .spread_groups = dev->info->desc.kind == HM_ABI_DEVICE_CPU ? CPU_GROUPS : 0};
+                                     .spread_groups = dev->info->desc.kind == HM_ABI_DEVICE_CPU ? CPU_GROUPS : 0,
+                                     .subgroup = dev->subgroup};
   /* The op each launch binds: the program's own, or a fused pair's. */
   hm_abi_op *bind = calloc(desc->n_ops ? desc->n_ops : 1, sizeof *bind);
   if (!plan || !bind) {

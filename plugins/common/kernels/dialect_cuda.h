@@ -25,6 +25,13 @@ typedef unsigned int uint;
 #define W0X4(i) make_uint4(W0(i), W0((i) + 1u), W0((i) + 2u), W0((i) + 3u))
 #define W1X4(i) make_uint4(W1(i), W1((i) + 1u), W1((i) + 2u), W1((i) + 3u))
 #define U4 uint4
+#define U4_ZERO make_uint4(0u, 0u, 0u, 0u)
+// A warp as the subgroup (gemm_sg); every lane of it takes part.
+#define SG_READ(v, lane) __shfl_sync(0xffffffffu, v, lane)
+#define SG_LANE (threadIdx.x & 31u)
+#define SG_SIZE 32u
+#define SG_INDEX (GID >> 5)
+#define SG_COUNT (GSTRIDE >> 5)
 #define GEMM_FLAGS p.flags /* a GEMM's transposes (a specialization constant in GLSL) */
 #define VARIANT p.variant  /* the op's variant (a specialization constant in GLSL) */
 #define AS_F(u) __uint_as_float(u)

@@ -26,6 +26,7 @@ typedef struct kp_t {
 #define W0X4(i) vload4(0, hm_b0_ + p.off[0] + (i))
 #define W1X4(i) vload4(0, hm_b1_ + p.off[1] + (i))
 #define U4 uint4
+#define U4_ZERO ((uint4)(0u))
 #define GEMM_FLAGS p.flags /* a GEMM's transposes (a specialization constant in GLSL) */
 #define VARIANT p.variant  /* the op's variant (a specialization constant in GLSL) */
 #define AS_F(u) as_float(u)

@@ -778,6 +778,20 @@ static void add_later_cases(conform_suite *s) {
     conform_add(s, "kernel.gemm", test_kernel, k, 1, "kernel.gemm.f32.16x24x10%s%s.ab%u", fl & 1 ? ".ta" : "",
                 fl & 2 ? ".tb" : "", fl % 2);
   }
+  /* Tiles of 4 rows x 32 columns cut by C's edge, over steps of 8 k and a
+   * last 4 (Vulkan's gemm_sg on 8-lane subgroups; hm_dispatch_limits.subgroup). */
+  static const uint64_t tile_shapes[][3] = {{12, 40, 20}, {13, 44, 28}};
+  for (size_t sh = 0; sh < sizeof tile_shapes / sizeof tile_shapes[0]; sh++)
+    for (uint32_t fl = 0; fl < 4; fl++) {
+      kcase *k = new_case(HM_ABI_OP_GEMM, HM_ABI_DTYPE_F32, HM_ABI_DTYPE_F32);
+      memcpy(k->dims, tile_shapes[sh], sizeof k->dims);
+      k->flags = fl;
+      k->params[0] = fl % 2 ? 0.5f : 1.0f;
+      k->params[1] = fl % 2 ? 1.5f : 0.0f;
+      conform_add(s, "kernel.gemm", test_kernel, k, 1, "kernel.gemm.f32.%llux%llux%llu%s%s.ab%u",
+                  (unsigned long long)k->dims[0], (unsigned long long)k->dims[1], (unsigned long long)k->dims[2],
+                  fl & 1 ? ".ta" : "", fl & 2 ? ".tb" : "", fl % 2);
+    }
 }
 
 void conform_add_kernel_tests(conform_suite *s) {
