@@ -55,6 +55,13 @@ for q in ["kernel.int3_matmul.64x128x784", "kernel.quantize.q3.17x200", "kernel.
 assert j["totals"]["FAIL"] == 0 and j["totals"]["PASS"] > 250, j["totals"]
 PY
 check "conform ran with the device options (${conform_options[*]})" test "$(grep -c '^device option ' "$work/conform.txt")" -eq $((${#conform_options[@]} / 2))
+if [[ "$backend" == vulkan && ${#conform_options[@]} -eq 0 ]]; then
+  # The GEMMs that take gemm_sg on a device with subgroup shuffles, as gemm_x4.
+  "$bin" conform "$plugin" --device-option subgroups=off --test 'kernel.gemm.f32*' >"$work/conform_nosg.txt" 2>&1
+  rc=$?
+  check "the GEMMs conform with subgroups=off: $(tail -3 "$work/conform_nosg.txt")" test "$rc" -eq 0
+  check "subgroups=off ran the GEMM cases" grep -Eq "^kernel.gemm +[1-9][0-9]+ +0 " "$work/conform_nosg.txt"
+fi
 
 config=()
 if [[ ${#extra[@]} -gt 0 ]]; then printf '%s\n' "${extra[@]}" >"$work/h.conf"; config=(--config "$work/h.conf"); fi
@@ -112,15 +119,16 @@ if [[ "$backend" == vulkan || "$backend" == opencl ]]; then
   check "the $backend profile of the training step has $launches: $(grep -m1 'profile:' "$work/prof")" \
     grep -q "^$backend profile: .*, $launches, mean of 9 runs: " "$work/prof"
   rows=$(awk -v p="$backend profile:" 'index($0, p) == 1 && / launches[ ,]/ {n++} n == 1 && $3 ~ /^[0-9]+$/' "$work/prof")
-  check "the 13 rows name gather, gemm_x4, gemm_x8 or gemm_dot, sum_squares and adam: $rows" python3 - "$rows" "$backend" <<'PY'
+  check "the 13 rows name gather, gemm_sg, gemm_x8 or gemm_dot, sum_squares and adam: $rows" python3 - "$rows" "$backend" <<'PY'
 import sys
 rows = [r.split() for r in sys.argv[1].splitlines()]
 assert len(rows) == 13, len(rows)
 kernels = [r[5] for r in rows]
 assert kernels[0] == "gather" and kernels[-1] == "adam" and kernels.count("sum_squares") == 2, kernels
-# the forward GEMM (C = X Wᵀ, k = 784) with bias and relu: 4x4 blocks on
-# lavapipe (gemm_x8 with storage operands), dot products of rows on PoCL
-assert kernels[2] in {"vulkan": ("gemm_x4", "gemm_x8"), "opencl": ("gemm_dot",)}[sys.argv[2]] and rows[2][6] == "3", rows[2]
+# the forward GEMM (C = X Wᵀ, k = 784) with bias and relu: 4x4 blocks whose
+# subgroups share A on lavapipe (gemm_x8 with storage operands), dot products
+# of rows on PoCL
+assert kernels[2] in {"vulkan": ("gemm_sg", "gemm_x8"), "opencl": ("gemm_dot",)}[sys.argv[2]] and rows[2][6] == "3", rows[2]
 assert any(r[5].startswith("gemm") and r[6] == "33" for r in rows), rows  # a GEMM with the relu gradient
 assert all(float(r[7]) > 0 for r in rows), rows
 PY
