@@ -118,6 +118,11 @@ static void subgroup_gemm(void) {
   HM_CHECK_EQ(hm_plan_dispatch_for(&op, &sg, &d, err, sizeof err), 0);
   HM_CHECK_EQ(d.kernel, HK_GEMM_SG);
   HM_CHECK_EQ(d.groups, 196 * 4 * 8 / 64);
+  HM_CHECK_EQ(d.p.flags, HM_ABI_OP_FLAG_TRANS_A | HM_KFLAG_C_X4); /* k % 8 == 0: no last 4 k */
+  op = gemm(12, 40, 20, 0, 0); /* k = 8 + 8 + 4 */
+  HM_CHECK_EQ(hm_plan_dispatch_for(&op, &sg, &d, err, sizeof err), 0);
+  HM_CHECK_EQ(d.kernel, HK_GEMM_SG);
+  HM_CHECK_EQ(d.p.flags, HM_KFLAG_C_X4 | HM_KFLAG_K_TAIL4);
   op = gemm(64, 28, 784, HM_ABI_OP_FLAG_TRANS_B, 0); /* narrower than a tile */
   HM_CHECK_EQ(hm_plan_dispatch_for(&op, &sg, &d, err, sizeof err), 0);
   HM_CHECK_EQ(d.kernel, HK_GEMM_X4);

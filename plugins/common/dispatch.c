@@ -222,6 +222,7 @@ int hm_plan_dispatch_for(const hm_abi_op *op, const hm_dispatch_limits *lim, hm_
       uint64_t span = 4 * (uint64_t)lim->subgroup;
       if (lim->subgroup >= 8 && d->kernel == HK_GEMM_X4 && d1 >= span) {
         d->kernel = HK_GEMM_SG;
+        if (d2 % 8 != 0) d->p.flags |= HM_KFLAG_K_TAIL4;
         items = ((d0 + 3) / 4) * ((d1 + span - 1) / span) * lim->subgroup;
         loop = d2 / 8 + 2;
       }

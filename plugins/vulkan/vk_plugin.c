@@ -580,10 +580,11 @@ typedef struct pipe_job {
   VkResult result;
 } pipe_job;
 
+/* A GEMM's flags as its specialization constant: the transposes and the planner's HM_KFLAG_*. */
+static uint32_t spec_gemm_flags(uint32_t flags) { return flags & (3u | HM_KFLAG_C_X4 | HM_KFLAG_K_TAIL4); }
+
 /* The slot and cache key of a pipeline (see pipeline()): *slot is -1 when
  * the kernel's N_PIPE_VARIANTS slots are taken by others. */
-/* A GEMM's flags as its specialization constant: the transposes and HM_KFLAG_C_X4. */
-static uint32_t spec_gemm_flags(uint32_t flags) { return flags & (3u | HM_KFLAG_C_X4); }
 
 static uint32_t pipe_slot(const vk_device *dev, hm_kernel_id k, int texel, uint32_t gemm_flags, uint32_t variant,
                           int *slot) {
@@ -667,7 +668,7 @@ static void *pipe_worker(void *arg) {
 
 /* Creates the pipelines a program's launches need and the device lacks,
  * on up to one thread per CPU: a driver compiles each pipeline on the
- * calling thread (lavapipe: 6-9 ms for a GEMM, 1-5 for the others, about
+ * calling thread (lavapipe: 4-12 ms for a GEMM, 1-5 for the others, about
  * 50-60 ms for the example's training program one after another), and
  * Vulkan lets pipelines be created concurrently. Does nothing it cannot
  * do: a pipeline that fails here is created again, and its error
