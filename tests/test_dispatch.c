@@ -103,7 +103,8 @@ static void gemm_kernels_follow_shape_and_alignment(void) {
 }
 
 /* A device with subgroup shuffles of 8 lanes (lavapipe) runs gemm_x4's
- * GEMMs as gemm_sg where C has 32 columns: a subgroup per 4 x 32 tile. */
+ * GEMMs as gemm_sg where C has 8 rows and 32 columns: a subgroup per 8 x 32
+ * tile. */
 static void subgroup_gemm(void) {
   const hm_dispatch_limits sg = {.max_groups = 1024, .max_loop = 20000, .gemm_block = 4, .subgroup = 8};
   hm_dispatch d;
@@ -112,18 +113,17 @@ static void subgroup_gemm(void) {
   HM_CHECK_EQ(hm_plan_dispatch_for(&op, &sg, &d, err, sizeof err), 0);
   HM_CHECK_EQ(d.kernel, HK_GEMM_SG);
   HM_CHECK_EQ(d.local_size, 64u);
-  HM_CHECK_EQ(d.groups, 16 * 4 * 8 / 64); /* 16 x 4 tiles of 8 lanes */
+  HM_CHECK_EQ(d.groups, 8 * 4 * 8 / 64); /* 8 x 4 tiles of 8 lanes */
   HM_CHECK_EQ(d.p.flags, HM_ABI_OP_FLAG_TRANS_B | HM_KFLAG_C_X4);
   op = gemm(784, 128, 64, HM_ABI_OP_FLAG_TRANS_A, 0); /* the weight gradient */
   HM_CHECK_EQ(hm_plan_dispatch_for(&op, &sg, &d, err, sizeof err), 0);
   HM_CHECK_EQ(d.kernel, HK_GEMM_SG);
-  HM_CHECK_EQ(d.groups, 196 * 4 * 8 / 64);
-  HM_CHECK_EQ(d.p.flags, HM_ABI_OP_FLAG_TRANS_A | HM_KFLAG_C_X4); /* k % 8 == 0: no last 4 k */
-  op = gemm(12, 40, 20, 0, 0); /* k = 8 + 8 + 4 */
-  HM_CHECK_EQ(hm_plan_dispatch_for(&op, &sg, &d, err, sizeof err), 0);
-  HM_CHECK_EQ(d.kernel, HK_GEMM_SG);
-  HM_CHECK_EQ(d.p.flags, HM_KFLAG_C_X4 | HM_KFLAG_K_TAIL4);
+  HM_CHECK_EQ(d.groups, 98 * 4 * 8 / 64);
+  HM_CHECK_EQ(d.p.flags, HM_ABI_OP_FLAG_TRANS_A | HM_KFLAG_C_X4);
   op = gemm(64, 28, 784, HM_ABI_OP_FLAG_TRANS_B, 0); /* narrower than a tile */
+  HM_CHECK_EQ(hm_plan_dispatch_for(&op, &sg, &d, err, sizeof err), 0);
+  HM_CHECK_EQ(d.kernel, HK_GEMM_X4);
+  op = gemm(4, 128, 784, HM_ABI_OP_FLAG_TRANS_B, 0); /* shorter than a tile */
   HM_CHECK_EQ(hm_plan_dispatch_for(&op, &sg, &d, err, sizeof err), 0);
   HM_CHECK_EQ(d.kernel, HK_GEMM_X4);
   op = gemm(64, 128, 10, 0, 0); /* no four-word loads: as without subgroups */
@@ -135,7 +135,7 @@ static void subgroup_gemm(void) {
   HM_CHECK_EQ(hm_plan_dispatch_for(&op, &sg8, &d, err, sizeof err), 0);
   HM_CHECK_EQ(d.kernel, HK_GEMM_X8);
   /* Its loops count against a loop-limited device: a tile of k = 100,000 is
-   * 12,500 steps of 8, past a limit of 10,000. */
+   * 25,000 steps of 4, past a limit of 10,000. */
   op = gemm(80, 32, 100000, HM_ABI_OP_FLAG_TRANS_B, 0);
   const hm_dispatch_limits short_loop = {.max_groups = 1, .max_loop = 10000, .gemm_block = 4, .subgroup = 8};
   HM_CHECK(hm_plan_dispatch_for(&op, &short_loop, &d, err, sizeof err) != 0);

@@ -217,14 +217,13 @@ int hm_plan_dispatch_for(const hm_abi_op *op, const hm_dispatch_limits *lim, hm_
       if (d->kernel == HK_GEMM_X8) d->local_size = 8;
       items = ((d0 + side - 1) / side) * ((d1 + side - 1) / side);
       loop = d2 / (x4 && side > 1 ? 4 : 1) + 1;
-      /* A subgroup per 4 rows x 4 subgroup-size columns, sharing A (gemm_sg),
-       * where C has that many columns (a narrower C would leave lanes idle). */
+      /* A subgroup per 8 rows x 4 subgroup-size columns, sharing A (gemm_sg),
+       * where C has that many (a smaller C would leave lanes idle). */
       uint64_t span = 4 * (uint64_t)lim->subgroup;
-      if (lim->subgroup >= 8 && d->kernel == HK_GEMM_X4 && d1 >= span) {
+      if (lim->subgroup >= 8 && d->kernel == HK_GEMM_X4 && d0 >= 8 && d1 >= span) {
         d->kernel = HK_GEMM_SG;
-        if (d2 % 8 != 0) d->p.flags |= HM_KFLAG_K_TAIL4;
-        items = ((d0 + 3) / 4) * ((d1 + span - 1) / span) * lim->subgroup;
-        loop = d2 / 8 + 2;
+        items = ((d0 + 7) / 8) * ((d1 + span - 1) / span) * lim->subgroup;
+        loop = d2 / 4 + 1;
       }
       /* C = A Bᵀ as dot products of rows: a work-group of 8 per 8x8 block (gemm_dot). */
       if (lim->vec8 && x4 && d0 >= 8 && d1 >= 8 && tb && !ta) {

@@ -27,13 +27,10 @@ typedef enum hm_kernel_id {
 
 /* The kernel's name in hm_ops.kern ("gemm", "softmax_fwd", ...). */
 const char *hm_kernel_name(hm_kernel_id k);
-/* Planner-owned GEMM flags above the ABI's (kernels read them in GEMM_FLAGS).
+/* A planner-owned GEMM flag above the ABI's (kernels read it in GEMM_FLAGS):
  * C's rows are four-word aligned (n % 4 == 0 and a 16-byte offset), so
- * gemm_x4 and gemm_sg store a row of their block in one four-word store: */
+ * gemm_x4 and gemm_sg store a row of their block in one four-word store. */
 #define HM_KFLAG_C_X4 0x100u
-/* gemm_sg's k % 8 == 4: the kernel has a last step of 4 k (compiled only
- * into the pipelines whose GEMM needs it). */
-#define HM_KFLAG_K_TAIL4 0x200u
 
 /* Whether |k| is one of the f32 GEMM kernels (gemm, gemm_reg, gemm_x4, gemm_x8). */
 int hm_kernel_is_gemm(hm_kernel_id k);
@@ -100,8 +97,9 @@ typedef struct hm_dispatch_limits {
   uint32_t vec8;
   /* The subgroup size (8 or more) where the kernels' subgroup shuffles
    * compile and run (Vulkan's subgroupShuffle): a GEMM that gemm_x4 would
-   * run, with at least 4 x subgroup columns, goes to gemm_sg, whose lanes
-   * share A's values by shuffles instead of each loading them. 0 = none. */
+   * run, with at least 8 rows and 4 x subgroup columns, goes to gemm_sg,
+   * whose lanes share A's values by shuffles instead of each loading them.
+   * 0 = none. */
   uint32_t subgroup;
 } hm_dispatch_limits;
 

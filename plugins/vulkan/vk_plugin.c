@@ -580,8 +580,8 @@ typedef struct pipe_job {
   VkResult result;
 } pipe_job;
 
-/* A GEMM's flags as its specialization constant: the transposes and the planner's HM_KFLAG_*. */
-static uint32_t spec_gemm_flags(uint32_t flags) { return flags & (3u | HM_KFLAG_C_X4 | HM_KFLAG_K_TAIL4); }
+/* A GEMM's flags as its specialization constant: the transposes and HM_KFLAG_C_X4. */
+static uint32_t spec_gemm_flags(uint32_t flags) { return flags & (3u | HM_KFLAG_C_X4); }
 
 /* The slot and cache key of a pipeline (see pipeline()): *slot is -1 when
  * the kernel's N_PIPE_VARIANTS slots are taken by others. */

@@ -778,8 +778,8 @@ static void add_later_cases(conform_suite *s) {
     conform_add(s, "kernel.gemm", test_kernel, k, 1, "kernel.gemm.f32.16x24x10%s%s.ab%u", fl & 1 ? ".ta" : "",
                 fl & 2 ? ".tb" : "", fl % 2);
   }
-  /* Tiles of 4 rows x 32 columns cut by C's edge, over steps of 8 k and a
-   * last 4 (Vulkan's gemm_sg on 8-lane subgroups; hm_dispatch_limits.subgroup). */
+  /* Tiles of 8 rows x 32 columns cut by C's edges (Vulkan's gemm_sg on
+   * 8-lane subgroups; hm_dispatch_limits.subgroup). */
   static const uint64_t tile_shapes[][3] = {{12, 40, 20}, {13, 44, 28}};
   for (size_t sh = 0; sh < sizeof tile_shapes / sizeof tile_shapes[0]; sh++)
     for (uint32_t fl = 0; fl < 4; fl++) {
