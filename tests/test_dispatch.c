@@ -76,11 +76,27 @@ static void gemm_kernels_follow_shape_and_alignment(void) {
   HM_CHECK_EQ(d.kernel, HK_GEMM_X8);
   /* And gemm_x8's float8 path takes B stored [k][n] at any k and offset
    * where every 8x8 block lies inside C (gemm_reg without vec8, above). */
-  op = gemm(64, 128, 10, 0, 0);
+  op = gemm(64, 120, 10, 0, 0);
   HM_CHECK_EQ(hm_plan_dispatch_for(&op, &dot, &d, err, sizeof err), 0);
   HM_CHECK_EQ(d.kernel, HK_GEMM_X8);
   HM_CHECK_EQ(d.local_size, 8u);
-  HM_CHECK_EQ(d.groups, 8 * 16 / 8); /* a block per invocation */
+  HM_CHECK_EQ(d.groups, 8 * 15 / 8); /* a block per invocation */
+  HM_CHECK_EQ(d.p.flags, 0u);
+  /* Where B's rows are 16 words (n % 16 == 0) and A is as is, two blocks
+   * side by side per invocation (HM_KFLAG_N16): half the invocations. */
+  op = gemm(64, 128, 10, 0, 0);
+  HM_CHECK_EQ(hm_plan_dispatch_for(&op, &dot, &d, err, sizeof err), 0);
+  HM_CHECK_EQ(d.kernel, HK_GEMM_X8);
+  HM_CHECK_EQ(d.p.flags, HM_KFLAG_N16);
+  HM_CHECK_EQ(d.groups, 8 * 8 / 8);
+  op = gemm(1024, 1024, 1024, 0, 0);
+  HM_CHECK_EQ(hm_plan_dispatch_for(&op, &dot, &d, err, sizeof err), 0);
+  HM_CHECK_EQ(d.kernel, HK_GEMM_X8);
+  HM_CHECK_EQ(d.p.flags, HM_KFLAG_N16);
+  op = gemm(128, 784, 64, HM_ABI_OP_FLAG_TRANS_A, 0); /* A transposed: one block, four rows at a time */
+  HM_CHECK_EQ(hm_plan_dispatch_for(&op, &dot, &d, err, sizeof err), 0);
+  HM_CHECK_EQ(d.kernel, HK_GEMM_X8);
+  HM_CHECK_EQ(d.p.flags, HM_ABI_OP_FLAG_TRANS_A);
   op = gemm(64, 128, 784, 0, 8); /* A 8 bytes in */
   HM_CHECK_EQ(hm_plan_dispatch_for(&op, &dot, &d, err, sizeof err), 0);
   HM_CHECK_EQ(d.kernel, HK_GEMM_X8);

@@ -239,6 +239,11 @@ int hm_plan_dispatch_for(const hm_abi_op *op, const hm_dispatch_limits *lim, hm_
         items = (d0 / 8) * (d1 / 8);
         loop = d2 + 1;
       }
+      /* Two blocks an invocation where one row of B is 16 words (a 64-byte line). */
+      if (lim->vec8 && d->kernel == HK_GEMM_X8 && !ta && !tb && d0 % 8 == 0 && d1 % 16 == 0) {
+        d->p.flags |= HM_KFLAG_N16;
+        items = (d0 / 8) * (d1 / 16);
+      }
       if ((d->kernel == HK_GEMM_X4 || d->kernel == HK_GEMM_SG) && d1 % 4 == 0 && op->out[0].offset % 16 == 0)
         d->p.flags |= HM_KFLAG_C_X4;
       if (!fits(d0 * d1) || !fits(d0 * d2) || !fits(d2 * d1)) items = UINT64_MAX; /* indices past 32 bits */

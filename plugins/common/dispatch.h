@@ -27,10 +27,13 @@ typedef enum hm_kernel_id {
 
 /* The kernel's name in hm_ops.kern ("gemm", "softmax_fwd", ...). */
 const char *hm_kernel_name(hm_kernel_id k);
-/* A planner-owned GEMM flag above the ABI's (kernels read it in GEMM_FLAGS):
+/* Planner-owned GEMM flags above the ABI's (kernels read them in GEMM_FLAGS).
  * C's rows are four-word aligned (n % 4 == 0 and a 16-byte offset), so
- * gemm_x4 and gemm_sg store a row of their block in one four-word store. */
+ * gemm_x4 and gemm_sg store a row of their block in one four-word store: */
 #define HM_KFLAG_C_X4 0x100u
+/* gemm_x8's float8 path (vec8), A as is and B stored [k][n]: an invocation
+ * takes two 8x8 blocks side by side (m % 8 == 0, n % 16 == 0). */
+#define HM_KFLAG_N16 0x200u
 
 /* Whether |k| is one of the f32 GEMM kernels (gemm, gemm_reg, gemm_x4, gemm_x8). */
 int hm_kernel_is_gemm(hm_kernel_id k);
