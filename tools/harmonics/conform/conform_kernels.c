@@ -779,8 +779,10 @@ static void add_later_cases(conform_suite *s) {
                 fl & 2 ? ".tb" : "", fl % 2);
   }
   /* Tiles of 8 rows x 32 columns cut by C's edges (Vulkan's gemm_sg on
-   * 8-lane subgroups; hm_dispatch_limits.subgroup). */
-  static const uint64_t tile_shapes[][3] = {{12, 40, 20}, {13, 44, 28}};
+   * 8-lane subgroups; hm_dispatch_limits.subgroup); with B stored [n][k],
+   * 10x37x12 has rows that are not four-word aligned, so its block is stored
+   * word by word. */
+  static const uint64_t tile_shapes[][3] = {{12, 40, 20}, {13, 44, 28}, {10, 37, 12}};
   for (size_t sh = 0; sh < sizeof tile_shapes / sizeof tile_shapes[0]; sh++)
     for (uint32_t fl = 0; fl < 4; fl++) {
       kcase *k = new_case(HM_ABI_OP_GEMM, HM_ABI_DTYPE_F32, HM_ABI_DTYPE_F32);
