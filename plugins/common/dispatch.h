@@ -35,7 +35,7 @@ const char *hm_kernel_name(hm_kernel_id k);
  * takes two 8x8 blocks side by side (m % 8 == 0, n % 16 == 0). */
 #define HM_KFLAG_N16 0x200u
 
-/* Whether |k| is one of the f32 GEMM kernels (gemm, gemm_reg, gemm_x4, gemm_x8). */
+/* Whether |k| is one of the f32 GEMM kernels (gemm, gemm_reg, gemm_x4, gemm_x8, gemm_dot, gemm_sg). */
 int hm_kernel_is_gemm(hm_kernel_id k);
 
 /* The parameter block every kernel takes (push constants in Vulkan, a

@@ -187,9 +187,9 @@ static void describe(vk_device_info *di) {
   if (v11) vkGetPhysicalDeviceFeatures2(di->phys, &f2);
   vkGetPhysicalDeviceProperties2(di->phys, &p2); /* core in 1.1, which every device used has */
   const VkSubgroupFeatureFlags shuffle = VK_SUBGROUP_FEATURE_BASIC_BIT | VK_SUBGROUP_FEATURE_SHUFFLE_BIT;
-  di->subgroup = (sub.supportedStages & VK_SHADER_STAGE_COMPUTE_BIT) && (sub.supportedOperations & shuffle) == shuffle &&
-                         sub.subgroupSize >= 8 && sub.subgroupSize <= 64 && !(sub.subgroupSize & (sub.subgroupSize - 1))
-                     ? sub.subgroupSize : 0;
+  const uint32_t sg = sub.subgroupSize;
+  int sg_ok = (sub.supportedStages & VK_SHADER_STAGE_COMPUTE_BIT) && (sub.supportedOperations & shuffle) == shuffle;
+  di->subgroup = sg_ok && sg >= 8 && sg <= 64 && !(sg & (sg - 1)) ? sg : 0;
   uint32_t n_ext = 0;
   vkEnumerateDeviceExtensionProperties(di->phys, NULL, &n_ext, NULL);
   VkExtensionProperties *ext = calloc(n_ext ? n_ext : 1, sizeof *ext);
@@ -585,7 +585,6 @@ static uint32_t spec_gemm_flags(uint32_t flags) { return flags & (3u | HM_KFLAG_
 
 /* The slot and cache key of a pipeline (see pipeline()): *slot is -1 when
  * the kernel's N_PIPE_VARIANTS slots are taken by others. */
-
 static uint32_t pipe_slot(const vk_device *dev, hm_kernel_id k, int texel, uint32_t gemm_flags, uint32_t variant,
                           int *slot) {
   uint32_t key = ((texel ? 1u : 0u) << 20 | spec_gemm_flags(gemm_flags) << 8 | variant) + 1u;
@@ -667,8 +666,8 @@ static void *pipe_worker(void *arg) {
   return NULL;
 }
 
-/* How dear a kernel's pipeline is to create, 0..3 (lavapipe: 10-12 ms for
- * gemm_sg, 7-8 for gemm_x4, 4-6 for gemm_reg and the loss, 1-2.5 for the
+/* How dear a kernel's pipeline is to create, 0..3 (lavapipe: 11-16 ms for
+ * gemm_sg, 6-8 for gemm_x4, 4-6 for gemm_reg and the loss, 1-2.5 for the
  * others). */
 static int pipe_cost_rank(hm_kernel_id k) {
   if (k == HK_GEMM_SG || k == HK_GEMM_X8 || k == HK_GEMM_DOT) return 3;
